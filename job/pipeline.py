@@ -1,0 +1,370 @@
+"""The whole flow on one screen: prepare -> train -> evaluate -> classify.
+
+Each step reads what the one before wrote from the run's storage (so steps can run in
+separate pods) and also accepts it in memory (so `run` does not re-read or re-encode).
+"""
+
+from __future__ import annotations
+
+import random
+import shutil
+import tempfile
+import threading
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from job import plots
+from job.artifacts import (
+    STEPS,
+    RunDir,
+    StepTimer,
+    environment_info,
+    from_jsonl,
+    new_run_id,
+    to_json,
+    to_jsonl,
+)
+from job.classify import dumps_model, train_classifier
+from job.config import JobConfig, LoadedConfig
+from job.data import Corpus, Link, Ticket, build_corpus, require_enough
+from job.errors import InputError
+from job.evaluate import Embeddings, ModelEvaluation, evaluate_model
+from job.log import get_logger
+from job.model import encode, load_model, pick_device, resolve_model_path, set_threads
+from job.pairs import Pair, build_split_pairs
+from job.split import SPLITS, check_usable, split_by_components
+from job.storage import FileRecord, download_dir, open_store, read_uri, upload_dir
+
+
+@dataclass
+class RunContext:
+    """Everything a step needs about the run it belongs to; created once per process."""
+
+    loaded: LoadedConfig
+    run: RunDir
+    work_dir: Path
+    force: bool = False
+    stop: threading.Event = field(default_factory=threading.Event)
+    _s3_client: Any = None
+
+    @property
+    def cfg(self) -> JobConfig:
+        return self.loaded.config
+
+    def log(self, step: str) -> Any:
+        return get_logger(run_id=self.run.run_id, step=step)
+
+
+def open_run(loaded: LoadedConfig, run_id: str | None = None, force: bool = False) -> RunContext:
+    """The run's storage and a scratch directory; a new run id when none is given."""
+    cfg = loaded.config
+    run_id = run_id or new_run_id()
+    store = open_store(cfg.output.uri.rstrip("/") + "/" + run_id, cfg.storage)
+    base = Path(cfg.runtime.work_dir) if cfg.runtime.work_dir else Path(tempfile.gettempdir())
+    work_dir = base / f"finetune-{run_id}"
+    work_dir.mkdir(parents=True, exist_ok=True)
+    return RunContext(loaded=loaded, run=RunDir(store, run_id), work_dir=work_dir, force=force)
+
+
+def close_run(ctx: RunContext) -> None:
+    if not ctx.cfg.runtime.work_dir:
+        shutil.rmtree(ctx.work_dir, ignore_errors=True)
+
+
+def required_steps(cfg: JobConfig) -> tuple[str, ...]:
+    return STEPS if cfg.classify.enabled else STEPS[:3]
+
+
+# ---------------------------------------------------------------- inputs
+
+
+def read_inputs(cfg: JobConfig) -> tuple[Corpus, dict[str, Any]]:
+    """Load and validate the configured inputs; returns the corpus and a report of every file."""
+    names = ("tickets", "links") if cfg.data.tickets else ("pairs", "relationship_pairs")
+    raw = {name: (getattr(cfg.data, name), read_uri(getattr(cfg.data, name), cfg.storage))
+           for name in names if getattr(cfg.data, name)}
+    corpus = build_corpus(raw, cfg.data)
+    require_enough(corpus)
+    report = {
+        "files": [{"uri": r.name, "sha256": r.sha256, "rows": r.rows, "kept": r.kept, "skipped": r.skipped,
+                   "duplicates_dropped": r.duplicates_dropped} for r in corpus.reports],
+        "tickets": len(corpus.tickets),
+        "links": len(corpus.links),
+        "links_per_relation": dict(Counter(link.relation for link in corpus.links)),
+        "given_pairs": None if corpus.scored_pairs is None else len(corpus.scored_pairs),
+        "skipped_rows": [str(p) for p in corpus.problems],
+    }
+    return corpus, report
+
+
+def split_edges(corpus: Corpus) -> list[tuple[str, str]]:
+    edges = [(link.source, link.target) for link in corpus.links]
+    if corpus.scored_pairs is not None:
+        edges += [(p.a, p.b) for p in corpus.scored_pairs]
+    return edges
+
+
+# ---------------------------------------------------------------- prepare
+
+
+@dataclass
+class PreparedData:
+    tickets: dict[str, Ticket]
+    links: list[Link]
+    members: dict[str, list[str]]
+    pairs: dict[str, list[Pair]]
+
+    def links_in(self, split: str) -> list[Link]:
+        ids = set(self.members[split])
+        return [link for link in self.links if link.source in ids]
+
+
+def prepare(ctx: RunContext) -> PreparedData:
+    """Read inputs, split by connected components, build pairs per split, write them."""
+    cfg, log, timer = ctx.cfg, ctx.log("prepare"), StepTimer("prepare")
+    ctx.run.begin_step("prepare", ctx.force)
+    corpus, inputs = read_inputs(cfg)
+    log.info("inputs loaded", tickets=inputs["tickets"], links=inputs["links"], skipped=len(inputs["skipped_rows"]))
+    edges = split_edges(corpus)
+    split = split_by_components(sorted(corpus.tickets), edges, cfg.pairs.split, cfg.train.seed)
+    edges_per_split = check_usable(split, edges)
+    embed = _lazy_base_embedder(ctx, log) if cfg.pairs.mine_hard_negatives else None
+    pairs: dict[str, list[Pair]] = {}
+    pair_info: dict[str, Any] = {}
+    for name in SPLITS:
+        pairs[name], stats = build_split_pairs(name, corpus, split, cfg.pairs, random.Random(f"{cfg.train.seed}-{name}"),
+                                               embed)
+        pair_info[name] = {"total": len(pairs[name]), "by_kind": dict(stats.counts), "fallbacks": dict(stats.fallbacks)}
+        log.info("pairs built", split=name, **pair_info[name])
+    where = split.lookup()
+    files = [
+        ctx.run.store.write_bytes("prepared/tickets.jsonl", to_jsonl(
+            [{"id": t.id, "text": t.text, "category": t.category, "project": t.project, "created": t.created,
+              "split": where[t.id]} for t in corpus.tickets.values()])),
+        ctx.run.store.write_bytes("prepared/links.jsonl", to_jsonl(
+            [{"source": k.source, "target": k.target, "relation": k.relation, "split": where[k.source]}
+             for k in corpus.links])),
+        ctx.run.store.write_bytes("prepared/split.json", to_json(split.members)),
+        *[ctx.run.store.write_bytes(f"prepared/pairs_{name}.jsonl", to_jsonl([p.to_json() for p in pairs[name]]))
+          for name in SPLITS],
+    ]
+    split_info: dict[str, Any] = {name: {"tickets": len(split.members[name]), "linked_pairs": edges_per_split[name]}
+                                  for name in SPLITS}
+    split_info["components"] = len(set(split.component.values()))
+    ctx.run.record_step(timer.record(files, {"inputs": inputs, "split": split_info, "pairs": pair_info}))
+    log.info("prepare done", **{name: split_info[name] for name in SPLITS})
+    return PreparedData(corpus.tickets, corpus.links, split.members, pairs)
+
+
+def _lazy_base_embedder(ctx: RunContext, log: Any) -> Any:
+    holder: dict[str, Any] = {}
+
+    def embed(texts: list[str]) -> np.ndarray:
+        if "model" not in holder:
+            holder["model"] = _load_base(ctx)
+        return encode(holder["model"], texts, ctx.cfg.model.encode_batch_size, log, "encode for mining")
+
+    return embed
+
+
+def _load_base(ctx: RunContext) -> Any:
+    cache = Path(ctx.cfg.runtime.cache_dir) if ctx.cfg.runtime.cache_dir else ctx.work_dir / "cache"
+    path = resolve_model_path(ctx.cfg.model.base, ctx.cfg.storage, cache)
+    return load_model(path, ctx.cfg.model.max_seq_length)
+
+
+def load_prepared(ctx: RunContext) -> PreparedData:
+    """What prepare wrote, read back from the run's storage."""
+    store = ctx.run.store
+    tickets = {r["id"]: Ticket(r["id"], r["text"], r.get("category"), r.get("project"), r.get("created"))
+               for r in from_jsonl(store.read_bytes("prepared/tickets.jsonl"))}
+    links = [Link(r["source"], r["target"], r["relation"]) for r in from_jsonl(store.read_bytes("prepared/links.jsonl"))]
+    members = ctx.run.read_json("prepared/split.json")
+    pairs = {name: [Pair(**r) for r in from_jsonl(store.read_bytes(f"prepared/pairs_{name}.jsonl"))] for name in SPLITS}
+    return PreparedData(tickets, links, members, pairs)
+
+
+# ---------------------------------------------------------------- train
+
+
+@dataclass
+class TrainedModel:
+    local_dir: Path
+
+
+def train(ctx: RunContext, prepared: PreparedData, resume: bool = False) -> TrainedModel:
+    """Fine-tune the base model on the train pairs; publish the best model under model/."""
+    from job.train import examples_from_pairs, train_model
+
+    cfg, log, timer = ctx.cfg, ctx.log("train"), StepTimer("train")
+    ctx.run.begin_step("train", ctx.force, needs=("prepare",))
+    threads = set_threads(cfg.runtime.threads)
+    texts = {tid: t.text for tid, t in prepared.tickets.items()}
+    threshold = cfg.evaluate.positive_threshold
+    train_rows = examples_from_pairs(prepared.pairs["train"], texts, cfg.train, threshold)
+    val_cfg = cfg.train.model_copy(update={"max_pairs": None, "loss": "cosine"})
+    val_rows = examples_from_pairs(prepared.pairs["val"], texts, val_cfg, threshold)
+    if not train_rows.sentence1:
+        raise InputError("no training pairs for the chosen loss (mnrl needs positives)")
+    device = pick_device()
+    log.info("training", examples=len(train_rows.sentence1), val_pairs=len(val_rows.sentence1), epochs=cfg.train.epochs,
+             batch_size=cfg.train.batch_size, loss=cfg.train.loss, device=device, threads=threads)
+    result = train_model(cfg, _load_base(ctx), train_rows, val_rows, ctx.work_dir, ctx.run.store, log, ctx.stop, resume)
+    files = upload_dir(ctx.run.store, result.model_dir, "model")
+    plot = plots.loss_curve(result.loss_curve, result.val_history, ctx.work_dir / "plots" / "loss_curve.png")
+    files.append(ctx.run.store.upload_file(plot, "plots/loss_curve.png"))
+    info = {k: v for k, v in vars(result).items() if k != "model_dir"}
+    info["environment"] = environment_info(device)
+    files.append(ctx.run.write_json("train/history.json", info))
+    ctx.run.record_step(timer.record(files, info))
+    ctx.run.store.delete_prefix("checkpoints/")  # only needed to resume; the model is published
+    log.info("train done", steps=result.global_step, seconds=result.train_seconds,
+             pairs_per_s=result.pairs_per_second, best_val_spearman=result.best_metric)
+    return TrainedModel(result.model_dir)
+
+
+def fetch_model(ctx: RunContext) -> TrainedModel:
+    local = ctx.work_dir / "model"
+    if not (local / "modules.json").exists():
+        download_dir(ctx.run.store, "model", local)
+    return TrainedModel(local)
+
+
+# ---------------------------------------------------------------- evaluate
+
+
+def _encode_ids(model: Any, prepared: PreparedData, ids: list[str], ctx: RunContext, log: Any, what: str) -> Embeddings:
+    vectors = encode(model, [prepared.tickets[t].text for t in ids], ctx.cfg.model.encode_batch_size, log, what)
+    return Embeddings(ids, vectors)
+
+
+def evaluate(ctx: RunContext, prepared: PreparedData, trained: TrainedModel) -> Embeddings:
+    """Base and fine-tuned model on the same test split; returns the fine-tuned embeddings for reuse."""
+    cfg, log, timer = ctx.cfg, ctx.log("evaluate"), StepTimer("evaluate")
+    ctx.run.begin_step("evaluate", ctx.force, needs=("train",))
+    set_threads(cfg.runtime.threads)
+    test_ids = prepared.members["test"]
+    val_ids = sorted({t for p in prepared.pairs["val"] for t in (p.a, p.b)})
+    ids = sorted(set(test_ids) | set(val_ids))
+    results: dict[str, ModelEvaluation] = {}
+    finetuned_emb: Embeddings | None = None
+    for name, loader in (("base", lambda: _load_base(ctx)),
+                         ("finetuned", lambda: load_model(str(trained.local_dir), cfg.model.max_seq_length))):
+        emb = _encode_ids(loader(), prepared, ids, ctx, log, f"encode {name}")
+        results[name] = evaluate_model(emb, prepared.pairs["val"], prepared.pairs["test"], test_ids, prepared.links,
+                                       cfg.evaluate.retrieval_relations, cfg.evaluate.positive_threshold,
+                                       cfg.evaluate.chunk_size)
+        log.info("metrics", model=name, **{k: _round(v) for k, v in results[name].metrics.items()})
+        finetuned_emb = emb
+    metrics: dict[str, Any] = {name: r.metrics for name, r in results.items()}
+    metrics["delta"] = {k: _delta(metrics["finetuned"].get(k), metrics["base"].get(k))
+                        for k in ("average_precision", "roc_auc", "spearman", "recall_at_10", "mrr")}
+    files = [ctx.run.write_json("evaluate/metrics.json", metrics)]
+    files += _evaluation_plots(ctx, results, metrics)
+    assert finetuned_emb is not None
+    files.append(_save_embeddings(ctx, finetuned_emb))
+    ctx.run.record_step(timer.record(files, {"metrics": metrics}))
+    ctx.run.finish_if_complete(required_steps(cfg), ctx.cfg.redacted())
+    return finetuned_emb
+
+
+def _round(value: Any) -> Any:
+    return round(value, 4) if isinstance(value, float) else value
+
+
+def _delta(new: Any, old: Any) -> float | None:
+    return round(new - old, 5) if isinstance(new, float) and isinstance(old, float) else None
+
+
+def _evaluation_plots(ctx: RunContext, results: dict[str, ModelEvaluation], metrics: dict[str, Any]) -> list[FileRecord]:
+    scores = {name: r.test for name, r in results.items()}
+    folder = ctx.work_dir / "plots"
+    made = [plots.similarity_distributions(scores, folder / "similarity_distributions.png"),
+            plots.f1_vs_threshold(scores, metrics, folder / "f1_vs_threshold.png")]
+    if all(metrics[m]["roc_auc"] is not None for m in ("base", "finetuned")):
+        made += [plots.roc(scores, metrics, folder / "roc.png"), plots.precision_recall(scores, metrics, folder / "pr.png")]
+    return [ctx.run.store.upload_file(path, f"plots/{path.name}") for path in made]
+
+
+def _save_embeddings(ctx: RunContext, emb: Embeddings) -> FileRecord:
+    path = ctx.work_dir / "finetuned_embeddings.npz"
+    np.savez(path, ids=np.array(emb.ids), vectors=emb.vectors)
+    return ctx.run.store.upload_file(path, "embeddings/finetuned.npz")
+
+
+def _load_embeddings(ctx: RunContext) -> Embeddings | None:
+    if not ctx.run.store.exists("embeddings/finetuned.npz"):
+        return None
+    path = ctx.work_dir / "finetuned_embeddings.npz"
+    ctx.run.store.download_file("embeddings/finetuned.npz", path)
+    with np.load(path, allow_pickle=False) as data:
+        return Embeddings([str(i) for i in data["ids"]], data["vectors"])
+
+
+# ---------------------------------------------------------------- classify
+
+
+def classify(ctx: RunContext, prepared: PreparedData, trained: TrainedModel, cached: Embeddings | None = None) -> dict[str, Any]:
+    """Relation classifier on fine-tuned embeddings; skipped (and said why) when it cannot train."""
+    cfg, log, timer = ctx.cfg, ctx.log("classify"), StepTimer("classify")
+    ctx.run.begin_step("classify", ctx.force, needs=("train",))
+    set_threads(cfg.runtime.threads)
+    train_links, test_links = prepared.links_in("train"), prepared.links_in("test")
+    needed = sorted({t for link in train_links + test_links for t in (link.source, link.target)})
+    emb = _reuse_or_encode(ctx, prepared, trained, needed, cached if cached is not None else _load_embeddings(ctx), log)
+    files: list[FileRecord] = []
+    try:
+        result = train_classifier(train_links, test_links, prepared.tickets, emb, cfg.classify, cfg.train.seed)
+    except ValueError as exc:
+        metrics: dict[str, Any] = {"skipped": str(exc)}
+        log.warning("classifier skipped", reason=str(exc))
+    else:
+        metrics = result.metrics
+        files.append(ctx.run.store.write_bytes("classifier/model.json", dumps_model(result.model)))
+        plot = plots.confusion(result.confusion, result.classes, ctx.work_dir / "plots" / "confusion_matrix.png")
+        files.append(ctx.run.store.upload_file(plot, "plots/confusion_matrix.png"))
+        log.info("classifier", macro_f1=_round(metrics["macro_f1"]), majority_macro_f1=_round(metrics["majority_macro_f1"]),
+                 n_train=metrics["n_train"], n_test=metrics["n_test"], notes=metrics["notes"])
+    files.append(ctx.run.write_json("classifier/metrics.json", metrics))
+    ctx.run.record_step(timer.record(files, {"metrics": metrics}))
+    ctx.run.finish_if_complete(required_steps(cfg), ctx.cfg.redacted())
+    return metrics
+
+
+def _reuse_or_encode(ctx: RunContext, prepared: PreparedData, trained: TrainedModel, ids: list[str],
+                     cached: Embeddings | None, log: Any) -> Embeddings:
+    """Embeddings for `ids`, encoding only the tickets evaluate did not already encode."""
+    have = cached.index if cached is not None else {}
+    missing = [t for t in ids if t not in have]
+    vectors = np.zeros((len(ids), 0), dtype=np.float32)
+    fresh = None
+    if missing:
+        model = load_model(str(trained.local_dir), ctx.cfg.model.max_seq_length)
+        fresh = _encode_ids(model, prepared, missing, ctx, log, "encode finetuned")
+    log.info("embeddings", reused=len(ids) - len(missing), encoded=len(missing))
+    rows = []
+    for t in ids:
+        if fresh is not None and t in fresh.index:
+            rows.append(fresh.vectors[fresh.index[t]])
+        else:
+            assert cached is not None
+            rows.append(cached.vectors[cached.index[t]])
+    vectors = np.vstack(rows) if rows else vectors
+    return Embeddings(ids, vectors)
+
+
+# ---------------------------------------------------------------- all steps
+
+
+def run_all(ctx: RunContext, resume: bool = False) -> dict[str, Any]:
+    """Every step in one process, handing data over in memory."""
+    prepared = prepare(ctx)
+    trained = train(ctx, prepared, resume=resume)
+    embeddings = evaluate(ctx, prepared, trained)
+    if ctx.cfg.classify.enabled:
+        classify(ctx, prepared, trained, embeddings)
+    return ctx.run.read_json("metrics.json")

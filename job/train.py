@@ -1,0 +1,241 @@
+"""Fine-tune with sentence-transformers' SentenceTransformerTrainer.
+
+Checkpoints go to the run's storage as they are written (a `COMPLETE` marker last, so a
+half-uploaded checkpoint is never resumed from); a rerun of the same run id, or `--resume`,
+continues from the newest complete one with optimizer, scheduler and RNG state. SIGTERM asks
+the trainer to save at the end of the current step and stop; the step then exits 75.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from transformers import PrinterCallback, TrainerCallback
+
+from job.config import JobConfig, TrainConfig
+from job.errors import Interrupted, RunStateError
+from job.log import Progress
+from job.pairs import Pair
+from job.storage import Store, download_dir, upload_dir
+
+CHECKPOINTS = "checkpoints"
+COMPLETE = "COMPLETE"
+
+
+@dataclass
+class TrainExamples:
+    sentence1: list[str]
+    sentence2: list[str]
+    score: list[float]
+
+
+@dataclass
+class TrainResult:
+    model_dir: Path
+    global_step: int
+    epochs: float
+    loss_curve: list[dict[str, Any]] = field(default_factory=list)
+    val_history: list[dict[str, Any]] = field(default_factory=list)
+    best_metric: float | None = None
+    precision: str = "fp32"
+    train_seconds: float = 0.0
+    pairs_per_second: float = 0.0
+    resumed_from: str | None = None
+    n_examples: int = 0
+
+
+def seed_everything(seed: int) -> None:
+    """Python, NumPy and torch (all CUDA devices) from one seed."""
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.cuda.manual_seed_all(seed)
+
+
+def examples_from_pairs(pairs: list[Pair], texts: dict[str, str], cfg: TrainConfig,
+                        positive_threshold: float) -> TrainExamples:
+    """Training rows for the chosen loss; `max_pairs` samples with the seed (not the first N)."""
+    chosen = list(pairs)
+    if cfg.loss == "mnrl":  # in-batch negatives: only (anchor, positive) rows
+        chosen = [p for p in chosen if p.score >= positive_threshold]
+    if cfg.max_pairs and len(chosen) > cfg.max_pairs:
+        chosen = random.Random(cfg.seed).sample(chosen, cfg.max_pairs)
+    s1 = [texts[p.a] for p in chosen]
+    s2 = [p.text_b if p.text_b is not None else texts[p.b] for p in chosen]
+    if cfg.loss == "online_contrastive":
+        scores = [1.0 if p.score >= positive_threshold else 0.0 for p in chosen]
+    else:
+        scores = [p.score for p in chosen]
+    return TrainExamples(s1, s2, scores)
+
+
+def _loss(model: Any, name: str) -> Any:
+    from sentence_transformers.sentence_transformer import losses
+
+    return {
+        "cosine": lambda: losses.CosineSimilarityLoss(model),
+        "cosent": lambda: losses.CoSENTLoss(model),
+        "mnrl": lambda: losses.MultipleNegativesRankingLoss(model),
+        "online_contrastive": lambda: losses.OnlineContrastiveLoss(model),
+    }[name]()
+
+
+def choose_precision(requested: str) -> str:
+    import torch
+
+    if requested != "auto":
+        return requested
+    if torch.cuda.is_available():
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "fp32"
+
+
+def latest_checkpoint(store: Store) -> str | None:
+    """Newest checkpoint whose upload completed (its COMPLETE marker exists)."""
+    steps = []
+    for key, _ in store.list_keys(f"{CHECKPOINTS}/"):
+        parts = key.split("/")
+        if len(parts) == 3 and parts[2] == COMPLETE and parts[1].startswith("checkpoint-"):
+            steps.append((int(parts[1].split("-")[1]), parts[1]))
+    return max(steps)[1] if steps else None
+
+
+class _StorageAndProgress(TrainerCallback):
+    """TrainerCallback: logs progress, uploads each checkpoint, and honours a stop request."""
+
+    def __init__(self, store: Store, log: Any, stop: threading.Event) -> None:
+        self.store, self.log, self.stop = store, log, stop
+        self.progress: Progress | None = None
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.progress = Progress(self.log, "train", state.max_steps, unit="steps")
+        self.progress.done = state.global_step
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self.progress:
+            self.progress.update(1)
+        if self.stop.is_set():
+            self.log.warning("stop requested: saving a checkpoint and stopping", global_step=state.global_step)
+            control.should_save = True
+            control.should_training_stop = True
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any) -> None:
+        if logs and "loss" in logs:
+            self.log.info("train loss", global_step=state.global_step, epoch=round(state.epoch or 0, 3),
+                          loss=round(float(logs["loss"]), 5), learning_rate=logs.get("learning_rate"))
+
+    def on_evaluate(self, args: Any, state: Any, control: Any, metrics: dict[str, Any] | None = None, **kw: Any) -> None:
+        if metrics:
+            self.log.info("val metrics", global_step=state.global_step,
+                          **{k: round(float(v), 5) for k, v in metrics.items() if isinstance(v, int | float)})
+
+    def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        name = f"checkpoint-{state.global_step}"
+        local = Path(args.output_dir) / name
+        if not local.is_dir():
+            return
+        t0 = time.monotonic()
+        upload_dir(self.store, local, f"{CHECKPOINTS}/{name}")
+        self.store.write_bytes(f"{CHECKPOINTS}/{name}/{COMPLETE}", b"")
+        for key, _ in self.store.list_keys(f"{CHECKPOINTS}/"):  # keep only the newest in storage
+            old = key.split("/")[1]
+            if old != name and key.endswith(f"/{COMPLETE}"):
+                self.store.delete_prefix(f"{CHECKPOINTS}/{old}/")
+        self.log.info("checkpoint saved", checkpoint=name, seconds=round(time.monotonic() - t0, 2))
+
+
+def train_model(cfg: JobConfig, model: Any, train: TrainExamples, val: TrainExamples, work_dir: Path,
+                store: Store, log: Any, stop: threading.Event, resume: bool) -> TrainResult:
+    """Run the trainer; `store` is the run's storage (for checkpoints). Returns the best model's dir."""
+    from datasets import Dataset
+    from sentence_transformers.sentence_transformer import (
+        SentenceTransformerTrainer,
+        SentenceTransformerTrainingArguments,
+    )
+    from sentence_transformers.sentence_transformer.evaluation import EmbeddingSimilarityEvaluator
+    tc = cfg.train
+    precision = choose_precision(tc.precision)
+    seed_everything(tc.seed)
+    columns: dict[str, list[Any]] = {"sentence1": train.sentence1, "sentence2": train.sentence2}
+    if tc.loss != "mnrl":
+        columns["score"] = train.score
+    dataset = Dataset.from_dict(columns)
+    evaluator = EmbeddingSimilarityEvaluator(val.sentence1, val.sentence2, val.score, name="val",
+                                             batch_size=cfg.model.encode_batch_size, write_csv=False)
+    strategy = "steps" if tc.checkpoint_every_steps else "epoch"
+    output_dir = work_dir / CHECKPOINTS
+    args = SentenceTransformerTrainingArguments(
+        output_dir=str(output_dir),
+        num_train_epochs=tc.epochs,
+        per_device_train_batch_size=tc.batch_size,
+        per_device_eval_batch_size=cfg.model.encode_batch_size,
+        learning_rate=tc.learning_rate,
+        warmup_steps=tc.warmup_ratio,  # a float below 1 is a ratio of the total steps
+        seed=tc.seed,
+        data_seed=tc.seed,
+        fp16=precision == "fp16",
+        bf16=precision == "bf16",
+        eval_strategy=strategy,
+        save_strategy=strategy,
+        eval_steps=tc.checkpoint_every_steps or 500,
+        save_steps=tc.checkpoint_every_steps or 500,
+        save_total_limit=2,
+        load_best_model_at_end=True,
+        metric_for_best_model="eval_val_spearman_cosine",
+        greater_is_better=True,
+        logging_steps=max(1, min(50, len(dataset) // tc.batch_size // 4 or 1)),
+        report_to="none",
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        batch_sampler="no_duplicates" if tc.loss == "mnrl" else "batch_sampler",
+    )
+    callback = _StorageAndProgress(store, log, stop)
+    trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=dataset, loss=_loss(model, tc.loss),
+                                         evaluator=evaluator, callbacks=[callback])
+    trainer.remove_callback(PrinterCallback)  # it prints dicts to stdout, breaking the JSON log stream
+    checkpoint = _fetch_checkpoint(store, output_dir, log, required=resume)
+    t0 = time.monotonic()
+    trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    seconds = time.monotonic() - t0
+    if stop.is_set():
+        raise Interrupted(f"training stopped at step {trainer.state.global_step} on request; "
+                          "the checkpoint is saved and a rerun with the same run id resumes from it")
+    model_dir = work_dir / "model"
+    trainer.model.save_pretrained(str(model_dir), safe_serialization=True)
+    history = trainer.state.log_history
+    done_steps = trainer.state.global_step - (int(checkpoint.name.split("-")[1]) if checkpoint else 0)
+    return TrainResult(
+        model_dir=model_dir,
+        global_step=trainer.state.global_step,
+        epochs=float(trainer.state.epoch or 0),
+        loss_curve=[{"step": h["step"], "epoch": h.get("epoch"), "loss": h["loss"]} for h in history if "loss" in h],
+        val_history=[{k: v for k, v in h.items() if k.startswith("eval_") or k in ("step", "epoch")}
+                     for h in history if "eval_val_spearman_cosine" in h],
+        best_metric=trainer.state.best_metric,
+        precision=precision,
+        train_seconds=round(seconds, 3),
+        pairs_per_second=round(done_steps * tc.batch_size / seconds, 3) if seconds > 0 else 0.0,
+        resumed_from=checkpoint.name if checkpoint else None,
+        n_examples=len(dataset),
+    )
+
+
+def _fetch_checkpoint(store: Store, output_dir: Path, log: Any, required: bool) -> Path | None:
+    name = latest_checkpoint(store)
+    if name is None:
+        if required:
+            raise RunStateError("--resume was given but the run has no complete checkpoint to resume from")
+        return None
+    local = output_dir / name
+    download_dir(store, f"{CHECKPOINTS}/{name}", local)
+    (local / COMPLETE).unlink(missing_ok=True)
+    log.info("resuming from checkpoint", checkpoint=name)
+    return local

