@@ -164,6 +164,20 @@ _step_command("evaluate", "Score base and fine-tuned models on the test split.")
 _step_command("classify", "Train and score the relation classifier.")
 
 
+@main.command(name="promote")
+@config_options
+@click.option("--run-id", required=True, help="The finished run to promote.")
+def promote_run(run_id: str, **kwargs: Any) -> None:
+    """Move the promoted-model pointer to RUN_ID if it is not worse than the promoted run (exit 3 if it is)."""
+
+    def action() -> None:
+        from job.promote import promote
+
+        promote(_load(kwargs), run_id)
+
+    _execute("promote", action)
+
+
 @main.command(name="config")
 @config_options
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")

@@ -146,6 +146,12 @@ class ClassifyConfig(Section):
     class_weight: Literal["balanced", "none"] = "balanced"
 
 
+class PromoteConfig(Section):
+    metric: str = Field("average_precision", description="Key of metrics.json's 'finetuned' section to compare")
+    margin: float = Field(0.0, ge=0, le=1, description="A new run may be at most this much worse and still be promoted")
+    pointer: str = Field("promoted.json", description="Pointer object under output.uri naming the promoted run")
+
+
 class StorageConfig(Section):
     endpoint_url: str | None = Field(None, description="S3-compatible endpoint; AWS_ENDPOINT_URL also works")
     region: str = "us-east-1"
@@ -171,6 +177,7 @@ class JobConfig(Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     classify: ClassifyConfig = Field(default_factory=ClassifyConfig)
+    promote: PromoteConfig = Field(default_factory=PromoteConfig)
     storage: StorageConfig = Field(default_factory=StorageConfig)
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_BAD_INPUT = 2
+EXIT_NOT_PROMOTED = 3  # promote: the new run is worse; not an error worth retrying
 EXIT_TRANSIENT = 75  # EX_TEMPFAIL from sysexits.h
 
 
@@ -67,6 +68,12 @@ class StorageError(JobError):
         super().__init__(message)
         self.transient = transient
         self.exit_code = EXIT_TRANSIENT if transient else EXIT_BAD_INPUT
+
+
+class PromotionRefused(JobError):
+    """The run is worse than the promoted one (beyond the margin); the pointer did not move."""
+
+    exit_code = EXIT_NOT_PROMOTED
 
 
 class Interrupted(JobError):
