@@ -9,11 +9,16 @@ in parallel pods, and each writes its own record before checking, so one of them
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import platform
 import secrets
+import socket
 import subprocess
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -139,6 +144,57 @@ class RunDir:
             if stored.get(path) != record["size"]:
                 raise RunStateError(f"run {self.run_id}: {path} is missing or has the wrong size "
                                     f"({stored.get(path)} bytes, expected {record['size']}); rerun the step that writes it")
+
+
+LOCK_TTL_S = 120.0  # a lock whose heartbeat is older than this belongs to a dead process
+LOCK_HEARTBEAT_S = 20.0
+
+
+@contextlib.contextmanager
+def run_lock(run: RunDir, name: str, log: Any) -> Iterator[None]:
+    """Hold `locks/<name>.lock` for the block, refreshing a heartbeat in it.
+
+    A second process with the same run id fails at once instead of writing over the first's
+    files. A lock left by a killed process (SIGKILL, node loss) goes stale after LOCK_TTL_S and
+    a rerun takes it over, so a crash never blocks the run for good.
+    """
+    key = f"locks/{name}.lock"
+    owner = {"host": socket.gethostname(), "pid": os.getpid(), "token": secrets.token_hex(8)}
+    _acquire(run, key, owner, log)
+    stop = threading.Event()
+
+    def heartbeat() -> None:
+        while not stop.wait(LOCK_HEARTBEAT_S):
+            with contextlib.suppress(Exception):  # a missed beat only shortens the lease
+                run.store.write_bytes(key, to_json({**owner, "heartbeat": time.time()}))
+
+    beat = threading.Thread(target=heartbeat, name=f"lock-{name}", daemon=True)
+    beat.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        beat.join(timeout=5)
+        with contextlib.suppress(Exception):
+            run.store.delete_prefix(key)
+
+
+def _acquire(run: RunDir, key: str, owner: dict[str, Any], log: Any) -> None:
+    body = to_json({**owner, "heartbeat": time.time()})
+    if run.store.create_exclusive(key, body):
+        return
+    try:
+        held = json.loads(run.store.read_bytes(key))
+    except Exception:  # vanished or half-written between our two calls: treat as held
+        held = {"heartbeat": time.time()}
+    age = time.time() - float(held.get("heartbeat", 0))
+    if age < LOCK_TTL_S:
+        raise RunStateError(f"run {run.run_id} is in use by another process ({held.get('host')} pid "
+                            f"{held.get('pid')}, heartbeat {age:.0f}s ago; {run.uri}/{key}); not touching it")
+    log.warning("taking over a stale lock", lock=key, previous_owner=held.get("host"), age_s=round(age))
+    run.store.delete_prefix(key)
+    if not run.store.create_exclusive(key, body):
+        raise RunStateError(f"run {run.run_id}: another process took over the stale lock {key} first")
 
 
 def _sha(data: bytes) -> str:

@@ -15,7 +15,7 @@ from typing import Any
 import click
 
 from job.config import LoadedConfig, describe_sources, load_config
-from job.errors import EXIT_BAD_INPUT, EXIT_OK, JobError, exit_code_for
+from job.errors import EXIT_BAD_INPUT, EXIT_OK, Interrupted, JobError, exit_code_for
 from job.log import configure_logging, get_logger
 
 
@@ -69,9 +69,17 @@ def _env_secrets() -> list[str]:
 
 
 @contextmanager
-def _stop_on_sigterm(event: threading.Event) -> Iterator[None]:
-    """Turn SIGTERM (pod eviction, `kubectl delete`) into a request to checkpoint and stop."""
-    previous = signal.signal(signal.SIGTERM, lambda *_: event.set())
+def _stop_on_sigterm(stop: threading.Event, checkpointing: threading.Event, step: str) -> Iterator[None]:
+    """SIGTERM (pod eviction, `kubectl delete`): during training, checkpoint at the end of the
+    current step and stop; elsewhere stop at once (outputs are published atomically, manifest
+    last, so nothing half-written is left looking finished). Either way the exit code is 75."""
+
+    def handler(signum: int, frame: Any) -> None:
+        stop.set()
+        if not checkpointing.is_set():
+            raise Interrupted(f"{step} stopped by SIGTERM; rerun with the same run id to finish")
+
+    previous = signal.signal(signal.SIGTERM, handler)
     try:
         yield
     finally:
@@ -99,6 +107,8 @@ def _execute(step: str, action: Callable[[], Any]) -> None:
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 def main() -> None:
     """Fine-tune a sentence-embedding model on tickets and train a relation classifier."""
+    # Library progress bars (weights loading, shard writing) would interleave with the JSON log.
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 
 def _step_command(name: str, help_text: str, resume: bool = False) -> None:
@@ -116,7 +126,7 @@ def _step_command(name: str, help_text: str, resume: bool = False) -> None:
             ctx = pipeline.open_run(loaded, run_id, force=force)
             get_logger(run_id=ctx.run.run_id, step=name).info("start", output=ctx.run.uri)
             try:
-                with _stop_on_sigterm(ctx.stop):
+                with _stop_on_sigterm(ctx.stop, ctx.checkpointing, name), pipeline.exclusive(ctx, name):
                     _dispatch(pipeline, name, ctx, resume)
             finally:
                 pipeline.close_run(ctx)

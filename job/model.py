@@ -53,6 +53,11 @@ def _package_model_dir(module_name: str) -> Path:
     return path
 
 
+def distributed_rank() -> int:
+    """This process's rank under torchrun (0 when not distributed)."""
+    return int(os.environ.get("RANK", "0"))
+
+
 def pick_device() -> str:
     import torch
 

@@ -6,11 +6,13 @@ separate pods) and also accepts it in memory (so `run` does not re-read or re-en
 
 from __future__ import annotations
 
+import contextlib
 import random
 import shutil
 import tempfile
 import threading
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +27,7 @@ from job.artifacts import (
     environment_info,
     from_jsonl,
     new_run_id,
+    run_lock,
     to_json,
     to_jsonl,
 )
@@ -34,7 +37,7 @@ from job.data import Corpus, Link, Ticket, build_corpus, require_enough
 from job.errors import InputError
 from job.evaluate import Embeddings, ModelEvaluation, evaluate_model
 from job.log import get_logger
-from job.model import encode, load_model, pick_device, resolve_model_path, set_threads
+from job.model import distributed_rank, encode, load_model, pick_device, resolve_model_path, set_threads
 from job.pairs import Pair, build_split_pairs
 from job.split import SPLITS, check_usable, split_by_components
 from job.storage import FileRecord, download_dir, open_store, read_uri, upload_dir
@@ -48,8 +51,9 @@ class RunContext:
     run: RunDir
     work_dir: Path
     force: bool = False
-    stop: threading.Event = field(default_factory=threading.Event)
-    _s3_client: Any = None
+    rank: int = 0  # torchrun rank; only rank 0 writes to the run directory
+    stop: threading.Event = field(default_factory=threading.Event)  # SIGTERM: checkpoint and stop
+    checkpointing: threading.Event = field(default_factory=threading.Event)  # set while a stop can checkpoint
 
     @property
     def cfg(self) -> JobConfig:
@@ -65,9 +69,34 @@ def open_run(loaded: LoadedConfig, run_id: str | None = None, force: bool = Fals
     run_id = run_id or new_run_id()
     store = open_store(cfg.output.uri.rstrip("/") + "/" + run_id, cfg.storage)
     base = Path(cfg.runtime.work_dir) if cfg.runtime.work_dir else Path(tempfile.gettempdir())
-    work_dir = base / f"finetune-{run_id}"
+    rank = distributed_rank()
+    work_dir = base / (f"finetune-{run_id}" + (f"-rank{rank}" if rank else ""))
     work_dir.mkdir(parents=True, exist_ok=True)
-    return RunContext(loaded=loaded, run=RunDir(store, run_id), work_dir=work_dir, force=force)
+    return RunContext(loaded=loaded, run=RunDir(store, run_id), work_dir=work_dir, force=force, rank=rank)
+
+
+# evaluate and classify may run at the same time (separate pods); everything else owns the run.
+_SHARED_STEPS = ("evaluate", "classify")
+
+
+@contextlib.contextmanager
+def exclusive(ctx: RunContext, command: str) -> Iterator[None]:
+    """Hold the run's lock for `command`, so a second process with the same run id stops at once."""
+    if ctx.rank != 0:  # torchrun workers follow rank 0, which holds the lock
+        yield
+        return
+    log = ctx.log(command)
+    if command in _SHARED_STEPS:
+        with run_lock(ctx.run, "run", log):  # refuse while prepare/train/run is active, then let go
+            pass
+        with run_lock(ctx.run, command, log):
+            yield
+        return
+    for other in _SHARED_STEPS:
+        with run_lock(ctx.run, other, log):
+            pass
+    with run_lock(ctx.run, "run", log):
+        yield
 
 
 def close_run(ctx: RunContext) -> None:
@@ -213,7 +242,14 @@ def train(ctx: RunContext, prepared: PreparedData, resume: bool = False) -> Trai
     device = pick_device()
     log.info("training", examples=len(train_rows.sentence1), val_pairs=len(val_rows.sentence1), epochs=cfg.train.epochs,
              batch_size=cfg.train.batch_size, loss=cfg.train.loss, device=device, threads=threads)
-    result = train_model(cfg, _load_base(ctx), train_rows, val_rows, ctx.work_dir, ctx.run.store, log, ctx.stop, resume)
+    ctx.checkpointing.set()
+    try:
+        result = train_model(cfg, _load_base(ctx), train_rows, val_rows, ctx.work_dir, ctx.run.store, log, ctx.stop,
+                             resume)
+    finally:
+        ctx.checkpointing.clear()
+    if ctx.rank != 0:  # DDP workers trained in lock-step; rank 0 publishes
+        return TrainedModel(result.model_dir)
     files = upload_dir(ctx.run.store, result.model_dir, "model")
     plot = plots.loss_curve(result.loss_curve, result.val_history, ctx.work_dir / "plots" / "loss_curve.png")
     files.append(ctx.run.store.upload_file(plot, "plots/loss_curve.png"))

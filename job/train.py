@@ -138,6 +138,8 @@ class _StorageAndProgress(TrainerCallback):
                           **{k: round(float(v), 5) for k, v in metrics.items() if isinstance(v, int | float)})
 
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if not state.is_world_process_zero:
+            return
         name = f"checkpoint-{state.global_step}"
         local = Path(args.output_dir) / name
         if not local.is_dir():
@@ -155,12 +157,14 @@ class _StorageAndProgress(TrainerCallback):
 def train_model(cfg: JobConfig, model: Any, train: TrainExamples, val: TrainExamples, work_dir: Path,
                 store: Store, log: Any, stop: threading.Event, resume: bool) -> TrainResult:
     """Run the trainer; `store` is the run's storage (for checkpoints). Returns the best model's dir."""
+    import torch
     from datasets import Dataset
     from sentence_transformers.sentence_transformer import (
         SentenceTransformerTrainer,
         SentenceTransformerTrainingArguments,
     )
     from sentence_transformers.sentence_transformer.evaluation import EmbeddingSimilarityEvaluator
+
     tc = cfg.train
     precision = choose_precision(tc.precision)
     seed_everything(tc.seed)
@@ -195,6 +199,8 @@ def train_model(cfg: JobConfig, model: Any, train: TrainExamples, val: TrainExam
         report_to="none",
         disable_tqdm=True,
         dataloader_num_workers=0,
+        dataloader_pin_memory=precision != "fp32",
+        ddp_backend=None if torch.cuda.is_available() else "gloo",  # torchrun on CPU (tests) uses gloo
         batch_sampler="no_duplicates" if tc.loss == "mnrl" else "batch_sampler",
     )
     callback = _StorageAndProgress(store, log, stop)
@@ -209,7 +215,8 @@ def train_model(cfg: JobConfig, model: Any, train: TrainExamples, val: TrainExam
         raise Interrupted(f"training stopped at step {trainer.state.global_step} on request; "
                           "the checkpoint is saved and a rerun with the same run id resumes from it")
     model_dir = work_dir / "model"
-    trainer.model.save_pretrained(str(model_dir), safe_serialization=True)
+    if trainer.is_world_process_zero():
+        trainer.model.save_pretrained(str(model_dir), safe_serialization=True)
     history = trainer.state.log_history
     done_steps = trainer.state.global_step - (int(checkpoint.name.split("-")[1]) if checkpoint else 0)
     return TrainResult(

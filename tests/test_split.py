@@ -1,0 +1,50 @@
+"""Connected-component split: no ticket or linked pair crosses splits; fractions; clear refusals."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from job.config import SplitConfig
+from job.errors import InputError
+from job.split import check_usable, connected_components, split_by_components
+
+
+def test_components_join_linked_tickets() -> None:
+    comp = connected_components(["a", "b", "c", "d", "e"], [("a", "b"), ("b", "c"), ("d", "e")])
+    assert comp["a"] == comp["b"] == comp["c"] != comp["d"] == comp["e"]
+
+
+def _sample(path: Path) -> tuple[list[str], list[tuple[str, str]]]:
+    ids = [json.loads(line)["id"] for line in (path / "tickets.jsonl").read_text().splitlines()]
+    edges = [(r["source"], r["target"]) for r in map(json.loads, (path / "links.jsonl").read_text().splitlines())]
+    return ids, edges
+
+
+def test_real_sample_split_has_no_leakage_and_follows_fractions(shared_sample: Path) -> None:
+    ids, edges = _sample(shared_sample)
+    split = split_by_components(ids, edges, SplitConfig(), seed=1)
+    where = split.lookup()
+    assert sorted(where) == sorted(ids)  # every ticket exactly once
+    assert all(where[a] == where[b] for a, b in edges)  # no linked pair crosses splits
+    per_split = check_usable(split, edges)
+    assert all(per_split[name] > 0 for name in ("train", "val", "test"))
+    assert abs(len(split.members["train"]) / len(ids) - 0.8) < 0.05
+    assert abs(len(split.members["test"]) / len(ids) - 0.1) < 0.05
+
+
+def test_same_seed_same_split_other_seed_other_split(shared_sample: Path) -> None:
+    ids, edges = _sample(shared_sample)
+    first = split_by_components(ids, edges, SplitConfig(), seed=5).members
+    assert first == split_by_components(list(reversed(ids)), edges, SplitConfig(), seed=5).members
+    assert first != split_by_components(ids, edges, SplitConfig(), seed=6).members
+
+
+def test_giant_component_is_refused_with_the_reason() -> None:
+    ids = [f"t{i}" for i in range(50)]
+    edges = [(f"t{i}", f"t{i + 1}") for i in range(47)]  # 48 tickets in one chain, 2 singletons
+    split = split_by_components(ids, edges, SplitConfig(), seed=0)
+    with pytest.raises(InputError, match=r"largest linked component holds 48 of 50 tickets"):
+        check_usable(split, edges)
