@@ -1,12 +1,16 @@
 """Read and validate tickets, links and prebuilt pairs from JSONL, JSON arrays or CSV.
 
-Every bad row becomes a `Problem` naming file, line (or row/item), field and what was
-expected. The loaders collect all problems; `load_corpus` then applies `data.on_error`:
+Every bad row becomes a `Problem` naming file, line (or item), field and what was
+expected. The loaders collect all problems; `build_corpus` then applies `data.on_error`:
 `fail` raises one InputError listing them, `skip` drops those rows and counts them.
+Problems that make a whole file unreadable (empty, not UTF-8 for a JSON array, broken CSV
+quoting, a CSV header without the needed columns) fail under either policy: nothing
+after them can be trusted, so skipping would lose rows without counting them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import io
@@ -22,6 +26,16 @@ from job.errors import InputError, Problem
 from job.storage import basename
 
 Format = Literal["jsonl", "json", "csv"]
+Kind = Literal["tickets", "links", "pairs", "relationship_pairs"]
+
+BOM = b"\xef\xbb\xbf"
+# Columns a CSV header must have for each kind of input (tickets need one of title/description too).
+REQUIRED_COLUMNS: dict[Kind, tuple[str, ...]] = {
+    "tickets": ("id",),
+    "links": ("source", "target", "relation"),
+    "pairs": ("text_a", "text_b", "score"),
+    "relationship_pairs": ("text_a", "text_b", "relation"),
+}
 
 
 @dataclass(frozen=True)
@@ -49,7 +63,10 @@ class ScoredPair:
 
 @dataclass
 class FileReport:
-    """What one input file held: rows read, kept, skipped (with why), and its checksum."""
+    """What one input file held: rows read, kept, skipped (with why), and its checksum.
+
+    `fatal` lists the problems that make the whole file unusable (a subset of `problems`).
+    """
 
     name: str
     sha256: str
@@ -57,6 +74,7 @@ class FileReport:
     kept: int = 0
     problems: list[Problem] = field(default_factory=list)
     duplicates_dropped: int = 0
+    fatal: list[Problem] = field(default_factory=list)
 
     @property
     def skipped(self) -> int:
@@ -78,6 +96,9 @@ class Corpus:
 
 
 # ---------------------------------------------------------------- records
+#
+# iter_records yields (location, record) for good rows, (location, Problem) for a bad row,
+# and ("", Problem) for a problem with the whole file.
 
 
 def detect_format(name: str, declared: str) -> Format:
@@ -93,14 +114,22 @@ def detect_format(name: str, declared: str) -> Format:
     raise InputError(f"{name}: cannot tell the format from the extension; set data.format to jsonl, json or csv")
 
 
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a valid JSON number")
+def _nan_or_infinity(name: str) -> float:
+    # Accepted while parsing so the field check can say which field holds it and what it expects.
+    return float(name.replace("Infinity", "inf"))
 
 
 def iter_records(data: bytes, name: str, fmt: Format) -> Iterator[tuple[str, dict[str, Any] | Problem]]:
-    """Yield (location, record) for good rows and (location, Problem) for rows that cannot be parsed."""
-    if data.startswith(b"\xef\xbb\xbf"):
-        data = data[3:]  # a UTF-8 BOM is harmless; Excel writes one
+    """Yield (location, record) for good rows and (location, Problem) for rows that cannot be parsed.
+
+    A Problem yielded with an empty location concerns the whole file.
+    """
+    if data.startswith(BOM):
+        data = data[len(BOM):]  # a UTF-8 BOM is harmless; Excel writes one
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        yield "", Problem(name, None, None, "the file is UTF-16 (it starts with a UTF-16 byte order mark): "
+                                            "expected UTF-8")
+        return
     if not data.strip():
         yield "", Problem(name, None, None, "file is empty: expected at least one record")
         return
@@ -112,31 +141,46 @@ def iter_records(data: bytes, name: str, fmt: Format) -> Iterator[tuple[str, dic
         yield from _iter_csv(data, name)
 
 
+def _lines(data: bytes) -> Iterator[tuple[int, bytes]]:
+    """(line number, line without its ending) without holding a list of every line."""
+    start, number = 0, 1
+    while start < len(data):
+        end = data.find(b"\n", start)
+        if end < 0:
+            end = len(data)
+        yield number, data[start:end].rstrip(b"\r")
+        start, number = end + 1, number + 1
+
+
+def _parse_json(text: str) -> Any:
+    return json.loads(text, parse_constant=_nan_or_infinity)
+
+
 def _iter_jsonl(data: bytes, name: str) -> Iterator[tuple[str, dict[str, Any] | Problem]]:
     if data.lstrip()[:1] == b"[":
-        yield "line 1", Problem(name, "line 1", None,
-                                "this is a JSON array but the file is read as JSON Lines; set data.format: json")
+        yield "", Problem(name, "line 1", None,
+                          "this is a JSON array but the file is read as JSON Lines; set data.format: json")
         return
-    for number, raw in enumerate(data.split(b"\n"), start=1):
+    for number, line in _lines(data):
         where = f"line {number}"
-        line = raw.rstrip(b"\r")
+        if line.startswith(BOM):
+            line = line[len(BOM):]  # files concatenated with cat keep each one's BOM
         if not line.strip():
             continue
-        if b"\x00" in line:
-            yield where, Problem(name, where, None, "contains a NUL byte")
+        nul = line.find(b"\x00")
+        if nul >= 0:
+            yield where, Problem(name, where, None, f"contains a NUL byte at column {nul + 1}: expected text")
             continue
+        # Bytes that are not UTF-8 survive decoding as surrogates, so the field check can name the field.
+        text = line.decode("utf-8", errors="surrogateescape")
         try:
-            text = line.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            yield where, Problem(name, where, None, f"not valid UTF-8 (byte {exc.start + 1} of the line)")
-            continue
-        try:
-            record = json.loads(text, parse_constant=_reject_constant)
+            record = _parse_json(text)
         except json.JSONDecodeError as exc:
-            yield where, Problem(name, where, None, f"invalid JSON at column {exc.colno}: {exc.msg}")
+            yield where, Problem(name, where, None, f"invalid JSON at column {exc.colno}: {exc.msg}; "
+                                                    "expected one JSON object per line")
             continue
-        except ValueError as exc:
-            yield where, Problem(name, where, None, str(exc))
+        except (ValueError, RecursionError) as exc:
+            yield where, Problem(name, where, None, f"invalid JSON: {_short(exc)}")
             continue
         if not isinstance(record, dict):
             yield where, Problem(name, where, None, f"expected a JSON object, got {_type_name(record)}")
@@ -144,30 +188,27 @@ def _iter_jsonl(data: bytes, name: str) -> Iterator[tuple[str, dict[str, Any] | 
         yield where, record
 
 
-def _decode_whole(data: bytes, name: str) -> str | Problem:
-    if b"\x00" in data:
-        line = data[: data.index(b"\x00")].count(b"\n") + 1
-        return Problem(name, f"line {line}", None, "contains a NUL byte")
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = data[: exc.start].count(b"\n") + 1
-        return Problem(name, f"line {line}", None, "not valid UTF-8; the whole file must be UTF-8")
+def _short(exc: BaseException) -> str:
+    text = str(exc)
+    return text if len(text) <= 200 else text[:200] + "..."
 
 
 def _iter_json_array(data: bytes, name: str) -> Iterator[tuple[str, dict[str, Any] | Problem]]:
-    text = _decode_whole(data, name)
-    if isinstance(text, Problem):
-        yield text.location or "", text
+    if b"\x00" in data:
+        line = data[: data.index(b"\x00")].count(b"\n") + 1
+        yield "", Problem(name, f"line {line}", None, "contains a NUL byte: expected text")
         return
+    text = data.decode("utf-8", errors="surrogateescape")
     try:
-        items = json.loads(text, parse_constant=_reject_constant)
+        items = _parse_json(text)
     except json.JSONDecodeError as exc:
-        hint = " (it looks like JSON Lines; set data.format: jsonl)" if text.lstrip().startswith("{") else ""
-        yield f"line {exc.lineno}", Problem(name, f"line {exc.lineno}", None, f"invalid JSON: {exc.msg}{hint}")
+        hint = (" (it looks like JSON Lines; set data.format: jsonl)" if exc.msg == "Extra data"
+                and text.lstrip().startswith("{") else "")
+        yield "", Problem(name, f"line {exc.lineno}", None,
+                          f"invalid JSON at column {exc.colno}: {exc.msg}; expected one JSON array of objects{hint}")
         return
-    except ValueError as exc:
-        yield "", Problem(name, None, None, str(exc))
+    except (ValueError, RecursionError) as exc:
+        yield "", Problem(name, None, None, f"invalid JSON: {_short(exc)}")
         return
     if not isinstance(items, list):
         yield "", Problem(name, None, None, f"expected a JSON array of objects, got {_type_name(items)}")
@@ -182,38 +223,81 @@ def _iter_json_array(data: bytes, name: str) -> Iterator[tuple[str, dict[str, An
             yield where, Problem(name, where, None, f"expected a JSON object, got {_type_name(item)}")
 
 
-def _iter_csv(data: bytes, name: str) -> Iterator[tuple[str, dict[str, Any] | Problem]]:
-    text = _decode_whole(data, name)
-    if isinstance(text, Problem):
-        yield text.location or "", text
-        return
-    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+@contextlib.contextmanager
+def _csv_field_limit(limit: int) -> Iterator[None]:
+    """The csv module refuses fields over 128 KiB by default; a long description is still valid data."""
+    previous = csv.field_size_limit(max(limit, csv.field_size_limit()))
     try:
-        header = next(reader)
-    except (StopIteration, csv.Error) as exc:
-        yield "line 1", Problem(name, "line 1", None, f"cannot read the CSV header: {exc}")
-        return
-    header = [h.strip() for h in header]
-    rows = 0
-    while True:
+        yield
+    finally:
+        csv.field_size_limit(previous)
+
+
+def _iter_csv(data: bytes, name: str) -> Iterator[tuple[str, dict[str, Any] | Problem]]:
+    text = data.decode("utf-8", errors="surrogateescape")
+    with _csv_field_limit(len(data) + 1):
+        reader = csv.reader(io.StringIO(text, newline=""), strict=True)
         try:
-            values = next(reader)
-        except StopIteration:
-            break
-        except csv.Error as exc:
+            header = next(reader)
+        except (StopIteration, csv.Error) as exc:
+            yield "", Problem(name, "line 1", None, f"cannot read the CSV header: {exc}")
+            return
+        header = [h.strip() for h in header]
+        duplicated = sorted({h for h in header if header.count(h) > 1})
+        if duplicated:
+            yield "", Problem(name, "line 1", None, f"the CSV header repeats column(s) {', '.join(duplicated)}: "
+                                                    "expected each column once")
+            return
+        rows = 0
+        while True:
+            try:
+                values = next(reader)
+            except StopIteration:
+                break
+            except csv.Error as exc:
+                # The reader cannot resync after a quoting error: the rows after it are unknown,
+                # so the file fails as a whole rather than losing them uncounted.
+                yield "", Problem(name, f"line {reader.line_num}", None,
+                                  f"broken CSV quoting: {exc}; expected fields in double quotes with inner "
+                                  "quotes doubled (\"\")")
+                return
+            rows += 1
             where = f"line {reader.line_num}"
-            yield where, Problem(name, where, None, f"broken CSV quoting: {exc}")
-            return  # the reader cannot resync after a quoting error
-        rows += 1
-        where = f"line {reader.line_num}"
-        if not any(v.strip() for v in values):
-            continue
-        if len(values) != len(header):
-            yield where, Problem(name, where, None, f"row has {len(values)} fields, the header has {len(header)}")
-            continue
-        yield where, dict(zip(header, values, strict=True))
+            if not any(v.strip() for v in values):
+                continue
+            if len(values) != len(header):
+                yield where, Problem(name, where, None,
+                                     f"row has {len(values)} fields, expected {len(header)} like the header")
+                continue
+            yield where, dict(zip(header, values, strict=True))
     if rows == 0:
-        yield "", Problem(name, None, None, "the CSV has a header but no rows")
+        yield "", Problem(name, None, None, "the CSV has a header but no rows: expected at least one record")
+
+
+def check_csv_header(data: bytes, name: str, kind: Kind) -> Problem | None:
+    """A whole-file problem when the CSV header lacks a column this kind of input needs."""
+    if data.startswith(BOM):
+        data = data[len(BOM):]
+    first = data.split(b"\n", 1)[0].rstrip(b"\r").decode("utf-8", errors="replace")
+    try:
+        header = [h.strip() for h in next(csv.reader([first]))]
+    except (StopIteration, csv.Error):
+        return None  # _iter_csv reports an unreadable header
+    required = list(REQUIRED_COLUMNS[kind])
+    missing = [c for c in required if c not in header]
+    if kind == "tickets" and not {"title", "description"} & set(header):
+        missing.append("title or description")
+    if not missing:
+        return None
+    found = ", ".join(repr(h) for h in header[:10]) + (" ..." if len(header) > 10 else "")
+    hint = ""
+    if len(header) == 1:
+        for delimiter, label in ((";", "';'"), ("\t", "a tab"), ("|", "'|'")):
+            if delimiter in header[0]:
+                hint = f" (the header is one column: the file seems to use {label} as the delimiter; expected ',')"
+                break
+    return Problem(name, "line 1", None, f"the CSV header has no column {', '.join(missing)}: expected columns "
+                                         f"{', '.join(required)}; found {found}{hint}")
 
 
 def _type_name(value: Any) -> str:
@@ -230,6 +314,20 @@ class _RowError(Exception):
         self.field_name = field_name
 
 
+def _valid_text(key: str, value: str) -> str:
+    """Reject strings that cannot be written back as UTF-8: undecodable bytes or lone surrogates."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        bad = value[exc.start]
+        what = (f"byte 0x{ord(bad) - 0xDC00:02x} that is not UTF-8" if 0xDC80 <= ord(bad) <= 0xDCFF
+                else f"an unpaired surrogate \\u{ord(bad):04x}")
+        raise _RowError(key, f"contains {what} at character {exc.start + 1}: expected UTF-8 text") from None
+    if "\x00" in value:
+        raise _RowError(key, f"contains a NUL character at character {value.index(chr(0)) + 1}: expected text")
+    return value
+
+
 def _required_str(record: dict[str, Any], key: str) -> str:
     if key not in record or record[key] is None:
         raise _RowError(key, "is missing: expected a non-empty string")
@@ -237,10 +335,10 @@ def _required_str(record: dict[str, Any], key: str) -> str:
     if isinstance(value, int) and not isinstance(value, bool):
         value = str(value)  # numeric ids are lossless as text
     if not isinstance(value, str):
-        raise _RowError(key, f"expected a string, got {_type_name(value)}")
+        raise _RowError(key, f"expected a non-empty string, got {_type_name(value)}")
     if not value.strip():
         raise _RowError(key, "is empty: expected a non-empty string")
-    return value.strip()
+    return _valid_text(key, value.strip())
 
 
 def _optional_str(record: dict[str, Any], key: str) -> str | None:
@@ -249,7 +347,7 @@ def _optional_str(record: dict[str, Any], key: str) -> str | None:
         return None
     if not isinstance(value, str):
         raise _RowError(key, f"expected a string or null, got {_type_name(value)}")
-    return value
+    return _valid_text(key, value)
 
 
 def _score(record: dict[str, Any], key: str, from_csv: bool) -> float:
@@ -260,12 +358,21 @@ def _score(record: dict[str, Any], key: str, from_csv: bool) -> float:
         try:
             value = float(value)
         except ValueError:
-            raise _RowError(key, f"expected a number in [0, 1], got {record[key]!r}") from None
+            raise _RowError(key, f"expected a number in [0, 1], got {_clip(record[key])!r}") from None
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise _RowError(key, f"expected a number in [0, 1], got {_type_name(value)} {value!r}")
+        raise _RowError(key, f"expected a number in [0, 1], got {_type_name(value)} {_clip(value)!r}")
     if not math.isfinite(value) or not 0.0 <= value <= 1.0:
-        raise _RowError(key, f"expected a number in [0, 1], got {value}")
+        raise _RowError(key, f"expected a number in [0, 1], got {_clip(value)}")
     return float(value)
+
+
+def _clip(value: Any) -> Any:
+    """Values quoted in messages stay short: a bad cell may be megabytes."""
+    if isinstance(value, str) and len(value) > 60:
+        return value[:60] + "..."
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > 10**30:
+        return f"a {len(str(abs(value)))}-digit number"
+    return value
 
 
 def _created(record: dict[str, Any]) -> str | None:
@@ -275,7 +382,7 @@ def _created(record: dict[str, Any]) -> str | None:
     try:
         datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
-        raise _RowError("created", f"expected an ISO-8601 date-time, got {value!r}") from None
+        raise _RowError("created", f"expected an ISO-8601 date-time, got {_clip(value)!r}") from None
     return value
 
 
@@ -286,22 +393,29 @@ def _created(record: dict[str, Any]) -> str | None:
 class _Parsed:
     report: FileReport
     rows: list[tuple[str, dict[str, Any]]]
+    csv_input: bool
 
 
-def _parse_file(data: bytes, uri: str, cfg: DataConfig) -> _Parsed:
-    name = basename(uri)
-    fmt = detect_format(name, cfg.format)
+def _parse_file(data: bytes, uri: str, cfg: DataConfig, kind: Kind) -> _Parsed:
+    fmt = detect_format(basename(uri), cfg.format)
     report = FileReport(name=uri, sha256=hashlib.sha256(data).hexdigest())
     rows: list[tuple[str, dict[str, Any]]] = []
-    for where, item in iter_records(data, uri, fmt):
+    header_problem = check_csv_header(data, uri, kind) if fmt == "csv" else None
+    records = iter(()) if header_problem else iter_records(data, uri, fmt)
+    if header_problem:
+        report.problems.append(header_problem)
+        report.fatal.append(header_problem)
+    for where, item in records:
         if isinstance(item, Problem):
-            if item.location:  # a row-level problem counts as a row
-                report.rows += 1
             report.problems.append(item)
+            if where:
+                report.rows += 1  # a bad row still counts as a row read
+            else:
+                report.fatal.append(item)
         else:
             report.rows += 1
             rows.append((where, item))
-    return _Parsed(report, rows)
+    return _Parsed(report, rows, fmt == "csv")
 
 
 def _run_row(report: FileReport, where: str, check: Any) -> Any:
@@ -313,45 +427,59 @@ def _run_row(report: FileReport, where: str, check: Any) -> Any:
 
 
 def parse_tickets(data: bytes, uri: str, cfg: DataConfig) -> tuple[dict[str, Ticket], FileReport]:
-    parsed = _parse_file(data, uri, cfg)
-    report = parsed.report
-    tickets: dict[str, Ticket] = {}
-    first_seen: dict[str, str] = {}
-    csv_input = detect_format(basename(uri), cfg.format) == "csv"
-    for where, record in parsed.rows:
-        ticket = _run_row(report, where, lambda r=record: _ticket(r, cfg, csv_input))
-        if ticket is None:
-            continue
-        if ticket.id in tickets:
-            report.problems.append(Problem(report.name, where, "id",
-                                           f"duplicate id {ticket.id!r} (first at {first_seen[ticket.id]})"))
-            continue
-        tickets[ticket.id], first_seen[ticket.id] = ticket, where
-    report.kept = len(tickets)
+    tickets, report, _ = _parse_tickets(data, uri, cfg)
     return tickets, report
 
 
-def _ticket(record: dict[str, Any], cfg: DataConfig, csv_input: bool) -> Ticket:
+def _parse_tickets(data: bytes, uri: str, cfg: DataConfig) -> tuple[dict[str, Ticket], FileReport, dict[str, str]]:
+    """Tickets, the file's report, and where each rejected ticket id was (to explain links to it)."""
+    parsed = _parse_file(data, uri, cfg, "tickets")
+    report = parsed.report
+    tickets: dict[str, Ticket] = {}
+    first_seen: dict[str, str] = {}
+    rejected: dict[str, str] = {}
+    for where, record in parsed.rows:
+        ticket = _run_row(report, where, lambda r=record: _ticket(r, cfg))
+        if ticket is None:
+            raw_id = record.get("id")
+            if isinstance(raw_id, str | int) and not isinstance(raw_id, bool) and str(raw_id).strip():
+                rejected.setdefault(str(raw_id).strip(), where)
+            continue
+        if ticket.id in tickets:
+            report.problems.append(Problem(report.name, where, "id",
+                                           f"duplicate id {_clip(ticket.id)!r} (first at {first_seen[ticket.id]}): "
+                                           "expected each id once"))
+            continue
+        tickets[ticket.id], first_seen[ticket.id] = ticket, where
+    report.kept = len(tickets)
+    for tid in tickets:
+        rejected.pop(tid, None)
+    return tickets, report, rejected
+
+
+def _ticket(record: dict[str, Any], cfg: DataConfig) -> Ticket:
     ticket_id = _required_str(record, "id")
     parts = {}
     for key in ("title", "description"):
         value = record.get(key)
         if value is not None and not isinstance(value, str):
             raise _RowError(key, f"expected a string, got {_type_name(value)}")
-        parts[key] = (value or "").strip()
+        parts[key] = _valid_text(key, (value or "").strip())
     if not parts["title"] and not parts["description"]:
-        raise _RowError("title", "title and description are both empty: a ticket needs text")
+        raise _RowError("title", "title and description are both empty: expected text in at least one")
     category, project = _optional_str(record, "category"), _optional_str(record, "project")
     text = cfg.text_template.format(id=ticket_id, title=parts["title"], description=parts["description"],
                                     category=category or "", project=project or "").strip()
     return Ticket(ticket_id, text, category, project, _created(record))
 
 
-def parse_links(data: bytes, uri: str, cfg: DataConfig, known: dict[str, Ticket]) -> tuple[list[Link], FileReport]:
-    parsed = _parse_file(data, uri, cfg)
+def parse_links(data: bytes, uri: str, cfg: DataConfig, known: dict[str, Ticket],
+                rejected: dict[str, str] | None = None) -> tuple[list[Link], FileReport]:
+    """Links between known tickets. `rejected`: ids of ticket rows that were bad, with their location."""
+    parsed = _parse_file(data, uri, cfg, "links")
     report, links, seen = parsed.report, [], set()
     for where, record in parsed.rows:
-        link = _run_row(report, where, lambda r=record: _link(r, cfg, known))
+        link = _run_row(report, where, lambda r=record: _link(r, cfg, known, rejected or {}))
         if link is None:
             continue
         undirected = link.relation in ("relates", "duplicate")
@@ -365,16 +493,17 @@ def parse_links(data: bytes, uri: str, cfg: DataConfig, known: dict[str, Ticket]
     return links, report
 
 
-def _link(record: dict[str, Any], cfg: DataConfig, known: dict[str, Ticket]) -> Link:
+def _link(record: dict[str, Any], cfg: DataConfig, known: dict[str, Ticket], rejected: dict[str, str]) -> Link:
     source, target = _required_str(record, "source"), _required_str(record, "target")
     relation = _required_str(record, "relation").lower()
     if relation not in cfg.relations:
-        raise _RowError("relation", f"unknown relation {relation!r}: expected one of {', '.join(cfg.relations)}")
+        raise _RowError("relation", f"unknown relation {_clip(relation)!r}: expected one of {', '.join(cfg.relations)}")
     if source == target:
-        raise _RowError("target", f"self-link: {source!r} links to itself")
+        raise _RowError("target", f"self-link: {_clip(source)!r} links to itself; expected two different tickets")
     for key, value in (("source", source), ("target", target)):
         if value not in known:
-            raise _RowError(key, f"{value!r} is not a known ticket id")
+            why = f" (its ticket row at {rejected[value]} was rejected)" if value in rejected else ""
+            raise _RowError(key, f"{_clip(value)!r} is not a known ticket id{why}: expected an id from the tickets file")
     return Link(source, target, relation)
 
 
@@ -384,25 +513,27 @@ def text_id(text: str) -> str:
 
 
 def parse_pairs(data: bytes, uri: str, cfg: DataConfig, tickets: dict[str, Ticket]) -> tuple[list[ScoredPair], FileReport]:
-    parsed = _parse_file(data, uri, cfg)
+    parsed = _parse_file(data, uri, cfg, "pairs")
     report, pairs = parsed.report, []
-    csv_input = detect_format(basename(uri), cfg.format) == "csv"
     for where, record in parsed.rows:
-        row = _run_row(report, where, lambda r=record: (
-            _required_str(r, "text_a"), _required_str(r, "text_b"), _score(r, "score", csv_input)))
+        row = _run_row(report, where, lambda r=record: _scored_row(r, parsed.csv_input))
         if row is None:
             continue
-        ids = [_text_node(text, tickets) for text in row[:2]]
-        if ids[0] == ids[1]:
-            report.problems.append(Problem(report.name, where, "text_b", "text_b is the same text as text_a"))
-            continue
-        pairs.append(ScoredPair(ids[0], ids[1], row[2]))
+        pairs.append(ScoredPair(_text_node(row[0], tickets), _text_node(row[1], tickets), row[2]))
     report.kept = len(pairs)
     return pairs, report
 
 
+def _scored_row(record: dict[str, Any], csv_input: bool) -> tuple[str, str, float]:
+    a, b = _required_str(record, "text_a"), _required_str(record, "text_b")
+    score = _score(record, "score", csv_input)
+    if a == b:
+        raise _RowError("text_b", "text_b is the same text as text_a: expected two different texts")
+    return a, b, score
+
+
 def parse_relationship_pairs(data: bytes, uri: str, cfg: DataConfig, tickets: dict[str, Ticket]) -> tuple[list[Link], FileReport]:
-    parsed = _parse_file(data, uri, cfg)
+    parsed = _parse_file(data, uri, cfg, "relationship_pairs")
     report, links = parsed.report, []
     for where, record in parsed.rows:
         row = _run_row(report, where, lambda r=record: _relationship_row(r, cfg))
@@ -417,9 +548,9 @@ def _relationship_row(record: dict[str, Any], cfg: DataConfig) -> tuple[str, str
     a, b = _required_str(record, "text_a"), _required_str(record, "text_b")
     relation = _required_str(record, "relation").lower()
     if relation not in cfg.relations:
-        raise _RowError("relation", f"unknown relation {relation!r}: expected one of {', '.join(cfg.relations)}")
+        raise _RowError("relation", f"unknown relation {_clip(relation)!r}: expected one of {', '.join(cfg.relations)}")
     if a == b:
-        raise _RowError("text_b", "text_b is the same text as text_a")
+        raise _RowError("text_b", "text_b is the same text as text_a: expected two different texts")
     return a, b, relation
 
 
@@ -443,11 +574,11 @@ def build_corpus(inputs: dict[str, tuple[str, bytes]], cfg: DataConfig) -> Corpu
     tickets: dict[str, Ticket] = {}
     if "tickets" in inputs:
         uri, data = inputs["tickets"]
-        tickets, report = parse_tickets(data, uri, cfg)
+        tickets, report, rejected = _parse_tickets(data, uri, cfg)
         reports.append(report)
         if "links" in inputs:
             uri, data = inputs["links"]
-            links, report = parse_links(data, uri, cfg, tickets)
+            links, report = parse_links(data, uri, cfg, tickets, rejected)
             reports.append(report)
     elif "pairs" in inputs:
         uri, data = inputs["pairs"]
@@ -461,20 +592,26 @@ def build_corpus(inputs: dict[str, tuple[str, bytes]], cfg: DataConfig) -> Corpu
         raise InputError("no input configured: set data.tickets (and data.links) or data.pairs")
     corpus = Corpus(tickets, links, scored, reports)
     problems = corpus.problems
-    fatal = [p for p in problems if p.location is None]  # whole-file problems: nothing to skip to
-    if problems and (cfg.on_error == "fail" or fatal):
+    fatal = [p for r in reports for p in r.fatal]  # whole-file problems: nothing to skip to
+    if fatal:
+        raise InputError(f"{len(fatal)} input file(s) unusable as a whole (data.on_error={cfg.on_error} "
+                         "cannot skip them)", fatal + [p for p in problems if p not in fatal])
+    if problems and cfg.on_error == "fail":
         total = sum(r.rows for r in reports)
-        raise InputError(f"{len(problems)} problem(s) in the input ({total} rows read; data.on_error={cfg.on_error})",
-                         problems)
+        raise InputError(f"{len(problems)} problem(s) in the input ({total} rows read; data.on_error={cfg.on_error}; "
+                         "set data.on_error: skip to drop and count bad rows)", problems)
     return corpus
 
 
 def require_enough(corpus: Corpus) -> None:
     """After skipping, make sure something trainable is left, or say exactly what is missing."""
+    skipped = sum(r.skipped for r in corpus.reports)
+    note = f" ({skipped} bad row(s) skipped)" if skipped else ""
     if len(corpus.tickets) < 2:
-        raise InputError(f"only {len(corpus.tickets)} usable ticket(s) left: need at least 2 to build pairs",
+        raise InputError(f"only {len(corpus.tickets)} usable ticket(s) left{note}: need at least 2 to build pairs",
                          corpus.problems)
     if corpus.scored_pairs is None and not corpus.links:
-        raise InputError("no usable links: positive pairs come from links, so at least one is needed", corpus.problems)
+        raise InputError(f"no usable links{note}: positive pairs come from links, so at least one is needed",
+                         corpus.problems)
     if corpus.scored_pairs is not None and not corpus.scored_pairs:
-        raise InputError("no usable training pairs left", corpus.problems)
+        raise InputError(f"no usable training pairs left{note}", corpus.problems)

@@ -1,0 +1,92 @@
+"""Run many `finetune-job` invocations without paying the import cost each time.
+
+One interpreter imports the job (and its heavy libraries) once, then forks one child per
+invocation. Each child is its own process with its own working directory, environment,
+stdout/stderr files and exit code, and runs the real click entry point (`job.cli.main`), so
+it behaves as `finetune-job ARGS` would, minus three seconds of imports.
+
+    python -m tests.bad_inputs.batch_cli JOBS.json RESULTS.json [--workers N] [--timeout S]
+
+JOBS.json: [{"id", "args", "cwd", "env", "stdout", "stderr"}]. RESULTS.json: {id: exit code};
+a child killed by its timeout is reported as 124.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import traceback
+from typing import Any
+
+
+def _child(job: dict[str, Any], timeout_s: int) -> None:
+    """In the forked child: become the CLI process the job describes, run it, never return."""
+    code = 1
+    try:
+        signal.alarm(timeout_s)  # bounded: SIGALRM ends a child that hangs
+        os.chdir(job["cwd"])
+        os.environ.clear()
+        os.environ.update(job["env"])
+        for fd, path in ((1, job["stdout"]), (2, job["stderr"])):
+            out = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            os.dup2(out, fd)
+            os.close(out)
+        null = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null, 0)
+        from job.cli import main
+
+        main(job["args"], prog_name="finetune-job")
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except BaseException:  # what the interpreter would print for an uncaught exception
+        traceback.print_exc()
+        code = 1
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+
+def run_jobs(jobs: list[dict[str, Any]], workers: int, timeout_s: int) -> dict[str, int]:
+    results: dict[str, int] = {}
+    running: dict[int, str] = {}
+    pending = list(reversed(jobs))
+    while pending or running:
+        while pending and len(running) < workers:
+            job = pending.pop()
+            pid = os.fork()
+            if pid == 0:
+                _child(job, timeout_s)
+            running[pid] = job["id"]
+        pid, status = os.wait()
+        job_id = running.pop(pid)
+        if os.WIFSIGNALED(status):
+            results[job_id] = 124 if os.WTERMSIG(status) == signal.SIGALRM else 128 + os.WTERMSIG(status)
+        else:
+            results[job_id] = os.WEXITSTATUS(status)
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("jobs")
+    parser.add_argument("results")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--timeout", type=int, default=120)
+    options = parser.parse_args()
+    import job.cli  # noqa: F401  (imported once, before forking)
+    import job.pipeline  # noqa: F401
+
+    with open(options.jobs) as handle:
+        jobs = json.load(handle)
+    results = run_jobs(jobs, max(1, options.workers), options.timeout)
+    with open(options.results, "w") as handle:
+        json.dump(results, handle)
+
+
+if __name__ == "__main__":
+    main()
