@@ -90,6 +90,10 @@ class RunDir:
                 raise RunStateError(f"run {self.run_id} is finished ({self.uri}/{MANIFEST} exists); "
                                     "pass --force to overwrite it, or use a new run id")
             self.store.delete_prefix(MANIFEST)
+        self.require(step, needs)
+
+    def require(self, step: str, needs: tuple[str, ...]) -> None:
+        """Fail clearly when an earlier step has not recorded itself as done."""
         for earlier in needs:
             if not self.store.exists(f"steps/{earlier}.json"):
                 raise RunStateError(f"step '{step}' of run {self.run_id} needs step '{earlier}' first "

@@ -60,11 +60,18 @@ def metadata_features(source: Ticket, target: Ticket, cosine: float) -> list[flo
 
 
 def pair_features(links: list[Link], tickets: dict[str, Ticket], emb: Embeddings) -> np.ndarray:
-    u, v = emb.of([link.source for link in links]), emb.of([link.target for link in links])
+    # float64: products of near-zero float32 components underflow to denormals, and a column of
+    # denormals and zeros makes StandardScaler divide by a denormal scale (NaN features).
+    u = emb.of([link.source for link in links]).astype(np.float64)
+    v = emb.of([link.target for link in links]).astype(np.float64)
     cos = np.einsum("ij,ij->i", u, v)
     meta = np.array([metadata_features(tickets[link.source], tickets[link.target], float(c))
-                     for link, c in zip(links, cos, strict=True)], dtype=np.float32).reshape(len(links), -1)
-    return np.hstack([np.abs(u - v), u * v, u - v, meta]).astype(np.float32)
+                     for link, c in zip(links, cos, strict=True)], dtype=np.float64).reshape(len(links), -1)
+    return np.hstack([np.abs(u - v), u * v, u - v, meta])
+
+
+class NotEnoughClasses(ValueError):
+    """Fewer than two relations have enough training links: there is nothing to classify."""
 
 
 @dataclass
@@ -111,7 +118,7 @@ def train_classifier(train_links: list[Link], test_links: list[Link], tickets: d
     if dropped:
         notes.append(f"classes below min_class_count={cfg.min_class_count} dropped: {dropped}")
     if len(classes) < 2:
-        raise ValueError(f"need at least 2 relations with >= {cfg.min_class_count} training links, have {dict(counts)}")
+        raise NotEnoughClasses(f"need at least 2 relations with >= {cfg.min_class_count} training links, have {dict(counts)}")
     train = [link for link in train_links if link.relation in classes]
     test = [link for link in test_links if link.relation in classes]
     if len(test) < len(test_links):

@@ -144,27 +144,27 @@ def _dispatch(pipeline: Any, name: str, ctx: Any, resume: bool) -> None:
     elif name == "prepare":
         pipeline.prepare(ctx)
     elif name == "train":
-        pipeline.train(ctx, pipeline.load_prepared(ctx), resume=resume)
-    elif name == "evaluate":
-        pipeline.evaluate(ctx, pipeline.load_prepared(ctx), pipeline.fetch_model(ctx))
-    elif name == "classify":
-        pipeline.classify(ctx, pipeline.load_prepared(ctx), pipeline.fetch_model(ctx))
+        pipeline.train(ctx, pipeline.load_prepared(ctx, name), resume=resume)
+    elif name in ("evaluate", "classify"):
+        prepared = pipeline.load_prepared(ctx, name)
+        getattr(pipeline, name)(ctx, prepared, pipeline.fetch_model(ctx, name))
 
 
 def _print_outputs(ctx: Any) -> None:
+    """A human summary on stderr; stdout stays pure JSON lines for log collectors."""
     metrics = ctx.run.read_json("metrics.json")
-    click.echo(f"\nrun {ctx.run.run_id} finished: {ctx.run.uri}")
-    click.echo(f"  model:    {ctx.run.uri}/model/")
-    click.echo(f"  metrics:  {ctx.run.uri}/metrics.json")
-    click.echo(f"  plots:    {ctx.run.uri}/plots/")
+    click.echo(f"\nrun {ctx.run.run_id} finished: {ctx.run.uri}", err=True)
+    click.echo(f"  model:    {ctx.run.uri}/model/", err=True)
+    click.echo(f"  metrics:  {ctx.run.uri}/metrics.json", err=True)
+    click.echo(f"  plots:    {ctx.run.uri}/plots/", err=True)
     for key in ("average_precision", "roc_auc", "recall_at_10", "mrr"):
         base, tuned = metrics["base"].get(key), metrics["finetuned"].get(key)
         if isinstance(base, float) and isinstance(tuned, float):
-            click.echo(f"  {key:<18} base {base:.4f} -> fine-tuned {tuned:.4f}")
+            click.echo(f"  {key:<18} base {base:.4f} -> fine-tuned {tuned:.4f}", err=True)
     classifier = metrics.get("classifier", {})
     if classifier.get("macro_f1") is not None:
         click.echo(f"  relation classifier macro-F1 {classifier['macro_f1']:.4f} "
-                   f"(majority baseline {classifier['majority_macro_f1']:.4f})")
+                   f"(majority baseline {classifier['majority_macro_f1']:.4f})", err=True)
 
 
 _step_command("run", "Run every step (prepare, train, evaluate, classify) in one process.", resume=True)

@@ -31,7 +31,7 @@ from job.artifacts import (
     to_json,
     to_jsonl,
 )
-from job.classify import dumps_model, train_classifier
+from job.classify import NotEnoughClasses, dumps_model, train_classifier
 from job.config import JobConfig, LoadedConfig
 from job.data import Corpus, Link, Ticket, build_corpus, require_enough
 from job.errors import InputError
@@ -206,8 +206,9 @@ def _load_base(ctx: RunContext) -> Any:
     return load_model(path, ctx.cfg.model.max_seq_length)
 
 
-def load_prepared(ctx: RunContext) -> PreparedData:
+def load_prepared(ctx: RunContext, step: str) -> PreparedData:
     """What prepare wrote, read back from the run's storage."""
+    ctx.run.require(step, ("prepare",))
     store = ctx.run.store
     tickets = {r["id"]: Ticket(r["id"], r["text"], r.get("category"), r.get("project"), r.get("created"))
                for r in from_jsonl(store.read_bytes("prepared/tickets.jsonl"))}
@@ -263,7 +264,8 @@ def train(ctx: RunContext, prepared: PreparedData, resume: bool = False) -> Trai
     return TrainedModel(result.model_dir)
 
 
-def fetch_model(ctx: RunContext) -> TrainedModel:
+def fetch_model(ctx: RunContext, step: str) -> TrainedModel:
+    ctx.run.require(step, ("train",))
     local = ctx.work_dir / "model"
     if not (local / "modules.json").exists():
         download_dir(ctx.run.store, "model", local)
@@ -355,7 +357,7 @@ def classify(ctx: RunContext, prepared: PreparedData, trained: TrainedModel, cac
     files: list[FileRecord] = []
     try:
         result = train_classifier(train_links, test_links, prepared.tickets, emb, cfg.classify, cfg.train.seed)
-    except ValueError as exc:
+    except NotEnoughClasses as exc:
         metrics: dict[str, Any] = {"skipped": str(exc)}
         log.warning("classifier skipped", reason=str(exc))
     else:

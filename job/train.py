@@ -8,6 +8,7 @@ the trainer to save at the end of the current step and stop; the step then exits
 
 from __future__ import annotations
 
+import os
 import random
 import threading
 import time
@@ -166,6 +167,7 @@ def train_model(cfg: JobConfig, model: Any, train: TrainExamples, val: TrainExam
     from sentence_transformers.sentence_transformer.evaluation import EmbeddingSimilarityEvaluator
 
     tc = cfg.train
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
     precision = choose_precision(tc.precision)
     seed_everything(tc.seed)
     columns: dict[str, list[Any]] = {"sentence1": train.sentence1, "sentence2": train.sentence2}
@@ -200,7 +202,8 @@ def train_model(cfg: JobConfig, model: Any, train: TrainExamples, val: TrainExam
         disable_tqdm=True,
         dataloader_num_workers=0,
         dataloader_pin_memory=precision != "fp32",
-        ddp_backend=None if torch.cuda.is_available() else "gloo",  # torchrun on CPU (tests) uses gloo
+        # torchrun without GPUs (the CPU DDP test) needs gloo; on GPUs the default (nccl) is right.
+        ddp_backend="gloo" if distributed and not torch.cuda.is_available() else None,
         batch_sampler="no_duplicates" if tc.loss == "mnrl" else "batch_sampler",
     )
     callback = _StorageAndProgress(store, log, stop)

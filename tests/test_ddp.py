@@ -1,0 +1,43 @@
+"""Training under torchrun with two CPU processes (gloo): DDP works and only rank 0 writes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import CLI, TINY, merged, run_cli, write_config
+
+TORCHRUN = str(Path(sys.executable).with_name("torchrun"))
+
+
+@pytest.mark.slow
+def test_two_process_torchrun_trains_and_rank_zero_publishes(tmp_path: Path, synthetic_dir: Path) -> None:
+    config = write_config(tmp_path / "config.json", merged(TINY, {
+        "data": {"tickets": str(synthetic_dir / "tickets.jsonl"), "links": str(synthetic_dir / "links.jsonl")},
+        "output": {"uri": str(tmp_path / "runs")},
+        "runtime": {"work_dir": str(tmp_path / "work"), "threads": 1},
+        "train": {"max_pairs": 32, "batch_size": 4},
+        "pairs": {"mine_hard_negatives": False},
+    }))
+    assert run_cli("prepare", "--config", str(config), "--run-id", "ddp").returncode == 0
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FINETUNE_", "AWS_"))}
+    env.update({"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1"})
+    result = subprocess.run(
+        [TORCHRUN, "--nproc_per_node=2", "--master_addr=127.0.0.1", "--master_port=0", CLI, "train",
+         "--config", str(config), "--run-id", "ddp"],
+        env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    history = json.loads((tmp_path / "runs/ddp/train/history.json").read_text())
+    # 32 pairs, 2 ranks x batch 4 per step: 4 optimizer steps per epoch, not 8 as on one process.
+    assert history["global_step"] == 4
+    assert (tmp_path / "runs/ddp/model/model.safetensors").exists()
+    records = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    done = [r for r in records if r.get("event") == "train done"]
+    assert len(done) == 1, "only rank 0 publishes and reports the step"
+    assert (tmp_path / "work" / "finetune-ddp-rank1").is_dir(), "rank 1 used its own scratch directory"
+    assert not (tmp_path / "runs/ddp/checkpoints").exists(), "checkpoints are removed once the model is published"
