@@ -8,20 +8,24 @@ Keys are checked so nothing can be written outside the store's prefix.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import hashlib
 import os
+import random
 import shutil
 import tempfile
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from job.config import StorageConfig
 from job.errors import ConfigError, StorageError
 
 CHUNK = 1 << 20
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -187,14 +191,47 @@ _TRANSIENT_CODES = {"SlowDown", "InternalError", "ServiceUnavailable", "RequestT
 _CREDENTIAL_CODES = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "InvalidToken",
                      "ExpiredToken", "403", "Forbidden"}
 _MISSING_CODES = {"NoSuchKey", "404", "NotFound"}
+# The server received other bytes than were sent: the transfer, not the request, was bad.
+_INTEGRITY_CODES = {"BadDigest", "InvalidDigest", "XAmzContentSHA256Mismatch", "InvalidChecksum"}
+_CONFLICT_CODES = {"PreconditionFailed", "412", "ConditionalRequestConflict"}
+
+
+class _Retryable(StorageError):
+    """A failure botocore's retries do not cover (a cut body, a checksum mismatch): S3Store retries it."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, transient=True)
+
+
+def _code(exc: Exception) -> str:
+    from botocore.exceptions import ClientError
+
+    return str(exc.response.get("Error", {}).get("Code", "")) if isinstance(exc, ClientError) else ""
+
+
+def _code_of_cause(error: StorageError) -> str:
+    """The S3 error code behind a translated StorageError ('' if it did not come from S3)."""
+    cause = error.__context__
+    return _code(cause) if isinstance(cause, Exception) else ""
 
 
 def _s3_error(exc: Exception, operation: str, where: str) -> StorageError:
     """Classify a boto3 failure: retrying helps (exit 75) or it does not (exit 2)."""
-    from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+    from boto3.exceptions import Boto3Error
+    from botocore.exceptions import (
+        ChecksumError,
+        ClientError,
+        ConnectionError,
+        FlexibleChecksumError,
+        HTTPClientError,
+        IncompleteReadError,
+        NoCredentialsError,
+        PartialCredentialsError,
+        ResponseStreamingError,
+    )
 
     if isinstance(exc, ClientError):
-        code = str(exc.response.get("Error", {}).get("Code", ""))
+        code = _code(exc)
         status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
         if code == "NoSuchBucket":
             return StorageError(f"{operation} {where}: the bucket does not exist", transient=False)
@@ -202,31 +239,50 @@ def _s3_error(exc: Exception, operation: str, where: str) -> StorageError:
             return StorageError(f"{operation} {where}: access denied ({code}); check the S3 credentials", transient=False)
         if code in _MISSING_CODES:
             return StorageError(f"{operation} {where}: not found", transient=False)
+        if code in _INTEGRITY_CODES:
+            return _Retryable(f"{operation} {where}: S3 received corrupted data ({code})")
         transient = code in _TRANSIENT_CODES or status >= 500
         return StorageError(f"{operation} {where}: S3 error {code or status}", transient=transient)
-    if isinstance(exc, NoCredentialsError):
-        return StorageError(f"{operation} {where}: no S3 credentials found", transient=False)
-    if isinstance(exc, BotoCoreError | OSError):
+    if isinstance(exc, NoCredentialsError | PartialCredentialsError):
+        return StorageError(f"{operation} {where}: no usable S3 credentials found ({exc})", transient=False)
+    if isinstance(exc, IncompleteReadError | ChecksumError | FlexibleChecksumError):
+        return _Retryable(f"{operation} {where}: incomplete or corrupted transfer ({type(exc).__name__})")
+    if isinstance(exc, ResponseStreamingError):
+        return _Retryable(f"{operation} {where}: the connection broke mid-transfer ({type(exc).__name__})")
+    if isinstance(exc, ConnectionError | HTTPClientError | OSError | Boto3Error):
         return StorageError(f"{operation} {where}: {type(exc).__name__}: {exc}", transient=True)
-    return StorageError(f"{operation} {where}: {exc}", transient=True)
+    # Anything else from botocore (an invalid bucket name, a bad parameter) will fail the same way again.
+    return StorageError(f"{operation} {where}: {type(exc).__name__}: {exc}", transient=False)
 
 
 @contextlib.contextmanager
 def _translated(operation: str, where: str) -> Iterator[None]:
-    from boto3.exceptions import S3TransferFailedError, S3UploadFailedError
+    from boto3.exceptions import Boto3Error, RetriesExceededError
     from botocore.exceptions import BotoCoreError, ClientError
 
     try:
         yield
-    except (ClientError, BotoCoreError, S3UploadFailedError, S3TransferFailedError, OSError) as exc:
-        cause = exc.__cause__ if isinstance(exc, S3UploadFailedError | S3TransferFailedError) else exc
-        raise _s3_error(cause if isinstance(cause, Exception) else exc, operation, where) from None
+    except RetriesExceededError as exc:  # s3transfer already retried a broken download several times
+        raise StorageError(f"{operation} {where}: the transfer kept breaking ({exc.last_exception!r})",
+                           transient=True) from None
+    except (ClientError, BotoCoreError, Boto3Error, OSError) as exc:
+        cause: Exception = exc
+        if isinstance(exc, Boto3Error):  # s3transfer wraps the real error (S3UploadFailedError...)
+            inner = exc.__cause__ or exc.__context__
+            cause = inner if isinstance(inner, Exception) else exc
+        raise _s3_error(cause, operation, where) from None
+
+
+def _backoff(attempt: int) -> float:
+    """Seconds before retry `attempt` (1-based): exponential with jitter, at most 10 s."""
+    return float(min(10.0, 0.25 * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0))
 
 
 def make_s3_client(cfg: StorageConfig) -> Any:
     """A boto3 S3 client: endpoint from config or AWS_ENDPOINT_URL, adaptive retries with backoff."""
     import boto3
     from botocore.config import Config
+    from botocore.exceptions import BotoCoreError
 
     kwargs: dict[str, Any] = {}
     if cfg.access_key_id and cfg.secret_access_key:
@@ -234,17 +290,33 @@ def make_s3_client(cfg: StorageConfig) -> Any:
         kwargs["aws_secret_access_key"] = cfg.secret_access_key.get_secret_value()
     boto_config = Config(
         region_name=cfg.region,
-        retries={"max_attempts": cfg.max_attempts, "mode": "adaptive"},
+        # total_max_attempts counts the first try too, so storage.max_attempts: 3 means three requests,
+        # as it does for the transfers S3Store retries itself.
+        retries={"total_max_attempts": cfg.max_attempts, "mode": "adaptive"},
         s3={"addressing_style": "path" if cfg.path_style else "auto"},
         connect_timeout=10,
         read_timeout=60,
         request_checksum_calculation="when_required",
         response_checksum_validation="when_required",
     )
-    return boto3.session.Session().client("s3", endpoint_url=cfg.endpoint_url or None, config=boto_config, **kwargs)
+    try:
+        return boto3.session.Session().client("s3", endpoint_url=cfg.endpoint_url or None, config=boto_config,
+                                              **kwargs)
+    except (ValueError, BotoCoreError) as exc:  # "Invalid endpoint: ...", an unknown region
+        raise ConfigError(f"cannot set up the S3 client (storage.endpoint_url {cfg.endpoint_url!r}, "
+                          f"storage.region {cfg.region!r}): {exc}") from None
 
 
 class S3Store:
+    """Objects under s3://bucket/prefix.
+
+    Integrity: writes carry a checksum the server verifies (Content-MD5 for single requests,
+    x-amz-checksum-sha256 for each part of an upload) and a sha256 in the metadata; reads and
+    downloads check size and that sha256. A cut or corrupted transfer, which botocore's own
+    retries do not cover, is retried here up to storage.max_attempts times, then fails with a
+    transient StorageError (exit 75). Nothing half-transferred is ever returned or left in place.
+    """
+
     def __init__(self, client: Any, bucket: str, prefix: str, cfg: StorageConfig) -> None:
         self.client, self.bucket, self.prefix, self.cfg = client, bucket, prefix.strip("/"), cfg
         self.uri = f"s3://{bucket}/{self.prefix}".rstrip("/")
@@ -253,74 +325,101 @@ class S3Store:
         check_key(key)
         return f"{self.prefix}/{key}" if self.prefix else key
 
+    def _where(self, full: str) -> str:
+        return f"s3://{self.bucket}/{full}"
+
     def _transfer_config(self) -> Any:
         from boto3.s3.transfer import TransferConfig
 
         size = self.cfg.multipart_threshold_mb * CHUNK
         return TransferConfig(multipart_threshold=size, multipart_chunksize=max(size // 4, 8 * CHUNK), use_threads=True)
 
+    def _attempts(self, operation: str, where: str, attempt: Callable[[], T]) -> T:
+        """Run `attempt`, retrying the failures botocore leaves to us (cut or corrupted transfers)."""
+        tries = max(1, self.cfg.max_attempts)
+        for number in range(1, tries + 1):
+            try:
+                return attempt()
+            except _Retryable as exc:
+                if number == tries:
+                    raise _Retryable(f"{exc}; gave up after {tries} attempts") from None
+                time.sleep(_backoff(number))
+        raise AssertionError("unreachable")  # pragma: no cover
+
     def child(self, prefix: str) -> S3Store:
         return S3Store(self.client, self.bucket, self._key(prefix), self.cfg)
 
     def read_bytes(self, key: str) -> bytes:
         full = self._key(key)
-        with _translated("read", f"s3://{self.bucket}/{full}"):
-            response = self.client.get_object(Bucket=self.bucket, Key=full)
-            data = response["Body"].read()
-        expected = int(response.get("ContentLength", len(data)))
-        if len(data) != expected:
-            raise StorageError(f"read s3://{self.bucket}/{full}: got {len(data)} of {expected} bytes", transient=True)
-        _verify_sha(data_sha=hashlib.sha256(data).hexdigest(), meta=response.get("Metadata", {}), where=full)
-        return bytes(data)
+        where = self._where(full)
+
+        def attempt() -> bytes:
+            with _translated("read", where):
+                response = self.client.get_object(Bucket=self.bucket, Key=full)
+                data = response["Body"].read()
+            expected = int(response.get("ContentLength", len(data)))
+            if len(data) != expected:
+                raise _Retryable(f"read {where}: got {len(data)} of {expected} bytes")
+            _verify_sha("read", data_sha=hashlib.sha256(data).hexdigest(), meta=response.get("Metadata", {}), where=where)
+            return bytes(data)
+
+        return self._attempts("read", where, attempt)
 
     def write_bytes(self, key: str, data: bytes) -> FileRecord:
         full = self._key(key)
         digest = hashlib.sha256(data).hexdigest()
-        with _translated("write", f"s3://{self.bucket}/{full}"):
-            self.client.put_object(Bucket=self.bucket, Key=full, Body=data, Metadata={"sha256": digest})
+        md5 = base64.b64encode(hashlib.md5(data).digest()).decode()  # S3 checks the body against it
+
+        def attempt() -> None:
+            with _translated("write", self._where(full)):
+                self.client.put_object(Bucket=self.bucket, Key=full, Body=data, ContentMD5=md5,
+                                       Metadata={"sha256": digest})
+
+        self._attempts("write", self._where(full), attempt)
         return FileRecord(key, len(data), digest)
 
     def upload_file(self, local: Path, key: str) -> FileRecord:
         full = self._key(key)
-        digest, size = sha256_file(local), local.stat().st_size
-        where = f"s3://{self.bucket}/{full}"
-        with _translated("upload", where):
-            self.client.upload_file(str(local), self.bucket, full, ExtraArgs={"Metadata": {"sha256": digest}},
-                                    Config=self._transfer_config())
-            head = self.client.head_object(Bucket=self.bucket, Key=full)
-        if int(head["ContentLength"]) != size:
-            raise StorageError(f"upload {where}: stored {head['ContentLength']} bytes, expected {size}", transient=True)
+        where = self._where(full)
+        try:
+            digest, size = sha256_file(local), local.stat().st_size
+        except OSError as exc:
+            raise StorageError(f"upload {where}: cannot read {local}: {exc.strerror or exc}", transient=False) from exc
+
+        def attempt() -> None:
+            with _translated("upload", where):
+                self.client.upload_file(str(local), self.bucket, full, Config=self._transfer_config(),
+                                        ExtraArgs={"Metadata": {"sha256": digest}, "ChecksumAlgorithm": "SHA256"})
+                head = self.client.head_object(Bucket=self.bucket, Key=full)
+            if int(head["ContentLength"]) != size:
+                raise _Retryable(f"upload {where}: stored {head['ContentLength']} bytes, expected {size}")
+
+        self._attempts("upload", where, attempt)
         return FileRecord(key, size, digest)
 
     def download_file(self, key: str, local: Path) -> None:
         full = self._key(key)
-        where = f"s3://{self.bucket}/{full}"
-        local.parent.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(prefix=f".{local.name}.tmp-", dir=local.parent)
-        os.close(fd)
-        tmp = Path(name)
-        try:
-            with _translated("download", where):
-                head = self.client.head_object(Bucket=self.bucket, Key=full)
-                self.client.download_file(self.bucket, full, str(tmp), Config=self._transfer_config())
-            size = tmp.stat().st_size
-            if size != int(head["ContentLength"]):
-                raise StorageError(f"download {where}: got {size} of {head['ContentLength']} bytes", transient=True)
-            _verify_sha(data_sha=sha256_file(tmp), meta=head.get("Metadata", {}), where=where)
-            os.replace(tmp, local)
-        finally:
-            tmp.unlink(missing_ok=True)
+        where = self._where(full)
+
+        def attempt() -> None:
+            with _temp_beside(local) as tmp:
+                with _translated("download", where):
+                    head = self.client.head_object(Bucket=self.bucket, Key=full)
+                    self.client.download_file(self.bucket, full, str(tmp), Config=self._transfer_config())
+                size = tmp.stat().st_size
+                if size != int(head["ContentLength"]):
+                    raise _Retryable(f"download {where}: got {size} of {head['ContentLength']} bytes")
+                _verify_sha("download", data_sha=sha256_file(tmp), meta=head.get("Metadata", {}), where=where)
+
+        self._attempts("download", where, attempt)
 
     def exists(self, key: str) -> bool:
-        from botocore.exceptions import ClientError
-
         full = self._key(key)
         try:
-            with _translated("check", f"s3://{self.bucket}/{full}"):
+            with _translated("check", self._where(full)):
                 self.client.head_object(Bucket=self.bucket, Key=full)
         except StorageError as exc:
-            cause = exc.__context__
-            if isinstance(cause, ClientError) and str(cause.response["Error"]["Code"]) in _MISSING_CODES:
+            if _code_of_cause(exc) in _MISSING_CODES:
                 return False
             raise
         return True
@@ -330,7 +429,7 @@ class S3Store:
             check_key(prefix.rstrip("/"))
         full = (f"{self.prefix}/" if self.prefix else "") + prefix
         found: list[tuple[str, int]] = []
-        with _translated("list", f"s3://{self.bucket}/{full}"):
+        with _translated("list", self._where(full)):
             for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=full):
                 for obj in page.get("Contents", []):
                     rel = obj["Key"][len(self.prefix) + 1 :] if self.prefix else obj["Key"]
@@ -339,29 +438,43 @@ class S3Store:
 
     def delete_prefix(self, prefix: str) -> None:
         keys = [k for k, _ in self.list_keys(prefix)]
+        where = self._where(self._key(prefix.rstrip("/")))
         for start in range(0, len(keys), 1000):
             batch = [{"Key": self._key(k)} for k in keys[start : start + 1000]]
-            with _translated("delete", f"s3://{self.bucket}/{self._key(prefix.rstrip('/'))}"):
-                self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True})
+            with _translated("delete", where):
+                response = self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True})
+            failed = response.get("Errors", [])
+            if failed:  # Quiet mode reports only failures; a silent partial delete would leave stale files
+                first = failed[0]
+                raise StorageError(f"delete {where}: {len(failed)} object(s) not deleted, e.g. {first.get('Key')} "
+                                   f"({first.get('Code')})", transient=True)
 
     def create_exclusive(self, key: str, data: bytes) -> bool:
-        """Create `key` only if absent (S3 conditional write, If-None-Match: *)."""
-        from botocore.exceptions import ClientError
+        """Create `key` only if absent (S3 conditional write, If-None-Match: *).
 
+        A retried request whose first try did succeed (its answer was lost) sees its own object
+        and reports a conflict; so on a conflict the object is read back, and if it holds exactly
+        `data` the create is ours. Callers put a unique token in `data` for that reason.
+        """
         full = self._key(key)
+        where = self._where(full)
         try:
-            self.client.put_object(Bucket=self.bucket, Key=full, Body=data, IfNoneMatch="*")
-        except ClientError as exc:
-            if str(exc.response.get("Error", {}).get("Code")) in {"PreconditionFailed", "412", "ConditionalRequestConflict"}:
+            with _translated("create", where):
+                self.client.put_object(Bucket=self.bucket, Key=full, Body=data, IfNoneMatch="*")
+        except StorageError as exc:
+            if _code_of_cause(exc) not in _CONFLICT_CODES:
+                raise
+            try:
+                return self.read_bytes(key) == data
+            except StorageError:  # removed again in between: someone else's, and gone
                 return False
-            raise _s3_error(exc, "create", f"s3://{self.bucket}/{full}") from None
         return True
 
 
-def _verify_sha(data_sha: str, meta: dict[str, str], where: str) -> None:
+def _verify_sha(operation: str, data_sha: str, meta: dict[str, str], where: str) -> None:
     expected = meta.get("sha256")
     if expected and expected != data_sha:
-        raise StorageError(f"{where}: sha256 mismatch (corrupt or cut transfer)", transient=True)
+        raise _Retryable(f"{operation} {where}: sha256 mismatch (corrupt or cut transfer)")
 
 
 # ---------------------------------------------------------------- opening by URI

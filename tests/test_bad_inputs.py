@@ -15,52 +15,28 @@ are also run through `run_cli`, to show the two agree.
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
-import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.bad_inputs.batch_cli import Outcome, run_many
 from tests.bad_inputs.make_cases import CASES, Case, links, tickets, write_case, write_corpus
-from tests.conftest import REPO, TINY, merged, run_cli
+from tests.conftest import TINY, merged, run_cli
 
 BY_NAME = {case.name: case for case in CASES}
 REPORT_LINE = re.compile(r"^(?P<file>\S+): (?P<rows>\d+) rows, (?P<kept>\d+) kept, (?P<bad>\d+) bad, "
                          r"(?P<dups>\d+) duplicates dropped", re.MULTILINE)
 
 
-def cli_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    """The environment run_cli gives a CLI process: no FINETUNE_/AWS_ settings leak in from outside."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("FINETUNE_", "AWS_"))}
-    env.update({"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONUNBUFFERED": "1"})
-    env.update(extra or {})
-    return env
-
-
-@dataclass
-class Result:
-    exit: int
-    stdout: str
-    stderr: str
-
-    @property
-    def text(self) -> str:
-        return self.stdout + self.stderr
-
-
-def _jobs(case: Case, folder: Path, logs: Path) -> list[dict[str, Any]]:
+def _invocations(case: Case, folder: Path) -> dict[str, tuple[list[str], Path, dict[str, str]]]:
     base = ["--config", case.config_path]
     commands = {"validate": ["validate-data", *base],
                 "run": ["run", *base] if case.exit else ["prepare", *base, "--run-id", "prepare-only"]}
     if case.skip is not None:
         commands["skip"] = ["validate-data", *base, "--set", "data.on_error=skip"]
-    return [{"id": f"{case.name}:{kind}", "args": args, "cwd": str(folder), "env": cli_env(case.env),
-             "stdout": str(logs / f"{case.name}.{kind}.out"), "stderr": str(logs / f"{case.name}.{kind}.err")}
-            for kind, args in commands.items()]
+    return {f"{case.name}:{kind}": (args, folder, case.env) for kind, args in commands.items()}
 
 
 @pytest.fixture(scope="module")
@@ -71,26 +47,17 @@ def corpus_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def results(corpus_root: Path) -> dict[str, Result]:
-    logs = corpus_root / "logs"
-    logs.mkdir()
-    jobs = [job for case in CASES for job in _jobs(case, corpus_root / "cases" / case.name, logs)]
-    (corpus_root / "jobs.json").write_text(json.dumps(jobs))
-    done = subprocess.run([sys.executable, "-m", "tests.bad_inputs.batch_cli", str(corpus_root / "jobs.json"),
-                           str(corpus_root / "results.json"), "--workers", str(os.cpu_count() or 2), "--timeout", "120"],
-                          cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, done.stderr[-3000:]
-    codes = json.loads((corpus_root / "results.json").read_text())
-    return {job["id"]: Result(codes[job["id"]], Path(job["stdout"]).read_text(errors="replace"),
-                              Path(job["stderr"]).read_text(errors="replace")) for job in jobs}
+def results(corpus_root: Path) -> dict[str, Outcome]:
+    invocations = {k: v for case in CASES for k, v in _invocations(case, corpus_root / "cases" / case.name).items()}
+    return run_many(invocations, corpus_root / "logs")
 
 
-def _says_all(result: Result, says: tuple[str, ...] | list[str], what: str) -> None:
+def _says_all(result: Outcome, says: tuple[str, ...] | list[str], what: str) -> None:
     missing = [s for s in says if s not in result.text]
     assert not missing, f"{what}: message lacks {missing}:\n{result.text[-3000:]}"
 
 
-def _no_traceback(result: Result, what: str) -> None:
+def _no_traceback(result: Outcome, what: str) -> None:
     assert "Traceback" not in result.text, f"{what} crashed:\n{result.text[-4000:]}"
 
 
@@ -116,7 +83,7 @@ def test_the_corpus_is_a_corpus() -> None:
 
 
 @pytest.mark.parametrize("name", _with_xfail(ALL))
-def test_validate_data_fail_policy(results: dict[str, Result], name: str) -> None:
+def test_validate_data_fail_policy(results: dict[str, Outcome], name: str) -> None:
     case, result = BY_NAME[name], results[f"{name}:validate"]
     _no_traceback(result, "validate-data")
     assert result.exit == case.exit, f"exit {result.exit}, expected {case.exit}:\n{result.text[-3000:]}"
@@ -124,7 +91,7 @@ def test_validate_data_fail_policy(results: dict[str, Result], name: str) -> Non
 
 
 @pytest.mark.parametrize("name", _with_xfail(ALL))
-def test_run_fail_policy(results: dict[str, Result], corpus_root: Path, name: str) -> None:
+def test_run_fail_policy(results: dict[str, Outcome], corpus_root: Path, name: str) -> None:
     case, result = BY_NAME[name], results[f"{name}:run"]
     _no_traceback(result, "run")
     assert result.exit == case.exit, f"exit {result.exit}, expected {case.exit}:\n{result.text[-3000:]}"
@@ -138,7 +105,7 @@ def test_run_fail_policy(results: dict[str, Result], corpus_root: Path, name: st
 
 
 @pytest.mark.parametrize("name", SKIPPABLE)
-def test_validate_data_skip_policy(results: dict[str, Result], name: str) -> None:
+def test_validate_data_skip_policy(results: dict[str, Outcome], name: str) -> None:
     case, result = BY_NAME[name], results[f"{name}:skip"]
     assert case.skip is not None
     _no_traceback(result, "validate-data (skip)")
@@ -153,14 +120,14 @@ def test_validate_data_skip_policy(results: dict[str, Result], name: str) -> Non
         assert expected_tail in result.stdout
 
 
-def test_no_invocation_ended_in_a_traceback(results: dict[str, Result]) -> None:
+def test_no_invocation_ended_in_a_traceback(results: dict[str, Outcome]) -> None:
     crashed = sorted(job for job, r in results.items() if "Traceback" in r.text or r.exit not in (0, 2))
     print(f"\nbad-input corpus: {len(CASES)} cases, {len(results)} invocations, {len(crashed)} tracebacks")
     assert not crashed
 
 
 @pytest.mark.parametrize("name", ["truncated_json_line", "csv_wrong_delimiter", "yaml_alias_bomb", "utf8_bom_jsonl"])
-def test_batch_runner_agrees_with_a_fresh_cli_process(results: dict[str, Result], tmp_path: Path, name: str) -> None:
+def test_batch_runner_agrees_with_a_fresh_cli_process(results: dict[str, Outcome], tmp_path: Path, name: str) -> None:
     """The forked runner is only faster: a cold `finetune-job` gives the same exit and messages."""
     case = BY_NAME[name]
     folder = write_case(case, tmp_path / "cases" / name, f"../../out/{name}")

@@ -24,7 +24,7 @@ from job.errors import InputError
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 # Text a ticket may hold: any Unicode but surrogates (not encodable) and NUL (refused on purpose).
-TEXT = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=40)
+TEXT = st.text(st.characters(exclude_categories=["Cs"], exclude_characters="\x00"), max_size=40)
 ID = TEXT.map(str.strip).filter(bool)
 OPTIONAL = st.one_of(st.none(), TEXT.filter(lambda s: s != ""))
 DATES = st.datetimes(timezones=st.timezones()).map(lambda d: d.isoformat())

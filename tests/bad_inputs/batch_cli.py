@@ -8,7 +8,7 @@ it behaves as `finetune-job ARGS` would, minus three seconds of imports.
     python -m tests.bad_inputs.batch_cli JOBS.json RESULTS.json [--workers N] [--timeout S]
 
 JOBS.json: [{"id", "args", "cwd", "env", "stdout", "stderr"}]. RESULTS.json: {id: exit code};
-a child killed by its timeout is reported as 124.
+a child killed by its timeout is reported as 124. Tests call `run_many`.
 """
 
 from __future__ import annotations
@@ -17,9 +17,53 @@ import argparse
 import json
 import os
 import signal
+import subprocess
 import sys
 import traceback
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def cli_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment `run_cli` (tests/conftest.py) gives a CLI process: no FINETUNE_/AWS_ settings
+    leak in from outside, models stay offline."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FINETUNE_", "AWS_"))}
+    env.update({"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONUNBUFFERED": "1"})
+    env.update(extra or {})
+    return env
+
+
+@dataclass
+class Outcome:
+    exit: int
+    stdout: str
+    stderr: str
+
+    @property
+    def text(self) -> str:
+        return self.stdout + self.stderr
+
+
+def run_many(invocations: dict[str, tuple[list[str], Path, dict[str, str]]], workdir: Path,
+             workers: int | None = None, timeout_s: int = 120) -> dict[str, Outcome]:
+    """Run `finetune-job ARGS` for each id -> (args, cwd, extra env); returns each one's outcome."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    jobs = [{"id": job_id, "args": args, "cwd": str(cwd), "env": cli_env(env),
+             "stdout": str(workdir / f"{n}.out"), "stderr": str(workdir / f"{n}.err")}
+            for n, (job_id, (args, cwd, env)) in enumerate(invocations.items())]
+    (workdir / "jobs.json").write_text(json.dumps(jobs))
+    done = subprocess.run([sys.executable, "-m", "tests.bad_inputs.batch_cli", str(workdir / "jobs.json"),
+                           str(workdir / "results.json"), "--workers", str(workers or os.cpu_count() or 2),
+                           "--timeout", str(timeout_s)],
+                          cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=900)
+    if done.returncode != 0:
+        raise RuntimeError(f"batch runner failed: {done.stderr[-3000:]}")
+    codes = json.loads((workdir / "results.json").read_text())
+    return {job["id"]: Outcome(codes[job["id"]], Path(job["stdout"]).read_text(errors="replace"),
+                               Path(job["stderr"]).read_text(errors="replace")) for job in jobs}
 
 
 def _child(job: dict[str, Any], timeout_s: int) -> None:
