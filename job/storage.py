@@ -285,6 +285,12 @@ def make_s3_client(cfg: StorageConfig) -> Any:
     from botocore.exceptions import BotoCoreError
 
     kwargs: dict[str, Any] = {}
+    if bool(cfg.access_key_id) != bool(cfg.secret_access_key):
+        # One without the other would be ignored in favour of the AWS credential chain: say so instead.
+        given, missing = (("access_key_id", "secret_access_key") if cfg.access_key_id
+                          else ("secret_access_key", "access_key_id"))
+        raise ConfigError(f"storage.{given} is set but storage.{missing} is not: set both, or neither to use "
+                          "the AWS credential chain (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, a role)")
     if cfg.access_key_id and cfg.secret_access_key:
         kwargs["aws_access_key_id"] = cfg.access_key_id.get_secret_value()
         kwargs["aws_secret_access_key"] = cfg.secret_access_key.get_secret_value()

@@ -246,7 +246,7 @@ class _Handler(socketserver.StreamRequestHandler):
         return data
 
     def _read_chunked(self) -> bytes:
-        parts = []
+        parts: list[bytes] = []
         while True:
             size = int(self.rfile.readline(1024).split(b";")[0].strip() or b"0", 16)
             if size == 0:
@@ -354,7 +354,7 @@ class _Handler(socketserver.StreamRequestHandler):
 
     def _drop_buffers(self) -> None:
         # StreamRequestHandler.finish() would flush wfile into a socket we just closed.
-        self.wfile = _Discard()
+        self.wfile = _Discard()  # type: ignore[assignment]
         with contextlib.suppress(OSError):
             self.connection.close()
 

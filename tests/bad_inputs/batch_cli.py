@@ -51,7 +51,7 @@ def run_many(invocations: dict[str, tuple[list[str], Path, dict[str, str]]], wor
              workers: int | None = None, timeout_s: int = 120) -> dict[str, Outcome]:
     """Run `finetune-job ARGS` for each id -> (args, cwd, extra env); returns each one's outcome."""
     workdir.mkdir(parents=True, exist_ok=True)
-    jobs = [{"id": job_id, "args": args, "cwd": str(cwd), "env": cli_env(env),
+    jobs: list[dict[str, Any]] = [{"id": job_id, "args": args, "cwd": str(cwd), "env": cli_env(env),
              "stdout": str(workdir / f"{n}.out"), "stderr": str(workdir / f"{n}.err")}
             for n, (job_id, (args, cwd, env)) in enumerate(invocations.items())]
     (workdir / "jobs.json").write_text(json.dumps(jobs))
