@@ -299,24 +299,27 @@ def _flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def _is_section(path: str) -> bool:
+_MISSING = object()
+
+
+def _field_type(path: str) -> Any:
+    """The annotation of a dotted setting path, or _MISSING when no such setting exists."""
     model: Any = JobConfig
     for part in path.split("."):
         fields = getattr(model, "model_fields", None)
         if fields is None or part not in fields:
-            return False
+            return _MISSING
         model = fields[part].annotation
-    return isinstance(model, type) and issubclass(model, BaseModel)
+    return model
+
+
+def _is_section(path: str) -> bool:
+    kind = _field_type(path)
+    return isinstance(kind, type) and issubclass(kind, BaseModel)
 
 
 def _known_key(path: str) -> bool:
-    model: Any = JobConfig
-    for part in path.split("."):
-        fields = getattr(model, "model_fields", None)
-        if fields is None or part not in fields:
-            return False
-        model = fields[part].annotation
-    return True
+    return _field_type(path) is not _MISSING
 
 
 def _unflatten(flat: Mapping[str, Any]) -> dict[str, Any]:

@@ -202,8 +202,10 @@ def train_model(cfg: JobConfig, model: Any, train: TrainExamples, val: TrainExam
         disable_tqdm=True,
         dataloader_num_workers=0,
         dataloader_pin_memory=precision != "fp32",
-        # torchrun without GPUs (the CPU DDP test) needs gloo; on GPUs the default (nccl) is right.
+        # torchrun without GPUs (the CPU DDP test) needs gloo and use_cpu, else accelerate does not
+        # treat the processes as one distributed job; on GPUs the defaults (nccl) are right.
         ddp_backend="gloo" if distributed and not torch.cuda.is_available() else None,
+        use_cpu=distributed and not torch.cuda.is_available(),
         batch_sampler="no_duplicates" if tc.loss == "mnrl" else "batch_sampler",
     )
     callback = _StorageAndProgress(store, log, stop)

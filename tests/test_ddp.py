@@ -26,9 +26,9 @@ def test_two_process_torchrun_trains_and_rank_zero_publishes(tmp_path: Path, syn
     }))
     assert run_cli("prepare", "--config", str(config), "--run-id", "ddp").returncode == 0
     env = {k: v for k, v in os.environ.items() if not k.startswith(("FINETUNE_", "AWS_"))}
-    env.update({"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1"})
+    env.update({"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"})
     result = subprocess.run(
-        [TORCHRUN, "--nproc_per_node=2", "--master_addr=127.0.0.1", "--master_port=0", CLI, "train",
+        [TORCHRUN, "--standalone", "--nproc_per_node=2", CLI, "train",
          "--config", str(config), "--run-id", "ddp"],
         env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
