@@ -86,7 +86,10 @@ def download_dir(store: Store, prefix: str, local_dir: Path) -> Path:
     if not keys:
         raise StorageError(f"nothing found under {store.uri}/{prefix}/", transient=False)
     for key, _size in keys:
-        store.download_file(key, local_dir / key[len(prefix) + 1 :])
+        target = local_dir / check_key(key[len(prefix) + 1 :])
+        if not target.resolve().is_relative_to(local_dir.resolve()):
+            raise StorageError(f"refusing to download {key} outside {local_dir}", transient=False)
+        store.download_file(key, target)
     return local_dir
 
 
@@ -99,7 +102,11 @@ class LocalStore:
         self.uri = str(root)
 
     def _path(self, key: str) -> Path:
-        return self.root / check_key(key)
+        path = self.root / check_key(key)
+        # A symlink inside the run folder must not carry writes (or reads) outside it.
+        if not path.resolve().is_relative_to(self.root.resolve()):
+            raise ConfigError(f"invalid key {key!r}: {path} leads outside {self.root} (through a symlink)")
+        return path
 
     def child(self, prefix: str) -> LocalStore:
         return LocalStore(self._path(prefix))

@@ -1,0 +1,266 @@
+"""job/storage.py against a local directory and the loopback S3 server: the same contract for both.
+
+Round trips with size and sha256, atomic and verified writes, keys that cannot escape the
+store, errors that say transient (exit 75) or not (exit 2), and no secret in any message.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable, Iterator
+from functools import partial
+from pathlib import Path
+
+import pytest
+from botocore.exceptions import ClientError, EndpointConnectionError, ParamValidationError
+from pydantic import SecretStr
+
+from job.config import StorageConfig
+from job.errors import EXIT_BAD_INPUT, EXIT_TRANSIENT, ConfigError, StorageError
+from job.storage import (
+    LocalStore,
+    S3Store,
+    Store,
+    _s3_error,
+    check_key,
+    download_dir,
+    make_s3_client,
+    open_store,
+    read_uri,
+    split_s3_uri,
+    upload_dir,
+)
+from tests.s3server import ACCESS_KEY, SECRET_KEY, S3Server
+
+
+def s3_config(s3: S3Server, **changes: object) -> StorageConfig:
+    cfg = StorageConfig(endpoint_url=s3.endpoint, access_key_id=SecretStr(ACCESS_KEY),
+                        secret_access_key=SecretStr(SECRET_KEY), max_attempts=2)
+    return cfg.model_copy(update=changes)
+
+
+@pytest.fixture(params=["local", "s3"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    if request.param == "local":
+        yield LocalStore(tmp_path / "root")
+    else:
+        s3: S3Server = request.getfixturevalue("s3")
+        bucket: str = request.getfixturevalue("bucket")
+        yield open_store(f"s3://{bucket}/runs/r1", s3_config(s3))
+
+
+# ---------------------------------------------------------------- keys
+
+
+@pytest.mark.parametrize("key", ["a.json", "prepared/pairs_train.jsonl", "model/1_Pooling/config.json", "a..b/c",
+                                 "prepared/"])
+def test_check_key_accepts_relative_paths(key: str) -> None:
+    assert check_key(key) == key
+
+
+@pytest.mark.parametrize("key", ["", "/etc/passwd", "..", "../x", "a/../../b", "a/..", "./a", "a/./b", "a//b",
+                                 "a\\b", "a\nb", "a\x00b", "model//etc/passwd"])
+def test_check_key_refuses_what_could_escape(key: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        check_key(key)
+    assert raised.value.exit_code == EXIT_BAD_INPUT
+
+
+@pytest.mark.parametrize("key", ["../outside.txt", "/tmp/abs.txt", "a/../../outside.txt"])
+def test_no_store_writes_outside_its_root(store: Store, tmp_path: Path, key: str) -> None:
+    for write in (lambda: store.write_bytes(key, b"x"), lambda: store.create_exclusive(key, b"x"),
+                  lambda: store.child(key)):
+        with pytest.raises(ConfigError):
+            write()
+    assert not (tmp_path / "outside.txt").exists() and not Path("/tmp/abs.txt").exists()
+
+
+def test_local_store_does_not_follow_symlinks_out_of_its_root(tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (tmp_path / "root").mkdir()
+    (tmp_path / "root" / "model").symlink_to(outside)
+    store = LocalStore(tmp_path / "root")
+    with pytest.raises(ConfigError, match="outside"):
+        store.write_bytes("model/weights.bin", b"x")
+    assert list(outside.iterdir()) == []
+
+
+# ---------------------------------------------------------------- the contract, both backends
+
+
+def test_round_trip_records_size_and_sha256(store: Store, tmp_path: Path) -> None:
+    data = os.urandom(5000)
+    record = store.write_bytes("prepared/a.bin", data)
+    assert (record.path, record.size, record.sha256) == ("prepared/a.bin", 5000, hashlib.sha256(data).hexdigest())
+    assert store.read_bytes("prepared/a.bin") == data
+    local = tmp_path / "up.bin"
+    local.write_bytes(data[::-1])
+    uploaded = store.upload_file(local, "model/up.bin")
+    assert uploaded.sha256 == hashlib.sha256(data[::-1]).hexdigest()
+    store.download_file("model/up.bin", tmp_path / "down" / "up.bin")
+    assert (tmp_path / "down" / "up.bin").read_bytes() == data[::-1]
+    assert store.exists("model/up.bin") and not store.exists("model/nope.bin")
+    assert store.list_keys("model/") == [("model/up.bin", 5000)]
+    assert store.list_keys("") == [("model/up.bin", 5000), ("prepared/a.bin", 5000)]
+    assert store.child("model").read_bytes("up.bin") == data[::-1]
+
+
+def test_overwrite_replaces_the_whole_object(store: Store) -> None:
+    store.write_bytes("a.json", b"x" * 1000)
+    store.write_bytes("a.json", b"short")
+    assert store.read_bytes("a.json") == b"short"
+    assert store.list_keys("") == [("a.json", 5)]
+
+
+def test_delete_prefix_removes_exactly_the_prefix(store: Store) -> None:
+    for key in ("checkpoints/c1/a", "checkpoints/c2/b", "checkpoints-old/x", "model/m"):
+        store.write_bytes(key, b"1")
+    store.delete_prefix("checkpoints/")
+    assert [k for k, _ in store.list_keys("")] == ["checkpoints-old/x", "model/m"]
+    store.delete_prefix("model/m")
+    assert [k for k, _ in store.list_keys("")] == ["checkpoints-old/x"]
+
+
+def test_create_exclusive_creates_once(store: Store) -> None:
+    assert store.create_exclusive("locks/run.lock", b"mine")
+    assert not store.create_exclusive("locks/run.lock", b"theirs")
+    assert store.read_bytes("locks/run.lock") == b"mine"
+
+
+def test_missing_objects_are_not_transient(store: Store, tmp_path: Path) -> None:
+    for action in (lambda: store.read_bytes("absent.json"),
+                   lambda: store.download_file("absent.json", tmp_path / "x" / "absent.json")):
+        with pytest.raises(StorageError) as raised:
+            action()
+        assert not raised.value.transient and raised.value.exit_code == EXIT_BAD_INPUT
+        assert "absent.json" in str(raised.value)
+    assert not (tmp_path / "x" / "absent.json").exists()
+
+
+def test_upload_and_download_dir_round_trip(store: Store, tmp_path: Path) -> None:
+    source = tmp_path / "model"
+    (source / "1_Pooling").mkdir(parents=True)
+    (source / "config.json").write_text("{}")
+    (source / "1_Pooling" / "config.json").write_text('{"pooling": "mean"}')
+    records = upload_dir(store, source, "model")
+    assert sorted(r.path for r in records) == ["model/1_Pooling/config.json", "model/config.json"]
+    target = download_dir(store, "model", tmp_path / "copy")
+    assert (target / "1_Pooling" / "config.json").read_text() == '{"pooling": "mean"}'
+    with pytest.raises(StorageError, match="nothing found"):
+        download_dir(store, "no-such-prefix", tmp_path / "empty")
+
+
+# ---------------------------------------------------------------- local specifics
+
+
+def test_local_writes_are_atomic_and_leave_no_temp_files(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path / "root")
+    store.write_bytes("a.json", b"old")
+    with pytest.raises(StorageError) as raised:
+        store.upload_file(tmp_path / "missing-source.bin", "a.json")  # fails mid-way
+    assert not raised.value.transient
+    assert store.read_bytes("a.json") == b"old"
+    assert sorted(p.name for p in (tmp_path / "root").iterdir()) == ["a.json"]
+
+
+def test_local_unwritable_root_is_a_clear_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(StorageError, match="cannot create") as raised:
+        LocalStore(blocker).write_bytes("a.json", b"x")
+    assert raised.value.exit_code == EXIT_BAD_INPUT
+
+
+# ---------------------------------------------------------------- S3 specifics
+
+
+def test_s3_objects_carry_their_sha256(s3: S3Server, bucket: str, tmp_path: Path) -> None:
+    store = open_store(f"s3://{bucket}/runs/r1", s3_config(s3))
+    store.write_bytes("a.bin", b"payload")
+    local = tmp_path / "b.bin"
+    local.write_bytes(b"file payload")
+    store.upload_file(local, "b.bin")
+    client = s3.client()
+    for key, data in (("a.bin", b"payload"), ("b.bin", b"file payload")):
+        head = client.head_object(Bucket=bucket, Key=f"runs/r1/{key}")
+        assert head["Metadata"]["sha256"] == hashlib.sha256(data).hexdigest()
+
+
+def test_s3_object_not_matching_its_sha256_is_never_returned(s3: S3Server, bucket: str, tmp_path: Path) -> None:
+    s3.client().put_object(Bucket=bucket, Key="runs/r1/bad.bin", Body=b"tampered", Metadata={"sha256": "0" * 64})
+    store = open_store(f"s3://{bucket}/runs/r1", s3_config(s3))
+    with pytest.raises(StorageError, match="sha256 mismatch"):
+        store.read_bytes("bad.bin")
+    with pytest.raises(StorageError, match="sha256 mismatch"):
+        store.download_file("bad.bin", tmp_path / "d" / "bad.bin")
+    assert list((tmp_path / "d").iterdir()) == []
+
+
+def test_read_uri_reads_local_and_s3_and_names_what_is_missing(s3: S3Server, bucket: str, tmp_path: Path) -> None:
+    s3.client().put_object(Bucket=bucket, Key="in/tickets.jsonl", Body=b"{}\n")
+    cfg = s3_config(s3)
+    assert read_uri(f"s3://{bucket}/in/tickets.jsonl", cfg) == b"{}\n"
+    (tmp_path / "t.jsonl").write_bytes(b"local")
+    assert read_uri(str(tmp_path / "t.jsonl"), cfg) == read_uri(f"file://{tmp_path}/t.jsonl", cfg) == b"local"
+    for uri, says in ((str(tmp_path / "nope.jsonl"), "input not found"), (str(tmp_path), "cannot read input"),
+                      (f"s3://{bucket}/in/nope.jsonl", "not found")):
+        with pytest.raises(StorageError, match=says) as raised:
+            read_uri(uri, cfg)
+        assert raised.value.exit_code == EXIT_BAD_INPUT
+
+
+@pytest.mark.parametrize("uri", ["ftp://host/x", "s3://", "s3:///prefix"])
+def test_unusable_uris_are_config_errors(uri: str) -> None:
+    with pytest.raises(ConfigError):
+        open_store(uri, StorageConfig())
+    with pytest.raises(ConfigError):
+        split_s3_uri(uri) if uri.startswith("s3://") else open_store(uri, StorageConfig())
+
+
+def test_client_set_up_problems_are_config_errors(s3: S3Server) -> None:
+    with pytest.raises(ConfigError, match="endpoint_url"):
+        make_s3_client(s3_config(s3, endpoint_url="not a url"))
+    with pytest.raises(ConfigError, match="storage.access_key_id is set but storage.secret_access_key is not"):
+        make_s3_client(s3_config(s3, secret_access_key=None))
+
+
+def _client_error(code: str, status: int) -> ClientError:
+    return ClientError({"Error": {"Code": code, "Message": "m"}, "ResponseMetadata": {"HTTPStatusCode": status}}, "Op")
+
+
+@pytest.mark.parametrize(("error", "transient"), [
+    (_client_error("SlowDown", 503), True),
+    (_client_error("InternalError", 500), True),
+    (_client_error("BadDigest", 400), True),
+    (_client_error("SomethingNew", 502), True),
+    (_client_error("AccessDenied", 403), False),
+    (_client_error("SignatureDoesNotMatch", 403), False),
+    (_client_error("NoSuchBucket", 404), False),
+    (_client_error("NoSuchKey", 404), False),
+    (_client_error("InvalidArgument", 400), False),
+    (EndpointConnectionError(endpoint_url="http://127.0.0.1:1"), True),
+    (ConnectionResetError(104, "reset"), True),
+    (ParamValidationError(report="Invalid bucket name"), False),
+])
+def test_errors_are_classified_for_the_orchestrator(error: Exception, transient: bool) -> None:
+    classified = _s3_error(error, "read", "s3://b/k")
+    assert classified.transient is transient
+    assert classified.exit_code == (EXIT_TRANSIENT if transient else EXIT_BAD_INPUT)
+    assert str(classified).startswith("read s3://b/k")
+
+
+def test_credential_errors_name_the_problem_not_the_secret(s3: S3Server, bucket: str) -> None:
+    for changes, code in (({"secret_access_key": SecretStr("wrong-secret-value-1")}, "SignatureDoesNotMatch"),
+                          ({"access_key_id": SecretStr("unknown-key-id")}, "InvalidAccessKeyId")):
+        cfg = s3_config(s3, **changes)
+        store = S3Store(make_s3_client(cfg), bucket, "r", cfg)
+        actions: list[Callable[[], object]] = [partial(store.read_bytes, "a"), partial(store.write_bytes, "a", b"x"),
+                                               store.list_keys]
+        for action in actions:
+            with pytest.raises(StorageError) as raised:
+                action()
+            message = str(raised.value)
+            assert code in message and "check the S3 credentials" in message
+            assert "wrong-secret-value-1" not in message and SECRET_KEY not in message
