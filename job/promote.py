@@ -130,6 +130,9 @@ class S3PointerSlot:
             raise _s3_error(exc, "read", self.where) from None
         except (BotoCoreError, OSError) as exc:
             raise _s3_error(exc, "read", self.where) from None
+        expected = response.get("Metadata", {}).get("sha256")
+        if expected and expected != hashlib.sha256(data).hexdigest():  # a cut or corrupted transfer, not a bad pointer
+            raise StorageError(f"read {self.where}: sha256 mismatch", transient=True)
         return Versioned(bytes(data), str(response["ETag"]))
 
     def replace(self, data: bytes, expected: Versioned | None) -> bool:
