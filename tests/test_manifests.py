@@ -291,7 +291,7 @@ def test_only_training_asks_for_a_gpu(name: str) -> None:
 
 def test_train_pod_patch_can_move_training_to_a_cpu_node() -> None:
     """The documented kind/minikube override really removes every GPU requirement."""
-    patch = json.loads((REPO / "docs" / "run-on-kubernetes.md").read_text().split("TRAIN_ON_CPU='")[1].split("'")[0])
+    patch = json.loads((ARGO / "train-on-cpu.json").read_text())
     train = next(pod for _, command, pod in argo_pods("finetune.yaml") if command == "train")
     patched = apply_patch(train["spec"], patch)
     assert "nvidia.com/gpu" not in json.dumps(patched) and not patched.get("nodeSelector")
