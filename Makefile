@@ -30,3 +30,12 @@ test: lint
 
 clean:
 	rm -rf demo-output .pytest_cache .mypy_cache .ruff_cache
+
+# The job vs the v4 notebook approach, side by side on this machine (bench/README.md).
+# bench: real dev data, ~35-45 min on 2 cores; results committed under bench/results/.
+bench: $(STAMP)
+	$(BIN)/python -m bench.run_bench --dataset dev --results bench/results
+
+# bench-quick: the same harness on the 333-ticket sample in under 5 minutes (results stay in bench/work/).
+bench-quick: $(STAMP)
+	$(BIN)/python -m bench.run_bench --dataset sample --results bench/work/quick-results
