@@ -131,6 +131,7 @@ class TrainConfig(Section):
     seed: int = 42
     max_pairs: int | None = Field(None, gt=0, description="Cap on training pairs (sampled with the seed)")
     checkpoint_every_steps: int | None = Field(None, gt=0, description="Default: once per epoch")
+    group_by_length: bool = Field(True, description="Batch pairs of similar length (less padding, faster)")
 
 
 class EvaluateConfig(Section):

@@ -59,7 +59,9 @@ def split_by_components(
     """Assign whole components to splits so each split's ticket count is near its fraction.
 
     Components go largest first (ties in a seeded random order) to the split furthest below its
-    target, so one big component cannot push val or test far past their share.
+    target *relative to that target*, so every split fills at the same pace: linked components
+    (which come first, being larger) spread over train, val and test in proportion instead of
+    all landing in train, and one big component cannot push val or test far past their share.
     """
     component = connected_components(ticket_ids, edges)
     groups: dict[int, list[str]] = defaultdict(list)
@@ -72,8 +74,8 @@ def split_by_components(
     total = len(component)
     members: dict[str, list[str]] = {name: [] for name in SPLITS}
     for comp in order:
-        deficit = {name: target[name] * total - len(members[name]) for name in SPLITS}
-        chosen = max(SPLITS, key=lambda name: deficit[name])
+        room = {name: 1.0 - len(members[name]) / (target[name] * total) for name in SPLITS}
+        chosen = max(SPLITS, key=lambda name: room[name])
         members[chosen].extend(groups[comp])
     for ids in members.values():
         ids.sort()

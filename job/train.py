@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from sentence_transformers.base.sampler import DefaultBatchSampler
 from transformers import PrinterCallback, TrainerCallback
 
 from job.config import JobConfig, TrainConfig
@@ -76,6 +77,44 @@ def examples_from_pairs(pairs: list[Pair], texts: dict[str, str], cfg: TrainConf
     else:
         scores = [p.score for p in chosen]
     return TrainExamples(s1, s2, scores)
+
+
+class LengthGroupedBatchSampler(DefaultBatchSampler):
+    """Batches of pairs of similar length, in a seeded random order.
+
+    Each side of a pair is padded to the longest text in its batch, so random batches of
+    ticket texts (a title alone next to a 4,000-character stack trace) waste most of the
+    compute on padding. Pairs are shuffled, cut into windows of 50 batches, sorted by length
+    inside each window, batched, and the batches shuffled again: batches stay random across
+    the epoch while each one is nearly uniform in length. Deterministic for (seed, epoch), so a
+    resumed run skips exactly the batches it had already trained on.
+    """
+
+    WINDOW_BATCHES = 50
+
+    def __init__(self, dataset: Any, batch_size: int, drop_last: bool, valid_label_columns: list[str] | None = None,
+                 generator: Any = None, seed: int = 0) -> None:
+        super().__init__(dataset, batch_size=batch_size, drop_last=drop_last,
+                         valid_label_columns=valid_label_columns, generator=generator, seed=seed)
+        self.lengths = [len(a) + len(b) for a, b in zip(dataset["sentence1"], dataset["sentence2"], strict=True)]
+
+    def __iter__(self) -> Any:
+        rng = random.Random(self.seed + getattr(self, "epoch", 0))
+        order = list(range(len(self.lengths)))
+        rng.shuffle(order)
+        window = self.batch_size * self.WINDOW_BATCHES
+        batches = []
+        for start in range(0, len(order), window):
+            chunk = sorted(order[start : start + window], key=self.lengths.__getitem__)
+            batches += [chunk[i : i + self.batch_size] for i in range(0, len(chunk), self.batch_size)]
+        if self.drop_last:
+            batches = [b for b in batches if len(b) == self.batch_size]
+        rng.shuffle(batches)
+        yield from batches
+
+    def __len__(self) -> int:
+        full, rest = divmod(len(self.lengths), self.batch_size)
+        return full if self.drop_last or not rest else full + 1
 
 
 def _loss(model: Any, name: str) -> Any:
@@ -206,7 +245,9 @@ def train_model(cfg: JobConfig, model: Any, train: TrainExamples, val: TrainExam
         # treat the processes as one distributed job; on GPUs the defaults (nccl) are right.
         ddp_backend="gloo" if distributed and not torch.cuda.is_available() else None,
         use_cpu=distributed and not torch.cuda.is_available(),
-        batch_sampler="no_duplicates" if tc.loss == "mnrl" else "batch_sampler",
+        # MNRL needs batches without repeated texts (in-batch negatives); the others gain from length grouping.
+        batch_sampler="no_duplicates" if tc.loss == "mnrl" else (
+            LengthGroupedBatchSampler if tc.group_by_length else "batch_sampler"),
     )
     callback = _StorageAndProgress(store, log, stop)
     trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=dataset, loss=_loss(model, tc.loss),

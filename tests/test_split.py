@@ -48,3 +48,12 @@ def test_giant_component_is_refused_with_the_reason() -> None:
     split = split_by_components(ids, edges, SplitConfig(), seed=0)
     with pytest.raises(InputError, match=r"largest linked component holds 48 of 50 tickets"):
         check_usable(split, edges)
+
+
+def test_linked_components_spread_over_all_splits_among_many_unlinked_tickets() -> None:
+    # Like the real data: half the tickets have no link. Linked pairs must still reach val and test.
+    linked = [(f"a{i}", f"b{i}") for i in range(100)]
+    ids = [t for pair in linked for t in pair] + [f"solo{i}" for i in range(800)]
+    split = split_by_components(ids, linked, SplitConfig(), seed=2)
+    per_split = check_usable(split, linked)
+    assert per_split["val"] >= 7 and per_split["test"] >= 7 and per_split["train"] >= 70
