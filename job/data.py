@@ -94,6 +94,13 @@ class Corpus:
     def problems(self) -> list[Problem]:
         return [p for r in self.reports for p in r.problems]
 
+    def edges(self) -> list[tuple[str, str]]:
+        """Pairs of tickets the split must keep together: every link and every given pair."""
+        edges = [(link.source, link.target) for link in self.links]
+        if self.scored_pairs is not None:
+            edges += [(p.a, p.b) for p in self.scored_pairs]
+        return edges
+
 
 # ---------------------------------------------------------------- records
 #
