@@ -32,7 +32,7 @@ clean:
 	rm -rf demo-output .pytest_cache .mypy_cache .ruff_cache
 
 # The job vs the v4 notebook approach, side by side on this machine (bench/README.md).
-# bench: real dev data, ~35-45 min on 2 cores; results committed under bench/results/.
+# bench: real dev data, ~25-45 min on 2 cores (longer on a busy machine); results committed under bench/results/
 bench: $(STAMP)
 	$(BIN)/python -m bench.run_bench --dataset dev --results bench/results
 
