@@ -16,7 +16,7 @@ import click
 
 from job.config import LoadedConfig, describe_sources, load_config
 from job.errors import EXIT_BAD_INPUT, EXIT_OK, Interrupted, JobError, exit_code_for
-from job.log import configure_logging, get_logger
+from job.log import configure_logging, get_logger, redact
 
 
 def _overrides(output: str | None, base_model: str | None, epochs: int | None, max_pairs: int | None,
@@ -57,10 +57,19 @@ def _load(kwargs: dict[str, Any]) -> LoadedConfig:
                            kwargs.pop("max_pairs"), kwargs.pop("seed"), kwargs.pop("settings"))
     loaded = load_config(kwargs.pop("config_file"), cli_overrides=overrides)
     runtime = loaded.config.runtime
-    if runtime.cache_dir:  # model caches on a writable path (read-only root filesystem in pods)
+    if runtime.cache_dir:  # model and font caches on a writable path (read-only root filesystem in pods)
         os.environ.setdefault("HF_HOME", runtime.cache_dir)
-    configure_logging(runtime.log_format, loaded.secrets() + _env_secrets())
+        os.environ.setdefault("MPLCONFIGDIR", os.path.join(runtime.cache_dir, "matplotlib"))
+    secrets = loaded.secrets() + _env_secrets()
+    click.get_current_context().meta["secrets"] = secrets
+    configure_logging(runtime.log_format, secrets)
     return loaded
+
+
+def _known_secrets() -> list[str]:
+    """Secrets from the loaded config (when it got that far) and from the environment."""
+    context = click.get_current_context(silent=True)
+    return list(context.meta.get("secrets", [])) + _env_secrets() if context else _env_secrets()
 
 
 def _env_secrets() -> list[str]:
@@ -88,17 +97,21 @@ def _stop_on_sigterm(stop: threading.Event, checkpointing: threading.Event, step
 
 def _execute(step: str, action: Callable[[], Any]) -> None:
     """Run one command; expected errors become a one-line log and an exit code, never a traceback."""
-    log = get_logger(step=step)
     try:
         action()
     except JobError as exc:
+        # Bound here, not before action(): loading the config inside it sets the log format and the
+        # secret redaction, and a logger bound earlier keeps structlog's defaults.
+        log = get_logger(step=step)
         log.error("failed", error=str(exc), error_type=type(exc).__name__, exit_code=exc.exit_code)
-        click.echo(f"finetune-job {step}: error: {exc}", err=True)
+        message = redact(f"finetune-job {step}: error: {exc}", _known_secrets())
+        click.echo(message, err=True)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         click.echo(f"finetune-job {step}: interrupted", err=True)
         sys.exit(130)
     except Exception as exc:  # a bug: keep the traceback for the report
+        log = get_logger(step=step)
         log.error("unexpected error", error=str(exc), error_type=type(exc).__name__)
         traceback.print_exc()
         sys.exit(exit_code_for(exc))
@@ -215,7 +228,6 @@ def validate_data(**kwargs: Any) -> None:
     def action() -> None:
         from job.data import build_corpus
         from job.errors import InputError
-        from job.pipeline import split_edges
         from job.split import check_usable, split_by_components
         from job.storage import read_uri
 
@@ -237,7 +249,7 @@ def validate_data(**kwargs: Any) -> None:
         from job.data import require_enough
 
         require_enough(corpus)
-        edges = split_edges(corpus)
+        edges = corpus.edges()
         split = split_by_components(sorted(corpus.tickets), edges, cfg.pairs.split, cfg.train.seed)
         per_split = check_usable(split, edges)
         click.echo("split: " + ", ".join(f"{n} {len(split.members[n])} tickets / {per_split[n]} linked pairs"

@@ -18,6 +18,13 @@ import structlog
 REDACTED = "***"
 
 
+def redact(text: str, secrets: Iterable[str]) -> str:
+    """`text` with every known secret value replaced by '***'."""
+    for secret in sorted({s for s in secrets if s and len(s) >= 4}, key=len, reverse=True):
+        text = text.replace(secret, REDACTED)
+    return text
+
+
 def _redactor(secrets: Iterable[str]) -> Any:
     values = sorted({s for s in secrets if s and len(s) >= 4}, key=len, reverse=True)
 

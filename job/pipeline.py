@@ -24,6 +24,7 @@ from job.artifacts import (
     STEPS,
     RunDir,
     StepTimer,
+    check_run_id,
     environment_info,
     from_jsonl,
     new_run_id,
@@ -66,7 +67,7 @@ class RunContext:
 def open_run(loaded: LoadedConfig, run_id: str | None = None, force: bool = False) -> RunContext:
     """The run's storage and a scratch directory; a new run id when none is given."""
     cfg = loaded.config
-    run_id = run_id or new_run_id()
+    run_id = check_run_id(run_id or new_run_id())  # before any path or store is made from it
     store = open_store(cfg.output.uri.rstrip("/") + "/" + run_id, cfg.storage)
     base = Path(cfg.runtime.work_dir) if cfg.runtime.work_dir else Path(tempfile.gettempdir())
     rank = distributed_rank()
@@ -130,13 +131,6 @@ def read_inputs(cfg: JobConfig) -> tuple[Corpus, dict[str, Any]]:
     return corpus, report
 
 
-def split_edges(corpus: Corpus) -> list[tuple[str, str]]:
-    edges = [(link.source, link.target) for link in corpus.links]
-    if corpus.scored_pairs is not None:
-        edges += [(p.a, p.b) for p in corpus.scored_pairs]
-    return edges
-
-
 # ---------------------------------------------------------------- prepare
 
 
@@ -158,7 +152,7 @@ def prepare(ctx: RunContext) -> PreparedData:
     ctx.run.begin_step("prepare", ctx.force)
     corpus, inputs = read_inputs(cfg)
     log.info("inputs loaded", tickets=inputs["tickets"], links=inputs["links"], skipped=len(inputs["skipped_rows"]))
-    edges = split_edges(corpus)
+    edges = corpus.edges()
     split = split_by_components(sorted(corpus.tickets), edges, cfg.pairs.split, cfg.train.seed)
     edges_per_split = check_usable(split, edges)
     embed = _lazy_base_embedder(ctx, log) if cfg.pairs.mine_hard_negatives else None

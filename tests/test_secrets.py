@@ -292,8 +292,6 @@ def test_run_ids_that_could_escape_are_refused(run_id_attempts: dict[str, Attemp
         assert "invalid run id" in outcome.stderr and "Traceback" not in outcome.text
 
 
-@pytest.mark.xfail(strict=True, reason="job/pipeline.py open_run creates the work dir before checking the run id "
-                                       "(see the report for the diff)")
 @pytest.mark.parametrize("run_id", ESCAPING_RUN_IDS)
 def test_refused_run_ids_write_nothing_anywhere(run_id_attempts: dict[str, Attempt],
                                                run_id: str) -> None:
