@@ -167,6 +167,14 @@ class _StorageAndProgress(TrainerCallback):
             control.should_save = True
             control.should_training_stop = True
 
+    def on_epoch_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self.stop.is_set():
+            # Stopping mid-epoch ends the epoch loop, and the trainer would then run the epoch's val
+            # evaluation (minutes on a CPU, past the pod's grace period) and save a second time.
+            # The checkpoint was already saved at the step where the stop came.
+            control.should_evaluate = False
+            control.should_save = False
+
     def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any) -> None:
         if logs and "loss" in logs:
             self.log.info("train loss", global_step=state.global_step, epoch=round(state.epoch or 0, 3),

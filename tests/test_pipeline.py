@@ -172,11 +172,14 @@ def test_sigterm_checkpoints_exits_75_and_rerun_resumes_to_the_same_step_count(
         assert twin.returncode == 2 and "in use by another process" in twin.stderr
         sent = time.monotonic()
         process.send_signal(signal.SIGTERM)
-        _, stderr = process.communicate(timeout=60)
+        stdout, stderr = process.communicate(timeout=60)
         exit_seconds = time.monotonic() - sent
     finally:
         process.kill()
     assert process.returncode == 75, stderr[-2000:]
+    after_stop = stdout[stdout.find("stop requested"):]
+    assert "stop requested" in stdout and "val metrics" not in after_stop, "no val evaluation after SIGTERM"
+    assert after_stop.count('"checkpoint saved"') == 1, "saved once, at the step where the stop came"
     assert exit_seconds < 30, f"SIGTERM to exit took {exit_seconds:.1f}s (pod grace period is 30 s)"
     run = tmp_path / "runs" / "sig"
     checkpoints = sorted((run / "checkpoints").glob("checkpoint-*/COMPLETE"))
