@@ -150,25 +150,23 @@ class RunDir:
                                     f"({stored.get(path)} bytes, expected {record['size']}); rerun the step that writes it")
 
 
-LOCK_TTL_S = 120.0  # a lock whose heartbeat is older than this belongs to a dead process
-LOCK_HEARTBEAT_S = 20.0
 
 
 @contextlib.contextmanager
-def run_lock(run: RunDir, name: str, log: Any) -> Iterator[None]:
+def run_lock(run: RunDir, name: str, log: Any, ttl_s: float = 120.0) -> Iterator[None]:
     """Hold `locks/<name>.lock` for the block, refreshing a heartbeat in it.
 
     A second process with the same run id fails at once instead of writing over the first's
-    files. A lock left by a killed process (SIGKILL, node loss) goes stale after LOCK_TTL_S and
+    files. A lock left by a killed process (SIGKILL, node loss) goes stale after `ttl_s` and
     a rerun takes it over, so a crash never blocks the run for good.
     """
     key = f"locks/{name}.lock"
     owner = {"host": socket.gethostname(), "pid": os.getpid(), "token": secrets.token_hex(8)}
-    _acquire(run, key, owner, log)
+    _acquire(run, key, owner, log, ttl_s)
     stop = threading.Event()
 
     def heartbeat() -> None:
-        while not stop.wait(LOCK_HEARTBEAT_S):
+        while not stop.wait(ttl_s / 4):
             with contextlib.suppress(Exception):  # a missed beat only shortens the lease
                 run.store.write_bytes(key, to_json({**owner, "heartbeat": time.time()}))
 
@@ -183,7 +181,7 @@ def run_lock(run: RunDir, name: str, log: Any) -> Iterator[None]:
             run.store.delete_prefix(key)
 
 
-def _acquire(run: RunDir, key: str, owner: dict[str, Any], log: Any) -> None:
+def _acquire(run: RunDir, key: str, owner: dict[str, Any], log: Any, ttl_s: float) -> None:
     body = to_json({**owner, "heartbeat": time.time()})
     if run.store.create_exclusive(key, body):
         return
@@ -192,7 +190,7 @@ def _acquire(run: RunDir, key: str, owner: dict[str, Any], log: Any) -> None:
     except Exception:  # vanished or half-written between our two calls: treat as held
         held = {"heartbeat": time.time()}
     age = time.time() - float(held.get("heartbeat", 0))
-    if age < LOCK_TTL_S:
+    if age < ttl_s:
         raise RunStateError(f"run {run.run_id} is in use by another process ({held.get('host')} pid "
                             f"{held.get('pid')}, heartbeat {age:.0f}s ago; {run.uri}/{key}); not touching it")
     log.warning("taking over a stale lock", lock=key, previous_owner=held.get("host"), age_s=round(age))

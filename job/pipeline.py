@@ -86,17 +86,17 @@ def exclusive(ctx: RunContext, command: str) -> Iterator[None]:
     if ctx.rank != 0:  # torchrun workers follow rank 0, which holds the lock
         yield
         return
-    log = ctx.log(command)
+    log, ttl = ctx.log(command), ctx.cfg.runtime.lock_ttl_s
     if command in _SHARED_STEPS:
-        with run_lock(ctx.run, "run", log):  # refuse while prepare/train/run is active, then let go
+        with run_lock(ctx.run, "run", log, ttl):  # refuse while prepare/train/run is active, then let go
             pass
-        with run_lock(ctx.run, command, log):
+        with run_lock(ctx.run, command, log, ttl):
             yield
         return
     for other in _SHARED_STEPS:
-        with run_lock(ctx.run, other, log):
+        with run_lock(ctx.run, other, log, ttl):
             pass
-    with run_lock(ctx.run, "run", log):
+    with run_lock(ctx.run, "run", log, ttl):
         yield
 
 

@@ -201,3 +201,29 @@ def test_resume_flag_without_checkpoint_is_a_clear_error(tmp_path: Path, synthet
     assert run_cli("prepare", "--config", str(config), "--run-id", "r").returncode == 0
     result = run_cli("train", "--config", str(config), "--run-id", "r", "--resume")
     assert result.returncode == 2 and "no complete checkpoint" in result.stderr
+
+
+@pytest.mark.slow
+def test_sigkill_leaves_an_unfinished_run_that_a_rerun_completes(tmp_path: Path, synthetic_dir: Path) -> None:
+    config = _local_config(tmp_path, synthetic_dir, train={"max_pairs": 32, "batch_size": 4, "epochs": 1},
+                           classify={"enabled": False}, runtime={"lock_ttl_s": 4})
+    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith(("FINETUNE_", "AWS_"))}
+    env.update({"HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"})
+    process = subprocess.Popen([CLI, "run", "--config", str(config), "--run-id", "kill"], env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        _wait_for_event(process, "train loss", timeout=300)
+        process.kill()  # SIGKILL: no handler runs, the lock stays behind
+        process.wait(timeout=30)
+    finally:
+        process.kill()
+    run = tmp_path / "runs" / "kill"
+    assert not (run / "manifest.json").exists(), "a killed run never looks finished"
+    assert (run / "locks" / "run.lock").exists(), "the killed process could not release its lock"
+    time.sleep(5)  # past lock_ttl_s: the dead process's lock is stale
+    rerun = run_cli("run", "--config", str(config), "--run-id", "kill")
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert "taking over a stale lock" in rerun.stdout
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert {"model/model.safetensors", "metrics.json"} <= {f["path"] for f in manifest["files"]}
+    assert json.loads((run / "train" / "history.json").read_text())["global_step"] == 8
