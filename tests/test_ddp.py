@@ -36,8 +36,7 @@ def test_two_process_torchrun_trains_and_rank_zero_publishes(tmp_path: Path, syn
     # 32 pairs, 2 ranks x batch 4 per step: 4 optimizer steps per epoch, not 8 as on one process.
     assert history["global_step"] == 4
     assert (tmp_path / "runs/ddp/model/model.safetensors").exists()
-    records = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
-    done = [r for r in records if r.get("event") == "train done"]
-    assert len(done) == 1, "only rank 0 publishes and reports the step"
+    # Both ranks share stdout, so lines can interleave: count the event rather than parse lines.
+    assert result.stdout.count('"event": "train done"') == 1, "only rank 0 publishes and reports the step"
     assert (tmp_path / "work" / "finetune-ddp-rank1").is_dir(), "rank 1 used its own scratch directory"
     assert not (tmp_path / "runs/ddp/checkpoints").exists(), "checkpoints are removed once the model is published"
