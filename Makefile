@@ -33,9 +33,13 @@ clean:
 
 # The job vs the v4 notebook approach, side by side on this machine (bench/README.md).
 # bench: real dev data, ~25-45 min on 2 cores (longer on a busy machine); results committed under bench/results/
-bench: $(STAMP)
+$(VENV)/.bench-installed: $(STAMP) requirements-bench.lock
+	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements-bench.lock
+	touch $@
+
+bench: $(VENV)/.bench-installed
 	$(BIN)/python -m bench.run_bench --dataset dev --results bench/results
 
 # bench-quick: the same harness on the 333-ticket sample in under 5 minutes (results stay in bench/work/).
-bench-quick: $(STAMP)
+bench-quick: $(VENV)/.bench-installed
 	$(BIN)/python -m bench.run_bench --dataset sample --results bench/work/quick-results
