@@ -88,6 +88,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-seq-length", type=int, default=128)
     parser.add_argument("--variants", nargs="*", help="Names from VARIANTS (default: all)")
     parser.add_argument("--subset-tickets", type=int, help="Whole link components of the dataset up to this many tickets")
+    parser.add_argument("--collect", type=Path, metavar="LOG",
+                        help="Train nothing: take the rows an earlier (interrupted) run printed to LOG, add the base row")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
     data = REPO.parent / "shared" / "data" / args.dataset
@@ -103,7 +105,9 @@ def main(argv: list[str] | None = None) -> None:
     log = get_logger(step="compare")
     rows: list[dict[str, Any]] = []
     prepared: dict[str, str] = {}
-    names = args.variants or list(VARIANTS)
+    names = [] if args.collect else args.variants or list(VARIANTS)
+    if args.collect:
+        rows = [json.loads(line) for line in args.collect.read_text().split("\n") if line.startswith('{"variant"')]
     for n, name in enumerate(names):
         pairs_over, train_over = VARIANTS[name]
         key = json.dumps(pairs_over, sort_keys=True)

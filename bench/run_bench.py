@@ -175,6 +175,22 @@ def machine() -> dict[str, Any]:
             "thread_env": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_CORETYPE")}}
 
 
+def cpu_seconds(measured: dict[str, Any]) -> float | None:
+    """User + system CPU seconds of a measured command's process tree (from its rusage file).
+
+    Less sensitive than wall time to other work on a shared machine, so it is reported beside it."""
+    path = Path(measured["log"]).with_suffix(".rusage.json")
+    if not path.exists():
+        return None
+    usage = json.loads(path.read_text())
+    return round(usage.get("user_s", 0.0) + usage.get("sys_s", 0.0), 1)
+
+
+def add_cpu_times(result: dict[str, Any]) -> None:
+    job, notebook = (cpu_seconds(result["processes"][k]) for k in ("job", "notebook"))
+    result["cpu_s"] = {"job": job, "notebook": notebook, "ratio": ratio(notebook, job)}
+
+
 def ratio(num: float | None, den: float | None) -> float | None:
     return round(num / den, 3) if num and den else None
 
@@ -311,6 +327,7 @@ def main(argv: list[str] | None = None) -> None:
         scaling["max_seq_length"] = sizes.scaling_max_seq_length
     result = assemble(args, sizes, source, run_dir, job_m, nb_m, nb_dir, quality, scaling)
     result["job_config_overrides"] = overrides
+    add_cpu_times(result)
     paths = write_report(result, args.results)
     print(Path(paths["md"]).read_text())
     print(f"[bench] wrote {paths['json']}, {paths['md']}, {paths['png']}", flush=True)
