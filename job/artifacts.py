@@ -181,6 +181,21 @@ def run_lock(run: RunDir, name: str, log: Any, ttl_s: float = 120.0) -> Iterator
             run.store.delete_prefix(key)
 
 
+def refuse_if_locked(run: RunDir, name: str, ttl_s: float) -> None:
+    """Raise if another process holds `locks/<name>.lock` with a fresh heartbeat (reads only)."""
+    key = f"locks/{name}.lock"
+    if not run.store.exists(key):
+        return
+    try:
+        held = json.loads(run.store.read_bytes(key))
+    except Exception:  # released between our two calls
+        return
+    age = time.time() - float(held.get("heartbeat", 0))
+    if age < ttl_s:
+        raise RunStateError(f"run {run.run_id} is in use by another process ({held.get('host')} pid "
+                            f"{held.get('pid')}, heartbeat {age:.0f}s ago; {run.uri}/{key}); not touching it")
+
+
 def _acquire(run: RunDir, key: str, owner: dict[str, Any], log: Any, ttl_s: float) -> None:
     body = to_json({**owner, "heartbeat": time.time()})
     if run.store.create_exclusive(key, body):

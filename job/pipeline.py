@@ -28,6 +28,7 @@ from job.artifacts import (
     environment_info,
     from_jsonl,
     new_run_id,
+    refuse_if_locked,
     run_lock,
     to_json,
     to_jsonl,
@@ -88,14 +89,12 @@ def exclusive(ctx: RunContext, command: str) -> Iterator[None]:
         return
     log, ttl = ctx.log(command), ctx.cfg.runtime.lock_ttl_s
     if command in _SHARED_STEPS:
-        with run_lock(ctx.run, "run", log, ttl):  # refuse while prepare/train/run is active, then let go
-            pass
+        refuse_if_locked(ctx.run, "run", ttl)  # prepare/train/run active: the inputs may still change
         with run_lock(ctx.run, command, log, ttl):
             yield
         return
     for other in _SHARED_STEPS:
-        with run_lock(ctx.run, other, log, ttl):
-            pass
+        refuse_if_locked(ctx.run, other, ttl)
     with run_lock(ctx.run, "run", log, ttl):
         yield
 
