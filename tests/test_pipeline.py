@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import signal
 import subprocess
 import time
@@ -138,6 +139,14 @@ def test_steps_in_separate_processes_then_refuse_to_overwrite(tmp_path: Path, sy
     assert not (tmp_path / "escape").exists()
 
 
+def _start_run(config: Path, run_id: str) -> subprocess.Popen[str]:
+    """`finetune-job run` in the background, its JSON log readable line by line."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FINETUNE_", "AWS_"))}
+    env.update({"HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"})
+    return subprocess.Popen([CLI, "run", "--config", str(config), "--run-id", run_id], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
 def _wait_for_event(process: subprocess.Popen[str], event: str, timeout: float) -> list[dict]:
     seen = []
     deadline = time.monotonic() + timeout
@@ -161,10 +170,7 @@ def test_sigterm_checkpoints_exits_75_and_rerun_resumes_to_the_same_step_count(
         tmp_path: Path, synthetic_dir: Path) -> None:
     config = _local_config(tmp_path, synthetic_dir, train={"max_pairs": 64, "batch_size": 4, "epochs": 1},
                            classify={"enabled": False})
-    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith(("FINETUNE_", "AWS_"))}
-    env.update({"HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"})
-    process = subprocess.Popen([CLI, "run", "--config", str(config), "--run-id", "sig"], env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = _start_run(config, "sig")
     try:
         _wait_for_event(process, "train loss", timeout=300)
         # A second process with the same run id must refuse without touching anything.
@@ -207,10 +213,7 @@ def test_resume_flag_without_checkpoint_is_a_clear_error(tmp_path: Path, synthet
 def test_sigkill_leaves_an_unfinished_run_that_a_rerun_completes(tmp_path: Path, synthetic_dir: Path) -> None:
     config = _local_config(tmp_path, synthetic_dir, train={"max_pairs": 32, "batch_size": 4, "epochs": 1},
                            classify={"enabled": False}, runtime={"lock_ttl_s": 4})
-    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith(("FINETUNE_", "AWS_"))}
-    env.update({"HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"})
-    process = subprocess.Popen([CLI, "run", "--config", str(config), "--run-id", "kill"], env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    process = _start_run(config, "kill")
     try:
         _wait_for_event(process, "train loss", timeout=300)
         process.kill()  # SIGKILL: no handler runs, the lock stays behind
