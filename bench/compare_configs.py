@@ -156,7 +156,7 @@ def main(argv: list[str] | None = None) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     stem = f"config-comparison-{args.dataset}"
     (args.out / f"{stem}.json").write_text(json.dumps({"rows": rows, "winner": winner["variant"],
-                                                       "settings": vars(args) | {"out": str(args.out)}}, indent=1))
+                                                       "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}}, indent=1))
     (args.out / f"{stem}.md").write_text(markdown(rows, header))
     print(markdown(rows, header))
 
