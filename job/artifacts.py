@@ -191,10 +191,16 @@ def refuse_if_locked(run: RunDir, name: str, ttl_s: float) -> None:
         held = json.loads(run.store.read_bytes(key))
     except Exception:  # released between our two calls
         return
+    _refuse_if_fresh(run, key, held, ttl_s)
+
+
+def _refuse_if_fresh(run: RunDir, key: str, held: dict[str, Any], ttl_s: float) -> float:
+    """Raise when the holder's heartbeat is younger than `ttl_s`; else return its age."""
     age = time.time() - float(held.get("heartbeat", 0))
     if age < ttl_s:
         raise RunStateError(f"run {run.run_id} is in use by another process ({held.get('host')} pid "
                             f"{held.get('pid')}, heartbeat {age:.0f}s ago; {run.uri}/{key}); not touching it")
+    return age
 
 
 def _acquire(run: RunDir, key: str, owner: dict[str, Any], log: Any, ttl_s: float) -> None:
@@ -205,10 +211,7 @@ def _acquire(run: RunDir, key: str, owner: dict[str, Any], log: Any, ttl_s: floa
         held = json.loads(run.store.read_bytes(key))
     except Exception:  # vanished or half-written between our two calls: treat as held
         held = {"heartbeat": time.time()}
-    age = time.time() - float(held.get("heartbeat", 0))
-    if age < ttl_s:
-        raise RunStateError(f"run {run.run_id} is in use by another process ({held.get('host')} pid "
-                            f"{held.get('pid')}, heartbeat {age:.0f}s ago; {run.uri}/{key}); not touching it")
+    age = _refuse_if_fresh(run, key, held, ttl_s)
     log.warning("taking over a stale lock", lock=key, previous_owner=held.get("host"), age_s=round(age))
     run.store.delete_prefix(key)
     if not run.store.create_exclusive(key, body):
