@@ -434,8 +434,15 @@ class S3Store:
         except StorageError as exc:
             if _code_of_cause(exc) in _MISSING_CODES:
                 return False
+            if _code_of_cause(exc) == "403":
+                self._explain_denied_head(full)
             raise
         return True
+
+    def _explain_denied_head(self, full: str) -> None:
+        """A HEAD reply has no body, so a 403 hides why; a GET of the same key says (bad key, bad signature...)."""
+        with _translated("check", self._where(full)):
+            self.client.get_object(Bucket=self.bucket, Key=full, Range="bytes=0-0")["Body"].close()
 
     def list_keys(self, prefix: str = "") -> list[tuple[str, int]]:
         if prefix.rstrip("/"):

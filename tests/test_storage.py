@@ -257,7 +257,7 @@ def test_credential_errors_name_the_problem_not_the_secret(s3: S3Server, bucket:
         cfg = s3_config(s3, **changes)
         store = S3Store(make_s3_client(cfg), bucket, "r", cfg)
         actions: list[Callable[[], object]] = [partial(store.read_bytes, "a"), partial(store.write_bytes, "a", b"x"),
-                                               store.list_keys]
+                                               store.list_keys, partial(store.exists, "a")]
         for action in actions:
             with pytest.raises(StorageError) as raised:
                 action()
