@@ -132,6 +132,7 @@ class TrainConfig(Section):
     max_pairs: int | None = Field(None, gt=0, description="Cap on training pairs (sampled with the seed)")
     checkpoint_every_steps: int | None = Field(None, gt=0, description="Default: once per epoch")
     group_by_length: bool = Field(True, description="Batch pairs of similar length (less padding, faster)")
+    compile: bool = Field(False, description="torch.compile the model: slower first steps, faster after (CUDA)")
 
 
 class EvaluateConfig(Section):

@@ -12,6 +12,7 @@ import os
 import random
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -203,8 +204,12 @@ class _StorageAndProgress(TrainerCallback):
 
 
 def train_model(cfg: JobConfig, model: Any, train: TrainExamples, val: TrainExamples, work_dir: Path,
-                store: Store, log: Any, stop: threading.Event, resume: bool) -> TrainResult:
-    """Run the trainer; `store` is the run's storage (for checkpoints). Returns the best model's dir."""
+                store: Store, log: Any, stop: threading.Event, resume: bool,
+                extra_callbacks: Sequence[TrainerCallback] = ()) -> TrainResult:
+    """Run the trainer; `store` is the run's storage (for checkpoints). Returns the best model's dir.
+
+    `extra_callbacks` lets a caller observe the steps (the GPU benchmark times them).
+    """
     import torch
     from datasets import Dataset
     from sentence_transformers.sentence_transformer import (
@@ -248,6 +253,7 @@ def train_model(cfg: JobConfig, model: Any, train: TrainExamples, val: TrainExam
         report_to="none",
         disable_tqdm=True,
         dataloader_num_workers=0,
+        torch_compile=tc.compile,
         dataloader_pin_memory=precision != "fp32",
         # torchrun without GPUs (the CPU DDP test) needs gloo and use_cpu, else accelerate does not
         # treat the processes as one distributed job; on GPUs the defaults (nccl) are right.
@@ -259,7 +265,7 @@ def train_model(cfg: JobConfig, model: Any, train: TrainExamples, val: TrainExam
     )
     callback = _StorageAndProgress(store, log, stop)
     trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=dataset, loss=_loss(model, tc.loss),
-                                         evaluator=evaluator, callbacks=[callback])
+                                         evaluator=evaluator, callbacks=[callback, *extra_callbacks])
     trainer.remove_callback(PrinterCallback)  # it prints dicts to stdout, breaking the JSON log stream
     checkpoint = _fetch_checkpoint(store, output_dir, log, required=resume)
     t0 = time.monotonic()
