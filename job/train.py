@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 from sentence_transformers.base.sampler import DefaultBatchSampler
+from sentence_transformers.sentence_transformer.evaluation import EmbeddingSimilarityEvaluator
 from transformers import PrinterCallback, TrainerCallback
 
 from job.config import JobConfig, TrainConfig
@@ -116,6 +117,31 @@ class LengthGroupedBatchSampler(DefaultBatchSampler):
     def __len__(self) -> int:
         full, rest = divmod(len(self.lengths), self.batch_size)
         return full if self.drop_last or not rest else full + 1
+
+
+class UniqueTextSimilarityEvaluator(EmbeddingSimilarityEvaluator):
+    """Val Spearman during training, encoding each distinct text once.
+
+    Val pairs share tickets (a ticket with three links sits in three positive pairs and
+    several negatives), and the parent class encodes both sides of every pair.
+    """
+
+    _vectors: np.ndarray | None = None
+    _rows: dict[str, int] = {}  # replaced per call, never mutated
+
+    def __call__(self, model: Any, *args: Any, **kwargs: Any) -> dict[str, float]:
+        unique = list(dict.fromkeys([*self.sentences1, *self.sentences2]))
+        self._vectors = super().embed_inputs(model, unique)
+        self._rows = {text: row for row, text in enumerate(unique)}
+        try:
+            return super().__call__(model, *args, **kwargs)
+        finally:
+            self._vectors, self._rows = None, {}
+
+    def embed_inputs(self, model: Any, sentences: Any, **kwargs: Any) -> np.ndarray:
+        if self._vectors is None or isinstance(sentences, str) or kwargs:
+            return super().embed_inputs(model, sentences, **kwargs)
+        return self._vectors[[self._rows[text] for text in sentences]]
 
 
 def _loss(model: Any, name: str) -> Any:
@@ -216,7 +242,6 @@ def train_model(cfg: JobConfig, model: Any, train: TrainExamples, val: TrainExam
         SentenceTransformerTrainer,
         SentenceTransformerTrainingArguments,
     )
-    from sentence_transformers.sentence_transformer.evaluation import EmbeddingSimilarityEvaluator
 
     tc = cfg.train
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
@@ -226,8 +251,11 @@ def train_model(cfg: JobConfig, model: Any, train: TrainExamples, val: TrainExam
     if tc.loss != "mnrl":
         columns["score"] = train.score
     dataset = Dataset.from_dict(columns)
-    evaluator = EmbeddingSimilarityEvaluator(val.sentence1, val.sentence2, val.score, name="val",
-                                             batch_size=cfg.model.encode_batch_size, write_csv=False)
+    # Validating during training only serves to pick the best checkpoint. One epoch saved once
+    # leaves nothing to pick, and the evaluate step scores val anyway: skip it then.
+    select_best = tc.epochs > 1 or tc.checkpoint_every_steps is not None
+    evaluator = UniqueTextSimilarityEvaluator(val.sentence1, val.sentence2, val.score, name="val",
+                                              batch_size=cfg.model.encode_batch_size, write_csv=False)
     strategy = "steps" if tc.checkpoint_every_steps else "epoch"
     output_dir = work_dir / CHECKPOINTS
     args = SentenceTransformerTrainingArguments(
@@ -241,13 +269,13 @@ def train_model(cfg: JobConfig, model: Any, train: TrainExamples, val: TrainExam
         data_seed=tc.seed,
         fp16=precision == "fp16",
         bf16=precision == "bf16",
-        eval_strategy=strategy,
+        eval_strategy=strategy if select_best else "no",
         save_strategy=strategy,
         eval_steps=tc.checkpoint_every_steps or 500,
         save_steps=tc.checkpoint_every_steps or 500,
         save_total_limit=2,
-        load_best_model_at_end=True,
-        metric_for_best_model="eval_val_spearman_cosine",
+        load_best_model_at_end=select_best,
+        metric_for_best_model="eval_val_spearman_cosine" if select_best else None,
         greater_is_better=True,
         logging_steps=max(1, min(50, len(dataset) // tc.batch_size // 4 or 1)),
         report_to="none",
@@ -265,7 +293,8 @@ def train_model(cfg: JobConfig, model: Any, train: TrainExamples, val: TrainExam
     )
     callback = _StorageAndProgress(store, log, stop)
     trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=dataset, loss=_loss(model, tc.loss),
-                                         evaluator=evaluator, callbacks=[callback, *extra_callbacks])
+                                         evaluator=evaluator if select_best else None,
+                                         callbacks=[callback, *extra_callbacks])
     trainer.remove_callback(PrinterCallback)  # it prints dicts to stdout, breaking the JSON log stream
     checkpoint = _fetch_checkpoint(store, output_dir, log, required=resume)
     t0 = time.monotonic()

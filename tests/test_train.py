@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import random
 import statistics
+from pathlib import Path
 
+import pytest
 from datasets import Dataset
 
 from job.config import TrainConfig
 from job.pairs import Pair
-from job.train import LengthGroupedBatchSampler, examples_from_pairs
+from job.train import LengthGroupedBatchSampler, UniqueTextSimilarityEvaluator, examples_from_pairs
+from tests.conftest import OFFLINE_MODEL
 
 
 def _dataset(n: int = 400) -> Dataset:
@@ -56,3 +59,59 @@ def test_max_pairs_samples_with_the_seed_and_losses_get_their_rows() -> None:
     assert len(mnrl.sentence1) == 10 and "text five changed" in mnrl.sentence2
     contrastive = examples_from_pairs(pairs, texts, TrainConfig(loss="online_contrastive"), 0.5)
     assert set(contrastive.score) == {0.0, 1.0}
+
+
+
+@pytest.mark.slow
+def test_val_evaluator_encodes_each_distinct_text_once_and_scores_like_the_plain_one(tmp_path: Path) -> None:
+    from sentence_transformers.sentence_transformer.evaluation import EmbeddingSimilarityEvaluator
+
+    from job.config import StorageConfig
+    from job.model import load_model, resolve_model_path
+
+    model = load_model(resolve_model_path(OFFLINE_MODEL, StorageConfig(), tmp_path), 48)
+    tickets = [f"ticket {i}: the datanode {word} fails after restart" for i, word in enumerate("abcdefgh")]
+    rng = random.Random(1)
+    s1, s2 = [rng.choice(tickets) for _ in range(30)], [rng.choice(tickets) for _ in range(30)]
+    scores = [rng.random() for _ in range(30)]
+    encoded: list[int] = []
+    real_encode = model.encode
+
+    def counting_encode(sentences: list[str], **kwargs: object) -> object:
+        encoded.append(len(sentences))
+        return real_encode(sentences, **kwargs)
+
+    model.encode = counting_encode  # type: ignore[method-assign]
+    plain = EmbeddingSimilarityEvaluator(s1, s2, scores, name="val", write_csv=False)(model)
+    assert encoded == [30, 30]
+    encoded.clear()
+    unique = UniqueTextSimilarityEvaluator(s1, s2, scores, name="val", write_csv=False)(model)
+    assert encoded == [len(set(s1) | set(s2))] and encoded[0] <= len(tickets)
+    assert unique.keys() == plain.keys()
+    for key, value in plain.items():
+        assert abs(unique[key] - value) < 1e-4, key
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("epochs", "validations"), [(1, 0), (2, 2)])
+def test_val_runs_each_epoch_only_when_there_is_an_epoch_to_choose(tmp_path: Path, epochs: int,
+                                                                   validations: int) -> None:
+    import threading
+
+    from job.config import load_config
+    from job.log import get_logger
+    from job.model import load_model, resolve_model_path
+    from job.storage import LocalStore
+    from job.train import TrainExamples, train_model
+
+    cfg = load_config(environ={}, cli_overrides={
+        "data.tickets": "t.jsonl", "output.uri": str(tmp_path / "out"), "model.base": OFFLINE_MODEL,
+        "model.max_seq_length": 16, "train.epochs": epochs, "train.batch_size": 4}).config
+    model = load_model(resolve_model_path(OFFLINE_MODEL, cfg.storage, tmp_path), 16)
+    texts = [f"namenode {word} error" for word in "abcdefgh"]
+    rows = TrainExamples(texts, texts[::-1], [0.9, 0.1] * 4)
+    result = train_model(cfg, model, rows, rows, tmp_path / "work", LocalStore(tmp_path / "store"),
+                         get_logger(step="test"), threading.Event(), resume=False)
+    assert len(result.val_history) == validations
+    assert (result.best_metric is None) == (validations == 0)
+    assert result.global_step == 2 * epochs and (result.model_dir / "modules.json").exists()
