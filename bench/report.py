@@ -103,6 +103,8 @@ def markdown(r: dict[str, Any]) -> str:
         f"| texts encoded (evaluate + classify) | {t['texts_encoded_in_evaluate_and_classify']['job']} | "
         f"{t['texts_encoded_in_evaluate_and_classify']['notebook']} | |",
         f"| peak RSS of the process tree (MB) | {_f(r['peak_rss_mb']['job'], 0)} | {_f(r['peak_rss_mb']['notebook'], 0)} | |",
+        "| job process peak RSS after prepare / train / evaluate / classify (MB) | "
+        + " / ".join(_f(v, 0) for v in r["peak_rss_mb"].get("job_after_step", {}).values()) + " | | |",
         f"| CPU seconds, end to end (user + sys) | {_f(r.get('cpu_s', {}).get('job'), 0)} | "
         f"{_f(r.get('cpu_s', {}).get('notebook'), 0)} | notebook / job {_f(r.get('cpu_s', {}).get('ratio'), 2)}x |",
         "",

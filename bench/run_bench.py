@@ -239,7 +239,9 @@ def assemble(args: argparse.Namespace, sizes: Sizes, source: dict[str, Any], run
         "stages": stages,
         "throughput": throughput,
         "peak_rss_mb": {"job": job_m.peak_rss_mb, "notebook": nb_m.peak_rss_mb,
-                        "ratio": ratio(nb_m.peak_rss_mb, job_m.peak_rss_mb)},
+                        "ratio": ratio(nb_m.peak_rss_mb, job_m.peak_rss_mb),
+                        # the job's own process peak as each step ended (steps share the `run` process)
+                        "job_after_step": {s: steps[s].get("peak_rss_mb") for s in ("prepare", "train", "evaluate", "classify")}},
         "processes": {"job": job_m.to_json(), "notebook": nb_m.to_json()},
         "quality": quality["quality"],
         "notebook_unseen": quality["notebook_unseen"],

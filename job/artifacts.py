@@ -68,6 +68,8 @@ class StepRecord:
     duration_s: float
     files: list[FileRecord] = field(default_factory=list)
     info: dict[str, Any] = field(default_factory=dict)
+    # The process's peak resident memory so far (in `run`, steps share a process): sizes pod limits.
+    peak_rss_mb: float | None = None
 
 
 class RunDir:
@@ -235,7 +237,16 @@ class StepTimer:
         self.step, self.started, self.t0 = step, _now(), time.monotonic()
 
     def record(self, files: list[FileRecord], info: dict[str, Any]) -> StepRecord:
-        return StepRecord(self.step, self.started, _now(), round(time.monotonic() - self.t0, 3), files, info)
+        return StepRecord(self.step, self.started, _now(), round(time.monotonic() - self.t0, 3), files, info,
+                          _peak_rss_mb())
+
+
+def _peak_rss_mb() -> float | None:
+    try:
+        import resource
+    except ImportError:  # not on this platform
+        return None
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # KiB on Linux
 
 
 def environment_info(device: str | None = None) -> dict[str, Any]:
