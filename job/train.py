@@ -126,8 +126,10 @@ class UniqueTextSimilarityEvaluator(EmbeddingSimilarityEvaluator):
     several negatives), and the parent class encodes both sides of every pair.
     """
 
-    _vectors: np.ndarray | None = None
-    _rows: dict[str, int] = {}  # replaced per call, never mutated
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._vectors: np.ndarray | None = None
+        self._rows: dict[str, int] = {}
 
     def __call__(self, model: Any, *args: Any, **kwargs: Any) -> dict[str, float]:
         unique = list(dict.fromkeys([*self.sentences1, *self.sentences2]))
@@ -255,7 +257,8 @@ def train_model(cfg: JobConfig, model: Any, train: TrainExamples, val: TrainExam
     # leaves nothing to pick, and the evaluate step scores val anyway: skip it then.
     select_best = tc.epochs > 1 or tc.checkpoint_every_steps is not None
     evaluator = UniqueTextSimilarityEvaluator(val.sentence1, val.sentence2, val.score, name="val",
-                                              batch_size=cfg.model.encode_batch_size, write_csv=False)
+                                              batch_size=cfg.model.encode_batch_size,
+                                              write_csv=False) if select_best else None
     strategy = "steps" if tc.checkpoint_every_steps else "epoch"
     output_dir = work_dir / CHECKPOINTS
     args = SentenceTransformerTrainingArguments(
@@ -293,7 +296,7 @@ def train_model(cfg: JobConfig, model: Any, train: TrainExamples, val: TrainExam
     )
     callback = _StorageAndProgress(store, log, stop)
     trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=dataset, loss=_loss(model, tc.loss),
-                                         evaluator=evaluator if select_best else None,
+                                         evaluator=evaluator,
                                          callbacks=[callback, *extra_callbacks])
     trainer.remove_callback(PrinterCallback)  # it prints dicts to stdout, breaking the JSON log stream
     checkpoint = _fetch_checkpoint(store, output_dir, log, required=resume)
