@@ -63,6 +63,10 @@ class S3Server:
             f"-master.port={ports['master']}", f"-volume.port={ports['volume']}", f"-filer.port={ports['filer']}",
             f"-s3.port={ports['s3']}", f"-admin.port={ports['admin']}", "-admin.ui=false", "-webdav=false",
             "-s3.port.iceberg=0", "-s3.port.lance=0", f"-s3.config={config}",
+            # Every bucket gets its own volumes. Left at 0, the volume count is free disk / volume size,
+            # which ran out after ~60 buckets on a 61 GB-free disk (InternalError on PutObject); the
+            # suite makes more. Volumes are sparse files, so a high cap costs no disk.
+            "-volume.max=4000", "-master.volumeSizeLimitMB=32",
         ]
         (self.root / "data").mkdir(exist_ok=True)
         self.log = (self.root / "weed.log").open("wb")

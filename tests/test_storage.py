@@ -264,3 +264,18 @@ def test_credential_errors_name_the_problem_not_the_secret(s3: S3Server, bucket:
             message = str(raised.value)
             assert code in message and "check the S3 credentials" in message
             assert "wrong-secret-value-1" not in message and SECRET_KEY not in message
+
+
+def test_the_loopback_s3_server_takes_more_buckets_than_the_suite_makes() -> None:
+    # Each bucket is a SeaweedFS collection with volumes of its own; with the volume count left to
+    # the free disk, PutObject failed with InternalError after ~60 buckets and broke late tests.
+    server = S3Server()
+    server.start()
+    try:
+        client = server.client()
+        for i in range(100):
+            client.create_bucket(Bucket=f"many-{i:03d}")
+            client.put_object(Bucket=f"many-{i:03d}", Key="k", Body=b"x")
+        assert client.get_object(Bucket="many-099", Key="k")["Body"].read() == b"x"
+    finally:
+        server.stop()
