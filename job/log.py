@@ -18,21 +18,28 @@ import structlog
 REDACTED = "***"
 
 
-def redact(text: str, secrets: Iterable[str]) -> str:
-    """`text` with every known secret value replaced by '***'."""
-    for secret in sorted({s for s in secrets if s and len(s) >= 4}, key=len, reverse=True):
+def _secret_values(secrets: Iterable[str]) -> list[str]:
+    """Longest first, so a secret containing another is replaced whole; very short ones skipped."""
+    return sorted({s for s in secrets if s and len(s) >= 4}, key=len, reverse=True)
+
+
+def _replace_all(text: str, values: list[str]) -> str:
+    for secret in values:
         text = text.replace(secret, REDACTED)
     return text
 
 
+def redact(text: str, secrets: Iterable[str]) -> str:
+    """`text` with every known secret value replaced by '***'."""
+    return _replace_all(text, _secret_values(secrets))
+
+
 def _redactor(secrets: Iterable[str]) -> Any:
-    values = sorted({s for s in secrets if s and len(s) >= 4}, key=len, reverse=True)
+    values = _secret_values(secrets)
 
     def scrub(value: Any) -> Any:
         if isinstance(value, str):
-            for secret in values:
-                value = value.replace(secret, REDACTED)
-            return value
+            return _replace_all(value, values)
         if isinstance(value, dict):
             return {k: scrub(v) for k, v in value.items()}
         if isinstance(value, list | tuple):
