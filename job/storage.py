@@ -416,8 +416,8 @@ class S3Store:
 
         def attempt() -> None:
             with _temp_beside(local) as tmp:
+                head = self._head(full, "download")
                 with _translated("download", where):
-                    head = self.client.head_object(Bucket=self.bucket, Key=full)
                     self.client.download_file(self.bucket, full, str(tmp), Config=self._transfer_config())
                 size = tmp.stat().st_size
                 if size != int(head["ContentLength"]):
@@ -429,20 +429,24 @@ class S3Store:
     def exists(self, key: str) -> bool:
         full = self._key(key)
         try:
-            with _translated("check", self._where(full)):
-                self.client.head_object(Bucket=self.bucket, Key=full)
+            self._head(full, "check")
         except StorageError as exc:
             if _code_of_cause(exc) in _MISSING_CODES:
                 return False
-            if _code_of_cause(exc) == "403":
-                self._explain_denied_head(full)
             raise
         return True
 
-    def _explain_denied_head(self, full: str) -> None:
-        """A HEAD reply has no body, so a 403 hides why; a GET of the same key says (bad key, bad signature...)."""
-        with _translated("check", self._where(full)):
-            self.client.get_object(Bucket=self.bucket, Key=full, Range="bytes=0-0")["Body"].close()
+    def _head(self, full: str, operation: str) -> dict[str, Any]:
+        """HEAD of one object. Its reply has no body, so a 403 hides why; then a one-byte GET of
+        the same key, whose error body names the cause (bad key id, bad signature, no access)."""
+        try:
+            with _translated(operation, self._where(full)):
+                return dict(self.client.head_object(Bucket=self.bucket, Key=full))
+        except StorageError as exc:
+            if _code_of_cause(exc) == "403":
+                with _translated(operation, self._where(full)):
+                    self.client.get_object(Bucket=self.bucket, Key=full, Range="bytes=0-0")["Body"].close()
+            raise
 
     def list_keys(self, prefix: str = "") -> list[tuple[str, int]]:
         if prefix.rstrip("/"):

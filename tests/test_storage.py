@@ -251,13 +251,14 @@ def test_errors_are_classified_for_the_orchestrator(error: Exception, transient:
     assert str(classified).startswith("read s3://b/k")
 
 
-def test_credential_errors_name_the_problem_not_the_secret(s3: S3Server, bucket: str) -> None:
+def test_credential_errors_name_the_problem_not_the_secret(s3: S3Server, bucket: str, tmp_path: Path) -> None:
     for changes, code in (({"secret_access_key": SecretStr("wrong-secret-value-1")}, "SignatureDoesNotMatch"),
                           ({"access_key_id": SecretStr("unknown-key-id")}, "InvalidAccessKeyId")):
         cfg = s3_config(s3, **changes)
         store = S3Store(make_s3_client(cfg), bucket, "r", cfg)
         actions: list[Callable[[], object]] = [partial(store.read_bytes, "a"), partial(store.write_bytes, "a", b"x"),
-                                               store.list_keys, partial(store.exists, "a")]
+                                               store.list_keys, partial(store.exists, "a"),
+                                               partial(store.download_file, "a", tmp_path / "a")]
         for action in actions:
             with pytest.raises(StorageError) as raised:
                 action()
