@@ -3,9 +3,8 @@
 Pair score: the symmetric, self-normalised BM25 score
     s(a, b) = (bm25(query a, doc b) / bm25(a, a) + bm25(b, a) / bm25(b, b)) / 2,
 which lies in [0, 1] for any pair, so the job's F1 threshold grid (chosen on val) applies
-unchanged. Retrieval ranks test tickets by the same normalised score from each query, and
-reuses `job.neighbors.rank_of_first_hit` by handing it the score matrix against an identity
-"corpus" (row @ I = row), so ties and self-exclusion follow the job's rules exactly.
+unchanged. Retrieval ranks test tickets by the same normalised score from each query, through the job's
+own `job.evaluate.scored_retrieval_metrics`, so ties and self-exclusion follow the job's rules.
 """
 
 from __future__ import annotations

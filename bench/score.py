@@ -33,10 +33,10 @@ from job.evaluate import (
     pair_scores,
     retrieval_metrics,
     retrieval_queries,
+    scored_retrieval_metrics,
 )
 from job.log import get_logger
 from job.model import encode, load_model
-from job.neighbors import rank_of_first_hit
 from job.pairs import Pair
 
 QUALITY_KEYS = ("average_precision", "roc_auc", "spearman", "pearson", "best_f1", "threshold", "recall_at_1",
@@ -103,14 +103,8 @@ def bm25_quality(split: JobSplit, relations: list[str], threshold: float, chunk:
 
     out: dict[str, Any] = dict(pair_metrics(scores(split.pairs["test"]), best_threshold(scores(split.pairs["val"]))))
     relevant, _ = retrieval_queries(split.test_ids, split.links, relations)
-    rows = [i for i, rel in enumerate(relevant) if rel]
-    if rows:
-        test_rows = [scorer.index[t] for t in split.test_ids]
-        matrix = scorer.matrix(test_rows)
-        ranks = rank_of_first_hit(matrix, np.eye(len(test_rows)), relevant, rows, chunk)
-        out.update({"recall_at_1": float(np.mean(ranks <= 1)), "recall_at_5": float(np.mean(ranks <= 5)),
-                    "recall_at_10": float(np.mean(ranks <= 10)), "mrr": float(np.mean(1.0 / ranks)),
-                    "n_queries": len(rows)})
+    matrix = scorer.matrix([scorer.index[t] for t in split.test_ids])
+    out.update(scored_retrieval_metrics(lambda rows: matrix[rows], relevant, chunk))
     return _pick(out)
 
 

@@ -2,20 +2,27 @@
 
 Pair metrics: Pearson/Spearman of cosine vs target score, ROC-AUC and average precision of
 cosine for positive vs negative, and F1 at a threshold chosen on val (0.01 grid) and reported
-on test. Retrieval: every test ticket with a link of `retrieval_relations` is a query ranked
-against all other test tickets; recall@1/5/10 and MRR.
+on test. Retrieval, scored as duplicate detection is scored:
+- pool: every test ticket with a link of `retrieval_relations` is a query ranked against all
+  other test tickets;
+- time-aware (`time_aware_*`): each query is ranked only against test tickets created before
+  it, and counts only if one of its duplicates was created before it: how a tracker suggests
+  duplicates for a report as it is filed (Zhang et al., TOSEM 2023).
+Both report recall@1/5/10/20 (a relevant ticket in the top k), MRR (first relevant) and MAP
+(mean average precision over all relevant tickets of a query).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 
 import numpy as np
 from scipy.stats import pearsonr, spearmanr
 from sklearn.metrics import average_precision_score, f1_score, roc_auc_score
 
 from job.data import Link
-from job.neighbors import rank_of_first_hit
+from job.neighbors import SimilarityRows, cosine_rows, ranks_of_relevant
 from job.pairs import Pair
 
 THRESHOLD_GRID = np.round(np.arange(-1.0, 1.0001, 0.01), 2)
@@ -92,20 +99,58 @@ def retrieval_queries(test_ids: list[str], links: list[Link], relations: list[st
     return relevant, used
 
 
-def retrieval_metrics(emb: Embeddings, test_ids: list[str], relevant: list[set[int]],
-                      chunk_size: int) -> dict[str, float | int | None]:
-    rows = [i for i, rel in enumerate(relevant) if rel]
-    if not rows:
-        return {"recall_at_1": None, "recall_at_5": None, "recall_at_10": None, "mrr": None, "n_queries": 0}
-    vectors = emb.of(test_ids)
-    ranks = rank_of_first_hit(vectors, vectors, relevant, rows, chunk_size)
+RECALL_AT = (1, 5, 10, 20)
+
+
+def ranking_metrics(ranks: list[np.ndarray], prefix: str = "") -> dict[str, float | int | None]:
+    """recall@k, MRR and MAP from each query's sorted ranks of its relevant items."""
+    ranks = [r for r in ranks if len(r)]
+    if not ranks:
+        return {**{f"{prefix}recall_at_{k}": None for k in RECALL_AT}, f"{prefix}mrr": None, f"{prefix}map": None,
+                f"{prefix}n_queries": 0}
+    first = np.array([r[0] for r in ranks])
+    average_precision = [float(np.mean(np.arange(1, len(r) + 1) / r)) for r in ranks]
     return {
-        "recall_at_1": float(np.mean(ranks <= 1)),
-        "recall_at_5": float(np.mean(ranks <= 5)),
-        "recall_at_10": float(np.mean(ranks <= 10)),
-        "mrr": float(np.mean(1.0 / ranks)),
-        "n_queries": len(rows),
+        **{f"{prefix}recall_at_{k}": float(np.mean(first <= k)) for k in RECALL_AT},
+        f"{prefix}mrr": float(np.mean(1.0 / first)),
+        f"{prefix}map": float(np.mean(average_precision)),
+        f"{prefix}n_queries": len(ranks),
     }
+
+
+def created_timestamps(ids: list[str], created: dict[str, str | None]) -> np.ndarray | None:
+    """Seconds since the epoch per id (NaN where unknown); None when no id has a date."""
+    values = np.array([_timestamp(created.get(t)) for t in ids], dtype=np.float64)
+    return None if np.all(np.isnan(values)) else values
+
+
+def _timestamp(value: str | None) -> float:
+    if not value:
+        return float("nan")
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return float("nan")
+
+
+def retrieval_metrics(emb: Embeddings, test_ids: list[str], relevant: list[set[int]], chunk_size: int,
+                      created: np.ndarray | None = None) -> dict[str, float | int | None]:
+    """Pool retrieval metrics by cosine, and time-aware ones when creation dates are known."""
+    return scored_retrieval_metrics(cosine_rows(emb.of(test_ids)), relevant, chunk_size, created)
+
+
+def scored_retrieval_metrics(similarity: SimilarityRows, relevant: list[set[int]], chunk_size: int,
+                             created: np.ndarray | None = None) -> dict[str, float | int | None]:
+    """The same metrics for any similarity (the benchmark's BM25 uses it too)."""
+    rows = [i for i, rel in enumerate(relevant) if rel]
+    metrics = ranking_metrics(ranks_of_relevant(similarity, relevant, rows, None, chunk_size))
+    if created is not None:
+        # An undated ticket is never a query, and (dated +inf) never a candidate.
+        dated = [i for i in rows if not np.isnan(created[i])]
+        latest = np.where(np.isnan(created), np.inf, created)
+        metrics.update(ranking_metrics(ranks_of_relevant(similarity, relevant, dated, latest, chunk_size),
+                                       "time_aware_"))
+    return metrics
 
 
 @dataclass
@@ -117,12 +162,13 @@ class ModelEvaluation:
 
 def evaluate_model(emb: Embeddings, val_pairs: list[Pair], test_pairs: list[Pair], test_ids: list[str],
                    links: list[Link], relations: list[str], positive_threshold: float,
-                   chunk_size: int) -> ModelEvaluation:
+                   chunk_size: int, created: dict[str, str | None] | None = None) -> ModelEvaluation:
     """All metrics for one model; the F1 threshold comes from val and is applied to test."""
     val = pair_scores(emb, val_pairs, positive_threshold)
     test = pair_scores(emb, test_pairs, positive_threshold)
     metrics: dict[str, float | int | None | str] = dict(pair_metrics(test, best_threshold(val)))
     relevant, used = retrieval_queries(test_ids, links, relations)
-    metrics.update(retrieval_metrics(emb, test_ids, relevant, chunk_size))
+    timestamps = created_timestamps(test_ids, created) if created else None
+    metrics.update(retrieval_metrics(emb, test_ids, relevant, chunk_size, timestamps))
     metrics["retrieval_relations"] = used
     return ModelEvaluation(metrics, val, test)

@@ -6,6 +6,8 @@ evaluation and hard-negative mining grow linearly with the number of tickets.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 
@@ -34,19 +36,34 @@ def top_k(queries: np.ndarray, corpus: np.ndarray, k: int, chunk_size: int = 102
     return indices, scores
 
 
-def rank_of_first_hit(queries: np.ndarray, corpus: np.ndarray, relevant: list[set[int]],
-                      rows: list[int], chunk_size: int = 1024) -> np.ndarray:
-    """1-based rank of the best-ranked relevant corpus item for each query row in `rows`.
+SimilarityRows = Callable[[list[int]], np.ndarray]
 
-    `queries` and `corpus` are the same set (row i is corpus item i, which is never its own hit).
-    The rank is 1 + the number of items scoring above the best relevant one, so ties do not help.
+
+def cosine_rows(vectors: np.ndarray) -> SimilarityRows:
+    """Similarity of some rows of a unit-length corpus to the whole corpus."""
+    return lambda rows: vectors[rows] @ vectors.T
+
+
+def ranks_of_relevant(similarity: SimilarityRows, relevant: list[set[int]], rows: list[int],
+                      created: np.ndarray | None = None, chunk_size: int = 1024) -> list[np.ndarray]:
+    """Sorted 1-based ranks of every relevant item of each query row in `rows`.
+
+    Queries are items of the corpus themselves (never their own hit); `similarity(chunk)` gives
+    their scores against the whole corpus (cosine, or any other score such as BM25). With
+    `created` (one timestamp per item), a query is ranked only against items created before it,
+    as a tracker suggests duplicates for a new report; relevant items created later drop out.
+    A rank is 1 + the number of candidates scoring above that item, so ties do not help.
+    Memory is chunk_size x corpus, never corpus x corpus.
     """
-    ranks = np.empty(len(rows), dtype=np.int64)
+    out: list[np.ndarray] = []
     for start in range(0, len(rows), chunk_size):
         chunk = rows[start : start + chunk_size]
-        sims = queries[chunk] @ corpus.T
+        sims = np.array(similarity(chunk), dtype=np.float64)
         sims[np.arange(len(chunk)), chunk] = -np.inf
+        if created is not None:
+            sims[created[None, :] >= created[chunk][:, None]] = -np.inf
         for offset, q in enumerate(chunk):
-            best = sims[offset, list(relevant[q])].max()
-            ranks[start + offset] = 1 + int(np.count_nonzero(sims[offset] > best))
-    return ranks
+            hits = [r for r in relevant[q] if np.isfinite(sims[offset, r])]
+            scores = np.sort(sims[offset, hits])[::-1]
+            out.append(np.array([1 + int(np.count_nonzero(sims[offset] > s)) for s in scores], dtype=np.int64))
+    return out

@@ -11,9 +11,11 @@ from job.evaluate import (
     best_threshold,
     evaluate_model,
     pair_metrics,
+    ranking_metrics,
+    retrieval_metrics,
     retrieval_queries,
 )
-from job.neighbors import rank_of_first_hit, top_k
+from job.neighbors import cosine_rows, ranks_of_relevant, top_k
 from job.pairs import Pair
 
 
@@ -33,15 +35,41 @@ def test_chunked_top_k_matches_brute_force() -> None:
     assert np.allclose(sims, np.take_along_axis(full, expected, axis=1))
 
 
-def test_rank_of_first_hit_counts_items_scoring_above() -> None:
+def test_ranks_of_relevant_count_items_scoring_above_each_relevant_one() -> None:
     rng = np.random.default_rng(1)
     x = _unit(rng, 40)
-    relevant = [{(i + 1) % 40} for i in range(40)]
-    ranks = rank_of_first_hit(x, x, relevant, list(range(40)), chunk_size=7)
+    relevant = [{(i + 1) % 40, (i + 5) % 40} for i in range(40)]
+    ranks = ranks_of_relevant(cosine_rows(x), relevant, list(range(40)), chunk_size=7)
     full = x @ x.T
     np.fill_diagonal(full, -np.inf)
-    expected = [1 + int(np.sum(full[i] > full[i, (i + 1) % 40])) for i in range(40)]
-    assert ranks.tolist() == expected
+    for i in range(40):
+        expected = sorted(1 + int(np.sum(full[i] > full[i, r])) for r in relevant[i])
+        assert ranks[i].tolist() == expected
+
+
+def test_map_and_recall_from_ranks() -> None:
+    # Query 1: relevant at ranks 1 and 4 -> AP (1/1 + 2/4) / 2 = 0.75; query 2: first hit at rank 12.
+    metrics = ranking_metrics([np.array([1, 4]), np.array([12])])
+    assert metrics["map"] == (0.75 + 1 / 12) / 2
+    assert metrics["mrr"] == (1 + 1 / 12) / 2
+    assert metrics["recall_at_1"] == 0.5 and metrics["recall_at_10"] == 0.5 and metrics["recall_at_20"] == 1.0
+    assert metrics["n_queries"] == 2
+
+
+def test_time_aware_retrieval_ranks_only_against_earlier_tickets() -> None:
+    # q duplicates the older d; the distractor x is closer to both than they are to each other,
+    # but x was filed after q, so a tracker could not have suggested it for q: pool rank 2,
+    # time-aware rank 1. d's only duplicate (q) came later, so d is no time-aware query; the
+    # undated `late` is never a candidate.
+    vectors = np.array([[1, 0, 0], [0.8, 0.6, 0], [0.95, 0.31, 0], [0, 0, 1]], dtype=np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    ids = ["q", "d", "x", "late"]
+    relevant = [{1}, {0}, set(), set()]
+    created = np.array([10.0, 5.0, 20.0, np.nan])
+    metrics = retrieval_metrics(Embeddings(ids, vectors), ids, relevant, chunk_size=2, created=created)
+    assert metrics["recall_at_1"] == 0.0 and metrics["recall_at_5"] == 1.0 and metrics["n_queries"] == 2
+    assert metrics["time_aware_n_queries"] == 1  # only q: d's duplicate came later
+    assert metrics["time_aware_recall_at_1"] == 1.0 and metrics["time_aware_map"] == 1.0
 
 
 def test_threshold_is_chosen_on_val_and_applied_to_test() -> None:
