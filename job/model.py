@@ -73,15 +73,40 @@ def set_threads(threads: int | None) -> int:
     return count
 
 
-def load_model(path_or_id: str, max_seq_length: int, device: str | None = None) -> Any:
+TEXT_PROMPT = "ticket"  # the name the text prefix is saved under in the model's prompts
+
+
+def load_model(path_or_id: str, max_seq_length: int, device: str | None = None, text_prefix: str = "") -> Any:
+    """A SentenceTransformer with `max_seq_length` capped at what its position embeddings allow,
+    and `text_prefix` (if any) as its default prompt, so it is saved with the model and every
+    encode, in training and by consumers, uses it."""
     from sentence_transformers import SentenceTransformer
 
     try:
         model = SentenceTransformer(path_or_id, device=device or pick_device())
     except OSError as exc:
         raise ConfigError(f"cannot load model {path_or_id!r}: {exc}".splitlines()[0]) from exc
-    model.max_seq_length = max_seq_length
+    model.max_seq_length = min(max_seq_length, position_limit(model) or max_seq_length)
+    if text_prefix:
+        model.prompts[TEXT_PROMPT] = text_prefix
+        model.default_prompt_name = TEXT_PROMPT
     return model
+
+
+def position_limit(model: Any) -> int | None:
+    """The longest input the model's transformer accepts (tokenizer limit, else position embeddings)."""
+    tokenizer_limit = getattr(model.tokenizer, "model_max_length", None)
+    if isinstance(tokenizer_limit, int) and 0 < tokenizer_limit < 100_000:  # huge sentinel = unset
+        return tokenizer_limit
+    config = getattr(getattr(model[0], "auto_model", None), "config", None)
+    positions = getattr(config, "max_position_embeddings", None)
+    return positions if isinstance(positions, int) and positions > 0 else None
+
+
+def attention_implementation(model: Any) -> str | None:
+    """Which attention kernel transformers chose (sdpa, flash_attention_2, eager)."""
+    config = getattr(getattr(model[0], "auto_model", None), "config", None)
+    return getattr(config, "_attn_implementation", None)
 
 
 def encode(model: Any, texts: list[str], batch_size: int, log: Any, what: str) -> np.ndarray:

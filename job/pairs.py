@@ -1,26 +1,41 @@
-"""Build scored text pairs per split: positives, augmented positives, and negatives.
+"""Build what training and evaluation learn from, per split: scored pairs and retrieval triplets.
 
-Positives come from links (score per relation) or from given pairs. Negatives are random,
-same-category ("hard"), or mined with the base model (nearest tickets in another component,
-with a margin below the positive's similarity so near-duplicates nobody linked are not
-taught as negatives). Everything is drawn from one seeded generator: same seed, same pairs.
+Scored pairs are (ticket, ticket, target similarity): link positives scored per relation,
+augmented copies, and negatives. Triplets are (anchor, positive, hard negative) for a ranking
+loss: both directions of each link of `pairs.triplet_relations` (duplicates and clones), the
+negative mined with the base model.
+
+Negatives come from a mix of strategies (`pairs.negative_mix`: mined, category, random, each
+one function below). Every negative obeys the component rule: never the anchor, never a ticket
+linked to it, and never a ticket in its link component (linked to it through others), so a
+near-duplicate nobody linked is not taught as "different". Mined negatives must also be at
+least `mining_margin` less similar to the anchor than its least similar positive.
+
+Training pairs are capped by a budget (`train.max_pairs`), applied before mining so mining
+encodes only the tickets the kept rows need. Everything is drawn from one seeded generator:
+same seed, same pairs.
 """
 
 from __future__ import annotations
 
+import math
 import random
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from typing import TypeVar
 
 import numpy as np
 
-from job.config import PairsConfig
+from job.config import PairsConfig, TrainConfig
 from job.data import Corpus, Link, Ticket
 from job.neighbors import top_k
 from job.split import Split
 
+T = TypeVar("T")
 MAX_DRAWS = 50  # attempts to find a valid negative partner before falling back
+# When a strategy finds no partner, the next one is tried (and the fallback counted).
+FALLBACK = {"mined": "category", "category": "random", "random": None}
 
 
 @dataclass(frozen=True)
@@ -38,10 +53,62 @@ class Pair:
         return {k: v for k, v in asdict(self).items() if v is not None}
 
 
+@dataclass(frozen=True)
+class Triplet:
+    """An anchor, a ticket that is the same problem, and one that is not (for a ranking loss)."""
+
+    anchor: str
+    positive: str
+    negative: str
+    relation: str
+    negative_kind: str  # mined | category | random
+
+    def to_json(self) -> dict[str, object]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How many training rows each objective may use; None means all there are."""
+
+    triplets: int | None
+    pairs: int | None
+
+    @classmethod
+    def unlimited(cls) -> Budget:
+        return cls(None, None)
+
+
+def training_budget(train: TrainConfig) -> Budget:
+    """Split `train.max_pairs` between the ranking objective and the pair objective.
+
+    `retrieval` spends `retrieval_share` of the budget on triplets (duplicates and their hard
+    negatives teach ranking most) and the rest on scored pairs; `mnrl` is triplets only; the
+    pair losses are pairs only.
+    """
+    cap = train.max_pairs
+    if train.loss == "mnrl":
+        return Budget(cap, 0)
+    if train.loss != "retrieval":
+        return Budget(0, cap)
+    if cap is None:
+        return Budget.unlimited()
+    triplets = round(cap * train.retrieval_share)
+    return Budget(triplets, cap - triplets)
+
+
 @dataclass
 class PairStats:
     counts: Counter[str] = field(default_factory=Counter)
     fallbacks: Counter[str] = field(default_factory=Counter)
+    mining: dict[str, int] = field(default_factory=dict)  # tickets encoded, anchors mined
+
+
+@dataclass
+class SplitPairs:
+    pairs: list[Pair]
+    triplets: list[Triplet]
+    stats: PairStats
 
 
 Embedder = Callable[[list[str]], np.ndarray]
@@ -60,55 +127,79 @@ def augment_text(text: str, rng: random.Random, drop_prob: float) -> str:
     return " ".join(words)
 
 
-class _NegativeSampler:
-    """Draws unlinked partners for an anchor from its split, by kind, with guards for tiny groups."""
+def allocate(n: int, mix: dict[str, float]) -> list[str]:
+    """`n` strategy names in proportion to `mix` (largest remainder, ties in mix order)."""
+    total = sum(mix.values())
+    if n == 0 or total <= 0:
+        return []
+    exact = {name: n * weight / total for name, weight in mix.items()}
+    counts = {name: math.floor(value) for name, value in exact.items()}
+    by_remainder = sorted(mix, key=lambda name: -(exact[name] - counts[name]))
+    for name in by_remainder[: n - sum(counts.values())]:
+        counts[name] += 1
+    return [name for name in mix for _ in range(counts[name])]
 
-    def __init__(self, ids: list[str], tickets: dict[str, Ticket], split: Split, rng: random.Random) -> None:
-        self.ids, self.split, self.rng = ids, split, rng
+
+class NegativeSampler:
+    """Draws negative partners for anchors of one split, by strategy, obeying the component rule."""
+
+    def __init__(self, ids: list[str], tickets: dict[str, Ticket], split: Split, linked: set[tuple[str, str]],
+                 rng: random.Random, mined: dict[str, list[str]] | None = None) -> None:
+        self.ids, self.tickets, self.split, self.linked, self.rng = ids, tickets, split, linked, rng
+        self.mined = mined or {}
         self.by_category: dict[str, list[str]] = defaultdict(list)
         for tid in ids:
-            category = tickets[tid].category
-            if category:
-                self.by_category[category].append(tid)
-        self.tickets = tickets
+            if tickets[tid].category:
+                self.by_category[tickets[tid].category or ""].append(tid)
         self.taken: set[tuple[str, str]] = set()
         # A split that is one component has no unlinked partner in another component.
         self.multi_component = len({split.component[t] for t in ids}) > 1
+        self.strategies: dict[str, Callable[[str], str | None]] = {
+            "mined": self._mined, "category": self._category, "random": self._random}
 
-    def _ok(self, anchor: str, other: str, linked: set[tuple[str, str]]) -> bool:
+    def allowed(self, anchor: str, other: str) -> bool:
+        """The component rule, plus: each (anchor, other) pair is used once."""
         if other == anchor:
             return False
         key = (min(anchor, other), max(anchor, other))
-        if key in self.taken or key in linked:
+        if key in self.taken or key in self.linked:
             return False
         return not self.multi_component or self.split.component[anchor] != self.split.component[other]
 
-    def draw(self, anchor: str, kind: str, linked: set[tuple[str, str]], stats: PairStats) -> str | None:
-        pool = self.ids
-        if kind == "category":
-            category = self.tickets[anchor].category
-            group = self.by_category.get(category or "", [])
-            if len(group) < 2:  # no category, or a category of one: nothing hard to draw from
-                stats.fallbacks["category->random"] += 1
-                kind, pool = "random", self.ids
-            else:
-                pool = group
-        for _ in range(MAX_DRAWS):
-            other = pool[self.rng.randrange(len(pool))]
-            if self._ok(anchor, other, linked):
+    def draw(self, anchor: str, strategy: str, stats: PairStats) -> tuple[str, str] | None:
+        """(partner, strategy that found it), falling back along FALLBACK when one finds nothing."""
+        current: str | None = strategy
+        while current is not None:
+            other = self.strategies[current](anchor)
+            if other is not None:
                 self.taken.add((min(anchor, other), max(anchor, other)))
-                return other
-        if kind == "category":
-            stats.fallbacks["category->random"] += 1
-            return self.draw_random(anchor, linked)
-        stats.fallbacks["no-partner"] += 1
+                return other, current
+            following = FALLBACK[current]
+            stats.fallbacks[f"{current}->{following or 'none'}"] += 1
+            current = following
         return None
 
-    def draw_random(self, anchor: str, linked: set[tuple[str, str]]) -> str | None:
+    def _mined(self, anchor: str) -> str | None:
+        candidates = self.mined.get(anchor, [])
+        while candidates:
+            other = candidates.pop(0)
+            if self.allowed(anchor, other):
+                return other
+        return None
+
+    def _category(self, anchor: str) -> str | None:
+        group = self.by_category.get(self.tickets[anchor].category or "", [])
+        if len(group) < 2:  # no category, or a category of one: nothing hard to draw from
+            return None
+        return self._draw_from(anchor, group)
+
+    def _random(self, anchor: str) -> str | None:
+        return self._draw_from(anchor, self.ids)
+
+    def _draw_from(self, anchor: str, pool: list[str]) -> str | None:
         for _ in range(MAX_DRAWS):
-            other = self.ids[self.rng.randrange(len(self.ids))]
-            if self._ok(anchor, other, linked):
-                self.taken.add((min(anchor, other), max(anchor, other)))
+            other = pool[self.rng.randrange(len(pool))]
+            if self.allowed(anchor, other):
                 return other
         return None
 
@@ -124,27 +215,73 @@ def build_split_pairs(
     cfg: PairsConfig,
     rng: random.Random,
     embed: Embedder | None = None,
-) -> tuple[list[Pair], PairStats]:
-    """All pairs of one split. Augmentation and mining apply to `train` only, so the
-    evaluation splits measure the real task and do not depend on the base model."""
+    budget: Budget | None = None,
+) -> SplitPairs:
+    """All pairs (and, for `train`, triplets) of one split. Augmentation, mining, triplets and
+    the budget apply to `train` only, so the evaluation splits measure the real task and do
+    not depend on the base model."""
     ids = split.members[name]
     members = set(ids)
     stats = PairStats()
-    if corpus.scored_pairs is not None:
+    if corpus.scored_pairs is not None:  # given pairs: used as they are (sampled to the budget)
         given = [Pair(p.a, p.b, p.score, "given") for p in corpus.scored_pairs if p.a in members]
-        positives = [p for p in given if p.score >= 0.5]
-        pairs = list(given)
-    else:
-        links = [link for link in corpus.links if link.source in members]
-        positives = positives_for(links, cfg.relation_scores)
-        pairs = list(positives)
-    linked = {(min(p.a, p.b), max(p.a, p.b)) for p in pairs}
-    if name == "train":
-        pairs += _augmented(positives, corpus.tickets, cfg, rng)
-    if corpus.scored_pairs is None:
-        pairs += _negatives(name, positives, corpus, split, cfg, rng, linked, stats, embed)
+        pairs = _sample(given, budget.pairs if budget and name == "train" else None, rng)
+        stats.counts.update(p.kind for p in pairs)
+        return SplitPairs(pairs, [], stats)
+    positives = positives_for([link for link in corpus.links if link.source in members], cfg.relation_scores)
+    linked = {(min(p.a, p.b), max(p.a, p.b)) for p in positives}
+    if name != "train":
+        sampler = NegativeSampler(ids, corpus.tickets, split, linked, rng)
+        pairs = positives + _negatives(positives, sampler, _without_mining(cfg.negative_mix), cfg, stats)
+        stats.counts.update(p.kind for p in pairs)
+        return SplitPairs(pairs, [], stats)
+    return _train_rows(ids, positives, linked, corpus, split, cfg, rng, embed, budget or Budget.unlimited(), stats)
+
+
+def _train_rows(ids: list[str], positives: list[Pair], linked: set[tuple[str, str]], corpus: Corpus, split: Split,
+                cfg: PairsConfig, rng: random.Random, embed: Embedder | None, budget: Budget,
+                stats: PairStats) -> SplitPairs:
+    """Choose the positives the budget keeps first, then mine negatives for those anchors only."""
+    directed = [(p.a, p.b, p.relation or "") for p in positives if p.relation in cfg.triplet_relations]
+    directed += [(b, a, relation) for a, b, relation in directed]  # both directions of a symmetric pair
+    kept_triplets = _sample(directed, budget.triplets, rng)
+    rows_per_positive = 1 + cfg.negatives_per_positive + cfg.augment_per_positive
+    pair_cap = None if budget.pairs is None else math.ceil(budget.pairs / rows_per_positive)
+    kept_positives = _sample(positives, pair_cap, rng)
+    mix = cfg.negative_mix if cfg.mine_hard_negatives and embed is not None else _without_mining(cfg.negative_mix)
+    mined: dict[str, list[str]] = {}
+    anchors = sorted({a for a, _, _ in kept_triplets} | ({p.a for p in kept_positives} if mix.get("mined") else set()))
+    if anchors and cfg.mine_hard_negatives and embed is not None:
+        mined = mine_hard_negatives(anchors, positives, ids, corpus.tickets, split, cfg, embed, rng, stats)
+    sampler = NegativeSampler(ids, corpus.tickets, split, linked, rng, mined)
+    triplets = []
+    for anchor, positive, relation in kept_triplets:
+        drawn = sampler.draw(anchor, "mined" if mined else "category", stats)
+        if drawn is not None:
+            triplets.append(Triplet(anchor, positive, drawn[0], relation, drawn[1]))
+    pairs = kept_positives + _augmented(kept_positives, corpus.tickets, cfg, rng)
+    pairs += _negatives(kept_positives, sampler, mix, cfg, stats)
+    pairs = _sample(pairs, budget.pairs, rng)
     stats.counts.update(p.kind for p in pairs)
-    return pairs, stats
+    stats.counts.update(f"triplet:{t.negative_kind}" for t in triplets)
+    return SplitPairs(pairs, triplets, stats)
+
+
+def _sample(items: list[T], cap: int | None, rng: random.Random) -> list[T]:
+    """Up to `cap` items drawn with the seeded generator (not the first N), in their original order."""
+    if cap is None or len(items) <= cap:
+        return list(items)
+    keep = sorted(rng.sample(range(len(items)), cap))
+    return [items[i] for i in keep]
+
+
+def _without_mining(mix: dict[str, float]) -> dict[str, float]:
+    """Without a base model to mine with, the mined share goes to same-category negatives."""
+    moved = dict(mix)
+    weight = moved.pop("mined", 0.0)
+    if weight:
+        moved["category"] = moved.get("category", 0.0) + weight
+    return moved
 
 
 def _augmented(positives: list[Pair], tickets: dict[str, Ticket], cfg: PairsConfig, rng: random.Random) -> list[Pair]:
@@ -158,64 +295,49 @@ def _augmented(positives: list[Pair], tickets: dict[str, Ticket], cfg: PairsConf
     return out
 
 
-def _negatives(name: str, positives: list[Pair], corpus: Corpus, split: Split, cfg: PairsConfig,
-               rng: random.Random, linked: set[tuple[str, str]], stats: PairStats,
-               embed: Embedder | None) -> list[Pair]:
-    ids = split.members[name]
-    if len(ids) < 2 or cfg.negatives_per_positive == 0:
+def _negatives(positives: list[Pair], sampler: NegativeSampler, mix: dict[str, float], cfg: PairsConfig,
+               stats: PairStats) -> list[Pair]:
+    if len(sampler.ids) < 2:
         return []
-    sampler = _NegativeSampler(ids, corpus.tickets, split, rng)
-    mined: dict[str, list[str]] = {}
-    if name == "train" and cfg.mine_hard_negatives and embed is not None and cfg.hard_negative_share > 0:
-        mined = mine_hard_negatives(positives, ids, corpus.tickets, split, cfg, embed)
+    plan = allocate(cfg.negatives_per_positive, mix)
     out: list[Pair] = []
     for pair in positives:
-        n_hard = round(cfg.negatives_per_positive * cfg.hard_negative_share)
-        kinds = ["random"] * (cfg.negatives_per_positive - n_hard)
-        for i in range(n_hard):
-            kinds.append("mined" if mined and i % 2 == 0 else "category")
-        for kind in kinds:
-            other = _mined_partner(pair.a, mined, sampler, linked) if kind == "mined" else None
-            if kind == "mined" and other is None:
-                stats.fallbacks["mined->category"] += 1
-                kind = "category"
-            if other is None:
-                other = sampler.draw(pair.a, kind, linked, stats)
-                if other is not None and kind == "category" and corpus.tickets[other].category != corpus.tickets[pair.a].category:
-                    kind = "random"
-            if other is not None:
-                out.append(Pair(pair.a, other, 0.0, kind))
+        for strategy in plan:
+            drawn = sampler.draw(pair.a, strategy, stats)
+            if drawn is not None:
+                out.append(Pair(pair.a, drawn[0], 0.0, drawn[1]))
     return out
 
 
-def _mined_partner(anchor: str, mined: dict[str, list[str]], sampler: _NegativeSampler,
-                   linked: set[tuple[str, str]]) -> str | None:
-    candidates = mined.get(anchor, [])
-    while candidates:
-        other = candidates.pop(0)
-        if sampler._ok(anchor, other, linked):
-            sampler.taken.add((min(anchor, other), max(anchor, other)))
-            return other
-    return None
+def mining_pool(anchors: list[str], positives: list[Pair], ids: list[str], size: int, rng: random.Random) -> list[str]:
+    """The tickets mining ranks against: the kept anchors and their positives, filled up with a
+    seeded sample of the split to `size` (encoding the whole split costs more than it teaches)."""
+    wanted = set(anchors)
+    pool = set(anchors) | {p.b for p in positives if p.a in wanted} | {p.a for p in positives if p.b in wanted}
+    rest = sorted(set(ids) - pool)
+    pool |= set(rng.sample(rest, min(len(rest), max(0, size - len(pool)))))
+    return sorted(pool)
 
 
-def mine_hard_negatives(positives: list[Pair], ids: list[str], tickets: dict[str, Ticket], split: Split,
-                        cfg: PairsConfig, embed: Embedder) -> dict[str, list[str]]:
-    """For each anchor: its nearest tickets in other components, less similar than its least
-    similar positive by at least `mining_margin` (guards against unlabelled duplicates)."""
-    index = {tid: i for i, tid in enumerate(ids)}
-    vectors = embed([tickets[t].text for t in ids])
-    anchors = sorted({p.a for p in positives})
+def mine_hard_negatives(anchors: list[str], positives: list[Pair], ids: list[str], tickets: dict[str, Ticket],
+                        split: Split, cfg: PairsConfig, embed: Embedder, rng: random.Random,
+                        stats: PairStats) -> dict[str, list[str]]:
+    """For each anchor: its nearest tickets in the mining pool and in other components, less
+    similar than its least similar positive by at least `mining_margin` (guards against
+    unlabelled duplicates), best first."""
+    pool = mining_pool(anchors, positives, ids, cfg.mining_pool_size, rng)
+    index = {tid: i for i, tid in enumerate(pool)}
+    vectors = embed([tickets[t].text for t in pool])
+    stats.mining = {"anchors": len(anchors), "tickets_encoded": len(pool), "split_tickets": len(ids)}
     floor: dict[str, float] = {}
     for p in positives:
-        sim = float(vectors[index[p.a]] @ vectors[index[p.b]])
-        floor[p.a] = min(floor.get(p.a, 1.0), sim)
+        for a, b in ((p.a, p.b), (p.b, p.a)):
+            if a in index and b in index:
+                floor[a] = min(floor.get(a, 1.0), float(vectors[index[a]] @ vectors[index[b]]))
     neighbours, sims = top_k(vectors[[index[a] for a in anchors]], vectors, cfg.mining_top_k + 1)
     mined: dict[str, list[str]] = {}
     for row, anchor in enumerate(anchors):
-        comp = split.component[anchor]
-        mined[anchor] = [
-            ids[j] for j, s in zip(neighbours[row], sims[row], strict=True)
-            if ids[j] != anchor and split.component[ids[j]] != comp and s < floor[anchor] - cfg.mining_margin
-        ]
+        comp, ceiling = split.component[anchor], floor.get(anchor, 1.0) - cfg.mining_margin
+        mined[anchor] = [pool[j] for j, s in zip(neighbours[row], sims[row], strict=True)
+                         if split.component[pool[j]] != comp and s < ceiling]
     return mined

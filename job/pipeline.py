@@ -40,7 +40,7 @@ from job.errors import InputError
 from job.evaluate import Embeddings, ModelEvaluation, evaluate_model
 from job.log import get_logger
 from job.model import distributed_rank, encode, load_model, pick_device, resolve_model_path, set_threads
-from job.pairs import Pair, build_split_pairs
+from job.pairs import Pair, Triplet, build_split_pairs, training_budget
 from job.split import SPLITS, check_usable, split_by_components
 from job.storage import FileRecord, download_dir, open_store, read_uri, upload_dir
 
@@ -139,6 +139,7 @@ class PreparedData:
     links: list[Link]
     members: dict[str, list[str]]
     pairs: dict[str, list[Pair]]
+    triplets: list[Triplet]  # train split only
 
     def links_in(self, split: str) -> list[Link]:
         ids = set(self.members[split])
@@ -155,13 +156,21 @@ def prepare(ctx: RunContext) -> PreparedData:
     split = split_by_components(sorted(corpus.tickets), edges, cfg.pairs.split, cfg.train.seed)
     edges_per_split = check_usable(split, edges)
     embed = _lazy_base_embedder(ctx, log) if cfg.pairs.mine_hard_negatives else None
+    budget = training_budget(cfg.train)
     pairs: dict[str, list[Pair]] = {}
+    triplets: list[Triplet] = []
     pair_info: dict[str, Any] = {}
     for name in SPLITS:
-        pairs[name], stats = build_split_pairs(name, corpus, split, cfg.pairs, random.Random(f"{cfg.train.seed}-{name}"),
-                                               embed)
-        pair_info[name] = {"total": len(pairs[name]), "by_kind": dict(stats.counts), "fallbacks": dict(stats.fallbacks)}
+        built = build_split_pairs(name, corpus, split, cfg.pairs, random.Random(f"{cfg.train.seed}-{name}"), embed,
+                                  budget if name == "train" else None)
+        pairs[name] = built.pairs
+        triplets += built.triplets
+        pair_info[name] = {"total": len(built.pairs), "triplets": len(built.triplets), "by_kind": dict(built.stats.counts),
+                           "fallbacks": dict(built.stats.fallbacks), "mining": built.stats.mining}
         log.info("pairs built", split=name, **pair_info[name])
+    pair_info["budget"] = {"max_pairs": cfg.train.max_pairs, "loss": cfg.train.loss, "triplets_cap": budget.triplets,
+                           "pairs_cap": budget.pairs, "triplets_spent": len(triplets),
+                           "pairs_spent": len(pairs["train"])}
     where = split.lookup()
     files = [
         ctx.run.store.write_bytes("prepared/tickets.jsonl", to_jsonl(
@@ -173,13 +182,14 @@ def prepare(ctx: RunContext) -> PreparedData:
         ctx.run.store.write_bytes("prepared/split.json", to_json(split.members)),
         *[ctx.run.store.write_bytes(f"prepared/pairs_{name}.jsonl", to_jsonl([p.to_json() for p in pairs[name]]))
           for name in SPLITS],
+        ctx.run.store.write_bytes("prepared/triplets_train.jsonl", to_jsonl([t.to_json() for t in triplets])),
     ]
     split_info: dict[str, Any] = {name: {"tickets": len(split.members[name]), "linked_pairs": edges_per_split[name]}
                                   for name in SPLITS}
     split_info["components"] = len(set(split.component.values()))
     ctx.run.record_step(timer.record(files, {"inputs": inputs, "split": split_info, "pairs": pair_info}))
     log.info("prepare done", **{name: split_info[name] for name in SPLITS})
-    return PreparedData(corpus.tickets, corpus.links, split.members, pairs)
+    return PreparedData(corpus.tickets, corpus.links, split.members, pairs, triplets)
 
 
 def _lazy_base_embedder(ctx: RunContext, log: Any) -> Any:
@@ -196,7 +206,7 @@ def _lazy_base_embedder(ctx: RunContext, log: Any) -> Any:
 def _load_base(ctx: RunContext) -> Any:
     cache = Path(ctx.cfg.runtime.cache_dir) if ctx.cfg.runtime.cache_dir else ctx.work_dir / "cache"
     path = resolve_model_path(ctx.cfg.model.base, ctx.cfg.storage, cache)
-    return load_model(path, ctx.cfg.model.max_seq_length)
+    return load_model(path, ctx.cfg.model.max_seq_length, text_prefix=ctx.cfg.model.text_prefix)
 
 
 def load_prepared(ctx: RunContext, step: str) -> PreparedData:
@@ -208,7 +218,8 @@ def load_prepared(ctx: RunContext, step: str) -> PreparedData:
     links = [Link(r["source"], r["target"], r["relation"]) for r in from_jsonl(store.read_bytes("prepared/links.jsonl"))]
     members = ctx.run.read_json("prepared/split.json")
     pairs = {name: [Pair(**r) for r in from_jsonl(store.read_bytes(f"prepared/pairs_{name}.jsonl"))] for name in SPLITS}
-    return PreparedData(tickets, links, members, pairs)
+    triplets = [Triplet(**r) for r in from_jsonl(store.read_bytes("prepared/triplets_train.jsonl"))]
+    return PreparedData(tickets, links, members, pairs, triplets)
 
 
 # ---------------------------------------------------------------- train
@@ -221,25 +232,27 @@ class TrainedModel:
 
 def train(ctx: RunContext, prepared: PreparedData, resume: bool = False) -> TrainedModel:
     """Fine-tune the base model on the train pairs; publish the best model under model/."""
-    from job.train import examples_from_pairs, train_model
+    from job.train import examples_from_pairs, train_model, triplet_examples
 
     cfg, log, timer = ctx.cfg, ctx.log("train"), StepTimer("train")
     ctx.run.begin_step("train", ctx.force, needs=("prepare",))
     threads = set_threads(cfg.runtime.threads)
     texts = {tid: t.text for tid, t in prepared.tickets.items()}
     threshold = cfg.evaluate.positive_threshold
-    train_rows = examples_from_pairs(prepared.pairs["train"], texts, cfg.train, threshold)
-    val_cfg = cfg.train.model_copy(update={"max_pairs": None, "loss": "cosine"})
-    val_rows = examples_from_pairs(prepared.pairs["val"], texts, val_cfg, threshold)
-    if not train_rows.sentence1:
-        raise InputError("no training pairs for the chosen loss (mnrl needs positives)")
+    train_rows = examples_from_pairs(prepared.pairs["train"], texts, cfg.train.loss, cfg.train.pair_loss, threshold)
+    triplet_rows = triplet_examples(prepared.triplets, texts)
+    val_rows = examples_from_pairs(prepared.pairs["val"], texts, "cosine", "cosine", threshold)
+    if not train_rows.sentence1 and not triplet_rows.anchor:
+        raise InputError(f"no training rows for train.loss={cfg.train.loss}: the train split has no links of "
+                         f"pairs.triplet_relations {cfg.pairs.triplet_relations} (mnrl) or no pairs")
     device = pick_device()
-    log.info("training", examples=len(train_rows.sentence1), val_pairs=len(val_rows.sentence1), epochs=cfg.train.epochs,
-             batch_size=cfg.train.batch_size, loss=cfg.train.loss, device=device, threads=threads)
+    log.info("training", pair_rows=len(train_rows.sentence1), triplet_rows=len(triplet_rows.anchor),
+             val_pairs=len(val_rows.sentence1), epochs=cfg.train.epochs, batch_size=cfg.train.batch_size,
+             loss=cfg.train.loss, device=device, threads=threads)
     ctx.checkpointing.set()
     try:
-        result = train_model(cfg, _load_base(ctx), train_rows, val_rows, ctx.work_dir, ctx.run.store, log, ctx.stop,
-                             resume)
+        result = train_model(cfg, _load_base(ctx), train_rows, triplet_rows, val_rows, ctx.work_dir, ctx.run.store, log,
+                             ctx.stop, resume)
     finally:
         ctx.checkpointing.clear()
     if ctx.rank != 0:  # DDP workers trained in lock-step; rank 0 publishes
@@ -288,12 +301,13 @@ def evaluate(ctx: RunContext, prepared: PreparedData, trained: TrainedModel) -> 
         emb = _encode_ids(loader(), prepared, ids, ctx, log, f"encode {name}")
         results[name] = evaluate_model(emb, prepared.pairs["val"], prepared.pairs["test"], test_ids, prepared.links,
                                        cfg.evaluate.retrieval_relations, cfg.evaluate.positive_threshold,
-                                       cfg.evaluate.chunk_size)
+                                       cfg.evaluate.chunk_size, {t: prepared.tickets[t].created for t in test_ids})
         log.info("metrics", model=name, **{k: _round(v) for k, v in results[name].metrics.items()})
         finetuned_emb = emb
     metrics: dict[str, Any] = {name: r.metrics for name, r in results.items()}
     metrics["delta"] = {k: _delta(metrics["finetuned"].get(k), metrics["base"].get(k))
-                        for k in ("average_precision", "roc_auc", "spearman", "recall_at_10", "mrr")}
+                        for k in ("average_precision", "roc_auc", "spearman", "recall_at_10", "mrr", "map",
+                                  "time_aware_recall_at_10", "time_aware_mrr", "time_aware_map")}
     files = [ctx.run.write_json("evaluate/metrics.json", metrics)]
     files += _evaluation_plots(ctx, results, metrics)
     assert finetuned_emb is not None

@@ -8,6 +8,7 @@ the trainer to save at the end of the current step and stop; the step then exits
 
 from __future__ import annotations
 
+import functools
 import os
 import random
 import threading
@@ -25,7 +26,7 @@ from transformers import PrinterCallback, TrainerCallback
 from job.config import JobConfig, TrainConfig
 from job.errors import Interrupted, RunStateError
 from job.log import Progress
-from job.pairs import Pair
+from job.pairs import Pair, Triplet
 from job.storage import Store, download_dir, upload_dir
 
 CHECKPOINTS = "checkpoints"
@@ -34,9 +35,20 @@ COMPLETE = "COMPLETE"
 
 @dataclass
 class TrainExamples:
+    """Scored pair rows (for a pair loss)."""
+
     sentence1: list[str]
     sentence2: list[str]
     score: list[float]
+
+
+@dataclass
+class TripletExamples:
+    """(anchor, positive, hard negative) rows (for the ranking loss)."""
+
+    anchor: list[str]
+    positive: list[str]
+    negative: list[str]
 
 
 @dataclass
@@ -64,21 +76,41 @@ def seed_everything(seed: int) -> None:
     torch.cuda.manual_seed_all(seed)
 
 
-def examples_from_pairs(pairs: list[Pair], texts: dict[str, str], cfg: TrainConfig,
+def examples_from_pairs(pairs: list[Pair], texts: dict[str, str], loss: str, pair_loss: str,
                         positive_threshold: float) -> TrainExamples:
-    """Training rows for the chosen loss; `max_pairs` samples with the seed (not the first N)."""
-    chosen = list(pairs)
-    if cfg.loss == "mnrl":  # in-batch negatives: only (anchor, positive) rows
-        chosen = [p for p in chosen if p.score >= positive_threshold]
-    if cfg.max_pairs and len(chosen) > cfg.max_pairs:
-        chosen = random.Random(cfg.seed).sample(chosen, cfg.max_pairs)
+    """Pair rows for the pair objective of `loss` (none for mnrl, which ranks triplets only).
+
+    The row budget (`train.max_pairs`) was spent in prepare, so every given pair is used.
+    """
+    objective = pair_loss if loss == "retrieval" else loss
+    chosen = [] if loss == "mnrl" else list(pairs)
     s1 = [texts[p.a] for p in chosen]
     s2 = [p.text_b if p.text_b is not None else texts[p.b] for p in chosen]
-    if cfg.loss == "online_contrastive":
+    if objective == "online_contrastive":
         scores = [1.0 if p.score >= positive_threshold else 0.0 for p in chosen]
     else:
         scores = [p.score for p in chosen]
     return TrainExamples(s1, s2, scores)
+
+
+def triplet_examples(triplets: list[Triplet], texts: dict[str, str]) -> TripletExamples:
+    return TripletExamples([texts[t.anchor] for t in triplets], [texts[t.positive] for t in triplets],
+                           [texts[t.negative] for t in triplets])
+
+
+def batch_sampler_for(group_by_length: bool) -> Any:
+    """Batches without repeated texts for the ranking loss (a repeat would be an in-batch
+    "negative" that is the positive itself); length-grouped batches for pair losses.
+    A partial of a module-level function: the trainer pickles its arguments into checkpoints."""
+    return functools.partial(_batch_sampler, group_by_length=group_by_length)
+
+
+def _batch_sampler(dataset: Any, group_by_length: bool, **kwargs: Any) -> Any:
+    from sentence_transformers.base.sampler import NoDuplicatesBatchSampler
+
+    if "anchor" in dataset.column_names:
+        return NoDuplicatesBatchSampler(dataset, **kwargs)
+    return (LengthGroupedBatchSampler if group_by_length else DefaultBatchSampler)(dataset, **kwargs)
 
 
 class LengthGroupedBatchSampler(DefaultBatchSampler):
@@ -146,15 +178,26 @@ class UniqueTextSimilarityEvaluator(EmbeddingSimilarityEvaluator):
         return self._vectors[[self._rows[text] for text in sentences]]
 
 
-def _loss(model: Any, name: str) -> Any:
+def pair_loss(model: Any, name: str) -> Any:
     from sentence_transformers.sentence_transformer import losses
 
     return {
         "cosine": lambda: losses.CosineSimilarityLoss(model),
         "cosent": lambda: losses.CoSENTLoss(model),
-        "mnrl": lambda: losses.MultipleNegativesRankingLoss(model),
         "online_contrastive": lambda: losses.OnlineContrastiveLoss(model),
     }[name]()
+
+
+def ranking_loss(model: Any, mini_batch_size: int | None, distributed: bool) -> Any:
+    """MultipleNegativesRankingLoss: each anchor must rank its positive above its hard negative
+    and every other text in the batch. The cached variant reaches large batches in fixed memory;
+    under DDP the negatives of every device count (gather_across_devices)."""
+    from sentence_transformers.sentence_transformer import losses
+
+    if mini_batch_size:
+        return losses.CachedMultipleNegativesRankingLoss(model, mini_batch_size=mini_batch_size,
+                                                         gather_across_devices=distributed)
+    return losses.MultipleNegativesRankingLoss(model, gather_across_devices=distributed)
 
 
 def choose_precision(requested: str) -> str:
@@ -231,15 +274,30 @@ class _StorageAndProgress(TrainerCallback):
         self.log.info("checkpoint saved", checkpoint=name, seconds=round(time.monotonic() - t0, 2))
 
 
-def train_model(cfg: JobConfig, model: Any, train: TrainExamples, val: TrainExamples, work_dir: Path,
-                store: Store, log: Any, stop: threading.Event, resume: bool,
+def training_sets(model: Any, pairs: TrainExamples, triplets: TripletExamples, tc: TrainConfig,
+                  distributed: bool) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The datasets and a loss for each (sentence-transformers' multi-dataset training)."""
+    from datasets import Dataset
+
+    datasets: dict[str, Any] = {}
+    losses: dict[str, Any] = {}
+    if triplets.anchor:
+        datasets["triplets"] = Dataset.from_dict(vars(triplets))
+        losses["triplets"] = ranking_loss(model, tc.mnrl_mini_batch_size, distributed)
+    if pairs.sentence1:
+        datasets["pairs"] = Dataset.from_dict(vars(pairs))
+        losses["pairs"] = pair_loss(model, tc.pair_loss if tc.loss == "retrieval" else tc.loss)
+    return datasets, losses
+
+
+def train_model(cfg: JobConfig, model: Any, train: TrainExamples, triplets: TripletExamples, val: TrainExamples,
+                work_dir: Path, store: Store, log: Any, stop: threading.Event, resume: bool,
                 extra_callbacks: Sequence[TrainerCallback] = ()) -> TrainResult:
     """Run the trainer; `store` is the run's storage (for checkpoints). Returns the best model's dir.
 
     `extra_callbacks` lets a caller observe the steps (the GPU benchmark times them).
     """
     import torch
-    from datasets import Dataset
     from sentence_transformers.sentence_transformer import (
         SentenceTransformerTrainer,
         SentenceTransformerTrainingArguments,
@@ -249,10 +307,8 @@ def train_model(cfg: JobConfig, model: Any, train: TrainExamples, val: TrainExam
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
     precision = choose_precision(tc.precision)
     seed_everything(tc.seed)
-    columns: dict[str, list[Any]] = {"sentence1": train.sentence1, "sentence2": train.sentence2}
-    if tc.loss != "mnrl":
-        columns["score"] = train.score
-    dataset = Dataset.from_dict(columns)
+    datasets, losses = training_sets(model, train, triplets, tc, distributed)
+    n_rows = sum(len(d) for d in datasets.values())
     # Validating during training only serves to pick the best checkpoint. One epoch saved once
     # leaves nothing to pick, and the evaluate step scores val anyway: skip it then.
     select_best = tc.epochs > 1 or tc.checkpoint_every_steps is not None
@@ -280,7 +336,7 @@ def train_model(cfg: JobConfig, model: Any, train: TrainExamples, val: TrainExam
         load_best_model_at_end=select_best,
         metric_for_best_model="eval_val_spearman_cosine" if select_best else None,
         greater_is_better=True,
-        logging_steps=max(1, min(50, len(dataset) // tc.batch_size // 4 or 1)),
+        logging_steps=max(1, min(50, n_rows // tc.batch_size // 4 or 1)),
         report_to="none",
         disable_tqdm=True,
         dataloader_num_workers=0,
@@ -290,12 +346,12 @@ def train_model(cfg: JobConfig, model: Any, train: TrainExamples, val: TrainExam
         # treat the processes as one distributed job; on GPUs the defaults (nccl) are right.
         ddp_backend="gloo" if distributed and not torch.cuda.is_available() else None,
         use_cpu=distributed and not torch.cuda.is_available(),
-        # MNRL needs batches without repeated texts (in-batch negatives); the others gain from length grouping.
-        batch_sampler="no_duplicates" if tc.loss == "mnrl" else (
-            LengthGroupedBatchSampler if tc.group_by_length else "batch_sampler"),
+        batch_sampler=batch_sampler_for(tc.group_by_length),
+        multi_dataset_batch_sampler="proportional",  # every row of each dataset once per epoch
+        prompts=cfg.model.text_prefix or None,
     )
     callback = _StorageAndProgress(store, log, stop)
-    trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=dataset, loss=_loss(model, tc.loss),
+    trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=datasets, loss=losses,
                                          evaluator=evaluator,
                                          callbacks=[callback, *extra_callbacks])
     trainer.remove_callback(PrinterCallback)  # it prints dicts to stdout, breaking the JSON log stream
@@ -323,7 +379,7 @@ def train_model(cfg: JobConfig, model: Any, train: TrainExamples, val: TrainExam
         train_seconds=round(seconds, 3),
         pairs_per_second=round(done_steps * tc.batch_size / seconds, 3) if seconds > 0 else 0.0,
         resumed_from=checkpoint.name if checkpoint else None,
-        n_examples=len(dataset),
+        n_examples=n_rows,
     )
 
 

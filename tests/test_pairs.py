@@ -1,4 +1,5 @@
-"""Pairs: deterministic for a seed, negatives never linked or in the positive's component, guards."""
+"""Pairs and triplets: deterministic for a seed, negatives never linked or in the anchor's component,
+the negative mix and the budget as configured, mining only for what the budget keeps."""
 
 from __future__ import annotations
 
@@ -6,10 +7,11 @@ import random
 import zlib
 
 import numpy as np
+import pytest
 
-from job.config import PairsConfig, SplitConfig
+from job.config import NEGATIVE_STRATEGIES, PairsConfig, SplitConfig, TrainConfig
 from job.data import Corpus, Link, Ticket
-from job.pairs import augment_text, build_split_pairs
+from job.pairs import Budget, NegativeSampler, allocate, augment_text, build_split_pairs, training_budget
 from job.split import split_by_components
 
 
@@ -18,7 +20,9 @@ def _corpus(n: int = 60) -> Corpus:
     tickets = {f"T-{i}": Ticket(f"T-{i}", f"ticket {i} about {'disk' if i % 3 else 'network'} failure number {i} words",
                                 category=("disk" if i % 3 else None), created=f"2020-01-{1 + i % 28:02d}T00:00:00+00:00")
                for i in range(n)}
-    links = [Link(f"T-{i}", f"T-{i + 1}", rng.choice(["duplicate", "causes", "relates"])) for i in range(0, n - 1, 3)]
+    # Every other link points the other way, so some anchors have a category and some do not.
+    links = [Link(*((f"T-{i}", f"T-{i + 1}") if i % 2 else (f"T-{i + 1}", f"T-{i}")),
+                  rng.choice(["duplicate", "causes", "relates"])) for i in range(0, n - 1, 3)]
     return Corpus(tickets, links, None, [])
 
 
@@ -31,11 +35,11 @@ def _hash_embed(texts: list[str]) -> np.ndarray:
     return out / np.linalg.norm(out, axis=1, keepdims=True)
 
 
-def _build(seed: int, cfg: PairsConfig | None = None):  # type: ignore[no-untyped-def]
+def _build(seed: int, cfg: PairsConfig | None = None, budget: Budget | None = None, embed=_hash_embed):  # type: ignore[no-untyped-def]
     corpus = _corpus()
     split = split_by_components(sorted(corpus.tickets), [(k.source, k.target) for k in corpus.links], SplitConfig(), 3)
-    pairs, stats = build_split_pairs("train", corpus, split, cfg or PairsConfig(), random.Random(seed), _hash_embed)
-    return corpus, split, pairs, stats
+    built = build_split_pairs("train", corpus, split, cfg or PairsConfig(), random.Random(seed), embed, budget)
+    return corpus, split, built.pairs, built.stats, built.triplets
 
 
 def test_same_seed_same_pairs_and_other_seed_differs() -> None:
@@ -44,7 +48,7 @@ def test_same_seed_same_pairs_and_other_seed_differs() -> None:
 
 
 def test_negatives_are_unlinked_and_from_other_components() -> None:
-    corpus, split, pairs, stats = _build(4)
+    corpus, split, pairs, stats, _ = _build(4)
     linked = {frozenset((k.source, k.target)) for k in corpus.links}
     negatives = [p for p in pairs if p.score == 0.0]
     assert negatives and stats.counts["positive"] > 0
@@ -55,32 +59,92 @@ def test_negatives_are_unlinked_and_from_other_components() -> None:
 
 
 def test_relation_scores_and_augmentation_apply() -> None:
-    corpus, _, pairs, stats = _build(4, PairsConfig(mining_top_k=50))
+    corpus, _, pairs, stats, _ = _build(4, PairsConfig(mining_top_k=50))
     by_relation = {p.relation: p.score for p in pairs if p.kind == "positive"}
-    assert by_relation.get("duplicate", 1.0) == 1.0 and by_relation.get("causes", 0.7) == 0.7
+    assert {"duplicate", "causes", "relates"} <= set(by_relation)  # the corpus has all three
+    assert by_relation["duplicate"] == 1.0 and by_relation["causes"] == 0.7 and by_relation["relates"] == 0.6
     augmented = [p for p in pairs if p.kind == "augmented"]
     assert augmented and all(p.text_b and p.text_b != corpus.tickets[p.b].text for p in augmented)
     assert stats.counts["mined"] > 0  # mining ran with the embedder
 
 
 def test_mined_negatives_respect_the_margin() -> None:
-    corpus, split, pairs, _ = _build(4, PairsConfig(mining_top_k=50, mining_margin=0.05))
+    corpus, split, pairs, _, triplets = _build(4, PairsConfig(mining_top_k=50, mining_margin=0.05))
     vectors = dict(zip(sorted(split.members["train"]), _hash_embed([corpus.tickets[t].text for t in sorted(split.members["train"])]), strict=True))
     floor: dict[str, float] = {}
     for p in pairs:
         if p.kind == "positive":
             floor[p.a] = min(floor.get(p.a, 1.0), float(vectors[p.a] @ vectors[p.b]))
-    mined = [p for p in pairs if p.kind == "mined"]
+    mined = [(p.a, p.b) for p in pairs if p.kind == "mined"]
+    mined += [(t.anchor, t.negative) for t in triplets if t.negative_kind == "mined"]
     assert mined
-    assert all(float(vectors[p.a] @ vectors[p.b]) < floor[p.a] - 0.05 + 1e-6 for p in mined)
+    assert all(float(vectors[a] @ vectors[b]) < floor.get(a, 1.0) - 0.05 + 1e-6 for a, b in mined)
 
 
 def test_tiny_or_missing_categories_fall_back_to_random_and_are_counted() -> None:
-    cfg = PairsConfig(hard_negative_share=1.0, mine_hard_negatives=False)
-    _, _, pairs, stats = _build(4, cfg)
+    cfg = PairsConfig(negative_mix={"category": 1.0}, mine_hard_negatives=False)
+    corpus, _, pairs, stats, _ = _build(4, cfg)
     # Every third ticket has no category: its hard negatives must fall back, and say so.
     assert stats.fallbacks["category->random"] > 0
-    assert stats.counts["category"] + stats.counts["random"] == sum(1 for p in pairs if p.score == 0.0)
+    negatives = [p for p in pairs if p.score == 0.0]
+    assert stats.counts["category"] + stats.counts["random"] == len(negatives)
+    category = [p for p in negatives if p.kind == "category"]
+    assert category and all(corpus.tickets[p.b].category == corpus.tickets[p.a].category for p in category)
+
+
+def test_negative_mix_sets_each_strategys_share() -> None:
+    _, _, pairs, _, _ = _build(4, PairsConfig(negatives_per_positive=4, negative_mix={"random": 3.0, "mined": 1.0},
+                                             mining_top_k=50))
+    kinds = [p.kind for p in pairs if p.score == 0.0]
+    assert "category" not in kinds or kinds.count("category") < kinds.count("mined")  # only as mined's fallback
+    assert kinds.count("random") >= 3 * (kinds.count("mined") + kinds.count("category")) - 3
+
+
+def test_allocate_follows_the_weights_with_largest_remainders() -> None:
+    assert allocate(3, {"mined": 1, "category": 1, "random": 1}) == ["mined", "category", "random"]
+    assert allocate(4, {"mined": 1, "random": 3}) == ["mined", "random", "random", "random"]
+    assert sorted(allocate(2, {"mined": 1, "category": 1, "random": 1})) == ["category", "mined"]
+    assert allocate(0, {"random": 1}) == []
+
+
+def test_every_configurable_strategy_has_a_function() -> None:
+    corpus = _corpus(6)
+    split = split_by_components(sorted(corpus.tickets), [], SplitConfig(), 1)
+    sampler = NegativeSampler(sorted(corpus.tickets), corpus.tickets, split, set(), random.Random(0))
+    assert set(sampler.strategies) == set(NEGATIVE_STRATEGIES)
+
+
+def test_triplets_pair_both_directions_of_duplicates_with_an_unlinked_negative() -> None:
+    corpus, split, _, _, triplets = _build(4, PairsConfig(mining_top_k=50))
+    train = set(split.members["train"])
+    duplicates = {(k.source, k.target) for k in corpus.links if k.relation == "duplicate" and k.source in train}
+    assert duplicates
+    directed = {(t.anchor, t.positive) for t in triplets}
+    assert directed == duplicates | {(b, a) for a, b in duplicates}
+    linked = {frozenset((k.source, k.target)) for k in corpus.links}
+    for t in triplets:
+        assert t.relation == "duplicate" and frozenset((t.anchor, t.negative)) not in linked
+        assert split.component[t.anchor] != split.component[t.negative]
+
+
+@pytest.mark.parametrize(("loss", "expected"), [("retrieval", Budget(40, 40)), ("mnrl", Budget(80, 0)),
+                                                ("cosine", Budget(0, 80))])
+def test_the_budget_goes_to_the_losss_objectives(loss: str, expected: Budget) -> None:
+    assert training_budget(TrainConfig(loss=loss, max_pairs=80, retrieval_share=0.5)) == expected
+
+
+def test_budget_caps_rows_and_mining_encodes_only_what_the_kept_rows_need() -> None:
+    encoded: list[int] = []
+
+    def counting_embed(texts: list[str]) -> np.ndarray:
+        encoded.append(len(texts))
+        return _hash_embed(texts)
+
+    cfg = PairsConfig(mining_pool_size=8)
+    _, split, pairs, stats, triplets = _build(4, cfg, Budget(triplets=4, pairs=6), counting_embed)
+    assert len(triplets) == 4 and len(pairs) <= 6
+    assert encoded == [stats.mining["tickets_encoded"]] and encoded[0] < len(split.members["train"])
+    assert stats.mining["anchors"] <= 4 + 2  # the triplets' anchors and the few kept pair positives'
 
 
 def test_augment_text_keeps_short_texts_and_changes_long_ones() -> None:

@@ -9,9 +9,13 @@ from pathlib import Path
 import pytest
 from datasets import Dataset
 
-from job.config import TrainConfig
-from job.pairs import Pair
-from job.train import LengthGroupedBatchSampler, UniqueTextSimilarityEvaluator, examples_from_pairs
+from job.pairs import Pair, Triplet
+from job.train import (
+    LengthGroupedBatchSampler,
+    UniqueTextSimilarityEvaluator,
+    examples_from_pairs,
+    triplet_examples,
+)
 from tests.conftest import OFFLINE_MODEL
 
 
@@ -47,18 +51,19 @@ def test_length_grouped_batches_are_deterministic_per_seed_and_epoch() -> None:
     assert list(first) != list(again), "a new epoch reshuffles"
 
 
-def test_max_pairs_samples_with_the_seed_and_losses_get_their_rows() -> None:
+def test_each_loss_gets_its_rows() -> None:
     texts = {f"t{i}": f"text {i}" for i in range(20)}
     pairs = [Pair(f"t{i}", f"t{i + 1}", 1.0 if i % 2 else 0.0, "positive" if i % 2 else "random") for i in range(19)]
     pairs.append(Pair("t0", "t5", 0.7, "augmented", "causes", text_b="text five changed"))
-    cosine = examples_from_pairs(pairs, texts, TrainConfig(max_pairs=8, seed=1), 0.5)
-    assert len(cosine.sentence1) == 8
-    assert cosine.sentence1 == examples_from_pairs(pairs, texts, TrainConfig(max_pairs=8, seed=1), 0.5).sentence1
-    assert cosine.sentence1 != examples_from_pairs(pairs, texts, TrainConfig(max_pairs=8, seed=2), 0.5).sentence1
-    mnrl = examples_from_pairs(pairs, texts, TrainConfig(loss="mnrl"), 0.5)
-    assert len(mnrl.sentence1) == 10 and "text five changed" in mnrl.sentence2
-    contrastive = examples_from_pairs(pairs, texts, TrainConfig(loss="online_contrastive"), 0.5)
+    cosine = examples_from_pairs(pairs, texts, "cosine", "cosent", 0.5)
+    assert len(cosine.sentence1) == 20 and "text five changed" in cosine.sentence2 and 0.7 in cosine.score
+    assert examples_from_pairs(pairs, texts, "mnrl", "cosent", 0.5).sentence1 == []  # ranks triplets only
+    contrastive = examples_from_pairs(pairs, texts, "online_contrastive", "cosent", 0.5)
     assert set(contrastive.score) == {0.0, 1.0}
+    retrieval = examples_from_pairs(pairs, texts, "retrieval", "online_contrastive", 0.5)
+    assert set(retrieval.score) == {0.0, 1.0}  # the pair objective next to the ranking one
+    triplets = triplet_examples([Triplet("t1", "t2", "t9", "duplicate", "mined")], texts)
+    assert (triplets.anchor, triplets.positive, triplets.negative) == (["text 1"], ["text 2"], ["text 9"])
 
 
 
@@ -102,7 +107,7 @@ def test_val_runs_each_epoch_only_when_there_is_an_epoch_to_choose(tmp_path: Pat
     from job.log import get_logger
     from job.model import load_model, resolve_model_path
     from job.storage import LocalStore
-    from job.train import TrainExamples, train_model
+    from job.train import TrainExamples, TripletExamples, train_model
 
     cfg = load_config(environ={}, cli_overrides={
         "data.tickets": "t.jsonl", "output.uri": str(tmp_path / "out"), "model.base": OFFLINE_MODEL,
@@ -110,7 +115,8 @@ def test_val_runs_each_epoch_only_when_there_is_an_epoch_to_choose(tmp_path: Pat
     model = load_model(resolve_model_path(OFFLINE_MODEL, cfg.storage, tmp_path), 16)
     texts = [f"namenode {word} error" for word in "abcdefgh"]
     rows = TrainExamples(texts, texts[::-1], [0.9, 0.1] * 4)
-    result = train_model(cfg, model, rows, rows, tmp_path / "work", LocalStore(tmp_path / "store"),
+    result = train_model(cfg, model, rows, TripletExamples([], [], []), rows, tmp_path / "work",
+                         LocalStore(tmp_path / "store"),
                          get_logger(step="test"), threading.Event(), resume=False)
     assert len(result.val_history) == validations
     assert (result.best_metric is None) == (validations == 0)
