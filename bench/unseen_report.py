@@ -1,0 +1,180 @@
+"""JSON, Markdown and a PNG for the unseen-project benchmark (bench/unseen.py)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+BASELINES = ("zero-shot", "bm25")
+TABLE_KEYS = (("recall_at_10", "R@10"), ("mrr", "MRR"), ("map", "MAP"), ("recall_at_1", "R@1"),
+              ("time_aware_recall_at_10", "time-aware R@10"), ("time_aware_mrr", "time-aware MRR"),
+              ("average_precision", "pair AP"))
+
+
+def _rows(rows: list[dict[str, Any]], contender: str, seed: int | None = None) -> list[dict[str, Any]]:
+    return [r for r in rows if r["contender"] == contender and (seed is None or r["seed"] in (seed, None))]
+
+
+def _fmt(value: Any) -> str:
+    return "–" if value is None else f"{value:.3f}"
+
+
+def _mean_sd(values: list[float]) -> str:
+    if not values:
+        return "–"
+    if len(values) == 1:
+        return f"{values[0]:.3f}"
+    return f"{np.mean(values):.3f} ± {np.std(values, ddof=1):.3f}"
+
+
+def fold_mean(rows: list[dict[str, Any]], contender: str, seed: int, part: str, key: str,
+              folds: list[str]) -> float | None:
+    values = []
+    for fold in folds:
+        row = next((r for r in rows if r["fold"] == fold and r["contender"] == contender
+                    and r["seed"] in (seed, None)), None)
+        if row and row.get(part) and row[part].get(key) is not None:
+            values.append(row[part][key])
+    return float(np.mean(values)) if len(values) == len(folds) else None
+
+
+def targets(rows: list[dict[str, Any]], chosen: str, seed: int, folds: list[str]) -> list[tuple[str, str, bool | None]]:
+    def mean(contender: str, key: str) -> float | None:
+        return fold_mean(rows, contender, seed, "test", key, folds)
+
+    found = []
+    checks = (("zero-shot", "recall_at_10", 0.08), ("zero-shot", "mrr", 0.06), ("notebook", "recall_at_10", 0.03))
+    for other, key, gain in checks:
+        a, b = mean(chosen, key), mean(other, key)
+        ok = None if a is None or b is None else a - b >= gain
+        found.append((f"{chosen} above {other} by >= {gain:.2f} {key} (test, mean over folds)",
+                      f"{_fmt(a)} vs {_fmt(b)} ({'–' if ok is None else f'{a - b:+.3f}'})", ok))
+    a, b = mean(chosen, "average_precision"), mean("notebook", "average_precision")
+    ok = None if a is None or b is None else a >= b - 0.01
+    found.append((f"{chosen} loses at most 0.01 pair AP to notebook", f"{_fmt(a)} vs {_fmt(b)}", ok))
+    return found
+
+
+def write_unseen_report(rows: list[dict[str, Any]], meta: dict[str, Any], out: Path, stem: str) -> list[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    json_path, md_path, png_path = out / f"{stem}.json", out / f"{stem}.md", out / f"{stem}.png"
+    json_path.write_text(json.dumps({"meta": meta, "runs": rows}, indent=2) + "\n")
+    md_path.write_text(markdown(rows, meta, png_path.name))
+    plot(rows, meta, png_path)
+    return [json_path, md_path, png_path]
+
+
+def markdown(rows: list[dict[str, Any]], meta: dict[str, Any], png_name: str) -> str:
+    folds = list(meta["folds"])
+    seed = 42
+    recipes = list(meta["recipes"])
+    contenders = [*BASELINES, *recipes]
+    chosen = meta["choice"]["chosen"]
+    sizes = meta["sizes"]
+    lines = [f"# Unseen-project benchmark ({meta['dataset']}): leave one project out", "",
+             f"{meta['finished']}; git `{meta['git_revision'][:12]}`; {meta['host_cores']} cores; wall time of the "
+             f"invocation that finished it {meta['wall_s_this_invocation'] / 60:.0f} min "
+             "(runs already done by an earlier invocation are reused, see `times` in the JSON).",
+             f"Every job run: {meta['base']}, max_seq_length {sizes['max_seq_length']}, {sizes['epochs']} epoch, "
+             f"max_pairs {sizes['max_pairs']}, batch {sizes['batch_size']}; train/val split 0.85/0.10 (+0.05 unused) "
+             "of the other projects by link components. Test = the held-out project alone: retrieval over all its "
+             "tickets with its `duplicate` links as hits (pool, and time-aware: each query ranked only against "
+             "tickets filed before it), pair metrics on its links vs negatives drawn by the job's rules.", "",
+             "| fold (held out) | train tickets | train links | test tickets | test links | crossing links dropped |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for fold, info in meta["folds"].items():
+        lines.append(f"| {fold} | {info['train_tickets']} | {info['train_links']} | {info['test_tickets']} | "
+                     f"{info['test_links']} | {info['crossing_links_dropped']} |")
+    lines += ["", "## Recipes", ""]
+    for recipe, settings in meta["recipes"].items():
+        lines.append(f"- `{recipe}`: {json.dumps(settings)}")
+    lines += ["", f"## Choice (val of the training projects only, seed {seed})", "",
+              f"Rule: {meta['choice']['rule']}. **Chosen: `{chosen}`.**", "",
+              "| recipe | val (R@10 + MRR)/2, mean over folds | val pair AP, mean over folds |", "|---|---:|---:|"]
+    for recipe, values in meta["choice"]["table"].items():
+        lines.append(f"| {recipe} | {values['val_ranking_score']:.3f} | {values['val_average_precision']:.3f} |")
+    lines += ["", f"## Test on the held-out project, mean over the {len(folds)} folds (seed {seed})", "",
+              "| contender | " + " | ".join(label for _, label in TABLE_KEYS) + " |",
+              "|---|" + "---:|" * len(TABLE_KEYS)]
+    for contender in contenders:
+        values = [fold_mean(rows, contender, seed, "test", key, folds) for key, _ in TABLE_KEYS]
+        lines.append(f"| {contender} | " + " | ".join(_fmt(v) for v in values) + " |")
+    lines += ["", "## Per fold (test, seed 42)", ""]
+    for fold in folds:
+        lines += [f"### {fold}", "", "| contender | " + " | ".join(label for _, label in TABLE_KEYS) + " | queries |",
+                  "|---|" + "---:|" * (len(TABLE_KEYS) + 1)]
+        for contender in contenders:
+            row = next((r for r in rows if r["fold"] == fold and r["contender"] == contender
+                        and r["seed"] in (seed, None)), None)
+            if row:
+                test = row["test"]
+                lines.append(f"| {contender} | " + " | ".join(_fmt(test.get(k)) for k, _ in TABLE_KEYS)
+                             + f" | {test.get('n_queries')} / {test.get('time_aware_n_queries')} |")
+        lines.append("")
+    lines += [f"## Seeds: {', '.join(map(str, meta['seeds']))} on {', '.join(meta['final_folds'])} (test, mean ± sd over seeds)",
+              "", "| fold | contender | R@10 | MRR | MAP | time-aware R@10 | time-aware MRR | pair AP |",
+              "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for fold in meta["final_folds"]:
+        for contender in [*BASELINES, *dict.fromkeys([chosen, "notebook"])]:
+            picked = [r for r in rows if r["fold"] == fold and r["contender"] == contender
+                      and (r["seed"] is None or r["seed"] in meta["seeds"])]
+            cells = [_mean_sd([r["test"][k] for r in picked if r["test"].get(k) is not None])
+                     for k in ("recall_at_10", "mrr", "map", "time_aware_recall_at_10", "time_aware_mrr",
+                               "average_precision")]
+            lines.append(f"| {fold} | {contender} ({len(picked)} run{'s' if len(picked) != 1 else ''}) | "
+                         + " | ".join(cells) + " |")
+    lines += ["", "## Targets (issue: default vs zero-shot and notebook, test, mean over folds, seed 42)", "",
+              "| target | measured | met |", "|---|---|---|"]
+    for name, measured, ok in targets(rows, chosen, seed, folds):
+        lines.append(f"| {name} | {measured} | {'–' if ok is None else ('yes' if ok else '**no**')} |")
+    lines += ["", "## Time per run (seconds, mean over folds, seed 42; child-process wall time)", "",
+              "| recipe | prepare | train | score (val + test encode) | tickets encoded for mining |",
+              "|---|---:|---:|---:|---:|"]
+    for recipe in recipes:
+        picked = _rows(rows, recipe, seed)
+        prep = [r["times"].get("prepare_s") for r in picked if r["times"].get("prepare_s")]
+        train = [r["times"].get("train_s") for r in picked if r["times"].get("train_s")]
+        score = [r["times"].get("score_s") for r in picked if r["times"].get("score_s")]
+        mined = [(r.get("mining") or {}).get("tickets_encoded", 0) for r in picked]
+        lines.append(f"| {recipe} | {_fmt(np.mean(prep)) if prep else '–'} | {_fmt(np.mean(train)) if train else '–'}"
+                     f" | {_fmt(np.mean(score)) if score else '–'} | {int(np.mean(mined)) if mined else 0} |")
+    lines += ["", f"![recall@10 and MRR per fold]({png_name})", ""]
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict[str, Any]], meta: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    folds = list(meta["folds"])
+    contenders = [*BASELINES, *meta["recipes"]]
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.8))
+    width = 0.8 / len(contenders)
+    for ax, (key, label) in zip(axes, (("recall_at_10", "recall@10"), ("mrr", "MRR")), strict=True):
+        for i, contender in enumerate(contenders):
+            values = []
+            for fold in folds:
+                row = next((r for r in rows if r["fold"] == fold and r["contender"] == contender
+                            and r["seed"] in (42, None)), None)
+                values.append(row["test"][key] if row and row["test"].get(key) is not None else np.nan)
+            bars = ax.bar(np.arange(len(folds)) + (i - (len(contenders) - 1) / 2) * width, values, width,
+                          label=contender)
+            if contender == meta["choice"]["chosen"]:
+                for bar in bars:
+                    bar.set_edgecolor("black")
+                    bar.set_linewidth(1.5)
+        ax.set_xticks(np.arange(len(folds)), [f"{f}\n(held out)" for f in folds])
+        ax.set_ylabel(f"duplicate {label} on the held-out project")
+        ax.set_ylim(0, 1)
+        ax.grid(axis="y", alpha=0.3)
+        ax.set_title(f"{label}, seed 42 (chosen recipe outlined)")
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(contenders), fontsize=9, frameon=False)
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
