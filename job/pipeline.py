@@ -39,7 +39,15 @@ from job.data import Corpus, Link, Ticket, build_corpus, require_enough
 from job.errors import InputError
 from job.evaluate import Embeddings, ModelEvaluation, evaluate_model
 from job.log import get_logger
-from job.model import distributed_rank, encode, load_model, pick_device, resolve_model_path, set_threads
+from job.model import (
+    attention_implementation,
+    distributed_rank,
+    encode,
+    load_model,
+    pick_device,
+    resolve_model_path,
+    set_threads,
+)
 from job.pairs import Pair, Triplet, build_split_pairs, training_budget
 from job.split import SPLITS, check_usable, split_by_components
 from job.storage import FileRecord, download_dir, open_store, read_uri, upload_dir
@@ -245,13 +253,14 @@ def train(ctx: RunContext, prepared: PreparedData, resume: bool = False) -> Trai
     if not train_rows.sentence1 and not triplet_rows.anchor:
         raise InputError(f"no training rows for train.loss={cfg.train.loss}: the train split has no links of "
                          f"pairs.triplet_relations {cfg.pairs.triplet_relations} (mnrl) or no pairs")
-    device = pick_device()
+    device, base = pick_device(), _load_base(ctx)
     log.info("training", pair_rows=len(train_rows.sentence1), triplet_rows=len(triplet_rows.anchor),
              val_pairs=len(val_rows.sentence1), epochs=cfg.train.epochs, batch_size=cfg.train.batch_size,
-             loss=cfg.train.loss, device=device, threads=threads)
+             loss=cfg.train.loss, device=device, threads=threads, attention=attention_implementation(base),
+             max_seq_length=base.max_seq_length)
     ctx.checkpointing.set()
     try:
-        result = train_model(cfg, _load_base(ctx), train_rows, triplet_rows, val_rows, ctx.work_dir, ctx.run.store, log,
+        result = train_model(cfg, base, train_rows, triplet_rows, val_rows, ctx.work_dir, ctx.run.store, log,
                              ctx.stop, resume)
     finally:
         ctx.checkpointing.clear()
@@ -262,6 +271,7 @@ def train(ctx: RunContext, prepared: PreparedData, resume: bool = False) -> Trai
     files.append(ctx.run.store.upload_file(plot, "plots/loss_curve.png"))
     info = {k: v for k, v in vars(result).items() if k != "model_dir"}
     info["environment"] = environment_info(device)
+    info["model"] = {"attention": attention_implementation(base), "max_seq_length": base.max_seq_length}
     files.append(ctx.run.write_json("train/history.json", info))
     ctx.run.record_step(timer.record(files, info))
     ctx.run.store.delete_prefix("checkpoints/")  # only needed to resume; the model is published
