@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export HF_HUB_DISABLE_TELEMETRY := 1
 
-.PHONY: install demo test lint bench bench-quick clean
+.PHONY: install demo test lint bench bench-quick bench-unseen clean
 
 install: $(STAMP)
 
@@ -43,3 +43,8 @@ bench: $(VENV)/.bench-installed
 # bench-quick: the same harness on the 333-ticket sample in under 5 minutes (results stay in bench/work/).
 bench-quick: $(VENV)/.bench-installed
 	$(BIN)/python -m bench.run_bench --dataset sample --results bench/work/quick-results
+
+# bench-unseen: leave one project out on dev; recipes chosen on val, tested on the held-out project.
+# Hours on 2 cores; resumes where it stopped (runs appended to bench/results/unseen-dev-runs.jsonl).
+bench-unseen: $(VENV)/.bench-installed
+	$(BIN)/python -m bench.unseen --dataset dev --out bench/results

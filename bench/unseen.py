@@ -13,7 +13,9 @@ whose val pair AP is within 0.01 of the notebook recipe's is "chosen", and the c
 notebook recipes then run with more seeds on the folds with the most held-out queries.
 The test projects never choose anything.
 
-Each finished run is appended to `<work>/runs.jsonl`, so a stopped benchmark resumes.
+Each finished run is appended to `--runs` (default `bench/results/unseen-<dataset>-runs.jsonl`,
+committed with its git revision), so a stopped benchmark resumes where it stopped, in a later
+session too; a run's working files stay in `--work`.
 
 Run: `python -m bench.unseen --dataset dev --out bench/results` (`make bench-unseen`).
 """
@@ -268,7 +270,7 @@ def evaluate_recipe(results: Results, fold: str, fold_dir: Path, held: HeldOut, 
     scores = score_model(Encoder(str(run_dir / "model"), sizes.max_seq_length), held, run_dir)
     times["score_s"] = round(time.monotonic() - t0, 1)
     prepare = json.loads((run_dir / "steps" / "prepare.json").read_text())
-    row = {"fold": fold, "contender": recipe, "seed": seed, **scores, "times": times,
+    row = {"fold": fold, "contender": recipe, "seed": seed, **scores, "times": times, "git_revision": git_revision(),
            "pairs": prepare.get("pairs", {}).get("budget"), "mining": prepare.get("pairs", {}).get("train", {}).get("mining")}
     results.add(row)
     log(f"{fold}: {recipe} seed {seed}: val R@10 {row['val']['recall_at_10']:.3f} MRR {row['val']['mrr']:.3f} "
@@ -290,6 +292,10 @@ def evaluate_baselines(results: Results, fold: str, fold_dir: Path, held: HeldOu
         t0 = time.monotonic()
         results.add({"fold": fold, "contender": "bm25", "seed": None, "val": None, "test": bm25_metrics(held),
                      "times": {"score_s": round(time.monotonic() - t0, 1)}})
+
+
+def git_revision() -> str:
+    return subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
 
 
 def base_path(base: str) -> str:
@@ -323,6 +329,7 @@ def main() -> None:
     parser.add_argument("--dataset", choices=sorted(DATASETS), default="dev")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     parser.add_argument("--work", type=Path, default=REPO / "bench" / "work" / "unseen")
+    parser.add_argument("--runs", type=Path, default=None, help="Finished runs (JSONL), appended as runs finish")
     parser.add_argument("--recipes", default=",".join(RECIPES))
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--final-seeds", default="42,43,44")
@@ -334,7 +341,7 @@ def main() -> None:
     data = DATASETS[args.dataset]
     work = args.work / args.dataset
     work.mkdir(parents=True, exist_ok=True)
-    results = Results(work / "runs.jsonl")
+    results = Results(args.runs or args.out / f"unseen-{args.dataset}-runs.jsonl")
     recipes = args.recipes.split(",")
     started = time.monotonic()
     projects = sorted(Counter(t.get("project") for t in read_jsonl(data / "tickets.jsonl")))
@@ -369,8 +376,7 @@ def main() -> None:
 
     meta = {"dataset": args.dataset, "sizes": vars(sizes), "recipes": {r: RECIPES[r] for r in recipes},
             "folds": folds, "final_folds": final_folds, "seeds": seeds, "choice": choice, "base": args.base,
-            "git_revision": subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True,
-                                           text=True).stdout.strip(),
+            "git_revision": git_revision(),
             "finished": datetime.now(UTC).isoformat(timespec="seconds"),
             "wall_s_this_invocation": round(time.monotonic() - started, 1), "host_cores": os.cpu_count()}
     paths = write_unseen_report(results.rows, meta, args.out, f"unseen-{args.dataset}")
