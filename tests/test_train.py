@@ -121,3 +121,21 @@ def test_val_runs_each_epoch_only_when_there_is_an_epoch_to_choose(tmp_path: Pat
     assert len(result.val_history) == validations
     assert (result.best_metric is None) == (validations == 0)
     assert result.global_step == 2 * epochs and (result.model_dir / "modules.json").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("mini_batch", "distributed", "cached"), [(None, False, False), (None, True, False),
+                                                                   (8, True, True)])
+def test_ranking_loss_gathers_negatives_across_devices_and_caches_on_request(
+        tmp_path: Path, mini_batch: int | None, distributed: bool, cached: bool) -> None:
+    from sentence_transformers.sentence_transformer.losses import CachedMultipleNegativesRankingLoss
+
+    from job.config import StorageConfig
+    from job.model import load_model, resolve_model_path
+    from job.train import ranking_loss
+
+    model = load_model(resolve_model_path(OFFLINE_MODEL, StorageConfig(), tmp_path), 16)
+    loss = ranking_loss(model, mini_batch, distributed)
+    assert loss.gather_across_devices is distributed
+    assert isinstance(loss, CachedMultipleNegativesRankingLoss) is cached
+    assert not cached or loss.mini_batch_size == mini_batch
