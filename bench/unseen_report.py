@@ -74,7 +74,12 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any], png_name: str) ->
     contenders = [*BASELINES, *recipes]
     chosen = meta["choice"]["chosen"]
     sizes = meta["sizes"]
-    lines = [f"# Unseen-project benchmark ({meta['dataset']}): leave one project out", "",
+    lines = [f"# Unseen-project benchmark ({meta['dataset']}): leave one project out", ""]
+    if meta.get("missing"):
+        lines += [f"**Partial: {len(meta['missing'])} runs of the protocol are not done yet** "
+                  f"({'; '.join(meta['missing'])}). Tables below cover the folds where every listed recipe ran; "
+                  "`make bench-unseen` resumes and completes it.", ""]
+    lines += [
              f"{meta['finished']}; git `{meta['git_revision'][:12]}`; {meta['host_cores']} cores; wall time of the "
              f"invocation that finished it {meta['wall_s_this_invocation'] / 60:.0f} min "
              "(runs already done by an earlier invocation are reused, see `times` in the JSON).",
