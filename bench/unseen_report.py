@@ -22,6 +22,10 @@ def _fmt(value: Any) -> str:
     return "–" if value is None else f"{value:.3f}"
 
 
+def _secs(values: list[float]) -> str:
+    return f"{np.mean(values):.0f}" if values else "–"
+
+
 def _mean_sd(values: list[float]) -> str:
     if not values:
         return "–"
@@ -80,7 +84,9 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any], png_name: str) ->
                   f"({'; '.join(meta['missing'])}). Tables below cover the folds where every listed recipe ran; "
                   "`make bench-unseen` resumes and completes it.", ""]
     lines += [
-             f"{meta['finished']}; git `{meta['git_revision'][:12]}`; {meta['host_cores']} cores; wall time of the "
+             f"{meta['finished']}; runs made at git "
+             f"{', '.join(sorted({'`' + r['git_revision'][:12] + '`' for r in rows if r.get('git_revision')}))}; "
+             f"report written at `{meta['git_revision'][:12]}`; {meta['host_cores']} cores; wall time of the "
              f"invocation that finished it {meta['wall_s_this_invocation'] / 60:.0f} min "
              "(runs already done by an earlier invocation are reused, see `times` in the JSON).",
              f"Every job run: {meta['base']}, max_seq_length {sizes['max_seq_length']}, {sizes['epochs']} epoch, "
@@ -119,9 +125,9 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any], png_name: str) ->
                 lines.append(f"| {contender} | " + " | ".join(_fmt(test.get(k)) for k, _ in TABLE_KEYS)
                              + f" | {test.get('n_queries')} / {test.get('time_aware_n_queries')} |")
         lines.append("")
-    lines += [f"## Seeds: {', '.join(map(str, meta['seeds']))} on {', '.join(meta['final_folds'])} (test, mean ± sd over seeds)",
-              "", "| fold | contender | R@10 | MRR | MAP | time-aware R@10 | time-aware MRR | pair AP |",
-              "|---|---|---:|---:|---:|---:|---:|---:|"]
+    lines += [f"## Seeds: {', '.join(map(str, meta['seeds']))} on {', '.join(meta['final_folds']) or 'no fold yet'} "
+              "(test, mean ± sd over seeds)", "", "| fold | contender | R@10 | MRR | MAP | time-aware R@10 | "
+              "time-aware MRR | pair AP |", "|---|---|---:|---:|---:|---:|---:|---:|"]
     for fold in meta["final_folds"]:
         for contender in [*BASELINES, *dict.fromkeys([chosen, "notebook"])]:
             picked = [r for r in rows if r["fold"] == fold and r["contender"] == contender
@@ -144,8 +150,7 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any], png_name: str) ->
         train = [r["times"].get("train_s") for r in picked if r["times"].get("train_s")]
         score = [r["times"].get("score_s") for r in picked if r["times"].get("score_s")]
         mined = [(r.get("mining") or {}).get("tickets_encoded", 0) for r in picked]
-        lines.append(f"| {recipe} | {_fmt(np.mean(prep)) if prep else '–'} | {_fmt(np.mean(train)) if train else '–'}"
-                     f" | {_fmt(np.mean(score)) if score else '–'} | {int(np.mean(mined)) if mined else 0} |")
+        lines.append(f"| {recipe} | {_secs(prep)} | {_secs(train)} | {_secs(score)} | {int(np.mean(mined)) if mined else 0} |")
     lines += ["", f"![recall@10 and MRR per fold]({png_name})", ""]
     return "\n".join(lines)
 
