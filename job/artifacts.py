@@ -9,16 +9,11 @@ in parallel pods, and each writes its own record before checking, so one of them
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import platform
 import secrets
-import socket
 import subprocess
-import threading
 import time
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -92,7 +87,7 @@ class RunDir:
             if not force:
                 raise RunStateError(f"run {self.run_id} is finished ({self.uri}/{MANIFEST} exists); "
                                     "pass --force to overwrite it, or use a new run id")
-            self.store.delete_prefix(MANIFEST)
+            self.store.delete(MANIFEST)
         self.require(step, needs)
 
     def require(self, step: str, needs: tuple[str, ...]) -> None:
@@ -153,71 +148,6 @@ class RunDir:
                                     f"({stored.get(path)} bytes, expected {record['size']}); rerun the step that writes it")
 
 
-
-
-@contextlib.contextmanager
-def run_lock(run: RunDir, name: str, log: Any, ttl_s: float = 120.0) -> Iterator[None]:
-    """Hold `locks/<name>.lock` for the block, refreshing a heartbeat in it.
-
-    A second process with the same run id fails at once instead of writing over the first's
-    files. A lock left by a killed process (SIGKILL, node loss) goes stale after `ttl_s` and
-    a rerun takes it over, so a crash never blocks the run for good.
-    """
-    key = f"locks/{name}.lock"
-    owner = {"host": socket.gethostname(), "pid": os.getpid(), "token": secrets.token_hex(8)}
-    _acquire(run, key, owner, log, ttl_s)
-    stop = threading.Event()
-
-    def heartbeat() -> None:
-        while not stop.wait(ttl_s / 4):
-            with contextlib.suppress(Exception):  # a missed beat only shortens the lease
-                run.store.write_bytes(key, to_json({**owner, "heartbeat": time.time()}))
-
-    beat = threading.Thread(target=heartbeat, name=f"lock-{name}", daemon=True)
-    beat.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        beat.join(timeout=5)
-        with contextlib.suppress(Exception):
-            run.store.delete_prefix(key)
-
-
-def refuse_if_locked(run: RunDir, name: str, ttl_s: float) -> None:
-    """Raise if another process holds `locks/<name>.lock` with a fresh heartbeat (reads only)."""
-    key = f"locks/{name}.lock"
-    if not run.store.exists(key):
-        return
-    try:
-        held = json.loads(run.store.read_bytes(key))
-    except Exception:  # released between our two calls
-        return
-    _refuse_if_fresh(run, key, held, ttl_s)
-
-
-def _refuse_if_fresh(run: RunDir, key: str, held: dict[str, Any], ttl_s: float) -> float:
-    """Raise when the holder's heartbeat is younger than `ttl_s`; else return its age."""
-    age = time.time() - float(held.get("heartbeat", 0))
-    if age < ttl_s:
-        raise RunStateError(f"run {run.run_id} is in use by another process ({held.get('host')} pid "
-                            f"{held.get('pid')}, heartbeat {age:.0f}s ago; {run.uri}/{key}); not touching it")
-    return age
-
-
-def _acquire(run: RunDir, key: str, owner: dict[str, Any], log: Any, ttl_s: float) -> None:
-    body = to_json({**owner, "heartbeat": time.time()})
-    if run.store.create_exclusive(key, body):
-        return
-    try:
-        held = json.loads(run.store.read_bytes(key))
-    except Exception:  # vanished or half-written between our two calls: treat as held
-        held = {"heartbeat": time.time()}
-    age = _refuse_if_fresh(run, key, held, ttl_s)
-    log.warning("taking over a stale lock", lock=key, previous_owner=held.get("host"), age_s=round(age))
-    run.store.delete_prefix(key)
-    if not run.store.create_exclusive(key, body):
-        raise RunStateError(f"run {run.run_id}: another process took over the stale lock {key} first")
 
 
 def _sha(data: bytes) -> str:

@@ -138,11 +138,8 @@ def _step_command(name: str, help_text: str, resume: bool = False) -> None:
             loaded = _load(kwargs)
             ctx = pipeline.open_run(loaded, run_id, force=force)
             get_logger(run_id=ctx.run.run_id, step=name).info("start", output=ctx.run.uri)
-            try:
-                with _stop_on_sigterm(ctx.stop, ctx.checkpointing, name), pipeline.exclusive(ctx, name):
-                    _dispatch(pipeline, name, ctx, resume)
-            finally:
-                pipeline.close_run(ctx)
+            with _stop_on_sigterm(ctx.stop, ctx.checkpointing, name), pipeline.exclusive(ctx, name):
+                _dispatch(pipeline, name, ctx, resume)
             get_logger(run_id=ctx.run.run_id, step=name).info("done", output=ctx.run.uri,
                                                               finished=ctx.run.is_finished())
             if name == "run":

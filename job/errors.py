@@ -61,6 +61,12 @@ class RunStateError(JobError):
     exit_code = EXIT_BAD_INPUT
 
 
+class RunInUse(RunStateError):
+    """Another process holds the run's lock and may be alive: retrying later can succeed (exit 75)."""
+
+    exit_code = EXIT_TRANSIENT
+
+
 class StorageError(JobError):
     """Object storage failed. Transient failures exit 75 so the orchestrator retries them."""
 

@@ -28,8 +28,6 @@ from job.artifacts import (
     environment_info,
     from_jsonl,
     new_run_id,
-    refuse_if_locked,
-    run_lock,
     to_json,
     to_jsonl,
 )
@@ -38,6 +36,7 @@ from job.config import JobConfig, LoadedConfig
 from job.data import Corpus, Link, Ticket, build_corpus, require_enough
 from job.errors import InputError
 from job.evaluate import Embeddings, ModelEvaluation, evaluate_model
+from job.locks import refuse_if_locked, run_lock
 from job.log import get_logger
 from job.model import (
     attention_implementation,
@@ -74,14 +73,15 @@ class RunContext:
 
 
 def open_run(loaded: LoadedConfig, run_id: str | None = None, force: bool = False) -> RunContext:
-    """The run's storage and a scratch directory; a new run id when none is given."""
+    """The run's storage and where its scratch directory goes; a new run id when none is given.
+
+    Nothing is created here: `exclusive` makes the scratch directory once the run's lock is held."""
     cfg = loaded.config
     run_id = check_run_id(run_id or new_run_id())  # before any path or store is made from it
     store = open_store(cfg.output.uri.rstrip("/") + "/" + run_id, cfg.storage)
     base = Path(cfg.runtime.work_dir) if cfg.runtime.work_dir else Path(tempfile.gettempdir())
     rank = distributed_rank()
     work_dir = base / (f"finetune-{run_id}" + (f"-rank{rank}" if rank else ""))
-    work_dir.mkdir(parents=True, exist_ok=True)
     return RunContext(loaded=loaded, run=RunDir(store, run_id), work_dir=work_dir, force=force, rank=rank)
 
 
@@ -91,25 +91,34 @@ _SHARED_STEPS = ("evaluate", "classify")
 
 @contextlib.contextmanager
 def exclusive(ctx: RunContext, command: str) -> Iterator[None]:
-    """Hold the run's lock for `command`, so a second process with the same run id stops at once."""
+    """Hold the run's lock for `command`, and its scratch directory while the lock is held.
+
+    A second process with the same run id stops at once, before it creates or deletes anything
+    (the scratch directory is named after the run id, so it would be the holder's)."""
+    with _run_lock_for(ctx, command):
+        ctx.work_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            yield
+        finally:  # still holding the lock: the next holder's fresh scratch is never removed
+            if not ctx.cfg.runtime.work_dir:
+                shutil.rmtree(ctx.work_dir, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _run_lock_for(ctx: RunContext, command: str) -> Iterator[None]:
     if ctx.rank != 0:  # torchrun workers follow rank 0, which holds the lock
         yield
         return
-    log, ttl = ctx.log(command), ctx.cfg.runtime.lock_ttl_s
+    log, ttl, store = ctx.log(command), ctx.cfg.runtime.lock_ttl_s, ctx.run.store
     if command in _SHARED_STEPS:
-        refuse_if_locked(ctx.run, "run", ttl)  # prepare/train/run active: the inputs may still change
-        with run_lock(ctx.run, command, log, ttl):
+        refuse_if_locked(store, "run", ttl)  # prepare/train/run active: the inputs may still change
+        with run_lock(store, command, log, ttl):
             yield
         return
     for other in _SHARED_STEPS:
-        refuse_if_locked(ctx.run, other, ttl)
-    with run_lock(ctx.run, "run", log, ttl):
+        refuse_if_locked(store, other, ttl)
+    with run_lock(store, "run", log, ttl):
         yield
-
-
-def close_run(ctx: RunContext) -> None:
-    if not ctx.cfg.runtime.work_dir:
-        shutil.rmtree(ctx.work_dir, ignore_errors=True)
 
 
 def required_steps(cfg: JobConfig) -> tuple[str, ...]:

@@ -1,15 +1,16 @@
 """Promotion gate: move `<output.uri>/promoted.json` to a run only if it is not worse.
 
 The pointer names the promoted run, the metric it was judged on, that metric's value and when
-it was promoted. `promote` reads the candidate run's `metrics.json` (the run must be finished),
-compares `finetuned.<promote.metric>` with the pointer's value, and replaces the pointer only if
-the candidate is at most `promote.margin` worse; otherwise it raises `PromotionRefused` (exit 3)
-and the pointer stays where it was.
+it was promoted. `promote` first verifies the candidate against its manifest (the run id, and
+every file listed, `metrics.json` and the whole `model/` among them, by size and sha256) and
+that its metric is a number in range; a candidate that fails is refused with exit 2 saying what
+failed. Then it compares `finetuned.<promote.metric>` with the pointer's value and replaces the
+pointer only if the candidate is at most `promote.margin` worse; otherwise it raises
+`PromotionRefused` (exit 3) and the pointer stays where it was.
 
-Replacing the pointer is a compare-and-swap, so two promotions that race (two retraining runs
-finishing together, or a retried pod) never lose an update: on S3 a conditional write
-(`If-None-Match: *` to create, `If-Match: <etag>` to replace); in a local directory an exclusive
-lock file (O_EXCL) around "check the version, then write". The loser of a race re-reads the
+Replacing the pointer is a compare-and-swap on the Store (create-if-absent, then
+replace-if-unchanged on the version read), so two promotions that race (two retraining runs
+finishing together, or a retried pod) never lose an update. The loser of a race re-reads the
 pointer and decides again against the winner.
 
 Example:
@@ -19,29 +20,27 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import json
 import math
-import os
 import random
-import socket
+import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from pathlib import Path
+from typing import Any
 
 from job.artifacts import MANIFEST, METRICS, RunDir, check_run_id, to_json
 from job.config import LoadedConfig
 from job.errors import ConfigError, PromotionRefused, RunStateError, StorageError
 from job.log import get_logger
-from job.storage import LocalStore, S3Store, Store, _s3_error, check_key, open_store
+from job.storage import Store, Versioned, open_store, sha256_file
 
 MAX_ATTEMPTS = 10  # compare-and-swap rounds before giving up (exit 75: the orchestrator retries)
-LOCK_WAIT_S = 10.0  # how long a local promotion waits for another one to release the lock
-STALE_LOCK_S = 60.0  # a local lock older than this was left by a killed process (a swap takes milliseconds)
 TOLERANCE = 1e-12  # float rounding must not turn "exactly at the margin" into a refusal
+# Every quality metric the job writes is a correlation, a rate or a probability: anything else was edited.
+METRIC_RANGE = (-1.0, 1.0)
+MODEL = "model/"
 
 
 # ---------------------------------------------------------------- the decision (pure)
@@ -80,151 +79,6 @@ class Decision:
                 f"{self.metric}={self.promoted:.4f} (delta {self.delta:+.4f}, margin {self.margin:g})")
 
 
-# ---------------------------------------------------------------- the pointer slot (compare-and-swap)
-
-
-@dataclass(frozen=True)
-class Versioned:
-    """The pointer's bytes and the version they were read at (S3 ETag, or sha256 locally)."""
-
-    data: bytes
-    version: str
-
-
-class PointerSlot(Protocol):
-    """One object that is only ever replaced if nobody replaced it since it was read."""
-
-    where: str
-
-    def read(self) -> Versioned | None: ...
-
-    def replace(self, data: bytes, expected: Versioned | None) -> bool:
-        """Write `data` if the slot still holds `expected` (None: still absent); False if it moved."""
-        ...
-
-
-class S3PointerSlot:
-    """Conditional writes: If-None-Match: * creates only if absent, If-Match: <etag> replaces only if unchanged.
-
-    Uses the store's client directly because the Store interface has no versioned read or
-    conditional replace yet; failures are classified (exit 75 or 2) by storage's `_s3_error`.
-    """
-
-    _CONFLICT = {"PreconditionFailed", "412", "ConditionalRequestConflict", "409"}
-    _MISSING = {"NoSuchKey", "404", "NotFound"}
-
-    def __init__(self, store: S3Store, key: str) -> None:
-        self.store = store
-        self.key = f"{store.prefix}/{check_key(key)}" if store.prefix else check_key(key)
-        self.where = f"s3://{store.bucket}/{self.key}"
-
-    def read(self) -> Versioned | None:
-        from botocore.exceptions import BotoCoreError, ClientError
-
-        try:
-            response = self.store.client.get_object(Bucket=self.store.bucket, Key=self.key)
-            data = response["Body"].read()
-        except ClientError as exc:
-            if _code(exc) in self._MISSING:
-                return None
-            raise _s3_error(exc, "read", self.where) from None
-        except (BotoCoreError, OSError) as exc:
-            raise _s3_error(exc, "read", self.where) from None
-        expected = response.get("Metadata", {}).get("sha256")
-        if expected and expected != hashlib.sha256(data).hexdigest():  # a cut or corrupted transfer, not a bad pointer
-            raise StorageError(f"read {self.where}: sha256 mismatch", transient=True)
-        return Versioned(bytes(data), str(response["ETag"]))
-
-    def replace(self, data: bytes, expected: Versioned | None) -> bool:
-        from botocore.exceptions import BotoCoreError, ClientError
-
-        condition = {"IfMatch": expected.version} if expected else {"IfNoneMatch": "*"}
-        try:
-            self.store.client.put_object(Bucket=self.store.bucket, Key=self.key, Body=data,
-                                         Metadata={"sha256": hashlib.sha256(data).hexdigest()},
-                                         ContentType="application/json", **condition)
-        except ClientError as exc:
-            if _code(exc) in self._CONFLICT:
-                return False
-            raise _s3_error(exc, "write", self.where) from None
-        except (BotoCoreError, OSError) as exc:
-            raise _s3_error(exc, "write", self.where) from None
-        return True
-
-
-class LocalPointerSlot:
-    """A lock file created with O_EXCL around "check the version, then write" (the write itself is an atomic rename)."""
-
-    def __init__(self, store: LocalStore, key: str) -> None:
-        self.store, self.key, self.lock_key = store, check_key(key), f"{check_key(key)}.lock"
-        self.where = str(store.root / self.key)
-
-    def read(self) -> Versioned | None:
-        if not self.store.exists(self.key):
-            return None
-        try:
-            data = self.store.read_bytes(self.key)
-        except StorageError:
-            if not self.store.exists(self.key):  # removed between the two calls
-                return None
-            raise
-        return Versioned(data, hashlib.sha256(data).hexdigest())
-
-    def replace(self, data: bytes, expected: Versioned | None) -> bool:
-        with self._locked():
-            current = self.read()
-            if (current.version if current else None) != (expected.version if expected else None):
-                return False
-            self.store.write_bytes(self.key, data)
-            return True
-
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
-        token = to_json({"host": socket.gethostname(), "pid": os.getpid(), "nonce": random.getrandbits(64)})
-        deadline = time.monotonic() + LOCK_WAIT_S
-        while not self._create_lock(token):
-            self._break_if_stale()
-            if time.monotonic() > deadline:
-                raise StorageError(f"{self.where}.lock: another promotion held the lock for over {LOCK_WAIT_S:g}s",
-                                   transient=True)
-            time.sleep(random.uniform(0.005, 0.05))
-        try:
-            yield
-        finally:
-            self.store.delete_prefix(self.lock_key)
-
-    def _create_lock(self, token: bytes) -> bool:
-        try:
-            return self.store.create_exclusive(self.lock_key, token)
-        except OSError as exc:
-            raise StorageError(f"cannot create {self.where}.lock: {exc.strerror or exc}", transient=False) from exc
-
-    def _break_if_stale(self) -> None:
-        """Remove a lock left by a killed promotion; a live one holds it for milliseconds."""
-        path = self.store.root / self.lock_key
-        try:
-            age = time.time() - path.stat().st_mtime
-        except FileNotFoundError:
-            return
-        if age > STALE_LOCK_S:
-            get_logger(step="promote").warning("removing a stale pointer lock", lock=str(path), age_s=round(age))
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
-
-
-def pointer_slot(store: Store, key: str) -> PointerSlot:
-    """The compare-and-swap slot for `key` in `store` (S3 or a local directory)."""
-    if isinstance(store, S3Store):
-        return S3PointerSlot(store, key)
-    if isinstance(store, LocalStore):
-        return LocalPointerSlot(store, key)
-    raise ConfigError(f"promotion needs an S3 or local output.uri, got {store.uri}")
-
-
-def _code(exc: Any) -> str:
-    return str(getattr(exc, "response", {}).get("Error", {}).get("Code", ""))
-
-
 # ---------------------------------------------------------------- the gate
 
 
@@ -239,51 +93,141 @@ def promote(loaded: LoadedConfig, run_id: str) -> dict[str, Any]:
     """Compare the run's metrics with the promoted run's; move the pointer or raise PromotionRefused.
 
     Returns the pointer as written (or as found, when `run_id` is already the promoted run).
-    Raises RunStateError when the run is not finished, ConfigError when the metric does not exist.
+    Raises RunStateError when the run is not finished or fails verification, ConfigError when the
+    metric does not exist or promote.pointer is not a plain key at the output root.
     """
     cfg = loaded.config
     metric, margin = cfg.promote.metric, cfg.promote.margin
     log = get_logger(step="promote", run_id=run_id)
     root = open_store(cfg.output.uri.rstrip("/"), cfg.storage)
+    key = pointer_key(root, cfg.promote.pointer)
     candidate = read_candidate(root, check_run_id(run_id), metric)
-    slot = pointer_slot(root, cfg.promote.pointer)
+    where = root.where(key)
     jitter = random.Random()
     for attempt in range(1, MAX_ATTEMPTS + 1):
-        current = slot.read()
-        pointer = parse_pointer(current, slot.where)
+        current = root.read_versioned(key)
+        pointer = parse_pointer(current, where)
         if pointer is not None and pointer["run_id"] == run_id:
-            log.info("already promoted", pointer=slot.where, value=pointer.get("value"))
+            log.info("already promoted", pointer=where, value=pointer.get("value"))
             return pointer
         decision = Decision(metric, run_id, candidate.value, pointer["run_id"] if pointer else None,
-                            promoted_value(root, pointer, metric), margin)
+                            promoted_value(root, pointer, metric, where), margin)
         log.info("comparison", attempt=attempt, **decision.as_log())
         if not decision.accepted:
-            raise PromotionRefused(f"not promoted: {decision.explain()}; {slot.where} still names "
-                                   f"{decision.promoted_run}")
+            raise PromotionRefused(f"not promoted: {decision.explain()}; {where} still names {decision.promoted_run}")
         new = new_pointer(candidate, metric, margin, pointer)
-        if slot.replace(to_json(new), expected=current):
-            log.info("promoted", pointer=slot.where, previous_run=decision.promoted_run, **{metric: candidate.value})
+        if swap(root, key, to_json(new), current):
+            log.info("promoted", pointer=where, previous_run=decision.promoted_run, **{metric: candidate.value})
             return new
-        log.info("pointer moved while deciding; comparing again", pointer=slot.where, attempt=attempt)
+        log.info("pointer moved while deciding; comparing again", pointer=where, attempt=attempt)
         time.sleep(jitter.uniform(0, 0.05 * attempt))
-    raise StorageError(f"{slot.where} kept changing during {MAX_ATTEMPTS} attempts; try again", transient=True)
+    raise StorageError(f"{where} kept changing during {MAX_ATTEMPTS} attempts; try again", transient=True)
+
+
+def swap(root: Store, key: str, data: bytes, expected: Versioned | None) -> bool:
+    """Write the pointer if it still is what was read (absent, or that version); False if it moved."""
+    if expected is None:
+        return root.create_if_absent(key, data)
+    return root.replace_if_unchanged(key, data, expected.version)
+
+
+def pointer_key(root: Store, pointer: str) -> str:
+    """promote.pointer as a key: one name at the top of output.uri, never a run's folder or a file in one.
+
+    The value is not echoed in the error: it came from the user and could be anything."""
+    if (not pointer or "/" in pointer or "\\" in pointer or pointer.startswith(".")
+            or any(ord(c) < 32 for c in pointer)):
+        raise ConfigError("promote.pointer must be a file name at the top of output.uri (no '/', not starting "
+                          "with '.'), so that it can never point into a run")
+    if root.list_keys(pointer + "/"):
+        raise ConfigError("promote.pointer names a folder under output.uri (a run's?); it must name a file of "
+                          "its own, e.g. promoted.json")
+    return pointer
 
 
 def read_candidate(root: Store, run_id: str, metric: str) -> Candidate:
-    """The finished run's value of `finetuned.<metric>`."""
+    """The finished, verified run's value of `finetuned.<metric>`."""
     run = RunDir(root.child(run_id), run_id)
     if not run.is_finished():
         raise RunStateError(f"run {run_id} is not finished ({run.uri}/{MANIFEST} is missing); "
                             "only a finished run can be promoted")
-    value = metric_value(run.read_json(METRICS), metric, f"{run.uri}/{METRICS}")
+    metrics = verified_metrics(run)
+    value = metric_value(metrics, metric, f"{run.uri}/{METRICS}")
     if value is None:
         raise PromotionRefused(f"not promoted: run {run_id} has no value for {metric} (the test split could not "
                                f"score it); see {run.uri}/{METRICS}")
     return Candidate(run_id, run.uri, value)
 
 
+def verified_metrics(run: RunDir) -> dict[str, Any]:
+    """The run's metrics.json, after checking the run against its manifest: the manifest names this
+    run, lists metrics.json and every file under model/, and each listed file has its size and sha256."""
+    where = f"{run.uri}/{MANIFEST}"
+    files = manifest_files(run, where)
+    stored = dict(run.store.list_keys(""))
+    listed_model = {path for path in files if path.startswith(MODEL)}
+    unlisted = sorted(path for path in stored if path.startswith(MODEL) and path not in listed_model)
+    if unlisted:
+        raise RunStateError(f"cannot promote run {run.run_id}: {run.uri}/{unlisted[0]} is not in {where} "
+                            f"({len(unlisted)} unlisted file(s) under {MODEL})")
+    metrics: Any = None
+    with tempfile.TemporaryDirectory(prefix="promote-") as scratch:
+        for path, record in sorted(files.items()):
+            local = check_file(run, path, record, stored.get(path), Path(scratch))
+            if path == METRICS:  # parsed from the very bytes that were checked
+                metrics = _parse_json(local.read_bytes(), f"{run.uri}/{METRICS}")
+    if not isinstance(metrics, dict):
+        raise RunStateError(f"cannot promote run {run.run_id}: {run.uri}/{METRICS} is not a JSON object")
+    return metrics
+
+
+def manifest_files(run: RunDir, where: str) -> dict[str, dict[str, Any]]:
+    """The manifest's file records by path, after checking it names this run and lists what promotion needs."""
+    manifest = _parse_json(run.store.read_bytes(MANIFEST), where)
+    if not isinstance(manifest, dict) or manifest.get("run_id") != run.run_id:
+        named = manifest.get("run_id") if isinstance(manifest, dict) else None
+        raise RunStateError(f"cannot promote run {run.run_id}: {where} names run {named}, not {run.run_id} "
+                            "(a copied or edited run)")
+    records = manifest.get("files")
+    if not isinstance(records, list) or not all(_is_record(r) for r in records):
+        raise RunStateError(f"cannot promote run {run.run_id}: {where} has no valid 'files' list "
+                            "(each entry needs path, size and sha256)")
+    files = {r["path"]: r for r in records}
+    if METRICS not in files:
+        raise RunStateError(f"cannot promote run {run.run_id}: {where} does not list {METRICS}")
+    if not any(path.startswith(MODEL) for path in files):
+        raise RunStateError(f"cannot promote run {run.run_id}: {where} lists no {MODEL} files")
+    return files
+
+
+def _is_record(record: Any) -> bool:
+    return (isinstance(record, dict) and isinstance(record.get("path"), str) and isinstance(record.get("sha256"), str)
+            and isinstance(record.get("size"), int) and not isinstance(record.get("size"), bool))
+
+
+def check_file(run: RunDir, path: str, record: dict[str, Any], stored_size: int | None, scratch: Path) -> Path:
+    """Download one listed file into `scratch` and check its size and sha256 against the manifest's record."""
+    problem = f"cannot promote run {run.run_id}: {run.uri}/{path}"
+    if stored_size is None:
+        raise RunStateError(f"{problem} is missing (listed in {MANIFEST})")
+    if stored_size != record["size"]:
+        raise RunStateError(f"{problem} has {stored_size} bytes, {MANIFEST} says {record['size']}")
+    local = scratch / "file"
+    run.store.download_file(path, local)
+    if sha256_file(local) != record["sha256"]:
+        raise RunStateError(f"{problem} does not match the sha256 in {MANIFEST} (changed after the run finished)")
+    return local
+
+
+def _parse_json(data: bytes, where: str) -> Any:
+    try:
+        return json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise RunStateError(f"{where} is not valid JSON ({type(exc).__name__})") from None
+
+
 def metric_value(metrics: dict[str, Any], metric: str, where: str) -> float | None:
-    """`metrics['finetuned'][metric]` as a finite float, None when the run could not compute it."""
+    """`metrics['finetuned'][metric]` as a float in METRIC_RANGE; None when the run could not compute it (null)."""
     finetuned = metrics.get("finetuned")
     if not isinstance(finetuned, dict):
         raise RunStateError(f"{where} has no 'finetuned' section")
@@ -291,8 +235,20 @@ def metric_value(metrics: dict[str, Any], metric: str, where: str) -> float | No
         known = sorted(k for k, v in finetuned.items() if isinstance(v, int | float) and not isinstance(v, bool))
         raise ConfigError(f"promote.metric '{metric}' is not in {where}; expected one of: {', '.join(known)}")
     value = finetuned[metric]
-    if value is None or isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+    if value is None:
         return None
+    return checked_value(value, f"{where}: finetuned.{metric}")
+
+
+def checked_value(value: Any, what: str) -> float:
+    """`value` as a float, if it is a finite number in METRIC_RANGE; RunStateError saying what it is otherwise."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise RunStateError(f"{what} is not a number")
+    if not math.isfinite(value):
+        raise RunStateError(f"{what} is not a finite number")
+    low, high = METRIC_RANGE
+    if not low <= value <= high:
+        raise RunStateError(f"{what} is outside [{low:g}, {high:g}], the range of every metric the job writes")
     return float(value)
 
 
@@ -301,19 +257,22 @@ def parse_pointer(current: Versioned | None, where: str) -> dict[str, Any] | Non
         return None
     try:
         pointer = json.loads(current.data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise RunStateError(f"{where} is not valid JSON ({exc}); fix or delete it to promote again") from None
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise RunStateError(f"{where} is not valid JSON ({type(exc).__name__}); fix or delete it to promote again") from None
     if not isinstance(pointer, dict) or not isinstance(pointer.get("run_id"), str):
         raise RunStateError(f"{where} does not name a run (no 'run_id'); fix or delete it to promote again")
     return pointer
 
 
-def promoted_value(root: Store, pointer: dict[str, Any] | None, metric: str) -> float | None:
+def promoted_value(root: Store, pointer: dict[str, Any] | None, metric: str, where: str) -> float | None:
     """The promoted run's value of `metric`: from the pointer, or its metrics.json if it was judged on another metric."""
     if pointer is None:
         return None
-    if pointer.get("metric") == metric and isinstance(pointer.get("value"), int | float):
-        return float(pointer["value"])
+    if pointer.get("metric") == metric:
+        try:
+            return checked_value(pointer.get("value"), f"{where}: value")
+        except RunStateError as exc:  # an edited pointer must not refuse every later run
+            raise RunStateError(f"{exc}; fix or delete it to promote again") from None
     run_id = check_run_id(pointer["run_id"])
     run = RunDir(root.child(run_id), run_id)
     if not run.store.exists(METRICS):

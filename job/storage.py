@@ -4,12 +4,17 @@ Every step reads and writes through a `Store`; this is the only module that impo
 Writes are verified (size, and sha256 kept as object metadata) and never partially visible:
 local files go through a temp file and an atomic rename, S3 objects appear whole or not at all.
 Keys are checked so nothing can be written outside the store's prefix.
+
+Besides plain reads and writes, a store offers the conditional operations locks and the
+promotion pointer are built on: a read that returns a version, replace-if-unchanged,
+create-if-absent and a single-key delete. A new backend implements them here and nowhere else.
 """
 
 from __future__ import annotations
 
 import base64
 import contextlib
+import fcntl
 import hashlib
 import os
 import random
@@ -55,20 +60,47 @@ def check_key(key: str) -> str:
     return key
 
 
+@dataclass(frozen=True)
+class Versioned:
+    """An object's bytes and the version they were read at (an S3 ETag, a sha256 locally)."""
+
+    data: bytes
+    version: str
+
+
 class Store(Protocol):
     """A place to keep a run's files: keys are '/'-separated paths relative to `uri`."""
 
     uri: str
 
     def child(self, prefix: str) -> Store: ...
+    def where(self, key: str) -> str:
+        """The key's full location, for messages (s3://bucket/prefix/key or a path)."""
+        ...
     def read_bytes(self, key: str) -> bytes: ...
     def write_bytes(self, key: str, data: bytes) -> FileRecord: ...
     def upload_file(self, local: Path, key: str) -> FileRecord: ...
     def download_file(self, key: str, local: Path) -> None: ...
     def exists(self, key: str) -> bool: ...
-    def list_keys(self, prefix: str = "") -> list[tuple[str, int]]: ...
+    def list_keys(self, prefix: str = "") -> list[tuple[str, int]]:
+        """Files under `prefix` with their sizes; S3 "folder" marker objects are not files."""
+        ...
     def delete_prefix(self, prefix: str) -> None: ...
-    def create_exclusive(self, key: str, data: bytes) -> bool: ...
+    def delete(self, key: str) -> None:
+        """Remove one object; a missing one is not an error."""
+        ...
+    def read_versioned(self, key: str) -> Versioned | None:
+        """The object and its version, None when it does not exist."""
+        ...
+    def replace_if_unchanged(self, key: str, data: bytes, version: str) -> bool:
+        """Write `data` only if the object still has `version`; False if it changed or went away.
+
+        A write whose answer was lost and retried is recognised by reading back `data`, so callers
+        put something unique in it (a token, a time)."""
+        ...
+    def create_if_absent(self, key: str, data: bytes) -> bool:
+        """Write `data` only if nothing is stored at `key`; False if something is (same rule for retries)."""
+        ...
 
 
 def upload_dir(store: Store, local_dir: Path, prefix: str) -> list[FileRecord]:
@@ -111,6 +143,9 @@ class LocalStore:
     def child(self, prefix: str) -> LocalStore:
         return LocalStore(self._path(prefix))
 
+    def where(self, key: str) -> str:
+        return str(self.root / check_key(key))
+
     def read_bytes(self, key: str) -> bytes:
         path = self._path(key)
         try:
@@ -147,7 +182,7 @@ class LocalStore:
         if not folder.is_dir():
             return []
         found = []
-        for path in sorted(p for p in folder.rglob("*") if p.is_file() and ".tmp-" not in p.name):
+        for path in sorted(p for p in folder.rglob("*") if p.is_file() and not _is_bookkeeping(p)):
             rel = path.relative_to(self.root).as_posix()
             if rel.startswith(prefix):
                 found.append((rel, path.stat().st_size))
@@ -160,16 +195,78 @@ class LocalStore:
         elif path.exists():
             path.unlink()
 
-    def create_exclusive(self, key: str, data: bytes) -> bool:
+    def delete(self, key: str) -> None:
         path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            return False
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
+        if not path.exists():  # nothing to do, and a refused process creates not even a lock file
+            return
+        with _key_locked(path):
+            _unlink(path)
+
+    def read_versioned(self, key: str) -> Versioned | None:
+        # No lock: every write is an atomic rename, so a reader always sees one whole version.
+        return self._read_versioned(self._path(key))
+
+    def replace_if_unchanged(self, key: str, data: bytes, version: str) -> bool:
+        path = self._path(key)
+        with _key_locked(path):
+            current = self._read_versioned(path)
+            if current is None or current.version != version:
+                return False
+            self.write_bytes(key, data)
         return True
+
+    def create_if_absent(self, key: str, data: bytes) -> bool:
+        path = self._path(key)
+        if path.exists():  # the common refusal, without creating even a lock file
+            return False
+        with _key_locked(path):
+            if path.exists():
+                return False
+            self.write_bytes(key, data)
+        return True
+
+    @staticmethod
+    def _read_versioned(path: Path) -> Versioned | None:
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise StorageError(f"cannot read {path}: {exc.strerror}", transient=False) from exc
+        return Versioned(data, hashlib.sha256(data).hexdigest())
+
+
+_KEY_LOCK_SUFFIX = ".key-lock"
+
+
+def _is_bookkeeping(path: Path) -> bool:
+    """A temp file being written, or a key's lock file: neither is a key."""
+    return ".tmp-" in path.name or (path.name.startswith(".") and path.name.endswith(_KEY_LOCK_SUFFIX))
+
+
+@contextlib.contextmanager
+def _key_locked(path: Path) -> Iterator[None]:
+    """Hold the kernel's lock on `path`'s lock file, so "compare, then write" is one step for every
+    process on this host. The kernel drops it when the holder dies, so it can never be left stale;
+    the file itself stays (removing it would let two processes lock two different files)."""
+    lock = path.with_name(f".{path.name}{_KEY_LOCK_SUFFIX}")
+    try:
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)  # opened for writing: NFS locks need it
+    except OSError as exc:
+        raise StorageError(f"cannot lock {path}: {exc.strerror}", transient=False) from exc
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _unlink(path: Path) -> None:
+    try:
+        path.unlink(missing_ok=True)
+    except OSError as exc:  # a folder, or no permission
+        raise StorageError(f"cannot delete {path}: {exc.strerror}", transient=False) from exc
 
 
 @contextlib.contextmanager
@@ -200,7 +297,7 @@ _CREDENTIAL_CODES = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenie
 _MISSING_CODES = {"NoSuchKey", "404", "NotFound"}
 # The server received other bytes than were sent: the transfer, not the request, was bad.
 _INTEGRITY_CODES = {"BadDigest", "InvalidDigest", "XAmzContentSHA256Mismatch", "InvalidChecksum"}
-_CONFLICT_CODES = {"PreconditionFailed", "412", "ConditionalRequestConflict"}
+_CONFLICT_CODES = {"PreconditionFailed", "412", "ConditionalRequestConflict", "409"}
 
 
 class _Retryable(StorageError):
@@ -362,11 +459,26 @@ class S3Store:
     def child(self, prefix: str) -> S3Store:
         return S3Store(self.client, self.bucket, self._key(prefix), self.cfg)
 
+    def where(self, key: str) -> str:
+        return self._where(self._key(key))
+
     def read_bytes(self, key: str) -> bytes:
+        return self._get(key).data
+
+    def read_versioned(self, key: str) -> Versioned | None:
+        try:
+            return self._get(key)
+        except StorageError as exc:
+            if _code_of_cause(exc) in _MISSING_CODES:
+                return None
+            raise
+
+    def _get(self, key: str) -> Versioned:
+        """The whole object, size and sha256 checked, with its ETag."""
         full = self._key(key)
         where = self._where(full)
 
-        def attempt() -> bytes:
+        def attempt() -> Versioned:
             with _translated("read", where):
                 response = self.client.get_object(Bucket=self.bucket, Key=full)
                 data = response["Body"].read()
@@ -374,7 +486,7 @@ class S3Store:
             if len(data) != expected:
                 raise _Retryable(f"read {where}: got {len(data)} of {expected} bytes")
             _verify_sha("read", data_sha=hashlib.sha256(data).hexdigest(), meta=response.get("Metadata", {}), where=where)
-            return bytes(data)
+            return Versioned(bytes(data), str(response["ETag"]))
 
         return self._attempts("read", where, attempt)
 
@@ -449,22 +561,25 @@ class S3Store:
             raise
 
     def list_keys(self, prefix: str = "") -> list[tuple[str, int]]:
+        relative = len(self.prefix) + 1 if self.prefix else 0
+        return sorted((full[relative:], size) for full, size in self._list(prefix) if not full.endswith("/"))
+
+    def _list(self, prefix: str) -> list[tuple[str, int]]:
+        """Full keys and sizes under `prefix`, folder markers ("m1/", made by some S3 consoles) included."""
         if prefix.rstrip("/"):
             check_key(prefix.rstrip("/"))
         full = (f"{self.prefix}/" if self.prefix else "") + prefix
         found: list[tuple[str, int]] = []
         with _translated("list", self._where(full)):
             for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=full):
-                for obj in page.get("Contents", []):
-                    rel = obj["Key"][len(self.prefix) + 1 :] if self.prefix else obj["Key"]
-                    found.append((rel, int(obj["Size"])))
-        return sorted(found)
+                found += [(obj["Key"], int(obj["Size"])) for obj in page.get("Contents", [])]
+        return found
 
     def delete_prefix(self, prefix: str) -> None:
-        keys = [k for k, _ in self.list_keys(prefix)]
+        keys = [full for full, _ in self._list(prefix)]  # markers too: the prefix is gone afterwards
         where = self._where(self._key(prefix.rstrip("/")))
         for start in range(0, len(keys), 1000):
-            batch = [{"Key": self._key(k)} for k in keys[start : start + 1000]]
+            batch = [{"Key": k} for k in keys[start : start + 1000]]
             with _translated("delete", where):
                 response = self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True})
             failed = response.get("Errors", [])
@@ -473,25 +588,37 @@ class S3Store:
                 raise StorageError(f"delete {where}: {len(failed)} object(s) not deleted, e.g. {first.get('Key')} "
                                    f"({first.get('Code')})", transient=True)
 
-    def create_exclusive(self, key: str, data: bytes) -> bool:
-        """Create `key` only if absent (S3 conditional write, If-None-Match: *).
-
-        A retried request whose first try did succeed (its answer was lost) sees its own object
-        and reports a conflict; so on a conflict the object is read back, and if it holds exactly
-        `data` the create is ours. Callers put a unique token in `data` for that reason.
-        """
+    def delete(self, key: str) -> None:
         full = self._key(key)
-        where = self._where(full)
+        with _translated("delete", self._where(full)):
+            self.client.delete_object(Bucket=self.bucket, Key=full)
+
+    def create_if_absent(self, key: str, data: bytes) -> bool:
+        """Create `key` only if absent (S3 conditional write, If-None-Match: *)."""
+        return self._put_if(key, data, {"IfNoneMatch": "*"}, "create")
+
+    def replace_if_unchanged(self, key: str, data: bytes, version: str) -> bool:
+        """Replace `key` only if its ETag is still `version` (S3 conditional write, If-Match)."""
+        return self._put_if(key, data, {"IfMatch": version}, "replace")
+
+    def _put_if(self, key: str, data: bytes, condition: dict[str, str], operation: str) -> bool:
+        """A conditional PUT. A retried request whose first try did succeed (its answer was lost)
+        sees its own object and reports a conflict; so on a conflict the object is read back, and
+        if it holds exactly `data` the write is ours."""
+        full = self._key(key)
+        md5 = base64.b64encode(hashlib.md5(data).digest()).decode()  # S3 checks the body against it
         try:
-            with _translated("create", where):
-                self.client.put_object(Bucket=self.bucket, Key=full, Body=data, IfNoneMatch="*")
+            with _translated(operation, self._where(full)):
+                self.client.put_object(Bucket=self.bucket, Key=full, Body=data, ContentMD5=md5,
+                                       Metadata={"sha256": hashlib.sha256(data).hexdigest()}, **condition)
         except StorageError as exc:
-            if _code_of_cause(exc) not in _CONFLICT_CODES:
-                raise
-            try:
-                return self.read_bytes(key) == data
-            except StorageError:  # removed again in between: someone else's, and gone
+            code = _code_of_cause(exc)
+            if code in _MISSING_CODES:  # If-Match on an object deleted since it was read
                 return False
+            if code not in _CONFLICT_CODES:
+                raise
+            current = self.read_versioned(key)
+            return current is not None and current.data == data
         return True
 
 

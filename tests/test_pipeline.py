@@ -175,7 +175,7 @@ def test_sigterm_checkpoints_exits_75_and_rerun_resumes_to_the_same_step_count(
         _wait_for_event(process, "train loss", timeout=300)
         # A second process with the same run id must refuse without touching anything.
         twin = run_cli("prepare", "--config", str(config), "--run-id", "sig")
-        assert twin.returncode == 2 and "in use by another process" in twin.stderr
+        assert twin.returncode == 75 and "in use by another process" in twin.stderr  # may be live: retry later
         sent = time.monotonic()
         process.send_signal(signal.SIGTERM)
         stdout, stderr = process.communicate(timeout=60)

@@ -7,22 +7,21 @@ real backends: the pointer must end up naming the best run, with that run's own 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
 import threading
-import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from job import promote as promote_module
 from job.artifacts import to_json
 from job.config import LoadedConfig, load_config
-from job.errors import EXIT_NOT_PROMOTED, EXIT_OK, ConfigError, PromotionRefused, RunStateError, StorageError
-from job.promote import pointer_slot, promote
+from job.errors import EXIT_NOT_PROMOTED, EXIT_OK, ConfigError, PromotionRefused, RunStateError
+from job.promote import promote
 from job.storage import Store, open_store
 from tests.conftest import CLI, run_cli
 from tests.s3server import ACCESS_KEY, SECRET_KEY, S3Server
@@ -70,16 +69,26 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
                    env=s3.env())
 
 
+# A model as train publishes it, small: promotion checks each file against the manifest, not its content.
+MODEL_FILES = {"model/modules.json": b"[]", "model/1_Pooling/config.json": b"{}",
+               "model/model.safetensors": b"weights" * 64}
+
+
 def fake_run(backend: Backend, run_id: str, average_precision: float | None, *, finished: bool = True,
              roc_auc: float = 0.9) -> None:
-    """A run directory as the pipeline leaves it, as far as promotion looks."""
+    """A run directory as the pipeline leaves it, as far as promotion looks: metrics, a model, the manifest."""
     run = backend.store().child(run_id)
     metrics = {"base": {"average_precision": 0.5, "roc_auc": 0.7},
                "finetuned": {"average_precision": average_precision, "roc_auc": roc_auc, "n_pairs": 120},
                "classifier": {"macro_f1": 0.4}}
-    run.write_bytes("metrics.json", to_json(metrics))
+    records = [run.write_bytes("metrics.json", to_json(metrics))]
+    records += [run.write_bytes(key, data) for key, data in MODEL_FILES.items()]
     if finished:
-        run.write_bytes("manifest.json", to_json({"run_id": run_id, "files": [{"path": "metrics.json"}]}))
+        write_manifest(run, run_id, [asdict(r) for r in records])
+
+
+def write_manifest(run: Store, run_id: str, files: list[dict[str, Any]]) -> None:
+    run.write_bytes("manifest.json", to_json({"run_id": run_id, "files": files}))
 
 
 def run_metric(backend: Backend, run_id: str, metric: str = "average_precision") -> float:
@@ -201,20 +210,7 @@ def test_invalid_run_id_is_refused_before_touching_storage(backend: Backend) -> 
         promote(backend.loaded(), "../escape")
 
 
-# ---------------------------------------------------------------- compare-and-swap
-
-
-def test_pointer_slot_replaces_only_the_version_it_read(backend: Backend) -> None:
-    slot = pointer_slot(backend.store(), "slot.json")
-    assert slot.read() is None
-    assert slot.replace(b'{"n": 1}', expected=None)
-    assert not slot.replace(b'{"n": 2}', expected=None), "create must fail once the object exists"
-    first = slot.read()
-    assert first is not None and first.data == b'{"n": 1}'
-    assert slot.replace(b'{"n": 3}', expected=first)
-    assert not slot.replace(b'{"n": 4}', expected=first), "a stale version must not overwrite a newer write"
-    latest = slot.read()
-    assert latest is not None and latest.data == b'{"n": 3}' and latest.version != first.version
+# ---------------------------------------------------------------- races
 
 
 def test_racing_threads_leave_the_best_run_promoted(backend: Backend) -> None:
@@ -289,27 +285,99 @@ def test_cli_exit_codes_and_the_comparison_in_the_log(backend: Backend) -> None:
     assert (backend.pointer() or {})["run_id"] == "run-a"
 
 
-# ---------------------------------------------------------------- the local lock
+# ---------------------------------------------------------------- what promote verifies
 
 
-def test_a_stale_local_lock_is_taken_over(tmp_path: Path) -> None:
-    backend = Backend("local", str(tmp_path / "runs"))
-    fake_run(backend, "run-a", 0.7)
-    lock = tmp_path / "runs" / f"{POINTER}.lock"
-    lock.write_text('{"pid": 1}')
-    old = time.time() - promote_module.STALE_LOCK_S - 5
-    os.utime(lock, (old, old))
-    promote(backend.loaded(), "run-a")
-    assert (backend.pointer() or {})["run_id"] == "run-a"
-    assert not lock.exists()
+def _edit_metrics(run: Store, value: float) -> None:
+    metrics = json.loads(run.read_bytes("metrics.json"))
+    metrics["finetuned"]["average_precision"] = value
+    run.write_bytes("metrics.json", to_json(metrics))
 
 
-def test_a_held_local_lock_makes_promotion_fail_as_transient(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    backend = Backend("local", str(tmp_path / "runs"))
-    fake_run(backend, "run-a", 0.7)
-    (tmp_path / "runs" / f"{POINTER}.lock").write_text('{"pid": 1}')  # fresh: another promotion is running
-    monkeypatch.setattr(promote_module, "LOCK_WAIT_S", 0.3)
-    with pytest.raises(StorageError) as failed:
-        promote(backend.loaded(), "run-a")
-    assert failed.value.transient and failed.value.exit_code == 75
+def test_edited_metrics_and_a_deleted_model_are_refused_with_exit_2(backend: Backend) -> None:
+    # issue 11: metrics.json edited to 1e308 and model/ deleted was promoted, and every later run refused.
+    fake_run(backend, "W1", 0.7)
+    run = backend.store().child("W1")
+    _edit_metrics(run, 1e308)
+    run.delete_prefix("model/")
+    result = backend.cli("W1")
+    assert result.returncode == 2, result.stderr
+    assert "metrics.json" in result.stderr and "Traceback" not in result.stderr
     assert backend.pointer() is None
+
+
+def _same_size_other_bytes(run: Store, key: str) -> None:
+    data = run.read_bytes(key)
+    run.write_bytes(key, bytes([data[0] ^ 1]) + data[1:])
+
+
+def _copied_from_another_run(backend: Backend, run_id: str) -> None:
+    """W2's files copied under run_id, manifest and all: the manifest names W2."""
+    fake_run(backend, "W2", 0.7)
+    source, target = backend.store().child("W2"), backend.store().child(run_id)
+    for key, _ in source.list_keys(""):
+        target.write_bytes(key, source.read_bytes(key))
+
+
+def _manifest_without(run: Store, run_id: str, prefix: str) -> None:
+    files = json.loads(run.read_bytes("manifest.json"))["files"]
+    write_manifest(run, run_id, [f for f in files if not f["path"].startswith(prefix)])
+
+
+def _consistent_but_out_of_range(run: Store, run_id: str, value: float) -> None:
+    """metrics.json edited and the manifest rewritten to match it: only the value itself is wrong."""
+    _edit_metrics(run, value)
+    files = json.loads(run.read_bytes("manifest.json"))["files"]
+    data = run.read_bytes("metrics.json")
+    record = {"path": "metrics.json", "size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    write_manifest(run, run_id, [record if f["path"] == "metrics.json" else f for f in files])
+
+
+DAMAGE = {
+    "model file missing": (lambda b, r: r.delete("model/model.safetensors"), "model/model.safetensors is missing"),
+    "model file with other bytes": (lambda b, r: _same_size_other_bytes(r, "model/model.safetensors"),
+                                    "model/model.safetensors.*sha256"),
+    "metrics edited": (lambda b, r: _edit_metrics(r, 0.99), "metrics.json.*(bytes|sha256)"),
+    "a copy of another run": (lambda b, r: _copied_from_another_run(b, "W1"), "names run W2"),
+    "manifest without the model": (lambda b, r: _manifest_without(r, "W1", "model/"), "lists no model/"),
+    "manifest without metrics": (lambda b, r: _manifest_without(r, "W1", "metrics.json"), "does not list metrics.json"),
+    "metric above 1": (lambda b, r: _consistent_but_out_of_range(r, "W1", 1e308), "outside"),
+    "metric below -1": (lambda b, r: _consistent_but_out_of_range(r, "W1", -3.0), "outside"),
+    "metric not finite": (lambda b, r: _consistent_but_out_of_range(r, "W1", float("inf")), "not a finite number"),
+}
+
+
+@pytest.mark.parametrize("damage", sorted(DAMAGE))
+def test_a_damaged_candidate_is_refused_saying_what_failed(backend: Backend, damage: str) -> None:
+    fake_run(backend, "run-a", 0.6)
+    promote(backend.loaded(), "run-a")
+    before = backend.pointer_bytes()
+    fake_run(backend, "W1", 0.9)
+    harm, expected = DAMAGE[damage]
+    harm(backend, backend.store().child("W1"))
+    with pytest.raises(RunStateError, match=expected) as refused:
+        promote(backend.loaded(), "W1")
+    assert refused.value.exit_code == 2
+    assert backend.pointer_bytes() == before
+
+
+def test_an_edited_pointer_value_does_not_refuse_every_later_run(backend: Backend) -> None:
+    fake_run(backend, "run-a", 0.6)
+    promote(backend.loaded(), "run-a")
+    pointer = backend.pointer() or {}
+    backend.store().write_bytes(POINTER, to_json({**pointer, "value": 1e308}))
+    fake_run(backend, "run-b", 0.7)
+    with pytest.raises(RunStateError, match="fix or delete it"):
+        promote(backend.loaded(), "run-b")
+
+
+@pytest.mark.parametrize("pointer", ["W1/manifest.json", "W1/model/modules.json", "W1", "nested/promoted.json"])
+def test_the_pointer_cannot_point_into_a_run(backend: Backend, pointer: str) -> None:
+    # issue 11: promote.pointer=W1/manifest.json overwrote W1's manifest.
+    fake_run(backend, "W1", 0.7)
+    manifest = backend.store().child("W1").read_bytes("manifest.json")
+    result = backend.cli("W1", "--set", f"promote.pointer={pointer}")
+    assert result.returncode == 2, result.stderr
+    assert "promote.pointer" in result.stderr and "Traceback" not in result.stderr
+    assert pointer == "W1" or pointer not in result.stderr, "the value typed is never echoed"
+    assert backend.store().child("W1").read_bytes("manifest.json") == manifest

@@ -98,9 +98,24 @@ def _exists(store: S3Store, tmp: Path, s3: S3Server, bucket: str) -> None:
 
 def _create(store: S3Store, tmp: Path, s3: S3Server, bucket: str) -> None:
     token = os.urandom(16).hex().encode()
-    assert store.create_exclusive("locks/run.lock", token)  # ours, even when the first answer was lost
-    assert not store.create_exclusive("locks/run.lock", b"someone else")
+    assert store.create_if_absent("locks/run.lock", token)  # ours, even when the first answer was lost
+    assert not store.create_if_absent("locks/run.lock", b"someone else")
     assert direct(s3, bucket, "locks/run.lock") == token
+
+
+def _replace(store: S3Store, tmp: Path, s3: S3Server, bucket: str) -> None:
+    s3.client().put_object(Bucket=bucket, Key="runs/r1/pointer.json", Body=b"old")
+    seen = store.read_versioned("pointer.json")
+    assert seen is not None
+    token = os.urandom(16).hex().encode()
+    assert store.replace_if_unchanged("pointer.json", token, seen.version)  # ours, even when the answer was lost
+    assert not store.replace_if_unchanged("pointer.json", b"someone else", seen.version)
+    assert direct(s3, bucket, "pointer.json") == token
+
+
+def _delete_one(store: S3Store, tmp: Path, s3: S3Server, bucket: str) -> None:
+    store.delete("seed.bin")
+    assert store.list_keys("") == []
 
 
 def _delete(store: S3Store, tmp: Path, s3: S3Server, bucket: str) -> None:
@@ -115,8 +130,10 @@ OPERATIONS = {
     "download_file": Operation("GET", "seed.bin", _download),
     "list_keys": Operation("GET", "list-type=2", _list),
     "exists": Operation("HEAD", "seed.bin", _exists),
-    "create_exclusive": Operation("PUT", "run.lock", _create),
+    "create_if_absent": Operation("PUT", "run.lock", _create),
+    "replace_if_unchanged": Operation("PUT", "pointer.json", _replace),
     "delete_prefix": Operation("POST", "delete", _delete),
+    "delete": Operation("DELETE", "seed.bin", _delete_one),
 }
 
 # Which fault against which operation: every kind, each where it can happen.
@@ -124,11 +141,11 @@ MATRIX: list[tuple[FaultKind, str]] = [
     ("refuse", "read_bytes"), ("refuse", "write_bytes"),
     ("reset", "write_bytes"), ("reset", "read_bytes"), ("reset", "upload_file"), ("reset", "download_file"),
     ("reset", "list_keys"),
-    ("drop_response", "write_bytes"), ("drop_response", "create_exclusive"), ("drop_response", "delete_prefix"),
-    ("drop_response", "upload_file"),
+    ("drop_response", "write_bytes"), ("drop_response", "create_if_absent"), ("drop_response", "delete_prefix"),
+    ("drop_response", "upload_file"), ("drop_response", "replace_if_unchanged"), ("drop_response", "delete"),
     ("error500", "exists"), ("error500", "list_keys"), ("error500", "upload_file"), ("error500", "delete_prefix"),
     ("slowdown", "read_bytes"), ("slowdown", "write_bytes"), ("slowdown", "download_file"),
-    ("slowdown", "create_exclusive"),
+    ("slowdown", "create_if_absent"), ("slowdown", "replace_if_unchanged"), ("error500", "delete"),
     ("latency", "read_bytes"), ("latency", "write_bytes"),
     ("cut", "read_bytes"), ("cut", "download_file"), ("cut", "list_keys"),
     ("truncate", "read_bytes"), ("truncate", "download_file"),

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
@@ -69,7 +71,8 @@ def test_check_key_refuses_what_could_escape(key: str) -> None:
 
 @pytest.mark.parametrize("key", ["../outside.txt", "/tmp/abs.txt", "a/../../outside.txt"])
 def test_no_store_writes_outside_its_root(store: Store, tmp_path: Path, key: str) -> None:
-    for write in (lambda: store.write_bytes(key, b"x"), lambda: store.create_exclusive(key, b"x"),
+    for write in (lambda: store.write_bytes(key, b"x"), lambda: store.create_if_absent(key, b"x"),
+                  lambda: store.replace_if_unchanged(key, b"x", "v"), lambda: store.delete(key),
                   lambda: store.child(key)):
         with pytest.raises(ConfigError):
             write()
@@ -123,10 +126,49 @@ def test_delete_prefix_removes_exactly_the_prefix(store: Store) -> None:
     assert [k for k, _ in store.list_keys("")] == ["checkpoints-old/x"]
 
 
-def test_create_exclusive_creates_once(store: Store) -> None:
-    assert store.create_exclusive("locks/run.lock", b"mine")
-    assert not store.create_exclusive("locks/run.lock", b"theirs")
+def test_create_if_absent_creates_once(store: Store) -> None:
+    assert store.create_if_absent("locks/run.lock", b"mine")
+    assert not store.create_if_absent("locks/run.lock", b"theirs")
     assert store.read_bytes("locks/run.lock") == b"mine"
+    assert store.list_keys("locks/") == [("locks/run.lock", 4)], "no lock or temp file of the store's own shows"
+
+
+def test_replace_if_unchanged_replaces_only_the_version_it_read(store: Store) -> None:
+    assert store.read_versioned("slot.json") is None
+    assert store.create_if_absent("slot.json", b'{"n": 1}')
+    first = store.read_versioned("slot.json")
+    assert first is not None and first.data == b'{"n": 1}'
+    assert store.replace_if_unchanged("slot.json", b'{"n": 3}', first.version)
+    assert not store.replace_if_unchanged("slot.json", b'{"n": 4}', first.version), (
+        "a stale version must not overwrite a newer write")
+    latest = store.read_versioned("slot.json")
+    assert latest is not None and latest.data == b'{"n": 3}' and latest.version != first.version
+    store.delete("slot.json")
+    assert not store.replace_if_unchanged("slot.json", b'{"n": 5}', latest.version), "gone is changed too"
+    assert store.read_versioned("slot.json") is None
+
+
+def test_delete_removes_one_key_and_tolerates_a_missing_one(store: Store) -> None:
+    for key in ("manifest.json", "manifest.json.bak", "model/m"):
+        store.write_bytes(key, b"1")
+    store.delete("manifest.json")
+    store.delete("manifest.json")
+    assert [k for k, _ in store.list_keys("")] == ["manifest.json.bak", "model/m"]
+
+
+def test_local_replace_if_unchanged_lets_exactly_one_of_racing_processes_win(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path / "root")
+    store.write_bytes("slot.json", b"start")
+    seen = store.read_versioned("slot.json")
+    assert seen is not None
+    code = ("import sys\nfrom pathlib import Path\nfrom job.storage import LocalStore\n"
+            "won = LocalStore(Path(sys.argv[1])).replace_if_unchanged('slot.json', sys.argv[2].encode(), sys.argv[3])\n"
+            "sys.exit(0 if won else 1)\n")
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(store.root), f"writer-{i}", seen.version])
+             for i in range(6)]
+    codes = [proc.wait(timeout=60) for proc in procs]
+    assert codes.count(0) == 1, codes
+    assert store.read_bytes("slot.json") == f"writer-{codes.index(0)}".encode()
 
 
 def test_missing_objects_are_not_transient(store: Store, tmp_path: Path) -> None:
@@ -280,3 +322,18 @@ def test_the_loopback_s3_server_takes_more_buckets_than_the_suite_makes() -> Non
         assert client.get_object(Bucket="many-099", Key="k")["Body"].read() == b"x"
     finally:
         server.stop()
+
+
+def test_s3_folder_markers_are_not_files(s3: S3Server, bucket: str, tmp_path: Path) -> None:
+    # Some S3 consoles create "folders" as empty objects named "m1/": download_dir failed with "invalid object key ''".
+    client = s3.client()
+    for key, body in (("models/m1/", b""), ("models/m1/1_Pooling/", b""), ("models/m1/modules.json", b"[]"),
+                      ("models/m1/1_Pooling/config.json", b"{}")):
+        client.put_object(Bucket=bucket, Key=key, Body=body)
+    store = open_store(f"s3://{bucket}/models", s3_config(s3))
+    assert store.list_keys("m1/") == [("m1/1_Pooling/config.json", 2), ("m1/modules.json", 2)]
+    download_dir(store, "m1", tmp_path / "m1")
+    assert sorted(p.relative_to(tmp_path / "m1").as_posix() for p in (tmp_path / "m1").rglob("*") if p.is_file()) == [
+        "1_Pooling/config.json", "modules.json"]
+    store.delete_prefix("m1/")
+    assert client.list_objects_v2(Bucket=bucket, Prefix="models/").get("KeyCount") == 0, "markers go with the prefix"
