@@ -10,6 +10,7 @@ import hashlib
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
@@ -156,19 +157,31 @@ def test_delete_removes_one_key_and_tolerates_a_missing_one(store: Store) -> Non
     assert [k for k, _ in store.list_keys("")] == ["manifest.json.bak", "model/m"]
 
 
-def test_local_replace_if_unchanged_lets_exactly_one_of_racing_processes_win(tmp_path: Path) -> None:
+# Each process adds 1 to a counter N times by read, then replace-if-unchanged; it counts its wins.
+_INCREMENTS = """
+import sys, time
+from pathlib import Path
+from job.storage import LocalStore
+store, wins = LocalStore(Path(sys.argv[1])), 0
+while not (store.root / "go").exists():
+    time.sleep(0.001)
+for _ in range(int(sys.argv[2])):
+    seen = store.read_versioned("counter")
+    wins += store.replace_if_unchanged("counter", str(int(seen.data) + 1).encode(), seen.version)
+print(wins)
+"""
+
+
+def test_local_replace_if_unchanged_loses_no_update_between_processes(tmp_path: Path) -> None:
+    # Processes, not threads: "compare, then rename" must be one step for every process on the host.
     store = LocalStore(tmp_path / "root")
-    store.write_bytes("slot.json", b"start")
-    seen = store.read_versioned("slot.json")
-    assert seen is not None
-    code = ("import sys\nfrom pathlib import Path\nfrom job.storage import LocalStore\n"
-            "won = LocalStore(Path(sys.argv[1])).replace_if_unchanged('slot.json', sys.argv[2].encode(), sys.argv[3])\n"
-            "sys.exit(0 if won else 1)\n")
-    procs = [subprocess.Popen([sys.executable, "-c", code, str(store.root), f"writer-{i}", seen.version])
-             for i in range(6)]
-    codes = [proc.wait(timeout=60) for proc in procs]
-    assert codes.count(0) == 1, codes
-    assert store.read_bytes("slot.json") == f"writer-{codes.index(0)}".encode()
+    store.write_bytes("counter", b"0")
+    procs = [subprocess.Popen([sys.executable, "-c", _INCREMENTS, str(store.root), "300"], stdout=subprocess.PIPE,
+                              text=True) for _ in range(4)]
+    time.sleep(1.0)  # let every process start and wait
+    (store.root / "go").touch()
+    wins = sum(int(proc.communicate(timeout=120)[0]) for proc in procs)
+    assert wins > 0 and int(store.read_bytes("counter")) == wins, "an increment that won was lost"
 
 
 def test_missing_objects_are_not_transient(store: Store, tmp_path: Path) -> None:
