@@ -75,18 +75,17 @@ def this_machine() -> str | None:
 
 
 def process_start(pid: int) -> str | None:
-    """When process `pid` started (clock ticks since boot); None when there is no such process."""
+    """When process `pid` started (clock ticks since boot); None when it is gone (or a zombie)."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    return stat.rsplit(")", 1)[-1].split()[19]  # field 22; the command name before ")" may hold spaces
+    fields = stat.rsplit(")", 1)[-1].split()  # from field 3 on; the command name before ")" may hold spaces
+    return None if fields[0] == "Z" else fields[19]  # state, starttime (field 22)
 
 
-def stale_reason(holder: Holder | None, ttl_s: float) -> str | None:
+def stale_reason(holder: Holder, ttl_s: float) -> str | None:
     """Why a lock held by `holder` may be taken over, or None while it may be live."""
-    if holder is None:
-        return "unreadable lock"
     if holder.machine is not None and holder.machine == this_machine() and holder.host == socket.gethostname():
         if process_start(holder.pid) != holder.started:
             return "its process is gone"
@@ -95,9 +94,7 @@ def stale_reason(holder: Holder | None, ttl_s: float) -> str | None:
     return f"no heartbeat for {age:.0f}s" if age >= ttl_s else None
 
 
-def _refusal(store: Store, key: str, holder: Holder | None) -> RunInUse:
-    if holder is None:  # pragma: no cover - stale_reason takes unreadable locks over
-        return RunInUse(f"{store.where(key)} is held; not touching the run")
+def _refusal(store: Store, key: str, holder: Holder) -> RunInUse:
     age = time.time() - holder.heartbeat
     return RunInUse(f"the run is in use by another process ({holder.host} pid {holder.pid}, heartbeat {age:.0f}s "
                     f"ago; {store.where(key)}); not touching it. Retry later: a lock whose holder stopped goes "
@@ -115,7 +112,7 @@ def refuse_if_locked(store: Store, name: str, ttl_s: float) -> None:
     if current is None:
         return
     holder = Holder.from_bytes(current.data)
-    if stale_reason(holder, ttl_s) is None:
+    if holder is not None and stale_reason(holder, ttl_s) is None:
         raise _refusal(store, key, holder)
 
 
@@ -150,8 +147,8 @@ def _acquire(store: Store, key: str, me: Holder, ttl_s: float, log: Any) -> None
         if current is None:  # released between our two calls: try to create it again
             continue
         holder = Holder.from_bytes(current.data)
-        reason = stale_reason(holder, ttl_s)
-        if reason is None:
+        reason = stale_reason(holder, ttl_s) if holder else "unreadable lock"
+        if holder is not None and reason is None:
             raise _refusal(store, key, holder)
         log.warning("taking over a stale lock", lock=store.where(key), reason=reason,
                     previous_owner=holder.host if holder else None)

@@ -178,6 +178,8 @@ class LocalStore:
 
     def list_keys(self, prefix: str = "") -> list[tuple[str, int]]:
         base = self.root / prefix if prefix else self.root
+        if prefix.endswith("/") and not base.is_dir():  # a folder that is not there holds nothing
+            return []
         folder = base if base.is_dir() else base.parent
         if not folder.is_dir():
             return []

@@ -158,3 +158,22 @@ def test_the_heartbeat_keeps_the_lock_fresh_and_release_spares_a_new_holder(stor
         assert _holder(store)["heartbeat"] > first, "the holder refreshed its heartbeat"
         _write_holder(store, host="another-host", machine="another-machine")  # taken over meanwhile
     assert _holder(store)["token"] == "theirs", "the old holder did not delete the new holder's lock"
+
+
+def test_a_holder_that_died_unreaped_on_this_host_is_stale_at_once(store: Store) -> None:
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(0.5)"])
+    try:
+        started = process_start(child.pid)
+        time.sleep(1.5)  # it has exited; not waited for, it stays a zombie with its pid
+        _write_holder(store, pid=child.pid, started=started)
+        with run_lock(store, "run", get_logger(), 120.0):
+            assert _holder(store)["pid"] == os.getpid()
+    finally:
+        child.wait()
+
+
+def test_an_unreadable_lock_is_taken_over(store: Store) -> None:
+    store.write_bytes("locks/run.lock", b"\x00 not a holder")
+    refuse_if_locked(store, "run", 120.0)
+    with run_lock(store, "run", get_logger(), 120.0):
+        assert _holder(store)["pid"] == os.getpid()
