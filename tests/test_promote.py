@@ -1,8 +1,10 @@
 """The promotion gate against a local directory and the loopback S3 server.
 
-Runs are faked as finished run directories (metrics.json + manifest.json) written through the
-store, so nothing is trained here. The races use real threads and real processes against the
-real backends: the pointer must end up naming the best run, with that run's own metric value.
+Runs are faked as finished run directories (metrics.json, a small model/, and a manifest listing
+them with sizes and sha256) written through the store, so nothing is trained here. The races use
+real threads and real processes against the real backends: the pointer must end up naming the
+best run, with that run's own metric value. A run damaged after it finished is refused (exit 2)
+with the check that failed.
 """
 
 from __future__ import annotations
