@@ -250,17 +250,30 @@ def _is_bookkeeping(path: Path) -> bool:
 def _key_locked(path: Path) -> Iterator[None]:
     """Hold the kernel's lock on `path`'s lock file, so "compare, then write" is one step for every
     process on this host. The kernel drops it when the holder dies, so it can never be left stale;
-    the file itself stays (removing it would let two processes lock two different files)."""
+    the holder removes the file on release, so a run folder keeps no trace of it."""
     lock = path.with_name(f".{path.name}{_KEY_LOCK_SUFFIX}")
     try:
         lock.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)  # opened for writing: NFS locks need it
+        fd = _lock_file(lock)
     except OSError as exc:
         raise StorageError(f"cannot lock {path}: {exc.strerror}", transient=False) from exc
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
         yield
     finally:
+        lock.unlink(missing_ok=True)  # while still locked: a waiter finds its file gone and opens the new one
+        os.close(fd)
+
+
+def _lock_file(lock: Path) -> int:
+    """Open and lock `lock`, retrying when its holder removed it while we waited (we would hold a dead file)."""
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)  # opened for writing: NFS locks need it
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            if os.stat(lock).st_ino == os.fstat(fd).st_ino:
+                return fd
+        except FileNotFoundError:
+            pass
         os.close(fd)
 
 

@@ -132,6 +132,8 @@ def test_create_if_absent_creates_once(store: Store) -> None:
     assert not store.create_if_absent("locks/run.lock", b"theirs")
     assert store.read_bytes("locks/run.lock") == b"mine"
     assert store.list_keys("locks/") == [("locks/run.lock", 4)], "no lock or temp file of the store's own shows"
+    if isinstance(store, LocalStore):  # and none is left behind, for a refused run must leave no file
+        assert sorted(p.name for p in (store.root / "locks").iterdir()) == ["run.lock"]
 
 
 def test_replace_if_unchanged_replaces_only_the_version_it_read(store: Store) -> None:
