@@ -478,13 +478,19 @@ def run_all(ctx: RunContext, resume: bool = False) -> dict[str, Any]:
     for step in sorted(done, key=STEPS.index):
         ctx.log(step.name).info("step already done; reusing what it recorded")
     prepared = load_prepared(ctx, TRAIN) if PREPARE in done else prepare(ctx)
-    trained = fetch_model(ctx, EVALUATE) if TRAIN in done else train(ctx, prepared, resume=resume)
+    trained = _take_over_model(ctx) if TRAIN in done else train(ctx, prepared, resume=resume)
     embeddings = _load_embeddings(ctx) if EVALUATE in done else evaluate(ctx, prepared, trained)
     if ctx.cfg.classify.enabled and CLASSIFY not in done:
         classify(ctx, prepared, trained, embeddings)
     if not ctx.run.is_finished():  # every step was taken over: the last attempt stopped before the manifest
         ctx.run.finish_if_complete(required_steps(ctx.cfg.classify.enabled), ctx.cfg.redacted())
     return ctx.run.read_json("metrics.json")
+
+
+def _take_over_model(ctx: RunContext) -> TrainedModel:
+    # A stop right after train recorded itself leaves the checkpoints it was about to delete.
+    ctx.run.store.delete_prefix("checkpoints/")
+    return fetch_model(ctx, EVALUATE)
 
 
 def run_step(ctx: RunContext, name: str, resume: bool = False) -> None:

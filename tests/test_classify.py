@@ -6,7 +6,6 @@ import json
 
 import numpy as np
 import pytest
-
 from sklearn.metrics import confusion_matrix
 
 from job.classify import ClassifierResult, dumps_model, pair_features, predict, train_classifier
