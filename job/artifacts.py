@@ -2,9 +2,10 @@
 
 A run is finished when `manifest.json` exists; it is written last, after every file it lists
 has been written and verified, so a reader never mistakes a half-written run for a finished
-one. Each step records the files it wrote (size, sha256) in `steps/<step>.json`; whichever
-step completes the set writes the metadata and the manifest (evaluate and classify may run
-in parallel pods, and each writes its own record before checking, so one of them always sees both).
+one. Each step records the files it wrote (size, sha256) and its fingerprint (what it was made
+from) in `steps/<step>.json`; whichever step completes the set writes the metadata and the
+manifest (evaluate and classify may run in parallel pods, and each writes its own record before
+checking, so one of them always sees both).
 """
 
 from __future__ import annotations
