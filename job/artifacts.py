@@ -2,30 +2,30 @@
 
 A run is finished when `manifest.json` exists; it is written last, after every file it lists
 has been written and verified, so a reader never mistakes a half-written run for a finished
-one. Each step records the files it wrote (size, sha256) in `steps/<step>.json`; whichever
-step completes the set writes the metadata and the manifest (evaluate and classify may run
-in parallel pods, and each writes its own record before checking, so one of them always sees both).
+one. Each step records the files it wrote (size, sha256) and its fingerprint (what it was made
+from) in `steps/<step>.json`; whichever step completes the set writes the metadata and the
+manifest (evaluate and classify may run in parallel pods, and each writes its own record before
+checking, so one of them always sees both).
 """
 
 from __future__ import annotations
 
 import json
-import platform
 import secrets
-import subprocess
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from job.errors import RunStateError
+from job.fingerprint import Fingerprint
+from job.jsonio import to_json
+from job.steps import STEP_NAMES, Step, dependents, prerequisites
 from job.storage import FileRecord, Store, check_key
 
 MANIFEST = "manifest.json"
 METADATA = "training_metadata.json"
 METRICS = "metrics.json"
-STEPS = ("prepare", "train", "evaluate", "classify")
 
 
 def new_run_id() -> str:
@@ -42,19 +42,6 @@ def check_run_id(run_id: str) -> str:
     return check_key(run_id)
 
 
-def to_jsonl(rows: list[dict[str, Any]]) -> bytes:
-    return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode("utf-8")
-
-
-def from_jsonl(data: bytes) -> list[dict[str, Any]]:
-    # split("\n"), not splitlines(): U+2028 inside a ticket's text is not a record boundary.
-    return [json.loads(line) for line in data.decode("utf-8").split("\n") if line.strip()]
-
-
-def to_json(value: Any) -> bytes:
-    return (json.dumps(value, indent=2, ensure_ascii=False, default=str) + "\n").encode("utf-8")
-
-
 @dataclass
 class StepRecord:
     step: str
@@ -65,6 +52,8 @@ class StepRecord:
     info: dict[str, Any] = field(default_factory=dict)
     # The process's peak resident memory so far (in `run`, steps share a process): sizes pod limits.
     peak_rss_mb: float | None = None
+    # What the step was made from; a rerun reuses the step only if this is unchanged.
+    fingerprint: Fingerprint | None = None
 
 
 class RunDir:
@@ -81,21 +70,35 @@ class RunDir:
     def is_finished(self) -> bool:
         return self.store.exists(MANIFEST)
 
-    def begin_step(self, step: str, force: bool, needs: tuple[str, ...] = ()) -> None:
-        """Refuse to touch a finished run without `force`; insist the earlier steps are done."""
+    def refuse_if_finished(self, force: bool) -> None:
+        """A finished run is never changed without `force`; with it, the run is unfinished again."""
         if self.is_finished():
             if not force:
                 raise RunStateError(f"run {self.run_id} is finished ({self.uri}/{MANIFEST} exists); "
                                     "pass --force to overwrite it, or use a new run id")
             self.store.delete(MANIFEST)
-        self.require(step, needs)
 
-    def require(self, step: str, needs: tuple[str, ...]) -> None:
-        """Fail clearly when an earlier step has not recorded itself as done."""
-        for earlier in needs:
-            if not self.store.exists(f"steps/{earlier}.json"):
-                raise RunStateError(f"step '{step}' of run {self.run_id} needs step '{earlier}' first "
-                                    f"({self.uri}/steps/{earlier}.json is missing)")
+    def begin_step(self, step: Step, force: bool, config_sha256: str) -> None:
+        """Refuse to touch a finished run without `force`; insist the earlier steps are done, with
+        this config unless `force`. The step's own record and those of the steps built on it go:
+        until it records itself again, a rerun must not take over files it is rewriting."""
+        self.refuse_if_finished(force)
+        self.require(step, None if force else config_sha256)
+        for stale in (step, *dependents(step)):
+            self.store.delete(f"steps/{stale.name}.json")
+
+    def require(self, step: Step, config_sha256: str | None = None) -> None:
+        """Fail clearly when a step before this one has not recorded itself as done (or, given
+        `config_sha256`, was made with another config)."""
+        for earlier in prerequisites(step):
+            record = self.step_record(earlier.name)
+            if record is None:
+                raise RunStateError(f"step '{step.name}' of run {self.run_id} needs step '{earlier.name}' first "
+                                    f"({self.uri}/steps/{earlier.name}.json is missing)")
+            made_with = (record.get("fingerprint") or {}).get("config_sha256")
+            if config_sha256 is not None and made_with != config_sha256:
+                raise RunStateError(f"step '{step.name}' of run {self.run_id}: step '{earlier.name}' was made with "
+                                    "another config; pass --force to use it anyway, or use a new run id")
 
     def write_json(self, key: str, value: Any) -> FileRecord:
         return self.store.write_bytes(key, to_json(value))
@@ -109,21 +112,21 @@ class RunDir:
     def step_record(self, step: str) -> dict[str, Any] | None:
         return self.read_json(f"steps/{step}.json") if self.store.exists(f"steps/{step}.json") else None
 
-    def finish_if_complete(self, required: tuple[str, ...], config: dict[str, Any]) -> bool:
+    def finish_if_complete(self, required: tuple[Step, ...], config: dict[str, Any]) -> bool:
         """Write training_metadata.json, metrics.json and, last, manifest.json once every
         required step has recorded itself. Returns True when the run is now finished."""
-        records = {step: self.step_record(step) for step in required}
+        records = {step.name: self.step_record(step.name) for step in required}
         if any(r is None for r in records.values()):
             return False
         files: dict[str, dict[str, Any]] = {}
-        for step in required:
-            for f in records[step]["files"]:  # type: ignore[index]
+        for record in records.values():
+            for f in record["files"]:  # type: ignore[index]
                 files[f["path"]] = f
         metrics = self._merged_metrics(records)
         files[METRICS] = asdict(self.write_json(METRICS, metrics))
         files[METADATA] = asdict(self.write_json(METADATA, build_metadata(self.run_id, config, records)))
         for step in required:
-            key = f"steps/{step}.json"
+            key = f"steps/{step.name}.json"
             data = self.store.read_bytes(key)
             files[key] = asdict(FileRecord(key, len(data), _sha(data)))
         self._verify_sizes(files)
@@ -161,14 +164,15 @@ def _now() -> str:
 
 
 class StepTimer:
-    """Times one step and builds its record."""
+    """Times one step and builds its record, stamped with what the step is made from."""
 
-    def __init__(self, step: str) -> None:
+    def __init__(self, step: str, fingerprint: Fingerprint | None = None) -> None:
         self.step, self.started, self.t0 = step, _now(), time.monotonic()
+        self.fingerprint = fingerprint
 
     def record(self, files: list[FileRecord], info: dict[str, Any]) -> StepRecord:
         return StepRecord(self.step, self.started, _now(), round(time.monotonic() - self.t0, 3), files, info,
-                          _peak_rss_mb())
+                          _peak_rss_mb(), self.fingerprint)
 
 
 def _peak_rss_mb() -> float | None:
@@ -177,47 +181,6 @@ def _peak_rss_mb() -> float | None:
     except ImportError:  # not on this platform
         return None
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # KiB on Linux
-
-
-def environment_info(device: str | None = None) -> dict[str, Any]:
-    """Versions of everything that can change a result, and the hardware it ran on."""
-    import importlib.metadata as md
-
-    import torch
-
-    def version(name: str) -> str | None:
-        try:
-            return md.version(name)
-        except md.PackageNotFoundError:
-            return None
-
-    info: dict[str, Any] = {
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "libraries": {name: version(name) for name in (
-            "torch", "sentence-transformers", "transformers", "scikit-learn", "numpy", "imbalanced-learn",
-            "boto3", "ticket-finetune-job")},
-        "cuda": torch.version.cuda,
-        "cuda_available": torch.cuda.is_available(),
-        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        "torch_threads": torch.get_num_threads(),
-        "device": device,
-        "git_revision": git_revision(),
-    }
-    return info
-
-
-def git_revision() -> str | None:
-    """The source revision: baked into images as a file next to the package, else from git."""
-    stamp = Path(__file__).with_name("GIT_REVISION")
-    if stamp.exists():
-        return stamp.read_text().strip() or None
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
-                             text=True, timeout=5, check=False)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
 
 
 def build_metadata(run_id: str, config: dict[str, Any], records: dict[str, Any]) -> dict[str, Any]:
@@ -232,5 +195,5 @@ def build_metadata(run_id: str, config: dict[str, Any], records: dict[str, Any])
         "split": prepare.get("info", {}).get("split"),
         "pairs": prepare.get("info", {}).get("pairs"),
         "training": {k: v for k, v in train.get("info", {}).items() if k != "environment"},
-        "timings_s": {step: (records.get(step) or {}).get("duration_s") for step in STEPS if records.get(step)},
+        "timings_s": {step: (records.get(step) or {}).get("duration_s") for step in STEP_NAMES if records.get(step)},
     }

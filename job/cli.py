@@ -10,13 +10,16 @@ import threading
 import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import click
 
 from job.config import LoadedConfig, describe_sources, load_config
+from job.environment import use_cache_dir
 from job.errors import EXIT_BAD_INPUT, EXIT_OK, Interrupted, JobError, exit_code_for
 from job.log import configure_logging, get_logger, redact
+from job.steps import STEP_NAMES, STEPS, TRAIN
 
 
 def _overrides(output: str | None, base_model: str | None, epochs: int | None, max_pairs: int | None,
@@ -56,13 +59,10 @@ def _load(kwargs: dict[str, Any]) -> LoadedConfig:
     overrides = _overrides(kwargs.pop("output"), kwargs.pop("base_model"), kwargs.pop("epochs"),
                            kwargs.pop("max_pairs"), kwargs.pop("seed"), kwargs.pop("settings"))
     loaded = load_config(kwargs.pop("config_file"), cli_overrides=overrides)
-    runtime = loaded.config.runtime
-    if runtime.cache_dir:  # model and font caches on a writable path (read-only root filesystem in pods)
-        os.environ.setdefault("HF_HOME", runtime.cache_dir)
-        os.environ.setdefault("MPLCONFIGDIR", os.path.join(runtime.cache_dir, "matplotlib"))
+    use_cache_dir(loaded.config.runtime)  # before anything imports the libraries that read it
     secrets = loaded.secrets() + _env_secrets()
     click.get_current_context().meta["secrets"] = secrets
-    configure_logging(runtime.log_format, secrets)
+    configure_logging(loaded.config.runtime.log_format, secrets)
     return loaded
 
 
@@ -128,7 +128,8 @@ def _step_command(name: str, help_text: str, resume: bool = False) -> None:
     @main.command(name=name, help=help_text)
     @config_options
     @click.option("--run-id", required=name != "run", help="The run to work on (steps share it).")
-    @click.option("--force", is_flag=True, help="Overwrite a finished run.")
+    @click.option("--force", is_flag=True,
+                  help="Overwrite a finished run, or redo steps recorded with another config or other inputs.")
     @click.option("--resume", is_flag=True, hidden=not resume,
                   help="Resume training from the run's newest checkpoint (fails if there is none).")
     def command(run_id: str | None, force: bool, resume: bool, **kwargs: Any) -> None:
@@ -139,25 +140,13 @@ def _step_command(name: str, help_text: str, resume: bool = False) -> None:
             ctx = pipeline.open_run(loaded, run_id, force=force)
             get_logger(run_id=ctx.run.run_id, step=name).info("start", output=ctx.run.uri)
             with _stop_on_sigterm(ctx.stop, ctx.checkpointing, name), pipeline.exclusive(ctx, name):
-                _dispatch(pipeline, name, ctx, resume)
+                pipeline.run_step(ctx, name, resume)
             get_logger(run_id=ctx.run.run_id, step=name).info("done", output=ctx.run.uri,
                                                               finished=ctx.run.is_finished())
             if name == "run":
                 _print_outputs(ctx)
 
         _execute(name, action)
-
-
-def _dispatch(pipeline: Any, name: str, ctx: Any, resume: bool) -> None:
-    if name == "run":
-        pipeline.run_all(ctx, resume=resume)
-    elif name == "prepare":
-        pipeline.prepare(ctx)
-    elif name == "train":
-        pipeline.train(ctx, pipeline.load_prepared(ctx, name), resume=resume)
-    elif name in ("evaluate", "classify"):
-        prepared = pipeline.load_prepared(ctx, name)
-        getattr(pipeline, name)(ctx, prepared, pipeline.fetch_model(ctx, name))
 
 
 def _print_outputs(ctx: Any) -> None:
@@ -177,11 +166,10 @@ def _print_outputs(ctx: Any) -> None:
                    f"(majority baseline {classifier['majority_macro_f1']:.4f})", err=True)
 
 
-_step_command("run", "Run every step (prepare, train, evaluate, classify) in one process.", resume=True)
-_step_command("prepare", "Read inputs, split by link components, build pairs.")
-_step_command("train", "Fine-tune on the prepared pairs; checkpoints to storage.", resume=True)
-_step_command("evaluate", "Score base and fine-tuned models on the test split.")
-_step_command("classify", "Train and score the relation classifier.")
+_step_command("run", f"Run every step ({', '.join(STEP_NAMES)}) in one process; a rerun continues where the "
+              "last one stopped.", resume=True)
+for _step in STEPS:
+    _step_command(_step.name, _step.summary, resume=_step is TRAIN)
 
 
 @main.command(name="promote")
@@ -219,41 +207,16 @@ def show_config(as_json: bool, **kwargs: Any) -> None:
 
 @main.command(name="validate-data")
 @config_options
-def validate_data(**kwargs: Any) -> None:
-    """Check the inputs: counts, every problem found, and whether the split is usable. No training."""
+@click.option("--problems-file", type=click.Path(dir_okay=False, path_type=Path),
+              help="Where to write every problem when there are too many to print "
+                   "(default: a new file under runtime.work_dir or the temp directory).")
+def validate_data(problems_file: Path | None, **kwargs: Any) -> None:
+    """Check the inputs: counts, the problems found, and whether the split is usable. No training."""
 
     def action() -> None:
-        from job.data import build_corpus
-        from job.errors import InputError
-        from job.split import check_usable, split_by_components
-        from job.storage import read_uri
+        from job.validate import validate_data
 
-        cfg = _load(kwargs).config
-        names = ("tickets", "links") if cfg.data.tickets else ("pairs", "relationship_pairs")
-        raw = {n: (getattr(cfg.data, n), read_uri(getattr(cfg.data, n), cfg.storage)) for n in names if getattr(cfg.data, n)}
-        lenient = cfg.data.model_copy(update={"on_error": "skip"})
-        try:
-            corpus = build_corpus(raw, lenient)  # collect everything, whatever the policy
-        except InputError as exc:  # whole-file problems
-            raise InputError(f"input unusable: {exc}") from None
-        for report in corpus.reports:
-            click.echo(f"{report.name}: {report.rows} rows, {report.kept} kept, {report.skipped} bad, "
-                       f"{report.duplicates_dropped} duplicates dropped, sha256 {report.sha256[:12]}")
-        for problem in corpus.problems:
-            click.echo(f"  {problem}")
-        click.echo(f"tickets: {len(corpus.tickets)}  links: {len(corpus.links)}"
-                   + ("" if corpus.scored_pairs is None else f"  pairs: {len(corpus.scored_pairs)}"))
-        from job.data import require_enough
-
-        require_enough(corpus)
-        edges = corpus.edges()
-        split = split_by_components(sorted(corpus.tickets), edges, cfg.pairs.split, cfg.train.seed)
-        per_split = check_usable(split, edges)
-        click.echo("split: " + ", ".join(f"{n} {len(split.members[n])} tickets / {per_split[n]} linked pairs"
-                                         for n in split.members))
-        if corpus.problems and cfg.data.on_error == "fail":
-            raise InputError(f"{len(corpus.problems)} problem(s) found (data.on_error=fail)")
-        click.echo("inputs OK" if not corpus.problems else f"inputs usable: {len(corpus.problems)} bad rows will be skipped")
+        validate_data(_load(kwargs).config, click.echo, problems_file)
 
     _execute("validate-data", action)
 

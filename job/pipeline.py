@@ -2,6 +2,8 @@
 
 Each step reads what the one before wrote from the run's storage (so steps can run in
 separate pods) and also accepts it in memory (so `run` does not re-read or re-encode).
+The steps, their order and what each needs are defined once, in job/steps.py. A rerun
+continues from the first step not yet done (`reusable_steps`).
 """
 
 from __future__ import annotations
@@ -20,22 +22,15 @@ from typing import Any
 import numpy as np
 
 from job import plots
-from job.artifacts import (
-    STEPS,
-    RunDir,
-    StepTimer,
-    check_run_id,
-    environment_info,
-    from_jsonl,
-    new_run_id,
-    to_json,
-    to_jsonl,
-)
+from job.artifacts import RunDir, StepTimer, check_run_id, new_run_id
 from job.classify import NotEnoughClasses, dumps_model, train_classifier
 from job.config import JobConfig, LoadedConfig
 from job.data import Corpus, Link, Ticket, build_corpus, require_enough
-from job.errors import InputError
+from job.environment import environment_info, use_cache_dir
+from job.errors import InputError, RunStateError
 from job.evaluate import Embeddings, ModelEvaluation, evaluate_model
+from job.fingerprint import Fingerprint, config_checksum, input_checksums
+from job.jsonio import from_jsonl, to_json, to_jsonl
 from job.locks import refuse_if_locked, run_lock
 from job.log import get_logger
 from job.model import (
@@ -49,7 +44,8 @@ from job.model import (
 )
 from job.pairs import Pair, Triplet, build_split_pairs, training_budget
 from job.split import SPLITS, check_usable, split_by_components
-from job.storage import FileRecord, download_dir, open_store, read_uri, upload_dir
+from job.steps import CLASSIFY, EVALUATE, PREPARE, SHARED_STEPS, STEPS, TRAIN, Step, required_steps
+from job.storage import FileRecord, download_dir, local_path, open_store, read_uri, upload_dir
 
 
 @dataclass
@@ -63,6 +59,7 @@ class RunContext:
     rank: int = 0  # torchrun rank; only rank 0 writes to the run directory
     stop: threading.Event = field(default_factory=threading.Event)  # SIGTERM: checkpoint and stop
     checkpointing: threading.Event = field(default_factory=threading.Event)  # set while a stop can checkpoint
+    _input_checksums: dict[str, str] | None = None
 
     @property
     def cfg(self) -> JobConfig:
@@ -71,22 +68,47 @@ class RunContext:
     def log(self, step: str) -> Any:
         return get_logger(run_id=self.run.run_id, step=step)
 
+    def fingerprint(self, step: Step) -> Fingerprint:
+        """What `step` is made from in this process. A step with no needs reads the inputs (hashed
+        once per process); the others are made from what prepare recorded, so they carry its inputs."""
+        if not step.needs:
+            if self._input_checksums is None:
+                self._input_checksums = input_checksums(self.cfg)
+            inputs = self._input_checksums
+        else:
+            made_from = self.run.step_record(step.needs[0].name) or {}
+            inputs = (made_from.get("fingerprint") or {}).get("inputs_sha256") or {}
+        return Fingerprint(config_checksum(self.cfg), inputs)
+
 
 def open_run(loaded: LoadedConfig, run_id: str | None = None, force: bool = False) -> RunContext:
     """The run's storage and where its scratch directory goes; a new run id when none is given.
 
     Nothing is created here: `exclusive` makes the scratch directory once the run's lock is held."""
     cfg = loaded.config
+    use_cache_dir(cfg.runtime)
     run_id = check_run_id(run_id or new_run_id())  # before any path or store is made from it
-    store = open_store(cfg.output.uri.rstrip("/") + "/" + run_id, cfg.storage)
+    run_uri = cfg.output.uri.rstrip("/") + "/" + run_id
+    _refuse_odd_local_run_dir(run_uri, run_id)
+    store = open_store(run_uri, cfg.storage)
     base = Path(cfg.runtime.work_dir) if cfg.runtime.work_dir else Path(tempfile.gettempdir())
     rank = distributed_rank()
     work_dir = base / (f"finetune-{run_id}" + (f"-rank{rank}" if rank else ""))
     return RunContext(loaded=loaded, run=RunDir(store, run_id), work_dir=work_dir, force=force, rank=rank)
 
 
-# evaluate and classify may run at the same time (separate pods); everything else owns the run.
-_SHARED_STEPS = ("evaluate", "classify")
+def _refuse_odd_local_run_dir(run_uri: str, run_id: str) -> None:
+    """A local run directory must be a real directory (or not exist yet): writes must not follow a
+    symlink out of the output folder, and a file of that name (promoted.json) is not a run."""
+    if run_uri.startswith("s3://"):
+        return
+    path = local_path(run_uri)
+    if path.is_symlink():
+        raise RunStateError(f"run {run_id}: the run directory in the output folder is a symbolic link; "
+                            "refusing to write through it (use a new run id)")
+    if path.exists() and not path.is_dir():
+        raise RunStateError(f"run {run_id}: the output folder holds a file of that name, not a run directory "
+                            "(use another run id)")
 
 
 @contextlib.contextmanager
@@ -94,7 +116,8 @@ def exclusive(ctx: RunContext, command: str) -> Iterator[None]:
     """Hold the run's lock for `command`, and its scratch directory while the lock is held.
 
     A second process with the same run id stops at once, before it creates or deletes anything
-    (the scratch directory is named after the run id, so it would be the holder's)."""
+    (the scratch directory is named after the run id, so it would be the holder's). Steps that
+    share the run (evaluate, classify) each take their own lock; `run` and the others own it."""
     with _run_lock_for(ctx, command):
         ctx.work_dir.mkdir(parents=True, exist_ok=True)
         try:
@@ -110,30 +133,68 @@ def _run_lock_for(ctx: RunContext, command: str) -> Iterator[None]:
         yield
         return
     log, ttl, store = ctx.log(command), ctx.cfg.runtime.lock_ttl_s, ctx.run.store
-    if command in _SHARED_STEPS:
+    shared = [step.name for step in SHARED_STEPS]
+    if command in shared:
         refuse_if_locked(store, "run", ttl)  # prepare/train/run active: the inputs may still change
         with run_lock(store, command, log, ttl):
             yield
         return
-    for other in _SHARED_STEPS:
+    for other in shared:
         refuse_if_locked(store, other, ttl)
     with run_lock(store, "run", log, ttl):
         yield
 
 
-def required_steps(cfg: JobConfig) -> tuple[str, ...]:
-    return STEPS if cfg.classify.enabled else STEPS[:3]
+def begin_step(ctx: RunContext, step: Step) -> StepTimer:
+    """Check the run can take `step` now (see RunDir.begin_step); the timer stamps its record."""
+    fingerprint = ctx.fingerprint(step)
+    ctx.run.begin_step(step, ctx.force, fingerprint.config_sha256)
+    return StepTimer(step.name, fingerprint)
+
+
+def is_done(ctx: RunContext, step: Step) -> bool:
+    """True when `step` recorded itself with what it would be made from now, so a rerun reuses it.
+
+    A record made from another config or other inputs stops the run (exit 2) unless --force,
+    which redoes the step: never mix results of two configs in one run without being told to.
+    """
+    record = ctx.run.step_record(step.name)
+    if record is None:
+        return False
+    changes = ctx.fingerprint(step).changes_since(record.get("fingerprint"))
+    if changes and not ctx.force:
+        raise RunStateError(f"step '{step.name}' of run {ctx.run.run_id} cannot be reused: {'; '.join(changes)}. "
+                            "Pass --force to redo it and the steps after it, or use a new run id")
+    return not changes
+
+
+def reusable_steps(ctx: RunContext) -> set[Step]:
+    """The steps `run` can take over from an earlier attempt: done (is_done), and built only on
+    steps it takes over too. A finished run is refused without --force, and redone with it."""
+    if ctx.run.is_finished():
+        ctx.run.refuse_if_finished(ctx.force)
+        return set()
+    done: set[Step] = set()
+    for step in STEPS:
+        if all(need in done for need in step.needs) and is_done(ctx, step):
+            done.add(step)
+    return done
 
 
 # ---------------------------------------------------------------- inputs
 
 
-def read_inputs(cfg: JobConfig) -> tuple[Corpus, dict[str, Any]]:
-    """Load and validate the configured inputs; returns the corpus and a report of every file."""
+def load_corpus(cfg: JobConfig) -> Corpus:
+    """Read and parse the configured inputs, applying data.on_error (InputError when it refuses)."""
     names = ("tickets", "links") if cfg.data.tickets else ("pairs", "relationship_pairs")
     raw = {name: (getattr(cfg.data, name), read_uri(getattr(cfg.data, name), cfg.storage))
            for name in names if getattr(cfg.data, name)}
-    corpus = build_corpus(raw, cfg.data)
+    return build_corpus(raw, cfg.data)
+
+
+def read_inputs(cfg: JobConfig) -> tuple[Corpus, dict[str, Any]]:
+    """Load and validate the configured inputs; returns the corpus and a report of every file."""
+    corpus = load_corpus(cfg)
     require_enough(corpus)
     report = {
         "files": [{"uri": r.name, "sha256": r.sha256, "rows": r.rows, "kept": r.kept, "skipped": r.skipped,
@@ -165,8 +226,7 @@ class PreparedData:
 
 def prepare(ctx: RunContext) -> PreparedData:
     """Read inputs, split by connected components, build pairs per split, write them."""
-    cfg, log, timer = ctx.cfg, ctx.log("prepare"), StepTimer("prepare")
-    ctx.run.begin_step("prepare", ctx.force)
+    cfg, log, timer = ctx.cfg, ctx.log(PREPARE.name), begin_step(ctx, PREPARE)
     corpus, inputs = read_inputs(cfg)
     log.info("inputs loaded", tickets=inputs["tickets"], links=inputs["links"], skipped=len(inputs["skipped_rows"]))
     edges = corpus.edges()
@@ -226,9 +286,9 @@ def _load_base(ctx: RunContext) -> Any:
     return load_model(path, ctx.cfg.model.max_seq_length, text_prefix=ctx.cfg.model.text_prefix)
 
 
-def load_prepared(ctx: RunContext, step: str) -> PreparedData:
-    """What prepare wrote, read back from the run's storage."""
-    ctx.run.require(step, ("prepare",))
+def load_prepared(ctx: RunContext, step: Step) -> PreparedData:
+    """What prepare wrote, read back from the run's storage for `step`."""
+    ctx.run.require(step)
     store = ctx.run.store
     tickets = {r["id"]: Ticket(r["id"], r["text"], r.get("category"), r.get("project"), r.get("created"))
                for r in from_jsonl(store.read_bytes("prepared/tickets.jsonl"))}
@@ -251,8 +311,7 @@ def train(ctx: RunContext, prepared: PreparedData, resume: bool = False) -> Trai
     """Fine-tune the base model on the train pairs; publish the best model under model/."""
     from job.train import examples_from_pairs, train_model, triplet_examples
 
-    cfg, log, timer = ctx.cfg, ctx.log("train"), StepTimer("train")
-    ctx.run.begin_step("train", ctx.force, needs=("prepare",))
+    cfg, log, timer = ctx.cfg, ctx.log(TRAIN.name), begin_step(ctx, TRAIN)
     threads = set_threads(cfg.runtime.threads)
     texts = {tid: t.text for tid, t in prepared.tickets.items()}
     threshold = cfg.evaluate.positive_threshold
@@ -289,8 +348,9 @@ def train(ctx: RunContext, prepared: PreparedData, resume: bool = False) -> Trai
     return TrainedModel(result.model_dir)
 
 
-def fetch_model(ctx: RunContext, step: str) -> TrainedModel:
-    ctx.run.require(step, ("train",))
+def fetch_model(ctx: RunContext, step: Step) -> TrainedModel:
+    """The published model, downloaded for `step` (once per scratch directory)."""
+    ctx.run.require(step)
     local = ctx.work_dir / "model"
     if not (local / "modules.json").exists():
         download_dir(ctx.run.store, "model", local)
@@ -307,8 +367,7 @@ def _encode_ids(model: Any, prepared: PreparedData, ids: list[str], ctx: RunCont
 
 def evaluate(ctx: RunContext, prepared: PreparedData, trained: TrainedModel) -> Embeddings:
     """Base and fine-tuned model on the same test split; returns the fine-tuned embeddings for reuse."""
-    cfg, log, timer = ctx.cfg, ctx.log("evaluate"), StepTimer("evaluate")
-    ctx.run.begin_step("evaluate", ctx.force, needs=("train",))
+    cfg, log, timer = ctx.cfg, ctx.log(EVALUATE.name), begin_step(ctx, EVALUATE)
     set_threads(cfg.runtime.threads)
     test_ids = prepared.members["test"]
     val_ids = sorted({t for p in prepared.pairs["val"] for t in (p.a, p.b)})
@@ -332,7 +391,7 @@ def evaluate(ctx: RunContext, prepared: PreparedData, trained: TrainedModel) -> 
     assert finetuned_emb is not None
     files.append(_save_embeddings(ctx, finetuned_emb))
     ctx.run.record_step(timer.record(files, {"metrics": metrics}))
-    ctx.run.finish_if_complete(required_steps(cfg), ctx.cfg.redacted())
+    ctx.run.finish_if_complete(required_steps(cfg.classify.enabled), ctx.cfg.redacted())
     return finetuned_emb
 
 
@@ -374,8 +433,7 @@ def _load_embeddings(ctx: RunContext) -> Embeddings | None:
 
 def classify(ctx: RunContext, prepared: PreparedData, trained: TrainedModel, cached: Embeddings | None = None) -> dict[str, Any]:
     """Relation classifier on fine-tuned embeddings; skipped (and said why) when it cannot train."""
-    cfg, log, timer = ctx.cfg, ctx.log("classify"), StepTimer("classify")
-    ctx.run.begin_step("classify", ctx.force, needs=("train",))
+    cfg, log, timer = ctx.cfg, ctx.log(CLASSIFY.name), begin_step(ctx, CLASSIFY)
     set_threads(cfg.runtime.threads)
     train_links, test_links = prepared.links_in("train"), prepared.links_in("test")
     needed = sorted({t for link in train_links + test_links for t in (link.source, link.target)})
@@ -395,7 +453,7 @@ def classify(ctx: RunContext, prepared: PreparedData, trained: TrainedModel, cac
                  n_train=metrics["n_train"], n_test=metrics["n_test"], notes=metrics["notes"])
     files.append(ctx.run.write_json("classifier/metrics.json", metrics))
     ctx.run.record_step(timer.record(files, {"metrics": metrics}))
-    ctx.run.finish_if_complete(required_steps(cfg), ctx.cfg.redacted())
+    ctx.run.finish_if_complete(required_steps(cfg.classify.enabled), ctx.cfg.redacted())
     return metrics
 
 
@@ -425,10 +483,45 @@ def _reuse_or_encode(ctx: RunContext, prepared: PreparedData, trained: TrainedMo
 
 
 def run_all(ctx: RunContext, resume: bool = False) -> dict[str, Any]:
-    """Every step in one process, handing data over in memory."""
-    prepared = prepare(ctx)
-    trained = train(ctx, prepared, resume=resume)
-    embeddings = evaluate(ctx, prepared, trained)
-    if ctx.cfg.classify.enabled:
+    """Every step in one process, handing data over in memory. A rerun continues where the last
+    attempt stopped: steps it finished are taken over from the run's storage, not redone."""
+    done = reusable_steps(ctx)
+    for step in sorted(done, key=STEPS.index):
+        ctx.log(step.name).info("step already done; reusing what it recorded")
+    prepared = load_prepared(ctx, TRAIN) if PREPARE in done else prepare(ctx)
+    trained = _take_over_model(ctx) if TRAIN in done else train(ctx, prepared, resume=resume)
+    embeddings = _load_embeddings(ctx) if EVALUATE in done else evaluate(ctx, prepared, trained)
+    if ctx.cfg.classify.enabled and CLASSIFY not in done:
         classify(ctx, prepared, trained, embeddings)
+    if not ctx.run.is_finished():  # every step was taken over: the last attempt stopped before the manifest
+        ctx.run.finish_if_complete(required_steps(ctx.cfg.classify.enabled), ctx.cfg.redacted())
     return ctx.run.read_json("metrics.json")
+
+
+def _take_over_model(ctx: RunContext) -> TrainedModel:
+    # A stop right after train recorded itself leaves the checkpoints it was about to delete.
+    ctx.run.store.delete_prefix("checkpoints/")
+    return fetch_model(ctx, EVALUATE)
+
+
+def run_step(ctx: RunContext, name: str, resume: bool = False) -> None:
+    """One command of the CLI: `run`, or one step on its own, reading what it needs from the run's
+    storage. A step already done with this config and these inputs is not redone (an orchestrator's
+    retry after the step recorded itself must not train again: the checkpoints are gone)."""
+    if name == "run":
+        run_all(ctx, resume=resume)
+        return
+    step = next(s for s in STEPS if s.name == name)
+    if not ctx.force:  # --force redoes the step whatever it recorded
+        ctx.run.refuse_if_finished(force=False)
+        if is_done(ctx, step):
+            ctx.log(step.name).info("step already done; nothing to do")
+            return
+    if step is PREPARE:
+        prepare(ctx)
+    elif step is TRAIN:
+        train(ctx, load_prepared(ctx, step), resume=resume)
+    elif step is EVALUATE:
+        evaluate(ctx, load_prepared(ctx, step), fetch_model(ctx, step))
+    elif step is CLASSIFY:
+        classify(ctx, load_prepared(ctx, step), fetch_model(ctx, step))

@@ -3,22 +3,33 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import matplotlib
+import numpy as np
+from sklearn.metrics import precision_recall_curve, roc_curve
 
-matplotlib.use("Agg")  # no display in a pod
+from job.evaluate import THRESHOLD_GRID, PairScores, f1_curve
 
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from sklearn.metrics import precision_recall_curve, roc_curve  # noqa: E402
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
-from job.evaluate import THRESHOLD_GRID, PairScores, f1_curve  # noqa: E402
+
+def _pyplot() -> Any:
+    """matplotlib, imported at the first figure: it reads MPLCONFIGDIR when imported, which the
+    job sets from runtime.cache_dir only once the config is loaded (environment.use_cache_dir)."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display in a pod
+    import matplotlib.pyplot as plt
+
+    return plt
+
 
 MODELS = (("base", "tab:gray"), ("finetuned", "tab:blue"))
 
 
-def _save(fig: plt.Figure, path: Path) -> Path:
+def _save(fig: Figure, path: Path) -> Path:
+    plt = _pyplot()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -27,6 +38,7 @@ def _save(fig: plt.Figure, path: Path) -> Path:
 
 
 def similarity_distributions(scores: dict[str, PairScores], path: Path) -> Path:
+    plt = _pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
     bins = np.linspace(-0.2, 1.0, 49)
     for ax, (name, _) in zip(axes, MODELS, strict=True):
@@ -41,6 +53,7 @@ def similarity_distributions(scores: dict[str, PairScores], path: Path) -> Path:
 
 
 def roc(scores: dict[str, PairScores], metrics: dict[str, dict], path: Path) -> Path:
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5, 5))
     for name, color in MODELS:
         fpr, tpr, _ = roc_curve(scores[name].label, scores[name].cosine)
@@ -52,6 +65,7 @@ def roc(scores: dict[str, PairScores], metrics: dict[str, dict], path: Path) -> 
 
 
 def precision_recall(scores: dict[str, PairScores], metrics: dict[str, dict], path: Path) -> Path:
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5, 5))
     for name, color in MODELS:
         precision, recall, _ = precision_recall_curve(scores[name].label, scores[name].cosine)
@@ -62,6 +76,7 @@ def precision_recall(scores: dict[str, PairScores], metrics: dict[str, dict], pa
 
 
 def f1_vs_threshold(scores: dict[str, PairScores], metrics: dict[str, dict], path: Path) -> Path:
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, color in MODELS:
         ax.plot(THRESHOLD_GRID, f1_curve(scores[name]), color=color, label=f"{name}")
@@ -73,6 +88,7 @@ def f1_vs_threshold(scores: dict[str, PairScores], metrics: dict[str, dict], pat
 
 
 def loss_curve(curve: list[dict[str, Any]], val_history: list[dict[str, Any]], path: Path) -> Path:
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     if curve:
         ax.plot([c["step"] for c in curve], [c["loss"] for c in curve], marker="o", ms=3, label="training loss")
@@ -88,6 +104,7 @@ def loss_curve(curve: list[dict[str, Any]], val_history: list[dict[str, Any]], p
 
 
 def confusion(matrix: np.ndarray, classes: list[str], path: Path) -> Path:
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(1.1 * len(classes) + 2.5, 1.0 * len(classes) + 2))
     ax.imshow(matrix, cmap="Blues")
     ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")

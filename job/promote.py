@@ -30,9 +30,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from job.artifacts import MANIFEST, METRICS, RunDir, check_run_id, to_json
+from job.artifacts import MANIFEST, METRICS, RunDir, check_run_id
 from job.config import LoadedConfig
 from job.errors import ConfigError, PromotionRefused, RunStateError, StorageError
+from job.jsonio import to_json
 from job.log import get_logger
 from job.storage import Store, Versioned, open_store, sha256_file
 

@@ -25,12 +25,6 @@ class Split:
     members: dict[str, list[str]]
     component: dict[str, int]
 
-    def split_of(self, ticket_id: str) -> str:
-        for name, ids in self.members.items():
-            if ticket_id in ids:
-                return name
-        raise KeyError(ticket_id)
-
     def lookup(self) -> dict[str, str]:
         return {tid: name for name, ids in self.members.items() for tid in ids}
 

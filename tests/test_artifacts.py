@@ -1,11 +1,62 @@
-"""Run-directory helpers."""
+"""The run directory's rules: which steps a step needs, what a redone step invalidates, and a
+manifest that is never written over a file that is not what its step recorded."""
 
 from __future__ import annotations
 
-from job.artifacts import from_jsonl, to_jsonl
+from pathlib import Path
+
+import pytest
+
+from job.artifacts import RunDir, StepTimer
+from job.errors import RunStateError
+from job.fingerprint import Fingerprint
+from job.steps import CLASSIFY, EVALUATE, PREPARE, STEPS, TRAIN, dependents, prerequisites, required_steps
+from job.storage import LocalStore
+
+PRINT = Fingerprint("c" * 64, {"data.tickets": "t" * 64})
 
 
-def test_jsonl_round_trips_texts_with_unicode_line_separators() -> None:
-    # A real dev ticket (MAPREDUCE-4554) holds U+2028; steps run in separate pods re-read it.
-    rows = [{"id": "a", "text": "first\u2028second\u2029third\x85fourth\r\nfifth"}, {"id": "b", "text": "x"}]
-    assert from_jsonl(to_jsonl(rows)) == rows
+def _recorded(run: RunDir, *steps: str) -> None:
+    for step in steps:
+        written = run.store.write_bytes(f"{step}/out.txt", f"{step} output".encode())
+        run.record_step(StepTimer(step, PRINT).record([written], {}))
+
+
+def test_steps_are_ordered_and_know_what_they_build_on() -> None:
+    assert [s.name for s in STEPS] == ["prepare", "train", "evaluate", "classify"]
+    assert prerequisites(CLASSIFY) == (PREPARE, TRAIN) and prerequisites(PREPARE) == ()
+    assert dependents(PREPARE) == (TRAIN, EVALUATE, CLASSIFY) and dependents(EVALUATE) == ()
+    assert required_steps(classify_enabled=False) == (PREPARE, TRAIN, EVALUATE)
+
+
+def test_a_step_needs_every_step_before_it_made_with_the_same_config(tmp_path: Path) -> None:
+    run = RunDir(LocalStore(tmp_path / "r"), "r")
+    with pytest.raises(RunStateError, match="step 'evaluate' of run r needs step 'prepare' first"):
+        run.begin_step(EVALUATE, force=False, config_sha256=PRINT.config_sha256)
+    _recorded(run, "prepare", "train")
+    run.begin_step(EVALUATE, force=False, config_sha256=PRINT.config_sha256)
+    with pytest.raises(RunStateError, match="step 'prepare' was made with another config"):
+        run.begin_step(EVALUATE, force=False, config_sha256="d" * 64)
+    run.begin_step(EVALUATE, force=True, config_sha256="d" * 64)  # told to: uses them anyway
+
+
+def test_redoing_a_step_drops_its_record_and_those_built_on_it(tmp_path: Path) -> None:
+    run = RunDir(LocalStore(tmp_path / "r"), "r")
+    _recorded(run, "prepare", "train", "evaluate", "classify")
+    run.begin_step(EVALUATE, force=False, config_sha256=PRINT.config_sha256)
+    assert [s.name for s in STEPS if run.step_record(s.name)] == ["prepare", "train", "classify"]
+    run.begin_step(TRAIN, force=False, config_sha256=PRINT.config_sha256)
+    assert [s.name for s in STEPS if run.step_record(s.name)] == ["prepare"]
+
+
+def test_a_file_changed_after_its_step_recorded_it_stops_the_manifest(tmp_path: Path) -> None:
+    run = RunDir(LocalStore(tmp_path / "r"), "r")
+    _recorded(run, "prepare", "train")
+    run.write_json("evaluate/metrics.json", {"finetuned": {}})
+    _recorded(run, "evaluate")
+    (tmp_path / "r" / "train" / "out.txt").write_text("cut")
+    with pytest.raises(RunStateError, match=r"train/out\.txt is missing or has the wrong size \(3 bytes, expected 12\)"):
+        run.finish_if_complete(required_steps(classify_enabled=False), {})
+    assert not run.is_finished()
+    (tmp_path / "r" / "train" / "out.txt").write_text("train output")
+    assert run.finish_if_complete(required_steps(classify_enabled=False), {}) and run.is_finished()

@@ -14,7 +14,7 @@ import io
 import json
 from typing import Any
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from job.config import RELATIONS, DataConfig
@@ -107,8 +107,9 @@ def test_valid_pairs_round_trip(rows: list[tuple[str, str, float]], fmt: str) ->
 # ---------------------------------------------------------------- anything else
 
 
-def _load(inputs: dict[str, tuple[str, bytes]], on_error: str) -> Corpus | None:
-    """build_corpus + require_enough; None when they refuse with an InputError (the only allowed failure)."""
+def _load(inputs: dict[str, tuple[str, bytes]], on_error: str) -> Corpus | InputError:
+    """build_corpus + require_enough: a Corpus whose counts add up, or an InputError (the only allowed
+    failure) that names only the given files; any other exception fails the test."""
     cfg = DataConfig(on_error=on_error)  # type: ignore[arg-type]
     try:
         corpus = build_corpus(inputs, cfg)
@@ -117,7 +118,7 @@ def _load(inputs: dict[str, tuple[str, bytes]], on_error: str) -> Corpus | None:
         assert str(exc)  # says something
         for problem in exc.problems:
             assert problem.file in {uri for uri, _ in inputs.values()}
-        return None
+        return exc
     for report in corpus.reports:
         assert report.rows == report.kept + report.duplicates_dropped + report.skipped
         assert report.skipped == len(report.problems)  # every row not kept is reported, once
@@ -128,6 +129,17 @@ def _load(inputs: dict[str, tuple[str, bytes]], on_error: str) -> Corpus | None:
 VALID_TICKETS = as_jsonl([{"id": f"T-{i}", "title": f"title {i}", "description": "d"} for i in range(6)])
 VALID_LINKS = as_jsonl([{"source": "T-0", "target": "T-1", "relation": "relates"},
                         {"source": "T-2", "target": "T-3", "relation": "duplicate"}])
+VALID_RECORDS = [json.loads(line) for line in VALID_TICKETS.splitlines()]
+VALID_LINK_RECORDS = [json.loads(line) for line in VALID_LINKS.splitlines()]
+VALID_ARRAYS = (json.dumps(VALID_RECORDS).encode(), json.dumps(VALID_LINK_RECORDS).encode())
+VALID_CSV = as_csv([{"id": f"T-{i}", "title": f"a, \"quoted\"\ntitle {i}"} for i in range(5)])
+
+
+def _whole_when_intact(result: Corpus | InputError, intact: bool) -> None:
+    """Intact inputs load in full: a loader refusing everything must not pass for a careful one."""
+    if intact:
+        assert isinstance(result, Corpus), f"valid inputs refused: {result}"
+        assert len(result.tickets) == 6 and len(result.links) == 2
 
 
 @st.composite
@@ -151,21 +163,29 @@ def mutated(draw: st.DrawFn, original: bytes) -> bytes:
 @settings(max_examples=300, deadline=None)
 @given(st.sampled_from(["jsonl", "json", "csv"]), st.binary(max_size=300), st.binary(max_size=300),
        st.sampled_from(["fail", "skip"]))
+@example("jsonl", VALID_TICKETS, VALID_LINKS, "fail")
+@example("json", *VALID_ARRAYS, "skip")
 def test_random_bytes_end_in_a_corpus_or_an_input_error(fmt: str, tickets: bytes, links: bytes, on_error: str) -> None:
-    _load({"tickets": (f"t.{fmt}", tickets), "links": (f"l.{fmt}", links)}, on_error)
+    result = _load({"tickets": (f"t.{fmt}", tickets), "links": (f"l.{fmt}", links)}, on_error)
+    _whole_when_intact(result, (tickets, links) in ((VALID_TICKETS, VALID_LINKS), VALID_ARRAYS))
 
 
 @settings(max_examples=300, deadline=None)
 @given(mutated(VALID_TICKETS), mutated(VALID_LINKS), st.sampled_from(["fail", "skip"]))
+@example(VALID_TICKETS, VALID_LINKS, "fail")
 def test_damaged_files_end_in_a_corpus_or_an_input_error(tickets: bytes, links: bytes, on_error: str) -> None:
-    _load({"tickets": ("t.jsonl", tickets), "links": ("l.jsonl", links)}, on_error)
+    result = _load({"tickets": ("t.jsonl", tickets), "links": ("l.jsonl", links)}, on_error)
+    _whole_when_intact(result, (tickets, links) == (VALID_TICKETS, VALID_LINKS))
 
 
 @settings(max_examples=150, deadline=None)
-@given(mutated(as_csv([{"id": f"T-{i}", "title": f"a, \"quoted\"\ntitle {i}"} for i in range(5)])),
-       st.sampled_from(["fail", "skip"]))
+@given(mutated(VALID_CSV), st.sampled_from(["fail", "skip"]))
+@example(VALID_CSV, "fail")
 def test_damaged_csv_ends_in_a_corpus_or_an_input_error(tickets: bytes, on_error: str) -> None:
-    _load({"tickets": ("t.csv", tickets), "links": ("l.jsonl", VALID_LINKS)}, on_error)
+    result = _load({"tickets": ("t.csv", tickets), "links": ("l.jsonl", VALID_LINKS)}, on_error)
+    if tickets == VALID_CSV:
+        assert isinstance(result, Corpus) and len(result.tickets) == 5, f"valid CSV refused: {result}"
+        assert result.tickets["T-0"].text.startswith('a, "quoted"')
 
 
 JSON_VALUES = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=10),
@@ -179,10 +199,12 @@ FIELDS = ["id", "title", "description", "category", "project", "created", "sourc
 @given(st.lists(st.dictionaries(st.sampled_from(FIELDS), JSON_VALUES), min_size=1, max_size=6),
        st.lists(st.dictionaries(st.sampled_from(FIELDS), JSON_VALUES), min_size=1, max_size=6),
        st.booleans(), st.sampled_from(["fail", "skip"]))
+@example(VALID_RECORDS, VALID_LINK_RECORDS, False, "fail")
 def test_any_json_value_in_any_field_is_checked(tickets: list[dict[str, Any]], second: list[dict[str, Any]],
                                                 pairs_mode: bool, on_error: str) -> None:
     first = json.dumps(tickets).encode()
     if pairs_mode:
         _load({"pairs": ("p.json", first), "relationship_pairs": ("r.json", json.dumps(second).encode())}, on_error)
     else:
-        _load({"tickets": ("t.json", first), "links": ("l.json", json.dumps(second).encode())}, on_error)
+        result = _load({"tickets": ("t.json", first), "links": ("l.json", json.dumps(second).encode())}, on_error)
+        _whole_when_intact(result, (tickets, second) == (VALID_RECORDS, VALID_LINK_RECORDS))

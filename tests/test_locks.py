@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from job.artifacts import to_json
 from job.errors import EXIT_TRANSIENT, RunInUse
+from job.jsonio import to_json
 from job.locks import process_start, refuse_if_locked, run_lock, this_machine
 from job.log import get_logger
 from job.storage import LocalStore, Store, open_store

@@ -5,7 +5,8 @@
   kubernetes-validate against each Kubernetes minor version from K8S_VERSIONS.
 - Argo objects: parsed into hera's models, generated from Argo Workflows' OpenAPI spec; those drop
   unknown keys silently, so the dump must equal the input. Each Argo pod template is also
-  validated as a Kubernetes Pod after parameter substitution.
+  validated as a Kubernetes Pod after parameter substitution, as the controller would run it
+  (the Workflow joined with the WorkflowTemplate it refers to, templateDefaults merged: tests/argo_spec.py).
 - yamllint over argo/ and k8s/.
 - Cross-checks a schema cannot do: container args parse with the real click CLI, FINETUNE_*
   variables are real config keys, names (ConfigMap, Secret, ServiceAccount, images) agree, every
@@ -34,6 +35,8 @@ from pydantic import BaseModel
 
 from job.cli import main as cli
 from job.config import load_config
+from job.steps import STEP_NAMES
+from tests.argo_spec import executed_spec, pod_tasks
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -46,6 +49,7 @@ K8S_VERSIONS = [f"1.{minor}" for minor in range(27, 38)]
 ARGO_MODELS: dict[str, type[BaseModel]] = {"Workflow": Workflow, "WorkflowTemplate": WorkflowTemplate,
                                            "CronWorkflow": CronWorkflow}
 ARGO_FILES = ["finetune.yaml", "finetune-template.yaml", "finetune-cron.yaml"]
+ARGO_RUNNABLE = ["finetune.yaml", "finetune-template.yaml"]  # submitted as they are (the cron runs the template)
 YAMLLINT_CONFIG = "{extends: default, rules: {line-length: {max: 120}, truthy: {allowed-values: ['true', 'false']}}}"
 QUANTITY = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei|[eE][+-]?\d+)?$")
 RETRY_POLICIES = {"Always", "OnFailure", "OnError", "OnTransientError"}
@@ -109,10 +113,10 @@ def substitute(value: Any, variables: dict[str, str]) -> Any:
 
 
 def argo_pods(name: str) -> Iterator[tuple[str, str, dict[str, Any]]]:
-    """(template, command, Pod) for every task of the entrypoint DAG, as the controller would create it."""
-    spec = argo(name)["spec"]
+    """(template, command, Pod) for every pod task of the entrypoint DAG, as the controller would create it."""
+    spec = executed_spec(argo(name)["spec"])
     templates = {t["name"]: t for t in spec["templates"]}
-    for task in templates[spec["entrypoint"]]["dag"]["tasks"]:
+    for task in pod_tasks(spec):
         template = templates[task["template"]]
         variables = defaults(spec)
         given = {p["name"]: p["value"] for p in task.get("arguments", {}).get("parameters", [])}
@@ -184,7 +188,7 @@ def test_overlay_renders_the_expected_objects(rendered: dict[str, list[dict[str,
 def test_kubernetes_objects_validate_strictly(rendered: dict[str, list[dict[str, Any]]], version: str) -> None:
     docs = [(overlay, d) for overlay in OVERLAYS for d in rendered[overlay]]
     docs.append(("secret.example.yaml", yaml.safe_load((K8S / "base" / "secret.example.yaml").read_text())))
-    docs += [(f"argo/{name}", pod) for name in ("finetune.yaml", "finetune-template.yaml") for _, _, pod in argo_pods(name)]
+    docs += [(f"argo/{name}", pod) for name in ARGO_RUNNABLE for _, _, pod in argo_pods(name)]
     failures = []
     for where, doc in docs:
         try:
@@ -205,7 +209,7 @@ def test_argo_objects_parse_without_dropping_fields(name: str) -> None:
 
 def test_every_resource_quantity_is_a_kubernetes_quantity(rendered: dict[str, list[dict[str, Any]]]) -> None:
     pods = [spec for overlay in OVERLAYS for _, spec in pod_specs(rendered[overlay])]
-    pods += [pod["spec"] for name in ("finetune.yaml", "finetune-template.yaml") for _, _, pod in argo_pods(name)]
+    pods += [pod["spec"] for name in ARGO_RUNNABLE for _, _, pod in argo_pods(name)]
     for spec in pods:
         for container in containers(spec):
             for bound in ("requests", "limits"):
@@ -219,21 +223,25 @@ def test_every_resource_quantity_is_a_kubernetes_quantity(rendered: dict[str, li
 # ---------------------------------------------------------------- the Argo workflows
 
 
-def test_workflow_and_template_share_their_step_templates() -> None:
-    workflow, template = argo("finetune.yaml")["spec"], argo("finetune-template.yaml")["spec"]
-    steps = {t["name"]: t for t in workflow["templates"] if "dag" not in t}
-    assert steps == {t["name"]: t for t in template["templates"] if "dag" not in t}, "step templates drifted apart"
-    shared = {k: v for k, v in workflow.items() if k != "templates"}
-    assert shared == {k: v for k, v in template.items() if k != "templates"}, "workflow settings drifted apart"
-    dag = {t["name"]: t for t in next(t for t in workflow["templates"] if "dag" in t)["dag"]["tasks"]}
-    scheduled = {t["name"]: t for t in next(t for t in template["templates"] if "dag" in t)["dag"]["tasks"]}
-    assert scheduled.pop("promote")["depends"] == "evaluate && classify"
-    assert dag == scheduled
+def test_the_workflow_runs_the_one_dag_of_the_template() -> None:
+    """One DAG to edit: the Workflow refers to the WorkflowTemplate and picks its promote-free entrypoint."""
+    workflow, template = argo("finetune.yaml"), argo("finetune-template.yaml")
+    assert workflow["spec"]["workflowTemplateRef"]["name"] == template["metadata"]["name"]
+    assert set(workflow["spec"]) == {"workflowTemplateRef", "entrypoint"}, "settings belong in the template"
+    dags = [t for t in template["spec"]["templates"] if "dag" in t]
+    step_dags = [t for t in dags if {task["name"] for task in t["dag"]["tasks"]} >= set(STEP_NAMES)]
+    assert len(step_dags) == 1, "the steps are in exactly one DAG"
+    assert workflow["spec"]["entrypoint"] == step_dags[0]["name"]
+    scheduled = {t["name"]: t for t in next(t for t in dags if t["name"] == template["spec"]["entrypoint"])["dag"]["tasks"]}
+    assert scheduled["finetune"]["template"] == step_dags[0]["name"] and scheduled["promote"]["depends"] == "finetune"
+    assert [t["arguments"]["parameters"][0]["value"] for t in pod_tasks(executed_spec(template["spec"]))] == [
+        *STEP_NAMES, "promote"]
 
 
-def test_dag_is_prepare_train_then_evaluate_and_classify_in_parallel() -> None:
-    spec = argo("finetune.yaml")["spec"]
-    tasks = {t["name"]: t for t in next(t for t in spec["templates"] if t["name"] == spec["entrypoint"])["dag"]["tasks"]}
+@pytest.mark.parametrize("name", ARGO_RUNNABLE)
+def test_dag_is_prepare_train_then_evaluate_and_classify_in_parallel(name: str) -> None:
+    spec = executed_spec(argo(name)["spec"])
+    tasks = {t["name"]: t for t in pod_tasks(spec) if t["name"] in STEP_NAMES}
     assert {n: t.get("depends") for n, t in tasks.items()} == {
         "prepare": None, "train": "prepare", "evaluate": "train", "classify": "train"}
     assert {n: t["arguments"]["parameters"][0]["value"] for n, t in tasks.items()} == {n: n for n in tasks}
@@ -253,9 +261,9 @@ def test_cron_workflow_schedules_the_template_weekly_without_overlap() -> None:
     assert {p["name"] for p in spec["workflowSpec"]["arguments"]["parameters"]} <= declared
 
 
-@pytest.mark.parametrize("name", ["finetune.yaml", "finetune-template.yaml"])
+@pytest.mark.parametrize("name", ARGO_RUNNABLE)
 def test_workflow_settings(name: str) -> None:
-    spec = argo(name)["spec"]
+    spec = executed_spec(argo(name)["spec"])
     params = {p["name"]: p["value"] for p in spec["arguments"]["parameters"]}
     assert params["run-id"] == "{{workflow.name}}"
     assert {"image", "gpu-image", "config-map", "s3-secret", "tickets", "links", "output"} <= set(params)
@@ -271,7 +279,7 @@ def test_workflow_settings(name: str) -> None:
         assert int(template["activeDeadlineSeconds"]) > 0
 
 
-@pytest.mark.parametrize("name", ["finetune.yaml", "finetune-template.yaml"])
+@pytest.mark.parametrize("name", ARGO_RUNNABLE)
 def test_only_training_asks_for_a_gpu(name: str) -> None:
     for template, command, pod in argo_pods(name):
         spec = pod["spec"]
@@ -309,7 +317,7 @@ def k8s_containers(rendered: dict[str, list[dict[str, Any]]]) -> Iterator[tuple[
 
 
 def argo_containers() -> Iterator[tuple[str, dict[str, Any], dict[str, Any]]]:
-    for name in ("finetune.yaml", "finetune-template.yaml"):
+    for name in ARGO_RUNNABLE:
         for template, command, pod in argo_pods(name):
             yield f"argo/{name}/{template}:{command}", pod["spec"], pod["spec"]["containers"][0]
 
@@ -378,12 +386,12 @@ def test_environment_names_are_real_config_keys_and_secrets_come_from_secrets(
 
 
 def test_names_agree_across_argo_kustomize_and_the_images(rendered: dict[str, list[dict[str, Any]]]) -> None:
-    params = {p["name"]: p["value"] for p in argo("finetune.yaml")["spec"]["arguments"]["parameters"]}
+    params = {p["name"]: p["value"] for p in argo("finetune-template.yaml")["spec"]["arguments"]["parameters"]}
     for overlay in OVERLAYS:
         docs = rendered[overlay]
         assert [d["metadata"]["name"] for d in by_kind(docs, "ConfigMap")] == [params["config-map"]]
         assert [d["metadata"]["name"] for d in by_kind(docs, "ServiceAccount")] == [
-            argo("finetune.yaml")["spec"]["serviceAccountName"]]
+            argo("finetune-template.yaml")["spec"]["serviceAccountName"]]
         for where, _, container in k8s_containers({overlay: docs}):
             refs = {e["valueFrom"]["secretKeyRef"]["name"] for e in container["env"] if "secretKeyRef" in e.get("valueFrom", {})}
             assert refs == {params["s3-secret"]}, where

@@ -8,11 +8,12 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from job.artifacts import from_jsonl
+from job.jsonio import from_jsonl
 from tests.conftest import CLI, OFFLINE_MODEL, TINY, merged, run_cli, write_config
 from tests.s3server import SECRET_KEY, S3Server
 
@@ -147,6 +148,13 @@ def _start_run(config: Path, run_id: str) -> subprocess.Popen[str]:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+def _wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"gave up waiting for {what} after {timeout}s"
+        time.sleep(0.05)
+
+
 def _wait_for_event(process: subprocess.Popen[str], event: str, timeout: float) -> list[dict]:
     seen = []
     deadline = time.monotonic() + timeout
@@ -222,11 +230,149 @@ def test_sigkill_leaves_an_unfinished_run_that_a_rerun_completes(tmp_path: Path,
         process.kill()
     run = tmp_path / "runs" / "kill"
     assert not (run / "manifest.json").exists(), "a killed run never looks finished"
-    assert (run / "locks" / "run.lock").exists(), "the killed process could not release its lock"
-    time.sleep(5)  # past lock_ttl_s: the dead process's lock is stale
+    lock = run / "locks" / "run.lock"
+    assert lock.exists(), "the killed process could not release its lock"
+    # Past lock_ttl_s (4 s) since the dead process's last heartbeat: its lock is stale.
+    _wait_until(lambda: time.time() - json.loads(lock.read_text())["heartbeat"] > 4.5, timeout=60,
+                what="the killed process's lock to go stale")
     rerun = run_cli("run", "--config", str(config), "--run-id", "kill")
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert "taking over a stale lock" in rerun.stdout
     manifest = json.loads((run / "manifest.json").read_text())
     assert {"model/model.safetensors", "metrics.json"} <= {f["path"] for f in manifest["files"]}
     assert json.loads((run / "train" / "history.json").read_text())["global_step"] == 8
+
+
+# ---------------------------------------------------------------- a rerun continues where the last one stopped
+
+
+def _records(run: Path) -> dict[str, bytes]:
+    """Each recorded step's record, byte for byte (a redone step writes a new one: new times, new timings)."""
+    return {p.stem: p.read_bytes() for p in sorted((run / "steps").glob("*.json"))} if (run / "steps").exists() else {}
+
+
+def _stop_when(config: Path, run_id: str, ready: Callable[[], bool], log: Path) -> tuple[int, str]:
+    """Start `run`, send SIGTERM as soon as `ready()` holds; returns the exit code and the JSON log."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FINETUNE_", "AWS_"))}
+    env.update({"HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"})
+    with log.open("w") as out:
+        process = subprocess.Popen([CLI, "run", "--config", str(config), "--run-id", run_id], env=env, stdout=out,
+                                   stderr=subprocess.STDOUT, text=True)
+        try:
+            _wait_until(lambda: ready() or process.poll() is not None, timeout=600, what="the step to start")
+            process.send_signal(signal.SIGTERM)
+            process.wait(timeout=120)
+        finally:
+            process.kill()
+    return process.returncode, log.read_text()
+
+
+def _events(log: str, event: str) -> set[str]:
+    """The steps that logged `event`."""
+    found = set()
+    for line in log.splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if record.get("event") == event:
+            found.add(record.get("step"))
+    return found
+
+
+@pytest.mark.slow
+def test_a_run_stopped_in_each_step_is_finished_by_reruns_that_redo_nothing(tmp_path: Path, synthetic_dir: Path) -> None:
+    """SIGTERM in prepare, then in train, evaluate and classify of the reruns: each rerun takes the
+    finished steps over from storage (their records untouched) and does only what was left."""
+    config = _local_config(tmp_path, synthetic_dir, train={"max_pairs": 16})
+    run = tmp_path / "runs" / "stops"
+    done = {"prepare": "prepare done", "train": "train done", "evaluate": "metrics", "classify": "classifier"}
+    stops = [  # (step the rerun is stopped in, when it is surely in it)
+        ("prepare", lambda: '"inputs loaded"' in (tmp_path / "attempt-0.log").read_text()),
+        ("train", lambda: (run / "steps" / "prepare.json").exists()),
+        ("evaluate", lambda: (run / "steps" / "train.json").exists()),
+        ("classify", lambda: (run / "steps" / "evaluate.json").exists()),
+    ]
+    before: dict[str, bytes] = {}
+    for attempt, (step, ready) in enumerate(stops):
+        code, log = _stop_when(config, "stops", ready, tmp_path / f"attempt-{attempt}.log")
+        assert code == 75, f"stopping in {step}: exit {code}\n{log[-3000:]}"
+        earlier = [name for name, _ in stops[:attempt]]
+        assert _events(log, "step already done; reusing what it recorded") == set(earlier[:-1])
+        assert not {s for s in earlier[:-1] if s in _events(log, done[s])}, "a finished step was redone"
+        after = _records(run)
+        assert set(after) == set(earlier), f"stopped in {step}, but recorded {sorted(after)}"
+        assert {name: after[name] for name in before} == before, "a finished step's record was rewritten"
+        before = after
+    assert not (run / "checkpoints").exists() and (run / "model" / "model.safetensors").exists()
+
+    final = run_cli("run", "--config", str(config), "--run-id", "stops")
+    assert final.returncode == 0, final.stderr[-3000:]
+    assert _events(final.stdout, "step already done; reusing what it recorded") == {"prepare", "train", "evaluate"}
+    assert _events(final.stdout, "classifier") == {"classify"}
+    assert {name: _records(run)[name] for name in before} == before
+    meta = json.loads((run / "training_metadata.json").read_text())
+    assert set(meta["timings_s"]) == {"prepare", "train", "evaluate", "classify"}
+    assert (run / "manifest.json").exists()
+
+
+@pytest.mark.slow
+def test_a_rerun_refuses_steps_made_from_another_config_or_input_unless_forced(
+        tmp_path: Path, synthetic_dir: Path) -> None:
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    for name in ("tickets.jsonl", "links.jsonl"):
+        (inputs / name).write_bytes((synthetic_dir / name).read_bytes())
+    config = _local_config(tmp_path, inputs, pairs={"mine_hard_negatives": False})
+    run = tmp_path / "runs" / "changed"
+    assert run_cli("prepare", "--config", str(config), "--run-id", "changed").returncode == 0
+    recorded = _records(run)
+    fingerprint = json.loads(recorded["prepare"])["fingerprint"]
+    assert set(fingerprint["inputs_sha256"]) == {"data.tickets", "data.links"} and fingerprint["config_sha256"]
+
+    again = run_cli("prepare", "--config", str(config), "--run-id", "changed")
+    assert again.returncode == 0 and "step already done; nothing to do" in again.stdout
+    # Another thread count or log format does not change what a step makes: still the same run.
+    threads = run_cli("prepare", "--config", str(config), "--run-id", "changed", "--set", "runtime.threads=1")
+    assert threads.returncode == 0 and "step already done; nothing to do" in threads.stdout
+    assert _records(run) == recorded
+
+    other_config = run_cli("run", "--config", str(config), "--run-id", "changed", "--set", "pairs.negatives_per_positive=1")
+    assert other_config.returncode == 2, other_config.stderr[-2000:]
+    assert "step 'prepare' of run changed cannot be reused: the config changed." in other_config.stderr
+    assert "--force" in other_config.stderr and "Traceback" not in other_config.stderr
+
+    with (inputs / "tickets.jsonl").open("a") as handle:
+        handle.write(json.dumps({"id": "NEW-1", "title": "one more ticket", "description": "x"}) + "\n")
+    other_input = run_cli("run", "--config", str(config), "--run-id", "changed")
+    assert other_input.returncode == 2, other_input.stderr[-2000:]
+    assert "cannot be reused: input data.tickets changed." in other_input.stderr and "data.links" not in other_input.stderr
+    assert str(inputs) not in other_input.stderr, "the message names the setting, not the address"
+    assert _records(run) == recorded, "a refused rerun touches nothing"
+
+    forced = run_cli("prepare", "--config", str(config), "--run-id", "changed", "--force")
+    assert forced.returncode == 0, forced.stderr[-2000:]
+    redone = json.loads(_records(run)["prepare"])["fingerprint"]
+    assert redone["inputs_sha256"]["data.tickets"] != fingerprint["inputs_sha256"]["data.tickets"]
+
+
+@pytest.mark.parametrize("kind", ["symlink", "file"])
+def test_a_run_id_naming_a_symlink_or_a_file_in_a_local_output_is_refused(
+        tmp_path: Path, synthetic_dir: Path, kind: str) -> None:
+    config = _local_config(tmp_path, synthetic_dir, pairs={"mine_hard_negatives": False})
+    output, elsewhere = tmp_path / "runs", tmp_path / "elsewhere"
+    output.mkdir()
+    elsewhere.mkdir()
+    if kind == "symlink":
+        (output / "SYM").symlink_to(elsewhere, target_is_directory=True)
+        run_id = "SYM"
+    else:
+        (output / "promoted.json").write_text("{}")
+        run_id = "promoted.json"
+    result = run_cli("prepare", "--config", str(config), "--run-id", run_id)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    assert ("symbolic link" if kind == "symlink" else "not a run directory") in result.stderr
+    assert str(elsewhere) not in result.stderr
+    assert not list(elsewhere.iterdir()), "nothing written through the link"
+    assert (output / "promoted.json").read_text() == "{}" if kind == "file" else True

@@ -20,9 +20,9 @@ from typing import Any
 
 import pytest
 
-from job.artifacts import to_json
 from job.config import LoadedConfig, load_config
 from job.errors import EXIT_NOT_PROMOTED, EXIT_OK, ConfigError, PromotionRefused, RunStateError
+from job.jsonio import to_json
 from job.promote import promote
 from job.storage import Store, open_store
 from tests.conftest import CLI, run_cli
