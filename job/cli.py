@@ -113,7 +113,7 @@ def _execute(step: str, action: Callable[[], Any]) -> None:
     except Exception as exc:  # a bug: keep the traceback for the report
         log = get_logger(step=step)
         log.error("unexpected error", error=str(exc), error_type=type(exc).__name__)
-        traceback.print_exc()
+        click.echo(redact(traceback.format_exc(), _known_secrets()), err=True, nl=False)
         sys.exit(exit_code_for(exc))
 
 
