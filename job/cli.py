@@ -15,7 +15,7 @@ from typing import Any
 import click
 
 from job.config import LoadedConfig, describe_sources, load_config
-from job.errors import EXIT_BAD_INPUT, EXIT_OK, Interrupted, JobError, exit_code_for
+from job.errors import EXIT_BAD_INPUT, EXIT_OK, ConfigError, Interrupted, JobError, exit_code_for
 from job.log import configure_logging, get_logger, redact
 
 
@@ -23,14 +23,16 @@ def _overrides(output: str | None, base_model: str | None, epochs: int | None, m
                seed: int | None, settings: tuple[str, ...]) -> dict[str, Any]:
     values: dict[str, Any] = {"output.uri": output, "model.base": base_model, "train.epochs": epochs,
                               "train.max_pairs": max_pairs, "train.seed": seed}
-    for item in settings:
+    for number, item in enumerate(settings, start=1):
         key, sep, value = item.partition("=")
-        if not sep:
-            raise click.BadParameter(f"expected KEY=VALUE, got {item!r}", param_hint="--set")
+        if not sep:  # the text is not quoted: it may be a secret typed with ':' for '='
+            raise ConfigError(f"--set number {number} has no '=': expected KEY=VALUE")
         try:
             values[key.strip()] = json.loads(value)
         except json.JSONDecodeError:
             values[key.strip()] = value
+        except RecursionError:
+            raise ConfigError(f"--set {key.strip()}: the value is JSON nested too deeply") from None
     return values
 
 

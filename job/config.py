@@ -452,6 +452,8 @@ def env_overrides(environ: Mapping[str, str]) -> dict[str, tuple[str, Any]]:
                 value = json.loads(value)
             except json.JSONDecodeError as exc:
                 raise ConfigError(f"environment variable {name}: invalid JSON: {exc.msg}") from exc
+            except RecursionError:
+                raise ConfigError(f"environment variable {name}: JSON nested too deeply") from None
         found[key] = (name, value)
     return found
 
