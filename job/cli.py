@@ -17,7 +17,7 @@ import click
 
 from job.config import LoadedConfig, describe_sources, load_config
 from job.environment import use_cache_dir
-from job.errors import EXIT_BAD_INPUT, EXIT_OK, Interrupted, JobError, exit_code_for
+from job.errors import EXIT_BAD_INPUT, EXIT_OK, ConfigError, Interrupted, JobError, exit_code_for
 from job.log import configure_logging, get_logger, redact
 from job.steps import STEP_NAMES, STEPS, TRAIN
 
@@ -26,14 +26,16 @@ def _overrides(output: str | None, base_model: str | None, epochs: int | None, m
                seed: int | None, settings: tuple[str, ...]) -> dict[str, Any]:
     values: dict[str, Any] = {"output.uri": output, "model.base": base_model, "train.epochs": epochs,
                               "train.max_pairs": max_pairs, "train.seed": seed}
-    for item in settings:
+    for number, item in enumerate(settings, start=1):
         key, sep, value = item.partition("=")
-        if not sep:
-            raise click.BadParameter(f"expected KEY=VALUE, got {item!r}", param_hint="--set")
+        if not sep:  # the text is not quoted: it may be a secret typed with ':' for '='
+            raise ConfigError(f"--set number {number} has no '=': expected KEY=VALUE")
         try:
             values[key.strip()] = json.loads(value)
         except json.JSONDecodeError:
             values[key.strip()] = value
+        except RecursionError:
+            raise ConfigError(f"--set {key.strip()}: the value is JSON nested too deeply") from None
     return values
 
 
@@ -113,7 +115,7 @@ def _execute(step: str, action: Callable[[], Any]) -> None:
     except Exception as exc:  # a bug: keep the traceback for the report
         log = get_logger(step=step)
         log.error("unexpected error", error=str(exc), error_type=type(exc).__name__)
-        traceback.print_exc()
+        click.echo(redact(traceback.format_exc(), _known_secrets()), err=True, nl=False)
         sys.exit(exit_code_for(exc))
 
 

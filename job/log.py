@@ -8,6 +8,7 @@ steady rate, plus a tqdm bar when stderr is a terminal.
 from __future__ import annotations
 
 import logging
+import re
 import sys
 import time
 from collections.abc import Iterable
@@ -16,6 +17,9 @@ from typing import Any
 import structlog
 
 REDACTED = "***"
+# scheme://userinfo@ : a URL carrying credentials (an endpoint through a proxy, in botocore's error text).
+# The userinfo runs to the last '@' before the host's path, a quote, a space or a bracket.
+_URL_USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.-]*://)[^/\s\"'<>()\[\]]*@")
 
 
 def _secret_values(secrets: Iterable[str]) -> list[str]:
@@ -23,14 +27,19 @@ def _secret_values(secrets: Iterable[str]) -> list[str]:
     return sorted({s for s in secrets if s and len(s) >= 4}, key=len, reverse=True)
 
 
+def redact_url_userinfo(text: str) -> str:
+    """`text` with the credentials of every URL in it (`http://user:pass@host`) replaced by '***'."""
+    return _URL_USERINFO.sub(lambda m: f"{m.group('scheme')}{REDACTED}@", text) if "@" in text else text
+
+
 def _replace_all(text: str, values: list[str]) -> str:
     for secret in values:
         text = text.replace(secret, REDACTED)
-    return text
+    return redact_url_userinfo(text)
 
 
 def redact(text: str, secrets: Iterable[str]) -> str:
-    """`text` with every known secret value replaced by '***'."""
+    """`text` with every known secret value, and the credentials in any URL, replaced by '***'."""
     return _replace_all(text, _secret_values(secrets))
 
 
@@ -47,13 +56,26 @@ def _redactor(secrets: Iterable[str]) -> Any:
         return value
 
     def processor(_logger: Any, _method: str, event: dict[str, Any]) -> dict[str, Any]:
-        return scrub(event) if values else event
+        return scrub(event)
 
     return processor
 
 
+class _RedactingFilter(logging.Filter):
+    """Libraries' own log records (botocore, urllib3 warnings on stderr) get the same redaction."""
+
+    def __init__(self, secrets: Iterable[str]) -> None:
+        super().__init__()
+        self.values = _secret_values(secrets)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg, record.args = _replace_all(record.getMessage(), self.values), None
+        return True
+
+
 def configure_logging(log_format: str = "auto", secrets: Iterable[str] = (), stream: Any = None) -> None:
     """Set up structlog once per process. `log_format`: auto (JSON unless a terminal), json, console."""
+    secrets = list(secrets)
     stream = stream or sys.stdout
     use_json = log_format == "json" or (log_format == "auto" and not stream.isatty())
     renderer: Any = structlog.processors.JSONRenderer() if use_json else structlog.dev.ConsoleRenderer(colors=False)
@@ -72,6 +94,10 @@ def configure_logging(log_format: str = "auto", secrets: Iterable[str] = (), str
     )
     # Libraries' own chatter (transformers, urllib3) stays at warnings, on stderr.
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+    for handler in logging.getLogger().handlers:
+        for old in [f for f in handler.filters if isinstance(f, _RedactingFilter)]:
+            handler.removeFilter(old)
+        handler.addFilter(_RedactingFilter(secrets))
     for noisy in ("transformers", "sentence_transformers", "datasets", "urllib3", "botocore", "filelock", "httpx"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
 

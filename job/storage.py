@@ -26,8 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, Protocol, TypeVar
 
-from job.config import StorageConfig
+from job.config import MAX_INPUT_BYTES, StorageConfig
 from job.errors import ConfigError, StorageError
+from job.localfile import FileRefused, read_regular_file
 
 CHUNK = 1 << 20
 T = TypeVar("T")
@@ -676,7 +677,9 @@ def read_uri(uri: str, cfg: StorageConfig, client: Any = None) -> bytes:
         return S3Store(client or make_s3_client(cfg), bucket, parent, cfg).read_bytes(name)
     path = local_path(uri)
     try:
-        return path.read_bytes()
+        return read_regular_file(path, MAX_INPUT_BYTES)  # not /dev/zero, a FIFO, or more than memory holds
+    except FileRefused as exc:
+        raise StorageError(f"cannot read input {exc}", transient=False) from None
     except FileNotFoundError:
         raise StorageError(f"input not found: {path}", transient=False) from None
     except OSError as exc:

@@ -211,12 +211,17 @@ def choose_precision(requested: str) -> str:
 
 
 def latest_checkpoint(store: Store) -> str | None:
-    """Newest checkpoint whose upload completed (its COMPLETE marker exists)."""
+    """Newest checkpoint whose upload completed (its COMPLETE marker exists).
+
+    Only folders named as the trainer names them (`checkpoint-<step>`) count; anything else in the
+    folder (`checkpoint-abc`, copied in by hand) is not a checkpoint of this run and is skipped.
+    """
     steps = []
     for key, _ in store.list_keys(f"{CHECKPOINTS}/"):
         parts = key.split("/")
-        if len(parts) == 3 and parts[2] == COMPLETE and parts[1].startswith("checkpoint-"):
-            steps.append((int(parts[1].split("-")[1]), parts[1]))
+        step = parts[1].removeprefix("checkpoint-") if len(parts) == 3 and parts[2] == COMPLETE else ""
+        if step.isascii() and step.isdigit() and parts[1] != step:
+            steps.append((int(step), parts[1]))
     return max(steps)[1] if steps else None
 
 

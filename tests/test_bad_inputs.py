@@ -32,7 +32,7 @@ REPORT_LINE = re.compile(r"^(?P<file>\S+): (?P<rows>\d+) rows, (?P<kept>\d+) kep
 
 
 def _invocations(case: Case, folder: Path) -> dict[str, tuple[list[str], Path, dict[str, str]]]:
-    base = ["--config", case.config_path]
+    base = ["--config", case.config_path, *case.args]
     # A refused run must stop before the model: point model.base at nothing and turn mining on, so
     # reaching for the model would fail with a different message than the one the case expects.
     never_loaded = ["--set", f"model.base={NEVER_LOADED}", "--set", "pairs.mine_hard_negatives=true"]

@@ -1,10 +1,11 @@
 """Secrets stay secret, nothing is unpickled, paths cannot escape, and the job needs no writable home.
 
 - Sentinel secrets in the environment (AWS_SECRET_ACCESS_KEY, FINETUNE_STORAGE__SECRET_ACCESS_KEY),
-  in the config file (storage.secret_access_key) and the real S3 credentials never appear in
-  anything a run writes: stdout, stderr, `finetune-job config`, training_metadata.json,
-  metrics, every object under the run, every file in its work and cache dirs, and the
-  messages of runs that fail (bad credentials, a typo in a secret's key, broken YAML).
+  in the config file (storage.secret_access_key), in the endpoint URL (http://user:pass@host)
+  and the real S3 credentials never appear in anything a run writes: stdout, stderr,
+  `finetune-job config`, training_metadata.json, metrics, every object under the run, every
+  file in its work and cache dirs, and the messages of runs that fail (bad credentials, a typo
+  in a secret's key in a file or a --set flag, broken YAML, S3 unreachable).
 - No pickle: the package neither imports pickle-like modules nor loads with them, and a
   finished run holds no pickled file.
 - Run ids and keys are checked: `--run-id ../x`, absolute paths and '..' exit 2 and write
@@ -23,6 +24,7 @@ from __future__ import annotations
 import ast
 import json
 import shutil
+import socket
 import subprocess
 import tempfile
 import zipfile
@@ -42,7 +44,14 @@ from tests.s3server import ACCESS_KEY, SECRET_KEY, S3Server
 ENV_SECRET = "env-sentinel-5c1d9e7a0b"  # AWS_SECRET_ACCESS_KEY in the environment
 SETTINGS_SECRET = "settings-sentinel-4f2a8c"  # FINETUNE_STORAGE__SECRET_ACCESS_KEY
 WRONG_SECRET = "wrong-sentinel-93bd61f0"  # a secret S3 rejects
-SENTINELS = (SECRET_KEY, ENV_SECRET, SETTINGS_SECRET, WRONG_SECRET)
+URL_SECRET = "url-sentinel-e61b0a"  # the password in storage.endpoint_url (http://user:pass@host, a proxy)
+SENTINELS = (SECRET_KEY, ENV_SECRET, SETTINGS_SECRET, WRONG_SECRET, URL_SECRET)
+
+
+def with_userinfo(endpoint: str) -> str:
+    """`endpoint` with credentials in it, as a proxy in front of S3 is often configured."""
+    scheme, _, rest = endpoint.partition("://")
+    return f"{scheme}://proxy-user:{URL_SECRET}@{rest}"
 
 
 def leaks(data: bytes | str) -> list[str]:
@@ -104,7 +113,9 @@ def read_only_run(s3: S3Server, synthetic_dir: Path) -> Iterator[ReadOnlyRun]:
         env = cli_env({"HOME": str(home), "TMPDIR": str(scratch / "tmp"),
                        "FINETUNE_RUNTIME__WORK_DIR": str(scratch / "work"),
                        "FINETUNE_RUNTIME__CACHE_DIR": str(scratch / "cache"),
-                       "FINETUNE_STORAGE__ENDPOINT_URL": s3.endpoint,
+                       # botocore ignores the userinfo: the URL still reaches the server, and the run's
+                       # files and logs must show it only redacted.
+                       "FINETUNE_STORAGE__ENDPOINT_URL": with_userinfo(s3.endpoint),
                        "AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": ENV_SECRET})
         result = _sandboxed([CLI, "run", "--config", str(config_file), "--run-id", "secrets"], scratch, home, env, 900)
         probe = _sandboxed(["sh", "-c", f"touch {home}/x; touch {REPO}/x; touch /tmp/x-finetune"], scratch, home, env, 30)
@@ -146,6 +157,7 @@ def test_no_secret_in_any_byte_the_run_wrote(read_only_run: ReadOnlyRun) -> None
     metadata = json.loads(read_only_run.objects["runs/secrets/training_metadata.json"])
     assert metadata["config"]["storage"]["secret_access_key"] == "***"
     assert metadata["config"]["storage"]["access_key_id"] == "***"
+    assert metadata["config"]["storage"]["endpoint_url"].startswith("http://***@127.0.0.1:")
 
 
 def _pickled(name: str, data: bytes) -> bool:
@@ -192,6 +204,11 @@ def secret_runs(s3: S3Server, tmp_path_factory: pytest.TempPathFactory) -> dict[
     in_file = config("in-file", {"storage": {"access_key_id": ACCESS_KEY, "secret_access_key": SECRET_KEY}})
     wrong_in_file = config("wrong", {"storage": {"access_key_id": ACCESS_KEY, "secret_access_key": WRONG_SECRET}})
     plain = config("plain")
+    with socket.socket() as sock:  # a port nobody listens on: S3 unreachable
+        sock.bind(("127.0.0.1", 0))
+        closed_port = sock.getsockname()[1]
+    unreachable = {"FINETUNE_STORAGE__ENDPOINT_URL": with_userinfo(f"http://127.0.0.1:{closed_port}"),
+                   "FINETUNE_STORAGE__MAX_ATTEMPTS": "1", "AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY}
     runs: dict[str, tuple[list[str], Path, dict[str, str]]] = {
         "config-table": (["config", "--config", in_file], tmp, everywhere),
         "config-json": (["config", "--json", "--config", in_file], tmp, everywhere),
@@ -214,18 +231,41 @@ def secret_runs(s3: S3Server, tmp_path_factory: pytest.TempPathFactory) -> dict[
             f'storage:\n  secret_access_key: "{WRONG_SECRET}\n  region: [\n'))], tmp, s3_env),
         "secret-in-bad-env-json": (["run", "--config", plain], tmp,
                                    {**s3_env, "FINETUNE_STORAGE__SECRET_ACCESS_KEY": "{" + WRONG_SECRET}),
+        "config-url-credentials": (["config", "--config", plain], tmp,
+                                   {**s3_env, "FINETUNE_STORAGE__ENDPOINT_URL": with_userinfo(s3.endpoint)}),
+        "config-json-url-credentials": (["config", "--json", "--config", plain], tmp,
+                                        {**s3_env, "FINETUNE_STORAGE__ENDPOINT_URL": with_userinfo(s3.endpoint)}),
+        "unreachable-url-credentials": (["run", "--config", plain, "--set", "runtime.log_format=json"], tmp, unreachable),
+        "typo-in-secret-key-flag": (["config", "--config", plain, "--set", f"storage.secert_access_key={WRONG_SECRET}"],
+                                    tmp, s3_env),
+        "secret-under-a-wrong-name-flag": (["config", "--config", plain, "--set", f"storage.access_key={WRONG_SECRET}"],
+                                           tmp, s3_env),
     }
     return run_many(runs, tmp / "logs")
 
 
 def test_config_output_shows_where_secrets_come_from_but_never_their_value(secret_runs: dict[str, Outcome]) -> None:
-    for name in ("config-table", "config-json", "config-cli-flag"):
+    for name in ("config-table", "config-json", "config-cli-flag", "config-url-credentials",
+                 "config-json-url-credentials"):
         outcome = secret_runs[name]
         assert outcome.exit == 0, outcome.text[-2000:]
         assert not leaks(outcome.text), name
         assert "***" in outcome.stdout
     shown = json.loads(secret_runs["config-json"].stdout)
     assert shown["storage.secret_access_key"] == {"value": "***", "source": "env FINETUNE_STORAGE__SECRET_ACCESS_KEY"}
+    endpoint = json.loads(secret_runs["config-json-url-credentials"].stdout)["storage.endpoint_url"]["value"]
+    assert endpoint.startswith("http://***@127.0.0.1:"), endpoint
+
+
+def test_credentials_in_the_endpoint_url_stay_out_of_connection_errors(secret_runs: dict[str, Outcome]) -> None:
+    """S3 unreachable: botocore's error text quotes the endpoint URL, userinfo and all."""
+    outcome = secret_runs["unreachable-url-credentials"]
+    assert outcome.exit == 75, outcome.text[-2000:]
+    assert "Could not connect to the endpoint URL" in outcome.text and "http://***@127.0.0.1" in outcome.text
+    assert "Traceback" not in outcome.text
+    assert not leaks(outcome.text)
+    logged = [json.loads(line) for line in outcome.stdout.splitlines() if line.startswith("{")]
+    assert any(line.get("exit_code") == 75 for line in logged), outcome.stdout
 
 
 @pytest.mark.parametrize("name", ["wrong-env-secret", "wrong-settings-secret", "wrong-file-secret", "wrong-cli-secret"])
@@ -243,6 +283,8 @@ def test_runs_failing_on_bad_credentials_exit_2_without_the_secret(secret_runs: 
     ("secret-wrong-type", "storage.secret_access_key"),
     ("secret-on-broken-yaml-line", "invalid YAML"),
     ("secret-in-bad-env-json", "FINETUNE_STORAGE__SECRET_ACCESS_KEY: invalid JSON"),
+    ("typo-in-secret-key-flag", "unknown config key 'storage.secert_access_key'"),
+    ("secret-under-a-wrong-name-flag", "unknown config key 'storage.access_key'"),
 ])
 def test_config_errors_near_a_secret_do_not_quote_it(secret_runs: dict[str, Outcome], name: str, says: str) -> None:
     outcome = secret_runs[name]

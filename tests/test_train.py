@@ -139,3 +139,19 @@ def test_ranking_loss_gathers_negatives_across_devices_and_caches_on_request(
     assert loss.gather_across_devices is distributed
     assert isinstance(loss, CachedMultipleNegativesRankingLoss) is cached
     assert not cached or loss.mini_batch_size == mini_batch
+
+
+def test_only_trainer_named_complete_checkpoints_are_resumed_from(tmp_path: Path) -> None:
+    """A folder copied in by hand (`checkpoint-abc`, with a COMPLETE marker) crashed the resume with a
+    ValueError; it is not a checkpoint of this run, so it is skipped."""
+    from job.storage import LocalStore
+    from job.train import CHECKPOINTS, COMPLETE, latest_checkpoint
+
+    store = LocalStore(tmp_path)
+    for name in ("checkpoint-abc", "checkpoint-", "checkpoint-\u00b2", "checkpoint-7", "checkpoint-10"):
+        store.write_bytes(f"{CHECKPOINTS}/{name}/{COMPLETE}", b"")
+    store.write_bytes(f"{CHECKPOINTS}/checkpoint-12/model.safetensors", b"cut short: no marker")
+    assert latest_checkpoint(store) == "checkpoint-10"
+    store.delete_prefix(f"{CHECKPOINTS}/checkpoint-7")
+    store.delete_prefix(f"{CHECKPOINTS}/checkpoint-10")
+    assert latest_checkpoint(store) is None

@@ -19,6 +19,7 @@ rather than committed files. Write the corpus to look at it:
 from __future__ import annotations
 
 import json
+import os
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -59,9 +60,13 @@ class Case:
     says: tuple[str, ...] = ()
     skip: Skip | None = None
     config: dict[str, Any] = field(default_factory=dict)  # merged over BASE_CONFIG
-    raw_config: bytes | None = None  # written as config.yaml instead (broken config files)
-    config_path: str = "config.yaml"  # what --config names (a directory, a missing file)
+    raw_config: bytes | None = None  # written to config_path instead (broken config files)
+    config_path: str = "config.yaml"  # what --config names (a directory, a missing file, /dev/zero)
     env: dict[str, str] = field(default_factory=dict)
+    args: tuple[str, ...] = ()  # more command-line flags (--set, --seed)
+    # Files that are not plain bytes, made after the rest: "fifo" (a named pipe), "sparse:N" (N bytes of
+    # holes, no disk), or else a symlink target (/dev/zero).
+    special: dict[str, str] = field(default_factory=dict)
     xfail: str | None = None  # a known gap outside the loaders; the test fails when it is fixed
 
 
@@ -153,12 +158,21 @@ def whole_file(name: str, about: str, files: dict[str, bytes], says: tuple[str, 
     return Case(name, about, files, 2, says, Skip(ok=False, says=says), config=config or {})
 
 
+def special_file(name: str, about: str, special: dict[str, str], says: tuple[str, ...],
+                 config: dict[str, Any] | None = None) -> Case:
+    """An input that is not a regular file, or too big to read: refused before a byte is read."""
+    files = {k: v for k, v in corpus().items() if k not in special}
+    return Case(name, about, files, 2, says, Skip(ok=False, says=says), config=config or {}, special=special)
+
+
 def valid(name: str, about: str, files: dict[str, bytes], config: dict[str, Any] | None = None,
           says: tuple[str, ...] = ("inputs OK",)) -> Case:
     return Case(name, about, files, 0, says, Skip(ok=True), config=config or {})
 
 
 BIG = 3_000_000  # characters in the multi-megabyte field
+MAX_INPUT_BYTES = 1 << 30  # job.config.MAX_INPUT_BYTES, restated: the corpus says what the job owes
+WIDE = 100_000  # columns in the wide CSV cases (the duplicate-header check was quadratic)
 
 
 # ---------------------------------------------------------------- the cases
@@ -466,15 +480,159 @@ def config_cases() -> list[Case]:
         raw("config_not_utf8", "a config saved as Latin-1", b"# caf\xe9\ndata:\n  tickets: tickets.jsonl\n",
             ("config.yaml", "not UTF-8")),
         raw("config_too_large", "a 2 MB config file", b"# " + b"x" * 2_000_000 + b"\n", ("config.yaml", "the limit is")),
-        raw("config_missing", "a config path that does not exist", b"", ("cannot read config file", "missing.yaml"),
-            path="missing.yaml"),
-        raw("config_is_directory", "a directory given as the config file", b"", ("config.d", "directory"),
-            path="config.d"),
+        Case("config_missing", "a config path that does not exist", files, 2,
+             ("cannot read config file", "missing.yaml"), config_path="missing.yaml"),
+        Case("config_is_directory", "a directory given as the config file", files, 2, ("config.d", "directory"),
+             config_path="config.d"),
+    ]
+
+
+OUTPUT_PLACEHOLDER = b"OUTPUT-URI"  # replaced by the case's output folder when a raw config is written
+
+
+def raw_config(as_json: bool = False) -> bytes:
+    """BASE_CONFIG as text, to add hostile lines to."""
+    config = {**BASE_CONFIG, "output": {"uri": OUTPUT_PLACEHOLDER.decode()}}
+    return json.dumps(config).encode() if as_json else yaml.safe_dump(config, sort_keys=False).encode()
+
+
+def hostile_config_cases() -> list[Case]:
+    """Config files and flags that hung the job, exhausted its memory or ended in a traceback."""
+    files = corpus()
+
+    def bad_config(name: str, about: str, says: tuple[str, ...], config: dict[str, Any] | None = None,
+                   raw: bytes | None = None, path: str = "config.yaml", args: tuple[str, ...] = (),
+                   env: dict[str, str] | None = None, special: dict[str, str] | None = None) -> Case:
+        return Case(name, about, files, 2, says, None, config=config or {}, raw_config=raw, config_path=path,
+                    args=args, env=env or {}, special=special or {})
+
+    allowed = "may use {id}, {title}"
+    valid_yaml = raw_config()
+    return [
+        # special files
+        bad_config("config_dev_zero", "--config /dev/zero", ("/dev/zero", "character device", "regular file"),
+                   path="/dev/zero"),
+        bad_config("config_fifo", "a named pipe as the config file (reading it would wait for a writer)",
+                   ("config.fifo", "FIFO", "regular file"), path="config.fifo", special={"config.fifo": "fifo"}),
+        bad_config("config_link_to_dev_urandom", "config.yaml a symlink to /dev/urandom",
+                   ("config.yaml", "character device"), special={"config.yaml": "/dev/urandom"}),
+        bad_config("config_sparse_huge", "a 10 GB config file (holes)", ("config.yaml", "the limit is 1000000"),
+                   special={"config.yaml": "sparse:10000000000"}),
+        # deep nesting
+        bad_config("config_json_deep_nesting", "a JSON config nested 100,000 objects deep",
+                   ("config.json", "nested too deeply"), raw=b'{"a":' * 100_000 + b"1" + b"}" * 100_000,
+                   path="config.json"),
+        bad_config("config_yaml_deep_flow", "a YAML config of 100,000 nested lists",
+                   ("config.yaml", "nested too deeply"), raw=b"data: " + b"[" * 100_000 + b"]" * 100_000 + b"\n"),
+        bad_config("config_yaml_deep_blocks", "a YAML config of 1,200 nested mappings",
+                   ("config.yaml", "nested too deeply"),
+                   raw=b"".join(b" " * i + b"k:\n" for i in range(1200)) + b" " * 1200 + b"k: 1\n"),
+        bad_config("env_json_deep_nesting", "an environment value of 60,000 nested lists",
+                   ("FINETUNE_DATA__RELATIONS", "nested too deeply"),
+                   env={"FINETUNE_DATA__RELATIONS": "[" * 60_000 + "]" * 60_000}),
+        bad_config("set_json_deep_nesting", "a --set value of 60,000 nested lists",
+                   ("--set data.relations", "nested too deeply"),
+                   args=("--set", "data.relations=" + "[" * 60_000 + "]" * 60_000)),
+        bad_config("set_without_equals", "--set with ':' typed for '=' (the text may be a secret)",
+                   ("--set number 1 has no '='", "expected KEY=VALUE"), args=("--set", "storage.region:eu-west-1")),
+        # keys given twice
+        bad_config("config_yaml_section_twice", "a second train: section (it replaced the first)",
+                   ("config.yaml:12", "key 'train' appears twice", "first at line 10", "expected each key once"),
+                   raw=valid_yaml + b"train:\n  epochs: 1\ntrain:\n  batch_size: 4\n"),
+        bad_config("config_yaml_key_twice", "epochs set twice in one section",
+                   ("config.yaml:12", "key 'epochs' appears twice", "first at line 11"),
+                   raw=valid_yaml + b"train:\n  epochs: 1\n  epochs: 2\n"),
+        bad_config("config_json_key_twice", "a JSON config with two train sections",
+                   ("config.json:3", "key 'train' appears twice"), path="config.json",
+                   raw=raw_config(as_json=True)[:-1]
+                   + b',\n"train": {"epochs": 1},\n"train": {"batch_size": 4}}'),
+        bad_config("config_json_nested_key_twice", "a JSON config with epochs twice in train",
+                   ("config.json:4", "key 'epochs' appears twice"), path="config.json",
+                   raw=b'{"data": {"tickets": "tickets.jsonl", "links": "links.jsonl"},\n"output": {"uri": "OUTPUT-URI"},\n'
+                   b'"train": {"epochs": 1,\n  "epochs": 2}}'),
+        # huge widths and templates that do more than name a field
+        bad_config("template_huge_width", "a text template padding the title to 900 million characters",
+                   ("data.text_template", allowed, "format spec"), {"data": {"text_template": "{title:>900000000}"}}),
+        bad_config("template_nested_spec", "a width taken from another field", ("data.text_template", "format spec"),
+                   {"data": {"text_template": "{title:>{category}}"}}),
+        bad_config("template_attribute", "attribute access in a template", ("data.text_template", "not one of the fields"),
+                   {"data": {"text_template": "{title.nope}"}}),
+        bad_config("template_dunder", "attribute access reaching into the string class",
+                   ("data.text_template", "not one of the fields"),
+                   {"data": {"text_template": "{title.__class__.__mro__}"}}),
+        bad_config("template_index", "indexing in a template", ("data.text_template", "not one of the fields"),
+                   {"data": {"text_template": "{title[0]}"}}),
+        bad_config("template_conversion", "a !r conversion", ("data.text_template", "conversion"),
+                   {"data": {"text_template": "{title!r}"}}),
+        bad_config("template_positional", "a positional field", ("data.text_template", "not one of the fields"),
+                   {"data": {"text_template": "{} {0}"}}),
+        bad_config("template_unclosed", "a brace that never closes", ("data.text_template", "expected '}'"),
+                   {"data": {"text_template": "{title"}}),
+        # flags and values that crashed the job
+        bad_config("seed_negative", "--seed -1", ("train.seed", "greater than or equal to 0"), args=("--seed", "-1")),
+        bad_config("seed_too_large", "a seed NumPy cannot take", ("train.seed", "less than or equal to 4294967295"),
+                   {"train": {"seed": 2**32}}),
+        bad_config("set_inside_a_setting", "--set train.epochs.x=5 while the file sets epochs",
+                   ("unknown config key 'train.epochs.x'", "command line"), {"train": {"epochs": 2}},
+                   args=("--set", "train.epochs.x=5")),
+        bad_config("set_unknown_key", "--set of a misspelt key", ("unknown config key 'train.epoch'", "command line"),
+                   args=("--set", "train.epoch=5")),
+        bad_config("section_set_to_a_value", "a section set to a number by the environment, a setting in it by a flag",
+                   ("train (from env FINETUNE_TRAIN) is set to a single value", "train.epochs (from cli)"),
+                   args=("--set", "train.epochs=2"), env={"FINETUNE_TRAIN": "5"}),
+    ]
+
+
+def special_file_cases() -> list[Case]:
+    """Inputs that are not regular files, or too big: read, they would hang or exhaust memory."""
+    device = ("expected a regular file",)
+    return [
+        special_file("tickets_dev_zero", "data.tickets: /dev/zero (endless zeros)", {},
+                     ("/dev/zero", "character device", *device), {"data": {"tickets": "/dev/zero", "format": "jsonl"}}),
+        special_file("tickets_link_to_dev_zero", "tickets.jsonl is a symlink to /dev/zero",
+                     {"tickets.jsonl": "/dev/zero"}, ("tickets.jsonl", "character device", *device)),
+        special_file("tickets_fifo", "tickets.jsonl is a named pipe nobody writes to", {"tickets.jsonl": "fifo"},
+                     ("tickets.jsonl", "FIFO", *device)),
+        special_file("links_fifo", "links.jsonl is a named pipe", {"links.jsonl": "fifo"},
+                     ("links.jsonl", "FIFO", *device)),
+        special_file("tickets_over_size_limit", "a tickets file one byte over the input size limit",
+                     {"tickets.jsonl": f"sparse:{MAX_INPUT_BYTES + 1}"},
+                     ("tickets.jsonl", f"{MAX_INPUT_BYTES + 1} bytes", f"the limit is {MAX_INPUT_BYTES}")),
+    ]
+
+
+def wide_and_deep_cases() -> list[Case]:
+    """Huge widths, deep nesting and keys given twice, in the data files."""
+    wide_header = TICKET_COLUMNS + [f"extra_{i}" for i in range(WIDE)]
+    rows = ticket_rows()
+    deep_array = b"[" * 100_000 + b"]" * 100_000
+    twice = b'{"id": "X-1", "title": "first", "title": "second"}'
+    return [
+        Case("csv_100k_columns", "a CSV header of 100,006 columns over rows of 6 (was minutes in the header check)",
+             {"tickets.csv": csv_bytes(wide_header, rows), "links.jsonl": jsonl(links())}, 2,
+             ("tickets.csv line 2", f"row has 6 fields, expected {len(wide_header)}"),
+             Skip(ok=False, bad={"tickets.csv": N_TICKETS, "links.jsonl": N_TICKETS // 2}),
+             config={"data": {"tickets": "tickets.csv"}}),
+        whole_file("csv_100k_repeated_columns", "a CSV header naming 50,000 columns twice each",
+                   {"tickets.csv": csv_bytes(TICKET_COLUMNS + [f"c{i % (WIDE // 2)}" for i in range(WIDE)], rows[:1]),
+                    "links.jsonl": jsonl(links())},
+                   ("tickets.csv line 1", "repeats column(s) c0, c1", "and 49990 more"),
+                   {"data": {"tickets": "tickets.csv"}}),
+        whole_file("json_array_deep_nesting", "a tickets JSON array nested 100,000 deep",
+                   {"tickets.json": deep_array, "links.jsonl": jsonl(links())}, ("tickets.json", "invalid JSON"),
+                   {"data": {"tickets": "tickets.json"}}),
+        bad_ticket(6, twice, ("line 6", "field 'title'", "appears twice", "expected each field once"),
+                   "jsonl_key_twice", "a row naming its title twice (JSON keeps the last silently)"),
+        Case("json_array_key_twice", "an item of a JSON array naming its id twice",
+             {"tickets.json": json.dumps(tickets()).encode().replace(b'{"id": "T-3"', b'{"id": "T-3", "id": "T-99"', 1),
+              "links.jsonl": jsonl(links())}, 2, ("tickets.json item 3", "field 'id'", "appears twice"),
+             Skip(ok=True, bad={"tickets.json": 1, "links.jsonl": 1}), config={"data": {"tickets": "tickets.json"}}),
     ]
 
 
 CASES: list[Case] = (ticket_row_cases() + link_row_cases() + pair_cases() + whole_file_cases() + csv_row_cases()
-                     + valid_cases() + config_cases())
+                     + special_file_cases() + wide_and_deep_cases() + valid_cases() + config_cases()
+                     + hostile_config_cases())
 
 
 # ---------------------------------------------------------------- writing
@@ -498,14 +656,26 @@ def write_case(case: Case, folder: Path, output_uri: str) -> Path:
     if case.config_path == "config.d":
         (folder / "config.d").mkdir(exist_ok=True)
     if case.raw_config is not None:
-        if case.config_path == "config.yaml":
-            (folder / "config.yaml").write_bytes(case.raw_config)
+        (folder / case.config_path).write_bytes(case.raw_config.replace(OUTPUT_PLACEHOLDER, output_uri.encode()))
     else:
         config = merged(BASE_CONFIG, {"output": {"uri": output_uri}}, case.config)
         (folder / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    for name, kind in case.special.items():
+        _make_special(folder / name, kind)
     expected = {k: v for k, v in asdict(case).items() if k not in ("files", "raw_config", "config")}
     (folder / "expected.json").write_text(json.dumps(expected, indent=2) + "\n")
     return folder
+
+
+def _make_special(path: Path, kind: str) -> None:
+    path.unlink(missing_ok=True)
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind.startswith("sparse:"):
+        with path.open("wb") as handle:
+            handle.truncate(int(kind.split(":", 1)[1]))
+    else:
+        path.symlink_to(kind)
 
 
 def write_corpus(root: Path) -> dict[str, Path]:
