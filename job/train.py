@@ -188,16 +188,16 @@ def pair_loss(model: Any, name: str) -> Any:
     }[name]()
 
 
-def ranking_loss(model: Any, mini_batch_size: int | None, distributed: bool) -> Any:
+def ranking_loss(model: Any, mini_batch_size: int | None, gather_across_devices: bool) -> Any:
     """MultipleNegativesRankingLoss: each anchor must rank its positive above its hard negative
     and every other text in the batch. The cached variant reaches large batches in fixed memory;
-    under DDP the negatives of every device count (gather_across_devices)."""
+    with `gather_across_devices` (DDP) the negatives of every device count."""
     from sentence_transformers.sentence_transformer import losses
 
     if mini_batch_size:
         return losses.CachedMultipleNegativesRankingLoss(model, mini_batch_size=mini_batch_size,
-                                                         gather_across_devices=distributed)
-    return losses.MultipleNegativesRankingLoss(model, gather_across_devices=distributed)
+                                                         gather_across_devices=gather_across_devices)
+    return losses.MultipleNegativesRankingLoss(model, gather_across_devices=gather_across_devices)
 
 
 def choose_precision(requested: str) -> str:
@@ -288,7 +288,11 @@ def training_sets(model: Any, pairs: TrainExamples, triplets: TripletExamples, t
     losses: dict[str, Any] = {}
     if triplets.anchor:
         datasets["triplets"] = Dataset.from_dict(vars(triplets))
-        losses["triplets"] = ranking_loss(model, tc.mnrl_mini_batch_size, distributed)
+        # Under DDP the batches of a multi-dataset epoch are dealt to the ranks in turn, so one rank
+        # may rank triplets while another scores pairs in the same step: a gather across devices
+        # would then wait forever for a partner. Gather only when every batch is a triplet batch.
+        gather = distributed and not pairs.sentence1
+        losses["triplets"] = ranking_loss(model, tc.mnrl_mini_batch_size, gather)
     if pairs.sentence1:
         datasets["pairs"] = Dataset.from_dict(vars(pairs))
         losses["pairs"] = pair_loss(model, tc.pair_loss if tc.loss == "retrieval" else tc.loss)

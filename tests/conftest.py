@@ -11,9 +11,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from pydantic import SecretStr
 
 from job import synthetic
-from tests.s3server import S3Server
+from job.config import StorageConfig
+from job.storage import LocalStore, Store, open_store
+from tests.s3server import ACCESS_KEY, SECRET_KEY, S3Server
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -76,3 +79,19 @@ def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = No
     base.update({"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONUNBUFFERED": "1"})
     base.update(env or {})
     return subprocess.run([CLI, *args], env=base, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+
+
+def s3_config(s3: S3Server, **changes: object) -> StorageConfig:
+    cfg = StorageConfig(endpoint_url=s3.endpoint, access_key_id=SecretStr(ACCESS_KEY),
+                        secret_access_key=SecretStr(SECRET_KEY), max_attempts=2)
+    return cfg.model_copy(update=changes)
+
+
+@pytest.fixture(params=["local", "s3"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    if request.param == "local":
+        yield LocalStore(tmp_path / "store")
+    else:
+        s3: S3Server = request.getfixturevalue("s3")
+        bucket: str = request.getfixturevalue("bucket")
+        yield open_store(f"s3://{bucket}/runs/r1", s3_config(s3))

@@ -14,7 +14,6 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,10 +22,8 @@ from job.errors import EXIT_TRANSIENT, RunInUse
 from job.jsonio import to_json
 from job.locks import process_start, refuse_if_locked, run_lock, this_machine
 from job.log import get_logger
-from job.storage import LocalStore, Store, open_store
+from job.storage import LocalStore, Store
 from tests.conftest import TINY, merged, run_cli, write_config
-from tests.s3server import S3Server
-from tests.test_storage import s3_config
 
 
 def _config(tmp_path: Path, synthetic_dir: Path, output: str | None = None, **extra: dict) -> Path:
@@ -97,15 +94,6 @@ def test_a_refused_process_leaves_the_holders_scratch_directory_alone(tmp_path: 
 
 # ---------------------------------------------------------------- the lock on both backends
 
-
-@pytest.fixture(params=["local", "s3"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    if request.param == "local":
-        yield LocalStore(tmp_path / "run")
-    else:
-        s3: S3Server = request.getfixturevalue("s3")
-        bucket: str = request.getfixturevalue("bucket")
-        yield open_store(f"s3://{bucket}/runs/r1", s3_config(s3))
 
 
 def _holder(store: Store) -> dict:

@@ -129,7 +129,7 @@ def _child(data: str, chunk: int) -> dict[str, Any]:
     edges = [(link.source, link.target) for link in corpus.links]
     split = split_by_components(sorted(corpus.tickets), edges, cfg.pairs.split, cfg.train.seed)
     check_usable(split, edges)
-    pairs = [build_split_pairs(name, corpus, split, cfg.pairs, random.Random(name))[0] for name in SPLITS]
+    pairs = [build_split_pairs(name, corpus, split, cfg.pairs, random.Random(name)).pairs for name in SPLITS]
     ids = sorted(corpus.tickets)
     vectors = np.random.default_rng(0).standard_normal((len(ids), DIM), dtype=np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)

@@ -11,7 +11,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
@@ -34,24 +34,8 @@ from job.storage import (
     split_s3_uri,
     upload_dir,
 )
-from tests.s3server import ACCESS_KEY, SECRET_KEY, S3Server
-
-
-def s3_config(s3: S3Server, **changes: object) -> StorageConfig:
-    cfg = StorageConfig(endpoint_url=s3.endpoint, access_key_id=SecretStr(ACCESS_KEY),
-                        secret_access_key=SecretStr(SECRET_KEY), max_attempts=2)
-    return cfg.model_copy(update=changes)
-
-
-@pytest.fixture(params=["local", "s3"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    if request.param == "local":
-        yield LocalStore(tmp_path / "root")
-    else:
-        s3: S3Server = request.getfixturevalue("s3")
-        bucket: str = request.getfixturevalue("bucket")
-        yield open_store(f"s3://{bucket}/runs/r1", s3_config(s3))
-
+from tests.conftest import s3_config
+from tests.s3server import SECRET_KEY, S3Server
 
 # ---------------------------------------------------------------- keys
 
