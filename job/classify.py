@@ -1,6 +1,10 @@
-"""Name the relation between two linked tickets: logistic regression over pair features.
+"""Name the relation between two linked tickets.
 
-Features of (source u, target v): |u-v| and u*v (symmetric), u-v (direction: which one caused
+Two methods (classify.method), scored the same way (`relation_metrics`):
+- logistic (here): logistic regression over pair features of two frozen embeddings;
+- cross_encoder (job/cross_encoder.py): a transformer that reads both tickets together.
+
+Logistic features of (source u, target v): |u-v| and u*v (symmetric), u-v (direction: which one caused
 or blocks the other), cosine, and metadata that carries the relation: the signed gap between
 creation dates (a regression comes after its cause; a clone right after its original), same
 project, same category, and word overlap. Trained on the train split's links, scored on the
@@ -26,6 +30,7 @@ from job.config import ClassifyConfig
 from job.data import Link, Ticket
 from job.evaluate import Embeddings
 
+LOGISTIC_FORMAT = "ticket-relation-logreg/1"
 META_FEATURES = ("cosine", "created_gap_sign", "created_gap_log_days", "has_dates", "same_project",
                  "same_category", "word_jaccard")
 _WORD = re.compile(r"[a-z0-9_]+")
@@ -109,43 +114,80 @@ def _oversample(x: np.ndarray, y: np.ndarray, cfg: ClassifyConfig, seed: int, no
     return x_res, y_res
 
 
-def train_classifier(train_links: list[Link], test_links: list[Link], tickets: dict[str, Ticket],
-                     emb: Embeddings, cfg: ClassifyConfig, seed: int) -> ClassifierResult:
+@dataclass
+class RelationLinks:
+    """The links a relation classifier learns from and is scored on: only classes with enough training links."""
+
+    classes: list[str]
+    train: list[Link]
+    val: list[Link]
+    test: list[Link]
+    train_counts: Counter[str]
+    dropped: dict[str, int]
+    notes: list[str] = field(default_factory=list)
+
+
+def choose_relations(train_links: list[Link], test_links: list[Link], min_class_count: int,
+                     val_links: list[Link] | None = None) -> RelationLinks:
+    """Keep the relations with at least `min_class_count` training links (rarer ones cannot be learnt)."""
     notes: list[str] = []
     counts = Counter(link.relation for link in train_links)
-    classes = sorted(c for c, n in counts.items() if n >= cfg.min_class_count)
-    dropped = {c: n for c, n in counts.items() if n < cfg.min_class_count}
+    classes = sorted(c for c, n in counts.items() if n >= min_class_count)
+    dropped = {c: n for c, n in counts.items() if n < min_class_count}
     if dropped:
-        notes.append(f"classes below min_class_count={cfg.min_class_count} dropped: {dropped}")
+        notes.append(f"classes below min_class_count={min_class_count} dropped: {dropped}")
     if len(classes) < 2:
-        raise NotEnoughClasses(f"need at least 2 relations with >= {cfg.min_class_count} training links, have {dict(counts)}")
-    train = [link for link in train_links if link.relation in classes]
+        raise NotEnoughClasses(f"need at least 2 relations with >= {min_class_count} training links, have {dict(counts)}")
     test = [link for link in test_links if link.relation in classes]
     if len(test) < len(test_links):
         notes.append(f"{len(test_links) - len(test)} test links of dropped classes not scored")
-    x_train = pair_features(train, tickets, emb)
-    y_train = np.array([link.relation for link in train])
+    return RelationLinks(classes, [link for link in train_links if link.relation in classes],
+                         [link for link in val_links or [] if link.relation in classes], test, counts, dropped, notes)
+
+
+def relation_metrics(links: RelationLinks, y_pred: list[str], method: str) -> dict[str, Any]:
+    """metrics.json of the classify step, the same for every method: per-class P/R/F1 with explicit labels,
+    macro-F1, and the majority class's scores on the same test links."""
+    y_true = [link.relation for link in links.test]
+    scored = bool(links.test)
+    majority = links.train_counts.most_common(1)[0][0]
+    return {
+        "method": method,
+        "macro_f1": float(f1_score(y_true, y_pred, labels=links.classes, average="macro", zero_division=0))
+        if scored else None,
+        "per_class": _per_class(y_true, y_pred, links.classes),
+        "majority_class": majority,
+        "majority_macro_f1": float(f1_score(y_true, [majority] * len(y_true), labels=links.classes, average="macro",
+                                            zero_division=0)) if scored else None,
+        "n_train": len(links.train), "n_test": len(links.test), "classes": links.classes,
+        "dropped_classes": links.dropped, "notes": links.notes,
+    }
+
+
+def relation_confusion(links: RelationLinks, y_pred: list[str]) -> np.ndarray:
+    if not links.test:
+        return np.zeros((len(links.classes),) * 2, int)
+    return confusion_matrix([link.relation for link in links.test], y_pred, labels=links.classes)
+
+
+def train_classifier(train_links: list[Link], test_links: list[Link], tickets: dict[str, Ticket],
+                     emb: Embeddings, cfg: ClassifyConfig, seed: int) -> ClassifierResult:
+    """Logistic regression over pair features of frozen embeddings (classify.method: logistic)."""
+    links = choose_relations(train_links, test_links, cfg.min_class_count)
+    notes = links.notes
+    x_train = pair_features(links.train, tickets, emb)
+    y_train = np.array([link.relation for link in links.train])
     scaler = StandardScaler().fit(x_train)
     x_fit, y_fit = _oversample(scaler.transform(x_train), y_train, cfg, seed, notes)
     clf = LogisticRegression(max_iter=3000, C=0.5,
                              class_weight="balanced" if cfg.class_weight == "balanced" else None,
                              random_state=seed)
     clf.fit(x_fit, y_fit)
-    y_true = [link.relation for link in test]
+    test = links.test
     y_pred = clf.predict(scaler.transform(pair_features(test, tickets, emb))).tolist() if test else []
-    majority = counts.most_common(1)[0][0]
-    metrics = {
-        "macro_f1": float(f1_score(y_true, y_pred, labels=classes, average="macro", zero_division=0)) if test else None,
-        "per_class": _per_class(y_true, y_pred, classes),
-        "majority_class": majority,
-        "majority_macro_f1": float(f1_score(y_true, [majority] * len(y_true), labels=classes, average="macro",
-                                            zero_division=0)) if test else None,
-        "n_train": len(train), "n_test": len(test), "classes": classes, "dropped_classes": dropped,
-        "notes": notes,
-    }
-    confusion = confusion_matrix(y_true, y_pred, labels=classes) if test else np.zeros((len(classes),) * 2, int)
+    metrics = relation_metrics(links, y_pred, "logistic")
     model = {
-        "format": "ticket-relation-logreg/1",
+        "format": LOGISTIC_FORMAT,
         "classes": clf.classes_.tolist(),
         "coef": clf.coef_.tolist(),
         "intercept": clf.intercept_.tolist(),
@@ -154,7 +196,19 @@ def train_classifier(train_links: list[Link], test_links: list[Link], tickets: d
         "features": ["abs_diff[d]", "product[d]", "diff[d]", *META_FEATURES],
         "embedding_dim": int(emb.vectors.shape[1]),
     }
-    return ClassifierResult(metrics, model, confusion, classes, notes)
+    return ClassifierResult(metrics, model, relation_confusion(links, y_pred), links.classes, notes)
+
+
+def logistic_probabilities(model: dict[str, Any], features: np.ndarray) -> np.ndarray:
+    """Class probabilities (columns in `model["classes"]` order) of a saved logistic model, as
+    scikit-learn's predict_proba computes them: softmax of the logits, a sigmoid for two classes."""
+    x = (features - np.array(model["scaler_mean"])) / np.array(model["scaler_scale"])
+    logits = x @ np.array(model["coef"]).T + np.array(model["intercept"])
+    if logits.shape[1] == 1:  # binary logistic regression stores one row
+        positive = 1.0 / (1.0 + np.exp(-logits[:, 0]))
+        return np.stack([1.0 - positive, positive], axis=1)
+    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return shifted / shifted.sum(axis=1, keepdims=True)
 
 
 def predict(model: dict[str, Any], features: np.ndarray) -> list[str]:

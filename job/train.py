@@ -210,14 +210,14 @@ def choose_precision(requested: str) -> str:
     return "fp32"
 
 
-def latest_checkpoint(store: Store) -> str | None:
+def latest_checkpoint(store: Store, prefix: str = CHECKPOINTS) -> str | None:
     """Newest checkpoint whose upload completed (its COMPLETE marker exists).
 
     Only folders named as the trainer names them (`checkpoint-<step>`) count; anything else in the
     folder (`checkpoint-abc`, copied in by hand) is not a checkpoint of this run and is skipped.
     """
     steps = []
-    for key, _ in store.list_keys(f"{CHECKPOINTS}/"):
+    for key, _ in store.list_keys(f"{prefix}/"):
         parts = key.split("/")
         step = parts[1].removeprefix("checkpoint-") if len(parts) == 3 and parts[2] == COMPLETE else ""
         if step.isascii() and step.isdigit() and parts[1] != step:
@@ -225,15 +225,18 @@ def latest_checkpoint(store: Store) -> str | None:
     return max(steps)[1] if steps else None
 
 
-class _StorageAndProgress(TrainerCallback):
-    """TrainerCallback: logs progress, uploads each checkpoint, and honours a stop request."""
+class StorageAndProgress(TrainerCallback):
+    """TrainerCallback: logs progress, uploads each checkpoint under `prefix`, and honours a stop request.
 
-    def __init__(self, store: Store, log: Any, stop: threading.Event) -> None:
-        self.store, self.log, self.stop = store, log, stop
+    Used by every trainer of the job (the bi-encoder's, the cross-encoder classifier's)."""
+
+    def __init__(self, store: Store, log: Any, stop: threading.Event, prefix: str = CHECKPOINTS,
+                 what: str = "train") -> None:
+        self.store, self.log, self.stop, self.prefix, self.what = store, log, stop, prefix, what
         self.progress: Progress | None = None
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        self.progress = Progress(self.log, "train", state.max_steps, unit="steps")
+        self.progress = Progress(self.log, self.what, state.max_steps, unit="steps")
         self.progress.done = state.global_step
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
@@ -270,12 +273,12 @@ class _StorageAndProgress(TrainerCallback):
         if not local.is_dir():
             return
         t0 = time.monotonic()
-        upload_dir(self.store, local, f"{CHECKPOINTS}/{name}")
-        self.store.write_bytes(f"{CHECKPOINTS}/{name}/{COMPLETE}", b"")
-        for key, _ in self.store.list_keys(f"{CHECKPOINTS}/"):  # keep only the newest in storage
+        upload_dir(self.store, local, f"{self.prefix}/{name}")
+        self.store.write_bytes(f"{self.prefix}/{name}/{COMPLETE}", b"")
+        for key, _ in self.store.list_keys(f"{self.prefix}/"):  # keep only the newest in storage
             old = key.split("/")[1]
             if old != name and key.endswith(f"/{COMPLETE}"):
-                self.store.delete_prefix(f"{CHECKPOINTS}/{old}/")
+                self.store.delete_prefix(f"{self.prefix}/{old}/")
         self.log.info("checkpoint saved", checkpoint=name, seconds=round(time.monotonic() - t0, 2))
 
 
@@ -359,12 +362,12 @@ def train_model(cfg: JobConfig, model: Any, train: TrainExamples, triplets: Trip
         multi_dataset_batch_sampler="proportional",  # every row of each dataset once per epoch
         prompts=cfg.model.text_prefix or None,
     )
-    callback = _StorageAndProgress(store, log, stop)
+    callback = StorageAndProgress(store, log, stop)
     trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=datasets, loss=losses,
                                          evaluator=evaluator,
                                          callbacks=[callback, *extra_callbacks])
     trainer.remove_callback(PrinterCallback)  # it prints dicts to stdout, breaking the JSON log stream
-    checkpoint = _fetch_checkpoint(store, output_dir, log, required=resume)
+    checkpoint = fetch_checkpoint(store, output_dir, log, required=resume)
     t0 = time.monotonic()
     trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     seconds = time.monotonic() - t0
@@ -392,14 +395,16 @@ def train_model(cfg: JobConfig, model: Any, train: TrainExamples, triplets: Trip
     )
 
 
-def _fetch_checkpoint(store: Store, output_dir: Path, log: Any, required: bool) -> Path | None:
-    name = latest_checkpoint(store)
+def fetch_checkpoint(store: Store, output_dir: Path, log: Any, required: bool,
+                     prefix: str = CHECKPOINTS) -> Path | None:
+    """The newest complete checkpoint under `prefix`, downloaded into `output_dir` (None when there is none)."""
+    name = latest_checkpoint(store, prefix)
     if name is None:
         if required:
             raise RunStateError("--resume was given but the run has no complete checkpoint to resume from")
         return None
     local = output_dir / name
-    download_dir(store, f"{CHECKPOINTS}/{name}", local)
+    download_dir(store, f"{prefix}/{name}", local)
     (local / COMPLETE).unlink(missing_ok=True)
     log.info("resuming from checkpoint", checkpoint=name)
     return local

@@ -8,13 +8,16 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from pydantic import SecretStr
 
 from job import synthetic
-from job.config import StorageConfig
+from job.config import DataConfig, SplitConfig, StorageConfig
+from job.data import Link, Ticket, parse_links, parse_tickets
+from job.split import SPLITS, split_by_components
 from job.storage import LocalStore, Store, open_store
 from tests.s3server import ACCESS_KEY, SECRET_KEY, S3Server
 
@@ -56,6 +59,23 @@ def synthetic_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("synthetic")
     synthetic.write(out, n_tickets=160, seed=3)
     return out
+
+
+@dataclass
+class SampleSplit:
+    """The shared sample's tickets and its links in train/val/test, split by link components as prepare does."""
+
+    tickets: dict[str, Ticket]
+    links: dict[str, list[Link]]
+
+
+@pytest.fixture(scope="session")
+def sample_split(shared_sample: Path) -> SampleSplit:
+    tickets, _ = parse_tickets((shared_sample / "tickets.jsonl").read_bytes(), "tickets.jsonl", DataConfig())
+    links, _ = parse_links((shared_sample / "links.jsonl").read_bytes(), "links.jsonl", DataConfig(), tickets)
+    split = split_by_components(sorted(tickets), [(k.source, k.target) for k in links], SplitConfig(), seed=7)
+    where = {t: name for name, ids in split.members.items() for t in ids}
+    return SampleSplit(tickets, {name: [k for k in links if where[k.source] == name] for name in SPLITS})
 
 
 def write_config(path: Path, config: dict) -> Path:

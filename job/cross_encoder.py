@@ -1,0 +1,283 @@
+"""Name the relation of two tickets with a cross-encoder: one transformer reads both tickets together.
+
+Two frozen embeddings cannot see which sentence of one ticket answers which sentence of the other; a
+cross-encoder attends across both (Lüders, Pietz and Maalej, "Automated Detection of Typed Links in
+Issue Trackers", RE 2022, fine-tune BERT the same way). A sentence-transformers `CrossEncoder` with one
+output per relation is fine-tuned with `CrossEncoderTrainer` on the train split's links, validated on
+the val split's links after every epoch (the epoch with the best val macro-F1 is kept), and scored on
+the test split's links.
+
+Direction. A pair is read in the order given: (source, target). For the symmetric relations both
+orders are training rows with the same label, so the order the tickets come in does not matter to
+them. For the directed ones (config.DIRECTED_RELATIONS: blocks, causes, depends) only the given order
+is a row: `blocks` means "the first ticket blocks the second", and a consumer asking about the other
+direction swaps the tickets. Each side starts with its project and creation day, the metadata that
+carries direction in Jira (a regression is filed after its cause).
+
+Saved as safetensors + the transformer's config (with the label map) under `cross_encoder/`, next to
+`model.json` (format, classes, direction rule, max length): no pickle. Checkpoints, SIGTERM (save and
+stop, exit 75), progress logging and bf16 on CUDA follow the train step's rules (job/train.py).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from job.config import DIRECTED_RELATIONS, JobConfig
+from job.data import Link, Ticket
+from job.errors import ConfigError, Interrupted
+from job.model import pick_device, refuse_pickle_weights
+
+CROSS_ENCODER_FORMAT = "ticket-relation-cross-encoder/1"
+WEIGHTS_DIR = "cross_encoder"  # inside the classifier folder
+CHECKPOINTS = "classifier-checkpoints"  # in the run's storage, apart from the train step's
+PREDICT_BATCH_SIZE = 32
+
+
+def pair_side(ticket: Ticket) -> str:
+    """One side of a pair as the cross-encoder reads it: project and creation day, then the text."""
+    header = " ".join(part for part in (ticket.project, (ticket.created or "")[:10]) if part)
+    return f"{header}\n{ticket.text}" if header else ticket.text
+
+
+@dataclass
+class PairRows:
+    """(first, second, class index) rows for the trainer."""
+
+    sentence1: list[str] = field(default_factory=list)
+    sentence2: list[str] = field(default_factory=list)
+    label: list[int] = field(default_factory=list)
+
+
+def pair_rows(links: list[Link], tickets: dict[str, Ticket], classes: list[str], both_orders: bool) -> PairRows:
+    """Rows for `links` in their given order; with `both_orders`, the symmetric relations read backwards too."""
+    rows = PairRows()
+    for link in links:
+        a, b, label = pair_side(tickets[link.source]), pair_side(tickets[link.target]), classes.index(link.relation)
+        orders = [(a, b)]
+        if both_orders and link.relation not in DIRECTED_RELATIONS:
+            orders.append((b, a))
+        for first, second in orders:
+            rows.sentence1.append(first)
+            rows.sentence2.append(second)
+            rows.label.append(label)
+    return rows
+
+
+def cap_rows(rows: PairRows, max_rows: int | None, seed: int) -> PairRows:
+    """A seeded random sample of at most `max_rows` rows (classify.cross_encoder.max_train_rows)."""
+    if max_rows is None or len(rows.label) <= max_rows:
+        return rows
+    keep = sorted(random.Random(seed).sample(range(len(rows.label)), max_rows))
+    return PairRows([rows.sentence1[i] for i in keep], [rows.sentence2[i] for i in keep], [rows.label[i] for i in keep])
+
+
+def balanced_class_weights(labels: list[int], n_classes: int) -> list[float]:
+    """Loss weight per class, inversely proportional to its rows (scikit-learn's 'balanced' rule), so a
+    rare relation counts as much in the loss as `relates`, which has ten times its links."""
+    counts = np.bincount(np.asarray(labels, dtype=int), minlength=n_classes).astype(float)
+    return [len(labels) / (n_classes * c) if c else 0.0 for c in counts]
+
+
+@dataclass
+class CrossEncoderResult:
+    model_dir: Path
+    test_probabilities: np.ndarray  # one row per test link, columns in class order
+    predictions: list[str]  # test links, in order
+    val_history: list[dict[str, Any]] = field(default_factory=list)
+    best_val_macro_f1: float | None = None
+    global_step: int = 0
+    train_seconds: float = 0.0
+    n_train_rows: int = 0
+    precision: str = "fp32"
+    resumed_from: str | None = None
+
+
+def _validation_evaluator(rows: PairRows, classes: list[str], batch_size: int) -> Any:
+    from sentence_transformers.base.evaluation.evaluator import BaseEvaluator
+    from sklearn.metrics import f1_score
+
+    class RelationF1Evaluator(BaseEvaluator):
+        """Val macro-F1 over the relation classes: what picks the epoch that is kept."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.primary_metric = "macro_f1"
+
+        def __call__(self, model: Any, output_path: str | None = None, epoch: int = -1, steps: int = -1) -> dict[str, float]:
+            scores = model.predict(list(zip(rows.sentence1, rows.sentence2, strict=True)), batch_size=batch_size,
+                                   show_progress_bar=False, convert_to_numpy=True)
+            predicted = np.asarray(scores).reshape(len(rows.label), -1).argmax(axis=1)
+            macro = f1_score(rows.label, predicted, labels=list(range(len(classes))), average="macro", zero_division=0)
+            return self.prefix_name_to_metrics({"macro_f1": float(macro)}, "val")
+
+    return RelationF1Evaluator()
+
+
+def new_cross_encoder(start_model: str, classes: list[str], max_length: int, device: str | None = None) -> Any:
+    """A CrossEncoder with one output per class on top of `start_model` (a saved sentence-transformers
+    model or transformer); its label map is written into the transformer's config."""
+    from sentence_transformers.cross_encoder import CrossEncoder
+
+    if Path(start_model).is_dir():
+        refuse_pickle_weights(Path(start_model))
+    config = {"id2label": dict(enumerate(classes)), "label2id": {c: i for i, c in enumerate(classes)}}
+    try:
+        model = CrossEncoder(start_model, num_labels=len(classes), device=device or pick_device(),
+                             config_kwargs=config)
+    except OSError as exc:
+        raise ConfigError(f"cannot load model {start_model!r} for the cross-encoder: {exc}".splitlines()[0]) from exc
+    model.max_seq_length = min(max_length, _position_limit(model) or max_length)
+    return model
+
+
+def _position_limit(model: Any) -> int | None:
+    config = getattr(getattr(model, "model", None), "config", None)
+    positions = getattr(config, "max_position_embeddings", None)
+    return positions if isinstance(positions, int) and positions > 0 else None
+
+
+def train_cross_encoder(start_model: str, classes: list[str], train_links: list[Link], val_links: list[Link],
+                        test_links: list[Link], tickets: dict[str, Ticket], cfg: JobConfig, work_dir: Path,
+                        store: Any, log: Any, stop: threading.Event) -> CrossEncoderResult:
+    """Fine-tune a cross-encoder on `train_links`, keep the epoch best on `val_links`, predict `test_links`.
+
+    `store` is the run's storage (checkpoints go under classifier-checkpoints/; a rerun resumes from
+    the newest complete one). A set `stop` saves a checkpoint at the end of the current step and
+    raises Interrupted.
+    """
+    import torch
+    from datasets import Dataset
+    from sentence_transformers.cross_encoder import CrossEncoderTrainer, CrossEncoderTrainingArguments
+    from sentence_transformers.cross_encoder.losses import CrossEntropyLoss
+    from transformers import PrinterCallback
+
+    from job.train import (
+        StorageAndProgress,
+        batch_sampler_for,
+        choose_precision,
+        fetch_checkpoint,
+        seed_everything,
+    )
+
+    ce, seed = cfg.classify.cross_encoder, cfg.train.seed
+    seed_everything(seed)
+    precision = choose_precision(cfg.train.precision)
+    train_rows = cap_rows(pair_rows(train_links, tickets, classes, both_orders=True), ce.max_train_rows, seed)
+    val_rows = pair_rows(val_links, tickets, classes, both_orders=False)
+    model = new_cross_encoder(start_model, classes, ce.max_length)
+    weights = None
+    if cfg.classify.class_weight == "balanced":
+        weights = torch.tensor(balanced_class_weights(train_rows.label, len(classes)), dtype=torch.float32,
+                               device=model.device)
+    loss = CrossEntropyLoss(model, weight=weights)
+    select_best = bool(val_rows.label)
+    log.info("training cross-encoder", train_rows=len(train_rows.label), val_links=len(val_rows.label),
+             classes=classes, epochs=ce.epochs, batch_size=ce.batch_size, max_length=model.max_seq_length,
+             device=str(model.device), precision=precision,
+             class_weights=[round(float(w), 3) for w in weights.tolist()] if weights is not None else None)
+    output_dir = work_dir / CHECKPOINTS
+    steps_per_epoch = max(1, -(-len(train_rows.label) // ce.batch_size))
+    args = CrossEncoderTrainingArguments(
+        output_dir=str(output_dir),
+        num_train_epochs=ce.epochs,
+        per_device_train_batch_size=ce.batch_size,
+        per_device_eval_batch_size=PREDICT_BATCH_SIZE,
+        learning_rate=ce.learning_rate,
+        warmup_steps=ce.warmup_ratio,  # a float below 1 is a ratio of the total steps
+        seed=seed,
+        data_seed=seed,
+        fp16=precision == "fp16",
+        bf16=precision == "bf16",
+        eval_strategy="epoch" if select_best else "no",
+        save_strategy="epoch",
+        save_total_limit=2,
+        load_best_model_at_end=select_best,
+        metric_for_best_model="eval_val_macro_f1" if select_best else None,
+        greater_is_better=True,
+        logging_steps=max(1, min(50, steps_per_epoch // 4)),
+        report_to="none",
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        dataloader_pin_memory=precision != "fp32",
+        batch_sampler=batch_sampler_for(True),
+    )
+    trainer = CrossEncoderTrainer(
+        model=model, args=args, loss=loss,
+        train_dataset=Dataset.from_dict(vars(train_rows)),
+        evaluator=_validation_evaluator(val_rows, classes, PREDICT_BATCH_SIZE) if select_best else None,
+        callbacks=[StorageAndProgress(store, log, stop, prefix=CHECKPOINTS, what="train cross-encoder")])
+    trainer.remove_callback(PrinterCallback)  # it prints dicts to stdout, breaking the JSON log stream
+    checkpoint = fetch_checkpoint(store, output_dir, log, required=False, prefix=CHECKPOINTS)
+    t0 = time.monotonic()
+    trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    seconds = time.monotonic() - t0
+    if stop.is_set():
+        raise Interrupted(f"classifier training stopped at step {trainer.state.global_step} on request; "
+                          "the checkpoint is saved and a rerun with the same run id resumes from it")
+    model_dir = work_dir / "classifier"
+    save_cross_encoder(trainer.model, classes, model_dir)
+    history = [{"epoch": h.get("epoch"), "step": h["step"], "val_macro_f1": h["eval_val_macro_f1"]}
+               for h in trainer.state.log_history if "eval_val_macro_f1" in h]
+    probabilities = cross_encoder_probabilities(trainer.model, test_links, tickets)
+    return CrossEncoderResult(
+        model_dir=model_dir,
+        test_probabilities=probabilities,
+        predictions=[classes[i] for i in probabilities.argmax(axis=1)],
+        val_history=history,
+        best_val_macro_f1=trainer.state.best_metric,
+        global_step=trainer.state.global_step,
+        train_seconds=round(seconds, 3),
+        n_train_rows=len(train_rows.label),
+        precision=precision,
+        resumed_from=checkpoint.name if checkpoint else None,
+    )
+
+
+def save_cross_encoder(model: Any, classes: list[str], folder: Path) -> None:
+    """`folder/model.json` (what predict needs to know) and the weights in `folder/cross_encoder/`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(folder / WEIGHTS_DIR), safe_serialization=True)
+    descriptor = {"format": CROSS_ENCODER_FORMAT, "classes": classes, "weights": WEIGHTS_DIR,
+                  "directed_relations": [c for c in classes if c in DIRECTED_RELATIONS],
+                  "max_length": int(model.max_seq_length),
+                  "pair_order": "source first; directed relations read source -> target"}
+    (folder / "model.json").write_text(json.dumps(descriptor, indent=1))
+
+
+def load_cross_encoder(folder: Path, descriptor: dict[str, Any], device: str | None = None) -> Any:
+    """The saved cross-encoder of a classifier folder (safetensors only), in eval mode."""
+    from sentence_transformers.cross_encoder import CrossEncoder
+
+    weights = folder / descriptor["weights"]
+    refuse_pickle_weights(weights)
+    model = CrossEncoder(str(weights), device=device or pick_device(), local_files_only=True)
+    model.max_seq_length = int(descriptor["max_length"])
+    labels = [model.config.id2label[i] for i in range(model.num_labels)]
+    if labels != descriptor["classes"]:
+        raise ConfigError(f"classifier {folder}: the weights' labels {labels} differ from model.json's classes")
+    return model.eval()
+
+
+def cross_encoder_probabilities(model: Any, links: list[Link], tickets: dict[str, Ticket]) -> np.ndarray:
+    """Softmax probabilities, one row per (source, target) pair, columns in class order."""
+    return pair_probabilities(model, [(tickets[k.source], tickets[k.target]) for k in links])
+
+
+def pair_probabilities(model: Any, pairs: list[tuple[Ticket, Ticket]]) -> np.ndarray:
+    import torch
+
+    if not pairs:
+        return np.zeros((0, model.num_labels), dtype=np.float32)
+    with torch.inference_mode():
+        scores = model.predict([(pair_side(a), pair_side(b)) for a, b in pairs], batch_size=PREDICT_BATCH_SIZE,
+                               apply_softmax=True, show_progress_bar=False, convert_to_numpy=True)
+    return np.asarray(scores, dtype=np.float32).reshape(len(pairs), -1)
