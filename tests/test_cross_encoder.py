@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from sklearn.metrics import f1_score
 
 from job.classify import choose_relations
 from job.config import load_config
@@ -68,6 +69,7 @@ def test_row_cap_is_a_seeded_sample() -> None:
 class Trained:
     result: CrossEncoderResult
     classes: list[str]
+    val: list[Link]
     test: list[Link]
     tickets: dict[str, Ticket]
 
@@ -89,7 +91,7 @@ def trained(sample_split: SampleSplit, tmp_path_factory: pytest.TempPathFactory)
     start = resolve_model_path(OFFLINE_MODEL, cfg.storage, work / "cache")
     result = train_cross_encoder(start, chosen.classes, chosen.train, chosen.val, chosen.test, tickets, cfg, work,
                                  LocalStore(work / "store"), get_logger(step="test"), threading.Event())
-    return Trained(result, chosen.classes, chosen.test, tickets)
+    return Trained(result, chosen.classes, chosen.val, chosen.test, tickets)
 
 
 @pytest.mark.slow
@@ -98,6 +100,11 @@ def test_trains_on_the_sample_keeps_the_best_val_epoch_and_saves_without_pickle(
     assert len(trained.classes) >= 4 and result.n_train_rows == 64
     scores = [h["val_macro_f1"] for h in result.val_history]
     assert len(scores) == 2 and result.best_val_macro_f1 == max(scores)
+    saved = load_predictor(result.model_dir, device="cpu")
+    val = saved.probabilities([(trained.tickets[k.source], trained.tickets[k.target]) for k in trained.val])
+    kept = f1_score([k.relation for k in trained.val], [trained.classes[i] for i in val.argmax(axis=1)],
+                    labels=trained.classes, average="macro", zero_division=0)
+    assert kept == pytest.approx(max(scores)), "the saved model is the best val epoch's"
     assert result.test_probabilities.shape == (len(trained.test), len(trained.classes))
     assert np.allclose(result.test_probabilities.sum(axis=1), 1.0, atol=1e-5)
     assert len(set(result.predictions)) > 1, "a trained model does not name one class for every pair"
