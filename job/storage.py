@@ -18,8 +18,8 @@ import fcntl
 import hashlib
 import os
 import random
+import secrets
 import shutil
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -285,6 +285,22 @@ def _unlink(path: Path) -> None:
         raise StorageError(f"cannot delete {path}: {exc.strerror}", transient=False) from exc
 
 
+def _new_temp_file(target: Path) -> Path:
+    """An empty new file beside `target`, created with mode 0666 so the process umask decides who may read
+    it, as for any file the user writes (mkstemp's 0600 would leave a mounted output folder readable by
+    root only)."""
+    for _ in range(100):
+        tmp = target.with_name(f".{target.name}.tmp-{secrets.token_hex(4)}")
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666))
+        except FileExistsError:
+            continue
+        except OSError as exc:
+            raise StorageError(f"cannot write {target}: {exc.strerror}", transient=False) from exc
+        return tmp
+    raise StorageError(f"cannot write {target}: no free temporary name beside it", transient=False)
+
+
 @contextlib.contextmanager
 def _temp_beside(target: Path) -> Iterator[Path]:
     """Yield a temp path next to `target`; rename it into place only if the block succeeds."""
@@ -292,9 +308,7 @@ def _temp_beside(target: Path) -> Iterator[Path]:
         target.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise StorageError(f"cannot create {target.parent}: {exc.strerror}", transient=False) from exc
-    fd, name = tempfile.mkstemp(prefix=f".{target.name}.tmp-", dir=target.parent)
-    os.close(fd)
-    tmp = Path(name)
+    tmp = _new_temp_file(target)
     try:
         yield tmp
         os.replace(tmp, target)
