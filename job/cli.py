@@ -188,6 +188,20 @@ def promote_run(run_id: str, **kwargs: Any) -> None:
     _execute("promote", action)
 
 
+@main.command(name="history")
+@config_options
+def show_history(**kwargs: Any) -> None:
+    """Every run under output.uri as a table; writes history.json and history.png beside them."""
+
+    def action() -> None:
+        from job.history import HISTORY_JSON, HISTORY_PLOT, refresh_history
+
+        click.echo(refresh_history(_load(kwargs)).table())
+        click.echo(f"\nwrote {HISTORY_JSON} and {HISTORY_PLOT} at the top of output.uri", err=True)
+
+    _execute("history", action)
+
+
 @main.command(name="config")
 @config_options
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")

@@ -86,6 +86,9 @@ class Store(Protocol):
     def list_keys(self, prefix: str = "") -> list[tuple[str, int]]:
         """Files under `prefix` with their sizes; S3 "folder" marker objects are not files."""
         ...
+    def list_folders(self) -> list[str]:
+        """The names of the folders at the top of the store (a run per folder under output.uri), sorted."""
+        ...
     def delete_prefix(self, prefix: str) -> None: ...
     def delete(self, key: str) -> None:
         """Remove one object; a missing one is not an error."""
@@ -190,6 +193,12 @@ class LocalStore:
             if rel.startswith(prefix):
                 found.append((rel, path.stat().st_size))
         return found
+
+    def list_folders(self) -> list[str]:
+        if not self.root.is_dir():
+            return []
+        # A symlinked folder is not a run: writes never go through one (pipeline refuses it).
+        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and not p.is_symlink())
 
     def delete_prefix(self, prefix: str) -> None:
         path = self._path(prefix.rstrip("/"))
@@ -604,6 +613,15 @@ class S3Store:
             for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=full):
                 found += [(obj["Key"], int(obj["Size"])) for obj in page.get("Contents", [])]
         return found
+
+    def list_folders(self) -> list[str]:
+        full = f"{self.prefix}/" if self.prefix else ""
+        found: set[str] = set()
+        with _translated("list", self._where(full)):
+            pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=full, Delimiter="/")
+            for page in pages:
+                found.update(entry["Prefix"][len(full):].rstrip("/") for entry in page.get("CommonPrefixes", []))
+        return sorted(name for name in found if name)
 
     def delete_prefix(self, prefix: str) -> None:
         keys = [full for full, _ in self._list(prefix)]  # markers too: the prefix is gone afterwards

@@ -114,6 +114,14 @@ def test_delete_prefix_removes_exactly_the_prefix(store: Store) -> None:
     assert [k for k, _ in store.list_keys("")] == ["checkpoints-old/x"]
 
 
+def test_list_folders_names_the_top_level_folders_only(store: Store) -> None:
+    assert store.list_folders() == []
+    for key in ("run-b/manifest.json", "run-a/model/config.json", "run-a/steps/prepare.json", "promoted.json"):
+        store.write_bytes(key, b"{}")
+    assert store.list_folders() == ["run-a", "run-b"]
+    assert store.child("run-a").list_folders() == ["model", "steps"]
+
+
 def test_create_if_absent_creates_once(store: Store) -> None:
     assert store.create_if_absent("locks/run.lock", b"mine")
     assert not store.create_if_absent("locks/run.lock", b"theirs")
