@@ -252,6 +252,8 @@ class RuntimeConfig(Section):
     cache_dir: str | None = Field(None, description="Model cache (HF_HOME); must be writable")
     threads: int | None = Field(None, gt=0, description="Torch threads; default: the cores this process may use")
     log_format: Literal["auto", "json", "console"] = "auto"
+    metrics_dir: str | None = Field(None, description="Local folder where each step writes its key numbers, one "
+                                    "small file each (Argo output parameters, read into Prometheus metrics)")
     lock_ttl_s: float = Field(120.0, ge=2, description="A run lock whose heartbeat is older than this was left by "
                               "a killed process and is taken over (heartbeat every ttl/4)")
 

@@ -46,6 +46,7 @@ from job.model import (
 )
 from job.pairs import Pair, Triplet, build_split_pairs, training_budget
 from job.split import SPLITS, check_usable, split_by_components
+from job.step_metrics import step_numbers, write_step_metrics
 from job.steps import CLASSIFY, EVALUATE, PREPARE, SHARED_STEPS, STEPS, TRAIN, Step, required_steps
 from job.storage import FileRecord, download_dir, local_path, open_store, read_uri, upload_dir
 
@@ -529,6 +530,7 @@ def run_all(ctx: RunContext, resume: bool = False) -> dict[str, Any]:
         classify(ctx, prepared, trained, embeddings)
     if not ctx.run.is_finished():  # every step was taken over: the last attempt stopped before the manifest
         ctx.run.finish_if_complete(required_steps(ctx.cfg.classify.enabled), ctx.cfg.redacted())
+    publish_step_metrics(ctx, STEPS)
     return ctx.run.read_json("metrics.json")
 
 
@@ -550,6 +552,7 @@ def run_step(ctx: RunContext, name: str, resume: bool = False) -> None:
         ctx.run.refuse_if_finished(force=False)
         if is_done(ctx, step):
             ctx.log(step.name).info("step already done; nothing to do")
+            publish_step_metrics(ctx, (step,))
             return
     if step is PREPARE:
         prepare(ctx)
@@ -559,3 +562,18 @@ def run_step(ctx: RunContext, name: str, resume: bool = False) -> None:
         evaluate(ctx, load_prepared(ctx, step), fetch_model(ctx, step))
     elif step is CLASSIFY:
         classify(ctx, load_prepared(ctx, step), fetch_model(ctx, step))
+    publish_step_metrics(ctx, (step,))
+
+
+def publish_step_metrics(ctx: RunContext, steps: tuple[Step, ...]) -> None:
+    """Write the key numbers of `steps` from their records under runtime.metrics_dir (job/step_metrics.py);
+    from the records, so a retried pod whose step was already done publishes them too."""
+    folder = ctx.cfg.runtime.metrics_dir
+    if not folder or ctx.rank != 0:
+        return
+    for step in steps:
+        record = ctx.run.step_record(step.name)
+        numbers = step_numbers(step.name, (record or {}).get("info") or {}, ctx.cfg.promote.metric)
+        if record is not None and numbers:
+            write_step_metrics(Path(folder), numbers)
+            ctx.log(step.name).info("step metrics written", folder=folder, **numbers)
