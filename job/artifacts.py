@@ -194,6 +194,7 @@ def build_metadata(run_id: str, config: dict[str, Any], records: dict[str, Any])
         "inputs": prepare.get("info", {}).get("inputs"),
         "split": prepare.get("info", {}).get("split"),
         "pairs": prepare.get("info", {}).get("pairs"),
+        "drift": prepare.get("info", {}).get("drift"),
         "training": {k: v for k, v in train.get("info", {}).items() if k != "environment"},
         "timings_s": {step: (records.get(step) or {}).get("duration_s") for step in STEP_NAMES if records.get(step)},
     }

@@ -215,6 +215,20 @@ def predict_relation(run_id: str, source_text: str, target_text: str, source_cre
     _execute("predict", action)
 
 
+@main.command(name="history")
+@config_options
+def show_history(**kwargs: Any) -> None:
+    """Every run under output.uri as a table; writes history.json and history.png beside them."""
+
+    def action() -> None:
+        from job.history import HISTORY_JSON, HISTORY_PLOT, refresh_history
+
+        click.echo(refresh_history(_load(kwargs)).table())
+        click.echo(f"\nwrote {HISTORY_JSON} and {HISTORY_PLOT} at the top of output.uri", err=True)
+
+    _execute("history", action)
+
+
 @main.command(name="config")
 @config_options
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")

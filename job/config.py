@@ -242,6 +242,23 @@ class PromoteConfig(Section):
     metric: str = Field("average_precision", description="Key of metrics.json's 'finetuned' section to compare")
     margin: float = Field(0.0, ge=0, le=1, description="A new run may be at most this much worse and still be promoted")
     pointer: str = Field("promoted.json", description="Pointer object under output.uri naming the promoted run")
+    refresh_history: bool = Field(True, description="After each decision, rewrite history.json and history.png "
+                                  "at the top of output.uri (reads every run's records; `finetune-job history` "
+                                  "does the same on demand)")
+
+
+class DriftConfig(Section):
+    """Bounds past which prepare logs a warning that this run's inputs moved away from the promoted run's."""
+
+    max_count_change: float = Field(0.5, ge=0, description="Relative change in ticket or link count "
+                                    "(0.5: half as many or 1.5 times as many)")
+    max_relation_shift: float = Field(0.15, ge=0, le=1, description="Share of links whose relation would have to "
+                                      "change to match the promoted run's mix (total variation distance)")
+    max_length_shift: float = Field(0.15, ge=0, le=1, description="Largest gap between the cumulative text length "
+                                    "distributions (binned Kolmogorov-Smirnov distance)")
+    max_new_test_share: float = Field(0.5, ge=0, le=1, description="Share of test tickets the promoted run never saw")
+    warn_on_new_projects: bool = Field(True, description="Warn when tickets come from a project the promoted run "
+                                       "had none of")
 
 
 class StorageConfig(Section):
@@ -259,6 +276,8 @@ class RuntimeConfig(Section):
     cache_dir: str | None = Field(None, description="Model cache (HF_HOME); must be writable")
     threads: int | None = Field(None, gt=0, description="Torch threads; default: the cores this process may use")
     log_format: Literal["auto", "json", "console"] = "auto"
+    metrics_dir: str | None = Field(None, description="Local folder where each step writes its key numbers, one "
+                                    "small file each (Argo output parameters, read into Prometheus metrics)")
     lock_ttl_s: float = Field(120.0, ge=2, description="A run lock whose heartbeat is older than this was left by "
                               "a killed process and is taken over (heartbeat every ttl/4)")
 
@@ -272,6 +291,7 @@ class JobConfig(Section):
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     classify: ClassifyConfig = Field(default_factory=ClassifyConfig)
     promote: PromoteConfig = Field(default_factory=PromoteConfig)
+    drift: DriftConfig = Field(default_factory=DriftConfig)
     storage: StorageConfig = Field(default_factory=StorageConfig)
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
 

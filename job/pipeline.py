@@ -35,10 +35,12 @@ from job.classify import (
 from job.config import JobConfig, LoadedConfig
 from job.cross_encoder import CHECKPOINTS as CROSS_ENCODER_CHECKPOINTS
 from job.data import Corpus, Link, Ticket, build_corpus, require_enough
+from job.drift import InputProfile, compare, profile_inputs
 from job.environment import environment_info, use_cache_dir
-from job.errors import InputError, RunStateError
+from job.errors import InputError, JobError, RunStateError
 from job.evaluate import Embeddings, ModelEvaluation, evaluate_model
 from job.fingerprint import Fingerprint, config_checksum, input_checksums
+from job.history import promoted_runs
 from job.jsonio import from_jsonl, to_json, to_jsonl
 from job.locks import refuse_if_locked, run_lock
 from job.log import get_logger
@@ -53,6 +55,7 @@ from job.model import (
 )
 from job.pairs import Pair, Triplet, build_split_pairs, training_budget
 from job.split import SPLITS, check_usable, split_by_components
+from job.step_metrics import step_numbers, write_step_metrics
 from job.steps import CLASSIFY, EVALUATE, PREPARE, SHARED_STEPS, STEPS, TRAIN, Step, required_steps
 from job.storage import FileRecord, download_dir, local_path, open_store, read_uri, upload_dir
 
@@ -258,13 +261,13 @@ def prepare(ctx: RunContext) -> PreparedData:
                            "pairs_cap": budget.pairs, "triplets_spent": len(triplets),
                            "pairs_spent": len(pairs["train"])}
     where = split.lookup()
+    ticket_rows = [{"id": t.id, "text": t.text, "category": t.category, "project": t.project, "created": t.created,
+                    "split": where[t.id]} for t in corpus.tickets.values()]
+    link_rows = [{"source": k.source, "target": k.target, "relation": k.relation, "split": where[k.source]}
+                 for k in corpus.links]
     files = [
-        ctx.run.store.write_bytes("prepared/tickets.jsonl", to_jsonl(
-            [{"id": t.id, "text": t.text, "category": t.category, "project": t.project, "created": t.created,
-              "split": where[t.id]} for t in corpus.tickets.values()])),
-        ctx.run.store.write_bytes("prepared/links.jsonl", to_jsonl(
-            [{"source": k.source, "target": k.target, "relation": k.relation, "split": where[k.source]}
-             for k in corpus.links])),
+        ctx.run.store.write_bytes("prepared/tickets.jsonl", to_jsonl(ticket_rows)),
+        ctx.run.store.write_bytes("prepared/links.jsonl", to_jsonl(link_rows)),
         ctx.run.store.write_bytes("prepared/split.json", to_json(split.members)),
         *[ctx.run.store.write_bytes(f"prepared/pairs_{name}.jsonl", to_jsonl([p.to_json() for p in pairs[name]]))
           for name in SPLITS],
@@ -273,9 +276,41 @@ def prepare(ctx: RunContext) -> PreparedData:
     split_info: dict[str, Any] = {name: {"tickets": len(split.members[name]), "linked_pairs": edges_per_split[name]}
                                   for name in SPLITS}
     split_info["components"] = len(set(split.component.values()))
-    ctx.run.record_step(timer.record(files, {"inputs": inputs, "split": split_info, "pairs": pair_info}))
+    drift = drift_against_promoted(ctx, profile_inputs(ticket_rows, link_rows), log)
+    ctx.run.record_step(timer.record(files, {"inputs": inputs, "split": split_info, "pairs": pair_info,
+                                             "drift": drift}))
     log.info("prepare done", **{name: split_info[name] for name in SPLITS})
     return PreparedData(corpus.tickets, corpus.links, split.members, pairs, triplets)
+
+
+def drift_against_promoted(ctx: RunContext, current: InputProfile, log: Any) -> dict[str, Any]:
+    """This run's inputs against the promoted run's (drift.* bounds); a warning per bound passed.
+
+    Drift informs and never stops a run: without a promoted run, or when its prepared files cannot
+    be read, the section says why it is empty."""
+    cfg = ctx.cfg
+    root = open_store(cfg.output.uri.rstrip("/"), cfg.storage)
+    promoted_run: str | None = None
+    try:
+        promoted_run, _ = promoted_runs(root, cfg.promote.pointer)
+        if promoted_run is None:
+            log.info("no drift check: no promoted run yet")
+            return {"against_run": None, "skipped": "no promoted run"}
+        run = root.child(check_run_id(promoted_run))
+        promoted = profile_inputs(from_jsonl(run.read_bytes("prepared/tickets.jsonl")),
+                                  from_jsonl(run.read_bytes("prepared/links.jsonl")))
+    except (JobError, ValueError, KeyError, TypeError) as exc:
+        log.warning("no drift check: the promoted run's prepared inputs cannot be read", promoted_run=promoted_run,
+                    error=str(exc)[:300])
+        return {"against_run": promoted_run, "skipped": f"cannot read its prepared inputs ({type(exc).__name__})"}
+    section = compare(current, promoted, promoted_run, cfg.drift)
+    for warning in section["warnings"]:
+        log.warning("input drift past bound", against_run=promoted_run, **warning)
+    log.info("drift against the promoted run", against_run=promoted_run, tickets=section["tickets"],
+             links=section["links"], relation_shift=section["relation_mix"]["shift"],
+             length_shift=section["text_length"]["shift"], new_projects=section["projects"]["new"],
+             new_test_tickets_share=section["new_test_tickets_share"], warnings=len(section["warnings"]))
+    return section
 
 
 def _lazy_base_embedder(ctx: RunContext, log: Any) -> Any:
@@ -544,6 +579,7 @@ def run_all(ctx: RunContext, resume: bool = False) -> dict[str, Any]:
         classify(ctx, prepared, trained, embeddings)
     if not ctx.run.is_finished():  # every step was taken over: the last attempt stopped before the manifest
         ctx.run.finish_if_complete(required_steps(ctx.cfg.classify.enabled), ctx.cfg.redacted())
+    publish_step_metrics(ctx, STEPS)
     return ctx.run.read_json("metrics.json")
 
 
@@ -565,6 +601,7 @@ def run_step(ctx: RunContext, name: str, resume: bool = False) -> None:
         ctx.run.refuse_if_finished(force=False)
         if is_done(ctx, step):
             ctx.log(step.name).info("step already done; nothing to do")
+            publish_step_metrics(ctx, (step,))
             return
     if step is PREPARE:
         prepare(ctx)
@@ -574,3 +611,18 @@ def run_step(ctx: RunContext, name: str, resume: bool = False) -> None:
         evaluate(ctx, load_prepared(ctx, step), fetch_model(ctx, step))
     elif step is CLASSIFY:
         classify(ctx, load_prepared(ctx, step), fetch_model(ctx, step))
+    publish_step_metrics(ctx, (step,))
+
+
+def publish_step_metrics(ctx: RunContext, steps: tuple[Step, ...]) -> None:
+    """Write the key numbers of `steps` from their records under runtime.metrics_dir (job/step_metrics.py);
+    from the records, so a retried pod whose step was already done publishes them too."""
+    folder = ctx.cfg.runtime.metrics_dir
+    if not folder or ctx.rank != 0:
+        return
+    for step in steps:
+        record = ctx.run.step_record(step.name)
+        numbers = step_numbers(step.name, (record or {}).get("info") or {}, ctx.cfg.promote.metric)
+        if record is not None and numbers:
+            write_step_metrics(Path(folder), numbers)
+            ctx.log(step.name).info("step metrics written", folder=folder, **numbers)

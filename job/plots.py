@@ -13,6 +13,8 @@ from job.evaluate import THRESHOLD_GRID, PairScores, f1_curve
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
+    from job.history import RunSummary
+
 
 def _pyplot() -> Any:
     """matplotlib, imported at the first figure: it reads MPLCONFIGDIR when imported, which the
@@ -115,4 +117,37 @@ def confusion(matrix: np.ndarray, classes: list[str], path: Path) -> Path:
             ax.text(j, i, str(matrix[i, j]), ha="center", va="center",
                     color="white" if matrix[i, j] > peak / 2 else "black")
     ax.set(xlabel="predicted", ylabel="true", title="Relation classifier, test split")
+    return _save(fig, path)
+
+
+def history(runs: list[RunSummary], metric: str, path: Path) -> Path:
+    """The promotion metric and recall@10 of every finished run, oldest first; promoted runs marked,
+    unfinished runs named below the axis (they have no final metrics to plot)."""
+    plt = _pyplot()
+    shown = [run for run in runs if run.finished]
+    fig, ax = plt.subplots(figsize=(max(8.0, 0.9 * len(shown) + 5), 4.5))
+    x = np.arange(len(shown))
+    series = [(metric, "tab:blue", "o"), ("recall_at_10", "tab:orange", "s")] if metric != "recall_at_10" \
+        else [(metric, "tab:blue", "o")]
+    for key, color, marker in series:
+        values = [np.nan if run.metrics.get(key) is None else run.metrics[key] for run in shown]
+        ax.plot(x, values, color=color, marker=marker, label=f"{key} (fine-tuned)")
+    base = [np.nan if run.base_metrics.get(metric) is None else run.base_metrics[metric] for run in shown]
+    ax.plot(x, base, color="tab:gray", ls="--", lw=1, label=f"{metric} (base model)")
+    for kind, style in (("before", {"facecolors": "none", "edgecolors": "tab:green", "linewidths": 2}),
+                        ("current", {"color": "tab:green", "marker": "*"})):
+        picked = [(i, run.metrics.get(metric)) for i, run in enumerate(shown) if run.promoted == kind]
+        picked = [(i, v) for i, v in picked if v is not None]
+        if picked:
+            ax.scatter([i for i, _ in picked], [v for _, v in picked], s=260, zorder=3,
+                       label="promoted now" if kind == "current" else "promoted before", **style)
+    labels = [f"{(run.started or '?')[:10]}\n{run.run_id[:22]}" for run in shown]
+    ax.set_xticks(x, labels, rotation=30, ha="right", fontsize=8)
+    ax.set(ylabel="test split", title=f"Run history: {metric} and recall@10", xlim=(-0.5, max(len(shown), 1) - 0.5))
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)  # outside: never over a point
+    unfinished = [run.run_id for run in runs if not run.finished]
+    if unfinished:
+        names = ", ".join(unfinished[:4]) + (f" and {len(unfinished) - 4} more" if len(unfinished) > 4 else "")
+        fig.text(0.01, 0.01, f"unfinished, not plotted: {names}", fontsize=8, color="tab:red")
     return _save(fig, path)

@@ -32,7 +32,8 @@ from typing import Any
 
 from job.artifacts import MANIFEST, METRICS, RunDir, check_run_id
 from job.config import LoadedConfig
-from job.errors import ConfigError, PromotionRefused, RunStateError, StorageError
+from job.errors import ConfigError, JobError, PromotionRefused, RunStateError, StorageError
+from job.history import refresh_history
 from job.jsonio import to_json
 from job.log import get_logger
 from job.storage import Store, Versioned, open_store, sha256_file
@@ -92,11 +93,34 @@ class Candidate:
 
 def promote(loaded: LoadedConfig, run_id: str) -> dict[str, Any]:
     """Compare the run's metrics with the promoted run's; move the pointer or raise PromotionRefused.
+    Either way, refresh history.json and history.png at the output root (job/history.py).
 
     Returns the pointer as written (or as found, when `run_id` is already the promoted run).
     Raises RunStateError when the run is not finished or fails verification, ConfigError when the
     metric does not exist or promote.pointer is not a plain key at the output root.
     """
+    try:
+        pointer = decide_and_move(loaded, run_id)
+    except PromotionRefused:
+        _refresh_history(loaded, run_id)
+        raise
+    _refresh_history(loaded, run_id)
+    return pointer
+
+
+def _refresh_history(loaded: LoadedConfig, run_id: str) -> None:
+    """The decision stands whatever happens here: a history that cannot be written is a warning, not a failure."""
+    if not loaded.config.promote.refresh_history:
+        return
+    try:
+        refresh_history(loaded)
+    except JobError as exc:
+        get_logger(step="promote", run_id=run_id).warning("history not refreshed", error=str(exc),
+                                                          error_type=type(exc).__name__)
+
+
+def decide_and_move(loaded: LoadedConfig, run_id: str) -> dict[str, Any]:
+    """The gate itself (see promote)."""
     cfg = loaded.config
     metric, margin = cfg.promote.metric, cfg.promote.margin
     log = get_logger(step="promote", run_id=run_id)
@@ -294,4 +318,15 @@ def new_pointer(candidate: Candidate, metric: str, margin: float, previous: dict
         "margin": margin,
         "promoted_at": datetime.now(UTC).isoformat(timespec="milliseconds"),
         "previous": None if previous is None else {k: previous.get(k) for k in ("run_id", "metric", "value", "promoted_at")},
+        "promoted_before": promoted_before(previous),
     }
+
+
+def promoted_before(previous: dict[str, Any] | None) -> list[str]:
+    """Every run the pointer named before, oldest first (the history marks them); carried from pointer to
+    pointer, so the compare-and-swap that moves the pointer keeps the list consistent with it."""
+    if previous is None:
+        return []
+    earlier = previous.get("promoted_before")
+    runs = [r for r in earlier if isinstance(r, str)] if isinstance(earlier, list) else []
+    return [*runs, previous["run_id"]]

@@ -18,8 +18,8 @@ import fcntl
 import hashlib
 import os
 import random
+import secrets
 import shutil
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -85,6 +85,9 @@ class Store(Protocol):
     def exists(self, key: str) -> bool: ...
     def list_keys(self, prefix: str = "") -> list[tuple[str, int]]:
         """Files under `prefix` with their sizes; S3 "folder" marker objects are not files."""
+        ...
+    def list_folders(self) -> list[str]:
+        """The names of the folders at the top of the store (a run per folder under output.uri), sorted."""
         ...
     def delete_prefix(self, prefix: str) -> None: ...
     def delete(self, key: str) -> None:
@@ -191,6 +194,12 @@ class LocalStore:
                 found.append((rel, path.stat().st_size))
         return found
 
+    def list_folders(self) -> list[str]:
+        if not self.root.is_dir():
+            return []
+        # A symlinked folder is not a run: writes never go through one (pipeline refuses it).
+        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and not p.is_symlink())
+
     def delete_prefix(self, prefix: str) -> None:
         path = self._path(prefix.rstrip("/"))
         if path.is_dir():
@@ -285,6 +294,22 @@ def _unlink(path: Path) -> None:
         raise StorageError(f"cannot delete {path}: {exc.strerror}", transient=False) from exc
 
 
+def _new_temp_file(target: Path) -> Path:
+    """An empty new file beside `target`, created with mode 0666 so the process umask decides who may read
+    it, as for any file the user writes (mkstemp's 0600 would leave a mounted output folder readable by
+    root only)."""
+    for _ in range(100):
+        tmp = target.with_name(f".{target.name}.tmp-{secrets.token_hex(4)}")
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666))
+        except FileExistsError:
+            continue
+        except OSError as exc:
+            raise StorageError(f"cannot write {target}: {exc.strerror}", transient=False) from exc
+        return tmp
+    raise StorageError(f"cannot write {target}: no free temporary name beside it", transient=False)
+
+
 @contextlib.contextmanager
 def _temp_beside(target: Path) -> Iterator[Path]:
     """Yield a temp path next to `target`; rename it into place only if the block succeeds."""
@@ -292,9 +317,7 @@ def _temp_beside(target: Path) -> Iterator[Path]:
         target.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise StorageError(f"cannot create {target.parent}: {exc.strerror}", transient=False) from exc
-    fd, name = tempfile.mkstemp(prefix=f".{target.name}.tmp-", dir=target.parent)
-    os.close(fd)
-    tmp = Path(name)
+    tmp = _new_temp_file(target)
     try:
         yield tmp
         os.replace(tmp, target)
@@ -590,6 +613,15 @@ class S3Store:
             for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=full):
                 found += [(obj["Key"], int(obj["Size"])) for obj in page.get("Contents", [])]
         return found
+
+    def list_folders(self) -> list[str]:
+        full = f"{self.prefix}/" if self.prefix else ""
+        found: set[str] = set()
+        with _translated("list", self._where(full)):
+            pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=full, Delimiter="/")
+            for page in pages:
+                found.update(entry["Prefix"][len(full):].rstrip("/") for entry in page.get("CommonPrefixes", []))
+        return sorted(name for name in found if name)
 
     def delete_prefix(self, prefix: str) -> None:
         keys = [full for full, _ in self._list(prefix)]  # markers too: the prefix is gone afterwards

@@ -35,6 +35,7 @@ from pydantic import BaseModel
 
 from job.cli import main as cli
 from job.config import load_config
+from job.step_metrics import STEP_METRICS
 from job.steps import STEP_NAMES
 from tests.argo_spec import executed_spec, pod_tasks
 
@@ -124,7 +125,8 @@ def argo_pods(name: str) -> Iterator[tuple[str, str, dict[str, Any]]]:
             value = given.get(param["name"], param.get("value"))
             assert value is not None, f"{name}: task {task['name']} gives no {param['name']}"
             variables[f"inputs.parameters.{param['name']}"] = substitute(str(value), defaults(spec))
-        resolved = substitute(template, variables)
+        # Metrics are resolved by the controller after the pod ran, from its status and outputs.
+        resolved = substitute({k: v for k, v in template.items() if k != "metrics"}, variables)
         container = {**resolved["container"], "name": "main"}
         mounted = {m["name"] for m in container.get("volumeMounts", [])}
         pod_spec: dict[str, Any] = {
@@ -304,6 +306,70 @@ def test_train_pod_patch_can_move_training_to_a_cpu_node() -> None:
     patched = apply_patch(train["spec"], patch)
     assert "nvidia.com/gpu" not in json.dumps(patched) and not patched.get("nodeSelector")
     kubernetes_validate.validate({**train, "spec": patched}, K8S_VERSIONS[-1], strict=True)
+
+
+# Prometheus metric names: letters, digits and '_' (Argo refuses others, for OpenTelemetry's sake too).
+METRIC_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
+OUTPUT_REF = re.compile(r"\{\{outputs\.parameters\.([^}]+)\}\}")
+REQUIRED_METRICS = {"finetune_promote_metric": "gauge", "finetune_recall_at_10": "gauge",
+                    "finetune_train_duration_seconds": "gauge", "finetune_train_pairs_per_second": "gauge",
+                    "finetune_promotion_refused": "counter"}
+
+
+def commands_by_template(spec: dict[str, Any]) -> dict[str, set[str]]:
+    """The job commands each pod template runs, over every DAG of the spec (the promote task included)."""
+    found: dict[str, set[str]] = {}
+    for template in spec["templates"]:
+        for task in template.get("dag", {}).get("tasks", []):
+            given = {p["name"]: p["value"] for p in task.get("arguments", {}).get("parameters", [])}
+            if "command" in given:
+                found.setdefault(task["template"], set()).add(given["command"])
+    return found
+
+
+def test_the_template_declares_the_platform_metrics_grafana_needs() -> None:
+    spec = executed_spec(argo("finetune-template.yaml")["spec"])
+    kinds = {m["name"]: next(k for k in ("gauge", "counter", "histogram") if k in m)
+             for t in spec["templates"] for m in t.get("metrics", {}).get("prometheus", [])}
+    assert {name: kinds.get(name) for name in REQUIRED_METRICS} == REQUIRED_METRICS
+
+
+@pytest.mark.parametrize("name", ARGO_RUNNABLE)
+def test_every_metric_reads_a_number_its_step_writes(name: str) -> None:
+    """Each gauge reads an output parameter from a file under the folder the container tells the job to
+    write to (runtime.metrics_dir, on a writable mount), named as job/step_metrics.py names it, and is
+    emitted only for the command that writes that file; help strings agree per name, as Prometheus requires."""
+    spec = executed_spec(argo(name)["spec"])
+    commands = commands_by_template(spec)
+    writer = {file: step for step, files in STEP_METRICS.items() for file in files}
+    helps: dict[str, str] = {}
+    for template in spec["templates"]:
+        metrics = template.get("metrics", {}).get("prometheus", [])
+        outputs = {p["name"]: p["valueFrom"] for p in template.get("outputs", {}).get("parameters", [])}
+        if not metrics and not outputs:
+            continue
+        container = template["container"]
+        folder = {e["name"]: e.get("value") for e in container["env"]}.get("FINETUNE_RUNTIME__METRICS_DIR")
+        assert folder, f"{template['name']}: reads outputs but does not set FINETUNE_RUNTIME__METRICS_DIR"
+        mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+        assert any(folder.startswith(path.rstrip("/") + "/") and not m.get("readOnly") for path, m in mounts.items()), (
+            f"{template['name']}: {folder} is not on a writable volume (the root filesystem is read-only)")
+        for param, source in outputs.items():
+            parent, _, file = source["path"].rpartition("/")
+            assert parent == folder and file in writer, f"{template['name']}: output {param} reads {source['path']}"
+            assert source.get("default") == "NaN", f"{param}: a step that writes no file must not fail the pod"
+        for metric in metrics:
+            assert METRIC_NAME.match(metric["name"]), metric["name"]
+            assert metric["help"] and helps.setdefault(metric["name"], metric["help"]) == metric["help"]
+            kind = [k for k in ("gauge", "counter", "histogram") if k in metric]
+            assert len(kind) == 1 and str(metric[kind[0]]["value"]), metric
+            for param in OUTPUT_REF.findall(metric[kind[0]]["value"]):
+                assert param in outputs, f"{metric['name']} reads output {param}, which {template['name']} lacks"
+                step = writer[outputs[param]["path"].rpartition("/")[2]]
+                assert step in commands[template["name"]], f"{metric['name']}: no task runs {step} here"
+                if commands[template["name"]] != {step}:  # a shared template: emit only for the writing step
+                    assert f"{{{{inputs.parameters.command}}}} == {step}" in metric["when"], metric["name"]
+                assert "{{status}} == Succeeded" in metric["when"], metric["name"]
 
 
 # ---------------------------------------------------------------- every container, Argo and plain Kubernetes

@@ -41,6 +41,8 @@ class Backend:
     env: dict[str, str] = field(default_factory=dict)  # environment for `finetune-job` processes
 
     def loaded(self, **settings: Any) -> LoadedConfig:
+        # The history each promotion refreshes is tested in test_history.py; here it would only cost time.
+        settings = {"refresh_history": False, **settings}
         overrides = {"output.uri": self.uri, **{f"storage.{k}": v for k, v in self.storage.items()},
                      **{f"promote.{k}": v for k, v in settings.items()}}
         return load_config(environ={}, cli_overrides=overrides)
@@ -57,7 +59,8 @@ class Backend:
         return store.read_bytes(POINTER) if store.exists(POINTER) else None
 
     def cli(self, run_id: str, *args: str) -> subprocess.CompletedProcess[str]:
-        return run_cli("promote", "--run-id", run_id, "--output", self.uri, *args, env=self.env, timeout=120)
+        return run_cli("promote", "--run-id", run_id, "--output", self.uri, *args,
+                       env={"FINETUNE_PROMOTE__REFRESH_HISTORY": "false", **self.env}, timeout=120)
 
 
 @pytest.fixture(params=["local", "s3"])

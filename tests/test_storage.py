@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
+import stat
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from functools import partial
@@ -111,6 +114,14 @@ def test_delete_prefix_removes_exactly_the_prefix(store: Store) -> None:
     assert [k for k, _ in store.list_keys("")] == ["checkpoints-old/x"]
 
 
+def test_list_folders_names_the_top_level_folders_only(store: Store) -> None:
+    assert store.list_folders() == []
+    for key in ("run-b/manifest.json", "run-a/model/config.json", "run-a/steps/prepare.json", "promoted.json"):
+        store.write_bytes(key, b"{}")
+    assert store.list_folders() == ["run-a", "run-b"]
+    assert store.child("run-a").list_folders() == ["model", "steps"]
+
+
 def test_create_if_absent_creates_once(store: Store) -> None:
     assert store.create_if_absent("locks/run.lock", b"mine")
     assert not store.create_if_absent("locks/run.lock", b"theirs")
@@ -204,6 +215,54 @@ def test_local_writes_are_atomic_and_leave_no_temp_files(tmp_path: Path) -> None
     assert not raised.value.transient
     assert store.read_bytes("a.json") == b"old"
     assert sorted(p.name for p in (tmp_path / "root").iterdir()) == ["a.json"]
+
+
+_WRITE_UNDER_UMASK = """
+import os, sys
+from pathlib import Path
+from job.storage import LocalStore
+os.umask(int(sys.argv[2], 8))
+root, source = Path(sys.argv[1]), Path(sys.argv[1]).parent / "source.bin"
+source.write_bytes(b"weights")
+store = LocalStore(root / "run")
+store.write_bytes("metrics.json", b"{}")
+store.upload_file(source, "model/model.safetensors")
+store.download_file("metrics.json", root / "downloaded" / "metrics.json")
+"""
+
+
+def _written_under_umask(umask: str) -> Path:
+    """A local output written by a fresh process under `umask`, in a folder others may enter (as a mounted one)."""
+    folder = Path(tempfile.mkdtemp(prefix="umask-", dir="/tmp"))
+    folder.chmod(0o755)
+    result = subprocess.run([sys.executable, "-c", _WRITE_UNDER_UMASK, str(folder / "out"), umask],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return folder / "out"
+
+
+@pytest.mark.parametrize(("umask", "file_mode", "dir_mode"), [("022", 0o644, 0o755), ("027", 0o640, 0o750)])
+def test_local_outputs_follow_the_process_umask(umask: str, file_mode: int, dir_mode: int) -> None:
+    out = _written_under_umask(umask)
+    try:
+        for path in ("run/metrics.json", "run/model/model.safetensors", "downloaded/metrics.json"):
+            assert stat.S_IMODE((out / path).stat().st_mode) == file_mode, path
+        for path in ("", "run", "run/model", "downloaded"):
+            assert stat.S_IMODE((out / path).stat().st_mode) == dir_mode, path
+    finally:
+        shutil.rmtree(out.parent)
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"), reason="needs root and setpriv to switch user")
+def test_a_local_output_written_under_umask_022_is_readable_by_another_user() -> None:
+    out = _written_under_umask("022")
+    try:
+        as_nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "cat"]
+        read = subprocess.run([*as_nobody, str(out / "run" / "model" / "model.safetensors")], capture_output=True,
+                              timeout=30)
+        assert read.returncode == 0 and read.stdout == b"weights", read.stderr
+    finally:
+        shutil.rmtree(out.parent)
 
 
 def test_local_unwritable_root_is_a_clear_error(tmp_path: Path) -> None:

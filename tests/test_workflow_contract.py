@@ -162,6 +162,7 @@ class Node:
     config: dict[str, Any]
     root: Path
     ran: list[tuple[str, list[str], int]] = field(default_factory=list)
+    mounted: dict[str, dict[str, Path]] = field(default_factory=dict)  # pod -> its mounts, read after it exits
 
     def mounts(self, pod: str, volume_list: list[dict[str, Any]], container: dict[str, Any]) -> dict[str, Path]:
         """mountPath -> a directory here: the ConfigMap's files, or a fresh emptyDir for this pod."""
@@ -209,7 +210,7 @@ class Node:
 
     def start(self, pod: str, volumes: list[dict[str, Any]], container: dict[str, Any]) -> subprocess.Popen[str]:
         assert container["command"] == ["finetune-job"], "containers must run the image's console script"
-        paths = self.mounts(pod, volumes, container)
+        paths = self.mounted[pod] = self.mounts(pod, volumes, container)
         args = [to_host(a, paths) for a in container.get("args", [])]
         env = self.environment(pod, container, paths)
         log = (self.root / f"{pod}.log").open("w")
@@ -240,6 +241,7 @@ class Outcome:
     attempts: dict[str, int]
     order: list[list[str]]  # the groups of tasks started together, in order
     commands: dict[str, list[str]]
+    metrics: dict[str, dict[str, str]] = field(default_factory=dict)  # task -> Prometheus metrics it emitted
 
 
 def run_workflow(workflow: Submitted, node: Node) -> Outcome:
@@ -295,6 +297,46 @@ def run_group(workflow: Submitted, node: Node, pods: dict[str, tuple[dict[str, A
                 waiting.append(name)
             else:
                 outcome.phases[name] = "Failed"
+            if name in outcome.phases:  # the last attempt: the controller reads its outputs, emits its metrics
+                pod = f"{workflow.name}-{name}-{outcome.attempts[name]}"
+                outputs = collect_outputs(pods[name][0], node.mounted[pod])
+                outcome.metrics[name] = emitted_metrics(pods[name][0], outcome.phases[name], code, outputs)
+
+
+def collect_outputs(template: dict[str, Any], paths: dict[str, Path]) -> dict[str, str]:
+    """Output parameters as the executor saves them: the file at valueFrom.path, or its default when there is none."""
+    found = {}
+    for param in template.get("outputs", {}).get("parameters", []):
+        source = param["valueFrom"]
+        host = Path(to_host(source["path"], paths))
+        if host.is_file():
+            found[param["name"]] = host.read_text().strip()
+        else:
+            assert "default" in source, f"output {param['name']}: {source['path']} missing and no default (pod fails)"
+            found[param["name"]] = source["default"]
+    return found
+
+
+def emitted_metrics(template: dict[str, Any], status: str, exit_code: int, outputs: dict[str, str]) -> dict[str, str]:
+    """Template-level Prometheus metrics the controller would emit: `when` holds, `value` resolved."""
+    variables = {"status": status, "exitCode": str(exit_code),
+                 **{f"outputs.parameters.{k}": v for k, v in outputs.items()},
+                 **{k: v for k, v in template.get("_inputs", {}).items()}}
+    emitted = {}
+    for metric in template.get("metrics", {}).get("prometheus", []):
+        resolved = substitute(metric, variables)
+        if "when" in resolved and not holds(resolved["when"]):
+            continue
+        kind = next(k for k in ("gauge", "counter", "histogram") if k in resolved)
+        emitted[resolved["name"]] = resolved[kind]["value"]
+    return emitted
+
+
+def holds(condition: str) -> bool:
+    """A resolved `when` made of `a == b` terms joined by `&&` (all this workflow uses), compared as text."""
+    terms = [term.split("==") for term in condition.split("&&")]
+    assert all(len(term) == 2 for term in terms), f"unsupported when: {condition!r}"
+    return all(left.strip() == right.strip() for left, right in terms)
 
 
 def pod_for(workflow: Submitted, templates: dict[str, Any], task: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -307,9 +349,12 @@ def pod_for(workflow: Submitted, templates: dict[str, Any], task: dict[str, Any]
         assert value is not None, f"task {task['name']}: input {param['name']} has no value"
         variables[f"inputs.parameters.{param['name']}"] = substitute(str(value), workflow.variables)
     assert not given, f"task {task['name']} passes {sorted(given)}, which template {template['name']} does not take"
-    resolved = substitute(template, variables)
+    # Metrics are resolved after the pod ran, from its status and outputs (emitted_metrics).
+    resolved = substitute({k: v for k, v in template.items() if k != "metrics"}, variables)
     if resolved.get("podSpecPatch"):
         assert isinstance(json.loads(resolved["podSpecPatch"]), dict), "podSpecPatch must be a JSON object"
+    resolved["metrics"] = template.get("metrics", {})
+    resolved["_inputs"] = {k: v for k, v in variables.items() if k.startswith("inputs.parameters.")}
     return resolved, resolved["container"]
 
 
@@ -424,6 +469,39 @@ def test_scheduled_workflow_trains_then_promotes(s3: S3Server, finished: dict[st
     metric = run.cluster.node.config["promote"]["metric"]
     assert pointer["run_id"] == name
     assert pointer["metric"] == metric and pointer["value"] == metrics["finetuned"][metric]
+    history = read_json(s3, bucket, "runs/history.json")  # promote refreshed it, from a read-only pod
+    assert history["promoted_run"] == name and [r["run_id"] for r in history["runs"]] == [name]
+    assert history["runs"][0]["metrics"][metric] == metrics["finetuned"][metric]
+    assert "history.png" in objects(s3, bucket, "runs/")
+
+
+def test_each_step_publishes_its_numbers_as_prometheus_metrics(s3: S3Server, finished: dict[str, Finished]) -> None:
+    """What Grafana would see after the scheduled run: the run's own numbers, each from the step that made them."""
+    run = finished["scheduled"]
+    name, bucket, emitted = run.workflow.name, run.cluster.bucket, run.outcome.metrics
+    metrics = read_json(s3, bucket, f"runs/{name}/metrics.json")
+    train = read_json(s3, bucket, f"runs/{name}/steps/train.json")["info"]
+    prepare = read_json(s3, bucket, f"runs/{name}/steps/prepare.json")["info"]
+    metric = run.cluster.node.config["promote"]["metric"]
+    assert float(emitted["evaluate"]["finetune_promote_metric"]) == pytest.approx(metrics["finetuned"][metric], abs=1e-6)
+    assert float(emitted["evaluate"]["finetune_recall_at_10"]) == pytest.approx(metrics["finetuned"]["recall_at_10"],
+                                                                                abs=1e-6)
+    assert float(emitted["train"]["finetune_train_duration_seconds"]) == pytest.approx(train["train_seconds"], abs=1e-3)
+    assert float(emitted["train"]["finetune_train_pairs_per_second"]) > 0
+    assert float(emitted["prepare"]["finetune_input_tickets"]) == prepare["inputs"]["tickets"]
+    # Each gauge comes from its own step only, and a promotion that went through counts no refusal.
+    assert set(emitted["classify"]) == set() and set(emitted["promote"]) == set(), emitted
+    assert "finetune_recall_at_10" not in emitted["prepare"]
+
+
+def test_a_refused_promotion_counts_once_and_emits_no_gauge() -> None:
+    spec = submit_cron(ARGO / "finetune-cron.yaml", ARGO / "finetune-template.yaml", {}).spec
+    templates = {t["name"]: t for t in spec["templates"]}
+    promote = {**templates["cpu-step"], "_inputs": {"inputs.parameters.command": "promote"}}
+    nothing = {p["name"]: "NaN" for p in promote["outputs"]["parameters"]}
+    assert emitted_metrics(promote, "Failed", 3, nothing) == {"finetune_promotion_refused": "1"}
+    assert emitted_metrics(promote, "Failed", 2, nothing) == {}  # a broken run is not a refusal
+    assert emitted_metrics(promote, "Succeeded", 0, nothing) == {}
 
 
 def test_bad_input_fails_the_first_step_without_retrying_or_training(
