@@ -398,6 +398,9 @@ def main() -> int:
             with serve_index(index_root, scratch) as index:
                 log(f"building {IMAGE} at {revision} from {index.url}")
                 build_s = build(index, revision)
+        if args.no_build:  # checks the image built last time: its revision is the one it was built from
+            revision = podman("image", "inspect", "--format", '{{index .Labels "org.opencontainers.image.revision"}}',
+                              IMAGE, capture_output=True).stdout.strip()
         size = image_size()
         log(f"built in {build_s:.0f} s; image {size / 1e9:.2f} GB uncompressed")
         print(where_the_bytes_are(), flush=True)
