@@ -225,6 +225,7 @@ def container(name: str, s3: S3Server, *args: str, env: dict[str, str] | None = 
               mounts: tuple[str, ...] = (), detach: bool = False) -> subprocess.Popen[str]:
     """`podman run` the image as the manifests do: UID 10001, read-only root, tmpfs /tmp, no secret on the command line."""
     environment = {**s3.env(), "HF_HUB_OFFLINE": "1", **(env or {})}
+    name = f"{name}-{os.getpid()}"  # two image tests on one machine must not share container names
     command = ["podman", *storage_flags(), "--cgroup-manager", "cgroupfs", "--runtime", "runc", "run", *RUN_FLAGS,
                "--name", name, "--network", "host", "--read-only", "--tmpfs", "/tmp:rw,size=2g,mode=1777",
                "--user", "10001:10001", "--stop-timeout", "60"]
@@ -347,7 +348,8 @@ def check_interrupt_and_resume(s3: S3Server, bucket: str, mount: tuple[str, ...]
         if '"event": "training"' in line:
             break
     time.sleep(5)  # into the first optimizer steps
-    run("podman", *storage_flags(), "kill", "--signal", "TERM", "ft-interrupted", stdout=subprocess.DEVNULL)
+    run("podman", *storage_flags(), "kill", "--signal", "TERM", f"ft-interrupted-{os.getpid()}",
+        stdout=subprocess.DEVNULL)
     rest, _ = process.communicate(timeout=600)
     output = "".join(seen) + rest
     outputs.append(output)
