@@ -46,6 +46,9 @@ CACHE = Path(os.environ.get("FINETUNE_IMAGE_CACHE", "~/.cache/finetune-image")).
 BASE_IMAGE = "localhost/finetune-base:bookworm-py311"
 IMAGE = "localhost/finetune-job:cpu-test"
 DEBIAN_MIRROR = os.environ.get("DEBIAN_MIRROR", "http://deb.debian.org/debian")
+# The index URL is a build arg of the pip layer, so it is part of that layer's cache key: a fixed
+# port lets the next build reuse the 1.7 GB layer instead of installing everything again.
+INDEX_PORT = int(os.environ.get("FINETUNE_IMAGE_INDEX_PORT", "41263"))
 TOOLS = {"buildah": "buildah", "podman": "podman", "runc": "runc", "debootstrap": "debootstrap"}
 # What the Dockerfile's pip calls need besides the lock: the build backend of pyproject.toml.
 BUILD_REQUIREMENTS = ["setuptools>=68"]
@@ -151,20 +154,24 @@ def make_ca(folder: Path) -> tuple[Path, Path, Path]:
     ca_key, ca_pem = folder / "ca.key", folder / "ca.pem"
     key, csr, pem = folder / "server.key", folder / "server.csr", folder / "server.pem"
     quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
-    run("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=image-test CA",
+    run("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "3650", "-subj", "/CN=image-test CA",
         "-keyout", str(ca_key), "-out", str(ca_pem), **quiet)
     run("openssl", "req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1", "-keyout", str(key),
         "-out", str(csr), **quiet)
     extensions = folder / "san.ext"
     extensions.write_text("subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n")
     run("openssl", "x509", "-req", "-in", str(csr), "-CA", str(ca_pem), "-CAkey", str(ca_key), "-CAcreateserial",
-        "-days", "2", "-extfile", str(extensions), "-out", str(pem), **quiet)
+        "-days", "3650", "-extfile", str(extensions), "-out", str(pem), **quiet)
     return ca_pem, pem, key
 
 
 @contextmanager
-def serve_index(root: Path, scratch: Path) -> Iterator[Index]:
-    ca_pem, pem, key = make_ca(scratch)
+def serve_index(root: Path) -> Iterator[Index]:
+    folder = CACHE / "index-ca"  # kept, like the port, so nothing about the index changes between builds
+    if not (folder / "server.pem").exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        make_ca(folder)
+    ca_pem, pem, key = folder / "ca.pem", folder / "server.pem", folder / "server.key"
 
     class Quiet(http.server.SimpleHTTPRequestHandler):
         def __init__(self, *args: object, **kwargs: object) -> None:
@@ -173,7 +180,11 @@ def serve_index(root: Path, scratch: Path) -> Iterator[Index]:
         def log_message(self, format: str, *args: object) -> None:  # noqa: A002
             pass
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
+    try:
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", INDEX_PORT), Quiet)
+    except OSError as exc:
+        raise SystemExit(f"cannot serve the wheel index on 127.0.0.1:{INDEX_PORT} ({exc}); another image test "
+                         "running? Set FINETUNE_IMAGE_INDEX_PORT to a free port.") from exc
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(pem, key)
     server.socket = context.wrap_socket(server.socket, server_side=True)
@@ -397,7 +408,7 @@ def main() -> int:
         scratch = Path(tmp)
         build_s = 0.0
         if not args.no_build:
-            with serve_index(index_root, scratch) as index:
+            with serve_index(index_root) as index:
                 log(f"building {IMAGE} at {revision} from {index.url}")
                 build_s = build(index, revision)
         if args.no_build:  # checks the image built last time: its revision is the one it was built from
