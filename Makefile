@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export HF_HUB_DISABLE_TELEMETRY := 1
 
-.PHONY: install demo test lint bench bench-quick bench-unseen clean
+.PHONY: install demo test lint image-test bench bench-quick bench-unseen clean
 
 install: $(STAMP)
 
@@ -27,6 +27,16 @@ lint: $(STAMP)
 
 test: lint
 	$(BIN)/pytest
+
+# image-test: build Dockerfile.cpu for real (buildah) and run the image (podman) against a loopback S3
+# server: tests/image/build_and_run.py. Needs root and a Debian mirror; installs buildah, podman, runc and
+# debootstrap when missing. The base image, the wheelhouse and the layers are cached in IMAGE_CACHE
+# (10-15 GB, growing ~1.8 GB per revision built; delete it to start over). Once: base image ~9 min,
+# wheels ~4 min; then the build (17 min from an empty cache, ~4 min when only job/ changed) and the
+# containers (5-25 min, depending on the machine's load).
+IMAGE_CACHE ?= $(HOME)/.cache/finetune-image
+image-test: $(STAMP)
+	FINETUNE_IMAGE_CACHE=$(IMAGE_CACHE) $(BIN)/python -m tests.image.build_and_run
 
 clean:
 	rm -rf demo-output .pytest_cache .mypy_cache .ruff_cache

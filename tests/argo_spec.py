@@ -76,3 +76,20 @@ def pod_tasks(spec: dict[str, Any], dag: str | None = None) -> Iterator[dict[str
             yield from pod_tasks(spec, task["template"])
         else:
             yield task
+
+
+# The train step's launcher: torchrun's own options, then `--no-python finetune-job <command> ...`.
+LAUNCHER = ["python", "-m", "job.launch"]
+
+
+def job_arguments(container: dict[str, Any]) -> list[str] | None:
+    """The `finetune-job` arguments a container runs, directly or one process per GPU under
+    job.launch; None for a container that does not run the job."""
+    command, args = container.get("command"), list(container.get("args", []))
+    if command == ["finetune-job"]:
+        return args
+    if command == LAUNCHER and "--no-python" in args:
+        start = args.index("--no-python") + 1
+        if args[start:start + 1] == ["finetune-job"]:
+            return args[start + 1:]
+    return None

@@ -254,6 +254,9 @@ def test_git_revision_and_base_model_build_args(dockerfile: str) -> None:
     assert any(i.args.startswith("GIT_REVISION") for i in app.all("ARG"))
     stamp = " ".join(i.args for i in app.all("RUN"))
     assert "with_name('GIT_REVISION')" in stamp and "job.__file__" in stamp, "job/artifacts.py reads job/GIT_REVISION"
+    # The stage's WORKDIR holds the source tree: a plain `python -c "import job"` imports that
+    # copy and stamps /src/job, which the runtime never sees (`make image-test` checks the result).
+    assert "/opt/venv/bin/python -P -c" in stamp, "the stamp must import the installed package, not ./job"
     model = next(s for s in found if s.name == "model")
     assert any(i.args.startswith("BASE_MODEL=") for i in model.all("ARG"))
     assert "/opt/models/" in " ".join(i.args for i in model.all("RUN"))
@@ -263,6 +266,38 @@ def test_git_revision_and_base_model_build_args(dockerfile: str) -> None:
     for key in ("title", "version", "revision", "created", "source", "licenses", "base.name"):
         assert f"org.opencontainers.image.{key}=" in labels, key
     assert "${GIT_REVISION}" in labels
+
+
+def build_arg_names(dockerfile: str) -> set[str]:
+    global_args, found = stages(REPO / dockerfile)
+    return set(global_args) | {i.args.partition("=")[0] for stage in found for i in stage.all("ARG")}
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES)
+def test_every_pip_call_takes_the_index_args_and_the_ca_secret(dockerfile: str) -> None:
+    """A build where only a mirror is reachable: each pip call (torch, the lock, the build backend
+    fetched for `pip install .`) must see PIP_INDEX_URL / PIP_EXTRA_INDEX_URL and the pip_ca bundle."""
+    _, found = stages(REPO / dockerfile)
+    pip_runs = 0
+    for stage in found:
+        declared = {i.args.partition("=")[0] for i in stage.all("ARG")}
+        for run in stage.all("RUN"):
+            if "pip install" not in run.args:
+                continue
+            pip_runs += 1
+            assert {"PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL"} <= declared, f"{dockerfile}:{run.line}: index args"
+            assert run.args.startswith("--mount=type=secret,id=pip_ca "), f"{dockerfile}:{run.line}: no CA secret"
+            assert "export PIP_CERT=/run/secrets/pip_ca" in run.args, f"{dockerfile}:{run.line}: CA not used"
+    assert pip_runs >= 2, "the lock install and the project install"
+    runtime_args = {i.args.partition("=")[0] for i in found[-1].all("ARG")}
+    assert not {"PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL", "TORCH_INDEX_URL"} & runtime_args, (
+        "index URLs (which may carry a token) stay out of the runtime image's config")
+
+
+def test_cuda_build_args_mirror_the_cpu_ones() -> None:
+    """Everything a CPU build can be told, the CUDA build understands too (the base image is CUDA_IMAGE)."""
+    missing = build_arg_names("Dockerfile.cpu") - {"PYTHON_IMAGE"} - build_arg_names("Dockerfile.cuda")
+    assert not missing, f"Dockerfile.cuda lacks build args {sorted(missing)}"
 
 
 def test_dockerignore_keeps_secrets_data_and_heavy_files_out() -> None:

@@ -31,13 +31,14 @@ import kubernetes_validate.utils
 import pytest
 import yaml
 from hera.workflows.models import CronWorkflow, Workflow, WorkflowTemplate
+from kubeflow_trainer_api.models import TrainerV1alpha1TrainJob, TrainerV1alpha1TrainJobStatus
 from pydantic import BaseModel
 
 from job.cli import main as cli
 from job.config import load_config
 from job.step_metrics import STEP_METRICS
 from job.steps import STEP_NAMES
-from tests.argo_spec import executed_spec, pod_tasks
+from tests.argo_spec import LAUNCHER, executed_spec, job_arguments, pod_tasks
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -49,7 +50,7 @@ OVERLAYS = ["cpu", "gpu", "argo", "dev"]
 K8S_VERSIONS = [f"1.{minor}" for minor in range(27, 38)]
 ARGO_MODELS: dict[str, type[BaseModel]] = {"Workflow": Workflow, "WorkflowTemplate": WorkflowTemplate,
                                            "CronWorkflow": CronWorkflow}
-ARGO_FILES = ["finetune.yaml", "finetune-template.yaml", "finetune-cron.yaml"]
+ARGO_FILES = ["finetune.yaml", "finetune-template.yaml", "finetune-cron.yaml", "finetune-multinode.yaml"]
 ARGO_RUNNABLE = ["finetune.yaml", "finetune-template.yaml"]  # submitted as they are (the cron runs the template)
 YAMLLINT_CONFIG = "{extends: default, rules: {line-length: {max: 120}, truthy: {allowed-values: ['true', 'false']}}}"
 QUANTITY = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei|[eE][+-]?\d+)?$")
@@ -95,12 +96,12 @@ def pod_specs(docs: list[dict[str, Any]]) -> Iterator[tuple[str, dict[str, Any]]
             yield doc["metadata"]["name"], doc["spec"]["template"]["spec"]
 
 
-def defaults(spec: dict[str, Any]) -> dict[str, str]:
-    """`{{workflow.*}}` variables as a submission with no -p would resolve them."""
+def defaults(spec: dict[str, Any], given: dict[str, str] | None = None) -> dict[str, str]:
+    """`{{workflow.*}}` variables as a submission with no -p (or with -p `given`) would resolve them."""
     variables = {"workflow.name": "finetune-abcde", "workflow.namespace": "finetune"}
     for param in spec["arguments"]["parameters"]:
-        variables[f"workflow.parameters.{param['name']}"] = str(param["value"]).replace("{{workflow.name}}",
-                                                                                        "finetune-abcde")
+        value = (given or {}).get(param["name"], param["value"])
+        variables[f"workflow.parameters.{param['name']}"] = str(value).replace("{{workflow.name}}", "finetune-abcde")
     return variables
 
 
@@ -113,18 +114,18 @@ def substitute(value: Any, variables: dict[str, str]) -> Any:
     return json.loads(text)
 
 
-def argo_pods(name: str) -> Iterator[tuple[str, str, dict[str, Any]]]:
+def argo_pods(name: str, parameters: dict[str, str] | None = None) -> Iterator[tuple[str, str, dict[str, Any]]]:
     """(template, command, Pod) for every pod task of the entrypoint DAG, as the controller would create it."""
     spec = executed_spec(argo(name)["spec"])
     templates = {t["name"]: t for t in spec["templates"]}
     for task in pod_tasks(spec):
         template = templates[task["template"]]
-        variables = defaults(spec)
+        variables = defaults(spec, parameters)
         given = {p["name"]: p["value"] for p in task.get("arguments", {}).get("parameters", [])}
         for param in template["inputs"]["parameters"]:
             value = given.get(param["name"], param.get("value"))
             assert value is not None, f"{name}: task {task['name']} gives no {param['name']}"
-            variables[f"inputs.parameters.{param['name']}"] = substitute(str(value), defaults(spec))
+            variables[f"inputs.parameters.{param['name']}"] = substitute(str(value), defaults(spec, parameters))
         # Metrics are resolved by the controller after the pod ran, from its status and outputs.
         resolved = substitute({k: v for k, v in template.items() if k != "metrics"}, variables)
         container = {**resolved["container"], "name": "main"}
@@ -299,6 +300,19 @@ def test_only_training_asks_for_a_gpu(name: str) -> None:
         assert resources["requests"]["cpu"] and resources["limits"]["memory"]
 
 
+@pytest.mark.parametrize("gpus", ["1", "4"])
+def test_train_step_runs_one_process_per_requested_gpu(gpus: str) -> None:
+    """-p gpus=N: N GPUs requested and limited, and torchrun (through job.launch) starts N processes."""
+    (train,) = [pod for _, command, pod in argo_pods("finetune.yaml", {"gpus": gpus}) if command == "train"]
+    container = train["spec"]["containers"][0]
+    assert container["command"] == LAUNCHER
+    launcher = container["args"][:container["args"].index("--no-python")]
+    assert launcher == ["--standalone", f"--nproc-per-node={gpus}"], launcher
+    resources = container["resources"]
+    assert resources["requests"]["nvidia.com/gpu"] == resources["limits"]["nvidia.com/gpu"] == gpus
+    kubernetes_validate.validate(train, K8S_VERSIONS[-1], strict=True)
+
+
 def test_train_pod_patch_can_move_training_to_a_cpu_node() -> None:
     """The documented kind/minikube override really removes every GPU requirement."""
     patch = json.loads((ARGO / "train-on-cpu.json").read_text())
@@ -372,6 +386,109 @@ def test_every_metric_reads_a_number_its_step_writes(name: str) -> None:
                 assert "{{status}} == Succeeded" in metric["when"], metric["name"]
 
 
+# ---------------------------------------------------------------- past one node: a Kubeflow Trainer TrainJob
+
+
+def train_job(parameters: dict[str, str] | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The multinode workflow's train template and the TrainJob it creates, parameters substituted."""
+    spec = argo("finetune-multinode.yaml")["spec"]
+    (template,) = [t for t in spec["templates"] if "resource" in t]
+    manifest = substitute(template["resource"]["manifest"], defaults(spec, parameters))
+    return template, yaml.safe_load(manifest)
+
+
+def node_pod(job: dict[str, Any]) -> dict[str, Any]:
+    """A training node's Pod as Trainer builds it: the trainer's container plus the runtime patch."""
+    trainer = job["spec"]["trainer"]
+    (patch,) = job["spec"]["runtimePatches"]
+    (replicated,) = patch["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"]
+    assert replicated["name"] == "node", "torch-distributed's replicated job and container are called node"
+    pod_spec = copy.deepcopy(replicated["template"]["spec"]["template"]["spec"])
+    (container,) = pod_spec.pop("containers")
+    assert container["name"] == "node"
+    pod_spec["containers"] = [{**container, "image": trainer["image"], "command": trainer["command"],
+                               "args": trainer["args"], "env": trainer["env"], "resources": trainer["resourcesPerNode"]}]
+    pod_spec["restartPolicy"] = "Never"
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "finetune-abcde-train-node-0"}, "spec": pod_spec}
+
+
+def test_train_job_round_trips_through_the_trainer_api() -> None:
+    """The published TrainJob models (kubeflow-trainer-api) read only the keys they know: the dump
+    must equal the input, so a misspelled or misplaced key fails, as for the Argo objects."""
+    _, job = train_job({"nodes": "3", "gpus": "8"})
+    model = TrainerV1alpha1TrainJob.from_dict(job)
+    assert model is not None and model.to_dict() == job, "a key the Trainer API does not know was dropped"
+    assert job["apiVersion"] == "trainer.kubeflow.org/v1alpha1" and job["kind"] == "TrainJob"
+    assert job["spec"]["runtimeRef"]["name"] == "torch-distributed"
+    assert job["spec"]["trainer"]["numNodes"] == 3 and job["spec"]["trainer"]["numProcPerNode"] == 8
+
+
+def test_train_job_runs_the_single_node_train_step_on_every_node() -> None:
+    """Same image, command, environment and config as the one-node train step; only the launcher's
+    rendezvous options differ (Trainer sets PET_NNODES, PET_NODE_RANK, PET_MASTER_ADDR for torchrun)."""
+    _, job = train_job({"gpus": "8"})
+    trainer = job["spec"]["trainer"]
+    (train,) = [pod for _, command, pod in argo_pods("finetune.yaml", {"gpus": "8"}) if command == "train"]
+    single = train["spec"]["containers"][0]
+    assert trainer["image"] == single["image"] and trainer["command"] == single["command"] == LAUNCHER
+    assert job_arguments(trainer) == job_arguments(single)
+    assert trainer["args"][:trainer["args"].index("--no-python")] == [], "no rendezvous of our own"
+    assert trainer["env"] == single["env"]
+    assert trainer["resourcesPerNode"]["limits"]["nvidia.com/gpu"] == "8" == str(trainer["numProcPerNode"])
+    pod = node_pod(job)
+    kubernetes_validate.validate(pod, K8S_VERSIONS[-1], strict=True)
+    assert pod["spec"]["securityContext"] == train["spec"]["securityContext"]
+    assert pod["spec"]["containers"][0]["securityContext"] == single["securityContext"]
+    mounts = {m["mountPath"]: m["name"] for m in pod["spec"]["containers"][0]["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+    assert volumes[mounts["/etc/finetune"]]["configMap"]["name"] == train_volume(train, "/etc/finetune")["configMap"]["name"]
+    assert "emptyDir" in volumes[mounts["/tmp"]] and volumes[mounts["/dev/shm"]]["emptyDir"]["medium"] == "Memory"
+
+
+def train_volume(pod: dict[str, Any], mount_path: str) -> dict[str, Any]:
+    container = pod["spec"]["containers"][0]
+    name = next(m["name"] for m in container["volumeMounts"] if m["mountPath"] == mount_path)
+    return next(v for v in pod["spec"]["volumes"] if v["name"] == name)
+
+
+def test_train_job_wait_conditions_read_fields_of_the_trainer_status() -> None:
+    """successCondition / failureCondition are Argo label selectors over JSON paths; each path must
+    name a counter of TrainJobStatus, else the step would wait until its deadline."""
+    template, _ = train_job()
+    status = TrainerV1alpha1TrainJobStatus.from_dict({"jobsStatus": [
+        {"name": "node", "active": 0, "ready": 0, "succeeded": 1, "failed": 2, "suspended": 0}]})
+    assert status is not None
+    document = {"status": status.to_dict()}
+    for key, expected in (("successCondition", 1), ("failureCondition", 2)):
+        path, operator, value = template["resource"][key].split()
+        assert operator == ">" and value == "0", template["resource"][key]
+        found: Any = document
+        for part in path.split("."):
+            found = found[int(part)] if isinstance(found, list) else found[part]
+        assert found == expected, (key, path)
+    assert template["resource"]["action"] == "create" and template["resource"]["setOwnerReference"] is True
+
+
+def test_multinode_workflow_shares_the_template_settings() -> None:
+    """The multinode WorkflowTemplate runs finetune-job's CPU steps (templateRef), which read the
+    running workflow's parameters, volumes and defaults: those must agree with finetune-job's."""
+    multi, single = argo("finetune-multinode.yaml")["spec"], argo("finetune-template.yaml")["spec"]
+    params = {p["name"]: p["value"] for p in single["arguments"]["parameters"]}
+    own = {p["name"]: p["value"] for p in multi["arguments"]["parameters"]}
+    assert set(own) - set(params) == {"nodes", "runtime"}
+    assert {k: v for k, v in own.items() if k in params} == {k: params[k] for k in own if k in params}
+    for key in ("serviceAccountName", "securityContext", "templateDefaults", "podGC", "ttlStrategy"):
+        assert multi[key] == single[key], key
+    single_volumes = {v["name"]: v for v in single["volumes"]}
+    assert all(single_volumes[v["name"]] == v for v in multi["volumes"])
+    templates = {t["name"] for t in single["templates"]}
+    for task in multi["templates"][0]["dag"]["tasks"]:
+        if "templateRef" in task:
+            assert task["templateRef"]["name"] == argo("finetune-template.yaml")["metadata"]["name"]
+            assert task["templateRef"]["template"] in templates
+    assert [t["name"] for t in multi["templates"][0]["dag"]["tasks"]] == ["prepare", "train", "evaluate", "classify"]
+
+
 # ---------------------------------------------------------------- every container, Argo and plain Kubernetes
 
 
@@ -408,14 +525,14 @@ def test_every_container_is_hardened(rendered: dict[str, list[dict[str, Any]]]) 
 
 def finetune_containers(rendered: dict[str, list[dict[str, Any]]]) -> Iterator[tuple[str, dict[str, Any], dict[str, Any]]]:
     for where, spec, container in all_containers(rendered):
-        if container.get("command") == ["finetune-job"]:
+        if job_arguments(container) is not None:
             yield where, spec, container
 
 
 def test_container_args_parse_with_the_real_cli(rendered: dict[str, list[dict[str, Any]]]) -> None:
     seen = set()
     for where, spec, container in finetune_containers(rendered):
-        args = [a.replace("$(RUN_ID)", "finetune-weekly-29400000") for a in container["args"]]
+        args = [a.replace("$(RUN_ID)", "finetune-weekly-29400000") for a in job_arguments(container) or []]
         command = cli.get_command(click.Context(cli), args[0])
         assert command is not None, f"{where}: finetune-job has no command {args[0]!r}"
         parsed = command.make_context(args[0], args[1:]).params  # raises on an unknown option

@@ -31,7 +31,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.argo_spec import executed_spec, join_template
+from tests.argo_spec import executed_spec, job_arguments, join_template
 from tests.conftest import OFFLINE_MODEL, TINY, merged
 from tests.s3server import ACCESS_KEY, SECRET_KEY, S3Server
 
@@ -209,13 +209,16 @@ class Node:
         return env
 
     def start(self, pod: str, volumes: list[dict[str, Any]], container: dict[str, Any]) -> subprocess.Popen[str]:
-        assert container["command"] == ["finetune-job"], "containers must run the image's console script"
+        """The container's own command: the image's console script, or `python -m job.launch` (torchrun,
+        one process per GPU; here one CPU process each, gloo) starting it."""
+        assert job_arguments(container) is not None, "containers must run the image's console script"
         paths = self.mounted[pod] = self.mounts(pod, volumes, container)
         args = [to_host(a, paths) for a in container.get("args", [])]
         env = self.environment(pod, container, paths)
         log = (self.root / f"{pod}.log").open("w")
-        return subprocess.Popen([str(BIN / "finetune-job"), *args], env=env, stdout=log, stderr=subprocess.STDOUT,
-                                text=True)
+        executable = [str(BIN / "finetune-job")] if container["command"] == ["finetune-job"] else \
+            [str(BIN / container["command"][0]), *container["command"][1:]]
+        return subprocess.Popen([*executable, *args], env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
 
 
 def to_host(value: Any, paths: dict[str, Path]) -> Any:
@@ -284,7 +287,7 @@ def run_group(workflow: Submitted, node: Node, pods: dict[str, tuple[dict[str, A
         running = {}
         for name in waiting:
             template, container = pods[name]
-            outcome.commands[name] = container["args"]
+            outcome.commands[name] = job_arguments(container) or []
             outcome.attempts[name] = outcome.attempts.get(name, 0) + 1
             running[name] = node.start(f"{workflow.name}-{name}-{outcome.attempts[name]}", volumes, container)
         waiting = []
@@ -402,7 +405,8 @@ def finished(s3: S3Server, synthetic_dir: Path, tmp_path_factory: pytest.TempPat
     def run(kind: str) -> Finished:
         cluster = make_cluster(s3, s3.create_bucket(f"contract-{kind}-{secrets.token_hex(4)}"), synthetic_dir,
                                tmp_path_factory.mktemp(kind))
-        workflow = submitters[kind](cluster.parameters)
+        # The ad-hoc run trains on "two GPUs": the train step's own launcher starts two processes.
+        workflow = submitters[kind]({**cluster.parameters, **({"gpus": "2"} if kind == "workflow" else {})})
         return Finished(cluster, workflow, run_workflow(workflow, cluster.node))
 
     with ThreadPoolExecutor(max_workers=len(submitters)) as pool:
@@ -455,6 +459,12 @@ def test_finetune_workflow_runs_step_by_step_through_object_storage(s3: S3Server
     assert outcome.order == [["prepare"], ["train"], ["evaluate", "classify"]]
     assert all(args[1:3] == ["--run-id", name] for args in outcome.commands.values()), outcome.commands
     check_finished_run(s3, bucket, name)
+    # Two processes shared the batches: half as many optimizer steps as one process takes (tests/test_ddp.py).
+    budget = read_json(s3, bucket, f"runs/{name}/steps/prepare.json")["info"]["pairs"]["budget"]
+    history = read_json(s3, bucket, f"runs/{name}/train/history.json")
+    batch = run.cluster.node.config["train"]["batch_size"]
+    batches = math.ceil(budget["triplets_spent"] / batch) + math.ceil(budget["pairs_spent"] / batch)
+    assert history["global_step"] == math.ceil(batches / 2), (history["global_step"], batches)
     assert "promoted.json" not in objects(s3, bucket, "runs/"), "the plain workflow must not promote"
 
 
