@@ -23,6 +23,7 @@ import numpy as np
 
 from job import plots
 from job.artifacts import RunDir, StepTimer, check_run_id, new_run_id
+from job.card import CARD_SAMPLES, MODEL_CARD, CardSample, model_card
 from job.classify import NotEnoughClasses, dumps_model, train_classifier
 from job.config import JobConfig, LoadedConfig
 from job.data import Corpus, Link, Ticket, build_corpus, require_enough
@@ -35,6 +36,7 @@ from job.locks import refuse_if_locked, run_lock
 from job.log import get_logger
 from job.model import (
     attention_implementation,
+    base_revision,
     distributed_rank,
     encode,
     load_model,
@@ -202,10 +204,18 @@ def read_inputs(cfg: JobConfig) -> tuple[Corpus, dict[str, Any]]:
         "tickets": len(corpus.tickets),
         "links": len(corpus.links),
         "links_per_relation": dict(Counter(link.relation for link in corpus.links)),
+        "tickets_per_project": dict(Counter(t.project or "(none)" for t in corpus.tickets.values())),
+        "created_range": _created_range(corpus),
         "given_pairs": None if corpus.scored_pairs is None else len(corpus.scored_pairs),
         "skipped_rows": [str(p) for p in corpus.problems],
     }
     return corpus, report
+
+
+def _created_range(corpus: Corpus) -> dict[str, str] | None:
+    """The first and last creation dates of the tickets (ISO strings sort by time within one format)."""
+    dates = sorted(t.created for t in corpus.tickets.values() if t.created)
+    return {"first": dates[0], "last": dates[-1]} if dates else None
 
 
 # ---------------------------------------------------------------- prepare
@@ -280,10 +290,13 @@ def _lazy_base_embedder(ctx: RunContext, log: Any) -> Any:
     return embed
 
 
-def _load_base(ctx: RunContext) -> Any:
+def _base_path(ctx: RunContext) -> str:
     cache = Path(ctx.cfg.runtime.cache_dir) if ctx.cfg.runtime.cache_dir else ctx.work_dir / "cache"
-    path = resolve_model_path(ctx.cfg.model.base, ctx.cfg.storage, cache)
-    return load_model(path, ctx.cfg.model.max_seq_length, text_prefix=ctx.cfg.model.text_prefix)
+    return resolve_model_path(ctx.cfg.model.base, ctx.cfg.storage, cache)
+
+
+def _load_base(ctx: RunContext) -> Any:
+    return load_model(_base_path(ctx), ctx.cfg.model.max_seq_length, text_prefix=ctx.cfg.model.text_prefix)
 
 
 def load_prepared(ctx: RunContext, step: Step) -> PreparedData:
@@ -339,7 +352,8 @@ def train(ctx: RunContext, prepared: PreparedData, resume: bool = False) -> Trai
     files.append(ctx.run.store.upload_file(plot, "plots/loss_curve.png"))
     info = {k: v for k, v in vars(result).items() if k != "model_dir"}
     info["environment"] = environment_info(device)
-    info["model"] = {"attention": attention_implementation(base), "max_seq_length": base.max_seq_length}
+    info["model"] = {"attention": attention_implementation(base), "max_seq_length": base.max_seq_length,
+                     "base_revision": base_revision(cfg.model.base, _base_path(ctx))}
     files.append(ctx.run.write_json("train/history.json", info))
     ctx.run.record_step(timer.record(files, info))
     ctx.run.store.delete_prefix("checkpoints/")  # only needed to resume; the model is published
@@ -391,7 +405,7 @@ def evaluate(ctx: RunContext, prepared: PreparedData, trained: TrainedModel) -> 
     assert finetuned_emb is not None
     files.append(_save_embeddings(ctx, finetuned_emb))
     ctx.run.record_step(timer.record(files, {"metrics": metrics}))
-    ctx.run.finish_if_complete(required_steps(cfg.classify.enabled), ctx.cfg.redacted())
+    finish_if_complete(ctx)
     return finetuned_emb
 
 
@@ -453,7 +467,7 @@ def classify(ctx: RunContext, prepared: PreparedData, trained: TrainedModel, cac
                  n_train=metrics["n_train"], n_test=metrics["n_test"], notes=metrics["notes"])
     files.append(ctx.run.write_json("classifier/metrics.json", metrics))
     ctx.run.record_step(timer.record(files, {"metrics": metrics}))
-    ctx.run.finish_if_complete(required_steps(cfg.classify.enabled), ctx.cfg.redacted())
+    finish_if_complete(ctx)
     return metrics
 
 
@@ -479,6 +493,31 @@ def _reuse_or_encode(ctx: RunContext, prepared: PreparedData, trained: TrainedMo
     return Embeddings(ids, vectors)
 
 
+# ---------------------------------------------------------------- finish
+
+
+def finish_if_complete(ctx: RunContext) -> bool:
+    """Once every required step has recorded itself: the model card into model/, then the metadata
+    and, last, the manifest. Evaluate and classify may finish in parallel pods; each calls this
+    after recording itself, so one of them sees both records."""
+    required = required_steps(ctx.cfg.classify.enabled)
+    records = ctx.run.complete_records(required)
+    if records is None:
+        return False
+    samples = _card_samples(ctx) if ctx.cfg.model.card_samples else None
+    card = ctx.run.store.write_bytes(MODEL_CARD, model_card(ctx.run.run_id, ctx.cfg, records, samples).encode())
+    return ctx.run.finish_if_complete(required, ctx.cfg.redacted(), extra_files=(card,))
+
+
+def _card_samples(ctx: RunContext) -> list[CardSample]:
+    """A few test pairs with their ticket text (model.card_samples: only when asked for)."""
+    store = ctx.run.store
+    texts = {r["id"]: r["text"] for r in from_jsonl(store.read_bytes("prepared/tickets.jsonl"))}
+    pairs = [Pair(**r) for r in from_jsonl(store.read_bytes("prepared/pairs_test.jsonl"))]
+    return [CardSample(texts[p.a], p.text_b if p.text_b is not None else texts[p.b], p.score, p.relation or p.kind)
+            for p in pairs[:CARD_SAMPLES]]
+
+
 # ---------------------------------------------------------------- all steps
 
 
@@ -494,7 +533,7 @@ def run_all(ctx: RunContext, resume: bool = False) -> dict[str, Any]:
     if ctx.cfg.classify.enabled and CLASSIFY not in done:
         classify(ctx, prepared, trained, embeddings)
     if not ctx.run.is_finished():  # every step was taken over: the last attempt stopped before the manifest
-        ctx.run.finish_if_complete(required_steps(ctx.cfg.classify.enabled), ctx.cfg.redacted())
+        finish_if_complete(ctx)
     return ctx.run.read_json("metrics.json")
 
 
