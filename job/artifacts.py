@@ -204,5 +204,7 @@ def build_metadata(run_id: str, config: dict[str, Any], records: dict[str, Any])
         "split": prepare.get("info", {}).get("split"),
         "pairs": prepare.get("info", {}).get("pairs"),
         "training": {k: v for k, v in train.get("info", {}).items() if k != "environment"},
+        # which CPU variants were written next to the model, and why any was not
+        "exports": ((records.get("evaluate") or {}).get("info", {}).get("metrics") or {}).get("exports"),
         "timings_s": {step: (records.get(step) or {}).get("duration_s") for step in STEP_NAMES if records.get(step)},
     }

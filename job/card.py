@@ -207,14 +207,16 @@ def _exports(exports: dict[str, Any] | None) -> str:
              "| variant | file | written | recall@10 | average precision | texts/s | x PyTorch |",
              "|---|---|---|---:|---:|---:|---:|"]
     for name, row in exports.get("variants", {}).items():
-        written = "yes" if row.get("written") else f"no: {row.get('rejected')}"
-        lines.append(f"| {name} | `{row.get('file') or '-'}` | {written} | {_num(row.get('recall_at_10'))} | "
+        verdict = "yes" if row.get("written") else f"no: {row.get('rejected')}"
+        lines.append(f"| {name} | `{row.get('file') or '-'}` | {verdict} | {_num(row.get('recall_at_10'))} | "
                      f"{_num(row.get('average_precision'))} | {_num(row.get('texts_per_s'), 1)} | "
                      f"{_num(row.get('speedup'), 2)} |")
-    lines += ["", "Load one with sentence-transformers' ONNX backend (needs `optimum-onnx`):", "", "```python",
-              "from sentence_transformers import SentenceTransformer",
-              'model = SentenceTransformer("path/to/model", backend="onnx", '
-              'model_kwargs={"file_name": "onnx/model_qint8.onnx"})', "```"]
+    written = [row["file"] for row in exports.get("variants", {}).values() if row.get("written")]
+    if written:
+        lines += ["", "The files are in the layout of sentence-transformers' ONNX backend (it needs `optimum-onnx`):",
+                  "", "```python", "from sentence_transformers import SentenceTransformer",
+                  f'model = SentenceTransformer("path/to/model", backend="onnx", model_kwargs={{"file_name": "{written[-1]}"}})',
+                  "```"]
     return "\n".join(lines)
 
 

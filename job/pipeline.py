@@ -13,6 +13,7 @@ import random
 import shutil
 import tempfile
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -388,25 +389,76 @@ def evaluate(ctx: RunContext, prepared: PreparedData, trained: TrainedModel) -> 
     ids = sorted(set(test_ids) | set(val_ids))
     results: dict[str, ModelEvaluation] = {}
     finetuned_emb: Embeddings | None = None
+    texts_per_s = 0.0
     for name, loader in (("base", lambda: _load_base(ctx)),
                          ("finetuned", lambda: load_model(str(trained.local_dir), cfg.model.max_seq_length))):
-        emb = _encode_ids(loader(), prepared, ids, ctx, log, f"encode {name}")
-        results[name] = evaluate_model(emb, prepared.pairs["val"], prepared.pairs["test"], test_ids, prepared.links,
-                                       cfg.evaluate.retrieval_relations, cfg.evaluate.positive_threshold,
-                                       cfg.evaluate.chunk_size, {t: prepared.tickets[t].created for t in test_ids})
+        model = loader()
+        started = time.monotonic()
+        emb = _encode_ids(model, prepared, ids, ctx, log, f"encode {name}")
+        texts_per_s = len(ids) / max(time.monotonic() - started, 1e-9)
+        results[name] = _score(ctx, prepared, emb)
         log.info("metrics", model=name, **{k: _round(v) for k, v in results[name].metrics.items()})
         finetuned_emb = emb
     metrics: dict[str, Any] = {name: r.metrics for name, r in results.items()}
     metrics["delta"] = {k: _delta(metrics["finetuned"].get(k), metrics["base"].get(k))
                         for k in ("average_precision", "roc_auc", "spearman", "recall_at_10", "mrr", "map",
                                   "time_aware_recall_at_10", "time_aware_mrr", "time_aware_map")}
-    files = [ctx.run.write_json("evaluate/metrics.json", metrics)]
+    files: list[FileRecord] = []
+    if cfg.export.onnx:
+        metrics["exports"], files = _export_cpu_variants(ctx, prepared, trained, ids, metrics["finetuned"],
+                                                         texts_per_s, log)
+    files.append(ctx.run.write_json("evaluate/metrics.json", metrics))
     files += _evaluation_plots(ctx, results, metrics)
     assert finetuned_emb is not None
     files.append(_save_embeddings(ctx, finetuned_emb))
     ctx.run.record_step(timer.record(files, {"metrics": metrics}))
     finish_if_complete(ctx)
     return finetuned_emb
+
+
+def _score(ctx: RunContext, prepared: PreparedData, emb: Embeddings) -> ModelEvaluation:
+    """Every metric of one model's embeddings on the held-out split (threshold from val)."""
+    cfg, test_ids = ctx.cfg, prepared.members["test"]
+    return evaluate_model(emb, prepared.pairs["val"], prepared.pairs["test"], test_ids, prepared.links,
+                          cfg.evaluate.retrieval_relations, cfg.evaluate.positive_threshold, cfg.evaluate.chunk_size,
+                          {t: prepared.tickets[t].created for t in test_ids})
+
+
+def _export_cpu_variants(ctx: RunContext, prepared: PreparedData, trained: TrainedModel, ids: list[str],
+                         reference: dict[str, Any], reference_texts_per_s: float,
+                         log: Any) -> tuple[dict[str, Any], list[FileRecord]]:
+    """Export the ONNX variants, score each on the same split as the PyTorch model, and publish under
+    model/ only those within export.max_metric_drop of it (job/export.py)."""
+    from job.export import export_variants, load_variant, rejection
+
+    cfg, threads = ctx.cfg, set_threads(ctx.cfg.runtime.threads)
+    folder = ctx.work_dir / "export"
+    variants = export_variants(load_model(str(trained.local_dir), cfg.model.max_seq_length, device="cpu"), folder)
+    summary: dict[str, Any] = {"reference": {"backend": f"pytorch ({pick_device()})",
+                                             "texts_per_s": round(reference_texts_per_s, 2)},
+                               "max_metric_drop": cfg.export.max_metric_drop, "variants": {}}
+    files: list[FileRecord] = []
+    for variant in variants:
+        model = load_variant(load_model(str(trained.local_dir), cfg.model.max_seq_length, device="cpu"),
+                             variant.path, threads)
+        started = time.monotonic()
+        emb = _encode_ids(model, prepared, ids, ctx, log, f"encode {variant.name}")
+        speed = len(ids) / max(time.monotonic() - started, 1e-9)
+        scored = _score(ctx, prepared, emb).metrics
+        refused = rejection(reference, scored, cfg.export.max_metric_drop)
+        summary["variants"][variant.name] = {
+            "file": variant.file, "written": refused is None, "rejected": refused,
+            "size_mb": round(variant.path.stat().st_size / 1e6, 1), "texts_per_s": round(speed, 2),
+            "speedup": round(speed / reference_texts_per_s, 2) if reference_texts_per_s else None,
+            "metrics": scored, **{k: scored.get(k) for k in ("recall_at_10", "average_precision")}}
+        if refused:
+            log.warning("export not written: worse than the PyTorch model", variant=variant.name, reason=refused)
+            ctx.run.store.delete(f"model/{variant.file}")  # an earlier attempt's copy must not stay behind
+            continue
+        files.append(ctx.run.store.upload_file(variant.path, f"model/{variant.file}"))
+        log.info("export written", variant=variant.name, file=f"model/{variant.file}", texts_per_s=round(speed, 1),
+                 recall_at_10=_round(scored.get("recall_at_10")), average_precision=_round(scored.get("average_precision")))
+    return summary, files
 
 
 def _round(value: Any) -> Any:
