@@ -162,9 +162,10 @@ def job_export(split: JobSplit, model_dir: str, max_len: int, speed_texts: list[
                      "quality": {k: metrics.get(k) for k in JOB_KEYS}, "vectors": emb.vectors})
         print(json.dumps({k: v for k, v in rows[-1].items() if k != "vectors"}), flush=True)
     reference = rows[0]
+    reference_vectors = reference["vectors"]
     for row in rows:
         row["speedup"] = round(row["texts_per_s"] / reference["texts_per_s"], 2)
-        row["mean_cosine_to_pytorch"] = round(float(np.mean(np.einsum("ij,ij->i", reference["vectors"],
+        row["mean_cosine_to_pytorch"] = round(float(np.mean(np.einsum("ij,ij->i", reference_vectors,
                                                                       row.pop("vectors")))), 5)
         row["max_abs_delta"] = max(abs((row["quality"][k] or 0) - (reference["quality"][k] or 0)) for k in JOB_KEYS)
         row["job_writes_it"] = rejection(reference["quality"], row["quality"], 0.01) is None
