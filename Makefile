@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export HF_HUB_DISABLE_TELEMETRY := 1
 
-.PHONY: install demo test lint image-test bench bench-quick bench-unseen clean
+.PHONY: install demo test lint image-test bench bench-quick bench-unseen bench-export clean
 
 install: $(STAMP)
 
@@ -58,3 +58,11 @@ bench-quick: $(VENV)/.bench-installed
 # Hours on 2 cores; resumes where it stopped (runs appended to bench/results/unseen-dev-runs.jsonl).
 bench-unseen: $(VENV)/.bench-installed
 	$(BIN)/python -m bench.unseen --dataset dev --out bench/results
+
+# bench-export: the job's CPU export (export.onnx) on dev: PyTorch fp32 vs ONNX fp32 vs ONNX int8, encode
+# rate and held-out metrics (offline MiniLM, 128 tokens). About 5 min on an idle 2-core machine.
+bench-export: $(STAMP)
+	test -f bench/work/runs/dev-split/steps/prepare.json || \
+	  $(BIN)/finetune-job prepare --config bench/dev-split.json --run-id dev-split
+	$(BIN)/python -m bench.encode_backends --run-dir bench/work/runs/dev-split --job-export \
+	  --quality-length 128 --speed-texts 128 --rounds 2 --out bench/results

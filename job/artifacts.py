@@ -112,16 +112,25 @@ class RunDir:
     def step_record(self, step: str) -> dict[str, Any] | None:
         return self.read_json(f"steps/{step}.json") if self.store.exists(f"steps/{step}.json") else None
 
-    def finish_if_complete(self, required: tuple[Step, ...], config: dict[str, Any]) -> bool:
-        """Write training_metadata.json, metrics.json and, last, manifest.json once every
-        required step has recorded itself. Returns True when the run is now finished."""
+    def complete_records(self, required: tuple[Step, ...]) -> dict[str, dict[str, Any]] | None:
+        """Every required step's record by step name, or None while one is missing."""
         records = {step.name: self.step_record(step.name) for step in required}
-        if any(r is None for r in records.values()):
+        return None if any(r is None for r in records.values()) else records  # type: ignore[return-value]
+
+    def finish_if_complete(self, required: tuple[Step, ...], config: dict[str, Any],
+                           extra_files: tuple[FileRecord, ...] = ()) -> bool:
+        """Write training_metadata.json, metrics.json and, last, manifest.json once every
+        required step has recorded itself. Returns True when the run is now finished.
+
+        `extra_files`: files written for the finished run itself (the model card), listed too."""
+        records = self.complete_records(required)
+        if records is None:
             return False
         files: dict[str, dict[str, Any]] = {}
         for record in records.values():
-            for f in record["files"]:  # type: ignore[index]
+            for f in record["files"]:
                 files[f["path"]] = f
+        files.update({f.path: asdict(f) for f in extra_files})
         metrics = self._merged_metrics(records)
         files[METRICS] = asdict(self.write_json(METRICS, metrics))
         files[METADATA] = asdict(self.write_json(METADATA, build_metadata(self.run_id, config, records)))
@@ -196,5 +205,7 @@ def build_metadata(run_id: str, config: dict[str, Any], records: dict[str, Any])
         "pairs": prepare.get("info", {}).get("pairs"),
         "drift": prepare.get("info", {}).get("drift"),
         "training": {k: v for k, v in train.get("info", {}).items() if k != "environment"},
+        # which CPU variants were written next to the model, and why any was not
+        "exports": ((records.get("evaluate") or {}).get("info", {}).get("metrics") or {}).get("exports"),
         "timings_s": {step: (records.get(step) or {}).get("duration_s") for step in STEP_NAMES if records.get(step)},
     }

@@ -119,6 +119,8 @@ class ModelConfig(Section):
     encode_batch_size: int = Field(64, gt=0)
     text_prefix: str = Field("", max_length=200, description="Prepended to every ticket text, in training and "
                              "inference (e5 models want 'query: '); saved with the model as its default prompt")
+    card_samples: bool = Field(False, description="Put a few test pairs' ticket text in the model card (model/README.md); "
+                               "off by default: the card travels to registries and other teams")
 
 
 class SplitConfig(Section):
@@ -225,6 +227,28 @@ class CrossEncoderConfig(Section):
                                        "the symmetric relations are added); a seeded sample keeps every class")
 
 
+def onnx_export_available() -> bool:
+    """True when the optional dependencies of the ONNX export (`pip install '.[onnx]'`) are importable."""
+    import importlib.util
+
+    return all(importlib.util.find_spec(name) is not None for name in ("onnx", "onnxruntime"))
+
+
+class ExportConfig(Section):
+    onnx: bool = Field(default_factory=onnx_export_available,
+                       description="Write ONNX fp32 and int8 variants of the model under model/onnx/, scored by "
+                       "evaluate; default: on when onnx and onnxruntime are installed")
+    max_metric_drop: float = Field(0.01, ge=0, le=1, description="A variant whose test recall@10 or average "
+                                   "precision is more than this below the PyTorch model's is not written")
+
+    @field_validator("onnx")
+    @classmethod
+    def _dependencies_installed(cls, wanted: bool) -> bool:
+        if wanted and not onnx_export_available():
+            raise ValueError("needs the packages onnx and onnxruntime (pip install '.[onnx]'); set it to false")
+        return wanted
+
+
 class ClassifyConfig(Section):
     enabled: bool = True
     method: Literal["logistic", "cross_encoder"] = Field(
@@ -290,6 +314,7 @@ class JobConfig(Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     classify: ClassifyConfig = Field(default_factory=ClassifyConfig)
+    export: ExportConfig = Field(default_factory=ExportConfig)
     promote: PromoteConfig = Field(default_factory=PromoteConfig)
     drift: DriftConfig = Field(default_factory=DriftConfig)
     storage: StorageConfig = Field(default_factory=StorageConfig)

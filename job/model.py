@@ -122,6 +122,27 @@ def refuse_pickle_weights(folder: Path) -> None:
                               "(save the model with safe_serialization=True)")
 
 
+def base_revision(base: str, resolved: str) -> str | None:
+    """Which exact base model `resolved` (from resolve_model_path) is, for the model card: the hub
+    commit of a hub id, the version of a `package:` model, else the sha256 of its weights file."""
+    import importlib.metadata as md
+
+    if base.startswith("package:"):
+        module = base[len("package:") :]
+        names = md.packages_distributions().get(module.split(".")[0], [module])
+        return f"{names[0]}=={md.version(names[0])}"
+    folder = Path(resolved)
+    if not folder.is_dir():  # a hub id: the snapshot folder it was loaded from is named after the commit
+        from huggingface_hub import snapshot_download
+
+        try:
+            return Path(snapshot_download(resolved, local_files_only=True)).name
+        except Exception:  # not in the local cache (loaded some other way): unknown, not fatal
+            return None
+    weights = sorted(folder.glob("*.safetensors"))
+    return f"sha256:{sha256_file(weights[0])}" if weights else None
+
+
 def _package_model_dir(module_name: str) -> Path:
     try:
         module = importlib.import_module(module_name)

@@ -13,6 +13,7 @@ import random
 import shutil
 import tempfile
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ import numpy as np
 
 from job import plots
 from job.artifacts import RunDir, StepTimer, check_run_id, new_run_id
+from job.card import CARD_SAMPLES, MODEL_CARD, CardSample, model_card
 from job.classify import (
     NotEnoughClasses,
     RelationLinks,
@@ -46,6 +48,7 @@ from job.locks import refuse_if_locked, run_lock
 from job.log import get_logger
 from job.model import (
     attention_implementation,
+    base_revision,
     distributed_rank,
     encode,
     load_model,
@@ -214,10 +217,18 @@ def read_inputs(cfg: JobConfig) -> tuple[Corpus, dict[str, Any]]:
         "tickets": len(corpus.tickets),
         "links": len(corpus.links),
         "links_per_relation": dict(Counter(link.relation for link in corpus.links)),
+        "tickets_per_project": dict(Counter(t.project or "(none)" for t in corpus.tickets.values())),
+        "created_range": _created_range(corpus),
         "given_pairs": None if corpus.scored_pairs is None else len(corpus.scored_pairs),
         "skipped_rows": [str(p) for p in corpus.problems],
     }
     return corpus, report
+
+
+def _created_range(corpus: Corpus) -> dict[str, str] | None:
+    """The first and last creation dates of the tickets (ISO strings sort by time within one format)."""
+    dates = sorted(t.created for t in corpus.tickets.values() if t.created)
+    return {"first": dates[0], "last": dates[-1]} if dates else None
 
 
 # ---------------------------------------------------------------- prepare
@@ -386,7 +397,8 @@ def train(ctx: RunContext, prepared: PreparedData, resume: bool = False) -> Trai
     files.append(ctx.run.store.upload_file(plot, "plots/loss_curve.png"))
     info = {k: v for k, v in vars(result).items() if k != "model_dir"}
     info["environment"] = environment_info(device)
-    info["model"] = {"attention": attention_implementation(base), "max_seq_length": base.max_seq_length}
+    info["model"] = {"attention": attention_implementation(base), "max_seq_length": base.max_seq_length,
+                     "base_revision": base_revision(cfg.model.base, _base_model_path(ctx))}
     files.append(ctx.run.write_json("train/history.json", info))
     ctx.run.record_step(timer.record(files, info))
     ctx.run.store.delete_prefix("checkpoints/")  # only needed to resume; the model is published
@@ -421,25 +433,76 @@ def evaluate(ctx: RunContext, prepared: PreparedData, trained: TrainedModel) -> 
     ids = sorted(set(test_ids) | set(val_ids))
     results: dict[str, ModelEvaluation] = {}
     finetuned_emb: Embeddings | None = None
+    texts_per_s = 0.0
     for name, loader in (("base", lambda: _load_base(ctx)),
                          ("finetuned", lambda: load_model(str(trained.local_dir), cfg.model.max_seq_length))):
-        emb = _encode_ids(loader(), prepared, ids, ctx, log, f"encode {name}")
-        results[name] = evaluate_model(emb, prepared.pairs["val"], prepared.pairs["test"], test_ids, prepared.links,
-                                       cfg.evaluate.retrieval_relations, cfg.evaluate.positive_threshold,
-                                       cfg.evaluate.chunk_size, {t: prepared.tickets[t].created for t in test_ids})
+        model = loader()
+        started = time.monotonic()
+        emb = _encode_ids(model, prepared, ids, ctx, log, f"encode {name}")
+        texts_per_s = len(ids) / max(time.monotonic() - started, 1e-9)
+        results[name] = _score(ctx, prepared, emb)
         log.info("metrics", model=name, **{k: _round(v) for k, v in results[name].metrics.items()})
         finetuned_emb = emb
     metrics: dict[str, Any] = {name: r.metrics for name, r in results.items()}
     metrics["delta"] = {k: _delta(metrics["finetuned"].get(k), metrics["base"].get(k))
                         for k in ("average_precision", "roc_auc", "spearman", "recall_at_10", "mrr", "map",
                                   "time_aware_recall_at_10", "time_aware_mrr", "time_aware_map")}
-    files = [ctx.run.write_json("evaluate/metrics.json", metrics)]
+    files: list[FileRecord] = []
+    if cfg.export.onnx:
+        metrics["exports"], files = _export_cpu_variants(ctx, prepared, trained, ids, metrics["finetuned"],
+                                                         texts_per_s, log)
+    files.append(ctx.run.write_json("evaluate/metrics.json", metrics))
     files += _evaluation_plots(ctx, results, metrics)
     assert finetuned_emb is not None
     files.append(_save_embeddings(ctx, finetuned_emb))
     ctx.run.record_step(timer.record(files, {"metrics": metrics}))
-    ctx.run.finish_if_complete(required_steps(cfg.classify.enabled), ctx.cfg.redacted())
+    finish_if_complete(ctx)
     return finetuned_emb
+
+
+def _score(ctx: RunContext, prepared: PreparedData, emb: Embeddings) -> ModelEvaluation:
+    """Every metric of one model's embeddings on the held-out split (threshold from val)."""
+    cfg, test_ids = ctx.cfg, prepared.members["test"]
+    return evaluate_model(emb, prepared.pairs["val"], prepared.pairs["test"], test_ids, prepared.links,
+                          cfg.evaluate.retrieval_relations, cfg.evaluate.positive_threshold, cfg.evaluate.chunk_size,
+                          {t: prepared.tickets[t].created for t in test_ids})
+
+
+def _export_cpu_variants(ctx: RunContext, prepared: PreparedData, trained: TrainedModel, ids: list[str],
+                         reference: dict[str, Any], reference_texts_per_s: float,
+                         log: Any) -> tuple[dict[str, Any], list[FileRecord]]:
+    """Export the ONNX variants, score each on the same split as the PyTorch model, and publish under
+    model/ only those within export.max_metric_drop of it (job/export.py)."""
+    from job.export import export_variants, load_variant, rejection
+
+    cfg, threads = ctx.cfg, set_threads(ctx.cfg.runtime.threads)
+    folder = ctx.work_dir / "export"
+    variants = export_variants(load_model(str(trained.local_dir), cfg.model.max_seq_length, device="cpu"), folder)
+    summary: dict[str, Any] = {"reference": {"backend": f"pytorch ({pick_device()})",
+                                             "texts_per_s": round(reference_texts_per_s, 2)},
+                               "max_metric_drop": cfg.export.max_metric_drop, "variants": {}}
+    files: list[FileRecord] = []
+    for variant in variants:
+        model = load_variant(load_model(str(trained.local_dir), cfg.model.max_seq_length, device="cpu"),
+                             variant.path, threads)
+        started = time.monotonic()
+        emb = _encode_ids(model, prepared, ids, ctx, log, f"encode {variant.name}")
+        speed = len(ids) / max(time.monotonic() - started, 1e-9)
+        scored = _score(ctx, prepared, emb).metrics
+        refused = rejection(reference, scored, cfg.export.max_metric_drop)
+        summary["variants"][variant.name] = {
+            "file": variant.file, "written": refused is None, "rejected": refused,
+            "size_mb": round(variant.path.stat().st_size / 1e6, 1), "texts_per_s": round(speed, 2),
+            "speedup": round(speed / reference_texts_per_s, 2) if reference_texts_per_s else None,
+            "metrics": scored, **{k: scored.get(k) for k in ("recall_at_10", "average_precision")}}
+        if refused:
+            log.warning("export not written: worse than the PyTorch model", variant=variant.name, reason=refused)
+            ctx.run.store.delete(f"model/{variant.file}")  # an earlier attempt's copy must not stay behind
+            continue
+        files.append(ctx.run.store.upload_file(variant.path, f"model/{variant.file}"))
+        log.info("export written", variant=variant.name, file=f"model/{variant.file}", texts_per_s=round(speed, 1),
+                 recall_at_10=_round(scored.get("recall_at_10")), average_precision=_round(scored.get("average_precision")))
+    return summary, files
 
 
 def _round(value: Any) -> Any:
@@ -503,7 +566,7 @@ def classify(ctx: RunContext, prepared: PreparedData, trained: TrainedModel, cac
     files.append(ctx.run.write_json("classifier/metrics.json", metrics))
     ctx.run.record_step(timer.record(files, {"metrics": metrics, **info}))
     ctx.run.store.delete_prefix(f"{CROSS_ENCODER_CHECKPOINTS}/")  # only needed to resume; the classifier is published
-    ctx.run.finish_if_complete(required_steps(cfg.classify.enabled), ctx.cfg.redacted())
+    finish_if_complete(ctx)
     return metrics
 
 
@@ -563,6 +626,31 @@ def _reuse_or_encode(ctx: RunContext, prepared: PreparedData, trained: TrainedMo
     return Embeddings(ids, vectors)
 
 
+# ---------------------------------------------------------------- finish
+
+
+def finish_if_complete(ctx: RunContext) -> bool:
+    """Once every required step has recorded itself: the model card into model/, then the metadata
+    and, last, the manifest. Evaluate and classify may finish in parallel pods; each calls this
+    after recording itself, so one of them sees both records."""
+    required = required_steps(ctx.cfg.classify.enabled)
+    records = ctx.run.complete_records(required)
+    if records is None:
+        return False
+    samples = _card_samples(ctx) if ctx.cfg.model.card_samples else None
+    card = ctx.run.store.write_bytes(MODEL_CARD, model_card(ctx.run.run_id, ctx.cfg, records, samples).encode())
+    return ctx.run.finish_if_complete(required, ctx.cfg.redacted(), extra_files=(card,))
+
+
+def _card_samples(ctx: RunContext) -> list[CardSample]:
+    """A few test pairs with their ticket text (model.card_samples: only when asked for)."""
+    store = ctx.run.store
+    texts = {r["id"]: r["text"] for r in from_jsonl(store.read_bytes("prepared/tickets.jsonl"))}
+    pairs = [Pair(**r) for r in from_jsonl(store.read_bytes("prepared/pairs_test.jsonl"))]
+    return [CardSample(texts[p.a], p.text_b if p.text_b is not None else texts[p.b], p.score, p.relation or p.kind)
+            for p in pairs[:CARD_SAMPLES]]
+
+
 # ---------------------------------------------------------------- all steps
 
 
@@ -578,7 +666,7 @@ def run_all(ctx: RunContext, resume: bool = False) -> dict[str, Any]:
     if ctx.cfg.classify.enabled and CLASSIFY not in done:
         classify(ctx, prepared, trained, embeddings)
     if not ctx.run.is_finished():  # every step was taken over: the last attempt stopped before the manifest
-        ctx.run.finish_if_complete(required_steps(ctx.cfg.classify.enabled), ctx.cfg.redacted())
+        finish_if_complete(ctx)
     publish_step_metrics(ctx, STEPS)
     return ctx.run.read_json("metrics.json")
 

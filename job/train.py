@@ -272,6 +272,8 @@ class StorageAndProgress(TrainerCallback):
         local = Path(args.output_dir) / name
         if not local.is_dir():
             return
+        # sentence-transformers' generated card quotes training rows (ticket text); a checkpoint needs none.
+        (local / "README.md").unlink(missing_ok=True)
         t0 = time.monotonic()
         upload_dir(self.store, local, f"{self.prefix}/{name}")
         self.store.write_bytes(f"{self.prefix}/{name}/{COMPLETE}", b"")
@@ -376,7 +378,8 @@ def train_model(cfg: JobConfig, model: Any, train: TrainExamples, triplets: Trip
                           "the checkpoint is saved and a rerun with the same run id resumes from it")
     model_dir = work_dir / "model"
     if trainer.is_world_process_zero():
-        trainer.model.save_pretrained(str(model_dir), safe_serialization=True)
+        # No generated card: it quotes training rows (ticket text). The job writes its own (job/card.py).
+        trainer.model.save_pretrained(str(model_dir), safe_serialization=True, create_model_card=False)
     history = trainer.state.log_history
     done_steps = trainer.state.global_step - (int(checkpoint.name.split("-")[1]) if checkpoint else 0)
     return TrainResult(

@@ -12,10 +12,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from huggingface_hub import ModelCard
 
 from job.jsonio import from_jsonl
 from tests.conftest import CLI, OFFLINE_MODEL, TINY, merged, run_cli, write_config
 from tests.s3server import SECRET_KEY, S3Server
+from tests.test_card import files_quoting, ticket_text_needles
 
 PLOTS = {"similarity_distributions.png", "roc.png", "pr.png", "f1_vs_threshold.png", "loss_curve.png",
          "confusion_matrix.png"}
@@ -84,11 +86,28 @@ def test_run_end_to_end_on_s3_checks_every_artifact_and_beats_base(
     assert model.encode(["disk full"]).shape == (1, 384)
     assert not list((run / "model").rglob("*.bin")) and list((run / "model").rglob("*.safetensors"))
 
+    # The job's card, not sentence-transformers' (which quotes training rows), and no ticket text anywhere.
+    card = ModelCard.load(run / "model" / "README.md")
+    assert card.data.library_name == "sentence-transformers" and card.data.base_model == OFFLINE_MODEL
+    assert {r.metric_type: r.metric_value for r in card.data.eval_results}["average_precision"] == \
+        round(metrics["finetuned"]["average_precision"], 4)
+    assert "## Relation classifier" in card.text and "**Threshold" in card.text
+    assert files_quoting(run / "model", ticket_text_needles(shared_sample / "tickets.jsonl")) == {}
+    # The CPU variants: scored on the same split, written only within export.max_metric_drop of PyTorch.
+    exports = metrics["exports"]["variants"]
+    assert set(exports) == {"onnx-fp32", "onnx-int8"}
+    for name, variant in exports.items():
+        assert variant["texts_per_s"] > 0 and variant["metrics"]["n_pairs"] == metrics["finetuned"]["n_pairs"]
+        assert (run / "model" / variant["file"]).exists() == variant["written"], name
+        assert variant["written"] == (variant["rejected"] is None)
+    assert exports["onnx-fp32"]["written"], "fp32 reproduces the PyTorch model"
+
     meta = json.loads((run / "training_metadata.json").read_text())
     assert meta["seed"] == 42 and meta["environment"]["libraries"]["torch"].startswith("2.13")
     assert {f["sha256"] for f in meta["inputs"]["files"]} == {_sha256(shared_sample / n) for n in ("tickets.jsonl", "links.jsonl")}
     assert set(meta["timings_s"]) == {"prepare", "train", "evaluate", "classify"}
     assert meta["training"]["loss_curve"] and meta["pairs"]["train"]["total"] > 0
+    assert meta["exports"] == metrics["exports"], "what was exported, and why not, is in the metadata too"
 
     tickets = {r["id"]: r["split"] for r in from_jsonl((run / "prepared/tickets.jsonl").read_bytes())}
     for link in from_jsonl((run / "prepared/links.jsonl").read_bytes()):

@@ -1,0 +1,272 @@
+"""The job's model card: `model/README.md` in the Hugging Face model-card format.
+
+It replaces sentence-transformers' generated card, which quotes training rows (customer ticket
+text) in a widget block and a samples table. This one says what the job knows instead: the base
+model and its exact revision, the training data as counts, projects, dates and checksums, the
+loss and settings, base vs fine-tuned metrics on the held-out test split, the threshold chosen
+on val, the relation classifier's scores, the exported CPU variants, and the run it came from.
+Ticket text appears only when `model.card_samples` is true.
+
+Built from the steps' records (what they measured), so it is written once the run is complete.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+from typing import Any
+
+from huggingface_hub import EvalResult, ModelCardData
+
+from job.config import JobConfig
+from job.log import redact_url_userinfo
+
+MODEL_CARD = "model/README.md"
+CARD_SAMPLES = 5  # test pairs quoted when model.card_samples is true
+
+# (metrics.json key, label) in the order the card shows them; the first ones go into model-index.
+CARD_METRICS = (
+    ("average_precision", "Average precision (pairs)"),
+    ("roc_auc", "ROC-AUC (pairs)"),
+    ("best_f1", "F1 at the val threshold (pairs)"),
+    ("recall_at_1", "Recall@1 (pool)"),
+    ("recall_at_10", "Recall@10 (pool)"),
+    ("mrr", "MRR (pool)"),
+    ("map", "MAP (pool)"),
+    ("time_aware_recall_at_10", "Recall@10 (time-aware)"),
+    ("time_aware_mrr", "MRR (time-aware)"),
+    ("time_aware_map", "MAP (time-aware)"),
+)
+INDEX_METRICS = ("average_precision", "roc_auc", "recall_at_10", "mrr", "map", "time_aware_recall_at_10")
+
+
+@dataclass(frozen=True)
+class CardSample:
+    """One test pair quoted in the card (only with model.card_samples)."""
+
+    text_a: str
+    text_b: str
+    score: float
+    kind: str
+
+
+def model_card(run_id: str, cfg: JobConfig, records: dict[str, dict[str, Any]],
+               samples: list[CardSample] | None = None) -> str:
+    """The card's text: YAML front matter (huggingface_hub's ModelCardData) and a Markdown body.
+
+    `records`: each finished step's record (steps/<step>.json) by step name.
+    """
+    info = {name: (record or {}).get("info", {}) for name, record in records.items()}
+    metrics = info.get("evaluate", {}).get("metrics", {})
+    sections = [
+        f"# Ticket similarity model, run {run_id}",
+        _summary(metrics),
+        _base_model(cfg, info.get("train", {})),
+        _training_data(info.get("prepare", {})),
+        _training(cfg, info.get("train", {})),
+        _evaluation(cfg, metrics),
+        _classifier(info.get("classify", {}).get("metrics")),
+        _exports(metrics.get("exports")),
+        _use_and_limits(cfg, info.get("prepare", {})),
+        _provenance(run_id, info.get("train", {})),
+    ]
+    if samples:
+        sections.append(_samples(samples))
+    return f"---\n{_front_matter(run_id, cfg, metrics).to_yaml()}\n---\n\n" + "\n\n".join(s for s in sections if s) + "\n"
+
+
+def _front_matter(run_id: str, cfg: JobConfig, metrics: dict[str, Any]) -> ModelCardData:
+    finetuned = metrics.get("finetuned", {})
+    results = [EvalResult(task_type="sentence-similarity", task_name="Duplicate and related ticket detection",
+                          dataset_type="tickets", dataset_name="held-out test split", dataset_split="test",
+                          metric_type=key, metric_name=dict(CARD_METRICS)[key], metric_value=round(finetuned[key], 4))
+               for key in INDEX_METRICS if isinstance(finetuned.get(key), float)]
+    return ModelCardData(
+        library_name="sentence-transformers",
+        base_model=_base_name(cfg.model.base),
+        pipeline_tag="sentence-similarity",
+        tags=["sentence-transformers", "sentence-similarity", "feature-extraction", "duplicate-detection",
+              "finetune-job"],
+        model_name=f"ticket-similarity-{run_id}",
+        eval_results=results or None,
+    )
+
+
+def _base_name(base: str) -> str:
+    """A hub id as it is; any other source (package, directory, s3) without credentials in it."""
+    return redact_url_userinfo(base)
+
+
+def _summary(metrics: dict[str, Any]) -> str:
+    base, tuned = metrics.get("base", {}), metrics.get("finetuned", {})
+    gains = [f"{label} {_num(base.get(key))} -> {_num(tuned.get(key))}"
+             for key, label in (("average_precision", "average precision"), ("recall_at_10", "recall@10"))
+             if isinstance(tuned.get(key), float)]
+    said = f" On the held-out test split: {'; '.join(gains)} (base -> fine-tuned)." if gains else ""
+    return ("A sentence-embedding model fine-tuned by finetune-job on a tracker's linked tickets, to find "
+            f"duplicate and related tickets (cosine similarity of the embeddings).{said}")
+
+
+def _base_model(cfg: JobConfig, train: dict[str, Any]) -> str:
+    revision = train.get("model", {}).get("base_revision") or "unknown"
+    prefix = f"; every text is prefixed with `{cfg.model.text_prefix}`" if cfg.model.text_prefix else ""
+    length = train.get("model", {}).get("max_seq_length", cfg.model.max_seq_length)
+    return (f"## Base model\n\n- Model: `{_base_name(cfg.model.base)}`\n- Revision: `{revision}`\n"
+            f"- Inputs longer than {length} tokens are cut{prefix}")
+
+
+def _training_data(prepare: dict[str, Any]) -> str:
+    inputs, split = prepare.get("inputs") or {}, prepare.get("split") or {}
+    if not inputs:
+        return ""
+    lines = ["## Training data", "",
+             f"{inputs.get('tickets')} tickets and {inputs.get('links')} links (no ticket text is quoted here).", ""]
+    projects = inputs.get("tickets_per_project") or {}
+    if projects:
+        lines.append("- Projects: " + ", ".join(f"{name} ({count})" for name, count in sorted(projects.items())))
+    dates = inputs.get("created_range")
+    if dates:
+        lines.append(f"- Created: {dates['first'][:10]} to {dates['last'][:10]}")
+    relations = inputs.get("links_per_relation") or {}
+    if relations:
+        lines.append("- Links per relation: " + ", ".join(f"{r} {n}" for r, n in sorted(relations.items())))
+    if split:
+        lines.append("- Split by connected components of the link graph (no ticket on two sides): " + ", ".join(
+            f"{name} {split[name]['tickets']} tickets / {split[name]['linked_pairs']} links"
+            for name in ("train", "val", "test") if name in split))
+    files = inputs.get("files") or []
+    if files:
+        lines += ["", "| input file | rows | kept | sha256 |", "|---|---:|---:|---|"]
+        lines += [f"| {PurePosixPath(f['uri']).name} | {f['rows']} | {f['kept']} | `{f['sha256']}` |" for f in files]
+    return "\n".join(lines)
+
+
+def _training(cfg: JobConfig, train: dict[str, Any]) -> str:
+    tc = cfg.train
+    loss = {"retrieval": f"MultipleNegativesRankingLoss on (anchor, duplicate, mined negative) triplets plus "
+                         f"{tc.pair_loss} on scored pairs",
+            "mnrl": "MultipleNegativesRankingLoss on (anchor, duplicate, mined negative) triplets"}.get(tc.loss, tc.loss)
+    lines = ["## Training", "", f"- Loss: `{tc.loss}`: {loss}",
+             f"- Epochs {tc.epochs}, batch size {tc.batch_size}, learning rate {tc.learning_rate:g}, warm-up ratio "
+             f"{tc.warmup_ratio:g}, seed {tc.seed}, row cap {tc.max_pairs or 'none'}",
+             f"- Negatives per positive {cfg.pairs.negatives_per_positive} (mix {cfg.pairs.negative_mix}), "
+             f"hard-negative mining {'on' if cfg.pairs.mine_hard_negatives else 'off'}"]
+    if train:
+        lines.append(f"- {train.get('global_step')} steps in {_num(train.get('train_seconds'), 0)} s "
+                     f"({train.get('precision')}, {_num(train.get('pairs_per_second'), 1)} rows/s)")
+    return "\n".join(lines)
+
+
+def _evaluation(cfg: JobConfig, metrics: dict[str, Any]) -> str:
+    base, tuned = metrics.get("base"), metrics.get("finetuned")
+    if not base or not tuned:
+        return ""
+    lines = ["## Evaluation on the held-out test split", "",
+             f"Pairs: {tuned.get('n_pairs')} test pairs ({tuned.get('n_positive')} positive). Retrieval: each test "
+             f"ticket with a `{tuned.get('retrieval_relations')}` link is a query ranked against the other test "
+             f"tickets ({tuned.get('n_queries')} queries); time-aware ranks only tickets filed before the query.", "",
+             "| metric | base | fine-tuned | change |", "|---|---:|---:|---:|"]
+    for key, label in CARD_METRICS:
+        if tuned.get(key) is None and base.get(key) is None:
+            continue
+        change = (tuned[key] - base[key]) if isinstance(tuned.get(key), float) and isinstance(base.get(key), float) else None
+        lines.append(f"| {label} | {_num(base.get(key))} | {_num(tuned.get(key))} | {_signed(change)} |")
+    threshold = tuned.get("threshold")
+    if threshold is not None:
+        lines += ["", f"**Threshold {threshold:.2f}.** Two tickets whose embeddings have cosine similarity >= "
+                  f"{threshold:.2f} are predicted related. It is the threshold with the best F1 on the val split "
+                  f"(pairs whose target score is >= {cfg.evaluate.positive_threshold:g} are positives: the relations "
+                  f"scored {_positive_relations(cfg)}), and the F1 above is that threshold applied to test."]
+    return "\n".join(lines)
+
+
+def _positive_relations(cfg: JobConfig) -> str:
+    chosen = [r for r, s in sorted(cfg.pairs.relation_scores.items()) if s >= cfg.evaluate.positive_threshold]
+    return ", ".join(chosen) or "none"
+
+
+def _classifier(metrics: dict[str, Any] | None) -> str:
+    if not metrics:
+        return ""
+    if "skipped" in metrics:
+        return f"## Relation classifier\n\nNot trained: {metrics['skipped']}"
+    lines = ["## Relation classifier", "",
+             f"Logistic regression over pair features of the fine-tuned embeddings, {metrics.get('n_train')} train links, "
+             f"{metrics.get('n_test')} test links: macro F1 {_num(metrics.get('macro_f1'))} (always predicting the "
+             f"majority class `{metrics.get('majority_class')}`: {_num(metrics.get('majority_macro_f1'))}).", "",
+             "| relation | precision | recall | F1 | test links |", "|---|---:|---:|---:|---:|"]
+    for name, row in sorted((metrics.get("per_class") or {}).items()):
+        lines.append(f"| {name} | {_num(row['precision'])} | {_num(row['recall'])} | {_num(row['f1'])} | {row['support']} |")
+    return "\n".join(lines)
+
+
+def _exports(exports: dict[str, Any] | None) -> str:
+    if not exports:
+        return ""
+    lines = ["## CPU variants (ONNX)", "",
+             "| variant | file | written | recall@10 | average precision | texts/s | x PyTorch |",
+             "|---|---|---|---:|---:|---:|---:|"]
+    for name, row in exports.get("variants", {}).items():
+        verdict = "yes" if row.get("written") else f"no: {row.get('rejected')}"
+        lines.append(f"| {name} | `{row.get('file') or '-'}` | {verdict} | {_num(row.get('recall_at_10'))} | "
+                     f"{_num(row.get('average_precision'))} | {_num(row.get('texts_per_s'), 1)} | "
+                     f"{_num(row.get('speedup'), 2)} |")
+    written = [row["file"] for row in exports.get("variants", {}).values() if row.get("written")]
+    if written:
+        lines += ["", "The files are in the layout of sentence-transformers' ONNX backend (it needs `optimum-onnx`):",
+                  "", "```python", "from sentence_transformers import SentenceTransformer",
+                  f'model = SentenceTransformer("path/to/model", backend="onnx", model_kwargs={{"file_name": "{written[-1]}"}})',
+                  "```"]
+    return "\n".join(lines)
+
+
+def _use_and_limits(cfg: JobConfig, prepare: dict[str, Any]) -> str:
+    projects = sorted((prepare.get("inputs") or {}).get("tickets_per_project") or {})
+    seen = f" ({', '.join(projects)})" if projects else ""
+    return "\n".join([
+        "## Intended use", "",
+        "Embed ticket text (title and description, as the training data was built with "
+        f"`{cfg.data.text_template!r}`) to suggest likely duplicates and related tickets to a person who "
+        "triages them, and as features for the relation classifier. A suggestion, not a decision: nothing "
+        "should be closed as a duplicate without a person looking.", "",
+        "## Known limits", "",
+        f"- Trained and tested on the projects in its data{seen}; other trackers, products or languages "
+        "were not measured and will score lower.",
+        "- The threshold is calibrated on this data's val split; recalibrate it for another population.",
+        "- Retrieval was scored within the test split only; a production index is larger, so recall@k there "
+        "is lower for the same k.",
+        f"- Text beyond {cfg.model.max_seq_length} tokens (long stack traces) is not seen.",
+        "- Links made by people are incomplete: an unlinked pair scored as a negative may be a real duplicate.",
+    ])
+
+
+def _provenance(run_id: str, train: dict[str, Any]) -> str:
+    env = train.get("environment") or {}
+    libraries = env.get("libraries") or {}
+    return "\n".join([
+        "## Provenance", "",
+        f"- Run id: `{run_id}` (its training_metadata.json and manifest.json sit next to this model)",
+        f"- finetune-job git revision: `{env.get('git_revision') or 'unknown'}`",
+        f"- sentence-transformers {libraries.get('sentence-transformers')}, transformers "
+        f"{libraries.get('transformers')}, torch {libraries.get('torch')}; device {env.get('device')}",
+    ])
+
+
+def _samples(samples: list[CardSample]) -> str:
+    lines = ["## Samples (test pairs; model.card_samples is on)", "", "| ticket A | ticket B | target | kind |",
+             "|---|---|---:|---|"]
+    lines += [f"| {_cell(s.text_a)} | {_cell(s.text_b)} | {s.score:g} | {s.kind} |" for s in samples]
+    return "\n".join(lines)
+
+
+def _cell(text: str, limit: int = 200) -> str:
+    flat = " ".join(text.split()).replace("|", "\\|")
+    return flat if len(flat) <= limit else flat[:limit] + "..."
+
+
+def _num(value: Any, digits: int = 4) -> str:
+    return f"{value:.{digits}f}" if isinstance(value, int | float) and not isinstance(value, bool) else "-"
+
+
+def _signed(value: float | None) -> str:
+    return "-" if value is None else f"{value:+.4f}"

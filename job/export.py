@@ -1,0 +1,118 @@
+"""CPU variants of the fine-tuned model: ONNX fp32, and int8 by dynamic quantisation.
+
+Consumers embed incoming tickets on CPU pods; ONNX Runtime is faster there than PyTorch, and
+int8 weights faster again (bench/results/encode-backends.md). The transformer is exported once
+here, in the layout sentence-transformers' ONNX backend reads (`onnx/model.onnx`, output
+`last_hidden_state`; the model's own tokenizer, pooling and normalisation stay as they are), so
+`SentenceTransformer(path, backend="onnx", model_kwargs={"file_name": "onnx/model_qint8.onnx"})`
+reads it where `optimum-onnx` is installed.
+
+sentence-transformers' own export helpers and its ONNX backend need `optimum-onnx`, whose latest
+release (0.1.0) pins transformers<4.58, while sentence-transformers 6 needs transformers 5: neither
+can run next to this job. So the export is `torch.onnx.export` plus
+`onnxruntime.quantization.quantize_dynamic`, and the job scores a variant by running the same
+SentenceTransformer with its transformer swapped for an ONNX Runtime session (`load_variant`), which
+is what the ONNX backend does. Checked once by hand in a separate environment (sentence-transformers
+5.7, transformers 4.57.6, optimum-onnx 0.1.0; modules.json class paths renamed to 5.x's): the
+backend loaded both files as ORTModelForFeatureExtraction, cosine to PyTorch 1.0 (fp32) and >= 0.988
+(int8) on 32 sample titles.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+# variant name -> file under the model directory (sentence-transformers' names for them)
+VARIANTS = {"onnx-fp32": "onnx/model.onnx", "onnx-int8": "onnx/model_qint8.onnx"}
+OUTPUT = "last_hidden_state"
+GUARDED_METRICS = ("recall_at_10", "average_precision")  # a variant may not lose more than allowed on these
+
+
+@dataclass(frozen=True)
+class ExportedVariant:
+    name: str
+    file: str  # relative to the model directory
+    path: Path  # where it was written locally
+
+
+def export_variants(model: Any, out_dir: Path) -> list[ExportedVariant]:
+    """Write every variant of the SentenceTransformer `model`'s transformer under `out_dir`."""
+    fp32 = out_dir / VARIANTS["onnx-fp32"]
+    fp32.parent.mkdir(parents=True, exist_ok=True)
+    _export_fp32(model, fp32)
+    int8 = out_dir / VARIANTS["onnx-int8"]
+    _quantize_int8(fp32, int8)
+    return [ExportedVariant("onnx-fp32", VARIANTS["onnx-fp32"], fp32),
+            ExportedVariant("onnx-int8", VARIANTS["onnx-int8"], int8)]
+
+
+def _export_fp32(model: Any, path: Path) -> None:
+    transformer = model[0].auto_model.eval()
+    names = list(model.tokenizer.model_input_names)
+
+    class LastHiddenState(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.transformer = transformer
+
+        def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+            return self.transformer(**dict(zip(names, inputs, strict=True))).last_hidden_state
+
+    example = tuple(torch.ones((2, 8), dtype=torch.long, device=transformer.device) for _ in names)
+    axes = {name: {0: "batch", 1: "sequence"} for name in [*names, OUTPUT]}
+    with torch.inference_mode():
+        torch.onnx.export(LastHiddenState(), example, str(path), input_names=names, output_names=[OUTPUT],
+                          dynamic_axes=axes, opset_version=17, dynamo=False)
+
+
+def _quantize_int8(fp32: Path, int8: Path) -> None:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    # Per-channel scales: mean cosine to fp32 0.993 instead of 0.955 with one scale per tensor
+    # (64 sample tickets, 48 tokens), at the same size and speed.
+    quantize_dynamic(str(fp32), str(int8), weight_type=QuantType.QInt8, per_channel=True)
+
+
+def load_variant(model: Any, onnx_path: Path, threads: int) -> Any:
+    """`model` (a SentenceTransformer on CPU) with its transformer run by ONNX Runtime from `onnx_path`:
+    tokenisation, prompts, pooling and normalisation stay the model's own, as in the ONNX backend."""
+    model[0].model = _OnnxTransformer(onnx_path, model[0].model.config, threads)
+    return model
+
+
+class _OnnxTransformer(torch.nn.Module):
+    """Stands in for the Hugging Face transformer inside sentence-transformers' Transformer module."""
+
+    def __init__(self, path: Path, config: Any, threads: int) -> None:
+        import onnxruntime as ort
+
+        super().__init__()
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.inputs = [i.name for i in self.session.get_inputs()]
+        self.config = config
+
+    def forward(self, **features: Any) -> dict[str, Any]:
+        feed = {name: features[name].cpu().numpy().astype(np.int64) for name in self.inputs}
+        return {OUTPUT: torch.from_numpy(self.session.run([OUTPUT], feed)[0])}
+
+
+def rejection(reference: dict[str, Any], variant: dict[str, Any], max_drop: float) -> str | None:
+    """Why a variant must not be written, or None: its test recall@10 or average precision is more
+    than `max_drop` below the PyTorch model's (a metric the reference lacks is not compared)."""
+    problems = []
+    for key in GUARDED_METRICS:
+        ref, got = reference.get(key), variant.get(key)
+        if not isinstance(ref, float) or math.isnan(ref):
+            continue
+        if not isinstance(got, float) or math.isnan(got) or ref - got > max_drop + 1e-12:
+            shown = "none" if not isinstance(got, float) else f"{got:.4f}"
+            problems.append(f"{key} {shown} vs {ref:.4f} (more than {max_drop:g} below PyTorch)")
+    return "; ".join(problems) or None
