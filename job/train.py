@@ -24,7 +24,7 @@ from sentence_transformers.sentence_transformer.evaluation import EmbeddingSimil
 from transformers import PrinterCallback, TrainerCallback
 
 from job.config import JobConfig, TrainConfig
-from job.errors import Interrupted, RunStateError
+from job.errors import InputError, Interrupted, RunStateError
 from job.log import Progress
 from job.pairs import Pair, Triplet
 from job.storage import Store, download_dir, upload_dir
@@ -376,6 +376,11 @@ def train_model(cfg: JobConfig, model: Any, train: TrainExamples, triplets: Trip
     if stop.is_set():
         raise Interrupted(f"training stopped at step {trainer.state.global_step} on request; "
                           "the checkpoint is saved and a rerun with the same run id resumes from it")
+    if trainer.state.global_step == 0:
+        # A silent no-op would publish the base model as if it were trained (seen: 8 rows per dataset,
+        # batch 8, two processes under torchrun).
+        raise InputError("training took no optimizer step: every process got less than one batch of each "
+                         "training set; raise train.max_pairs or lower train.batch_size or the number of processes")
     model_dir = work_dir / "model"
     if trainer.is_world_process_zero():
         # No generated card: it quotes training rows (ticket text). The job writes its own (job/card.py).

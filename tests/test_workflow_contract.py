@@ -40,9 +40,10 @@ ARGO = REPO / "argo"
 CONFIG_MAP = REPO / "k8s" / "base" / "config.yaml"
 BIN = Path(sys.executable).parent
 
-# TINY from conftest, smaller still: no hard-negative mining (one fewer model load) and few pairs.
+# TINY from conftest, smaller still: no hard-negative mining (one fewer model load) and few pairs,
+# but two batches per training set, so that each of the two processes of `gpus=2` gets one.
 CONTRACT_TINY = merged(TINY, {"model": {"base": OFFLINE_MODEL, "max_seq_length": 32},
-                              "train": {"max_pairs": 16},
+                              "train": {"max_pairs": 32},
                               "pairs": {"mine_hard_negatives": False, "augment_per_positive": 0}})
 
 _VARIABLE = re.compile(r"\{\{\s*([^{}]+?)\s*\}\}")
