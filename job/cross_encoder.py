@@ -24,7 +24,6 @@ from __future__ import annotations
 import json
 import random
 import threading
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,7 +32,7 @@ import numpy as np
 
 from job.config import DIRECTED_RELATIONS, JobConfig
 from job.data import Link, Ticket
-from job.errors import ConfigError, Interrupted
+from job.errors import ConfigError
 from job.model import pick_device, refuse_pickle_weights
 
 CROSS_ENCODER_FORMAT = "ticket-relation-cross-encoder/1"
@@ -158,14 +157,13 @@ def train_cross_encoder(start_model: str, classes: list[str], train_links: list[
     from datasets import Dataset
     from sentence_transformers.cross_encoder import CrossEncoderTrainer, CrossEncoderTrainingArguments
     from sentence_transformers.cross_encoder.losses import CrossEntropyLoss
-    from transformers import PrinterCallback
 
     from job.train import (
         StorageAndProgress,
         batch_sampler_for,
         choose_precision,
-        fetch_checkpoint,
         seed_everything,
+        train_resumably,
     )
 
     ce, seed = cfg.classify.cross_encoder, cfg.train.seed
@@ -215,14 +213,8 @@ def train_cross_encoder(start_model: str, classes: list[str], train_links: list[
         train_dataset=Dataset.from_dict(vars(train_rows)),
         evaluator=_validation_evaluator(val_rows, classes, PREDICT_BATCH_SIZE) if select_best else None,
         callbacks=[StorageAndProgress(store, log, stop, prefix=CHECKPOINTS, what="train cross-encoder")])
-    trainer.remove_callback(PrinterCallback)  # it prints dicts to stdout, breaking the JSON log stream
-    checkpoint = fetch_checkpoint(store, output_dir, log, required=False, prefix=CHECKPOINTS)
-    t0 = time.monotonic()
-    trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-    seconds = time.monotonic() - t0
-    if stop.is_set():
-        raise Interrupted(f"classifier training stopped at step {trainer.state.global_step} on request; "
-                          "the checkpoint is saved and a rerun with the same run id resumes from it")
+    checkpoint, seconds = train_resumably(trainer, store, output_dir, log, stop, required=False, prefix=CHECKPOINTS,
+                                          what="classifier training")
     model_dir = work_dir / "classifier"
     save_cross_encoder(trainer.model, classes, model_dir)
     history = [{"epoch": h.get("epoch"), "step": h["step"], "val_macro_f1": h["eval_val_macro_f1"]}

@@ -368,14 +368,8 @@ def train_model(cfg: JobConfig, model: Any, train: TrainExamples, triplets: Trip
     trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=datasets, loss=losses,
                                          evaluator=evaluator,
                                          callbacks=[callback, *extra_callbacks])
-    trainer.remove_callback(PrinterCallback)  # it prints dicts to stdout, breaking the JSON log stream
-    checkpoint = fetch_checkpoint(store, output_dir, log, required=resume)
-    t0 = time.monotonic()
-    trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-    seconds = time.monotonic() - t0
-    if stop.is_set():
-        raise Interrupted(f"training stopped at step {trainer.state.global_step} on request; "
-                          "the checkpoint is saved and a rerun with the same run id resumes from it")
+    checkpoint, seconds = train_resumably(trainer, store, output_dir, log, stop, required=resume,
+                                          prefix=CHECKPOINTS, what="training")
     if trainer.state.global_step == 0:
         # A silent no-op would publish the base model as if it were trained (seen: 8 rows per dataset,
         # batch 8, two processes under torchrun).
@@ -401,6 +395,23 @@ def train_model(cfg: JobConfig, model: Any, train: TrainExamples, triplets: Trip
         resumed_from=checkpoint.name if checkpoint else None,
         n_examples=n_rows,
     )
+
+
+def train_resumably(trainer: Any, store: Store, output_dir: Path, log: Any, stop: threading.Event, *,
+                    required: bool, prefix: str, what: str) -> tuple[Path | None, float]:
+    """Run a (SentenceTransformer or CrossEncoder) trainer from the newest checkpoint under `prefix`.
+
+    Returns the checkpoint it resumed from and the seconds trained; raises Interrupted when `stop` was set
+    (the callback has saved a checkpoint by then)."""
+    trainer.remove_callback(PrinterCallback)  # it prints dicts to stdout, breaking the JSON log stream
+    checkpoint = fetch_checkpoint(store, output_dir, log, required=required, prefix=prefix)
+    t0 = time.monotonic()
+    trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    seconds = time.monotonic() - t0
+    if stop.is_set():
+        raise Interrupted(f"{what} stopped at step {trainer.state.global_step} on request; "
+                          "the checkpoint is saved and a rerun with the same run id resumes from it")
+    return checkpoint, seconds
 
 
 def fetch_checkpoint(store: Store, output_dir: Path, log: Any, required: bool,
