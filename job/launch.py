@@ -12,6 +12,7 @@ checkpoint and stop), and the launcher then exits 75; a failed worker's own code
 
 from __future__ import annotations
 
+import signal
 import sys
 from collections.abc import Iterable
 
@@ -20,13 +21,17 @@ from job.errors import EXIT_FAILURE, EXIT_TRANSIENT
 
 def launcher_exit_code(worker_codes: Iterable[int]) -> int:
     """One exit code for the pod from the failed workers' codes: a bug (any code other than 75)
-    outranks a transient failure, so a broken run is not retried as if it were an eviction."""
-    codes = {code for code in worker_codes if code != 0}
+    outranks a transient failure, so a broken run is not retried as if it were an eviction.
+
+    Once one worker fails, torchrun's agent stops the others with SIGTERM (code -15): those are
+    the consequence, not the cause, so the failed worker's own code is the one passed on."""
+    codes = {code for code in worker_codes if code not in (0, -signal.SIGTERM)}
+    stopped_by_the_agent = -signal.SIGTERM in set(worker_codes)
     if not codes:
-        return EXIT_FAILURE  # torchrun failed with no worker code to pass on
+        return EXIT_TRANSIENT if stopped_by_the_agent else EXIT_FAILURE
     if codes == {EXIT_TRANSIENT}:
         return EXIT_TRANSIENT
-    # A worker killed by a signal reports a negative code; a shell would report 128 + signal.
+    # A worker killed by another signal (OOM's SIGKILL, a segfault) is a failure, not a retry.
     real = sorted(code for code in codes if code != EXIT_TRANSIENT)
     return real[0] if real[0] > 0 else EXIT_FAILURE
 

@@ -27,6 +27,10 @@ def test_exit_code_of_the_failed_workers() -> None:
     assert launcher_exit_code([EXIT_TRANSIENT, EXIT_FAILURE]) == EXIT_FAILURE
     assert launcher_exit_code([-signal.SIGKILL]) == EXIT_FAILURE
     assert launcher_exit_code([]) == EXIT_FAILURE
+    # torchrun's agent SIGTERMs the surviving workers once one fails: the failed one's code counts.
+    assert launcher_exit_code([-signal.SIGTERM, EXIT_BAD_INPUT]) == EXIT_BAD_INPUT
+    assert launcher_exit_code([-signal.SIGTERM, EXIT_TRANSIENT]) == EXIT_TRANSIENT
+    assert launcher_exit_code([-signal.SIGTERM, -signal.SIGKILL]) == EXIT_FAILURE
 
 
 def _env() -> dict[str, str]:
