@@ -3,7 +3,13 @@ that keeps a variant worse than the PyTorch model out of the model folder."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +19,7 @@ from job.config import StorageConfig
 from job.export import VARIANTS, export_variants, load_variant, rejection
 from job.log import get_logger
 from job.model import encode, load_model, resolve_model_path
-from tests.conftest import OFFLINE_MODEL
+from tests.conftest import OFFLINE_MODEL, REPO
 
 # The fine-tuned model's test metrics from a tiny run on the shared sample (run c1).
 PYTORCH = {"recall_at_10": 0.6667, "average_precision": 0.7345, "mrr": 0.6773}
@@ -23,6 +29,14 @@ PYTORCH = {"recall_at_10": 0.6667, "average_precision": 0.7345, "mrr": 0.6773}
 FP32_MIN_COSINE = 0.999
 INT8_MIN_COSINE = 0.97
 INT8_MEAN_COSINE = 0.985
+
+# The consumer's environment: sentence-transformers' ONNX backend needs optimum-onnx, which pins
+# transformers<4.58, so it is a venv of its own, built once per content of the lock file.
+CONSUMER_LOCK = REPO / "requirements-onnx-consumer.lock"
+CONSUMER_SCRIPT = Path(__file__).with_name("onnx_consumer.py")
+CONSUMER_CACHE = Path.home() / ".cache" / "finetune-test"
+INSTALL_TIMEOUT_S = 900
+ENCODE_TIMEOUT_S = 300
 
 
 def test_a_variant_within_the_allowed_drop_is_written() -> None:
@@ -73,19 +87,77 @@ def test_onnx_variants_reproduce_the_pytorch_embeddings(shared_sample: Path, tmp
     assert sizes["onnx-int8"] < sizes["onnx-fp32"] / 3
 
 
-def test_the_sentence_transformers_onnx_backend_loads_an_exported_folder(tmp_path: Path) -> None:
-    """Where optimum-onnx can be installed (it pins transformers<4.58, so not next to this job), a
-    consumer loads the variants with backend="onnx". Skipped here; see README for the consumer check."""
-    pytest.importorskip("optimum.onnxruntime", exc_type=ImportError)
-    from sentence_transformers import SentenceTransformer
-
+@pytest.mark.slow
+def test_the_sentence_transformers_onnx_backend_loads_an_exported_folder(shared_sample: Path,
+                                                                          tmp_path: Path) -> None:
+    """A consumer in its own environment (requirements-onnx-consumer.lock) loads both variants with
+    SentenceTransformer(folder, backend="onnx", model_kwargs={"file_name": ...}) and gets the embeddings
+    of the PyTorch model the job saved."""
+    python = consumer_python()
     path = resolve_model_path(OFFLINE_MODEL, StorageConfig(), tmp_path)
     folder = tmp_path / "model"
     model = load_model(path, 64, device="cpu")
     model.save_pretrained(str(folder), create_model_card=False)
     export_variants(model, folder)
-    reference = model.encode(["disk full on the datanode"], normalize_embeddings=True)
-    for file in VARIANTS.values():
-        onnx = SentenceTransformer(str(folder), backend="onnx", model_kwargs={"file_name": file}, device="cpu")
-        vector = onnx.encode(["disk full on the datanode"], normalize_embeddings=True)
-        assert float(reference[0] @ vector[0]) >= INT8_MIN_COSINE
+    texts = _sample_texts(shared_sample, 32)
+    reference = model.encode(texts, normalize_embeddings=True)
+
+    consumer = encode_in_consumer(python, folder, texts, tmp_path / "consumer.json")
+    print(consumer["versions"])
+    cosines = {}
+    for file, variant in consumer["variants"].items():
+        assert variant["loaded"] == file, f"the backend did not load {file} (exported the model itself?)"
+        assert variant["class"] == "ORTModelForFeatureExtraction"
+        cosines[file] = np.einsum("ij,ij->i", reference, np.array(variant["embeddings"], dtype=np.float32))
+    print({file: (round(float(c.min()), 5), round(float(c.mean()), 5)) for file, c in cosines.items()})
+    fp32, int8 = cosines[VARIANTS["onnx-fp32"]], cosines[VARIANTS["onnx-int8"]]
+    assert fp32.min() >= FP32_MIN_COSINE
+    assert int8.min() >= INT8_MIN_COSINE and int8.mean() >= INT8_MEAN_COSINE
+
+
+def encode_in_consumer(python: Path, folder: Path, texts: list[str], out: Path) -> dict:
+    """Both variants' embeddings of `texts`, computed by tests/onnx_consumer.py in the consumer venv."""
+    texts_json = out.with_suffix(".texts.json")
+    texts_json.write_text(json.dumps(texts))
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # nothing of the job's environment
+    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    _run([str(python), str(CONSUMER_SCRIPT), str(folder), str(texts_json), str(out), *VARIANTS.values()],
+         ENCODE_TIMEOUT_S, "the consumer script", env=env)
+    return json.loads(out.read_text())
+
+
+def consumer_python() -> Path:
+    """The consumer venv's python: built on first use under ~/.cache, in a temporary folder renamed into
+    place once installed and checked, so an interrupted build is never reused and a new lock rebuilds."""
+    digest = hashlib.sha256(CONSUMER_LOCK.read_bytes()).hexdigest()[:12]
+    venv = CONSUMER_CACHE / f"onnx-consumer-{digest}"
+    if not venv.exists():
+        CONSUMER_CACHE.mkdir(parents=True, exist_ok=True)
+        building = Path(tempfile.mkdtemp(prefix=f"{venv.name}.building-", dir=CONSUMER_CACHE))
+        try:
+            build_consumer_venv(building)
+            building.rename(venv)
+        except OSError:
+            if not venv.exists():  # else another test run built it first: use that one
+                raise
+        finally:
+            shutil.rmtree(building, ignore_errors=True)
+    # Call python -m pip, never bin/pip: the scripts' shebangs still name the temporary folder.
+    return venv / "bin" / "python"
+
+
+def build_consumer_venv(venv: Path) -> None:
+    _run([sys.executable, "-m", "venv", "--clear", str(venv)], 120, "python -m venv")
+    python = str(venv / "bin" / "python")
+    # --no-deps: the lock lists every package, and pip check fails the build when it misses one.
+    _run([python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-deps",
+          "-r", str(CONSUMER_LOCK)], INSTALL_TIMEOUT_S, f"installing {CONSUMER_LOCK.name}")
+    _run([python, "-m", "pip", "check"], 120, f"pip check ({CONSUMER_LOCK.name} misses a dependency?)")
+
+
+def _run(command: list[str], timeout_s: int, what: str, env: dict[str, str] | None = None) -> None:
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s, env=env)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"{what} took more than {timeout_s} s")
+    assert done.returncode == 0, f"{what} failed (exit {done.returncode}):\n{done.stdout[-2000:]}{done.stderr[-3000:]}"
