@@ -111,18 +111,17 @@ def test_the_sentence_transformers_onnx_backend_loads_an_exported_folder(shared_
         cosines[file] = np.einsum("ij,ij->i", reference, np.array(variant["embeddings"], dtype=np.float32))
     print({file: (round(float(c.min()), 5), round(float(c.mean()), 5)) for file, c in cosines.items()})
     fp32, int8 = cosines[VARIANTS["onnx-fp32"]], cosines[VARIANTS["onnx-int8"]]
-    assert fp32.min() >= FP32_MIN_COSINE
-    assert int8.min() >= INT8_MIN_COSINE and int8.mean() >= INT8_MEAN_COSINE
+    assert fp32.min() >= FP32_MIN_COSINE, f"fp32: min cosine to PyTorch {fp32.min():.5f}"
+    assert int8.min() >= INT8_MIN_COSINE, f"int8: min cosine to PyTorch {int8.min():.5f}"
+    assert int8.mean() >= INT8_MEAN_COSINE, f"int8: mean cosine to PyTorch {int8.mean():.5f}"
 
 
 def encode_in_consumer(python: Path, folder: Path, texts: list[str], out: Path) -> dict:
     """Both variants' embeddings of `texts`, computed by tests/onnx_consumer.py in the consumer venv."""
     texts_json = out.with_suffix(".texts.json")
     texts_json.write_text(json.dumps(texts))
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # nothing of the job's environment
-    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     _run([str(python), str(CONSUMER_SCRIPT), str(folder), str(texts_json), str(out), *VARIANTS.values()],
-         ENCODE_TIMEOUT_S, "the consumer script", env=env)
+         ENCODE_TIMEOUT_S, "the consumer script")
     return json.loads(out.read_text())
 
 
@@ -155,9 +154,15 @@ def build_consumer_venv(venv: Path) -> None:
     _run([python, "-m", "pip", "check"], 120, f"pip check ({CONSUMER_LOCK.name} misses a dependency?)")
 
 
-def _run(command: list[str], timeout_s: int, what: str, env: dict[str, str] | None = None) -> None:
+def _run(command: list[str], timeout_s: int, what: str) -> None:
+    # Offline, and without the job's PYTHONPATH: the consumer sees only its own venv. The environment is
+    # made here, not passed in, so that a failure's traceback does not print it.
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"HF_HUB_OFFLINE": "1",
+                                                                       "TRANSFORMERS_OFFLINE": "1"}
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s, env=env)
     except subprocess.TimeoutExpired:
-        pytest.fail(f"{what} took more than {timeout_s} s")
-    assert done.returncode == 0, f"{what} failed (exit {done.returncode}):\n{done.stdout[-2000:]}{done.stderr[-3000:]}"
+        pytest.fail(f"{what} took more than {timeout_s} s", pytrace=False)
+    if done.returncode != 0:
+        pytest.fail(f"{what} failed (exit {done.returncode}):\n{done.stdout[-2000:]}{done.stderr[-3000:]}",
+                    pytrace=False)
