@@ -12,10 +12,9 @@ release (0.1.0) pins transformers<4.58, while sentence-transformers 6 needs tran
 can run next to this job. So the export is `torch.onnx.export` plus
 `onnxruntime.quantization.quantize_dynamic`, and the job scores a variant by running the same
 SentenceTransformer with its transformer swapped for an ONNX Runtime session (`load_variant`), which
-is what the ONNX backend does. Checked once by hand in a separate environment (sentence-transformers
-5.7, transformers 4.57.6, optimum-onnx 0.1.0; modules.json class paths renamed to 5.x's): the
-backend loaded both files as ORTModelForFeatureExtraction, cosine to PyTorch 1.0 (fp32) and >= 0.988
-(int8) on 32 sample titles.
+is what the ONNX backend does. tests/test_export.py loads both files through that backend in a
+separate environment (requirements-onnx-consumer.lock: sentence-transformers 5.7, transformers 4.57.6,
+optimum-onnx 0.1.0; Normalize's class path in modules.json renamed to 5.x's) and compares them with PyTorch.
 """
 
 from __future__ import annotations
