@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -120,6 +121,26 @@ def refuse_pickle_weights(folder: Path) -> None:
             where = (directory / pickled[0]).relative_to(folder).as_posix()
             raise ConfigError(f"model {folder}: {where}: pickle weights are refused; use safetensors "
                               "(save the model with safe_serialization=True)")
+
+
+# The class paths every published sentence-transformers model uses in modules.json. sentence-transformers 6
+# saves its own new paths, which 5.x cannot import; 5.x is what a consumer of the ONNX export runs today
+# (optimum-onnx needs transformers < 4.58). Both versions load these.
+PORTABLE_MODULES = "sentence_transformers.models"
+
+
+def write_portable_module_paths(model_dir: Path) -> None:
+    """Rewrite modules.json to the portable class path of each module where that names the same class."""
+    path = model_dir / "modules.json"
+    modules = json.loads(path.read_text())
+    with warnings.catch_warnings():  # 6.x calls the old path deprecated; it still loads every hub model
+        warnings.simplefilter("ignore", DeprecationWarning)
+        portable = importlib.import_module(PORTABLE_MODULES)
+    for module in modules:
+        owner, _, name = module["type"].rpartition(".")
+        if getattr(portable, name, None) is getattr(importlib.import_module(owner), name, object()):
+            module["type"] = f"{PORTABLE_MODULES}.{name}"
+    path.write_text(json.dumps(modules, indent=2) + "\n")
 
 
 def base_revision(base: str, resolved: str) -> str | None:

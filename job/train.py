@@ -26,6 +26,7 @@ from transformers import PrinterCallback, TrainerCallback
 from job.config import JobConfig, TrainConfig
 from job.errors import InputError, Interrupted, RunStateError
 from job.log import Progress
+from job.model import write_portable_module_paths
 from job.pairs import Pair, Triplet
 from job.storage import Store, download_dir, upload_dir
 
@@ -379,6 +380,7 @@ def train_model(cfg: JobConfig, model: Any, train: TrainExamples, triplets: Trip
     if trainer.is_world_process_zero():
         # No generated card: it quotes training rows (ticket text). The job writes its own (job/card.py).
         trainer.model.save_pretrained(str(model_dir), safe_serialization=True, create_model_card=False)
+        write_portable_module_paths(model_dir)
     history = trainer.state.log_history
     done_steps = trainer.state.global_step - (int(checkpoint.name.split("-")[1]) if checkpoint else 0)
     return TrainResult(

@@ -9,52 +9,22 @@ Only the standard library, numpy and sentence-transformers: the job's own packag
 
 from __future__ import annotations
 
-import importlib
 import json
-import shutil
 import sys
-import tempfile
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
 from sentence_transformers import SentenceTransformer
 
-# sentence-transformers 6 saves its modules under new class paths (sentence_transformers.base.modules...);
-# 5.x knows them as sentence_transformers.models.<Class>.
-MODULES_OF_5X = "sentence_transformers.models"
-
 
 def main(folder: Path, texts_json: Path, out_json: Path, files: list[str]) -> None:
     texts = json.loads(texts_json.read_text())
-    with tempfile.TemporaryDirectory() as scratch:
-        readable = readable_by_this_version(folder, Path(scratch) / "model")
-        results = {file: encode_with_onnx_backend(readable, file, texts) for file in files}
+    # The folder as the job wrote it: no edits (its modules.json uses the class paths 5.x knows).
+    results = {file: encode_with_onnx_backend(folder, file, texts) for file in files}
     versions = {name: version(name) for name in ("sentence-transformers", "transformers", "optimum-onnx",
                                                  "onnxruntime")}
     out_json.write_text(json.dumps({"versions": versions, "variants": results}))
-
-
-def readable_by_this_version(folder: Path, copy: Path) -> Path:
-    """A copy of `folder` whose modules.json names each module by a class path this version has: the edit a
-    consumer on sentence-transformers 5.x makes to a folder saved by 6.x (nothing else is changed)."""
-    shutil.copytree(folder, copy)
-    modules = json.loads((copy / "modules.json").read_text())
-    for module in modules:
-        if not importable(module["type"]):
-            renamed = f"{MODULES_OF_5X}.{module['type'].rpartition('.')[2]}"
-            assert importable(renamed), f"no 5.x class for {module['type']}"
-            module["type"] = renamed
-    (copy / "modules.json").write_text(json.dumps(modules, indent=2))
-    return copy
-
-
-def importable(class_path: str) -> bool:
-    module, _, name = class_path.rpartition(".")
-    try:
-        return hasattr(importlib.import_module(module), name)
-    except ImportError:
-        return False
 
 
 def encode_with_onnx_backend(folder: Path, file: str, texts: list[str]) -> dict[str, Any]:

@@ -18,7 +18,7 @@ import pytest
 from job.config import StorageConfig
 from job.export import VARIANTS, export_variants, load_variant, rejection
 from job.log import get_logger
-from job.model import encode, load_model, resolve_model_path
+from job.model import encode, load_model, resolve_model_path, write_portable_module_paths
 from tests.conftest import OFFLINE_MODEL, REPO
 
 # The fine-tuned model's test metrics from a tiny run on the shared sample (run c1).
@@ -98,6 +98,7 @@ def test_the_sentence_transformers_onnx_backend_loads_an_exported_folder(shared_
     folder = tmp_path / "model"
     model = load_model(path, 64, device="cpu")
     model.save_pretrained(str(folder), create_model_card=False)
+    write_portable_module_paths(folder)  # as train saves the model: 5.x knows only these class paths
     export_variants(model, folder)
     texts = _sample_texts(shared_sample, 32)
     reference = model.encode(texts, normalize_embeddings=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 import statistics
 from pathlib import Path
@@ -121,6 +122,12 @@ def test_val_runs_each_epoch_only_when_there_is_an_epoch_to_choose(tmp_path: Pat
     assert len(result.val_history) == validations
     assert (result.best_metric is None) == (validations == 0)
     assert result.global_step == 2 * epochs and (result.model_dir / "modules.json").exists()
+    # Class paths both sentence-transformers 5.x (the ONNX backend's consumers) and 6.x load.
+    modules = json.loads((result.model_dir / "modules.json").read_text())
+    assert [m["type"] for m in modules] == [f"sentence_transformers.models.{name}"
+                                            for name in ("Transformer", "Pooling", "Normalize")]
+    reloaded = load_model(str(result.model_dir), 16)
+    assert [type(module).__name__ for module in reloaded] == ["Transformer", "Pooling", "Normalize"]
 
 
 @pytest.mark.slow
