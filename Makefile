@@ -25,8 +25,11 @@ lint: $(STAMP)
 	$(BIN)/ruff check job tests
 	$(BIN)/mypy
 
+# Two workers (pytest-xdist): the suite is mostly model runs in subprocesses and waits on servers, so two
+# share 2 cores well. TEST_WORKERS=0 runs it in one process.
+TEST_WORKERS ?= 2
 test: lint
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist worksteal
 
 # image-test: build Dockerfile.cpu for real (buildah) and run the image (podman) against a loopback S3
 # server: tests/image/build_and_run.py. Needs root and a Debian mirror; installs buildah, podman, runc and

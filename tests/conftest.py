@@ -36,6 +36,15 @@ TINY = {
 }
 
 
+# The whole-job runs take minutes each; started first, they spread over `make test`'s workers (pytest-xdist)
+# instead of leaving one worker with a queue of them at the end.
+WHOLE_JOB_FILES = ("test_pipeline.py", "test_workflow_contract.py", "test_predict.py", "test_ddp.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    items.sort(key=lambda item: (item.path.name not in WHOLE_JOB_FILES, item.get_closest_marker("slow") is None))
+
+
 @pytest.fixture(scope="session")
 def s3() -> Iterator[S3Server]:
     server = S3Server().start()
