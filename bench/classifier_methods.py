@@ -60,7 +60,8 @@ def run_cross_encoder(tickets: dict[str, Ticket], links: dict[str, list[Link]], 
         "output.uri": str(work / "out"), "train.seed": args.seed,
         "classify.method": "cross_encoder", "classify.cross_encoder.epochs": args.epochs,
         "classify.cross_encoder.max_length": args.max_length, "classify.cross_encoder.max_train_rows": args.max_train_rows,
-        "classify.cross_encoder.batch_size": args.batch_size}).config
+        "classify.cross_encoder.batch_size": args.batch_size,
+        "classify.cross_encoder.learning_rate": args.learning_rate}).config
     chosen = choose_relations(links["train"], links["test"], cfg.classify.min_class_count, links["val"])
     result = train_cross_encoder(model_dir, chosen.classes, chosen.train, chosen.val, chosen.test, tickets, cfg,
                                  work, LocalStore(work / "store"), log, threading.Event())
@@ -101,6 +102,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--max-length", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--learning-rate", type=float, default=3e-5)
     args = parser.parse_args()
     set_threads(None)
     log = get_logger(step="bench")
@@ -113,7 +115,7 @@ def main() -> None:
         "command": "python -m bench.classifier_methods " + " ".join(
             f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k not in ("data", "out", "work")),
         "settings": f"cross-encoder: {args.max_train_rows} training rows at most, {args.epochs} epoch(s), "
-                    f"{args.max_length} tokens, batch {args.batch_size}; logistic: base embeddings at {args.max_length} tokens",
+                    f"{args.max_length} tokens, batch {args.batch_size}, learning rate {args.learning_rate}; logistic: base embeddings at {args.max_length} tokens",
         "links": {name: len(v) for name, v in links.items()},
     }
     results["logistic"] = run_logistic(tickets, links, model_dir, args.max_length, args.seed, log)
