@@ -14,7 +14,8 @@ can run next to this job. So the export is `torch.onnx.export` plus
 SentenceTransformer with its transformer swapped for an ONNX Runtime session (`load_variant`), which
 is what the ONNX backend does. tests/test_export.py loads both files through that backend in a
 separate environment (requirements-onnx-consumer.lock: sentence-transformers 5.7, transformers 4.57.6,
-optimum-onnx 0.1.0; Normalize's class path in modules.json renamed to 5.x's) and compares them with PyTorch.
+optimum-onnx 0.1.0), from the folder as train writes it (portable modules.json class paths), and
+compares them with PyTorch.
 """
 
 from __future__ import annotations

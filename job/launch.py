@@ -25,10 +25,11 @@ def launcher_exit_code(worker_codes: Iterable[int]) -> int:
 
     Once one worker fails, torchrun's agent stops the others with SIGTERM (code -15): those are
     the consequence, not the cause, so the failed worker's own code is the one passed on."""
-    codes = {code for code in worker_codes if code not in (0, -signal.SIGTERM)}
-    stopped_by_the_agent = -signal.SIGTERM in set(worker_codes)
+    reported = set(worker_codes)
+    codes = reported - {0, -signal.SIGTERM}
     if not codes:
-        return EXIT_TRANSIENT if stopped_by_the_agent else EXIT_FAILURE
+        # Only SIGTERMs: the workers were stopped before they could checkpoint; a retry resumes.
+        return EXIT_TRANSIENT if -signal.SIGTERM in reported else EXIT_FAILURE
     if codes == {EXIT_TRANSIENT}:
         return EXIT_TRANSIENT
     # A worker killed by another signal (OOM's SIGKILL, a segfault) is a failure, not a retry.

@@ -31,6 +31,7 @@ def test_exit_code_of_the_failed_workers() -> None:
     assert launcher_exit_code([-signal.SIGTERM, EXIT_BAD_INPUT]) == EXIT_BAD_INPUT
     assert launcher_exit_code([-signal.SIGTERM, EXIT_TRANSIENT]) == EXIT_TRANSIENT
     assert launcher_exit_code([-signal.SIGTERM, -signal.SIGKILL]) == EXIT_FAILURE
+    assert launcher_exit_code([-signal.SIGTERM, -signal.SIGTERM]) == EXIT_TRANSIENT
 
 
 def _env() -> dict[str, str]:
