@@ -25,11 +25,12 @@ lint: $(STAMP)
 	$(BIN)/ruff check job tests
 	$(BIN)/mypy
 
-# Two workers (pytest-xdist): the suite is mostly model runs in subprocesses and waits on servers, so two
-# share 2 cores well. TEST_WORKERS=0 runs it in one process.
+# Two workers (pytest-xdist), each pinned to its own share of the cores (tests/conftest.py), so the model
+# runs they start do not fight over the same cores; the 20 slowest tests are listed at the end.
+# TEST_WORKERS=0 runs it in one process.
 TEST_WORKERS ?= 2
 test: lint
-	$(BIN)/pytest -n $(TEST_WORKERS) --dist worksteal
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist worksteal --durations=20
 
 # image-test: build Dockerfile.cpu for real (buildah) and run the image (podman) against a loopback S3
 # server: tests/image/build_and_run.py. Needs root and a Debian mirror; installs buildah, podman, runc and

@@ -12,6 +12,7 @@ BASELINES = ("zero-shot", "bm25")
 TABLE_KEYS = (("recall_at_10", "R@10"), ("mrr", "MRR"), ("map", "MAP"), ("recall_at_1", "R@1"),
               ("time_aware_recall_at_10", "time-aware R@10"), ("time_aware_mrr", "time-aware MRR"),
               ("average_precision", "pair AP"))
+SEED_KEYS = ("recall_at_10", "mrr", "map", "time_aware_recall_at_10", "time_aware_mrr", "average_precision")
 
 
 def _rows(rows: list[dict[str, Any]], contender: str, seed: int | None = None) -> list[dict[str, Any]]:
@@ -26,12 +27,25 @@ def _secs(values: list[float]) -> str:
     return f"{np.mean(values):.0f}" if values else "–"
 
 
-def _mean_sd(values: list[float]) -> str:
+def _mean_sd(values: list[float], signed: bool = False) -> str:
     if not values:
         return "–"
+    number = "{:+.3f}" if signed else "{:.3f}"
     if len(values) == 1:
-        return f"{values[0]:.3f}"
-    return f"{np.mean(values):.3f} ± {np.std(values, ddof=1):.3f}"
+        return number.format(values[0])
+    return f"{number.format(np.mean(values))} ± {np.std(values, ddof=1):.3f}"
+
+
+def paired_gains(rows: list[dict[str, Any]], fold: str, contender: str, other: str, seeds: list[int],
+                 key: str) -> list[float]:
+    """`contender` minus `other` on one fold's test, seed by seed (both trained from the same seed's
+    split and pairs), for the seeds where both ran: the spread says whether a gain is noise."""
+    def value(name: str, seed: int) -> float | None:
+        row = next((r for r in rows if (r["fold"], r["contender"], r["seed"]) == (fold, name, seed)), None)
+        return row["test"].get(key) if row else None
+
+    pairs = [(value(contender, s), value(other, s)) for s in seeds]
+    return [a - b for a, b in pairs if a is not None and b is not None]
 
 
 def fold_mean(rows: list[dict[str, Any]], contender: str, seed: int, part: str, key: str,
@@ -132,11 +146,13 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any], png_name: str) ->
         for contender in [*BASELINES, *dict.fromkeys([chosen, "notebook"])]:
             picked = [r for r in rows if r["fold"] == fold and r["contender"] == contender
                       and (r["seed"] is None or r["seed"] in meta["seeds"])]
-            cells = [_mean_sd([r["test"][k] for r in picked if r["test"].get(k) is not None])
-                     for k in ("recall_at_10", "mrr", "map", "time_aware_recall_at_10", "time_aware_mrr",
-                               "average_precision")]
+            cells = [_mean_sd([r["test"][k] for r in picked if r["test"].get(k) is not None]) for k in SEED_KEYS]
             lines.append(f"| {fold} | {contender} ({len(picked)} run{'s' if len(picked) != 1 else ''}) | "
                          + " | ".join(cells) + " |")
+        if chosen != "notebook":
+            gains = [paired_gains(rows, fold, chosen, "notebook", meta["seeds"], k) for k in SEED_KEYS]
+            lines.append(f"| {fold} | {chosen} − notebook, same seed ({len(gains[0])} pairs) | "
+                         + " | ".join(_mean_sd(g, signed=True) for g in gains) + " |")
     lines += ["", "## Targets (issue: default vs zero-shot and notebook, test, mean over folds, seed 42)", "",
               "| target | measured | met |", "|---|---|---|"]
     for name, measured, ok in targets(rows, chosen, seed, folds):

@@ -41,6 +41,18 @@ TINY = {
 WHOLE_JOB_FILES = ("test_pipeline.py", "test_workflow_contract.py", "test_predict.py", "test_ddp.py")
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Each xdist worker gets its own share of the cores (its servers and the job processes it starts
+    inherit it, and the job sizes torch's threads to it): two workers each running torch on every
+    core oversubscribe them, and torch's threads then wait on each other."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    if worker.startswith("gw") and 1 < count <= len(cores):
+        index = int(worker.removeprefix("gw")) % count
+        os.sched_setaffinity(0, {core for i, core in enumerate(cores) if i % count == index})
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     items.sort(key=lambda item: (item.path.name not in WHOLE_JOB_FILES, item.get_closest_marker("slow") is None))
 

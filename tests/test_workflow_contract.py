@@ -203,8 +203,9 @@ class Node:
                 ref = source["resourceFieldRef"]
                 assert ref["resource"] == "limits.cpu", ref
                 limit = cpu_count(container["resources"]["limits"]["cpu"]) / cpu_count(ref.get("divisor", "1"))
-                # A node this small could not schedule the pod; stand in for one big enough.
-                env[item["name"]] = str(min(math.ceil(limit), os.cpu_count() or 1))
+                # A node this small could not schedule the pod; stand in for one big enough (the
+                # cores this test process may use, not the host's: see conftest's pytest_configure).
+                env[item["name"]] = str(min(math.ceil(limit), len(os.sched_getaffinity(0))))
             else:
                 raise AssertionError(f"{pod}: env {item['name']} uses an unsupported source {source}")
         return env
