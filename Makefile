@@ -26,11 +26,12 @@ lint: $(STAMP)
 	$(BIN)/mypy
 
 # Two workers (pytest-xdist), each pinned to its own share of the cores (tests/conftest.py), so the model
-# runs they start do not fight over the same cores; the 20 slowest tests are listed at the end.
+# runs they start do not fight over the same cores; a module with a costly shared fixture runs on one
+# worker (conftest's scheduler); the 20 slowest tests are listed at the end.
 # TEST_WORKERS=0 runs it in one process.
 TEST_WORKERS ?= 2
 test: lint
-	$(BIN)/pytest -n $(TEST_WORKERS) --dist worksteal --durations=20
+	$(BIN)/pytest -n $(TEST_WORKERS) --durations=20
 
 # image-test: build Dockerfile.cpu for real (buildah) and run the image (podman) against a loopback S3
 # server: tests/image/build_and_run.py. Needs root and a Debian mirror; installs buildah, podman, runc and

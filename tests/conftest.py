@@ -53,8 +53,28 @@ def pytest_configure(config: pytest.Config) -> None:
         os.sched_setaffinity(0, {core for i, core in enumerate(cores) if i % count == index})
 
 
+# Modules whose module-scoped fixture runs the job (or a batch of CLI runs) for all their tests: each goes to
+# one worker whole, or every worker that takes one of its tests runs the fixture again.
+SHARED_FIXTURE_FILES = ("test_workflow_contract.py", "test_secrets.py", "test_s3_faults.py", "test_bad_inputs.py",
+                        "test_cross_encoder.py", "test_memory.py", "test_history.py")
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     items.sort(key=lambda item: (item.path.name not in WHOLE_JOB_FILES, item.get_closest_marker("slow") is None))
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
+    """Under `make test`'s workers: one work unit per test, except a SHARED_FIXTURE_FILES module, which is
+    one unit. (xdist's own `loadgroup` does this with markers but, under pytest 9, leaves nodeids as they
+    are and so groups nothing.) Units go out largest first, then in the order above, as workers free up."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class SharedFixtureScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::", 1)[0]
+            return path if Path(path).name in SHARED_FIXTURE_FILES else nodeid
+
+    return SharedFixtureScheduling(config, log)
 
 
 @pytest.fixture(scope="session")
