@@ -36,8 +36,8 @@ TINY = {
 }
 
 
-# The whole-job runs take minutes each; started first, they spread over `make test`'s workers (pytest-xdist)
-# instead of leaving one worker with a queue of them at the end.
+# The whole-job runs take minutes each; started early (after the shared-fixture modules, see the scheduler
+# below), they spread over `make test`'s workers instead of leaving one worker a queue of them at the end.
 WHOLE_JOB_FILES = ("test_pipeline.py", "test_workflow_contract.py", "test_predict.py", "test_ddp.py")
 
 

@@ -397,7 +397,7 @@ class Finished:
 @pytest.fixture(scope="module")
 def finished(s3: S3Server, synthetic_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Finished]:
     """The plain Workflow and one tick of the CronWorkflow, run at the same time in separate buckets
-    (two pipelines keep both cores busy while each waits on its own imports and uploads)."""
+    (each pipeline's imports and uploads fill the other's waits on this worker's core)."""
     submitters = {
         "workflow": lambda parameters: submit_workflow(ARGO / "finetune.yaml", parameters),
         "scheduled": lambda parameters: submit_cron(ARGO / "finetune-cron.yaml", ARGO / "finetune-template.yaml",
