@@ -60,13 +60,19 @@ def fold_mean(rows: list[dict[str, Any]], contender: str, seed: int, part: str, 
     return float(np.mean(values)) if len(values) == len(folds) else None
 
 
+def seeded_values(rows: list[dict[str, Any]], fold: str, contender: str, seeds: list[int], key: str) -> list[float]:
+    """`key` on the test project of each of `contender`'s runs on `fold` with one of `seeds` (a baseline's one
+    seedless run stands for all seeds)."""
+    return [r["test"][key] for r in rows if r["fold"] == fold and r["contender"] == contender
+            and (r["seed"] is None or r["seed"] in seeds) and r.get("test") and r["test"].get(key) is not None]
+
+
 def seeds_mean(rows: list[dict[str, Any]], contender: str, seeds: list[int], key: str,
                folds: list[str]) -> float | None:
-    """Mean over `folds` of the mean over `seeds` (a baseline's one seedless run counts as all seeds)."""
+    """Mean over `folds` of the mean over `seeds`."""
     per_fold = []
     for fold in folds:
-        values = [r["test"][key] for r in rows if r["fold"] == fold and r["contender"] == contender
-                  and (r["seed"] is None or r["seed"] in seeds) and r.get("test") and r["test"].get(key) is not None]
+        values = seeded_values(rows, fold, contender, seeds, key)
         if not values:
             return None
         per_fold.append(float(np.mean(values)))
@@ -156,10 +162,9 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any], png_name: str) ->
               "time-aware MRR | pair AP |", "|---|---|---:|---:|---:|---:|---:|---:|"]
     for fold in meta["final_folds"]:
         for contender in [*BASELINES, *dict.fromkeys([chosen, "notebook"])]:
-            picked = [r for r in rows if r["fold"] == fold and r["contender"] == contender
-                      and (r["seed"] is None or r["seed"] in meta["seeds"])]
-            cells = [_mean_sd([r["test"][k] for r in picked if r["test"].get(k) is not None]) for k in SEED_KEYS]
-            lines.append(f"| {fold} | {contender} ({len(picked)} run{'s' if len(picked) != 1 else ''}) | "
+            runs = len(seeded_values(rows, fold, contender, meta["seeds"], "recall_at_10"))
+            cells = [_mean_sd(seeded_values(rows, fold, contender, meta["seeds"], k)) for k in SEED_KEYS]
+            lines.append(f"| {fold} | {contender} ({runs} run{'s' if runs != 1 else ''}) | "
                          + " | ".join(cells) + " |")
         if chosen != "notebook":
             gains = [paired_gains(rows, fold, chosen, "notebook", meta["seeds"], k) for k in SEED_KEYS]
@@ -201,9 +206,7 @@ def plot(rows: list[dict[str, Any]], meta: dict[str, Any], path: Path) -> None:
     step = 0.7 / len(contenders)
     for ax, (key, label) in zip(axes, (("recall_at_10", "recall@10"), ("mrr", "MRR")), strict=True):
         for i, contender in enumerate(contenders):
-            runs = [[r["test"][key] for r in rows if r["fold"] == fold and r["contender"] == contender
-                     and (r["seed"] is None or r["seed"] in meta["seeds"]) and r["test"].get(key) is not None]
-                    for fold in folds]
+            runs = [seeded_values(rows, fold, contender, meta["seeds"], key) for fold in folds]
             means = [np.mean(v) if v else np.nan for v in runs]
             spreads = [np.std(v, ddof=1) if len(v) > 1 else 0.0 for v in runs]
             chosen = contender == meta["choice"]["chosen"]
