@@ -108,7 +108,7 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any], png_name: str) ->
     seed = 42
     recipes = list(meta["recipes"])
     contenders = [*BASELINES, *recipes]
-    chosen = meta["choice"]["chosen"]
+    default = meta["default"]
     sizes = meta["sizes"]
     lines = [f"# Unseen-project benchmark ({meta['dataset']}): leave one project out", ""]
     if meta.get("missing"):
@@ -135,7 +135,10 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any], png_name: str) ->
     for recipe, settings in meta["recipes"].items():
         lines.append(f"- `{recipe}`: {json.dumps(settings)}")
     lines += ["", f"## Choice (val of the training projects only, seed {seed})", "",
-              f"Rule: {meta['choice']['rule']}. **Chosen: `{chosen}`.**", "",
+              f"Rule: {meta['choice']['rule']}. **The rule picks `{meta['choice']['chosen']}`; the job's default is "
+              f"`{default}`** (`job/config.py`), which the seeds and targets below are about."
+              + ("" if default == meta["choice"]["chosen"] else " A pick on one seed becomes the default only "
+                 "once its own seeds are in: `make bench-unseen` runs them next."), "",
               "| recipe | val (R@10 + MRR)/2, mean over folds | val pair AP, mean over folds |", "|---|---:|---:|"]
     for recipe, values in meta["choice"]["table"].items():
         lines.append(f"| {recipe} | {values['val_ranking_score']:.3f} | {values['val_average_precision']:.3f} |")
@@ -161,14 +164,14 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any], png_name: str) ->
               "(test, mean ± sd over seeds)", "", "| fold | contender | R@10 | MRR | MAP | time-aware R@10 | "
               "time-aware MRR | pair AP |", "|---|---|---:|---:|---:|---:|---:|---:|"]
     for fold in meta["final_folds"]:
-        for contender in [*BASELINES, *dict.fromkeys([chosen, "notebook"])]:
+        for contender in [*BASELINES, *dict.fromkeys([default, "notebook"])]:
             runs = len(seeded_values(rows, fold, contender, meta["seeds"], "recall_at_10"))
             cells = [_mean_sd(seeded_values(rows, fold, contender, meta["seeds"], k)) for k in SEED_KEYS]
             lines.append(f"| {fold} | {contender} ({runs} run{'s' if runs != 1 else ''}) | "
                          + " | ".join(cells) + " |")
-        if chosen != "notebook":
-            gains = [paired_gains(rows, fold, chosen, "notebook", meta["seeds"], k) for k in SEED_KEYS]
-            lines.append(f"| {fold} | {chosen} − notebook, same seed ({len(gains[0])} pairs) | "
+        if default != "notebook":
+            gains = [paired_gains(rows, fold, default, "notebook", meta["seeds"], k) for k in SEED_KEYS]
+            lines.append(f"| {fold} | {default} − notebook, same seed ({len(gains[0])} pairs) | "
                          + " | ".join(_mean_sd(g, signed=True) for g in gains) + " |")
     scopes = [(f"all {len(folds)} folds, seed {seed}",
                lambda contender, key: fold_mean(rows, contender, seed, "test", key, folds))]
@@ -178,7 +181,7 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any], png_name: str) ->
     lines += ["", "## Targets (issue: default vs zero-shot and notebook on the test projects, mean over folds)", "",
               "| scope | target | measured | met |", "|---|---|---|---|"]
     for scope, mean in scopes:
-        for name, measured, ok in targets(mean, chosen):
+        for name, measured, ok in targets(mean, default):
             lines.append(f"| {scope} | {name} | {measured} | {'–' if ok is None else ('yes' if ok else '**no**')} |")
     lines += ["", "## Time per run (seconds, mean over folds, seed 42; child-process wall time)", "",
               "| recipe | prepare | train | score (val + test encode) | tickets encoded for mining |",
@@ -209,17 +212,17 @@ def plot(rows: list[dict[str, Any]], meta: dict[str, Any], path: Path) -> None:
             runs = [seeded_values(rows, fold, contender, meta["seeds"], key) for fold in folds]
             means = [np.mean(v) if v else np.nan for v in runs]
             spreads = [np.std(v, ddof=1) if len(v) > 1 else 0.0 for v in runs]
-            chosen = contender == meta["choice"]["chosen"]
+            is_default = contender == meta["default"]
             ax.errorbar(np.arange(len(folds)) + (i - (len(contenders) - 1) / 2) * step, means, yerr=spreads,
-                        fmt="D" if chosen else "o", markersize=9 if chosen else 7, capsize=4, label=contender,
-                        markeredgecolor="black" if chosen else None, linestyle="none")
-        seeded = [sum(1 for r in rows if r["fold"] == f and r["contender"] == meta["choice"]["chosen"]
+                        fmt="D" if is_default else "o", markersize=9 if is_default else 7, capsize=4, label=contender,
+                        markeredgecolor="black" if is_default else None, linestyle="none")
+        seeded = [sum(1 for r in rows if r["fold"] == f and r["contender"] == meta["default"]
                       and r["seed"] in meta["seeds"]) for f in folds]
         ax.set_xticks(np.arange(len(folds)), [f"{f} (held out)\n{n} seed{'s' * (n != 1)}"
                                               for f, n in zip(folds, seeded, strict=True)])
         ax.set_ylabel(f"duplicate {label} on the held-out project")
         ax.grid(axis="y", alpha=0.3)
-        ax.set_title(f"{label}: mean over the seeds run, bars ± 1 sd (chosen recipe: diamond)", fontsize=10)
+        ax.set_title(f"{label}: mean over the seeds run, bars ± 1 sd (the job's default: diamond)", fontsize=10)
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=len(contenders), fontsize=9, frameon=False)
     fig.tight_layout(rect=(0, 0.07, 1, 1))
