@@ -79,18 +79,18 @@ def seeds_mean(rows: list[dict[str, Any]], contender: str, seeds: list[int], key
     return float(np.mean(per_fold)) if per_fold else None
 
 
-def targets(mean: Callable[[str, str], float | None], chosen: str) -> list[tuple[str, str, bool | None]]:
-    """The issue's targets for `chosen`, from `mean(contender, metric)` on the test projects."""
+def targets(mean: Callable[[str, str], float | None], default: str) -> list[tuple[str, str, bool | None]]:
+    """The issue's targets for the job's `default` recipe, from `mean(contender, metric)` on the test projects."""
     found = []
     checks = (("zero-shot", "recall_at_10", 0.08), ("zero-shot", "mrr", 0.06), ("notebook", "recall_at_10", 0.03))
     for other, key, gain in checks:
-        a, b = mean(chosen, key), mean(other, key)
+        a, b = mean(default, key), mean(other, key)
         ok = None if a is None or b is None else a - b >= gain
-        found.append((f"{chosen} above {other} by >= {gain:.2f} {key}",
+        found.append((f"{default} above {other} by >= {gain:.2f} {key}",
                       f"{_fmt(a)} vs {_fmt(b)} ({'–' if ok is None else f'{a - b:+.3f}'})", ok))
-    a, b = mean(chosen, "average_precision"), mean("notebook", "average_precision")
+    a, b = mean(default, "average_precision"), mean("notebook", "average_precision")
     ok = None if a is None or b is None else a >= b - 0.01
-    found.append((f"{chosen} loses at most 0.01 pair AP to notebook", f"{_fmt(a)} vs {_fmt(b)}", ok))
+    found.append((f"{default} loses at most 0.01 pair AP to notebook", f"{_fmt(a)} vs {_fmt(b)}", ok))
     return found
 
 
