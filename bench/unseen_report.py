@@ -79,6 +79,21 @@ def seeds_mean(rows: list[dict[str, Any]], contender: str, seeds: list[int], key
     return float(np.mean(per_fold)) if per_fold else None
 
 
+def fully_seeded(rows: list[dict[str, Any]], meta: dict[str, Any]) -> list[str]:
+    """Recipes with a run for every seed on every seeded fold."""
+    return [r for r in meta["recipes"] if meta["final_folds"] and all(
+        len(seeded_values(rows, fold, r, meta["seeds"], "recall_at_10")) == len(meta["seeds"])
+        for fold in meta["final_folds"])]
+
+
+def val_over_seeds(rows: list[dict[str, Any]], recipe: str, meta: dict[str, Any]) -> tuple[list[float], list[float]]:
+    """Val (R@10 + MRR)/2 and val pair AP of each of `recipe`'s seeded runs: what the default is chosen on."""
+    runs = [r for r in rows if r["contender"] == recipe and r["fold"] in meta["final_folds"]
+            and r["seed"] in meta["seeds"] and r.get("val")]
+    return ([(r["val"]["recall_at_10"] + r["val"]["mrr"]) / 2 for r in runs],
+            [r["val"]["average_precision"] for r in runs])
+
+
 def targets(mean: Callable[[str, str], float | None], default: str) -> list[tuple[str, str, bool | None]]:
     """The issue's targets for the job's `default` recipe, from `mean(contender, metric)` on the test projects."""
     found = []
@@ -142,6 +157,14 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any], png_name: str) ->
               "| recipe | val (R@10 + MRR)/2, mean over folds | val pair AP, mean over folds |", "|---|---:|---:|"]
     for recipe, values in meta["choice"]["table"].items():
         lines.append(f"| {recipe} | {values['val_ranking_score']:.3f} | {values['val_average_precision']:.3f} |")
+    seeded = fully_seeded(rows, meta)
+    if len(seeded) > 1:
+        lines += ["", f"Over seeds {', '.join(map(str, meta['seeds']))} on {', '.join(meta['final_folds'])} "
+                  "(val of the training projects, each seed its own split), for the recipes with every seed:", "",
+                  "| recipe | runs | val (R@10 + MRR)/2, mean ± sd | val pair AP, mean ± sd |", "|---|---:|---:|---:|"]
+        for recipe in seeded:
+            ranking, ap = val_over_seeds(rows, recipe, meta)
+            lines.append(f"| {recipe} | {len(ranking)} | {_mean_sd(ranking)} | {_mean_sd(ap)} |")
     lines += ["", f"## Test on the held-out project, mean over the {len(folds)} folds (seed {seed})", "",
               "| contender | " + " | ".join(label for _, label in TABLE_KEYS) + " |",
               "|---|" + "---:|" * len(TABLE_KEYS)]
@@ -164,7 +187,7 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any], png_name: str) ->
               "(test, mean ± sd over seeds)", "", "| fold | contender | R@10 | MRR | MAP | time-aware R@10 | "
               "time-aware MRR | pair AP |", "|---|---|---:|---:|---:|---:|---:|---:|"]
     for fold in meta["final_folds"]:
-        for contender in [*BASELINES, *dict.fromkeys([default, "notebook"])]:
+        for contender in [*BASELINES, *dict.fromkeys([default, *seeded, "notebook"])]:
             runs = len(seeded_values(rows, fold, contender, meta["seeds"], "recall_at_10"))
             cells = [_mean_sd(seeded_values(rows, fold, contender, meta["seeds"], k)) for k in SEED_KEYS]
             lines.append(f"| {fold} | {contender} ({runs} run{'s' if runs != 1 else ''}) | "
