@@ -300,6 +300,8 @@ def training_sets(model: Any, pairs: TrainExamples, triplets: TripletExamples, t
         gather = distributed and not pairs.sentence1
         losses["triplets"] = ranking_loss(model, tc.mnrl_mini_batch_size, gather)
     if pairs.sentence1:
+        if tc.loss == "mnrl":  # prepare spends an mnrl budget on triplets only (pairs.budget)
+            raise ValueError("train.loss mnrl trains on triplets only, but scored pairs were given")
         datasets["pairs"] = Dataset.from_dict(vars(pairs))
         losses["pairs"] = pair_loss(model, tc.pair_loss if tc.loss == "retrieval" else tc.loss)
     return datasets, losses

@@ -58,7 +58,7 @@ def test_less_than_a_batch_per_process_fails_instead_of_publishing_the_base_mode
         "output": {"uri": str(tmp_path / "runs")},
         "runtime": {"work_dir": str(tmp_path / "work"), "threads": 1},
         "model": {"max_seq_length": 32},
-        "train": {"max_pairs": 16, "batch_size": 8},
+        "train": {"max_pairs": 16, "batch_size": 8, "loss": "retrieval"},
         "pairs": {"mine_hard_negatives": False, "augment_per_positive": 0},
     }))
     assert run_cli("prepare", "--config", str(config), "--run-id", "tiny").returncode == 0

@@ -106,7 +106,8 @@ def test_run_end_to_end_on_s3_checks_every_artifact_and_beats_base(
     assert meta["seed"] == 42 and meta["environment"]["libraries"]["torch"].startswith("2.13")
     assert {f["sha256"] for f in meta["inputs"]["files"]} == {_sha256(shared_sample / n) for n in ("tickets.jsonl", "links.jsonl")}
     assert set(meta["timings_s"]) == {"prepare", "train", "evaluate", "classify"}
-    assert meta["training"]["loss_curve"] and meta["pairs"]["train"]["total"] > 0
+    trained_on = meta["pairs"]["train"]
+    assert meta["training"]["loss_curve"] and trained_on["total"] + trained_on["triplets"] > 0
     assert meta["exports"] == metrics["exports"], "what was exported, and why not, is in the metadata too"
 
     tickets = {r["id"]: r["split"] for r in from_jsonl((run / "prepared/tickets.jsonl").read_bytes())}
@@ -128,10 +129,11 @@ def test_same_seed_gives_identical_splits_and_pairs(tmp_path: Path, synthetic_di
     for run_id, seed in (("a", "5"), ("b", "5"), ("c", "6")):
         result = run_cli("prepare", "--config", str(config), "--run-id", run_id, "--seed", seed)
         assert result.returncode == 0, result.stderr
-    files = ["split.json", "pairs_train.jsonl", "pairs_val.jsonl", "pairs_test.jsonl", "tickets.jsonl"]
+    training = ["pairs_train.jsonl", "triplets_train.jsonl"]  # which one has rows depends on train.loss
+    files = ["split.json", *training, "pairs_val.jsonl", "pairs_test.jsonl", "tickets.jsonl"]
     runs = tmp_path / "runs"
     assert all(_sha256(runs / "a/prepared" / f) == _sha256(runs / "b/prepared" / f) for f in files)
-    assert _sha256(runs / "a/prepared/pairs_train.jsonl") != _sha256(runs / "c/prepared/pairs_train.jsonl")
+    assert [_sha256(runs / "a/prepared" / f) for f in training] != [_sha256(runs / "c/prepared" / f) for f in training]
 
 
 @pytest.mark.slow

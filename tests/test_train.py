@@ -112,7 +112,8 @@ def test_val_runs_each_epoch_only_when_there_is_an_epoch_to_choose(tmp_path: Pat
 
     cfg = load_config(environ={}, cli_overrides={
         "data.tickets": "t.jsonl", "output.uri": str(tmp_path / "out"), "model.base": OFFLINE_MODEL,
-        "model.max_seq_length": 16, "train.epochs": epochs, "train.batch_size": 4}).config
+        "model.max_seq_length": 16, "train.epochs": epochs, "train.batch_size": 4,
+        "train.loss": "cosent"}).config  # pair rows only
     model = load_model(resolve_model_path(OFFLINE_MODEL, cfg.storage, tmp_path), 16)
     texts = [f"namenode {word} error" for word in "abcdefgh"]
     rows = TrainExamples(texts, texts[::-1], [0.9, 0.1] * 4)
@@ -162,3 +163,12 @@ def test_only_trainer_named_complete_checkpoints_are_resumed_from(tmp_path: Path
     store.delete_prefix(f"{CHECKPOINTS}/checkpoint-7")
     store.delete_prefix(f"{CHECKPOINTS}/checkpoint-10")
     assert latest_checkpoint(store) is None
+
+
+def test_mnrl_refuses_scored_pairs_instead_of_failing_on_a_missing_pair_loss() -> None:
+    from job.config import TrainConfig
+    from job.train import TrainExamples, TripletExamples, training_sets
+
+    pairs = TrainExamples(["namenode down"], ["namenode crashed"], [0.9])
+    with pytest.raises(ValueError, match="mnrl trains on triplets only"):
+        training_sets(None, pairs, TripletExamples([], [], []), TrainConfig(loss="mnrl"), distributed=False)
