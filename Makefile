@@ -36,9 +36,9 @@ test: lint
 # image-test: build Dockerfile.cpu for real (buildah) and run the image (podman) against a loopback S3
 # server: tests/image/build_and_run.py. Needs root and a Debian mirror; installs buildah, podman, runc and
 # debootstrap when missing. The base image, the wheelhouse and the layers are cached in IMAGE_CACHE
-# (10-15 GB, growing ~1.8 GB per revision built; delete it to start over). Once: base image ~9 min,
-# wheels ~4 min; then the build (17 min from an empty cache, ~4 min when only job/ changed) and the
-# containers (5-25 min, depending on the machine's load).
+# (7.7 GB after one build, growing ~1.8 GB per revision built; delete it to start over).
+# From an empty cache on 2 idle cores about 9 min: tools 12 s, base image 1 min, wheels 36 s, build
+# 4 min, containers 3 min (much longer on a loaded machine). .ci/run calls it after `make test`.
 IMAGE_CACHE ?= $(HOME)/.cache/finetune-image
 image-test: $(STAMP)
 	FINETUNE_IMAGE_CACHE=$(IMAGE_CACHE) $(BIN)/python -m tests.image.build_and_run
