@@ -64,6 +64,9 @@ class Sizes:
     batch_size: int
 
 
+# A fold's own test share is small: the held-out project is the test.
+FOLD_SPLIT = {"train": 0.85, "val": 0.1, "test": 0.05}
+
 PRESETS = {
     "dev": Sizes(max_seq_length=128, epochs=1, max_pairs=1500, batch_size=32),  # the CPU budget
     "sample": Sizes(max_seq_length=32, epochs=1, max_pairs=48, batch_size=8),  # a smoke test of the harness
@@ -205,7 +208,7 @@ def job_config(fold_dir: Path, sizes: Sizes, recipe: str, seed: int, base: str) 
         "data": {"tickets": str(fold_dir / "train" / "tickets.jsonl"), "links": str(fold_dir / "train" / "links.jsonl")},
         "output": {"uri": str(fold_dir / "runs")},
         "model": {"base": base, "max_seq_length": sizes.max_seq_length},
-        "pairs": {"split": {"train": 0.85, "val": 0.1, "test": 0.05}},
+        "pairs": {"split": FOLD_SPLIT},
         "train": {"epochs": sizes.epochs, "batch_size": sizes.batch_size, "max_pairs": sizes.max_pairs, "seed": seed},
         "classify": {"enabled": False},
         "runtime": {"log_format": "json", "work_dir": str(fold_dir / "scratch")},
