@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.unseen import FOLD_SPLIT
+from bench.unseen import FOLD_SPLIT, read_jsonl
 from job.classify import choose_relations, relation_metrics, train_classifier
 from job.config import ClassifyConfig, DataConfig, SplitConfig, StorageConfig, load_config
 from job.cross_encoder import train_cross_encoder
@@ -120,7 +120,11 @@ def run_logistic(tickets: dict[str, Ticket], splits: Splits, embeddings: BaseEmb
     emb = embeddings.get()
     t0 = time.monotonic()
     result = train_classifier(splits["train"], splits["test"], tickets, emb, ClassifyConfig(), seed)
-    return {**result.metrics, "wall_s": round(time.monotonic() - t0, 1), "encode_all_linked": embeddings.encode_cost()}
+    wall_s = round(time.monotonic() - t0, 1)
+    # The same fit scored on val: what the method choice is made on (the cross-encoder's best_val_macro_f1).
+    on_val = train_classifier(splits["train"], splits["val"], tickets, emb, ClassifyConfig(), seed)
+    return {**result.metrics, "wall_s": wall_s, "encode_all_linked": embeddings.encode_cost(),
+            "best_val_macro_f1": on_val.metrics["macro_f1"]}
 
 
 def run_cross_encoder(tickets: dict[str, Ticket], splits: Splits, model_dir: str, args: Any, work: Path,
@@ -149,14 +153,14 @@ def settings_of(args: Any, method: str) -> str:
     if method == "logistic":
         return f"base embeddings, {args.max_length} tokens"
     rows = "all" if args.max_train_rows is None else args.max_train_rows
+    start = "" if args.start_from is None else ", from the fine-tuned bi-encoder"
     return (f"{rows} training rows, {args.epochs} epoch(s), {args.max_length} tokens, batch {args.batch_size}, "
-            f"learning rate {args.learning_rate:g}")
+            f"learning rate {args.learning_rate:g}{start}")
 
 
 def read_runs(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    """Every row, read afresh: two benchmark processes on two cores may append to the same file."""
+    return read_jsonl(path) if path.exists() else []
 
 
 def append_run(path: Path, row: dict[str, Any]) -> None:
@@ -187,6 +191,11 @@ def encode_note(rows: list[dict[str, Any]]) -> list[str]:
             f"took {costs[0]['seconds']:.0f} s."]
 
 
+def val_f1(metrics: dict[str, Any]) -> str:
+    value = metrics.get("best_val_macro_f1")
+    return "-" if value is None else f"{value:.3f}"
+
+
 def method_label(row: dict[str, Any]) -> str:
     return f"{row['method']} ({row['settings']})"
 
@@ -197,14 +206,15 @@ def leak_free_table(rows: list[dict[str, Any]]) -> list[str]:
         return ["No leak-free runs yet."]
     classes = rows[0]["metrics"]["classes"]
     support = {c: rows[0]["metrics"]["per_class"][c]["support"] for c in classes}
-    lines = ["| method | seed | macro-F1 | " + " | ".join(f"{c} ({support[c]})" for c in classes) + " | wall s | when |",
-             "|---|---:|---:|" + "---:|" * len(classes) + "---:|---|"]
+    lines = ["| method | seed | val macro-F1 | test macro-F1 | " + " | ".join(f"{c} ({support[c]})" for c in classes)
+             + " | wall s | when |",
+             "|---|---:|---:|---:|" + "---:|" * len(classes) + "---:|---|"]
     for r in rows:
         m = r["metrics"]
-        lines.append(f"| {method_label(r)} | {r['seed']} | {m['macro_f1']:.3f} | "
+        lines.append(f"| {method_label(r)} | {r['seed']} | {val_f1(m)} | {m['macro_f1']:.3f} | "
                      + " | ".join(f"{m['per_class'][c]['f1']:.3f}" for c in classes) + f" | {m['wall_s']:.0f} | {r['date']} |")
     m = rows[0]["metrics"]
-    lines.append(f"| majority class ({m['majority_class']}) | | {m['majority_macro_f1']:.3f} | "
+    lines.append(f"| majority class ({m['majority_class']}) | | | {m['majority_macro_f1']:.3f} | "
                  + " | ".join(f"{majority_relates_f1(m):.3f}" if c == "relates" else "-" for c in classes) + " | | |")
     for r in rows:
         if r["method"] == "cross_encoder":
@@ -226,17 +236,18 @@ def unseen_table(rows: list[dict[str, Any]]) -> list[str]:
     by = {(method_label(r), r["fold"]): r["metrics"] for r in rows}
     lines = ["Macro-F1 on the held-out project's links (relates F1 in brackets; test links per fold in the header).", "",
              "| method | " + " | ".join(f"{f} ({next(by[k]['n_test'] for k in by if k[1] == f)})" for f in folds)
-             + " | mean over the folds it ran | wall s (sum) |",
-             "|---|" + "---:|" * len(folds) + "---:|---:|"]
+             + " | mean over the folds it ran | val mean | wall s (sum) |",
+             "|---|" + "---:|" * len(folds) + "---:|---:|---:|"]
     for label in labels:
         cells = [f"{by[label, f]['macro_f1']:.3f} ({by[label, f]['per_class']['relates']['f1']:.3f})"
                  if (label, f) in by else "-" for f in folds]
         done = [by[label, f] for f in folds if (label, f) in by]
+        val = [m["best_val_macro_f1"] for m in done if m.get("best_val_macro_f1") is not None]
         lines.append(f"| {label} | " + " | ".join(cells) + f" | {np.mean([m['macro_f1'] for m in done]):.3f}"
-                     f" | {sum(m['wall_s'] for m in done):.0f} |")
+                     f" | {f'{np.mean(val):.3f}' if val else '-'} | {sum(m['wall_s'] for m in done):.0f} |")
     first = {f: by[next(k for k in by if k[1] == f)] for f in folds}
     lines.append("| majority class | " + " | ".join(f"{first[f]['majority_macro_f1']:.3f} ({majority_relates_f1(first[f]):.3f})"
-                                                   for f in folds) + " | | |")
+                                                   for f in folds) + " | | | |")
     return lines
 
 
@@ -293,6 +304,8 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--learning-rate", type=float, default=1e-4)
+    parser.add_argument("--start-from", help="a job run's model/ folder (the fine-tuned bi-encoder) to start the "
+                        "cross-encoder from, as start_from: finetuned does; default: the base model")
     parser.add_argument("--report-only", action="store_true")
     args = parser.parse_args()
     if not args.report_only:
@@ -319,7 +332,8 @@ def run_all(args: Any) -> None:
             log.info("measuring", protocol=args.protocol, fold=fold, method=method, settings=settings,
                      links={k: len(v) for k, v in splits.items()})
             metrics = (run_logistic(tickets, splits, embeddings, args.seed) if method == "logistic" else
-                       run_cross_encoder(tickets, splits, model_dir, args, args.work / f"{args.protocol}-{fold}", log))
+                       run_cross_encoder(tickets, splits, args.start_from or model_dir, args,
+                                         args.work / f"{args.protocol}-{fold}", log))
             append_run(args.runs, {"protocol": args.protocol, "fold": fold, "method": method, "seed": args.seed,
                                    "settings": settings, "metrics": metrics, "links": {k: len(v) for k, v in splits.items()},
                                    "date": time.strftime("%Y-%m-%d %H:%M"), "host": platform.node(),
