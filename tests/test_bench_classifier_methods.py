@@ -29,11 +29,13 @@ def test_unseen_folds_keep_the_held_out_project_out_of_train_and_val(sample_spli
 
 
 def _row(fold: str, method: str, macro_f1: float) -> dict[str, Any]:
-    return {"protocol": UNSEEN, "fold": fold, "method": method, "settings": "s", "metrics": {"macro_f1": macro_f1}}
+    return {"protocol": UNSEEN, "fold": fold, "method": method, "settings": "s",
+            "metrics": {"macro_f1": macro_f1, "best_val_macro_f1": macro_f1 / 2}}
 
 
 def test_paired_gain_is_cross_encoder_minus_logistic_on_the_folds_both_ran() -> None:
     rows = [_row("A", "logistic", 0.30), _row("B", "logistic", 0.20), _row("A", "cross_encoder", 0.35),
             _row("B", "cross_encoder", 0.10), _row("C", "cross_encoder", 0.90)]
-    (line,) = paired_gain(rows)
-    assert "A +0.050, B -0.100; mean -0.025" in line
+    test, val = paired_gain(rows)
+    assert "on test, fold by fold: A +0.050, B -0.100; mean -0.025." in test
+    assert "on val, fold by fold: A +0.025, B -0.050; mean -0.013." in val
