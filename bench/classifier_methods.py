@@ -9,13 +9,13 @@
 Both methods start from the same frozen base model (the offline all-MiniLM-L6-v2): the logistic method
 over its embeddings (a job run uses the fine-tuned bi-encoder's, which the 2026-11-26 bench scored at
 0.287 on the leak-free split), the cross-encoder fine-tuned from it (`classify.cross_encoder.start_from:
-base`). Per-class F1, macro-F1, the majority baseline and wall time per method and fold. Every result is
+base`) or, with `--start-from`, from a job run's fine-tuned bi-encoder (`start_from: finetuned`). Per-class F1, macro-F1, the majority baseline and wall time per method and fold. Every result is
 appended to `--runs` (a rerun skips what is there, so a long benchmark resumes), and the report is
 rebuilt from all of them.
 
 Run: `.venv/bin/python -m bench.classifier_methods --data ../shared/data/dev --protocol unseen`
-(sizes: `--max-train-rows`, `--epochs`, `--max-length`; one cross-encoder fold at the README's CPU
-settings takes 20-60 minutes of a 2-core CPU; `--methods logistic` takes minutes for all folds).
+(sizes: `--max-train-rows`, `--epochs`, `--max-length`; one cross-encoder run at the default sizes took
+20-33 minutes of one CPU core on dev; `--methods logistic` takes minutes for all folds, most of it encoding).
 """
 
 from __future__ import annotations
