@@ -118,7 +118,7 @@ def run_one(model_dir: str, texts: list[str], batch_size: int, steps: int, warmu
     from job.log import get_logger
     from job.model import load_model
     from job.storage import LocalStore
-    from job.train import TrainExamples, TripletExamples, train_model
+    from job.train import RankingSets, TrainExamples, TripletExamples, train_model
 
     cfg = load_config(environ={}, cli_overrides={
         "data.tickets": "unused.jsonl", "output.uri": str(work / "out"), "model.base": model_dir,
@@ -130,7 +130,7 @@ def run_one(model_dir: str, texts: list[str], batch_size: int, steps: int, warmu
     timer = StepTimer()
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
-    result = train_model(cfg, model, train, TripletExamples([], [], []), val, work / f"bs{batch_size}", LocalStore(work / f"store{batch_size}"),
+    result = train_model(cfg, model, train, RankingSets(TripletExamples([], [], [])), val, work / f"bs{batch_size}", LocalStore(work / f"store{batch_size}"),
                          get_logger(step="gpu-bench"), threading.Event(), resume=False, extra_callbacks=[timer])
     shape = model_shape(model)
     tokenizer = model.tokenizer

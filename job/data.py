@@ -46,6 +46,10 @@ class Ticket:
     category: str | None = None
     project: str | None = None
     created: str | None = None
+    # The two fields apart, as read (the in-domain title/body objective pairs them); not in prepared/tickets.jsonl,
+    # and not part of a ticket's identity (`text` is).
+    title: str = field(default="", compare=False)
+    description: str = field(default="", compare=False)
 
 
 @dataclass(frozen=True)
@@ -502,7 +506,7 @@ def _ticket(record: dict[str, Any], cfg: DataConfig) -> Ticket:
     category, project = _optional_str(record, "category"), _optional_str(record, "project")
     text = cfg.text_template.format(id=ticket_id, title=parts["title"], description=parts["description"],
                                     category=category or "", project=project or "").strip()
-    return Ticket(ticket_id, text, category, project, _created(record))
+    return Ticket(ticket_id, text, category, project, _created(record), parts["title"], parts["description"])
 
 
 def parse_links(data: bytes, uri: str, cfg: DataConfig, known: dict[str, Ticket],

@@ -10,22 +10,31 @@ on test. Retrieval, scored as duplicate detection is scored:
   duplicates for a report as it is filed (Zhang et al., TOSEM 2023).
 Both report recall@1/5/10/20 (a relevant ticket in the top k), MRR (first relevant) and MAP
 (mean average precision over all relevant tickets of a query).
+
+Each model is scored three ways (`score_model`): dense (its cosine), lexical (BM25 alone, the same
+for every model) and hybrid (both fused per query, job/retrieval/fusion.py, with the lexical weight
+chosen on val retrieval). Hybrid keys carry the prefix `hybrid_`; the lexical ones sit in their own
+section of metrics.json.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 import numpy as np
 from scipy.stats import pearsonr, spearmanr
 from sklearn.metrics import average_precision_score, f1_score, roc_auc_score
 
 from job.data import Link
-from job.neighbors import SimilarityRows, cosine_rows, ranks_of_relevant
 from job.pairs import Pair
+from job.retrieval.fusion import Fusion, FusionSettings, WeightChoice, choose_weight, hybrid_rows, minmax
+from job.retrieval.lexical import LexicalIndex, LexicalSettings
+from job.retrieval.ranking import RECALL_AT, Similarity, cosine_rows, ranking_metrics, ranks_of_relevant
 
 THRESHOLD_GRID = np.round(np.arange(-1.0, 1.0001, 0.01), 2)
+__all__ = ["RECALL_AT", "ranking_metrics"]  # re-exported: callers scored ranks from here before job/retrieval/
 
 
 @dataclass
@@ -48,14 +57,18 @@ class Embeddings:
 
 @dataclass
 class PairScores:
-    cosine: np.ndarray
+    cosine: np.ndarray  # the pair score: the cosine, or another score on a threshold grid in [-1, 1]
     target: np.ndarray
     label: np.ndarray
 
 
 def pair_scores(emb: Embeddings, pairs: list[Pair], positive_threshold: float) -> PairScores:
+    return labelled(emb.cosine(pairs), pairs, positive_threshold)
+
+
+def labelled(scores: np.ndarray, pairs: list[Pair], positive_threshold: float) -> PairScores:
     target = np.array([p.score for p in pairs], dtype=np.float64)
-    return PairScores(emb.cosine(pairs).astype(np.float64), target, (target >= positive_threshold).astype(int))
+    return PairScores(np.asarray(scores, dtype=np.float64), target, (target >= positive_threshold).astype(int))
 
 
 def f1_curve(scores: PairScores) -> np.ndarray:
@@ -99,25 +112,6 @@ def retrieval_queries(test_ids: list[str], links: list[Link], relations: list[st
     return relevant, used
 
 
-RECALL_AT = (1, 5, 10, 20)
-
-
-def ranking_metrics(ranks: list[np.ndarray], prefix: str = "") -> dict[str, float | int | None]:
-    """recall@k, MRR and MAP from each query's sorted ranks of its relevant items."""
-    ranks = [r for r in ranks if len(r)]
-    if not ranks:
-        return {**{f"{prefix}recall_at_{k}": None for k in RECALL_AT}, f"{prefix}mrr": None, f"{prefix}map": None,
-                f"{prefix}n_queries": 0}
-    first = np.array([r[0] for r in ranks])
-    average_precision = [float(np.mean(np.arange(1, len(r) + 1) / r)) for r in ranks]
-    return {
-        **{f"{prefix}recall_at_{k}": float(np.mean(first <= k)) for k in RECALL_AT},
-        f"{prefix}mrr": float(np.mean(1.0 / first)),
-        f"{prefix}map": float(np.mean(average_precision)),
-        f"{prefix}n_queries": len(ranks),
-    }
-
-
 def created_timestamps(ids: list[str], created: dict[str, str | None]) -> np.ndarray | None:
     """Seconds since the epoch per id (NaN where unknown); None when no id has a date."""
     values = np.array([_timestamp(created.get(t)) for t in ids], dtype=np.float64)
@@ -139,36 +133,170 @@ def retrieval_metrics(emb: Embeddings, test_ids: list[str], relevant: list[set[i
     return scored_retrieval_metrics(cosine_rows(emb.of(test_ids)), relevant, chunk_size, created)
 
 
-def scored_retrieval_metrics(similarity: SimilarityRows, relevant: list[set[int]], chunk_size: int,
-                             created: np.ndarray | None = None) -> dict[str, float | int | None]:
-    """The same metrics for any similarity (the benchmark's BM25 uses it too)."""
+def scored_retrieval_metrics(similarity: Similarity, relevant: list[set[int]], chunk_size: int,
+                             created: np.ndarray | None = None, prefix: str = "") -> dict[str, float | int | None]:
+    """The same metrics for any similarity (lexical, hybrid, the benchmark's contenders)."""
     rows = [i for i, rel in enumerate(relevant) if rel]
-    metrics = ranking_metrics(ranks_of_relevant(similarity, relevant, rows, None, chunk_size))
+    metrics = ranking_metrics(ranks_of_relevant(similarity, relevant, rows, None, chunk_size), prefix)
     if created is not None:
         # An undated ticket is never a query, and (dated +inf) never a candidate.
         dated = [i for i in rows if not np.isnan(created[i])]
         latest = np.where(np.isnan(created), np.inf, created)
         metrics.update(ranking_metrics(ranks_of_relevant(similarity, relevant, dated, latest, chunk_size),
-                                       "time_aware_"))
+                                       f"{prefix}time_aware_"))
     return metrics
 
 
 @dataclass
 class ModelEvaluation:
-    metrics: dict[str, float | int | None | str]
+    metrics: dict[str, Any]
     val: PairScores
     test: PairScores
+    fusion: dict[str, Any] = field(default_factory=dict)  # the lexical weight, how it was chosen, the val curve
 
 
 def evaluate_model(emb: Embeddings, val_pairs: list[Pair], test_pairs: list[Pair], test_ids: list[str],
                    links: list[Link], relations: list[str], positive_threshold: float,
                    chunk_size: int, created: dict[str, str | None] | None = None) -> ModelEvaluation:
-    """All metrics for one model; the F1 threshold comes from val and is applied to test."""
+    """Dense metrics alone for one model; the F1 threshold comes from val and is applied to test."""
     val = pair_scores(emb, val_pairs, positive_threshold)
     test = pair_scores(emb, test_pairs, positive_threshold)
-    metrics: dict[str, float | int | None | str] = dict(pair_metrics(test, best_threshold(val)))
+    metrics: dict[str, Any] = dict(pair_metrics(test, best_threshold(val)))
     relevant, used = retrieval_queries(test_ids, links, relations)
     timestamps = created_timestamps(test_ids, created) if created else None
     metrics.update(retrieval_metrics(emb, test_ids, relevant, chunk_size, timestamps))
     metrics["retrieval_relations"] = used
     return ModelEvaluation(metrics, val, test)
+
+
+# ---------------------------------------------------------------- hybrid
+
+
+@dataclass
+class RetrievalPool:
+    """One split's tickets as a search corpus: who is relevant to whom, when each was filed, its BM25 index."""
+
+    ids: list[str]
+    relevant: list[set[int]]
+    relations_used: str
+    created: np.ndarray | None
+    lexical: LexicalIndex
+
+    def __post_init__(self) -> None:
+        self._time_aware_rows: dict[tuple[int, ...], np.ndarray] = {}
+
+    @classmethod
+    def build(cls, ids: list[str], texts: list[str], links: list[Link], relations: list[str],
+              created: dict[str, str | None], lexical: LexicalSettings) -> RetrievalPool:
+        relevant, used = retrieval_queries(ids, links, relations)
+        return cls(ids, relevant, used, created_timestamps(ids, created), LexicalIndex(texts, lexical))
+
+    def lexical_rows(self, chunk: list[int], mask: np.ndarray, time_aware: bool) -> np.ndarray:
+        """BM25 rows of this pool (a Similarity); time-aware rows (an index per query) are kept, as every
+        model scored on the pool reuses them."""
+        if not time_aware:
+            return self.lexical.rows(chunk)
+        key = tuple(chunk)
+        if key not in self._time_aware_rows:
+            self._time_aware_rows[key] = self.lexical.rows(chunk, mask)
+        return self._time_aware_rows[key]
+
+
+@dataclass
+class HeldOut:
+    """What every model is scored on, built once: val and test pairs and the two retrieval pools."""
+
+    val_pairs: list[Pair]
+    test_pairs: list[Pair]
+    val: RetrievalPool
+    test: RetrievalPool
+    positive_threshold: float = 0.5
+    chunk_size: int = 1024
+
+    def lexical(self, pool: RetrievalPool) -> Similarity:
+        return pool.lexical_rows
+
+
+def pool_pair_scores(similarity: Similarity, pool: RetrievalPool, pairs: list[Pair], chunk_size: int) -> np.ndarray:
+    """A pair's score as the pool sees it: the mean of the score each ticket gives the other when it searches
+    the pool (min-max scales differ per query, so one direction alone would not be symmetric)."""
+    index = {tid: i for i, tid in enumerate(pool.ids)}
+    rows = sorted({index[t] for p in pairs for t in (p.a, p.b)})
+    where = {row: n for n, row in enumerate(rows)}
+    seen = np.empty((len(rows), len(pool.ids)), dtype=np.float64)
+    n = len(pool.ids)
+    for start in range(0, len(rows), chunk_size):
+        chunk = rows[start : start + chunk_size]
+        mask = np.ones((len(chunk), n), dtype=bool)
+        mask[np.arange(len(chunk)), chunk] = False
+        seen[start : start + len(chunk)] = similarity(chunk, mask, False)
+    a = np.array([index[p.a] for p in pairs], dtype=np.int64)
+    b = np.array([index[p.b] for p in pairs], dtype=np.int64)
+    forward = seen[[where[int(i)] for i in a], b] if len(pairs) else np.zeros(0)
+    backward = seen[[where[int(i)] for i in b], a] if len(pairs) else np.zeros(0)
+    return (forward + backward) / 2.0
+
+
+def fused(emb: Embeddings, held: HeldOut, pool: RetrievalPool, fusion: Fusion) -> Similarity:
+    return hybrid_rows(cosine_rows(emb.of(pool.ids)), held.lexical(pool), fusion)
+
+
+def lexical_weight(emb: Embeddings, held: HeldOut, settings: FusionSettings) -> WeightChoice:
+    """The configured weight, or the grid's best on val duplicate retrieval (never test)."""
+    if settings.weight is not None:
+        return WeightChoice(settings.weight, [], 0)
+    return choose_weight(cosine_rows(emb.of(held.val.ids)), held.lexical(held.val), held.val.relevant,
+                         list(settings.grid), settings.method, settings.rrf_k, held.chunk_size)
+
+
+def score_model(emb: Embeddings, held: HeldOut, settings: FusionSettings) -> ModelEvaluation:
+    """Dense and hybrid metrics of one model (see the module docstring)."""
+    val = pair_scores(emb, held.val_pairs, held.positive_threshold)
+    test = pair_scores(emb, held.test_pairs, held.positive_threshold)
+    metrics: dict[str, Any] = dict(pair_metrics(test, best_threshold(val)))
+    pool = held.test
+    metrics.update(scored_retrieval_metrics(cosine_rows(emb.of(pool.ids)), pool.relevant, held.chunk_size, pool.created))
+    metrics["retrieval_relations"] = pool.relations_used
+    choice = lexical_weight(emb, held, settings)
+    fusion = Fusion(settings.method, choice.weight, settings.rrf_k)
+    hybrid = fused(emb, held, pool, fusion)
+    metrics.update(scored_retrieval_metrics(hybrid, pool.relevant, held.chunk_size, pool.created, "hybrid_"))
+    metrics["hybrid_weight"] = choice.weight
+    summary: dict[str, Any] = {"method": settings.method, "weight": choice.weight, "rrf_k": settings.rrf_k,
+                               "chosen_on": "val" if settings.weight is None else "config",
+                               "val_queries": choice.n_queries, "val_curve": choice.curve}
+    if settings.method == "minmax":  # RRF scores are ranks, not scores a pair threshold could be read from
+        metrics.update(hybrid_pair_metrics(emb, held, fusion, summary))
+    return ModelEvaluation(metrics, val, test, summary)
+
+
+def hybrid_pair_metrics(emb: Embeddings, held: HeldOut, fusion: Fusion, summary: dict[str, Any]) -> dict[str, Any]:
+    """Pair metrics of the hybrid pair score (pool_pair_scores), threshold from val; `summary` learns which pair
+    score, dense or hybrid, has the better val average precision (the one a threshold is read from)."""
+    val = labelled(pool_pair_scores(fused(emb, held, held.val, fusion), held.val, held.val_pairs, held.chunk_size),
+                   held.val_pairs, held.positive_threshold)
+    test = labelled(pool_pair_scores(fused(emb, held, held.test, fusion), held.test, held.test_pairs,
+                                     held.chunk_size), held.test_pairs, held.positive_threshold)
+    dense_val = pair_metrics(pair_scores(emb, held.val_pairs, held.positive_threshold), 0.0)["average_precision"]
+    hybrid_val = pair_metrics(val, 0.0)["average_precision"]
+    summary["pair_score"] = "hybrid" if (hybrid_val or 0.0) > (dense_val or 0.0) else "dense"
+    summary["val_average_precision"] = {"dense": dense_val, "hybrid": hybrid_val}
+    scored = pair_metrics(test, best_threshold(val))
+    return {f"hybrid_{k}": scored[k] for k in ("roc_auc", "average_precision", "best_f1", "threshold")}
+
+
+def lexical_metrics(held: HeldOut) -> dict[str, Any]:
+    """BM25 alone on the test pool (the keyword index a user would put beside any model); its pair score is
+    the min-max normalised BM25 both ways, the hybrid's with weight 1."""
+    pool = held.test
+    metrics: dict[str, Any] = scored_retrieval_metrics(held.lexical(pool), pool.relevant, held.chunk_size, pool.created)
+    val, test = (labelled(pool_pair_scores(normalised(held.lexical(where)), where, pairs, held.chunk_size), pairs,
+                          held.positive_threshold)
+                 for where, pairs in ((held.val, held.val_pairs), (pool, held.test_pairs)))
+    metrics.update(pair_metrics(test, best_threshold(val)))
+    return metrics
+
+
+def normalised(similarity: Similarity) -> Similarity:
+    """A similarity min-max scaled over each query's candidates."""
+    return lambda rows, mask, time_aware: minmax(similarity(rows, mask, time_aware), mask)

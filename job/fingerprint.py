@@ -17,7 +17,7 @@ from job.storage import read_uri
 
 # Sections whose settings change what a run produces. Where the run lives and how it is stored,
 # logged, threaded or promoted do not, so pods with other thread counts or credentials share a run.
-RESULT_SECTIONS = ("data", "model", "pairs", "train", "evaluate", "classify", "export")
+RESULT_SECTIONS = ("data", "model", "pairs", "train", "evaluate", "retrieval", "classify", "export")
 # Where the inputs are read from is left out: their content counts (input_checksums), not their address.
 INPUT_FIELDS = ("tickets", "links", "pairs", "relationship_pairs")
 

@@ -98,7 +98,7 @@ def configure_logging(log_format: str = "auto", secrets: Iterable[str] = (), str
         for old in [f for f in handler.filters if isinstance(f, _RedactingFilter)]:
             handler.removeFilter(old)
         handler.addFilter(_RedactingFilter(secrets))
-    for noisy in ("transformers", "sentence_transformers", "datasets", "urllib3", "botocore", "filelock", "httpx"):
+    for noisy in ("transformers", "sentence_transformers", "datasets", "urllib3", "botocore", "filelock", "httpx", "bm25s"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
 
 

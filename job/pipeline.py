@@ -40,7 +40,7 @@ from job.data import Corpus, Link, Ticket, build_corpus, require_enough
 from job.drift import InputProfile, compare, profile_inputs
 from job.environment import environment_info, use_cache_dir
 from job.errors import InputError, JobError, RunStateError
-from job.evaluate import Embeddings, ModelEvaluation, evaluate_model
+from job.evaluate import Embeddings, HeldOut, ModelEvaluation, RetrievalPool, lexical_metrics, score_model
 from job.fingerprint import Fingerprint, config_checksum, input_checksums
 from job.history import promoted_runs
 from job.jsonio import from_jsonl, to_json, to_jsonl
@@ -56,7 +56,8 @@ from job.model import (
     resolve_model_path,
     set_threads,
 )
-from job.pairs import Pair, Triplet, build_split_pairs, training_budget
+from job.pairs import Budget, Pair, TitleBody, Triplet, build_split_pairs, training_budget
+from job.retrieval.spec import RETRIEVAL_FILE, fusion_settings, lexical_settings, retrieval_spec
 from job.split import SPLITS, check_usable, split_by_components
 from job.step_metrics import step_numbers, write_step_metrics
 from job.steps import CLASSIFY, EVALUATE, PREPARE, SHARED_STEPS, STEPS, TRAIN, Step, required_steps
@@ -241,6 +242,7 @@ class PreparedData:
     members: dict[str, list[str]]
     pairs: dict[str, list[Pair]]
     triplets: list[Triplet]  # train split only
+    title_body: list[TitleBody] = field(default_factory=list)  # train split only
 
     def links_in(self, split: str) -> list[Link]:
         ids = set(self.members[split])
@@ -256,21 +258,21 @@ def prepare(ctx: RunContext) -> PreparedData:
     split = split_by_components(sorted(corpus.tickets), edges, cfg.pairs.split, cfg.train.seed)
     edges_per_split = check_usable(split, edges)
     embed = _lazy_base_embedder(ctx, log) if cfg.pairs.mine_hard_negatives else None
-    budget = training_budget(cfg.train)
+    budget = training_budget(cfg.train, cfg.pairs)
     pairs: dict[str, list[Pair]] = {}
     triplets: list[Triplet] = []
+    title_body: list[TitleBody] = []
     pair_info: dict[str, Any] = {}
     for name in SPLITS:
         built = build_split_pairs(name, corpus, split, cfg.pairs, random.Random(f"{cfg.train.seed}-{name}"), embed,
-                                  budget if name == "train" else None)
+                                  budget if name == "train" else None, lexical_settings(cfg))
         pairs[name] = built.pairs
         triplets += built.triplets
+        title_body += built.title_body
         pair_info[name] = {"total": len(built.pairs), "triplets": len(built.triplets), "by_kind": dict(built.stats.counts),
                            "fallbacks": dict(built.stats.fallbacks), "mining": built.stats.mining}
         log.info("pairs built", split=name, **pair_info[name])
-    pair_info["budget"] = {"max_pairs": cfg.train.max_pairs, "loss": cfg.train.loss, "triplets_cap": budget.triplets,
-                           "pairs_cap": budget.pairs, "triplets_spent": len(triplets),
-                           "pairs_spent": len(pairs["train"])}
+    pair_info["budget"] = budget_spent(cfg, budget, pairs["train"], triplets, title_body)
     where = split.lookup()
     ticket_rows = [{"id": t.id, "text": t.text, "category": t.category, "project": t.project, "created": t.created,
                     "split": where[t.id]} for t in corpus.tickets.values()]
@@ -283,6 +285,7 @@ def prepare(ctx: RunContext) -> PreparedData:
         *[ctx.run.store.write_bytes(f"prepared/pairs_{name}.jsonl", to_jsonl([p.to_json() for p in pairs[name]]))
           for name in SPLITS],
         ctx.run.store.write_bytes("prepared/triplets_train.jsonl", to_jsonl([t.to_json() for t in triplets])),
+        ctx.run.store.write_bytes(TITLE_BODY_FILE, to_jsonl([r.to_json() for r in title_body])),
     ]
     split_info: dict[str, Any] = {name: {"tickets": len(split.members[name]), "linked_pairs": edges_per_split[name]}
                                   for name in SPLITS}
@@ -291,7 +294,21 @@ def prepare(ctx: RunContext) -> PreparedData:
     ctx.run.record_step(timer.record(files, {"inputs": inputs, "split": split_info, "pairs": pair_info,
                                              "drift": drift}))
     log.info("prepare done", **{name: split_info[name] for name in SPLITS})
-    return PreparedData(corpus.tickets, corpus.links, split.members, pairs, triplets)
+    return PreparedData(corpus.tickets, corpus.links, split.members, pairs, triplets, title_body)
+
+
+TITLE_BODY_FILE = "prepared/title_body_train.jsonl"
+
+
+def budget_spent(cfg: JobConfig, budget: Budget, pairs: list[Pair], triplets: list[Triplet],
+                 title_body: list[TitleBody]) -> dict[str, Any]:
+    """What train.max_pairs allowed each objective, and what each got (steps/prepare.json: pairs.budget)."""
+    related = sum(t.objective == "related" for t in triplets)
+    return {"max_pairs": cfg.train.max_pairs, "loss": cfg.train.loss,
+            "triplets_cap": budget.triplets, "triplets_spent": len(triplets) - related,
+            "pairs_cap": budget.pairs, "pairs_spent": len(pairs),
+            "related_cap": budget.related, "related_spent": related,
+            "title_body_cap": budget.title_body, "title_body_spent": len(title_body)}
 
 
 def drift_against_promoted(ctx: RunContext, current: InputProfile, log: Any) -> dict[str, Any]:
@@ -354,7 +371,8 @@ def load_prepared(ctx: RunContext, step: Step) -> PreparedData:
     members = ctx.run.read_json("prepared/split.json")
     pairs = {name: [Pair(**r) for r in from_jsonl(store.read_bytes(f"prepared/pairs_{name}.jsonl"))] for name in SPLITS}
     triplets = [Triplet(**r) for r in from_jsonl(store.read_bytes("prepared/triplets_train.jsonl"))]
-    return PreparedData(tickets, links, members, pairs, triplets)
+    title_body = [TitleBody(**r) for r in from_jsonl(store.read_bytes(TITLE_BODY_FILE))]
+    return PreparedData(tickets, links, members, pairs, triplets, title_body)
 
 
 # ---------------------------------------------------------------- train
@@ -367,26 +385,29 @@ class TrainedModel:
 
 def train(ctx: RunContext, prepared: PreparedData, resume: bool = False) -> TrainedModel:
     """Fine-tune the base model on the train pairs; publish the best model under model/."""
-    from job.train import examples_from_pairs, train_model, triplet_examples
+    from job.train import RankingSets, TitleBodyExamples, examples_from_pairs, train_model, triplet_examples
 
     cfg, log, timer = ctx.cfg, ctx.log(TRAIN.name), begin_step(ctx, TRAIN)
     threads = set_threads(cfg.runtime.threads)
     texts = {tid: t.text for tid, t in prepared.tickets.items()}
     threshold = cfg.evaluate.positive_threshold
     train_rows = examples_from_pairs(prepared.pairs["train"], texts, cfg.train.loss, cfg.train.pair_loss, threshold)
-    triplet_rows = triplet_examples(prepared.triplets, texts)
+    ranking = RankingSets(triplet_examples(prepared.triplets, texts), triplet_examples(prepared.triplets, texts, "related"),
+                          TitleBodyExamples.of(prepared.title_body))
+    triplet_rows = ranking.triplets
     val_rows = examples_from_pairs(prepared.pairs["val"], texts, "cosine", "cosine", threshold)
-    if not train_rows.sentence1 and not triplet_rows.anchor:
+    if not train_rows.sentence1 and not triplet_rows.anchor and not ranking.related.anchor and not ranking.title_body.anchor:
         raise InputError(f"no training rows for train.loss={cfg.train.loss}: the train split has no links of "
                          f"pairs.triplet_relations {cfg.pairs.triplet_relations} (mnrl) or no pairs")
     device, base = pick_device(), _load_base(ctx)
     log.info("training", pair_rows=len(train_rows.sentence1), triplet_rows=len(triplet_rows.anchor),
+             related_rows=len(ranking.related.anchor), title_body_rows=len(ranking.title_body.anchor),
              val_pairs=len(val_rows.sentence1), epochs=cfg.train.epochs, batch_size=cfg.train.batch_size,
              loss=cfg.train.loss, device=device, threads=threads, attention=attention_implementation(base),
              max_seq_length=base.max_seq_length)
     ctx.checkpointing.set()
     try:
-        result = train_model(cfg, base, train_rows, triplet_rows, val_rows, ctx.work_dir, ctx.run.store, log,
+        result = train_model(cfg, base, train_rows, ranking, val_rows, ctx.work_dir, ctx.run.store, log,
                              ctx.stop, resume)
     finally:
         ctx.checkpointing.clear()
@@ -425,12 +446,12 @@ def _encode_ids(model: Any, prepared: PreparedData, ids: list[str], ctx: RunCont
 
 
 def evaluate(ctx: RunContext, prepared: PreparedData, trained: TrainedModel) -> Embeddings:
-    """Base and fine-tuned model on the same test split; returns the fine-tuned embeddings for reuse."""
+    """Base and fine-tuned model on the same test split, each dense and fused with BM25 (the lexical weight
+    chosen on val); returns the fine-tuned embeddings for reuse."""
     cfg, log, timer = ctx.cfg, ctx.log(EVALUATE.name), begin_step(ctx, EVALUATE)
     set_threads(cfg.runtime.threads)
-    test_ids = prepared.members["test"]
-    val_ids = sorted({t for p in prepared.pairs["val"] for t in (p.a, p.b)})
-    ids = sorted(set(test_ids) | set(val_ids))
+    held = held_out(ctx, prepared)
+    ids = sorted(set(held.test.ids) | set(held.val.ids))
     results: dict[str, ModelEvaluation] = {}
     finetuned_emb: Embeddings | None = None
     texts_per_s = 0.0
@@ -440,17 +461,20 @@ def evaluate(ctx: RunContext, prepared: PreparedData, trained: TrainedModel) -> 
         started = time.monotonic()
         emb = _encode_ids(model, prepared, ids, ctx, log, f"encode {name}")
         texts_per_s = len(ids) / max(time.monotonic() - started, 1e-9)
-        results[name] = _score(ctx, prepared, emb)
+        results[name] = score_model(emb, held, fusion_settings(cfg))
         log.info("metrics", model=name, **{k: _round(v) for k, v in results[name].metrics.items()})
         finetuned_emb = emb
     metrics: dict[str, Any] = {name: r.metrics for name, r in results.items()}
-    metrics["delta"] = {k: _delta(metrics["finetuned"].get(k), metrics["base"].get(k))
-                        for k in ("average_precision", "roc_auc", "spearman", "recall_at_10", "mrr", "map",
-                                  "time_aware_recall_at_10", "time_aware_mrr", "time_aware_map")}
-    files: list[FileRecord] = []
+    metrics["lexical"] = lexical_metrics(held)
+    log.info("metrics", model="lexical (BM25)", **{k: _round(v) for k, v in metrics["lexical"].items()})
+    metrics["fusion"] = {name: r.fusion for name, r in results.items()}
+    metrics["delta"] = {k: _delta(metrics["finetuned"].get(k), metrics["base"].get(k)) for k in DELTA_KEYS}
+    spec = retrieval_spec(cfg, ctx.run.run_id, results["finetuned"].fusion)
+    files: list[FileRecord] = [ctx.run.write_json(RETRIEVAL_FILE, spec)]
     if cfg.export.onnx:
-        metrics["exports"], files = _export_cpu_variants(ctx, prepared, trained, ids, metrics["finetuned"],
-                                                         texts_per_s, log)
+        metrics["exports"], exported = _export_cpu_variants(ctx, prepared, trained, held, ids, metrics["finetuned"],
+                                                            texts_per_s, log)
+        files += exported
     files.append(ctx.run.write_json("evaluate/metrics.json", metrics))
     files += _evaluation_plots(ctx, results, metrics)
     assert finetuned_emb is not None
@@ -460,15 +484,23 @@ def evaluate(ctx: RunContext, prepared: PreparedData, trained: TrainedModel) -> 
     return finetuned_emb
 
 
-def _score(ctx: RunContext, prepared: PreparedData, emb: Embeddings) -> ModelEvaluation:
-    """Every metric of one model's embeddings on the held-out split (threshold from val)."""
-    cfg, test_ids = ctx.cfg, prepared.members["test"]
-    return evaluate_model(emb, prepared.pairs["val"], prepared.pairs["test"], test_ids, prepared.links,
-                          cfg.evaluate.retrieval_relations, cfg.evaluate.positive_threshold, cfg.evaluate.chunk_size,
-                          {t: prepared.tickets[t].created for t in test_ids})
+DELTA_KEYS = ("average_precision", "roc_auc", "spearman", "recall_at_10", "mrr", "map", "time_aware_recall_at_10",
+              "time_aware_mrr", "time_aware_map", "hybrid_recall_at_10", "hybrid_mrr", "hybrid_map",
+              "hybrid_time_aware_recall_at_10", "hybrid_time_aware_mrr", "hybrid_average_precision")
 
 
-def _export_cpu_variants(ctx: RunContext, prepared: PreparedData, trained: TrainedModel, ids: list[str],
+def held_out(ctx: RunContext, prepared: PreparedData) -> HeldOut:
+    """The val and test splits as pairs and as retrieval pools (each with its own BM25 index), built once."""
+    cfg = ctx.cfg
+    pools = {name: RetrievalPool.build(ids, [prepared.tickets[t].text for t in ids], prepared.links,
+                                       cfg.evaluate.retrieval_relations, {t: prepared.tickets[t].created for t in ids},
+                                       lexical_settings(cfg))
+             for name in ("val", "test") for ids in [prepared.members[name]]}
+    return HeldOut(prepared.pairs["val"], prepared.pairs["test"], pools["val"], pools["test"],
+                   cfg.evaluate.positive_threshold, cfg.evaluate.chunk_size)
+
+
+def _export_cpu_variants(ctx: RunContext, prepared: PreparedData, trained: TrainedModel, held: HeldOut, ids: list[str],
                          reference: dict[str, Any], reference_texts_per_s: float,
                          log: Any) -> tuple[dict[str, Any], list[FileRecord]]:
     """Export the ONNX variants, score each on the same split as the PyTorch model, and publish under
@@ -488,7 +520,7 @@ def _export_cpu_variants(ctx: RunContext, prepared: PreparedData, trained: Train
         started = time.monotonic()
         emb = _encode_ids(model, prepared, ids, ctx, log, f"encode {variant.name}")
         speed = len(ids) / max(time.monotonic() - started, 1e-9)
-        scored = _score(ctx, prepared, emb).metrics
+        scored = score_model(emb, held, fusion_settings(cfg)).metrics
         refused = rejection(reference, scored, cfg.export.max_metric_drop)
         summary["variants"][variant.name] = {
             "file": variant.file, "written": refused is None, "rejected": refused,

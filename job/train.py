@@ -27,7 +27,7 @@ from job.config import JobConfig, TrainConfig
 from job.errors import InputError, Interrupted, RunStateError
 from job.log import Progress
 from job.model import write_portable_module_paths
-from job.pairs import Pair, Triplet
+from job.pairs import Pair, TitleBody, Triplet
 from job.storage import Store, download_dir, upload_dir
 
 CHECKPOINTS = "checkpoints"
@@ -94,9 +94,32 @@ def examples_from_pairs(pairs: list[Pair], texts: dict[str, str], loss: str, pai
     return TrainExamples(s1, s2, scores)
 
 
-def triplet_examples(triplets: list[Triplet], texts: dict[str, str]) -> TripletExamples:
-    return TripletExamples([texts[t.anchor] for t in triplets], [texts[t.positive] for t in triplets],
-                           [texts[t.negative] for t in triplets])
+def triplet_examples(triplets: list[Triplet], texts: dict[str, str], objective: str = "duplicate") -> TripletExamples:
+    """The triplets of one ranking objective (duplicate: pairs.triplet_relations; related: pairs.related_relations)."""
+    chosen = [t for t in triplets if t.objective == objective]
+    return TripletExamples([texts[t.anchor] for t in chosen], [texts[t.positive] for t in chosen],
+                           [texts[t.negative] for t in chosen])
+
+
+@dataclass
+class TitleBodyExamples:
+    """(title, description) rows of the in-domain objective: in-batch negatives only."""
+
+    anchor: list[str]
+    positive: list[str]
+
+    @classmethod
+    def of(cls, rows: list[TitleBody]) -> TitleBodyExamples:
+        return cls([r.title for r in rows], [r.body for r in rows])
+
+
+@dataclass
+class RankingSets:
+    """The ranking objectives' rows: duplicate triplets, and the optional related and title/body ones."""
+
+    triplets: TripletExamples
+    related: TripletExamples = field(default_factory=lambda: TripletExamples([], [], []))
+    title_body: TitleBodyExamples = field(default_factory=lambda: TitleBodyExamples([], []))
 
 
 def batch_sampler_for(group_by_length: bool) -> Any:
@@ -285,29 +308,66 @@ class StorageAndProgress(TrainerCallback):
         self.log.info("checkpoint saved", checkpoint=name, seconds=round(time.monotonic() - t0, 2))
 
 
-def training_sets(model: Any, pairs: TrainExamples, triplets: TripletExamples, tc: TrainConfig,
+def weighted(loss: Any, weight: float) -> Any:
+    """`loss` scaled by `weight` (1: as it is)."""
+    return loss if weight == 1.0 else _weighted_loss_class()(loss, weight)
+
+
+@functools.cache
+def _weighted_loss_class() -> Any:
+    import torch
+
+    class WeightedLoss(torch.nn.Module):
+        """A ranking loss times a weight: one objective of several counts less (a related ticket is a weaker
+        positive than a duplicate). The trainer finds the model through `model`."""
+
+        def __init__(self, loss: Any, weight: float) -> None:
+            super().__init__()
+            self.loss, self.weight = loss, weight
+
+        @property
+        def model(self) -> Any:
+            return self.loss.model
+
+        @property
+        def citation(self) -> str:
+            return str(getattr(self.loss, "citation", ""))
+
+        def get_config_dict(self) -> dict[str, Any]:
+            return {"weight": self.weight, **(self.loss.get_config_dict() if hasattr(self.loss, "get_config_dict") else {})}
+
+        def forward(self, features: Any, labels: Any) -> Any:
+            return self.weight * self.loss(features, labels)
+
+    return WeightedLoss
+
+
+def training_sets(model: Any, pairs: TrainExamples, ranking: RankingSets, tc: TrainConfig,
                   distributed: bool) -> tuple[dict[str, Any], dict[str, Any]]:
     """The datasets and a loss for each (sentence-transformers' multi-dataset training)."""
     from datasets import Dataset
 
-    datasets: dict[str, Any] = {}
-    losses: dict[str, Any] = {}
-    if triplets.anchor:
-        datasets["triplets"] = Dataset.from_dict(vars(triplets))
-        # Under DDP the batches of a multi-dataset epoch are dealt to the ranks in turn, so one rank
-        # may rank triplets while another scores pairs in the same step: a gather across devices
-        # would then wait forever for a partner. Gather only when every batch is a triplet batch.
-        gather = distributed and not pairs.sentence1
-        losses["triplets"] = ranking_loss(model, tc.mnrl_mini_batch_size, gather)
+    rows: dict[str, Any] = {name: vars(examples) for name, examples in
+                            (("triplets", ranking.triplets), ("related", ranking.related),
+                             ("title_body", ranking.title_body)) if examples.anchor}
     if pairs.sentence1:
         if tc.loss == "mnrl":  # prepare spends an mnrl budget on triplets only (pairs.budget)
             raise ValueError("train.loss mnrl trains on triplets only, but scored pairs were given")
-        datasets["pairs"] = Dataset.from_dict(vars(pairs))
+        rows["pairs"] = vars(pairs)
+    # Under DDP the batches of a multi-dataset epoch are dealt to the ranks in turn, so one rank may rank
+    # triplets while another scores pairs in the same step: a gather across devices would then wait
+    # forever for a partner. Gather only when every batch comes from one ranking dataset.
+    gather = distributed and len(rows) == 1 and "pairs" not in rows
+    weights = {"triplets": 1.0, "related": tc.related_weight, "title_body": tc.title_body_weight}
+    datasets = {name: Dataset.from_dict(columns) for name, columns in rows.items()}
+    losses = {name: weighted(ranking_loss(model, tc.mnrl_mini_batch_size, gather), weights[name])
+              for name in rows if name != "pairs"}
+    if "pairs" in rows:
         losses["pairs"] = pair_loss(model, tc.pair_loss if tc.loss == "retrieval" else tc.loss)
     return datasets, losses
 
 
-def train_model(cfg: JobConfig, model: Any, train: TrainExamples, triplets: TripletExamples, val: TrainExamples,
+def train_model(cfg: JobConfig, model: Any, train: TrainExamples, ranking: RankingSets, val: TrainExamples,
                 work_dir: Path, store: Store, log: Any, stop: threading.Event, resume: bool,
                 extra_callbacks: Sequence[TrainerCallback] = ()) -> TrainResult:
     """Run the trainer; `store` is the run's storage (for checkpoints). Returns the best model's dir.
@@ -324,7 +384,7 @@ def train_model(cfg: JobConfig, model: Any, train: TrainExamples, triplets: Trip
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
     precision = choose_precision(tc.precision)
     seed_everything(tc.seed)
-    datasets, losses = training_sets(model, train, triplets, tc, distributed)
+    datasets, losses = training_sets(model, train, ranking, tc, distributed)
     n_rows = sum(len(d) for d in datasets.values())
     # Validating during training only serves to pick the best checkpoint. One epoch saved once
     # leaves nothing to pick, and the evaluate step scores val anyway: skip it then.

@@ -53,7 +53,7 @@ def test_bert_and_modernbert_bases_train_and_encode_with_sdpa_a_prefix_and_a_cap
         tmp_path: Path, kind: str) -> None:
     from job.log import get_logger
     from job.storage import LocalStore
-    from job.train import TrainExamples, TripletExamples, train_model
+    from job.train import RankingSets, TrainExamples, TripletExamples, train_model
 
     tokenizer_dir = resolve_model_path(OFFLINE_MODEL, StorageConfig(), tmp_path)
     base = _tiny_base(kind, tmp_path, tokenizer_dir)
@@ -66,7 +66,7 @@ def test_bert_and_modernbert_bases_train_and_encode_with_sdpa_a_prefix_and_a_cap
     texts = [f"namenode {word} fails with a long stack trace " * 20 for word in "abcdefgh"]
     pairs = TrainExamples(texts[:4], texts[4:], [1.0, 0.0, 0.6, 0.0])
     triplets = TripletExamples(texts[:4], texts[4:], texts[2:6])
-    result = train_model(cfg, model, pairs, triplets, pairs, tmp_path / "work", LocalStore(tmp_path / "store"),
+    result = train_model(cfg, model, pairs, RankingSets(triplets), pairs, tmp_path / "work", LocalStore(tmp_path / "store"),
                          get_logger(step="test"), threading.Event(), resume=False)
     tuned = load_model(str(result.model_dir), max_seq_length=512)  # no prefix given: it comes with the model
     assert tuned.default_prompt_name and tuned.prompts[tuned.default_prompt_name] == "query: "

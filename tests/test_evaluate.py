@@ -15,8 +15,9 @@ from job.evaluate import (
     retrieval_metrics,
     retrieval_queries,
 )
-from job.neighbors import cosine_rows, ranks_of_relevant, top_k
+from job.neighbors import top_k
 from job.pairs import Pair
+from job.retrieval.ranking import cosine_rows, ranks_of_relevant
 
 
 def _unit(rng: np.random.Generator, n: int, d: int = 16) -> np.ndarray:

@@ -49,8 +49,12 @@ def scores(ap: float, recall: float, mrr: float) -> dict[str, float]:
     return {"average_precision": ap, "recall_at_10": recall, "mrr": mrr}
 
 
+JUDGED_ON = {"promote.metric": "average_precision"}
+
+
 def local_output(folder: Path) -> LoadedConfig:
-    return load_config(environ={}, cli_overrides={"output.uri": str(folder / "runs")})
+    # The recorded runs carry pair AP, recall@10 and MRR; they are judged on AP.
+    return load_config(environ={}, cli_overrides={"output.uri": str(folder / "runs"), **JUDGED_ON})
 
 
 def three_runs(loaded: LoadedConfig) -> Store:
@@ -91,7 +95,7 @@ def test_history_lists_every_run_with_what_it_recorded(three_local_runs: tuple[L
 def test_history_reads_runs_on_s3_and_promote_writes_it_there(s3: S3Server, bucket: str) -> None:
     overrides = {"output.uri": f"s3://{bucket}/runs", "storage.endpoint_url": s3.endpoint,
                  "storage.access_key_id": ACCESS_KEY, "storage.secret_access_key": SECRET_KEY}
-    root = three_runs(load_config(environ={}, cli_overrides=overrides))
+    root = three_runs(load_config(environ={}, cli_overrides={**overrides, **JUDGED_ON}))
     check_three_runs(read_history(root, "average_precision", "promoted.json"))
     written = json.loads(root.read_bytes(HISTORY_JSON))
     assert written["promoted_run"] == "run-2" and root.read_bytes(HISTORY_PLOT).startswith(b"\x89PNG")
@@ -106,7 +110,8 @@ def test_promote_writes_the_history_and_the_cli_prints_it(three_local_runs: tupl
     plot = root.read_bytes(HISTORY_PLOT)
     root.delete(HISTORY_JSON)
     root.delete(HISTORY_PLOT)
-    result = run_cli("history", "--output", loaded.config.output.uri, timeout=120)
+    result = run_cli("history", "--output", loaded.config.output.uri, "--set", "promote.metric=average_precision",
+                     timeout=120)
     assert result.returncode == 0, result.stderr
     table = [line for line in result.stdout.splitlines() if line.startswith(("run id", "run-"))]
     assert table[0].split() == ["run", "id", "started", "finished", "promoted", "average_precision", "recall@10",

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from huggingface_hub import ModelCard
 
+from job.data import Link
 from job.jsonio import from_jsonl
 from tests.conftest import CLI, OFFLINE_MODEL, TINY, merged, run_cli, write_config
 from tests.s3server import SECRET_KEY, S3Server
@@ -76,6 +77,10 @@ def test_run_end_to_end_on_s3_checks_every_artifact_and_beats_base(
     assert metrics["finetuned"]["mrr"] >= metrics["base"]["mrr"]
     assert {"macro_f1", "per_class"} <= set(metrics["classifier"])
 
+    assert reproduced_hybrid_metrics(run) == {k: v for k, v in metrics["finetuned"].items()
+                                              if k.startswith("hybrid_") and ("recall" in k or k.endswith(("mrr", "map")))}
+    assert metrics["fusion"]["finetuned"]["chosen_on"] == "val" and metrics["lexical"]["n_queries"] > 0
+
     for plot in PLOTS:
         data = (run / "plots" / plot).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000, plot
@@ -113,6 +118,28 @@ def test_run_end_to_end_on_s3_checks_every_artifact_and_beats_base(
     tickets = {r["id"]: r["split"] for r in from_jsonl((run / "prepared/tickets.jsonl").read_bytes())}
     for link in from_jsonl((run / "prepared/links.jsonl").read_bytes()):
         assert tickets[link["source"]] == tickets[link["target"]], "no link crosses splits"
+
+
+def reproduced_hybrid_metrics(run: Path) -> dict[str, float]:
+    """The fine-tuned model's hybrid retrieval metrics recomputed from the run's files alone: retrieval.json, the
+    test split's tickets and links, and the model's vectors (embeddings/finetuned.npz, which model/ reproduces)."""
+    import numpy as np
+
+    from job.evaluate import created_timestamps, retrieval_queries, scored_retrieval_metrics
+    from job.retrieval.spec import hybrid_similarity
+
+    spec = json.loads((run / "retrieval.json").read_text())
+    test_ids = json.loads((run / "prepared/split.json").read_text())["test"]
+    tickets = {r["id"]: r for r in from_jsonl((run / "prepared/tickets.jsonl").read_bytes())}
+    links = [Link(r["source"], r["target"], r["relation"]) for r in from_jsonl((run / "prepared/links.jsonl").read_bytes())]
+    with np.load(run / "embeddings/finetuned.npz") as saved:
+        rows = {str(t): i for i, t in enumerate(saved["ids"])}
+        vectors = saved["vectors"][[rows[t] for t in test_ids]]
+    similarity = hybrid_similarity(spec, vectors, [tickets[t]["text"] for t in test_ids], "retrieval.json")
+    relevant, _ = retrieval_queries(test_ids, links, ["duplicate"])
+    created = created_timestamps(test_ids, {t: tickets[t].get("created") for t in test_ids})
+    metrics = scored_retrieval_metrics(similarity, relevant, 1024, created, "hybrid_")
+    return {k: v for k, v in metrics.items() if "n_queries" not in k}
 
 
 def _local_config(tmp_path: Path, synthetic_dir: Path, **extra: dict) -> Path:

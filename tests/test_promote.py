@@ -42,7 +42,8 @@ class Backend:
 
     def loaded(self, **settings: Any) -> LoadedConfig:
         # The history each promotion refreshes is tested in test_history.py; here it would only cost time.
-        settings = {"refresh_history": False, **settings}
+        # Promotion's mechanics do not depend on the metric: these tests judge on average_precision.
+        settings = {"refresh_history": False, "metric": "average_precision", **settings}
         overrides = {"output.uri": self.uri, **{f"storage.{k}": v for k, v in self.storage.items()},
                      **{f"promote.{k}": v for k, v in settings.items()}}
         return load_config(environ={}, cli_overrides=overrides)
@@ -84,7 +85,9 @@ def fake_run(backend: Backend, run_id: str, average_precision: float | None, *, 
     """A run directory as the pipeline leaves it, as far as promotion looks: metrics, a model, the manifest."""
     run = backend.store().child(run_id)
     metrics = {"base": {"average_precision": 0.5, "roc_auc": 0.7},
-               "finetuned": {"average_precision": average_precision, "roc_auc": roc_auc, "n_pairs": 120},
+               # one quality value under the default promote.metric and under average_precision
+               "finetuned": {"average_precision": average_precision, "hybrid_recall_at_10": average_precision,
+                             "roc_auc": roc_auc, "n_pairs": 120},
                "classifier": {"macro_f1": 0.4}}
     records = [run.write_bytes("metrics.json", to_json(metrics))]
     records += [run.write_bytes(key, data) for key, data in MODEL_FILES.items()]
@@ -178,7 +181,7 @@ def test_run_without_a_value_for_the_metric_is_refused(backend: Backend) -> None
 
 def test_unknown_metric_is_a_config_error_that_lists_the_known_ones(backend: Backend) -> None:
     fake_run(backend, "run-a", 0.7)
-    with pytest.raises(ConfigError, match="average_precision, n_pairs, roc_auc"):
+    with pytest.raises(ConfigError, match="average_precision, hybrid_recall_at_10, n_pairs, roc_auc"):
         promote(backend.loaded(metric="avg_precision"), "run-a")
 
 

@@ -108,7 +108,7 @@ def test_val_runs_each_epoch_only_when_there_is_an_epoch_to_choose(tmp_path: Pat
     from job.log import get_logger
     from job.model import load_model, resolve_model_path
     from job.storage import LocalStore
-    from job.train import TrainExamples, TripletExamples, train_model
+    from job.train import RankingSets, TrainExamples, TripletExamples, train_model
 
     cfg = load_config(environ={}, cli_overrides={
         "data.tickets": "t.jsonl", "output.uri": str(tmp_path / "out"), "model.base": OFFLINE_MODEL,
@@ -117,7 +117,7 @@ def test_val_runs_each_epoch_only_when_there_is_an_epoch_to_choose(tmp_path: Pat
     model = load_model(resolve_model_path(OFFLINE_MODEL, cfg.storage, tmp_path), 16)
     texts = [f"namenode {word} error" for word in "abcdefgh"]
     rows = TrainExamples(texts, texts[::-1], [0.9, 0.1] * 4)
-    result = train_model(cfg, model, rows, TripletExamples([], [], []), rows, tmp_path / "work",
+    result = train_model(cfg, model, rows, RankingSets(TripletExamples([], [], [])), rows, tmp_path / "work",
                          LocalStore(tmp_path / "store"),
                          get_logger(step="test"), threading.Event(), resume=False)
     assert len(result.val_history) == validations
@@ -167,8 +167,8 @@ def test_only_trainer_named_complete_checkpoints_are_resumed_from(tmp_path: Path
 
 def test_mnrl_refuses_scored_pairs_instead_of_failing_on_a_missing_pair_loss() -> None:
     from job.config import TrainConfig
-    from job.train import TrainExamples, TripletExamples, training_sets
+    from job.train import RankingSets, TrainExamples, TripletExamples, training_sets
 
     pairs = TrainExamples(["namenode down"], ["namenode crashed"], [0.9])
     with pytest.raises(ValueError, match="mnrl trains on triplets only"):
-        training_sets(None, pairs, TripletExamples([], [], []), TrainConfig(loss="mnrl"), distributed=False)
+        training_sets(None, pairs, RankingSets(TripletExamples([], [], [])), TrainConfig(loss="mnrl"), distributed=False)
