@@ -36,8 +36,13 @@ CARD_METRICS = (
     ("time_aware_recall_at_10", "Recall@10 (time-aware)"),
     ("time_aware_mrr", "MRR (time-aware)"),
     ("time_aware_map", "MAP (time-aware)"),
+    ("hybrid_recall_at_10", "Recall@10 (hybrid: fused with BM25)"),
+    ("hybrid_mrr", "MRR (hybrid)"),
+    ("hybrid_time_aware_recall_at_10", "Recall@10 (hybrid, time-aware)"),
+    ("hybrid_average_precision", "Average precision (hybrid pair score)"),
 )
-INDEX_METRICS = ("average_precision", "roc_auc", "recall_at_10", "mrr", "map", "time_aware_recall_at_10")
+INDEX_METRICS = ("average_precision", "roc_auc", "recall_at_10", "mrr", "map", "time_aware_recall_at_10",
+                 "hybrid_recall_at_10", "hybrid_mrr")
 
 
 @dataclass(frozen=True)
@@ -65,6 +70,7 @@ def model_card(run_id: str, cfg: JobConfig, records: dict[str, dict[str, Any]],
         _training_data(info.get("prepare", {})),
         _training(cfg, info.get("train", {})),
         _evaluation(cfg, metrics),
+        _hybrid(metrics),
         _classifier(info.get("classify", {}).get("metrics")),
         _exports(metrics.get("exports")),
         _use_and_limits(cfg, info.get("prepare", {})),
@@ -151,6 +157,12 @@ def _training(cfg: JobConfig, train: dict[str, Any]) -> str:
              f"{tc.warmup_ratio:g}, seed {tc.seed}, row cap {tc.max_pairs or 'none'}",
              f"- Negatives per positive {cfg.pairs.negatives_per_positive} (mix {cfg.pairs.negative_mix}), "
              f"hard-negative mining {'on' if cfg.pairs.mine_hard_negatives else 'off'}"]
+    if cfg.pairs.related_relations:
+        lines.append(f"- A second ranking objective on {', '.join(cfg.pairs.related_relations)} links (weight "
+                     f"{tc.related_weight:g}, share {cfg.pairs.related_share:g} of the row cap)")
+    if cfg.pairs.title_body:
+        lines.append(f"- Each train ticket's title against its description as a third ranking objective (weight "
+                     f"{tc.title_body_weight:g}, share {cfg.pairs.title_body_share:g} of the row cap)")
     if train:
         lines.append(f"- {train.get('global_step')} steps in {_num(train.get('train_seconds'), 0)} s "
                      f"({train.get('precision')}, {_num(train.get('pairs_per_second'), 1)} rows/s)")
@@ -178,6 +190,24 @@ def _evaluation(cfg: JobConfig, metrics: dict[str, Any]) -> str:
                   f"(pairs whose target score is >= {cfg.evaluate.positive_threshold:g} are positives: the relations "
                   f"scored {_positive_relations(cfg)}), and the F1 above is that threshold applied to test."]
     return "\n".join(lines)
+
+
+def _hybrid(metrics: dict[str, Any]) -> str:
+    fusion, lexical = (metrics.get("fusion") or {}).get("finetuned"), metrics.get("lexical") or {}
+    if not fusion:
+        return ""
+    method = ("per query, both scores min-max normalised over the candidates, then a weighted sum"
+              if fusion.get("method") == "minmax" else f"weighted reciprocal rank fusion (k = {fusion.get('rrf_k')})")
+    chosen = "chosen on val duplicate retrieval" if fusion.get("chosen_on") == "val" else "set in the config"
+    return "\n".join([
+        "## Hybrid retrieval (with a keyword index)", "",
+        f"Search ranks tickets by this model's cosine fused with BM25: {method}, BM25 weight "
+        f"{_num(fusion.get('weight'), 2)} ({chosen}). `retrieval.json`, next to `model/` in the run, holds "
+        "everything needed to rank the same way (the BM25 settings, the tokenizer and its stop words, the fusion). "
+        f"BM25 alone on the same test split: recall@10 {_num(lexical.get('recall_at_10'))}, MRR "
+        f"{_num(lexical.get('mrr'))}; the hybrid rows in the table above are this model with it. Pair score a "
+        f"threshold applies to, by val average precision: {fusion.get('pair_score', 'dense')}.",
+    ])
 
 
 def _positive_relations(cfg: JobConfig) -> str:

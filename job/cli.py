@@ -158,10 +158,15 @@ def _print_outputs(ctx: Any) -> None:
     click.echo(f"  model:    {ctx.run.uri}/model/", err=True)
     click.echo(f"  metrics:  {ctx.run.uri}/metrics.json", err=True)
     click.echo(f"  plots:    {ctx.run.uri}/plots/", err=True)
-    for key in ("average_precision", "roc_auc", "recall_at_10", "mrr"):
+    for key in ("average_precision", "roc_auc", "recall_at_10", "mrr", "hybrid_recall_at_10", "hybrid_mrr"):
         base, tuned = metrics["base"].get(key), metrics["finetuned"].get(key)
         if isinstance(base, float) and isinstance(tuned, float):
-            click.echo(f"  {key:<18} base {base:.4f} -> fine-tuned {tuned:.4f}", err=True)
+            click.echo(f"  {key:<19} base {base:.4f} -> fine-tuned {tuned:.4f}", err=True)
+    lexical = metrics.get("lexical", {})
+    if isinstance(lexical.get("recall_at_10"), float):
+        click.echo(f"  {'BM25 alone':<19} recall_at_10 {lexical['recall_at_10']:.4f}, mrr {lexical['mrr']:.4f}; "
+                   f"hybrid_* fuse it with the model (weight {metrics['finetuned'].get('hybrid_weight')}, chosen on "
+                   "val)", err=True)
     classifier = metrics.get("classifier", {})
     if classifier.get("macro_f1") is not None:
         click.echo(f"  relation classifier macro-F1 {classifier['macro_f1']:.4f} "

@@ -26,6 +26,7 @@ STEP_METRICS: dict[str, dict[str, str]] = {
     "train": {"train_seconds": "seconds spent training", "train_pairs_per_second": "training rows per second"},
     "evaluate": {"promote_metric": "the fine-tuned model's promote.metric on the test split",
                  "recall_at_10": "the fine-tuned model's recall@10 on the test split",
+                 "hybrid_recall_at_10": "recall@10 of the fine-tuned model fused with BM25 on the test split",
                  "average_precision": "the fine-tuned model's average precision on the test split"},
 }
 
@@ -43,6 +44,7 @@ def step_numbers(step: str, info: dict[str, Any], promote_metric: str) -> dict[s
     if step == "evaluate":
         finetuned = (info.get("metrics") or {}).get("finetuned") or {}
         return {"promote_metric": finetuned.get(promote_metric), "recall_at_10": finetuned.get("recall_at_10"),
+                "hybrid_recall_at_10": finetuned.get("hybrid_recall_at_10"),
                 "average_precision": finetuned.get("average_precision")}
     return {}
 

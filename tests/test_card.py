@@ -17,7 +17,10 @@ BASE = {"average_precision": 0.7141, "roc_auc": 0.8044, "best_f1": 0.625, "thres
         "recall_at_10": 0.6667, "mrr": 0.6773, "map": 0.6773, "time_aware_recall_at_10": 0.6667,
         "time_aware_mrr": 0.6905, "time_aware_map": 0.6905, "n_pairs": 45, "n_positive": 15, "n_queries": 6,
         "retrieval_relations": "duplicate"}
-FINETUNED = {**BASE, "average_precision": 0.7345, "roc_auc": 0.8133, "threshold": 0.32, "recall_at_10": 0.8333}
+FINETUNED = {**BASE, "average_precision": 0.7345, "roc_auc": 0.8133, "threshold": 0.32, "recall_at_10": 0.8333,
+             "hybrid_recall_at_10": 0.8571, "hybrid_mrr": 0.7012}
+FUSION = {"finetuned": {"method": "minmax", "weight": 0.25, "rrf_k": 60, "chosen_on": "val", "pair_score": "hybrid"}}
+LEXICAL = {"recall_at_10": 0.8333, "mrr": 0.7009}
 EXPORTS = {"variants": {
     "onnx-fp32": {"file": "onnx/model.onnx", "written": True, "rejected": None, "recall_at_10": 0.8333,
                   "average_precision": 0.7345, "texts_per_s": 21.4, "speedup": 1.31},
@@ -42,7 +45,8 @@ CLASSIFIER = {"macro_f1": 0.2912, "majority_class": "relates", "majority_macro_f
 
 def _records(classify: bool = True) -> dict[str, dict]:
     records = {"prepare": {"info": PREPARE}, "train": {"info": TRAIN},
-               "evaluate": {"info": {"metrics": {"base": BASE, "finetuned": FINETUNED, "exports": EXPORTS}}}}
+               "evaluate": {"info": {"metrics": {"base": BASE, "finetuned": FINETUNED, "exports": EXPORTS,
+                                                 "fusion": FUSION, "lexical": LEXICAL}}}}
     if classify:
         records["classify"] = {"info": {"metrics": CLASSIFIER}}
     return records
@@ -60,7 +64,7 @@ def test_the_card_parses_as_a_hugging_face_model_card_with_the_test_metrics() ->
     assert {"sentence-transformers", "sentence-similarity"} <= set(card.data.tags)
     index = {r.metric_type: r.metric_value for r in card.data.eval_results}
     assert index == {k: FINETUNED[k] for k in ("average_precision", "roc_auc", "recall_at_10", "mrr", "map",
-                                               "time_aware_recall_at_10")}
+                                               "time_aware_recall_at_10", "hybrid_recall_at_10", "hybrid_mrr")}
     assert all(r.dataset_split == "test" for r in card.data.eval_results)
     assert card.data.to_dict()["model-index"][0]["name"] == "ticket-similarity-r1"
 
@@ -79,6 +83,8 @@ def test_the_body_says_base_vs_finetuned_the_threshold_the_data_and_where_it_cam
     assert 'model_kwargs={"file_name": "onnx/model.onnx"}' in body, "the loading example names a written variant"
     assert "| onnx-int8 | `onnx/model_qint8.onnx` | no: average_precision 0.7101 vs 0.7345" in body
     assert "## Known limits" in body and "## Intended use" in body
+    assert "| Recall@10 (hybrid: fused with BM25) | - | 0.8571 | - |" in body
+    assert "BM25 weight 0.25 (chosen on val" in body and "`retrieval.json`" in body and "recall@10 0.8333" in body
 
 
 def test_no_classifier_section_before_classify_has_run_and_no_samples_unless_given() -> None:

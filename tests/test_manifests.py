@@ -326,6 +326,7 @@ def test_train_pod_patch_can_move_training_to_a_cpu_node() -> None:
 METRIC_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 OUTPUT_REF = re.compile(r"\{\{outputs\.parameters\.([^}]+)\}\}")
 REQUIRED_METRICS = {"finetune_promote_metric": "gauge", "finetune_recall_at_10": "gauge",
+                    "finetune_hybrid_recall_at_10": "gauge",
                     "finetune_train_duration_seconds": "gauge", "finetune_train_pairs_per_second": "gauge",
                     "finetune_promotion_refused": "counter"}
 

@@ -25,7 +25,8 @@ def test_each_step_publishes_the_numbers_it_declares_from_its_record() -> None:
     assert {step: set(values) for step, values in numbers.items()} == {s: set(f) for s, f in STEP_METRICS.items()}
     assert numbers["prepare"] == {"input_tickets": 333, "input_links": 158, "drift_warnings": 1}
     assert numbers["train"] == {"train_seconds": 81.25, "train_pairs_per_second": 12.5}
-    assert numbers["evaluate"] == {"promote_metric": 0.9, "recall_at_10": None, "average_precision": 0.8125}
+    assert numbers["evaluate"] == {"promote_metric": 0.9, "recall_at_10": None, "hybrid_recall_at_10": None,
+                                   "average_precision": 0.8125}
     assert step_numbers("classify", {}, "roc_auc") == {}
     assert step_numbers("prepare", {"inputs": {}, "drift": {"skipped": "no promoted run"}}, "x")["drift_warnings"] is None
 

@@ -496,8 +496,8 @@ def test_each_step_publishes_its_numbers_as_prometheus_metrics(s3: S3Server, fin
     prepare = read_json(s3, bucket, f"runs/{name}/steps/prepare.json")["info"]
     metric = run.cluster.node.config["promote"]["metric"]
     assert float(emitted["evaluate"]["finetune_promote_metric"]) == pytest.approx(metrics["finetuned"][metric], abs=1e-6)
-    assert float(emitted["evaluate"]["finetune_recall_at_10"]) == pytest.approx(metrics["finetuned"]["recall_at_10"],
-                                                                                abs=1e-6)
+    for name in ("recall_at_10", "hybrid_recall_at_10"):
+        assert float(emitted["evaluate"][f"finetune_{name}"]) == pytest.approx(metrics["finetuned"][name], abs=1e-6)
     assert float(emitted["train"]["finetune_train_duration_seconds"]) == pytest.approx(train["train_seconds"], abs=1e-3)
     assert float(emitted["train"]["finetune_train_pairs_per_second"]) > 0
     assert float(emitted["prepare"]["finetune_input_tickets"]) == prepare["inputs"]["tickets"]
