@@ -12,12 +12,12 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 import string
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import unquote
 
 import yaml
 from pydantic import (
@@ -32,7 +32,7 @@ from pydantic import (
 
 from job.errors import ConfigError
 from job.localfile import FileRefused, read_regular_file
-from job.log import REDACTED, redact_url_userinfo
+from job.log import REDACTED, redact_url_userinfo, url_userinfo
 
 ENV_PREFIX = "FINETUNE_"
 ENV_CONFIG_FILE = "FINETUNE_CONFIG"
@@ -100,6 +100,13 @@ def template_problem(template: str) -> str | None:
         if name not in TEMPLATE_FIELDS:
             return f"placeholder {number} ('{shown}') is not one of the fields"
     return None
+
+
+def printable(text: str, limit: int = 80) -> str:
+    """`text` safe to show on a terminal or in a log: control characters (an escape sequence that would
+    repaint the screen) written as escapes, and clipped."""
+    shown = "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+    return shown if len(shown) <= limit else shown[:limit] + "..."
 
 
 def _clip_placeholder(name: str) -> str:
@@ -370,7 +377,7 @@ class RuntimeConfig(Section):
     log_format: Literal["auto", "json", "console"] = "auto"
     metrics_dir: str | None = Field(None, description="Local folder where each step writes its key numbers, one "
                                     "small file each (Argo output parameters, read into Prometheus metrics)")
-    lock_ttl_s: float = Field(120.0, ge=2, description="A run lock whose heartbeat is older than this was left by "
+    lock_ttl_s: float = Field(120.0, ge=2, le=86_400, allow_inf_nan=False, description="A run lock whose heartbeat is older than this was left by "
                               "a killed process and is taken over (heartbeat every ttl/4)")
 
 
@@ -442,15 +449,16 @@ class LoadedConfig:
 
 
 def url_credentials(url: str) -> list[str]:
-    """The user and password in `scheme://user:password@host/`, to be redacted wherever they show up."""
-    match = re.match(r"[A-Za-z][A-Za-z0-9+.-]*://([^/?#@\s]*)@", url)
-    if not match:
+    """The user and password in `scheme://user:password@host/`, to be redacted wherever they show up: as
+    given and percent-decoded (botocore and urllib3 quote either), whatever characters they hold."""
+    userinfo = url_userinfo(url)
+    if not userinfo:
         return []
-    user, _, password = match.group(1).partition(":")
+    user, _, password = userinfo.partition(":")
     # Without a password the user part is the credential (a token); with one, the user name alone is not
     # secret, and redacting a common word everywhere would garble the log.
     secret = password or user
-    return [secret] if secret else []
+    return sorted({secret, unquote(secret)} - {""})
 
 
 class _NoAliasLoader(yaml.SafeLoader):
@@ -578,14 +586,15 @@ def _line_of_second_key(text: str, start: int, key: str) -> int:
 def env_overrides(environ: Mapping[str, str]) -> dict[str, tuple[str, Any]]:
     """`FINETUNE_TRAIN__EPOCHS=3` -> {'train.epochs': ('FINETUNE_TRAIN__EPOCHS', '3')}.
 
-    Values that look like JSON lists or objects are decoded so list and dict settings can be set too.
+    A value is decoded as JSON only for a setting that holds a list or a mapping (`pairs.negative_mix`);
+    any other value is taken as written, so a secret that happens to start with '{' stays a secret.
     """
     found: dict[str, tuple[str, Any]] = {}
     for name, value in environ.items():
         if not name.startswith(ENV_PREFIX) or name == ENV_CONFIG_FILE:
             continue
         key = ".".join(part.lower() for part in name[len(ENV_PREFIX) :].split("__"))
-        if value.strip().startswith(("[", "{")):
+        if value.strip().startswith(("[", "{")) and _holds_json(key):
             try:
                 value = json.loads(value)
             except json.JSONDecodeError as exc:
@@ -594,6 +603,16 @@ def env_overrides(environ: Mapping[str, str]) -> dict[str, tuple[str, Any]]:
                 raise ConfigError(f"environment variable {name}: JSON nested too deeply") from None
         found[key] = (name, value)
     return found
+
+
+def _holds_json(key: str) -> bool:
+    """True for a setting whose value is a list or a mapping (or one that is none of the known ones)."""
+    kind = _field_type(key)
+    if kind is _MISSING:
+        return True  # refused later as an unknown key; decoding changes nothing
+    origin = getattr(kind, "__origin__", None) or kind
+    text = str(kind)
+    return origin in (list, dict) or "list[" in text or "dict[" in text
 
 
 def _flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -686,7 +705,7 @@ def _require_known(key: str, origin: str) -> None:
     if not _known_key(key):
         section = key.split(".")[0]
         hint = "" if section in JobConfig.model_fields else f" (sections: {', '.join(JobConfig.model_fields)})"
-        raise ConfigError(f"unknown config key '{key}' in {origin}{hint}")
+        raise ConfigError(f"unknown config key '{printable(key)}' in {origin}{hint}")
 
 
 # Keys whose values are never quoted in an error, even when they are not SecretStr fields.

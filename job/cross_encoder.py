@@ -237,7 +237,9 @@ def train_cross_encoder(start_model: str, classes: list[str], train_links: list[
 def save_cross_encoder(model: Any, classes: list[str], folder: Path) -> None:
     """`folder/model.json` (what predict needs to know) and the weights in `folder/cross_encoder/`."""
     folder.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(str(folder / WEIGHTS_DIR), safe_serialization=True)
+    # No generated card: sentence-transformers' quotes training rows (ticket text). The run's card is the job's.
+    model.save_pretrained(str(folder / WEIGHTS_DIR), safe_serialization=True, create_model_card=False)
+    (folder / WEIGHTS_DIR / "README.md").unlink(missing_ok=True)
     descriptor = {"format": CROSS_ENCODER_FORMAT, "classes": classes, "weights": WEIGHTS_DIR,
                   "directed_relations": [c for c in classes if c in DIRECTED_RELATIONS],
                   "max_length": int(model.max_seq_length),

@@ -18,8 +18,12 @@ import structlog
 
 REDACTED = "***"
 # scheme://userinfo@ : a URL carrying credentials (an endpoint through a proxy, in botocore's error text).
-# The userinfo runs to the last '@' before the host's path, a quote, a space or a bracket.
-_URL_USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.-]*://)[^/\s\"'<>()\[\]]*@")
+# In running text the userinfo runs to the last '@' before a space, a quote or a bracket: an unencoded
+# secret may hold '/', ':' or '+' (AWS secret keys do), so '/' does not end it. A path holding '@' is
+# redacted too, which errs on the safe side.
+_URL_USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.-]*://)[^\s\"'<>()\[\]]*@")
+# A whole value that starts like a URL: everything up to its last '@' is userinfo, spaces included.
+_URL_VALUE = re.compile(r"^(?P<scheme>\s*[A-Za-z][A-Za-z0-9+.-]*://)(?P<userinfo>.*)@", re.DOTALL)
 
 
 def _secret_values(secrets: Iterable[str]) -> list[str]:
@@ -28,8 +32,22 @@ def _secret_values(secrets: Iterable[str]) -> list[str]:
 
 
 def redact_url_userinfo(text: str) -> str:
-    """`text` with the credentials of every URL in it (`http://user:pass@host`) replaced by '***'."""
-    return _URL_USERINFO.sub(lambda m: f"{m.group('scheme')}{REDACTED}@", text) if "@" in text else text
+    """`text` with the credentials of every URL in it (`http://user:pass@host`) replaced by '***'.
+
+    A text that is itself one URL (a setting) loses everything up to its last '@', whatever the
+    userinfo holds; in running text a URL's userinfo ends at the last '@' before a space."""
+    if "@" not in text:
+        return text
+    whole = _URL_VALUE.match(text)
+    if whole:
+        return f"{whole.group('scheme')}{REDACTED}@" + text[whole.end():]
+    return _URL_USERINFO.sub(lambda m: f"{m.group('scheme')}{REDACTED}@", text)
+
+
+def url_userinfo(value: str) -> str | None:
+    """The userinfo of a value that starts like a URL (everything between '://' and its last '@'), or None."""
+    whole = _URL_VALUE.match(value)
+    return whole.group("userinfo") if whole else None
 
 
 def _replace_all(text: str, values: list[str]) -> str:

@@ -27,6 +27,7 @@ from job.log import get_logger
 from job.predict import load_predictor
 from job.storage import LocalStore, Store, download_dir, upload_dir
 from tests.conftest import OFFLINE_MODEL, SampleSplit
+from tests.test_card import files_quoting
 
 TICKETS = {t: Ticket(t, f"text of {t}", project="HDFS", created=f"2014-03-0{n}T10:00:00+00:00")
            for n, t in enumerate("abcd", start=1)}
@@ -115,6 +116,8 @@ def test_trains_on_the_sample_keeps_the_best_val_epoch_and_saves_without_pickle(
     assert "model.safetensors" in files and not [f for f in files if f.endswith((".bin", ".pt", ".pkl"))]
     config = json.loads((result.model_dir / "cross_encoder" / "config.json").read_text())
     assert config["id2label"] == {str(i): c for i, c in enumerate(trained.classes)}
+    texts = [t.text.split("\n")[0] for t in trained.tickets.values() if len(t.text.split("\n")[0]) > 20]
+    assert files_quoting(result.model_dir, texts) == {}, "no ticket text ships with the classifier"
 
 
 @pytest.mark.slow

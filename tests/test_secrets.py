@@ -45,13 +45,15 @@ ENV_SECRET = "env-sentinel-5c1d9e7a0b"  # AWS_SECRET_ACCESS_KEY in the environme
 SETTINGS_SECRET = "settings-sentinel-4f2a8c"  # FINETUNE_STORAGE__SECRET_ACCESS_KEY
 WRONG_SECRET = "wrong-sentinel-93bd61f0"  # a secret S3 rejects
 URL_SECRET = "url-sentinel-e61b0a"  # the password in storage.endpoint_url (http://user:pass@host, a proxy)
-SENTINELS = (SECRET_KEY, ENV_SECRET, SETTINGS_SECRET, WRONG_SECRET, URL_SECRET)
+SLASH_SECRET = "wJalrX/K7MD+bP-sentinel"  # an AWS-style secret: '/' and '+' unencoded in the endpoint's userinfo
+SPACE_SECRET = "spaced sentinel 7d1e"  # a password with spaces
+SENTINELS = (SECRET_KEY, ENV_SECRET, SETTINGS_SECRET, WRONG_SECRET, URL_SECRET, SLASH_SECRET, SPACE_SECRET)
 
 
-def with_userinfo(endpoint: str) -> str:
+def with_userinfo(endpoint: str, secret: str = URL_SECRET) -> str:
     """`endpoint` with credentials in it, as a proxy in front of S3 is often configured."""
     scheme, _, rest = endpoint.partition("://")
-    return f"{scheme}://proxy-user:{URL_SECRET}@{rest}"
+    return f"{scheme}://proxy-user:{secret}@{rest}"
 
 
 def leaks(data: bytes | str) -> list[str]:
@@ -229,13 +231,25 @@ def secret_runs(s3: S3Server, tmp_path_factory: pytest.TempPathFactory) -> dict[
                               tmp, s3_env),
         "secret-on-broken-yaml-line": (["run", "--config", config("yaml", text=(
             f'storage:\n  secret_access_key: "{WRONG_SECRET}\n  region: [\n'))], tmp, s3_env),
+        # a secret that starts with '{' is a secret (here a wrong one), not JSON
         "secret-in-bad-env-json": (["run", "--config", plain], tmp,
-                                   {**s3_env, "FINETUNE_STORAGE__SECRET_ACCESS_KEY": "{" + WRONG_SECRET}),
+                                   {**s3_env, "FINETUNE_STORAGE__ACCESS_KEY_ID": ACCESS_KEY,
+                                    "FINETUNE_STORAGE__SECRET_ACCESS_KEY": "{" + WRONG_SECRET}),
         "config-url-credentials": (["config", "--config", plain], tmp,
                                    {**s3_env, "FINETUNE_STORAGE__ENDPOINT_URL": with_userinfo(s3.endpoint)}),
         "config-json-url-credentials": (["config", "--json", "--config", plain], tmp,
                                         {**s3_env, "FINETUNE_STORAGE__ENDPOINT_URL": with_userinfo(s3.endpoint)}),
         "unreachable-url-credentials": (["run", "--config", plain, "--set", "runtime.log_format=json"], tmp, unreachable),
+        "config-url-slash-secret": (["config", "--config", plain, "--set",
+                                     f"storage.endpoint_url={with_userinfo(s3.endpoint, SLASH_SECRET)}"], tmp, s3_env),
+        "config-url-space-secret": (["config", "--json", "--config", plain, "--set",
+                                     f"storage.endpoint_url={with_userinfo(s3.endpoint, SPACE_SECRET)}"], tmp, s3_env),
+        "unreachable-url-slash-secret": (["run", "--config", plain, "--set", "runtime.log_format=json"], tmp,
+                                         {**unreachable, "FINETUNE_STORAGE__ENDPOINT_URL":
+                                          with_userinfo(f"http://127.0.0.1:{closed_port}", SLASH_SECRET)}),
+        "invalid-url-slash-secret": (["run", "--config", plain, "--set", "runtime.log_format=json"], tmp,
+                                     {**unreachable, "FINETUNE_STORAGE__ENDPOINT_URL":
+                                      f"http://AKIA:{SLASH_SECRET} x@127.0.0.1:{closed_port}"}),
         "typo-in-secret-key-flag": (["config", "--config", plain, "--set", f"storage.secert_access_key={WRONG_SECRET}"],
                                     tmp, s3_env),
         "secret-under-a-wrong-name-flag": (["config", "--config", plain, "--set", f"storage.access_key={WRONG_SECRET}"],
@@ -246,7 +260,7 @@ def secret_runs(s3: S3Server, tmp_path_factory: pytest.TempPathFactory) -> dict[
 
 def test_config_output_shows_where_secrets_come_from_but_never_their_value(secret_runs: dict[str, Outcome]) -> None:
     for name in ("config-table", "config-json", "config-cli-flag", "config-url-credentials",
-                 "config-json-url-credentials"):
+                 "config-json-url-credentials", "config-url-slash-secret", "config-url-space-secret"):
         outcome = secret_runs[name]
         assert outcome.exit == 0, outcome.text[-2000:]
         assert not leaks(outcome.text), name
@@ -268,7 +282,18 @@ def test_credentials_in_the_endpoint_url_stay_out_of_connection_errors(secret_ru
     assert any(line.get("exit_code") == 75 for line in logged), outcome.stdout
 
 
-@pytest.mark.parametrize("name", ["wrong-env-secret", "wrong-settings-secret", "wrong-file-secret", "wrong-cli-secret"])
+@pytest.mark.parametrize("name", ["unreachable-url-slash-secret", "invalid-url-slash-secret"])
+def test_an_endpoint_url_that_does_not_parse_keeps_its_userinfo_out_of_the_error(secret_runs: dict[str, Outcome],
+                                                                                  name: str) -> None:
+    """botocore refuses an unencoded '/' or space in the userinfo ("not a valid URI", exit 2) and quotes the URL."""
+    outcome = secret_runs[name]
+    assert outcome.exit == 2 and "not a valid URI" in outcome.text, outcome.text[-2000:]
+    assert "Traceback" not in outcome.text and "http://***@127.0.0.1" in outcome.text
+    assert not leaks(outcome.text) and "AKIA" not in outcome.text
+
+
+@pytest.mark.parametrize("name", ["wrong-env-secret", "wrong-settings-secret", "wrong-file-secret", "wrong-cli-secret",
+                                  "secret-in-bad-env-json"])
 def test_runs_failing_on_bad_credentials_exit_2_without_the_secret(secret_runs: dict[str, Outcome], name: str) -> None:
     outcome = secret_runs[name]
     assert outcome.exit == 2, outcome.text[-2000:]
@@ -282,7 +307,6 @@ def test_runs_failing_on_bad_credentials_exit_2_without_the_secret(secret_runs: 
     ("typo-in-secret-key", "unknown config key 'storage.secret_acces_key'"),
     ("secret-wrong-type", "storage.secret_access_key"),
     ("secret-on-broken-yaml-line", "invalid YAML"),
-    ("secret-in-bad-env-json", "FINETUNE_STORAGE__SECRET_ACCESS_KEY: invalid JSON"),
     ("typo-in-secret-key-flag", "unknown config key 'storage.secert_access_key'"),
     ("secret-under-a-wrong-name-flag", "unknown config key 'storage.access_key'"),
 ])
