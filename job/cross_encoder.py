@@ -146,7 +146,7 @@ def _position_limit(model: Any) -> int | None:
 
 def train_cross_encoder(start_model: str, classes: list[str], train_links: list[Link], val_links: list[Link],
                         test_links: list[Link], tickets: dict[str, Ticket], cfg: JobConfig, work_dir: Path,
-                        store: Any, log: Any, stop: threading.Event) -> CrossEncoderResult:
+                        store: Any, log: Any, stop: threading.Event, stamp: str = "") -> CrossEncoderResult:
     """Fine-tune a cross-encoder on `train_links`, keep the epoch best on `val_links`, predict `test_links`.
 
     `store` is the run's storage (checkpoints go under classifier-checkpoints/; a rerun resumes from
@@ -212,7 +212,7 @@ def train_cross_encoder(start_model: str, classes: list[str], train_links: list[
         model=model, args=args, loss=loss,
         train_dataset=Dataset.from_dict(vars(train_rows)),
         evaluator=_validation_evaluator(val_rows, classes, PREDICT_BATCH_SIZE) if select_best else None,
-        callbacks=[StorageAndProgress(store, log, stop, prefix=CHECKPOINTS, what="train cross-encoder")])
+        callbacks=[StorageAndProgress(store, log, stop, prefix=CHECKPOINTS, what="train cross-encoder", stamp=stamp)])
     checkpoint, seconds = train_resumably(trainer, store, output_dir, log, stop, required=False, prefix=CHECKPOINTS,
                                           what="classifier training")
     model_dir = work_dir / "classifier"

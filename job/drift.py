@@ -36,16 +36,29 @@ class InputProfile:
         return len(self.ticket_ids)
 
 
-def profile_inputs(tickets: list[dict[str, Any]], links: list[dict[str, Any]]) -> InputProfile:
-    """The profile of prepared ticket rows ({id, text, project, split}) and link rows ({relation})."""
+def profile_inputs(tickets: list[Any], links: list[Any]) -> InputProfile:
+    """The profile of prepared ticket rows ({id, text, project, split}) and link rows ({relation}).
+
+    The promoted run's files are read back from storage, where anyone may have edited them: a row that
+    is not an object, or a field of the wrong type, counts as '(invalid)' instead of stopping prepare."""
+    tickets = [t for t in tickets if isinstance(t, dict)]
     return InputProfile(
-        ticket_ids=frozenset(t["id"] for t in tickets),
-        test_ids=frozenset(t["id"] for t in tickets if t.get("split") == "test"),
+        ticket_ids=frozenset(_text(t.get("id")) for t in tickets),
+        test_ids=frozenset(_text(t.get("id")) for t in tickets if t.get("split") == "test"),
         links=len(links),
-        relations=dict(Counter(link["relation"] for link in links)),
-        projects=dict(Counter(t.get("project") or "(none)" for t in tickets)),
-        lengths=tuple(len(t.get("text") or "") for t in tickets),
+        relations=dict(Counter(_text(link.get("relation")) if isinstance(link, dict) else INVALID for link in links)),
+        projects=dict(Counter(_text(t.get("project"), "(none)") for t in tickets)),
+        lengths=tuple(len(t["text"]) if isinstance(t.get("text"), str) else 0 for t in tickets),
     )
+
+
+INVALID = "(invalid)"
+
+
+def _text(value: Any, missing: str = INVALID) -> str:
+    if value is None or value == "":
+        return missing
+    return value if isinstance(value, str) else INVALID
 
 
 def relative_change(current: int, promoted: int) -> float | None:

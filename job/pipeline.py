@@ -327,11 +327,11 @@ def drift_against_promoted(ctx: RunContext, current: InputProfile, log: Any) -> 
         run = root.child(check_run_id(promoted_run))
         promoted = profile_inputs(from_jsonl(run.read_bytes("prepared/tickets.jsonl")),
                                   from_jsonl(run.read_bytes("prepared/links.jsonl")))
+        section = compare(current, promoted, promoted_run, cfg.drift)
     except (JobError, ValueError, KeyError, TypeError) as exc:
         log.warning("no drift check: the promoted run's prepared inputs cannot be read", promoted_run=promoted_run,
                     error=str(exc)[:300])
         return {"against_run": promoted_run, "skipped": f"cannot read its prepared inputs ({type(exc).__name__})"}
-    section = compare(current, promoted, promoted_run, cfg.drift)
     for warning in section["warnings"]:
         log.warning("input drift past bound", against_run=promoted_run, **warning)
     log.info("drift against the promoted run", against_run=promoted_run, tickets=section["tickets"],
@@ -385,7 +385,14 @@ class TrainedModel:
 
 def train(ctx: RunContext, prepared: PreparedData, resume: bool = False) -> TrainedModel:
     """Fine-tune the base model on the train pairs; publish the best model under model/."""
-    from job.train import RankingSets, TitleBodyExamples, examples_from_pairs, train_model, triplet_examples
+    from job.train import (
+        RankingSets,
+        TitleBodyExamples,
+        discard_stale_checkpoints,
+        examples_from_pairs,
+        train_model,
+        triplet_examples,
+    )
 
     cfg, log, timer = ctx.cfg, ctx.log(TRAIN.name), begin_step(ctx, TRAIN)
     threads = set_threads(cfg.runtime.threads)
@@ -405,10 +412,12 @@ def train(ctx: RunContext, prepared: PreparedData, resume: bool = False) -> Trai
              val_pairs=len(val_rows.sentence1), epochs=cfg.train.epochs, batch_size=cfg.train.batch_size,
              loss=cfg.train.loss, device=device, threads=threads, attention=attention_implementation(base),
              max_seq_length=base.max_seq_length)
+    stamp = checkpoint_stamp(ctx, TRAIN)
+    discarded = discard_stale_checkpoints(ctx.run.store, stamp, log) if ctx.rank == 0 else None
     ctx.checkpointing.set()
     try:
         result = train_model(cfg, base, train_rows, ranking, val_rows, ctx.work_dir, ctx.run.store, log,
-                             ctx.stop, resume)
+                             ctx.stop, resume, stamp=stamp)
     finally:
         ctx.checkpointing.clear()
     if ctx.rank != 0:  # DDP workers trained in lock-step; rank 0 publishes
@@ -417,6 +426,7 @@ def train(ctx: RunContext, prepared: PreparedData, resume: bool = False) -> Trai
     plot = plots.loss_curve(result.loss_curve, result.val_history, ctx.work_dir / "plots" / "loss_curve.png")
     files.append(ctx.run.store.upload_file(plot, "plots/loss_curve.png"))
     info = {k: v for k, v in vars(result).items() if k != "model_dir"}
+    info["discarded_checkpoint"] = discarded
     info["environment"] = environment_info(device)
     info["model"] = {"attention": attention_implementation(base), "max_seq_length": base.max_seq_length,
                      "base_revision": base_revision(cfg.model.base, _base_model_path(ctx))}
@@ -426,6 +436,12 @@ def train(ctx: RunContext, prepared: PreparedData, resume: bool = False) -> Trai
     log.info("train done", steps=result.global_step, seconds=result.train_seconds,
              pairs_per_s=result.pairs_per_second, best_val_spearman=result.best_metric)
     return TrainedModel(result.model_dir)
+
+
+def checkpoint_stamp(ctx: RunContext, step: Step) -> str:
+    """What `step`'s checkpoints are made from (config checksum, input sha256), written into each one."""
+    fingerprint = ctx.fingerprint(step)
+    return to_json({"config_sha256": fingerprint.config_sha256, "inputs_sha256": fingerprint.inputs_sha256}).decode()
 
 
 def fetch_model(ctx: RunContext, step: Step) -> TrainedModel:
@@ -618,19 +634,23 @@ def _classify_cross_encoder(ctx: RunContext, prepared: PreparedData, trained: Tr
                             log: Any, files: list[FileRecord]) -> tuple[dict[str, Any], np.ndarray, dict[str, Any]]:
     """A cross-encoder fine-tuned on the train links, best epoch on val; published as classifier/."""
     from job.cross_encoder import train_cross_encoder
+    from job.train import discard_stale_checkpoints
 
     ce = ctx.cfg.classify.cross_encoder
     start = str(trained.local_dir) if ce.start_from == "finetuned" else _base_model_path(ctx)
+    stamp = checkpoint_stamp(ctx, CLASSIFY)
+    discarded = discard_stale_checkpoints(ctx.run.store, stamp, log, CROSS_ENCODER_CHECKPOINTS)
     ctx.checkpointing.set()
     try:
         result = train_cross_encoder(start, links.classes, links.train, links.val, links.test, prepared.tickets,
-                                     ctx.cfg, ctx.work_dir, ctx.run.store, log, ctx.stop)
+                                     ctx.cfg, ctx.work_dir, ctx.run.store, log, ctx.stop, stamp=stamp)
     finally:
         ctx.checkpointing.clear()
     files += upload_dir(ctx.run.store, result.model_dir, "classifier")
     metrics = relation_metrics(links, result.predictions, "cross_encoder")
     metrics["best_val_macro_f1"] = result.best_val_macro_f1
-    info = {"cross_encoder": {k: v for k, v in vars(result).items() if k not in ("model_dir", "predictions", "test_probabilities")}}
+    info = {"cross_encoder": {k: v for k, v in vars(result).items() if k not in ("model_dir", "predictions", "test_probabilities")},
+            "discarded_checkpoint": discarded}
     log.info("cross-encoder trained", steps=result.global_step, seconds=result.train_seconds,
              best_val_macro_f1=_round(result.best_val_macro_f1))
     return metrics, relation_confusion(links, result.predictions), info

@@ -255,8 +255,9 @@ class StorageAndProgress(TrainerCallback):
     Used by every trainer of the job (the bi-encoder's, the cross-encoder classifier's)."""
 
     def __init__(self, store: Store, log: Any, stop: threading.Event, prefix: str = CHECKPOINTS,
-                 what: str = "train") -> None:
+                 what: str = "train", stamp: str = "") -> None:
         self.store, self.log, self.stop, self.prefix, self.what = store, log, stop, prefix, what
+        self.stamp = stamp  # what the step is made from, in the COMPLETE marker (discard_stale_checkpoints)
         self.progress: Progress | None = None
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
@@ -300,7 +301,7 @@ class StorageAndProgress(TrainerCallback):
         (local / "README.md").unlink(missing_ok=True)
         t0 = time.monotonic()
         upload_dir(self.store, local, f"{self.prefix}/{name}")
-        self.store.write_bytes(f"{self.prefix}/{name}/{COMPLETE}", b"")
+        self.store.write_bytes(f"{self.prefix}/{name}/{COMPLETE}", self.stamp.encode("utf-8"))
         for key, _ in self.store.list_keys(f"{self.prefix}/"):  # keep only the newest in storage
             old = key.split("/")[1]
             if old != name and key.endswith(f"/{COMPLETE}"):
@@ -369,7 +370,7 @@ def training_sets(model: Any, pairs: TrainExamples, ranking: RankingSets, tc: Tr
 
 def train_model(cfg: JobConfig, model: Any, train: TrainExamples, ranking: RankingSets, val: TrainExamples,
                 work_dir: Path, store: Store, log: Any, stop: threading.Event, resume: bool,
-                extra_callbacks: Sequence[TrainerCallback] = ()) -> TrainResult:
+                extra_callbacks: Sequence[TrainerCallback] = (), stamp: str = "") -> TrainResult:
     """Run the trainer; `store` is the run's storage (for checkpoints). Returns the best model's dir.
 
     `extra_callbacks` lets a caller observe the steps (the GPU benchmark times them).
@@ -427,7 +428,7 @@ def train_model(cfg: JobConfig, model: Any, train: TrainExamples, ranking: Ranki
         multi_dataset_batch_sampler="proportional",  # every row of each dataset once per epoch
         prompts=cfg.model.text_prefix or None,
     )
-    callback = StorageAndProgress(store, log, stop)
+    callback = StorageAndProgress(store, log, stop, stamp=stamp)
     trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=datasets, loss=losses,
                                          evaluator=evaluator,
                                          callbacks=[callback, *extra_callbacks])
@@ -476,6 +477,18 @@ def train_resumably(trainer: Any, store: Store, output_dir: Path, log: Any, stop
         raise Interrupted(f"{what} stopped at step {trainer.state.global_step} on request; "
                           "the checkpoint is saved and a rerun with the same run id resumes from it")
     return checkpoint, seconds
+
+
+def discard_stale_checkpoints(store: Store, stamp: str, log: Any, prefix: str = CHECKPOINTS) -> str | None:
+    """Delete the checkpoints under `prefix` when the newest was made from another config or other inputs
+    (its COMPLETE marker holds what its step was made from), so a resumed step never mixes old and new
+    data. Returns the name of the discarded checkpoint, or None."""
+    name = latest_checkpoint(store, prefix)
+    if name is None or store.read_bytes(f"{prefix}/{name}/{COMPLETE}").decode("utf-8", "replace") == stamp:
+        return None
+    store.delete_prefix(f"{prefix}/")
+    log.warning("checkpoint discarded: it was made from another config or other inputs", checkpoint=name)
+    return name
 
 
 def fetch_checkpoint(store: Store, output_dir: Path, log: Any, required: bool,

@@ -154,3 +154,23 @@ def test_a_promoted_run_without_prepared_files_skips_drift_with_a_warning(tmp_pa
 def _restore_logging() -> Any:
     yield
     structlog.reset_defaults()  # other tests expect structlog as it was
+
+
+def test_edited_rows_of_the_promoted_run_count_as_invalid_and_never_stop_prepare() -> None:
+    edited = profile_inputs([{"id": 7, "text": ["x"], "project": 3}, "not a row", *tickets("OLD", 2, "CORE", 10)],
+                            [{"relation": 5}, ["x"], {"relation": "duplicate"}])
+    assert edited.relations == {"(invalid)": 2, "duplicate": 1}
+    assert edited.projects == {"(invalid)": 1, "CORE": 2}
+    drift = compare(PROMOTED, edited, "run-a", DriftConfig())  # sorts projects and relations of both sides
+    assert drift["projects"] == {"new": [], "gone": ["(invalid)"]}
+
+
+def test_a_promoted_run_with_an_edited_links_file_is_compared_not_fatal(tmp_path: Path, shared_sample: Path) -> None:
+    output = tmp_path / "runs"
+    prepare_run(shared_sample, output, "run-1")
+    root = open_store(str(output), load_config(environ={}).config.storage)
+    (output / "run-1" / "prepared" / "links.jsonl").write_text('{"relation": 5}\n{"source": "a"}\n')
+    root.write_bytes("promoted.json", to_json(new_pointer(Candidate("run-1", root.where("run-1"), 0.5),
+                                                          "average_precision", 0.0, None)))
+    info, _ = prepare_run(shared_sample, output, "run-2")
+    assert info["drift"]["against_run"] == "run-1" and info["drift"]["links"]["promoted"] == 2

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -142,8 +143,8 @@ def reproduced_hybrid_metrics(run: Path) -> dict[str, float]:
     return {k: v for k, v in metrics.items() if "n_queries" not in k}
 
 
-def _local_config(tmp_path: Path, synthetic_dir: Path, **extra: dict) -> Path:
-    return write_config(tmp_path / "config.json", merged(TINY, {
+def _local_config(tmp_path: Path, synthetic_dir: Path, file_name: str = "config.json", **extra: dict) -> Path:
+    return write_config(tmp_path / file_name, merged(TINY, {
         "data": {"tickets": str(synthetic_dir / "tickets.jsonl"), "links": str(synthetic_dir / "links.jsonl")},
         "output": {"uri": str(tmp_path / "runs")},
         "runtime": {"work_dir": str(tmp_path / "work")},
@@ -247,6 +248,23 @@ def test_sigterm_checkpoints_exits_75_and_rerun_resumes_to_the_same_step_count(
     checkpoints = sorted((run / "checkpoints").glob("checkpoint-*/COMPLETE"))
     assert checkpoints, "a checkpoint was published before exiting"
     assert not (run / "manifest.json").exists() and not (run / "locks" / "run.lock").exists()
+    stamp = json.loads(checkpoints[-1].read_text())
+    prepared = json.loads((run / "steps" / "prepare.json").read_text())["fingerprint"]
+    assert stamp["inputs_sha256"] == prepared["inputs_sha256"], "the checkpoint says what it was made from"
+
+    # The same stopped run, then new input and prepare --force: the old checkpoint must not be resumed.
+    shutil.copytree(run, tmp_path / "runs" / "stale")
+    changed = tmp_path / "changed"
+    shutil.copytree(synthetic_dir, changed)
+    with (changed / "tickets.jsonl").open("a") as out:
+        out.write(json.dumps({"id": "NEW-1", "title": "a ticket filed since", "description": "disk full"}) + "\n")
+    stale_config = _local_config(tmp_path, changed, "stale.json", train={"max_pairs": 64, "batch_size": 4, "epochs": 1},
+                                 classify={"enabled": False})
+    for step in ("prepare", "train"):
+        result = run_cli(step, "--config", str(stale_config), "--run-id", "stale", "--force")
+        assert result.returncode == 0, result.stderr[-3000:]
+    trained = json.loads((tmp_path / "runs" / "stale" / "steps" / "train.json").read_text())["info"]
+    assert trained["resumed_from"] is None and trained["discarded_checkpoint"] == checkpoints[-1].parent.name
 
     rerun = run_cli("run", "--config", str(config), "--run-id", "sig")
     assert rerun.returncode == 0, rerun.stderr[-3000:]
