@@ -14,6 +14,7 @@ the history of fifty good runs must not vanish because one folder is damaged.
 from __future__ import annotations
 
 import json
+import math
 import tempfile
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -163,15 +164,28 @@ def _section(record: dict[str, Any], key: str) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
+# Every quality metric the job writes is a correlation, a rate or a probability: anything else was edited.
+METRIC_RANGE = (-1.0, 1.0)
+
+
 def _picked(metrics: Any, model: str, metric: str) -> dict[str, float | None]:
+    """The metrics a row shows; one outside METRIC_RANGE (an edited file) is no number (ValueError: the run
+    is listed as damaged, never plotted)."""
     section = metrics.get(model) if isinstance(metrics, dict) else None
     if not isinstance(section, dict):
         return {}
-    return {key: _float(section.get(key)) for key in dict.fromkeys((metric, *KEY_METRICS))}
+    picked = {key: _float(section.get(key)) for key in dict.fromkeys((metric, *KEY_METRICS))}
+    low, high = METRIC_RANGE
+    bad = sorted(key for key, value in picked.items() if value is not None and not low <= value <= high)
+    if bad:
+        raise ValueError(f"{model}.{bad[0]} in metrics.json is not a finite number in [{low:g}, {high:g}]")
+    return picked
 
 
 def _float(value: Any) -> float | None:
-    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value) if math.isfinite(value) else float("inf")  # not finite: out of range above
 
 
 def _int(value: Any) -> int | None:

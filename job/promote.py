@@ -32,16 +32,14 @@ from typing import Any
 
 from job.artifacts import MANIFEST, METRICS, RunDir, check_run_id
 from job.config import LoadedConfig
-from job.errors import ConfigError, JobError, PromotionRefused, RunStateError, StorageError
-from job.history import refresh_history
+from job.errors import ConfigError, PromotionRefused, RunStateError, StorageError
+from job.history import METRIC_RANGE, refresh_history
 from job.jsonio import to_json
 from job.log import get_logger
 from job.storage import Store, Versioned, open_store, sha256_file
 
 MAX_ATTEMPTS = 10  # compare-and-swap rounds before giving up (exit 75: the orchestrator retries)
 TOLERANCE = 1e-12  # float rounding must not turn "exactly at the margin" into a refusal
-# Every quality metric the job writes is a correlation, a rate or a probability: anything else was edited.
-METRIC_RANGE = (-1.0, 1.0)
 MODEL = "model/"
 
 
@@ -114,8 +112,8 @@ def _refresh_history(loaded: LoadedConfig, run_id: str) -> None:
         return
     try:
         refresh_history(loaded)
-    except JobError as exc:
-        get_logger(step="promote", run_id=run_id).warning("history not refreshed", error=str(exc),
+    except Exception as exc:  # noqa: BLE001 - a side effect of the decision, which must not turn into exit 1
+        get_logger(step="promote", run_id=run_id).warning("history not refreshed", error=str(exc)[:300],
                                                           error_type=type(exc).__name__)
 
 

@@ -151,6 +151,33 @@ def test_a_damaged_run_is_listed_with_its_problem_not_dropped(tmp_path: Path) ->
     assert "run-2: cannot read" in history.table()
 
 
+def _strict(data: bytes) -> Any:
+    """json.loads that refuses NaN and Infinity, as strict JSON readers (JavaScript, jq --strict) do."""
+    def refuse(name: str) -> None:
+        raise ValueError(f"{name} is not JSON")
+
+    return json.loads(data, parse_constant=refuse)
+
+
+@pytest.mark.parametrize("edited", [1e308, -1e308, float("nan"), 3.5])
+def test_one_hostile_run_is_listed_damaged_and_never_stops_history_or_promote(tmp_path: Path, edited: float) -> None:
+    loaded = local_output(tmp_path)
+    root = open_store(loaded.config.output.uri, loaded.config.storage)
+    record_run(root, "run-1", scores(0.70, 0.80, 0.55), tickets=300)
+    record_run(root, "hostile", scores(0.70, 0.80, 0.55), tickets=300)
+    metrics = {"base": scores(0.5, 0.6, 0.4), "finetuned": scores(0.70, edited, 0.55)}
+    root.child("hostile").write_bytes("metrics.json", json.dumps(metrics).encode())  # NaN as Python writes it
+    record_run(root, "run-2", scores(0.78, 0.90, 0.61), tickets=330)
+    promote(loaded, "run-2")  # moves the pointer and refreshes the history: no exception
+    promote(loaded, "run-2")  # a retry: "already promoted", still fine
+    written = _strict(root.read_bytes(HISTORY_JSON))
+    hostile = next(r for r in written["runs"] if r["run_id"] == "hostile")
+    assert "not a finite number in [-1, 1]" in hostile["problem"] and written["promoted_run"] == "run-2"
+    result = run_cli("history", "--output", loaded.config.output.uri, *("--set", "promote.metric=average_precision"),
+                     timeout=120)
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr[-2000:]
+
+
 def test_the_history_plot_shows_finished_runs_and_marks_the_promoted_ones(
         three_local_runs: tuple[LoadedConfig, Store], tmp_path: Path) -> None:
     _, root = three_local_runs
