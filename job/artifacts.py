@@ -33,12 +33,21 @@ def new_run_id() -> str:
     return datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(3)
 
 
+# Beside the runs, the top of output.uri holds the job's own files: the promotion pointer (promoted.json by
+# default), history.json and history.png. A run id ending like one of them could take its place.
+RESERVED_SUFFIXES = (".json", ".png")
+
+
 def check_run_id(run_id: str) -> str:
-    """A run id is one path segment of letters, digits, '-', '_' and '.', never '.' or '..'."""
+    """A run id is one path segment of letters, digits, '-', '_' and '.', never '.' or '..', and never
+    a name of the files kept beside the runs (`*.json`, `*.png`)."""
     allowed = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
     if not run_id or len(run_id) > 128 or set(run_id) - allowed or run_id in (".", "..") or run_id.startswith("."):
         raise RunStateError(
             f"invalid run id {run_id!r}: use 1-128 letters, digits, '-', '_' or '.', not starting with '.'")
+    if run_id.lower().endswith(RESERVED_SUFFIXES):
+        raise RunStateError(f"invalid run id {run_id!r}: names ending in .json or .png are kept for the files "
+                            "beside the runs (promoted.json, history.json, history.png)")
     return check_key(run_id)
 
 

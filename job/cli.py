@@ -98,7 +98,14 @@ def _stop_on_sigterm(stop: threading.Event, checkpointing: threading.Event, step
 
 
 def _execute(step: str, action: Callable[[], Any]) -> None:
-    """Run one command; expected errors become a one-line log and an exit code, never a traceback."""
+    """Run one command; expected errors become a one-line log and an exit code, never a traceback.
+
+    SIGTERM stops any command with exit 75 (an orchestrator retries that); the step commands install
+    their own handler, which checkpoints a training step first."""
+    def interrupted(signum: int, frame: Any) -> None:
+        raise Interrupted(f"{step} stopped by SIGTERM; run it again to finish")
+
+    previous = signal.signal(signal.SIGTERM, interrupted)
     try:
         action()
     except JobError as exc:
@@ -117,6 +124,8 @@ def _execute(step: str, action: Callable[[], Any]) -> None:
         log.error("unexpected error", error=str(exc), error_type=type(exc).__name__)
         click.echo(redact(traceback.format_exc(), _known_secrets()), err=True, nl=False)
         sys.exit(exit_code_for(exc))
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from job.artifacts import RunDir, StepTimer
+from job.artifacts import RunDir, StepTimer, check_run_id
 from job.errors import RunStateError
 from job.fingerprint import Fingerprint
 from job.steps import CLASSIFY, EVALUATE, PREPARE, STEPS, TRAIN, dependents, prerequisites, required_steps
@@ -60,3 +60,36 @@ def test_a_file_changed_after_its_step_recorded_it_stops_the_manifest(tmp_path: 
     assert not run.is_finished()
     (tmp_path / "r" / "train" / "out.txt").write_text("train output")
     assert run.finish_if_complete(required_steps(classify_enabled=False), {}) and run.is_finished()
+
+
+@pytest.mark.parametrize("run_id", ["promoted.json", "history.json", "history.png", "HISTORY.PNG", "pointer.json"])
+def test_names_of_the_files_beside_the_runs_are_no_run_ids(run_id: str) -> None:
+    with pytest.raises(RunStateError, match="kept for the files beside the runs"):
+        check_run_id(run_id)
+    assert check_run_id("weekly-2026.12.03") == "weekly-2026.12.03"
+
+
+def test_a_reserved_run_id_is_refused_before_anything_is_written(tmp_path: Path) -> None:
+    from tests.conftest import run_cli
+
+    result = run_cli("prepare", "--run-id", "history.json", "--output", str(tmp_path / "runs"),
+                     "--set", f"data.tickets={tmp_path / 'in' / 't.jsonl'}")
+    assert result.returncode == 2 and "kept for the files beside the runs" in result.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+def test_sigterm_stops_any_command_with_exit_75() -> None:
+    import os
+    import signal
+    import time
+
+    from job.cli import _execute
+
+    def evicted() -> None:
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # the handler interrupts this
+
+    with pytest.raises(SystemExit) as stopped:
+        _execute("promote", evicted)
+    assert stopped.value.code == 75
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL or callable(signal.getsignal(signal.SIGTERM))
