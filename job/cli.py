@@ -145,9 +145,9 @@ def _step_command(name: str, help_text: str, resume: bool = False) -> None:
                   help="Resume training from the run's newest checkpoint (fails if there is none).")
     def command(run_id: str | None, force: bool, resume: bool, **kwargs: Any) -> None:
         def action() -> None:
+            loaded = _load(kwargs)  # first: it points HF_HOME at runtime.cache_dir before the libraries load
             from job import pipeline
 
-            loaded = _load(kwargs)
             ctx = pipeline.open_run(loaded, run_id, force=force)
             get_logger(run_id=ctx.run.run_id, step=name).info("start", output=ctx.run.uri)
             with _stop_on_sigterm(ctx.stop, ctx.checkpointing, name), pipeline.exclusive(ctx, name):
@@ -195,9 +195,10 @@ def promote_run(run_id: str, **kwargs: Any) -> None:
     """Move the promoted-model pointer to RUN_ID if it is not worse than the promoted run (exit 3 if it is)."""
 
     def action() -> None:
+        loaded = _load(kwargs)  # before the import, as in every command (HF_HOME, MPLCONFIGDIR)
         from job.promote import promote
 
-        promote(_load(kwargs), run_id)
+        promote(loaded, run_id)
 
     _execute("promote", action)
 
@@ -219,12 +220,13 @@ def predict_relation(run_id: str, source_text: str, target_text: str, source_cre
     Directed relations (blocks, causes, depends) read "source <relation> target"."""
 
     def action() -> None:
+        loaded = _load(kwargs)
         from job.data import Ticket
         from job.predict import predict_run_pair
 
         source = Ticket("source", source_text, project=source_project, created=source_created)
         target = Ticket("target", target_text, project=target_project, created=target_created)
-        click.echo(json.dumps(predict_run_pair(_load(kwargs).config, run_id, source, target)))
+        click.echo(json.dumps(predict_run_pair(loaded.config, run_id, source, target), allow_nan=False))
 
     _execute("predict", action)
 
@@ -235,9 +237,10 @@ def show_history(**kwargs: Any) -> None:
     """Every run under output.uri as a table; writes history.json and history.png beside them."""
 
     def action() -> None:
+        loaded = _load(kwargs)
         from job.history import HISTORY_JSON, HISTORY_PLOT, refresh_history
 
-        click.echo(refresh_history(_load(kwargs)).table())
+        click.echo(refresh_history(loaded).table())
         click.echo(f"\nwrote {HISTORY_JSON} and {HISTORY_PLOT} at the top of output.uri", err=True)
 
     _execute("history", action)
@@ -271,9 +274,10 @@ def validate_data(problems_file: Path | None, **kwargs: Any) -> None:
     """Check the inputs: counts, the problems found, and whether the split is usable. No training."""
 
     def action() -> None:
+        loaded = _load(kwargs)
         from job.validate import validate_data
 
-        validate_data(_load(kwargs).config, click.echo, problems_file)
+        validate_data(loaded.config, click.echo, problems_file)
 
     _execute("validate-data", action)
 

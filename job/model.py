@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from job.config import StorageConfig
-from job.errors import ConfigError
+from job.errors import ConfigError, StorageError
 from job.log import Progress
 from job.storage import download_dir, open_store, sha256_file, split_s3_uri
 
@@ -45,7 +45,31 @@ def resolve_model_path(base: str, storage: StorageConfig, cache_dir: Path) -> st
         return str(path)
     if base.startswith((".", "/")):
         raise ConfigError(f"model.base {base!r}: no such directory")
-    return base  # a hub id; the hub client handles download and cache
+    return str(hub_snapshot(base))
+
+
+def hub_snapshot(repo_id: str) -> Path:
+    """A hub model's files in the hub cache (HF_HOME: runtime.cache_dir), pickles never fetched: a
+    snapshot without safetensors weights is refused, whatever the cache already holds."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    try:
+        folder = Path(snapshot_download(repo_id, ignore_patterns=[f"*{suffix}" for suffix in PICKLE_WEIGHTS]))
+    except LocalEntryNotFoundError as exc:
+        raise ConfigError(f"model.base {repo_id!r}: not in the hub cache and the hub cannot be reached "
+                          f"({type(exc).__name__})") from None
+    except HfHubHTTPError as exc:
+        status = getattr(getattr(exc, "response", None), "status_code", None)
+        raise StorageError(f"model.base {repo_id!r}: the hub answered {status}", transient=status is None
+                           or status >= 500 or status == 429) from None
+    except (ValueError, OSError) as exc:
+        raise ConfigError(f"model.base {repo_id!r}: cannot fetch it from the hub ({type(exc).__name__})") from None
+    refuse_pickle_weights(folder)
+    if not any(folder.rglob("*.safetensors")):
+        raise ConfigError(f"model.base {repo_id!r}: the hub snapshot has no safetensors weights; pickle weights "
+                          "are refused (loading them can run code)")
+    return folder
 
 
 def cached_s3_model(base: str, storage: StorageConfig, cache_dir: Path) -> Path:
@@ -153,13 +177,10 @@ def base_revision(base: str, resolved: str) -> str | None:
         names = md.packages_distributions().get(module.split(".")[0], [module])
         return f"{names[0]}=={md.version(names[0])}"
     folder = Path(resolved)
-    if not folder.is_dir():  # a hub id: the snapshot folder it was loaded from is named after the commit
-        from huggingface_hub import snapshot_download
-
-        try:
-            return Path(snapshot_download(resolved, local_files_only=True)).name
-        except Exception:  # not in the local cache (loaded some other way): unknown, not fatal
-            return None
+    if folder.parent.name == "snapshots":  # a hub id: its snapshot folder in the cache is named after the commit
+        return folder.name
+    if not folder.is_dir():
+        return None
     weights = sorted(folder.glob("*.safetensors"))
     return f"sha256:{sha256_file(weights[0])}" if weights else None
 

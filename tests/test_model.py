@@ -108,3 +108,40 @@ def test_pickle_weights_exit_2_through_the_cli(synthetic_dir: Path, tmp_path: Pa
     done = run_cli("prepare", "--config", str(config), "--run-id", "pickled", cwd=tmp_path)
     assert done.returncode == EXIT_BAD_INPUT, done.stderr[-3000:]
     assert "pickle weights are refused; use safetensors" in done.stderr and "Traceback" not in done.stderr
+
+
+def _hub_cache_with(cache: Path, repo_id: str, model: Path) -> None:
+    """`model`'s files as the hub client caches a download of `repo_id` (HF_HOME/hub/models--org--name)."""
+    repo = cache / "hub" / ("models--" + repo_id.replace("/", "--"))
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    shutil.copytree(model, repo / "snapshots" / commit)
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+
+
+def test_a_hub_model_whose_snapshot_holds_only_pickles_is_refused(synthetic_dir: Path, tmp_path: Path) -> None:
+    """Through the step command, so runtime.cache_dir must be the hub cache (HF_HOME) there too."""
+    _hub_cache_with(tmp_path / "cache", "example/pickled-model", _pickle_only_model(tmp_path / "model"))
+    config = write_config(tmp_path / "config.json", {
+        "data": {"tickets": str(synthetic_dir / "tickets.jsonl"), "links": str(synthetic_dir / "links.jsonl")},
+        "output": {"uri": str(tmp_path / "out")}, "model": {"base": "example/pickled-model"},
+        "runtime": {"cache_dir": str(tmp_path / "cache")}, "pairs": {"mine_hard_negatives": True}})
+    done = run_cli("prepare", "--config", str(config), "--run-id", "hub-pickled", cwd=tmp_path)
+    assert done.returncode == EXIT_BAD_INPUT, done.stderr[-3000:]
+    assert "pickle weights are refused" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_a_hub_model_with_safetensors_loads_from_the_cache(tmp_path: Path) -> None:
+    from job.model import hub_snapshot
+
+    _hub_cache_with(tmp_path / "cache", "example/minilm", PACKAGE_MODEL)
+    import huggingface_hub.constants as hub
+
+    previous = hub.HF_HUB_CACHE
+    hub.HF_HUB_CACHE = str(tmp_path / "cache" / "hub")
+    try:
+        folder = hub_snapshot("example/minilm")
+    finally:
+        hub.HF_HUB_CACHE = previous
+    assert folder.name == "0123456789abcdef0123456789abcdef01234567"
+    assert load_model(str(folder), 32, device="cpu").encode(["disk full"]).shape == (1, 384)
