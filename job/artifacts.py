@@ -15,13 +15,14 @@ import secrets
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from job.errors import RunStateError
 from job.fingerprint import Fingerprint
 from job.jsonio import to_json
 from job.steps import STEP_NAMES, Step, dependents, prerequisites
-from job.storage import FileRecord, Store, check_key
+from job.storage import FileRecord, Store, check_key, sha256_file
 
 MANIFEST = "manifest.json"
 METADATA = "training_metadata.json"
@@ -119,7 +120,59 @@ class RunDir:
         self.write_json(f"steps/{record.step}.json", asdict(record))
 
     def step_record(self, step: str) -> dict[str, Any] | None:
-        return self.read_json(f"steps/{step}.json") if self.store.exists(f"steps/{step}.json") else None
+        """The step's record, or None before it recorded itself; a damaged record is an error naming it."""
+        key = f"steps/{step}.json"
+        if not self.store.exists(key):
+            return None
+        try:
+            record = json.loads(self.store.read_bytes(key))
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+            raise RunStateError(f"run {self.run_id}: {self.uri}/{key} is damaged ({type(exc).__name__}); "
+                                f"redo step '{step}' with --force") from None
+        files = record.get("files") if isinstance(record, dict) else None
+        if not isinstance(files, list) or not all(is_file_record(f) for f in files):
+            raise RunStateError(f"run {self.run_id}: {self.uri}/{key} is not a step record (no list of files with "
+                                f"path, size and sha256); redo step '{step}' with --force")
+        return record
+
+    def taken_over(self, step: Step, key: str) -> bytes:
+        """A file `step` wrote, read back and checked against its record (size, sha256): a later step never
+        builds on a file edited, truncated or replaced since (RunStateError naming the file and the step)."""
+        data = self.store.read_bytes(key)
+        self._check_recorded(step, key, len(data), _sha(data))
+        return data
+
+    def download_taken_over(self, step: Step, prefix: str, local_dir: Path) -> Path:
+        """Every file `step` recorded under `prefix/`, downloaded into `local_dir` and checked against its
+        record; files it did not record (left by an older attempt) are not taken."""
+        recorded = self._recorded(step)
+        wanted = [path for path in recorded if path.startswith(prefix + "/")]
+        if not wanted:
+            raise RunStateError(f"run {self.run_id}: step '{step.name}' recorded no file under {prefix}/")
+        for path in wanted:
+            target = local_dir / path[len(prefix) + 1 :]
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if not (target.is_file() and sha256_file(target) == recorded[path]["sha256"]):
+                self.store.download_file(path, target)
+                self._check_recorded(step, path, target.stat().st_size, sha256_file(target))
+        return local_dir
+
+    def _recorded(self, step: Step) -> dict[str, dict[str, Any]]:
+        record = self.step_record(step.name)
+        if record is None:
+            raise RunStateError(f"run {self.run_id}: step '{step.name}' has not recorded itself")
+        return {f["path"]: f for f in record["files"]}
+
+    def _check_recorded(self, step: Step, key: str, size: int, sha256: str) -> None:
+        entry = self._recorded(step).get(key)
+        if entry is None:
+            raise RunStateError(f"run {self.run_id}: {self.uri}/{key} is not among the files step '{step.name}' "
+                                "recorded")
+        if entry["size"] != size or entry["sha256"] != sha256:
+            sha = "matches" if entry["sha256"] == sha256 else "differs"
+            raise RunStateError(f"run {self.run_id}: {self.uri}/{key} is not the file step '{step.name}' wrote "
+                                f"({size} bytes, recorded {entry['size']}; sha256 {sha}): it changed after the "
+                                f"step recorded it; redo step '{step.name}' with --force")
 
     def complete_records(self, required: tuple[Step, ...]) -> dict[str, dict[str, Any]] | None:
         """Every required step's record by step name, or None while one is missing."""
@@ -169,6 +222,11 @@ class RunDir:
                                     f"({stored.get(path)} bytes, expected {record['size']}); rerun the step that writes it")
 
 
+
+
+def is_file_record(entry: Any) -> bool:
+    return (isinstance(entry, dict) and isinstance(entry.get("path"), str) and isinstance(entry.get("sha256"), str)
+            and isinstance(entry.get("size"), int) and not isinstance(entry.get("size"), bool))
 
 
 def _sha(data: bytes) -> str:

@@ -12,6 +12,8 @@ Built from the steps' records (what they measured), so it is written once the ru
 
 from __future__ import annotations
 
+import html
+import re
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Any
@@ -117,7 +119,7 @@ def _base_model(cfg: JobConfig, train: dict[str, Any]) -> str:
     revision = train.get("model", {}).get("base_revision") or "unknown"
     prefix = f"; every text is prefixed with `{cfg.model.text_prefix}`" if cfg.model.text_prefix else ""
     length = train.get("model", {}).get("max_seq_length", cfg.model.max_seq_length)
-    return (f"## Base model\n\n- Model: `{_base_name(cfg.model.base)}`\n- Revision: `{revision}`\n"
+    return (f"## Base model\n\n- Model: {_code(_base_name(cfg.model.base))}\n- Revision: {_code(str(revision))}\n"
             f"- Inputs longer than {length} tokens are cut{prefix}")
 
 
@@ -129,13 +131,13 @@ def _training_data(prepare: dict[str, Any]) -> str:
              f"{inputs.get('tickets')} tickets and {inputs.get('links')} links (no ticket text is quoted here).", ""]
     projects = inputs.get("tickets_per_project") or {}
     if projects:
-        lines.append("- Projects: " + ", ".join(f"{name} ({count})" for name, count in sorted(projects.items())))
+        lines.append("- Projects: " + ", ".join(f"{_md(name)} ({count})" for name, count in sorted(projects.items())))
     dates = inputs.get("created_range")
     if dates:
         lines.append(f"- Created: {dates['first'][:10]} to {dates['last'][:10]}")
     relations = inputs.get("links_per_relation") or {}
     if relations:
-        lines.append("- Links per relation: " + ", ".join(f"{r} {n}" for r, n in sorted(relations.items())))
+        lines.append("- Links per relation: " + ", ".join(f"{_md(r)} {n}" for r, n in sorted(relations.items())))
     if split:
         lines.append("- Split by connected components of the link graph (no ticket on two sides): " + ", ".join(
             f"{name} {split[name]['tickets']} tickets / {split[name]['linked_pairs']} links"
@@ -143,7 +145,8 @@ def _training_data(prepare: dict[str, Any]) -> str:
     files = inputs.get("files") or []
     if files:
         lines += ["", "| input file | rows | kept | sha256 |", "|---|---:|---:|---|"]
-        lines += [f"| {PurePosixPath(f['uri']).name} | {f['rows']} | {f['kept']} | `{f['sha256']}` |" for f in files]
+        lines += [f"| {_md(PurePosixPath(f['uri']).name)} | {f['rows']} | {f['kept']} | {_code(f['sha256'])} |"
+                  for f in files]
     return "\n".join(lines)
 
 
@@ -175,7 +178,7 @@ def _evaluation(cfg: JobConfig, metrics: dict[str, Any]) -> str:
         return ""
     lines = ["## Evaluation on the held-out test split", "",
              f"Pairs: {tuned.get('n_pairs')} test pairs ({tuned.get('n_positive')} positive). Retrieval: each test "
-             f"ticket with a `{tuned.get('retrieval_relations')}` link is a query ranked against the other test "
+             f"ticket with a {_code(str(tuned.get('retrieval_relations')))} link is a query ranked against the other test "
              f"tickets ({tuned.get('n_queries')} queries); time-aware ranks only tickets filed before the query.", "",
              "| metric | base | fine-tuned | change |", "|---|---:|---:|---:|"]
     for key, label in CARD_METRICS:
@@ -223,10 +226,12 @@ def _classifier(metrics: dict[str, Any] | None) -> str:
     lines = ["## Relation classifier", "",
              f"Logistic regression over pair features of the fine-tuned embeddings, {metrics.get('n_train')} train links, "
              f"{metrics.get('n_test')} test links: macro F1 {_num(metrics.get('macro_f1'))} (always predicting the "
-             f"majority class `{metrics.get('majority_class')}`: {_num(metrics.get('majority_macro_f1'))}).", "",
+             f"majority class {_code(str(metrics.get('majority_class')))}: {_num(metrics.get('majority_macro_f1'))}).",
+             "",
              "| relation | precision | recall | F1 | test links |", "|---|---:|---:|---:|---:|"]
     for name, row in sorted((metrics.get("per_class") or {}).items()):
-        lines.append(f"| {name} | {_num(row['precision'])} | {_num(row['recall'])} | {_num(row['f1'])} | {row['support']} |")
+        lines.append(f"| {_md(name)} | {_num(row['precision'])} | {_num(row['recall'])} | {_num(row['f1'])} | "
+                     f"{row['support']} |")
     return "\n".join(lines)
 
 
@@ -237,7 +242,7 @@ def _exports(exports: dict[str, Any] | None) -> str:
              "| variant | file | written | recall@10 | average precision | texts/s | x PyTorch |",
              "|---|---|---|---:|---:|---:|---:|"]
     for name, row in exports.get("variants", {}).items():
-        verdict = "yes" if row.get("written") else f"no: {row.get('rejected')}"
+        verdict = "yes" if row.get("written") else f"no: {row.get('rejected')}"  # the job's own words
         lines.append(f"| {name} | `{row.get('file') or '-'}` | {verdict} | {_num(row.get('recall_at_10'))} | "
                      f"{_num(row.get('average_precision'))} | {_num(row.get('texts_per_s'), 1)} | "
                      f"{_num(row.get('speedup'), 2)} |")
@@ -252,11 +257,11 @@ def _exports(exports: dict[str, Any] | None) -> str:
 
 def _use_and_limits(cfg: JobConfig, prepare: dict[str, Any]) -> str:
     projects = sorted((prepare.get("inputs") or {}).get("tickets_per_project") or {})
-    seen = f" ({', '.join(projects)})" if projects else ""
+    seen = f" ({', '.join(_md(p) for p in projects)})" if projects else ""
     return "\n".join([
         "## Intended use", "",
         "Embed ticket text (title and description, as the training data was built with "
-        f"`{cfg.data.text_template!r}`) to suggest likely duplicates and related tickets to a person who "
+        f"{_code(repr(cfg.data.text_template))}) to suggest likely duplicates and related tickets to a person who "
         "triages them, and as features for the relation classifier. A suggestion, not a decision: nothing "
         "should be closed as a duplicate without a person looking.", "",
         "## Known limits", "",
@@ -287,6 +292,22 @@ def _samples(samples: list[CardSample]) -> str:
              "|---|---|---:|---|"]
     lines += [f"| {_cell(s.text_a)} | {_cell(s.text_b)} | {s.score:g} | {s.kind} |" for s in samples]
     return "\n".join(lines)
+
+
+# Markdown's punctuation that could make a link, an image, emphasis, code or a table cell (values never start a
+# line: newlines are collapsed, so '-', '.' and '+' cannot start a list).
+_MARKDOWN = re.compile(r"([\\`*_{}\[\]()#!|~])")
+
+
+def _md(text: Any) -> str:
+    """A value from the data (a project key, a file name, a relation) as plain text in Markdown: one line,
+    HTML escaped, Markdown punctuation backslash-escaped, so no value can add a heading, a link or a tag."""
+    return _MARKDOWN.sub(r"\\\1", html.escape(" ".join(str(text).split()), quote=False))
+
+
+def _code(text: str) -> str:
+    """A value in a code span: one line, no backtick to close it early."""
+    return "`" + " ".join(text.replace("`", "'").split()) + "`"
 
 
 def _cell(text: str, limit: int = 200) -> str:

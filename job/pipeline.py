@@ -9,6 +9,7 @@ continues from the first step not yet done (`reusable_steps`).
 from __future__ import annotations
 
 import contextlib
+import json
 import random
 import shutil
 import tempfile
@@ -61,7 +62,7 @@ from job.retrieval.spec import RETRIEVAL_FILE, fusion_settings, lexical_settings
 from job.split import SPLITS, check_usable, split_by_components
 from job.step_metrics import step_numbers, write_step_metrics
 from job.steps import CLASSIFY, EVALUATE, PREPARE, SHARED_STEPS, STEPS, TRAIN, Step, required_steps
-from job.storage import FileRecord, download_dir, local_path, open_store, read_uri, upload_dir
+from job.storage import FileRecord, local_path, open_store, read_uri, upload_dir
 
 
 @dataclass
@@ -362,17 +363,30 @@ def _base_model_path(ctx: RunContext) -> str:
 
 
 def load_prepared(ctx: RunContext, step: Step) -> PreparedData:
-    """What prepare wrote, read back from the run's storage for `step`."""
+    """What prepare wrote, read back from the run's storage for `step`, each file checked against prepare's
+    record (a file edited or truncated since stops `step` with exit 2, naming it)."""
     ctx.run.require(step)
-    store = ctx.run.store
+
+    def rows(key: str) -> list[dict[str, Any]]:
+        return _parsed(key, lambda: from_jsonl(ctx.run.taken_over(PREPARE, key)))
+
     tickets = {r["id"]: Ticket(r["id"], r["text"], r.get("category"), r.get("project"), r.get("created"))
-               for r in from_jsonl(store.read_bytes("prepared/tickets.jsonl"))}
-    links = [Link(r["source"], r["target"], r["relation"]) for r in from_jsonl(store.read_bytes("prepared/links.jsonl"))]
-    members = ctx.run.read_json("prepared/split.json")
-    pairs = {name: [Pair(**r) for r in from_jsonl(store.read_bytes(f"prepared/pairs_{name}.jsonl"))] for name in SPLITS}
-    triplets = [Triplet(**r) for r in from_jsonl(store.read_bytes("prepared/triplets_train.jsonl"))]
-    title_body = [TitleBody(**r) for r in from_jsonl(store.read_bytes(TITLE_BODY_FILE))]
+               for r in rows("prepared/tickets.jsonl")}
+    links = [Link(r["source"], r["target"], r["relation"]) for r in rows("prepared/links.jsonl")]
+    members = _parsed("prepared/split.json", lambda: json.loads(ctx.run.taken_over(PREPARE, "prepared/split.json")))
+    pairs = {name: [Pair(**r) for r in rows(f"prepared/pairs_{name}.jsonl")] for name in SPLITS}
+    triplets = [Triplet(**r) for r in rows("prepared/triplets_train.jsonl")]
+    title_body = [TitleBody(**r) for r in rows(TITLE_BODY_FILE)]
     return PreparedData(tickets, links, members, pairs, triplets, title_body)
+
+
+def _parsed(key: str, read: Any) -> Any:
+    """`read()` of a prepared file; one that matches its record but does not parse was written by another
+    version of the job (exit 2 naming it, never a traceback)."""
+    try:
+        return read()
+    except (UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
+        raise RunStateError(f"{key} cannot be read back ({type(exc).__name__}); redo prepare with --force") from None
 
 
 # ---------------------------------------------------------------- train
@@ -447,10 +461,7 @@ def checkpoint_stamp(ctx: RunContext, step: Step) -> str:
 def fetch_model(ctx: RunContext, step: Step) -> TrainedModel:
     """The published model, downloaded for `step` (once per scratch directory)."""
     ctx.run.require(step)
-    local = ctx.work_dir / "model"
-    if not (local / "modules.json").exists():
-        download_dir(ctx.run.store, "model", local)
-    return TrainedModel(local)
+    return TrainedModel(ctx.run.download_taken_over(TRAIN, "model", ctx.work_dir / "model"))
 
 
 # ---------------------------------------------------------------- evaluate
@@ -574,16 +585,27 @@ def _evaluation_plots(ctx: RunContext, results: dict[str, ModelEvaluation], metr
 def _save_embeddings(ctx: RunContext, emb: Embeddings) -> FileRecord:
     path = ctx.work_dir / "finetuned_embeddings.npz"
     np.savez(path, ids=np.array(emb.ids), vectors=emb.vectors)
-    return ctx.run.store.upload_file(path, "embeddings/finetuned.npz")
+    return ctx.run.store.upload_file(path, EMBEDDINGS)
 
 
 def _load_embeddings(ctx: RunContext) -> Embeddings | None:
-    if not ctx.run.store.exists("embeddings/finetuned.npz"):
+    """The embeddings evaluate saved, checked against its record; None when it saved none."""
+    if not ctx.run.store.exists(EMBEDDINGS) or ctx.run.step_record(EVALUATE.name) is None:
         return None
-    path = ctx.work_dir / "finetuned_embeddings.npz"
-    ctx.run.store.download_file("embeddings/finetuned.npz", path)
-    with np.load(path, allow_pickle=False) as data:
-        return Embeddings([str(i) for i in data["ids"]], data["vectors"])
+    path = ctx.run.download_taken_over(EVALUATE, "embeddings", ctx.work_dir / "embeddings") / "finetuned.npz"
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            ids, vectors = [str(i) for i in data["ids"]], np.asarray(data["vectors"], dtype=np.float32)
+    except (ValueError, KeyError, OSError) as exc:
+        raise RunStateError(f"{ctx.run.uri}/{EMBEDDINGS} cannot be read ({type(exc).__name__}); redo evaluate "
+                            "with --force") from None
+    if vectors.ndim != 2 or len(ids) != len(vectors) or not np.all(np.isfinite(vectors)):
+        raise RunStateError(f"{ctx.run.uri}/{EMBEDDINGS} does not hold one finite vector per ticket; redo evaluate "
+                            "with --force")
+    return Embeddings(ids, vectors)
+
+
+EMBEDDINGS = "embeddings/finetuned.npz"
 
 
 # ---------------------------------------------------------------- classify
@@ -696,9 +718,8 @@ def finish_if_complete(ctx: RunContext) -> bool:
 
 def _card_samples(ctx: RunContext) -> list[CardSample]:
     """A few test pairs with their ticket text (model.card_samples: only when asked for)."""
-    store = ctx.run.store
-    texts = {r["id"]: r["text"] for r in from_jsonl(store.read_bytes("prepared/tickets.jsonl"))}
-    pairs = [Pair(**r) for r in from_jsonl(store.read_bytes("prepared/pairs_test.jsonl"))]
+    texts = {r["id"]: r["text"] for r in from_jsonl(ctx.run.taken_over(PREPARE, "prepared/tickets.jsonl"))}
+    pairs = [Pair(**r) for r in from_jsonl(ctx.run.taken_over(PREPARE, "prepared/pairs_test.jsonl"))]
     return [CardSample(texts[p.a], p.text_b if p.text_b is not None else texts[p.b], p.score, p.relation or p.kind)
             for p in pairs[:CARD_SAMPLES]]
 

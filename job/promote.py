@@ -30,7 +30,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from job.artifacts import MANIFEST, METRICS, RunDir, check_run_id
+from job.artifacts import MANIFEST, METRICS, RunDir, check_run_id, is_file_record
 from job.config import LoadedConfig
 from job.errors import ConfigError, PromotionRefused, RunStateError, StorageError
 from job.history import METRIC_RANGE, refresh_history
@@ -212,7 +212,7 @@ def manifest_files(run: RunDir, where: str) -> dict[str, dict[str, Any]]:
         raise RunStateError(f"cannot promote run {run.run_id}: {where} names run {named}, not {run.run_id} "
                             "(a copied or edited run)")
     records = manifest.get("files")
-    if not isinstance(records, list) or not all(_is_record(r) for r in records):
+    if not isinstance(records, list) or not all(is_file_record(r) for r in records):
         raise RunStateError(f"cannot promote run {run.run_id}: {where} has no valid 'files' list "
                             "(each entry needs path, size and sha256)")
     files = {r["path"]: r for r in records}
@@ -221,11 +221,6 @@ def manifest_files(run: RunDir, where: str) -> dict[str, dict[str, Any]]:
     if not any(path.startswith(MODEL) for path in files):
         raise RunStateError(f"cannot promote run {run.run_id}: {where} lists no {MODEL} files")
     return files
-
-
-def _is_record(record: Any) -> bool:
-    return (isinstance(record, dict) and isinstance(record.get("path"), str) and isinstance(record.get("sha256"), str)
-            and isinstance(record.get("size"), int) and not isinstance(record.get("size"), bool))
 
 
 def check_file(run: RunDir, path: str, record: dict[str, Any], stored_size: int | None, scratch: Path) -> Path:

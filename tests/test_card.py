@@ -138,3 +138,14 @@ def test_the_text_grep_finds_text_that_is_there(tmp_path: Path) -> None:
     (tmp_path / "model" / "README.md").write_text(folded)
     (tmp_path / "model" / "weights.bin").write_bytes(b"\x00\x01")
     assert files_quoting(tmp_path / "model", ticket_text_needles(tickets)) == {"README.md": title}
+
+
+def test_values_from_the_data_cannot_write_markdown_or_html_into_the_card() -> None:
+    hostile = "CORE\n## Injected heading\n<img src=x onerror=alert(1)> [click](javascript:alert(1))"
+    prepare = {**PREPARE, "inputs": {**PREPARE["inputs"], "tickets_per_project": {hostile: 3},
+                                     "files": [{"uri": "s3://b/in/a|b<i>.jsonl", "sha256": "0" * 64, "rows": 1,
+                                                "kept": 1}]}}
+    records = {**_records(), "prepare": {"info": prepare}}
+    body = ModelCard(model_card("r1", _config(), records)).text
+    assert "\n## Injected" not in body and "<img" not in body and "](javascript:" not in body
+    assert "<i>" not in body and "| a\\|b&lt;i&gt;.jsonl | 1 | 1 |" in body

@@ -1,0 +1,88 @@
+"""Files a step takes over from an earlier one are checked against that step's record (size and sha256):
+an edit, a truncation or a corruption between steps stops the next step with exit 2 naming the file and
+the step, never a run that finishes on tampered data. Damaged run files are named, never a traceback."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.conftest import TINY, merged, run_cli, write_config
+
+
+@pytest.fixture(scope="module")
+def evaluated(tmp_path_factory: pytest.TempPathFactory, synthetic_dir: Path) -> Path:
+    """A run through prepare, train and evaluate (classify left to do), made once for the module."""
+    folder = tmp_path_factory.mktemp("takeover")
+    config = _config(folder / "runs", synthetic_dir, folder / "config.json")
+    for step in ("prepare", "train", "evaluate"):
+        done = run_cli(step, "--config", str(config), "--run-id", "base")
+        assert done.returncode == 0, done.stderr[-3000:]
+    return folder / "runs" / "base"
+
+
+def _config(output: Path, data: Path, path: Path) -> Path:
+    return write_config(path, merged(TINY, {
+        "data": {"tickets": str(data / "tickets.jsonl"), "links": str(data / "links.jsonl")},
+        "output": {"uri": str(output)}}))
+
+
+def _copy(evaluated: Path, tmp_path: Path, synthetic_dir: Path) -> tuple[Path, Path]:
+    run = tmp_path / "runs" / "base"
+    shutil.copytree(evaluated, run)
+    return run, _config(tmp_path / "runs", synthetic_dir, tmp_path / "config.json")
+
+
+def _same_size_edit(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    index = data.index(b"e")
+    data[index : index + 1] = b"E"  # one letter of a ticket's text: same size, other content
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("tamper", "step", "names"), [
+    (lambda run: _same_size_edit(run / "prepared" / "tickets.jsonl"), "classify",
+     ("prepared/tickets.jsonl", "step 'prepare'")),
+    (lambda run: (run / "prepared" / "triplets_train.jsonl").write_bytes(
+        b"".join((run / "prepared" / "triplets_train.jsonl").read_bytes().splitlines(keepends=True)[:2])),
+     "classify", ("prepared/triplets_train.jsonl", "step 'prepare'")),
+    (lambda run: _same_size_edit(run / "model" / "model.safetensors"), "classify",
+     ("model/model.safetensors", "step 'train'")),
+    (lambda run: np.savez(run / "embeddings" / "finetuned.npz", ids=np.array(["x"]), vectors=np.zeros((1, 384))),
+     "classify", ("embeddings/finetuned.npz", "step 'evaluate'")),
+])
+def test_a_file_changed_between_steps_stops_the_next_step(evaluated: Path, tmp_path: Path, synthetic_dir: Path,
+                                                          tamper: object, step: str, names: tuple[str, str]) -> None:
+    run, config = _copy(evaluated, tmp_path, synthetic_dir)
+    tamper(run)  # type: ignore[operator]
+    done = run_cli(step, "--config", str(config), "--run-id", "base")
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert all(name in done.stderr for name in names) and "Traceback" not in done.stderr
+    assert not (run / "manifest.json").exists(), "nothing finished on tampered data"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("damage", "says"), [
+    (b"", "steps/prepare.json is damaged"),
+    (b"[]", "steps/prepare.json is not a step record"),
+    (b'{"files": 3}', "steps/prepare.json is not a step record"),
+])
+def test_a_damaged_step_record_is_named(evaluated: Path, tmp_path: Path, synthetic_dir: Path, damage: bytes,
+                                        says: str) -> None:
+    run, config = _copy(evaluated, tmp_path, synthetic_dir)
+    (run / "steps" / "prepare.json").write_bytes(damage)
+    done = run_cli("classify", "--config", str(config), "--run-id", "base")
+    assert done.returncode == 2 and says in done.stderr and "Traceback" not in done.stderr, done.stderr[-3000:]
+
+
+@pytest.mark.slow
+def test_an_untampered_copy_finishes(evaluated: Path, tmp_path: Path, synthetic_dir: Path) -> None:
+    run, config = _copy(evaluated, tmp_path, synthetic_dir)
+    done = run_cli("classify", "--config", str(config), "--run-id", "base")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads((run / "manifest.json").read_text())["run_id"] == "base"
