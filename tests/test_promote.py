@@ -299,7 +299,7 @@ def test_cli_exit_codes_and_the_comparison_in_the_log(backend: Backend) -> None:
 def _edit_metrics(run: Store, value: float) -> None:
     metrics = json.loads(run.read_bytes("metrics.json"))
     metrics["finetuned"]["average_precision"] = value
-    run.write_bytes("metrics.json", to_json(metrics))
+    run.write_bytes("metrics.json", json.dumps(metrics).encode())  # Infinity as an editor may leave it
 
 
 def test_edited_metrics_and_a_deleted_model_are_refused_with_exit_2(backend: Backend) -> None:
