@@ -436,6 +436,7 @@ def train(ctx: RunContext, prepared: PreparedData, resume: bool = False) -> Trai
         ctx.checkpointing.clear()
     if ctx.rank != 0:  # DDP workers trained in lock-step; rank 0 publishes
         return TrainedModel(result.model_dir)
+    ctx.run.store.delete_prefix("model/")  # what an earlier attempt left there (its ONNX files) is not this model's
     files = upload_dir(ctx.run.store, result.model_dir, "model")
     plot = plots.loss_curve(result.loss_curve, result.val_history, ctx.work_dir / "plots" / "loss_curve.png")
     files.append(ctx.run.store.upload_file(plot, "plots/loss_curve.png"))
@@ -498,6 +499,7 @@ def evaluate(ctx: RunContext, prepared: PreparedData, trained: TrainedModel) -> 
     metrics["delta"] = {k: _delta(metrics["finetuned"].get(k), metrics["base"].get(k)) for k in DELTA_KEYS}
     spec = retrieval_spec(cfg, ctx.run.run_id, results["finetuned"].fusion)
     files: list[FileRecord] = [ctx.run.write_json(RETRIEVAL_FILE, spec)]
+    ctx.run.store.delete_prefix("model/onnx/")  # an earlier attempt's variants, whatever this one writes
     if cfg.export.onnx:
         metrics["exports"], exported = _export_cpu_variants(ctx, prepared, trained, held, ids, metrics["finetuned"],
                                                             texts_per_s, log)

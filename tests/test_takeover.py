@@ -86,3 +86,19 @@ def test_an_untampered_copy_finishes(evaluated: Path, tmp_path: Path, synthetic_
     done = run_cli("classify", "--config", str(config), "--run-id", "base")
     assert done.returncode == 0, done.stderr[-3000:]
     assert json.loads((run / "manifest.json").read_text())["run_id"] == "base"
+
+
+@pytest.mark.slow
+def test_a_forced_redo_leaves_no_file_of_the_earlier_attempt(evaluated: Path, tmp_path: Path,
+                                                              synthetic_dir: Path) -> None:
+    """An earlier attempt exported ONNX variants; this config exports none: they must not stay beside the model."""
+    run, config = _copy(evaluated, tmp_path, synthetic_dir)
+    (run / "model" / "onnx").mkdir()
+    (run / "model" / "onnx" / "model.onnx").write_bytes(b"an older model's export")
+    done = run_cli("evaluate", "--config", str(config), "--run-id", "base", "--force")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert not (run / "model" / "onnx").exists()
+    (run / "model" / "stale.safetensors").write_bytes(b"left by an older train")
+    done = run_cli("train", "--config", str(config), "--run-id", "base", "--force")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert not (run / "model" / "stale.safetensors").exists()
