@@ -153,11 +153,9 @@ class LocalStore:
     def read_bytes(self, key: str) -> bytes:
         path = self._path(key)
         try:
-            return path.read_bytes()
+            return _read_local(path)
         except FileNotFoundError:
             raise StorageError(f"not found: {path}", transient=False) from None
-        except OSError as exc:
-            raise StorageError(f"cannot read {path}: {exc.strerror}", transient=False) from exc
 
     def write_bytes(self, key: str, data: bytes) -> FileRecord:
         with _temp_beside(self._path(key)) as tmp:
@@ -240,12 +238,23 @@ class LocalStore:
     @staticmethod
     def _read_versioned(path: Path) -> Versioned | None:
         try:
-            data = path.read_bytes()
+            data = _read_local(path)
         except FileNotFoundError:
             return None
-        except OSError as exc:
-            raise StorageError(f"cannot read {path}: {exc.strerror}", transient=False) from exc
         return Versioned(data, hashlib.sha256(data).hexdigest())
+
+
+def _read_local(path: Path) -> bytes:
+    """A file of the output tree, whole: only a regular file within MAX_INPUT_BYTES (a FIFO planted in a run
+    folder would hang every command that reads it). FileNotFoundError passes through."""
+    try:
+        return read_regular_file(path, MAX_INPUT_BYTES)
+    except FileRefused as exc:
+        raise StorageError(f"cannot read {exc}", transient=False) from None
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        raise StorageError(f"cannot read {path}: {exc.strerror}", transient=False) from exc
 
 
 _KEY_LOCK_SUFFIX = ".key-lock"
@@ -520,6 +529,11 @@ class S3Store:
         def attempt() -> Versioned:
             with _translated("read", where):
                 response = self.client.get_object(Bucket=self.bucket, Key=full)
+                announced = int(response.get("ContentLength", 0))
+                if announced > MAX_INPUT_BYTES:  # refused before a byte of the body is read, as a local file is
+                    response["Body"].close()
+                    raise StorageError(f"cannot read {where}: it is {announced} bytes; the limit is "
+                                       f"{MAX_INPUT_BYTES}", transient=False)
                 data = response["Body"].read()
             expected = int(response.get("ContentLength", len(data)))
             if len(data) != expected:
