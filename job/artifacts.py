@@ -145,17 +145,49 @@ class RunDir:
     def download_taken_over(self, step: Step, prefix: str, local_dir: Path) -> Path:
         """Every file `step` recorded under `prefix/`, downloaded into `local_dir` and checked against its
         record; files it did not record (left by an older attempt) are not taken."""
-        recorded = self._recorded(step)
-        wanted = [path for path in recorded if path.startswith(prefix + "/")]
+        return self._download_checked(self._recorded(step), prefix, local_dir, f"step '{step.name}'",
+                                      f"redo step '{step.name}' with --force")
+
+    def download_listed(self, prefix: str, local_dir: Path, purpose: str) -> Path:
+        """Every file the finished run's manifest lists under `prefix/`, downloaded and checked (size, sha256):
+        what a consumer of a finished run (predict) reads, and nothing the manifest does not vouch for."""
+        return self._download_checked(self.manifest_records(purpose), prefix, local_dir, MANIFEST,
+                                      "use a run that verifies")
+
+    def _download_checked(self, records: dict[str, dict[str, Any]], prefix: str, local_dir: Path, source: str,
+                          remedy: str) -> Path:
+        wanted = [path for path in records if path.startswith(prefix + "/")]
         if not wanted:
-            raise RunStateError(f"run {self.run_id}: step '{step.name}' recorded no file under {prefix}/")
+            raise RunStateError(f"run {self.run_id}: {source} lists no file under {prefix}/")
         for path in wanted:
-            target = local_dir / path[len(prefix) + 1 :]
+            target = local_dir / check_key(path[len(prefix) + 1 :])
             target.parent.mkdir(parents=True, exist_ok=True)
-            if not (target.is_file() and sha256_file(target) == recorded[path]["sha256"]):
+            if not (target.is_file() and sha256_file(target) == records[path]["sha256"]):
                 self.store.download_file(path, target)
-                self._check_recorded(step, path, target.stat().st_size, sha256_file(target))
+            size, sha = target.stat().st_size, sha256_file(target)
+            if (size, sha) != (records[path]["size"], records[path]["sha256"]):
+                raise RunStateError(f"run {self.run_id}: {self.uri}/{path} is not the file {source} lists ({size} "
+                                    f"bytes, listed {records[path]['size']}): it changed since; {remedy}")
         return local_dir
+
+    def manifest_records(self, purpose: str) -> dict[str, dict[str, Any]]:
+        """The finished run's manifest as file records by path, checked to name this run; `purpose` starts each
+        error ("cannot promote run X")."""
+        where = f"{self.uri}/{MANIFEST}"
+        if not self.is_finished():
+            raise RunStateError(f"{purpose}: it is not finished ({where} does not exist)")
+        try:
+            manifest = json.loads(self.store.read_bytes(MANIFEST))
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+            raise RunStateError(f"{where} is not valid JSON ({type(exc).__name__})") from None
+        if not isinstance(manifest, dict) or manifest.get("run_id") != self.run_id:
+            named = manifest.get("run_id") if isinstance(manifest, dict) else None
+            raise RunStateError(f"{purpose}: {where} names run {named}, not {self.run_id} (a copied or edited run)")
+        records = manifest.get("files")
+        if not isinstance(records, list) or not all(is_file_record(r) for r in records):
+            raise RunStateError(f"{purpose}: {where} has no valid 'files' list (each entry needs path, size and "
+                                "sha256)")
+        return {r["path"]: r for r in records}
 
     def _recorded(self, step: Step) -> dict[str, dict[str, Any]]:
         record = self.step_record(step.name)

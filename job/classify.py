@@ -28,6 +28,7 @@ from sklearn.preprocessing import StandardScaler
 
 from job.config import ClassifyConfig
 from job.data import Link, Ticket
+from job.errors import RunStateError
 from job.evaluate import Embeddings
 
 LOGISTIC_FORMAT = "ticket-relation-logreg/1"
@@ -197,6 +198,30 @@ def train_classifier(train_links: list[Link], test_links: list[Link], tickets: d
         "embedding_dim": int(emb.vectors.shape[1]),
     }
     return ClassifierResult(metrics, model, relation_confusion(links, y_pred), links.classes, notes)
+
+
+def check_logistic_model(model: dict[str, Any], where: str) -> None:
+    """A saved logistic model that predict can apply: distinct class names, and finite weights whose shapes agree
+    (RunStateError naming `where` and the field otherwise). The file came from storage: it may be edited."""
+    classes = model.get("classes")
+    if not (isinstance(classes, list) and len(classes) >= 2 and all(isinstance(c, str) and c for c in classes)
+            and len(set(classes)) == len(classes)):
+        raise RunStateError(f"{where}: classes: expected a list of at least two distinct relation names")
+    arrays = {}
+    for key in ("coef", "intercept", "scaler_mean", "scaler_scale"):
+        try:
+            arrays[key] = np.asarray(model.get(key), dtype=np.float64)
+        except (TypeError, ValueError):
+            raise RunStateError(f"{where}: {key}: expected numbers") from None
+        if not np.all(np.isfinite(arrays[key])):
+            raise RunStateError(f"{where}: {key}: expected finite numbers")
+    rows = 1 if len(classes) == 2 else len(classes)
+    features = arrays["scaler_mean"].shape
+    if (arrays["coef"].ndim != 2 or arrays["coef"].shape[0] != rows or arrays["intercept"].shape != (rows,)
+            or len(features) != 1 or arrays["coef"].shape[1] != features[0] or arrays["scaler_scale"].shape != features
+            or np.any(arrays["scaler_scale"] == 0)):
+        raise RunStateError(f"{where}: coef, intercept and the scaler do not fit {len(classes)} classes and one "
+                            "feature vector")
 
 
 def logistic_probabilities(model: dict[str, Any], features: np.ndarray) -> np.ndarray:

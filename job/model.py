@@ -232,6 +232,10 @@ def load_model(path_or_id: str, max_seq_length: int, device: str | None = None, 
         model = SentenceTransformer(path_or_id, device=device or pick_device())
     except OSError as exc:
         raise ConfigError(f"cannot load model {path_or_id!r}: {exc}".splitlines()[0]) from exc
+    except (ValueError, ImportError, AttributeError, KeyError, TypeError, RuntimeError) as exc:
+        # A damaged or foreign folder (modules.json naming a class that does not exist, a broken config.json).
+        raise ConfigError(f"cannot load model {path_or_id!r}: it is not a sentence-transformers model this job can "
+                          f"read ({type(exc).__name__}: {str(exc)[:200]})".splitlines()[0]) from None
     model.max_seq_length = min(max_seq_length, position_limit(model) or max_seq_length)
     if text_prefix:
         model.prompts[TEXT_PROMPT] = text_prefix

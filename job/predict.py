@@ -22,13 +22,13 @@ from typing import Any
 
 import numpy as np
 
-from job.classify import LOGISTIC_FORMAT, logistic_probabilities, pair_features
+from job.classify import LOGISTIC_FORMAT, check_logistic_model, logistic_probabilities, pair_features
 from job.config import JobConfig
 from job.cross_encoder import CROSS_ENCODER_FORMAT, load_cross_encoder, pair_probabilities
 from job.data import Link, Ticket
 from job.errors import ConfigError, InputError, RunStateError
 from job.evaluate import Embeddings
-from job.storage import download_dir, open_store
+from job.storage import open_store
 
 CLASSIFIER = "classifier"
 EMBEDDING_MODEL = "model"
@@ -47,20 +47,40 @@ class RelationPredictor:
 
     def predict_pair(self, source: Ticket, target: Ticket) -> dict[str, float]:
         row = self.score([(source, target)])[0]
+        if not np.all(np.isfinite(row)):
+            raise RunStateError(f"the {self.method} classifier gave no finite probabilities: its weights are damaged")
         return {c: float(p) for c, p in zip(self.classes, row, strict=True)}
 
 
 def read_descriptor(classifier_dir: Path) -> dict[str, Any]:
+    """classifier/model.json, checked: a known format, class names, weights that fit, and (cross-encoder)
+    a weights folder inside the classifier folder."""
     path = classifier_dir / "model.json"
     try:
         descriptor = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"{path}: no classifier here (expected model.json written by the classify step)") from None
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"{path}: cannot read the classifier description ({exc})") from exc
+    except (OSError, ValueError, RecursionError) as exc:
+        raise ConfigError(f"{path}: cannot read the classifier description ({type(exc).__name__})") from None
     if not isinstance(descriptor, dict) or descriptor.get("format") not in (LOGISTIC_FORMAT, CROSS_ENCODER_FORMAT):
         raise ConfigError(f"{path}: expected format {LOGISTIC_FORMAT} or {CROSS_ENCODER_FORMAT}")
+    if descriptor["format"] == LOGISTIC_FORMAT:
+        check_logistic_model(descriptor, str(path))
+    else:
+        _check_cross_encoder(descriptor, classifier_dir, path)
     return descriptor
+
+
+def _check_cross_encoder(descriptor: dict[str, Any], classifier_dir: Path, path: Path) -> None:
+    classes, weights, length = descriptor.get("classes"), descriptor.get("weights"), descriptor.get("max_length")
+    if not (isinstance(classes, list) and classes and all(isinstance(c, str) and c for c in classes)):
+        raise RunStateError(f"{path}: classes: expected a list of relation names")
+    inside = isinstance(weights, str) and weights and not Path(weights).is_absolute() and \
+        (classifier_dir / weights).resolve().is_relative_to(classifier_dir.resolve())
+    if not inside:
+        raise RunStateError(f"{path}: weights: expected a folder inside {classifier_dir}")
+    if isinstance(length, bool) or not isinstance(length, int) or not 0 < length <= 8192:
+        raise RunStateError(f"{path}: max_length: expected a whole number of tokens in [1, 8192]")
 
 
 def load_predictor(classifier_dir: Path, embedding_model_dir: Path | None = None,
@@ -104,17 +124,18 @@ def _logistic_probabilities(descriptor: dict[str, Any], encoder: Any, pairs: lis
 
 def open_run_predictor(cfg: JobConfig, run_id: str, work_dir: Path) -> RelationPredictor:
     """The classifier of run `run_id` under `output.uri` (local or S3), downloaded into `work_dir`."""
-    from job.artifacts import check_run_id
+    from job.artifacts import RunDir, check_run_id
 
-    store = open_store(cfg.output.uri.rstrip("/") + "/" + check_run_id(run_id), cfg.storage)
-    if not store.exists(f"{CLASSIFIER}/model.json"):
+    run = RunDir(open_store(cfg.output.uri.rstrip("/") + "/" + check_run_id(run_id), cfg.storage), run_id)
+    purpose = f"cannot predict with run {run_id}"
+    if f"{CLASSIFIER}/model.json" not in run.manifest_records(purpose):
         raise RunStateError(f"run {run_id} has no classifier (classify has not run, or it was skipped: "
                             "see its classifier/metrics.json)")
-    download_dir(store, CLASSIFIER, work_dir / CLASSIFIER)
+    run.download_listed(CLASSIFIER, work_dir / CLASSIFIER, purpose)  # only what the manifest vouches for
     descriptor = read_descriptor(work_dir / CLASSIFIER)
     embedding_dir = None
     if descriptor["format"] == LOGISTIC_FORMAT:
-        embedding_dir = download_dir(store, EMBEDDING_MODEL, work_dir / EMBEDDING_MODEL)
+        embedding_dir = run.download_listed(EMBEDDING_MODEL, work_dir / EMBEDDING_MODEL, purpose)
     return load_predictor(work_dir / CLASSIFIER, embedding_dir)
 
 
@@ -123,11 +144,22 @@ def predict_run_pair(cfg: JobConfig, run_id: str, source: Ticket, target: Ticket
     (downloaded into a temporary folder under runtime.work_dir, removed after)."""
     import tempfile
 
-    check_created(source, "source")
-    check_created(target, "target")
+    for ticket, side in ((source, "source"), (target, "target")):
+        check_text(ticket, side)
+        check_created(ticket, side)
     with tempfile.TemporaryDirectory(prefix="finetune-predict-", dir=cfg.runtime.work_dir) as scratch:
         predictor = open_run_predictor(cfg, run_id, Path(scratch))
         return {"method": predictor.method, "probabilities": predictor.predict_pair(source, target)}
+
+
+def check_text(ticket: Ticket, side: str) -> None:
+    """Text as prepare accepts it: not empty, valid UTF-8 (a terminal can pass undecodable bytes through)."""
+    try:
+        ticket.text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InputError(f"{side} ticket: text: expected UTF-8 text") from None
+    if not ticket.text.strip():
+        raise InputError(f"{side} ticket: text: expected a title or a description, got nothing")
 
 
 def check_created(ticket: Ticket, side: str) -> None:

@@ -30,7 +30,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from job.artifacts import MANIFEST, METRICS, RunDir, check_run_id, is_file_record
+from job.artifacts import MANIFEST, METRICS, RunDir, check_run_id
 from job.config import LoadedConfig
 from job.errors import ConfigError, PromotionRefused, RunStateError, StorageError
 from job.history import METRIC_RANGE, refresh_history
@@ -206,16 +206,7 @@ def verified_metrics(run: RunDir) -> dict[str, Any]:
 
 def manifest_files(run: RunDir, where: str) -> dict[str, dict[str, Any]]:
     """The manifest's file records by path, after checking it names this run and lists what promotion needs."""
-    manifest = _parse_json(run.store.read_bytes(MANIFEST), where)
-    if not isinstance(manifest, dict) or manifest.get("run_id") != run.run_id:
-        named = manifest.get("run_id") if isinstance(manifest, dict) else None
-        raise RunStateError(f"cannot promote run {run.run_id}: {where} names run {named}, not {run.run_id} "
-                            "(a copied or edited run)")
-    records = manifest.get("files")
-    if not isinstance(records, list) or not all(is_file_record(r) for r in records):
-        raise RunStateError(f"cannot promote run {run.run_id}: {where} has no valid 'files' list "
-                            "(each entry needs path, size and sha256)")
-    files = {r["path"]: r for r in records}
+    files = run.manifest_records(f"cannot promote run {run.run_id}")
     if METRICS not in files:
         raise RunStateError(f"cannot promote run {run.run_id}: {where} does not list {METRICS}")
     if not any(path.startswith(MODEL) for path in files):

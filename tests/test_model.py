@@ -145,3 +145,16 @@ def test_a_hub_model_with_safetensors_loads_from_the_cache(tmp_path: Path) -> No
         hub.HF_HUB_CACHE = previous
     assert folder.name == "0123456789abcdef0123456789abcdef01234567"
     assert load_model(str(folder), 32, device="cpu").encode(["disk full"]).shape == (1, 384)
+
+
+@pytest.mark.parametrize("modules", [
+    '[{"idx": 0, "name": "0", "path": "", "type": "no_such_package.NoSuchModule"}]',
+    '[{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.NoSuchClass"}]',
+    "{not json",
+])
+def test_a_model_folder_naming_an_unknown_module_is_a_clear_error(tmp_path: Path, modules: str) -> None:
+    folder = tmp_path / "model"
+    shutil.copytree(PACKAGE_MODEL, folder)
+    (folder / "modules.json").write_text(modules)
+    with pytest.raises(ConfigError, match="cannot load model"):
+        load_model(str(folder), 32, device="cpu")

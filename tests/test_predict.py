@@ -56,7 +56,7 @@ def test_predict_command_refuses_a_run_without_a_classifier_and_a_bad_date(tmp_p
     config = write_config(tmp_path / "config.json", {"output": {"uri": str(tmp_path / "runs")}})
     common = ("predict", "--config", str(config), "--run-id", "r1", "--source-text", "a", "--target-text", "b")
     missing = run_cli(*common)
-    assert missing.returncode == 2 and "run r1 has no classifier" in missing.stderr
+    assert missing.returncode == 2 and "cannot predict with run r1: it is not finished" in missing.stderr
     bad_date = run_cli(*common, "--source-created", "s3cr3t-not-a-date")
     assert bad_date.returncode == 2 and "source ticket: created: expected an ISO 8601 time" in bad_date.stderr
     assert "s3cr3t" not in bad_date.stderr + bad_date.stdout
@@ -90,3 +90,55 @@ def test_run_with_the_cross_encoder_then_predict_from_the_cli(tmp_path: Path, sy
     printed = json.loads(answer.stdout.strip().splitlines()[-1])
     assert printed["method"] == "cross_encoder" and list(printed["probabilities"]) == metrics["classes"]
     assert sum(printed["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
+
+    def refused(*texts: str) -> str:
+        done = run_cli("predict", "--config", str(config), "--run-id", "xenc", "--source-text", texts[0],
+                       "--target-text", texts[1])
+        assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-2000:]
+        return done.stderr
+
+    assert "source ticket: text: expected a title or a description" in refused(" ", "")
+    assert "source ticket: text: expected UTF-8 text" in refused("bad \udcff byte", "fine")
+    descriptor_path = folder / "classifier" / "model.json"
+    original = descriptor_path.read_bytes()
+    descriptor = json.loads(original)
+    descriptor["weights"] = "../../../../"
+    descriptor_path.write_text(json.dumps(descriptor))  # edited, the manifest not: refused as changed
+    assert "classifier/model.json is not the file manifest.json lists" in refused("a", "b")
+    _relist(folder, "classifier/model.json")  # edited and the manifest rewritten to match: the path is refused
+    assert "weights: expected a folder inside" in refused("a", "b")
+    descriptor_path.write_bytes(original)
+    _relist(folder, "classifier/model.json")
+    (folder / "manifest.json").unlink()
+    assert "it is not finished" in refused("a", "b")
+
+
+def _relist(run: Path, path: str) -> None:
+    """The manifest rewritten to vouch for `path` as it is now (an attacker who edits both)."""
+    import hashlib
+
+    manifest = json.loads((run / "manifest.json").read_text())
+    data = (run / path).read_bytes()
+    for entry in manifest["files"]:
+        if entry["path"] == path:
+            entry.update(size=len(data), sha256=hashlib.sha256(data).hexdigest())
+    (run / "manifest.json").write_text(json.dumps(manifest))
+
+
+@pytest.mark.parametrize(("edit", "says"), [
+    ({"classes": ["duplicate"]}, "classes: expected a list of at least two"),
+    ({"classes": "abcdef"}, "classes: expected a list"),
+    ({"coef": [["x"]]}, "coef: expected numbers"),
+    ({"coef": [[float("nan")]]}, "coef: expected finite numbers"),
+    ({"coef": [[1.0, 2.0]]}, "do not fit"),
+    ({"intercept": [[[[0.0]]]]}, "do not fit"),
+])
+def test_an_edited_logistic_model_is_refused_naming_the_field(edit: dict, says: str) -> None:
+    from job.classify import check_logistic_model
+    from job.errors import RunStateError
+
+    model = {"classes": ["duplicate", "relates", "causes"], "coef": [[0.1, 0.2]] * 3, "intercept": [0.0] * 3,
+             "scaler_mean": [0.0, 0.0], "scaler_scale": [1.0, 1.0]}
+    check_logistic_model(model, "model.json")  # as classify writes it
+    with pytest.raises(RunStateError, match=says):
+        check_logistic_model({**model, **edit}, "model.json")
