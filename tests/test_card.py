@@ -113,10 +113,12 @@ def ticket_text_needles(tickets_jsonl: Path) -> list[str]:
     return needles
 
 
-def files_quoting(folder: Path, needles: list[str]) -> dict[str, str]:
-    """Each file under `folder` (any type, read as text) that holds one of `needles`, with the first one."""
+def files_quoting(folder: Path, needles: list[str], skip: tuple[str, ...] = ()) -> dict[str, str]:
+    """Each file under `folder` (any type, read as text) that holds one of `needles`, with the first one;
+    paths starting with one of `skip` are not read."""
     found = {}
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+    for path in sorted(p for p in folder.rglob("*")
+                       if p.is_file() and not p.relative_to(folder).as_posix().startswith(skip)):
         text = _collapse(path.read_bytes().decode("utf-8", errors="replace"))
         hit = next((n for n in needles if n in text), None)
         if hit:
