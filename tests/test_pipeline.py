@@ -434,12 +434,12 @@ def test_a_run_id_naming_a_symlink_or_a_file_in_a_local_output_is_refused(
         (output / "SYM").symlink_to(elsewhere, target_is_directory=True)
         run_id = "SYM"
     else:
-        (output / "promoted.json").write_text("{}")
-        run_id = "promoted.json"
+        (output / "notes").write_text("{}")  # someone's file, named like a run (promoted.json is refused by name)
+        run_id = "notes"
     result = run_cli("prepare", "--config", str(config), "--run-id", run_id)
     assert result.returncode == 2, result.stderr[-2000:]
     assert "Traceback" not in result.stderr
     assert ("symbolic link" if kind == "symlink" else "not a run directory") in result.stderr
     assert str(elsewhere) not in result.stderr
     assert not list(elsewhere.iterdir()), "nothing written through the link"
-    assert (output / "promoted.json").read_text() == "{}" if kind == "file" else True
+    assert (output / "notes").read_text() == "{}" if kind == "file" else True
