@@ -622,7 +622,7 @@ def test_config_map_is_a_valid_production_config() -> None:
     assert cfg.model.base == "sentence-transformers/all-mpnet-base-v2"
     assert cfg.output.uri.startswith("s3://") and cfg.data.tickets and cfg.data.links
     assert cfg.runtime.cache_dir == "/cache" and cfg.runtime.log_format == "json"
-    assert cfg.promote.metric == "average_precision"
+    assert cfg.promote.metric == "hybrid_recall_at_10"  # what the "similar tickets" feature shows
 
 
 def test_no_real_credentials_in_any_manifest() -> None:

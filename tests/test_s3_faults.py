@@ -347,7 +347,7 @@ def test_prepare_through_transient_faults_writes_identical_artifacts(s3: S3Serve
     assert [f.kind for f in cli_runs.faults if f.hits != f.times] == []  # every fault fired
     prepared = _prepared(s3, cli_runs.bucket, "faulted")
     assert set(prepared) == {"tickets.jsonl", "links.jsonl", "split.json", "pairs_train.jsonl", "pairs_val.jsonl",
-                             "pairs_test.jsonl", "triplets_train.jsonl"}
+                             "pairs_test.jsonl", "triplets_train.jsonl", "title_body_train.jsonl"}
     assert prepared == _prepared(s3, cli_runs.bucket, "baseline")
 
 
