@@ -20,6 +20,7 @@ $(STAMP): requirements.lock requirements-dev.lock pyproject.toml
 demo: $(STAMP)
 	$(BIN)/python -m job.synthetic demo-output/data --tickets 400
 	$(BIN)/finetune-job run --config demo/config.yaml
+	$(BIN)/python -m job.demo --config demo/config.yaml
 
 lint: $(STAMP)
 	$(BIN)/ruff check job tests

@@ -282,7 +282,36 @@ def validate_data(problems_file: Path | None, **kwargs: Any) -> None:
     _execute("validate-data", action)
 
 
-if __name__ == "__main__":  # pragma: no cover
-    main()
+
+
+@main.command(name="suggest")
+@config_options
+@click.option("--run-id", help="The run whose index to ask (default: the promoted run).")
+@click.option("--text", help="The new ticket's text (title, a newline, the description).")
+@click.option("--title", help="The new ticket's title (with --description instead of --text).")
+@click.option("--description", help="The new ticket's description.")
+@click.option("--before", help="Only tickets filed before this ISO 8601 date or time.")
+@click.option("--project", help="Only tickets of this project.")
+@click.option("-k", "k", type=int, default=10, show_default=True, help="How many suggestions.")
+def suggest_tickets(run_id: str | None, text: str | None, title: str | None, description: str | None,
+                    before: str | None, project: str | None, k: int, **kwargs: Any) -> None:
+    """Print the K existing tickets most like a new one (dense, lexical and hybrid scores) as JSON."""
+
+    def action() -> None:
+        loaded = _load(kwargs)
+        from job.errors import InputError
+        from job.suggest import open_index, suggestions_json
+
+        if text is not None and (title is not None or description is not None):
+            raise InputError("give --text, or --title and --description, not both")
+        found = open_index(loaded.config, run_id)
+        query = text if text is not None else found.text(title or "", description or "")
+        click.echo(json.dumps(suggestions_json(found, found.suggest(query, k, before, project), k), allow_nan=False))
+
+    _execute("suggest", action)
+
 
 __all__ = ["main", "EXIT_OK", "EXIT_BAD_INPUT"]
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -48,6 +48,8 @@ class RunSummary:
     tickets: int | None = None
     links: int | None = None
     drift_warnings: list[str] = field(default_factory=list)
+    index_rows: int | None = None  # tickets in the run's index (index step)
+    index_mb: float | None = None
     problem: str | None = None
 
 
@@ -65,11 +67,13 @@ class History:
     def table(self) -> str:
         """The runs, oldest first, as fixed-width text."""
         columns = ["run id", "started", "finished", "promoted", self.metric, "recall@10", "MRR", "AP",
-                   "tickets", "links", "drift"]
+                   "tickets", "links", "index", "drift"]
         rows = [[run.run_id, (run.started or "-")[:16], "yes" if run.finished else "no", run.promoted or "-",
                  _number(run.metrics.get(self.metric)), _number(run.metrics.get("recall_at_10")),
                  _number(run.metrics.get("mrr")), _number(run.metrics.get("average_precision")),
-                 _count(run.tickets), _count(run.links), ",".join(run.drift_warnings) or "-"]
+                 _count(run.tickets), _count(run.links),
+                 "-" if run.index_rows is None else f"{run.index_rows}/{run.index_mb:.0f}MB",
+                 ",".join(run.drift_warnings) or "-"]
                 for run in self.runs]
         widths = [max(len(str(cell)) for cell in column) for column in zip(columns, *rows, strict=True)]
         lines = ["  ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
@@ -133,6 +137,11 @@ def read_run(run: Store, run_id: str, metric: str) -> RunSummary:
         prepare = _json(run, "steps/prepare.json") if "steps/prepare.json" in keys else None
         if isinstance(prepare, dict):
             _take_prepare_record(summary, prepare)
+        indexed = _json(run, "steps/index.json") if "steps/index.json" in keys else None
+        if isinstance(indexed, dict):
+            info = _section(indexed, "info")
+            summary.index_rows, size = _int(info.get("rows")), _int(info.get("size_bytes"))
+            summary.index_mb = None if size is None else round(size / 1e6, 1)
         metrics_key = METRICS if summary.finished else "evaluate/metrics.json"
         if metrics_key in keys:
             metrics = _json(run, metrics_key)

@@ -202,6 +202,24 @@ def distributed_rank() -> int:
     return int(os.environ.get("RANK", "0"))
 
 
+def world_size() -> int:
+    """How many processes torchrun started (1 when not distributed)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def barrier(world: int) -> None:
+    """Wait until every torchrun process got here (the index step's ranks, before rank 0 gathers the parts).
+    The process group is the one training made, or a new one (gloo on CPU, nccl on GPUs)."""
+    if world <= 1:
+        return
+    import torch
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    dist.barrier()
+
+
 def pick_device() -> str:
     import torch
 

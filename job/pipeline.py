@@ -17,7 +17,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +49,7 @@ from job.locks import refuse_if_locked, run_lock
 from job.log import get_logger
 from job.model import (
     attention_implementation,
+    barrier,
     base_revision,
     distributed_rank,
     encode,
@@ -56,12 +57,13 @@ from job.model import (
     pick_device,
     resolve_model_path,
     set_threads,
+    world_size,
 )
 from job.pairs import Budget, Pair, TitleBody, Triplet, build_split_pairs, training_budget
 from job.retrieval.spec import RETRIEVAL_FILE, fusion_settings, lexical_settings, retrieval_spec
 from job.split import SPLITS, check_usable, split_by_components
 from job.step_metrics import step_numbers, write_step_metrics
-from job.steps import CLASSIFY, EVALUATE, PREPARE, SHARED_STEPS, STEPS, TRAIN, Step, required_steps
+from job.steps import CLASSIFY, EVALUATE, INDEX, PREPARE, SHARED_STEPS, STEPS, TRAIN, Step, required_steps
 from job.storage import FileRecord, local_path, open_store, read_uri, upload_dir
 
 
@@ -473,25 +475,19 @@ def _encode_ids(model: Any, prepared: PreparedData, ids: list[str], ctx: RunCont
     return Embeddings(ids, vectors)
 
 
-def evaluate(ctx: RunContext, prepared: PreparedData, trained: TrainedModel) -> Embeddings:
+def evaluate(ctx: RunContext, prepared: PreparedData, trained: TrainedModel) -> None:
     """Base and fine-tuned model on the same test split, each dense and fused with BM25 (the lexical weight
-    chosen on val); returns the fine-tuned embeddings for reuse."""
+    chosen on val); the fine-tuned vectors come from the index step."""
     cfg, log, timer = ctx.cfg, ctx.log(EVALUATE.name), begin_step(ctx, EVALUATE)
     set_threads(cfg.runtime.threads)
     held = held_out(ctx, prepared)
     ids = sorted(set(held.test.ids) | set(held.val.ids))
     results: dict[str, ModelEvaluation] = {}
-    finetuned_emb: Embeddings | None = None
-    texts_per_s = 0.0
-    for name, loader in (("base", lambda: _load_base(ctx)),
-                         ("finetuned", lambda: load_model(str(trained.local_dir), cfg.model.max_seq_length))):
-        model = loader()
-        started = time.monotonic()
-        emb = _encode_ids(model, prepared, ids, ctx, log, f"encode {name}")
-        texts_per_s = len(ids) / max(time.monotonic() - started, 1e-9)
+    embeddings = {"base": _encode_ids(_load_base(ctx), prepared, ids, ctx, log, "encode base"),
+                  "finetuned": _reuse_or_encode(ctx, prepared, trained, ids, log)}  # the index has these
+    for name, emb in embeddings.items():
         results[name] = score_model(emb, held, fusion_settings(cfg))
         log.info("metrics", model=name, **{k: _round(v) for k, v in results[name].metrics.items()})
-        finetuned_emb = emb
     metrics: dict[str, Any] = {name: r.metrics for name, r in results.items()}
     metrics["lexical"] = lexical_metrics(held)
     log.info("metrics", model="lexical (BM25)", **{k: _round(v) for k, v in metrics["lexical"].items()})
@@ -502,15 +498,12 @@ def evaluate(ctx: RunContext, prepared: PreparedData, trained: TrainedModel) -> 
     ctx.run.store.delete_prefix("model/onnx/")  # an earlier attempt's variants, whatever this one writes
     if cfg.export.onnx:
         metrics["exports"], exported = _export_cpu_variants(ctx, prepared, trained, held, ids, metrics["finetuned"],
-                                                            texts_per_s, log)
+                                                            log)
         files += exported
     files.append(ctx.run.write_json("evaluate/metrics.json", metrics))
     files += _evaluation_plots(ctx, results, metrics)
-    assert finetuned_emb is not None
-    files.append(_save_embeddings(ctx, finetuned_emb))
     ctx.run.record_step(timer.record(files, {"metrics": metrics}))
     finish_if_complete(ctx)
-    return finetuned_emb
 
 
 DELTA_KEYS = ("average_precision", "roc_auc", "spearman", "recall_at_10", "mrr", "map", "time_aware_recall_at_10",
@@ -530,15 +523,16 @@ def held_out(ctx: RunContext, prepared: PreparedData) -> HeldOut:
 
 
 def _export_cpu_variants(ctx: RunContext, prepared: PreparedData, trained: TrainedModel, held: HeldOut, ids: list[str],
-                         reference: dict[str, Any], reference_texts_per_s: float,
-                         log: Any) -> tuple[dict[str, Any], list[FileRecord]]:
+                         reference: dict[str, Any], log: Any) -> tuple[dict[str, Any], list[FileRecord]]:
     """Export the ONNX variants, score each on the same split as the PyTorch model, and publish under
     model/ only those within export.max_metric_drop of it (job/export.py)."""
     from job.export import export_variants, load_variant, rejection
 
     cfg, threads = ctx.cfg, set_threads(ctx.cfg.runtime.threads)
     folder = ctx.work_dir / "export"
-    variants = export_variants(load_model(str(trained.local_dir), cfg.model.max_seq_length, device="cpu"), folder)
+    pytorch = load_model(str(trained.local_dir), cfg.model.max_seq_length, device="cpu")
+    reference_texts_per_s = _texts_per_second(pytorch, prepared, ids, ctx, log)  # the index may have run on a GPU
+    variants = export_variants(pytorch, folder)
     summary: dict[str, Any] = {"reference": {"backend": f"pytorch ({pick_device()})",
                                              "texts_per_s": round(reference_texts_per_s, 2)},
                                "max_metric_drop": cfg.export.max_metric_drop, "variants": {}}
@@ -584,36 +578,103 @@ def _evaluation_plots(ctx: RunContext, results: dict[str, ModelEvaluation], metr
     return [ctx.run.store.upload_file(path, f"plots/{path.name}") for path in made]
 
 
-def _save_embeddings(ctx: RunContext, emb: Embeddings) -> FileRecord:
-    path = ctx.work_dir / "finetuned_embeddings.npz"
-    np.savez(path, ids=np.array(emb.ids), vectors=emb.vectors)
-    return ctx.run.store.upload_file(path, EMBEDDINGS)
+def _texts_per_second(model: Any, prepared: PreparedData, ids: list[str], ctx: RunContext, log: Any) -> float:
+    """PyTorch's own encode rate on CPU, on a seeded sample of the split (the reference the variants are sped
+    up against)."""
+    sample = sorted(random.Random(ctx.cfg.train.seed).sample(ids, min(len(ids), SPEED_SAMPLE)))
+    started = time.monotonic()
+    _encode_ids(model, prepared, sample, ctx, log, "encode pytorch (speed reference)")
+    return len(sample) / max(time.monotonic() - started, 1e-9)
 
 
-def _load_embeddings(ctx: RunContext) -> Embeddings | None:
-    """The embeddings evaluate saved, checked against its record; None when it saved none."""
-    if not ctx.run.store.exists(EMBEDDINGS) or ctx.run.step_record(EVALUATE.name) is None:
+SPEED_SAMPLE = 256  # texts: enough for a rate within a few percent, a fraction of the split's encode
+
+
+# ---------------------------------------------------------------- index
+
+
+def index(ctx: RunContext, prepared: PreparedData, trained: TrainedModel) -> None:
+    """Every ticket of the input encoded once with the fine-tuned model, and the keyword index: index/ in the
+    run (job/retrieval/index.py). Under torchrun each rank encodes every world-th ticket into its own part;
+    rank 0 writes the lexical index and the record once every part is there."""
+    from job.retrieval import index as layout
+
+    cfg, log, timer = ctx.cfg, ctx.log(INDEX.name), begin_step(ctx, INDEX) if ctx.rank == 0 else None
+    set_threads(cfg.runtime.threads)
+    rows = [layout.IndexRow(t.id, t.project, t.created, t.text) for _, t in sorted(prepared.tickets.items())]
+    world = world_size()
+    mine = layout.shard(rows, ctx.rank, world)
+    model = load_model(str(trained.local_dir), cfg.model.max_seq_length)
+    dim = int(model.get_embedding_dimension())
+    metadata = {"finetune.run_id": ctx.run.run_id, "finetune.dim": str(dim), "finetune.model_sha256": model_sha(ctx)}
+    folder, name = ctx.work_dir / layout.INDEX, layout.part_name(ctx.rank)
+    folder.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    written = layout.write_part(folder / name, mine, lambda texts: encode(model, texts, cfg.model.encode_batch_size,
+                                                                          log, "encode for the index"), dim, metadata)
+    seconds = time.monotonic() - started
+    part = ctx.run.store.upload_file(folder / name, f"{layout.INDEX}/{name}")
+    ctx.run.write_json(f"{layout.INDEX}/{name}.json", {**asdict(part), "rows": written, "seconds": round(seconds, 3)})
+    barrier(world)
+    if timer is None:
+        return
+    parts = [ctx.run.read_json(f"{layout.INDEX}/{layout.part_name(r)}.json") for r in range(world)]
+    for r in range(world):
+        ctx.run.store.delete(f"{layout.INDEX}/{layout.part_name(r)}.json")
+    layout.save_lexical(folder / "lexical", [r.id for r in rows], [r.text for r in rows], lexical_settings(cfg))
+    files = [FileRecord(p["path"], p["size"], p["sha256"]) for p in parts]
+    files += upload_dir(ctx.run.store, folder / "lexical", layout.LEXICAL)
+    described = layout.describe(ctx.run.run_id, len(rows), dim, [layout.part_name(r) for r in range(world)],
+                                metadata["finetune.model_sha256"])
+    files.append(ctx.run.write_json(layout.INDEX_JSON, described))
+    _drop_unlisted(ctx, f"{layout.INDEX}/", files)
+    info = {"rows": len(rows), "dim": dim, "parts": world, "size_bytes": sum(f.size for f in files),
+            "texts_per_s": round(written / max(seconds, 1e-9), 2), "encode_seconds": round(seconds, 3),
+            "device": pick_device()}
+    ctx.run.record_step(timer.record(files, info))
+    log.info("index written", **info)
+
+
+def _drop_unlisted(ctx: RunContext, prefix: str, files: list[FileRecord]) -> None:
+    """Delete what an earlier attempt left under `prefix` that this one did not write (a part of more ranks)."""
+    kept = {f.path for f in files}
+    for key, _ in ctx.run.store.list_keys(prefix):
+        if key not in kept:
+            ctx.run.store.delete(key)
+
+
+def model_sha(ctx: RunContext) -> str:
+    """The fine-tuned weights' sha256, as train recorded them: what the index's vectors were made with."""
+    record = ctx.run.step_record(TRAIN.name) or {}
+    weights = [f["sha256"] for f in record.get("files", []) if f["path"].endswith(".safetensors")]
+    return ",".join(sorted(weights))
+
+
+def indexed_embeddings(ctx: RunContext, ids: list[str]) -> Embeddings | None:
+    """The index's vectors of `ids` (checked against the index step's record and made by this run's model);
+    None before the index step recorded itself."""
+    from job.retrieval.index import INDEX as FOLDER
+    from job.retrieval.index import read_parts
+
+    if ctx.run.step_record(INDEX.name) is None:
         return None
-    path = ctx.run.download_taken_over(EVALUATE, "embeddings", ctx.work_dir / "embeddings") / "finetuned.npz"
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            ids, vectors = [str(i) for i in data["ids"]], np.asarray(data["vectors"], dtype=np.float32)
-    except (ValueError, KeyError, OSError) as exc:
-        raise RunStateError(f"{ctx.run.uri}/{EMBEDDINGS} cannot be read ({type(exc).__name__}); redo evaluate "
-                            "with --force") from None
-    if vectors.ndim != 2 or len(ids) != len(vectors) or not np.all(np.isfinite(vectors)):
-        raise RunStateError(f"{ctx.run.uri}/{EMBEDDINGS} does not hold one finite vector per ticket; redo evaluate "
-                            "with --force")
-    return Embeddings(ids, vectors)
-
-
-EMBEDDINGS = "embeddings/finetuned.npz"
+    folder = ctx.run.download_taken_over(INDEX, FOLDER, ctx.work_dir / FOLDER)
+    found = read_parts(sorted(folder.glob("part-*.parquet")), set(ids))
+    if found.metadata.get("finetune.model_sha256") != model_sha(ctx):
+        raise RunStateError(f"run {ctx.run.run_id}: its index was made by another model than model/; redo the "
+                            "index step with --force")
+    rows = {tid: n for n, tid in enumerate(found.ids)}
+    missing = [t for t in ids if t not in rows]
+    if missing:
+        raise RunStateError(f"run {ctx.run.run_id}: the index has no vector for {len(missing)} ticket(s) of the "
+                            f"split (first: {missing[0]}); redo the index step with --force")
+    return Embeddings(ids, found.vectors[[rows[t] for t in ids]])
 
 
 # ---------------------------------------------------------------- classify
 
 
-def classify(ctx: RunContext, prepared: PreparedData, trained: TrainedModel, cached: Embeddings | None = None) -> dict[str, Any]:
+def classify(ctx: RunContext, prepared: PreparedData, trained: TrainedModel) -> dict[str, Any]:
     """Relation classifier (classify.method) under classifier/; skipped (and said why) when it cannot train."""
     cfg, log, timer = ctx.cfg, ctx.log(CLASSIFY.name), begin_step(ctx, CLASSIFY)
     set_threads(cfg.runtime.threads)
@@ -629,7 +690,7 @@ def classify(ctx: RunContext, prepared: PreparedData, trained: TrainedModel, cac
         if cfg.classify.method == "cross_encoder":
             metrics, confusion, info = _classify_cross_encoder(ctx, prepared, trained, links, log, files)
         else:
-            metrics, confusion = _classify_logistic(ctx, prepared, trained, cached, log, files)
+            metrics, confusion = _classify_logistic(ctx, prepared, trained, log, files)
         plot = plots.confusion(confusion, links.classes, ctx.work_dir / "plots" / "confusion_matrix.png")
         files.append(ctx.run.store.upload_file(plot, "plots/confusion_matrix.png"))
         log.info("classifier", method=cfg.classify.method, macro_f1=_round(metrics["macro_f1"]),
@@ -642,12 +703,12 @@ def classify(ctx: RunContext, prepared: PreparedData, trained: TrainedModel, cac
     return metrics
 
 
-def _classify_logistic(ctx: RunContext, prepared: PreparedData, trained: TrainedModel, cached: Embeddings | None,
+def _classify_logistic(ctx: RunContext, prepared: PreparedData, trained: TrainedModel,
                        log: Any, files: list[FileRecord]) -> tuple[dict[str, Any], np.ndarray]:
-    """Logistic regression over the fine-tuned embeddings (reused from evaluate where it encoded them)."""
+    """Logistic regression over the fine-tuned embeddings (the index step's)."""
     train_links, test_links = prepared.links_in("train"), prepared.links_in("test")
     needed = sorted({t for link in train_links + test_links for t in (link.source, link.target)})
-    emb = _reuse_or_encode(ctx, prepared, trained, needed, cached if cached is not None else _load_embeddings(ctx), log)
+    emb = _reuse_or_encode(ctx, prepared, trained, needed, log)
     result = train_classifier(train_links, test_links, prepared.tickets, emb, ctx.cfg.classify, ctx.cfg.train.seed)
     result.model["embedding_max_seq_length"] = ctx.cfg.model.max_seq_length  # predict encodes as this step did
     files.append(ctx.run.store.write_bytes("classifier/model.json", dumps_model(result.model)))
@@ -681,25 +742,15 @@ def _classify_cross_encoder(ctx: RunContext, prepared: PreparedData, trained: Tr
 
 
 def _reuse_or_encode(ctx: RunContext, prepared: PreparedData, trained: TrainedModel, ids: list[str],
-                     cached: Embeddings | None, log: Any) -> Embeddings:
-    """Embeddings for `ids`, encoding only the tickets evaluate did not already encode."""
-    have = cached.index if cached is not None else {}
-    missing = [t for t in ids if t not in have]
-    vectors = np.zeros((len(ids), 0), dtype=np.float32)
-    fresh = None
-    if missing:
-        model = load_model(str(trained.local_dir), ctx.cfg.model.max_seq_length)
-        fresh = _encode_ids(model, prepared, missing, ctx, log, "encode finetuned")
-    log.info("embeddings", reused=len(ids) - len(missing), encoded=len(missing))
-    rows = []
-    for t in ids:
-        if fresh is not None and t in fresh.index:
-            rows.append(fresh.vectors[fresh.index[t]])
-        else:
-            assert cached is not None
-            rows.append(cached.vectors[cached.index[t]])
-    vectors = np.vstack(rows) if rows else vectors
-    return Embeddings(ids, vectors)
+                     log: Any) -> Embeddings:
+    """The fine-tuned embeddings of `ids`: the index step's, or (a run made before that step existed, a Python
+    caller that skipped it) encoded here."""
+    found = indexed_embeddings(ctx, ids)
+    log.info("embeddings", reused=len(ids) if found is not None else 0, encoded=0 if found is not None else len(ids))
+    if found is not None:
+        return found
+    return _encode_ids(load_model(str(trained.local_dir), ctx.cfg.model.max_seq_length), prepared, ids, ctx, log,
+                       "encode finetuned")
 
 
 # ---------------------------------------------------------------- finish
@@ -737,9 +788,12 @@ def run_all(ctx: RunContext, resume: bool = False) -> dict[str, Any]:
         ctx.log(step.name).info("step already done; reusing what it recorded")
     prepared = load_prepared(ctx, TRAIN) if PREPARE in done else prepare(ctx)
     trained = _take_over_model(ctx) if TRAIN in done else train(ctx, prepared, resume=resume)
-    embeddings = _load_embeddings(ctx) if EVALUATE in done else evaluate(ctx, prepared, trained)
+    if INDEX not in done:
+        index(ctx, prepared, trained)
+    if EVALUATE not in done:
+        evaluate(ctx, prepared, trained)
     if ctx.cfg.classify.enabled and CLASSIFY not in done:
-        classify(ctx, prepared, trained, embeddings)
+        classify(ctx, prepared, trained)
     if not ctx.run.is_finished():  # every step was taken over: the last attempt stopped before the manifest
         finish_if_complete(ctx)
     publish_step_metrics(ctx, STEPS)
@@ -770,6 +824,8 @@ def run_step(ctx: RunContext, name: str, resume: bool = False) -> None:
         prepare(ctx)
     elif step is TRAIN:
         train(ctx, load_prepared(ctx, step), resume=resume)
+    elif step is INDEX:
+        index(ctx, load_prepared(ctx, step), fetch_model(ctx, step))
     elif step is EVALUATE:
         evaluate(ctx, load_prepared(ctx, step), fetch_model(ctx, step))
     elif step is CLASSIFY:

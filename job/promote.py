@@ -36,6 +36,7 @@ from job.errors import ConfigError, PromotionRefused, RunStateError, StorageErro
 from job.history import METRIC_RANGE, refresh_history
 from job.jsonio import to_json
 from job.log import get_logger
+from job.retrieval.index import INDEX_JSON
 from job.storage import Store, Versioned, open_store, sha256_file
 
 MAX_ATTEMPTS = 10  # compare-and-swap rounds before giving up (exit 75: the orchestrator retries)
@@ -87,6 +88,7 @@ class Candidate:
     run_id: str
     uri: str
     value: float
+    index: dict[str, Any] | None = None  # the run's ticket index (index/index.json), which moves with the model
 
 
 def promote(loaded: LoadedConfig, run_id: str) -> dict[str, Any]:
@@ -179,7 +181,17 @@ def read_candidate(root: Store, run_id: str, metric: str) -> Candidate:
     if value is None:
         raise PromotionRefused(f"not promoted: run {run_id} has no value for {metric} (the test split could not "
                                f"score it); see {run.uri}/{METRICS}")
-    return Candidate(run_id, run.uri, value)
+    return Candidate(run_id, run.uri, value, _index_summary(run))
+
+
+def _index_summary(run: RunDir) -> dict[str, Any] | None:
+    """Where the run's ticket index is and what it holds (verified with the rest of the manifest)."""
+    if not run.store.exists(INDEX_JSON):
+        return None
+    described = _parse_json(run.store.read_bytes(INDEX_JSON), f"{run.uri}/{INDEX_JSON}")
+    if not isinstance(described, dict):
+        raise RunStateError(f"cannot promote run {run.run_id}: {run.uri}/{INDEX_JSON} is not a JSON object")
+    return {"uri": f"{run.uri}/index/", "rows": described.get("rows"), "dim": described.get("dim")}
 
 
 def verified_metrics(run: RunDir) -> dict[str, Any]:
@@ -300,6 +312,8 @@ def new_pointer(candidate: Candidate, metric: str, margin: float, previous: dict
         "metric": metric,
         "value": candidate.value,
         "margin": margin,
+        # One pointer for the model and the vectors it made: a consumer never pairs a new model with old ones.
+        "index": candidate.index,
         "promoted_at": datetime.now(UTC).isoformat(timespec="milliseconds"),
         "previous": None if previous is None else {k: previous.get(k) for k in ("run_id", "metric", "value", "promoted_at")},
         "promoted_before": promoted_before(previous),

@@ -25,10 +25,12 @@ class Step:
 
 PREPARE = Step("prepare", "Read inputs, split by link components, build pairs.")
 TRAIN = Step("train", "Fine-tune on the prepared pairs; checkpoints to storage.", needs=(PREPARE,))
-EVALUATE = Step("evaluate", "Score base and fine-tuned models on the test split.", needs=(TRAIN,), shares_run=True)
-CLASSIFY = Step("classify", "Train and score the relation classifier.", needs=(TRAIN,), shares_run=True)
+INDEX = Step("index", "Encode every ticket with the fine-tuned model: the vectors and the keyword index.",
+             needs=(TRAIN,))
+EVALUATE = Step("evaluate", "Score base and fine-tuned models on the test split.", needs=(INDEX,), shares_run=True)
+CLASSIFY = Step("classify", "Train and score the relation classifier.", needs=(INDEX,), shares_run=True)
 
-STEPS: tuple[Step, ...] = (PREPARE, TRAIN, EVALUATE, CLASSIFY)  # the order `run` goes through them
+STEPS: tuple[Step, ...] = (PREPARE, TRAIN, INDEX, EVALUATE, CLASSIFY)  # the order `run` goes through them
 STEP_NAMES: tuple[str, ...] = tuple(step.name for step in STEPS)
 SHARED_STEPS: tuple[Step, ...] = tuple(step for step in STEPS if step.shares_run)
 

@@ -20,7 +20,7 @@ from job.config import LoadedConfig, load_config
 from job.errors import PromotionRefused
 from job.history import HISTORY_JSON, HISTORY_PLOT, History, read_history, refresh_history
 from job.promote import promote
-from job.steps import EVALUATE, PREPARE, TRAIN
+from job.steps import EVALUATE, INDEX, PREPARE, TRAIN
 from job.storage import Store, open_store
 from tests.conftest import run_cli
 from tests.s3server import ACCESS_KEY, SECRET_KEY, S3Server
@@ -39,10 +39,13 @@ def record_run(root: Store, run_id: str, finetuned: dict[str, float], tickets: i
     run.record_step(timer.record(files, {"train_seconds": 12.5, "pairs_per_second": 40.0}))
     if not finished:
         return
+    timer = StepTimer(INDEX.name)
+    run.record_step(timer.record([run.store.write_bytes("index/index.json", b"{}")],
+                                 {"rows": tickets, "size_bytes": tickets * 10_000}))
     timer = StepTimer(EVALUATE.name)
     metrics = {"base": {"average_precision": 0.5, "recall_at_10": 0.6, "mrr": 0.4}, "finetuned": finetuned}
     run.record_step(timer.record([run.write_json("evaluate/metrics.json", metrics)], {"metrics": metrics}))
-    assert run.finish_if_complete((PREPARE, TRAIN, EVALUATE), {"train": {"seed": 1}})
+    assert run.finish_if_complete((PREPARE, TRAIN, INDEX, EVALUATE), {"train": {"seed": 1}})
 
 
 def scores(ap: float, recall: float, mrr: float) -> dict[str, float]:
@@ -115,10 +118,10 @@ def test_promote_writes_the_history_and_the_cli_prints_it(three_local_runs: tupl
     assert result.returncode == 0, result.stderr
     table = [line for line in result.stdout.splitlines() if line.startswith(("run id", "run-"))]
     assert table[0].split() == ["run", "id", "started", "finished", "promoted", "average_precision", "recall@10",
-                                "MRR", "AP", "tickets", "links", "drift"]
-    assert table[1].split()[2:] == ["yes", "before", "0.7000", "0.8000", "0.5500", "0.7000", "300", "100", "-"]
-    assert table[2].split()[2:] == ["yes", "current", "0.7800", "0.9000", "0.6100", "0.7800", "330", "110", "tickets"]
-    assert table[3].split()[2:] == ["no", "-", "-", "-", "-", "-", "360", "120", "-"]
+                                "MRR", "AP", "tickets", "links", "index", "drift"]
+    assert table[1].split()[2:] == ["yes", "before", "0.7000", "0.8000", "0.5500", "0.7000", "300", "100", "300/3MB", "-"]
+    assert table[2].split()[2:] == ["yes", "current", "0.7800", "0.9000", "0.6100", "0.7800", "330", "110", "330/3MB", "tickets"]
+    assert table[3].split()[2:] == ["no", "-", "-", "-", "-", "-", "360", "120", "-", "-"]
     assert json.loads(root.read_bytes(HISTORY_JSON))["runs"] == written["runs"]
     assert root.read_bytes(HISTORY_PLOT).startswith(b"\x89PNG") and len(plot) > 10_000
 

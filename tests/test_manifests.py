@@ -242,11 +242,11 @@ def test_the_workflow_runs_the_one_dag_of_the_template() -> None:
 
 
 @pytest.mark.parametrize("name", ARGO_RUNNABLE)
-def test_dag_is_prepare_train_then_evaluate_and_classify_in_parallel(name: str) -> None:
+def test_dag_is_prepare_train_index_then_evaluate_and_classify_in_parallel(name: str) -> None:
     spec = executed_spec(argo(name)["spec"])
     tasks = {t["name"]: t for t in pod_tasks(spec) if t["name"] in STEP_NAMES}
     assert {n: t.get("depends") for n, t in tasks.items()} == {
-        "prepare": None, "train": "prepare", "evaluate": "train", "classify": "train"}
+        "prepare": None, "train": "prepare", "index": "train", "evaluate": "index", "classify": "index"}
     assert {n: t["arguments"]["parameters"][0]["value"] for n, t in tasks.items()} == {n: n for n in tasks}
 
 
@@ -283,14 +283,14 @@ def test_workflow_settings(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", ARGO_RUNNABLE)
-def test_only_training_asks_for_a_gpu(name: str) -> None:
+def test_only_training_and_the_index_ask_for_a_gpu(name: str) -> None:
     for template, command, pod in argo_pods(name):
         spec = pod["spec"]
         resources = spec["containers"][0]["resources"]
         gpus = {bound: resources.get(bound, {}).get("nvidia.com/gpu") for bound in ("requests", "limits")}
         mounts = {m["mountPath"]: m["name"] for m in spec["containers"][0]["volumeMounts"]}
         volumes = {v["name"]: v for v in spec["volumes"]}
-        if command == "train":
+        if command in ("train", "index"):
             assert gpus == {"requests": "1", "limits": "1"}, (template, gpus)
             assert spec["nodeSelector"] and any(t["key"] == "nvidia.com/gpu" for t in spec["tolerations"])
             assert volumes[mounts["/dev/shm"]]["emptyDir"]["medium"] == "Memory"
@@ -487,7 +487,8 @@ def test_multinode_workflow_shares_the_template_settings() -> None:
         if "templateRef" in task:
             assert task["templateRef"]["name"] == argo("finetune-template.yaml")["metadata"]["name"]
             assert task["templateRef"]["template"] in templates
-    assert [t["name"] for t in multi["templates"][0]["dag"]["tasks"]] == ["prepare", "train", "evaluate", "classify"]
+    assert [t["name"] for t in multi["templates"][0]["dag"]["tasks"]] == ["prepare", "train", "index", "evaluate",
+                                                                          "classify"]
 
 
 # ---------------------------------------------------------------- every container, Argo and plain Kubernetes
@@ -544,7 +545,7 @@ def test_container_args_parse_with_the_real_cli(rendered: dict[str, list[dict[st
         volume = next(v for v in spec["volumes"] if v["name"] == mounts[folder]["name"])
         assert "configMap" in volume and mounts[folder].get("readOnly"), f"{where}: {config} is not the ConfigMap"
         seen.add(args[0])
-    assert seen == {"prepare", "train", "evaluate", "classify", "promote", "run"}
+    assert seen == {"prepare", "train", "index", "evaluate", "classify", "promote", "run"}
 
 
 def test_run_id_comes_from_the_job_name_in_the_cronjob(rendered: dict[str, list[dict[str, Any]]]) -> None:

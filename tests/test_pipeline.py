@@ -124,19 +124,18 @@ def test_run_end_to_end_on_s3_checks_every_artifact_and_beats_base(
 
 def reproduced_hybrid_metrics(run: Path) -> dict[str, float]:
     """The fine-tuned model's hybrid retrieval metrics recomputed from the run's files alone: retrieval.json, the
-    test split's tickets and links, and the model's vectors (embeddings/finetuned.npz, which model/ reproduces)."""
-    import numpy as np
-
+    test split's tickets and links, and the model's vectors (the index, which model/ reproduces)."""
     from job.evaluate import created_timestamps, retrieval_queries, scored_retrieval_metrics
+    from job.retrieval.index import read_parts
     from job.retrieval.spec import hybrid_similarity
 
     spec = json.loads((run / "retrieval.json").read_text())
     test_ids = json.loads((run / "prepared/split.json").read_text())["test"]
     tickets = {r["id"]: r for r in from_jsonl((run / "prepared/tickets.jsonl").read_bytes())}
     links = [Link(r["source"], r["target"], r["relation"]) for r in from_jsonl((run / "prepared/links.jsonl").read_bytes())]
-    with np.load(run / "embeddings/finetuned.npz") as saved:
-        rows = {str(t): i for i, t in enumerate(saved["ids"])}
-        vectors = saved["vectors"][[rows[t] for t in test_ids]]
+    saved = read_parts(sorted((run / "index").glob("part-*.parquet")), set(test_ids))
+    rows = {t: i for i, t in enumerate(saved.ids)}
+    vectors = saved.vectors[[rows[t] for t in test_ids]]
     similarity = hybrid_similarity(spec, vectors, [tickets[t]["text"] for t in test_ids], "retrieval.json")
     relevant, _ = retrieval_queries(test_ids, links, ["duplicate"])
     created = created_timestamps(test_ids, {t: tickets[t].get("created") for t in test_ids})

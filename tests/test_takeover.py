@@ -8,7 +8,6 @@ import json
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from tests.conftest import TINY, merged, run_cli, write_config
@@ -16,10 +15,10 @@ from tests.conftest import TINY, merged, run_cli, write_config
 
 @pytest.fixture(scope="module")
 def evaluated(tmp_path_factory: pytest.TempPathFactory, synthetic_dir: Path) -> Path:
-    """A run through prepare, train and evaluate (classify left to do), made once for the module."""
+    """A run through prepare, train, index and evaluate (classify left to do), made once for the module."""
     folder = tmp_path_factory.mktemp("takeover")
     config = _config(folder / "runs", synthetic_dir, folder / "config.json")
-    for step in ("prepare", "train", "evaluate"):
+    for step in ("prepare", "train", "index", "evaluate"):
         done = run_cli(step, "--config", str(config), "--run-id", "base")
         assert done.returncode == 0, done.stderr[-3000:]
     return folder / "runs" / "base"
@@ -53,8 +52,8 @@ def _same_size_edit(path: Path) -> None:
      "classify", ("prepared/triplets_train.jsonl", "step 'prepare'")),
     (lambda run: _same_size_edit(run / "model" / "model.safetensors"), "classify",
      ("model/model.safetensors", "step 'train'")),
-    (lambda run: np.savez(run / "embeddings" / "finetuned.npz", ids=np.array(["x"]), vectors=np.zeros((1, 384))),
-     "classify", ("embeddings/finetuned.npz", "step 'evaluate'")),
+    (lambda run: _same_size_edit(run / "index" / "part-00000.parquet"), "classify",
+     ("index/part-00000.parquet", "step 'index'")),
 ])
 def test_a_file_changed_between_steps_stops_the_next_step(evaluated: Path, tmp_path: Path, synthetic_dir: Path,
                                                           tamper: object, step: str, names: tuple[str, str]) -> None:

@@ -444,7 +444,8 @@ def check_finished_run(s3: S3Server, bucket: str, run_id: str) -> dict[str, Any]
     assert any(p.endswith(".safetensors") for p in model_files), sorted(model_files)
     for plot in ("loss_curve.png", "similarity_distributions.png", "f1_vs_threshold.png"):
         assert f"plots/{plot}" in listed, plot
-    assert {f"steps/{s}.json" for s in ("prepare", "train", "evaluate", "classify")} <= set(listed)
+    assert {f"steps/{s}.json" for s in ("prepare", "train", "index", "evaluate", "classify")} <= set(listed)
+    assert "index/part-00000.parquet" in listed and "index/lexical/ids.json" in listed
     metrics = read_json(s3, bucket, prefix + "metrics.json")
     assert {"base", "finetuned", "classifier"} <= set(metrics), sorted(metrics)
     assert isinstance(metrics["finetuned"]["average_precision"], float)
@@ -456,9 +457,9 @@ def check_finished_run(s3: S3Server, bucket: str, run_id: str) -> dict[str, Any]
 def test_finetune_workflow_runs_step_by_step_through_object_storage(s3: S3Server, finished: dict[str, Finished]) -> None:
     run = finished["workflow"]
     outcome, name, bucket = run.outcome, run.workflow.name, run.cluster.bucket
-    assert outcome.phases == dict.fromkeys(["prepare", "train", "evaluate", "classify"], "Succeeded"), (
+    assert outcome.phases == dict.fromkeys(["prepare", "train", "index", "evaluate", "classify"], "Succeeded"), (
         outcome.phases, failure_logs(run.cluster.node))
-    assert outcome.order == [["prepare"], ["train"], ["evaluate", "classify"]]
+    assert outcome.order == [["prepare"], ["train"], ["index"], ["evaluate", "classify"]]
     assert all(args[1:3] == ["--run-id", name] for args in outcome.commands.values()), outcome.commands
     check_finished_run(s3, bucket, name)
     # Two processes shared the batches: half as many optimizer steps as one process takes (tests/test_ddp.py).

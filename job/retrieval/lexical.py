@@ -118,3 +118,26 @@ class LexicalIndex:
         self._pool.save(str(folder), show_progress=False)
         self._tokenizer.save_vocab(str(folder))
         self._tokenizer.save_stopwords(str(folder))
+
+
+class SavedLexicalIndex:
+    """A LexicalIndex as `save` wrote it, for queries of new texts (suggest): no text is kept or needed."""
+
+    def __init__(self, folder: Path, settings: LexicalSettings) -> None:
+        import bm25s
+
+        self._model = bm25s.BM25.load(str(folder), load_vocab=True, show_progress=False)
+        self._tokenizer = tokenizer(settings)
+        self._tokenizer.load_vocab(str(folder))
+        self._tokenizer.load_stopwords(str(folder))
+        self._empty = self._tokenizer.get_vocab_dict().get("")
+        self.rows = int(self._model.scores["num_docs"])
+
+    def query_ids(self, text: str) -> list[int]:
+        ids = self._tokenizer.tokenize([text], update_vocab="never", show_progress=False)[0]
+        return [i for i in ids if i != self._empty]
+
+    def scores(self, query: list[int]) -> np.ndarray:
+        if not query:
+            return np.zeros(self.rows, dtype=np.float64)
+        return np.asarray(self._model.get_scores_from_ids(query), dtype=np.float64)
