@@ -27,7 +27,7 @@ from job.jira import (
     jira_corpus,
 )
 from job.storage import InputFile, read_input_files
-from tests.conftest import REPO, run_cli, write_config
+from tests.conftest import REPO, TINY, merged, run_cli, write_config
 
 # Apache's wording of each default type: (inward, outward).
 WORDING = {"Duplicate": ("is duplicated by", "duplicates"), "Blocker": ("is blocked by", "blocks"),
@@ -421,3 +421,18 @@ def test_prepare_reads_the_pages_from_an_s3_prefix(shared_jira_sample: Path, s3:
     record = json.loads(client.get_object(Bucket=bucket, Key="runs/jira/steps/prepare.json")["Body"].read())
     local = read_input_files(str(shared_jira_sample), StorageConfig(), ".json")
     assert record["fingerprint"]["inputs_sha256"] == {"data.tickets": export_checksum(local)}, "same pages, same sum"
+
+
+@pytest.mark.slow
+def test_the_job_runs_end_to_end_from_the_pages(shared_jira_sample: Path, tmp_path: Path) -> None:
+    config = write_config(tmp_path / "config.json", merged(TINY, {
+        "data": {"format": "jira", "tickets": str(shared_jira_sample)}, "output": {"uri": str(tmp_path / "runs")},
+        "runtime": {"work_dir": str(tmp_path / "work")}}))
+    result = run_cli("run", "--config", str(config), "--run-id", "from-jira")
+    assert result.returncode == 0, result.stderr[-3000:]
+    run = tmp_path / "runs" / "from-jira"
+    assert (run / "manifest.json").exists() and (run / "model" / "model.safetensors").exists()
+    meta = json.loads((run / "training_metadata.json").read_text())
+    assert (meta["inputs"]["tickets"], meta["inputs"]["links"]) == (333, 158)
+    assert [f["uri"] for f in meta["inputs"]["files"]] == [str(shared_jira_sample),
+                                                           f"{shared_jira_sample} (issuelinks)"]
