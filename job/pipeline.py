@@ -44,6 +44,7 @@ from job.errors import InputError, JobError, RunStateError
 from job.evaluate import Embeddings, HeldOut, ModelEvaluation, RetrievalPool, lexical_metrics, score_model
 from job.fingerprint import Fingerprint, config_checksum, input_checksums
 from job.history import promoted_runs
+from job.jira import jira_corpus
 from job.jsonio import from_jsonl, to_json, to_jsonl
 from job.locks import refuse_if_locked, run_lock
 from job.log import get_logger
@@ -64,7 +65,7 @@ from job.retrieval.spec import RETRIEVAL_FILE, fusion_settings, lexical_settings
 from job.split import SPLITS, check_usable, split_by_components
 from job.step_metrics import step_numbers, write_step_metrics
 from job.steps import CLASSIFY, EVALUATE, INDEX, PREPARE, SHARED_STEPS, STEPS, TRAIN, Step, required_steps
-from job.storage import FileRecord, local_path, open_store, read_uri, upload_dir
+from job.storage import FileRecord, local_path, open_store, read_input_files, read_uri, upload_dir
 
 
 @dataclass
@@ -205,6 +206,8 @@ def reusable_steps(ctx: RunContext) -> set[Step]:
 
 def load_corpus(cfg: JobConfig) -> Corpus:
     """Read and parse the configured inputs, applying data.on_error (InputError when it refuses)."""
+    if cfg.data.format == "jira" and cfg.data.tickets:
+        return jira_corpus(read_input_files(cfg.data.tickets, cfg.storage, ".json"), cfg.data, cfg.data.tickets)
     names = ("tickets", "links") if cfg.data.tickets else ("pairs", "relationship_pairs")
     raw = {name: (getattr(cfg.data, name), read_uri(getattr(cfg.data, name), cfg.storage))
            for name in names if getattr(cfg.data, name)}
@@ -226,6 +229,8 @@ def read_inputs(cfg: JobConfig) -> tuple[Corpus, dict[str, Any]]:
         "given_pairs": None if corpus.scored_pairs is None else len(corpus.scored_pairs),
         "skipped_rows": [str(p) for p in corpus.problems],
     }
+    if corpus.dropped:
+        report["dropped"] = corpus.dropped
     return corpus, report
 
 

@@ -732,5 +732,52 @@ def read_uri(uri: str, cfg: StorageConfig, client: Any = None) -> bytes:
         raise StorageError(f"cannot read input {path}: {exc.strerror}", transient=False) from exc
 
 
+@dataclass(frozen=True)
+class InputFile:
+    """One file of an input that may be a folder: where it was read, its path under the folder, its bytes."""
+
+    uri: str
+    name: str
+    data: bytes
+
+
+def read_input_files(uri: str, cfg: StorageConfig, suffix: str, client: Any = None) -> list[InputFile]:
+    """The file `uri` names, or every `suffix` file under it when it is a folder or S3 prefix, sorted by path.
+
+    In a folder, names starting with '.' are skipped (editors' and other tools' hidden files), and only regular
+    files are read. The files together may hold MAX_INPUT_BYTES at most, as one input file may.
+    """
+    if uri.startswith("s3://"):
+        bucket, prefix = split_s3_uri(uri)
+        folder = S3Store(client or make_s3_client(cfg), bucket, prefix, cfg)
+        listed = folder.list_keys()
+        if not listed:  # not a prefix: one object
+            return [InputFile(uri, basename(uri), read_uri(uri, cfg, folder.client))]
+        keys = [(key, size) for key, size in listed if _wanted(key, suffix)]
+        _within_input_limit(uri, sum(size for _, size in keys))
+        found = [InputFile(folder.where(key), key, folder.read_bytes(key)) for key, _ in keys]
+    else:
+        root = local_path(uri)
+        if not root.is_dir():
+            return [InputFile(uri, root.name, read_uri(uri, cfg))]
+        paths = sorted((p.relative_to(root).as_posix(), p) for p in root.rglob(f"*{suffix}") if p.is_file())
+        paths = [(name, path) for name, path in paths if _wanted(name, suffix)]
+        _within_input_limit(uri, sum(path.stat().st_size for _, path in paths))
+        found = [InputFile(str(path), name, read_uri(str(path), cfg)) for name, path in paths]
+    if not found:
+        raise StorageError(f"input {uri} is a folder without {suffix} files", transient=False)
+    return found
+
+
+def _wanted(name: str, suffix: str) -> bool:
+    return name.lower().endswith(suffix) and not any(part.startswith(".") for part in name.split("/"))
+
+
+def _within_input_limit(uri: str, size: int) -> None:
+    if size > MAX_INPUT_BYTES:
+        raise StorageError(f"cannot read input {uri}: its files hold {size} bytes; the limit is {MAX_INPUT_BYTES}",
+                           transient=False)
+
+
 def basename(uri: str) -> str:
     return PurePosixPath(uri.rstrip("/")).name

@@ -8,6 +8,7 @@ the policy decides the verdict at the end. Nothing is trained or written to the 
 from __future__ import annotations
 
 import tempfile
+from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -62,6 +63,11 @@ def _report_files(corpus: Corpus, echo: Callable[[str], None], target: Path) -> 
         echo(f"every problem ({len(corpus.problems)}): {where}")
     echo(f"tickets: {len(corpus.tickets)}  links: {len(corpus.links)}"
          + ("" if corpus.scored_pairs is None else f"  pairs: {len(corpus.scored_pairs)}"))
+    if corpus.links:
+        per_relation = Counter(link.relation for link in corpus.links).most_common()
+        echo("links per relation: " + ", ".join(f"{relation} {count}" for relation, count in per_relation))
+    if corpus.dropped:  # a converted input (a Jira export): what was not kept, and why
+        echo("links not kept: " + "; ".join(f"{count} {reason}" for reason, count in corpus.dropped.items()))
 
 
 def _default_problems_file(cfg: JobConfig) -> Path:

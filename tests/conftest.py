@@ -98,6 +98,15 @@ def shared_sample() -> Path:
 
 
 @pytest.fixture(scope="session")
+def shared_jira_sample() -> Path:
+    """The sample's tickets as Jira REST API search-response pages (../shared/DATA.md)."""
+    path = SHARED_DATA / "jira-sample"
+    if not (path / "search-000.json").exists():
+        pytest.skip(f"shared Jira pages not found at {path} (a clone outside the team's checkout)")
+    return path
+
+
+@pytest.fixture(scope="session")
 def synthetic_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("synthetic")
     synthetic.write(out, n_tickets=160, seed=3)

@@ -460,7 +460,7 @@ def config_cases() -> list[Case]:
         bad_config("output_inside_input", "the output folder inside the input folder", {"output": {"uri": "runs"}},
                    ("output.uri", "inside the folder of data.tickets")),
         bad_config("format_unknown", "a format the job does not read", {"data": {"format": "xml"}},
-                   ("data.format", "'jsonl', 'json' or 'csv'")),
+                   ("data.format", "'jsonl', 'json', 'csv' or 'jira'")),
         bad_config("on_error_unknown", "an error policy that does not exist", {"data": {"on_error": "ignore"}},
                    ("data.on_error", "'fail' or 'skip'")),
         bad_config("tickets_and_pairs", "both kinds of input at once", {"data": {"pairs": "pairs.jsonl"}},
