@@ -159,3 +159,17 @@ def test_the_lexical_weight_is_chosen_on_val_never_on_test() -> None:
     assert result.fusion["chosen_on"] == "val" and result.fusion["val_curve"] == on_val.curve
     # a fixed weight in the config is used as it is
     assert score_model(emb, held, FusionSettings(weight=0.8)).metrics["hybrid_weight"] == 0.8
+
+
+def test_suggest_top_k_is_a_stable_sort_of_the_best_scores() -> None:
+    """The partial sort suggest uses returns exactly what a full stable sort would: best first, ties by row
+    (many ties and excluded candidates at -inf on purpose)."""
+    from job.suggest import top_k
+
+    rng = np.random.default_rng(0)
+    for _ in range(500):
+        n = int(rng.integers(1, 40))
+        scores = rng.integers(0, 4, n).astype(float)
+        scores[rng.random(n) < 0.2] = -np.inf
+        k = int(rng.integers(1, n + 1))
+        assert top_k(scores, k).tolist() == np.argsort(-scores, kind="stable")[:k].tolist()
