@@ -185,7 +185,7 @@ class ModelConfig(Section):
         description=f"Hub id, local directory, s3:// prefix, or {OFFLINE_MINILM} (a package that ships the model)",
     )
     max_seq_length: int = Field(256, gt=0, le=8192, description="Capped at the model's own position limit")
-    encode_batch_size: int = Field(64, gt=0)
+    encode_batch_size: int = Field(64, gt=0, description="Texts per forward pass when encoding (mining, evaluate, index)")
     text_prefix: str = Field("", max_length=200, description="Prepended to every ticket text, in training and "
                              "inference (e5 models want 'query: '); saved with the model as its default prompt")
     card_samples: bool = Field(False, description="Put a few test pairs' ticket text in the model card (model/README.md); "
@@ -193,9 +193,9 @@ class ModelConfig(Section):
 
 
 class SplitConfig(Section):
-    train: float = Field(0.8, gt=0, lt=1)
-    val: float = Field(0.1, gt=0, lt=1)
-    test: float = Field(0.1, gt=0, lt=1)
+    train: float = Field(0.8, gt=0, lt=1, description="Share of link components in train")
+    val: float = Field(0.1, gt=0, lt=1, description="Share in val (threshold, fusion weight, best epoch)")
+    test: float = Field(0.1, gt=0, lt=1, description="Share in test (reported only); the three sum to 1")
 
     @model_validator(mode="after")
     def _sum_to_one(self) -> SplitConfig:
@@ -216,7 +216,7 @@ def _default_negative_mix() -> dict[str, float]:
 
 
 class PairsConfig(Section):
-    negatives_per_positive: int = Field(3, ge=0)
+    negatives_per_positive: int = Field(3, ge=0, description="Negative pairs made per positive pair")
     negative_mix: dict[str, float] = Field(default_factory=_default_negative_mix,
                                            description="Weight of each negative strategy: mined (nearest by the base "
                                            "model), bm25 (ranked high by keywords), category, random (mined and bm25 "
@@ -224,7 +224,7 @@ class PairsConfig(Section):
                                            "mined and bm25 in these proportions")
     mine_hard_negatives: bool = Field(True, description="Mine hard negatives with the base model")
     mining_margin: float = Field(0.05, ge=0, le=1, description="A mined negative must be this much less similar than the positive")
-    mining_top_k: int = Field(10, gt=0)
+    mining_top_k: int = Field(10, gt=0, description="Nearest tickets a mined negative is drawn from")
     mining_pool_size: int = Field(2048, gt=0, description="Tickets mining ranks against: the kept pairs' tickets, "
                                   "filled up with a seeded sample of the train split")
     triplet_relations: list[str] = Field(["duplicate", "clones"], description="Links that become (anchor, "
@@ -235,9 +235,10 @@ class PairsConfig(Section):
     title_body: bool = Field(False, description="Pair each train ticket's title with its description (linked or "
                              "not) as a third ranking objective: a short summary must find its ticket's body")
     title_body_share: float = Field(0.5, ge=0, le=1, description="Share of train.max_pairs for title/description pairs")
-    relation_scores: dict[str, float] = Field(default_factory=_default_relation_scores)
-    augment_per_positive: int = Field(1, ge=0)
-    word_drop_prob: float = Field(0.15, ge=0, lt=1)
+    relation_scores: dict[str, float] = Field(default_factory=_default_relation_scores,
+                                              description="Target similarity of a linked pair, per relation")
+    augment_per_positive: int = Field(1, ge=0, description="Word-drop / word-swap copies per train positive")
+    word_drop_prob: float = Field(0.15, ge=0, lt=1, description="Chance a word is dropped in an augmented copy")
     split: SplitConfig = Field(default_factory=SplitConfig)
 
     @field_validator("negative_mix")
@@ -270,10 +271,10 @@ class PairsConfig(Section):
 
 
 class TrainConfig(Section):
-    epochs: int = Field(3, gt=0)
-    batch_size: int = Field(32, gt=0)
-    learning_rate: float = Field(2e-5, gt=0, lt=1)
-    warmup_ratio: float = Field(0.1, ge=0, lt=1)
+    epochs: int = Field(3, gt=0, description="Passes over the training rows; with more than one, the best val epoch is kept")
+    batch_size: int = Field(32, gt=0, description="Rows per step (per GPU under DDP); in-batch negatives for mnrl")
+    learning_rate: float = Field(2e-5, gt=0, lt=1, description="AdamW peak learning rate")
+    warmup_ratio: float = Field(0.1, ge=0, lt=1, description="Share of the steps spent warming up")
     # mnrl: the val rule's pick on the unseen-project benchmark, on all four folds and on three seeds of two;
     # retrieval is level with it there (README: Unseen projects; bench/results/unseen-dev.md).
     loss: Literal["retrieval", "cosine", "cosent", "mnrl", "online_contrastive"] = Field(
@@ -351,10 +352,10 @@ class CrossEncoderConfig(Section):
         "finetuned", description="Initial transformer: the bi-encoder fine-tuned by the train step, or model.base "
         "(finetuned had the better val macro-F1 on dev, bench/results/classifier-methods-dev.md)")
     epochs: int = Field(3, gt=0, description="The epoch with the best val macro-F1 is kept")
-    batch_size: int = Field(16, gt=0)
+    batch_size: int = Field(16, gt=0, description="Ticket pairs per step")
     learning_rate: float = Field(1e-4, gt=0, lt=1, description="The classification head starts untrained: at "
                                  "3e-5 the loss did not move in an epoch on dev, at 1e-4 it learns")
-    warmup_ratio: float = Field(0.1, ge=0, lt=1)
+    warmup_ratio: float = Field(0.1, ge=0, lt=1, description="Share of the steps spent warming up")
     max_length: int = Field(256, gt=0, le=8192, description="Tokens of both tickets together (each is cut to "
                             "half when both are long); capped at the model's own position limit")
     max_train_rows: int | None = Field(None, gt=0, description="Cap on training rows (after both orders of "
@@ -384,11 +385,11 @@ class ExportConfig(Section):
 
 
 class ClassifyConfig(Section):
-    enabled: bool = True
+    enabled: bool = Field(True, description="Train the relation classifier")
     method: Literal["logistic", "cross_encoder"] = Field(
         "logistic", description="logistic: regression over two frozen embeddings (minutes on a CPU); "
         "cross_encoder: a transformer fine-tuned on both tickets together (wants a GPU)")
-    min_class_count: int = Field(10, ge=1)
+    min_class_count: int = Field(10, ge=1, description="Relations with fewer train links are dropped and reported")
     smote: bool = Field(True, description="logistic only: oversample rare classes")
     class_weight: Literal["balanced", "none"] = Field(
         "balanced", description="balanced: rare relations weigh more (logistic's class weights, the "
@@ -424,19 +425,20 @@ class DriftConfig(Section):
 
 class StorageConfig(Section):
     endpoint_url: str | None = Field(None, description="S3-compatible endpoint; AWS_ENDPOINT_URL also works")
-    region: str = "us-east-1"
+    region: str = Field("us-east-1", description="S3 region (MinIO and SeaweedFS accept any)")
     path_style: bool = Field(True, description="Path-style addressing (MinIO, SeaweedFS)")
     access_key_id: SecretStr | None = Field(None, description="Default: the AWS credential chain")
-    secret_access_key: SecretStr | None = None
+    secret_access_key: SecretStr | None = Field(None, description="Default: the AWS chain; never logged or written")
     max_attempts: int = Field(6, ge=1, description="botocore retry attempts (adaptive mode)")
-    multipart_threshold_mb: int = Field(64, gt=0)
+    multipart_threshold_mb: int = Field(64, gt=0, description="Uploads above this size go in parts")
 
 
 class RuntimeConfig(Section):
     work_dir: str | None = Field(None, description="Writable scratch space; default: a temp dir")
     cache_dir: str | None = Field(None, description="Model cache (HF_HOME); must be writable")
     threads: int | None = Field(None, gt=0, description="Torch threads; default: the cores this process may use")
-    log_format: Literal["auto", "json", "console"] = "auto"
+    log_format: Literal["auto", "json", "console"] = Field(
+        "auto", description="auto: JSON lines when stdout is not a terminal (kubectl logs), readable lines on one")
     metrics_dir: str | None = Field(None, description="Local folder where each step writes its key numbers, one "
                                     "small file each (Argo output parameters, read into Prometheus metrics)")
     lock_ttl_s: float = Field(120.0, ge=2, le=86_400, allow_inf_nan=False, description="A run lock whose heartbeat is older than this was left by "

@@ -107,3 +107,13 @@ def test_cli_reports_bad_config_with_exit_2_and_no_traceback(tmp_path: Path) -> 
     result = run_cli("config", "--config", str(config))
     assert result.returncode == 2
     assert "train.epochs" in result.stderr and "Traceback" not in result.stderr + result.stdout
+
+
+def test_the_configuration_reference_is_generated_from_the_code() -> None:
+    """docs/configuration-reference.md is exactly what job.config_reference writes, so it cannot drift from the
+    typed config; every setting has a description."""
+    from job.config_reference import reference
+
+    docs = Path(__file__).resolve().parents[1] / "docs" / "configuration-reference.md"
+    assert docs.read_text() == reference(), "run: python -m job.config_reference > docs/configuration-reference.md"
+    assert "|  |\n" not in reference(), "a setting without a description"
