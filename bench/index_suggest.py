@@ -201,7 +201,7 @@ def report(results: list[dict[str, Any]], machine: dict[str, Any]) -> str:
                      f"{r['latency_ms_median']} | {r['latency_ms_p95']} | {r['before_latency_ms_median']} |")
     lines += ["", f"Latency is one `TicketIndex.suggest` call, k = {K}, over {QUERIES} dev ticket texts as queries "
               "(after one warm-up): the query's encode on CPU, the cosine against every vector, BM25 against "
-              "every ticket, min-max fusion and the top k. It grows linearly with the rows; the README "
+              "every ticket, min-max fusion and the top k. It grows linearly with the rows; docs/outputs.md "
               "(\"The ticket index\") says where a vector engine takes over.", ""]
     return "\n".join(lines)
 

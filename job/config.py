@@ -276,7 +276,7 @@ class TrainConfig(Section):
     learning_rate: float = Field(2e-5, gt=0, lt=1, description="AdamW peak learning rate")
     warmup_ratio: float = Field(0.1, ge=0, lt=1, description="Share of the steps spent warming up")
     # mnrl: the val rule's pick on the unseen-project benchmark, on all four folds and on three seeds of two;
-    # retrieval is level with it there (README: Unseen projects; bench/results/unseen-dev.md).
+    # retrieval is level with it there (docs/benchmarks.md: Unseen projects; bench/results/unseen-dev.md).
     loss: Literal["retrieval", "cosine", "cosent", "mnrl", "online_contrastive"] = Field(
         "mnrl", description="retrieval: MultipleNegativesRanking on triplets plus pair_loss on scored pairs; "
         "mnrl: triplets only; the others (cosine: the notebooks'): scored pairs only")

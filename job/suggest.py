@@ -12,7 +12,7 @@ tracker as it is now), unlike evaluation's time-aware scores, which rebuild them
 Only what the finished run's manifest vouches for is read (the model, the index, retrieval.json), and an
 index whose vectors were made by another model than the run's is refused. Exact search: every query is
 scored against every candidate, which stays fast to about a million tickets (bench/results/index-suggest.md);
-beyond that, load the Parquet table into a vector engine (README: "The ticket index").
+beyond that, load the Parquet table into a vector engine (docs/outputs.md: "The ticket index").
 """
 
 from __future__ import annotations

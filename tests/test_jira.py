@@ -175,14 +175,14 @@ def test_links_outside_the_export_and_of_ignored_types_are_counted_not_kept() ->
 
 
 def test_a_tracker_with_its_own_link_names_maps_them_in_yaml(tmp_path: Path) -> None:
-    """The README's example, verbatim: a Jira Cloud site's own link types, which Apache's Jira names otherwise."""
+    """docs/configuration.md's example, verbatim: a Jira Cloud site's own link types, which Apache's Jira names otherwise."""
     example = """data:
   format: jira
   tickets: s3://tickets/jira/
   jira: {link_types: {Blocks: {relation: blocks, outward: blocks}, Relates: {relation: relates, outward: relates to},
                       Duplicate: {relation: duplicate, outward: duplicates}, Cloners: {relation: clones, outward: clones}}}
 """
-    assert example in (REPO / "README.md").read_text(), "the README shows this config"
+    assert example in (REPO / "docs" / "configuration.md").read_text(), "docs/configuration.md shows this config"
     config = tmp_path / "config.yaml"
     config.write_text(example)
     cfg = load_config(str(config), environ={}).config.data

@@ -5,7 +5,7 @@ minus Lucene's 33 English stop words (bm25s's "en" list, the same as Elasticsear
 stemming. Ticket text is English prose around identifiers (class names, config keys, exception names):
 splitting at punctuation keeps `dfs.namenode.name.dir` findable by each of its parts, and a stemmer
 would mangle identifiers (and is a compiled extra). k1 = 1.2 and b = 0.75 are Lucene's defaults, so an
-engine with its default similarity ranks the same way (README: "Hybrid retrieval in a search engine").
+engine with its default similarity ranks the same way (docs/retrieval.md).
 
 Statistics: in pool mode one index holds every candidate ticket (the query's own row is in it, as a filed
 ticket is in the tracker's index, and is never returned). In time-aware mode a query is scored against an
