@@ -58,6 +58,31 @@ def test_negatives_are_unlinked_and_from_other_components() -> None:
         assert split.lookup()[pair.b] == "train"
 
 
+def _sampler(components: list[list[str]], links: list[tuple[str, str]]) -> NegativeSampler:
+    from job.split import Split
+
+    ids = [t for component in components for t in component]
+    tickets = {t: Ticket(t, f"text {t}") for t in ids}
+    split = Split({"train": ids}, {t: n for n, component in enumerate(components) for t in component})
+    linked = {(min(a, b), max(a, b)) for a, b in links}
+    return NegativeSampler(ids, tickets, split, linked, random.Random(0))
+
+
+def test_a_ticket_linked_to_the_anchor_through_others_is_never_its_negative() -> None:
+    """The component rule alone: A-B and B-C are links, so C is in A's component though not linked to A."""
+    sampler = _sampler([["A", "B", "C"], ["D", "E"]], [("A", "B"), ("B", "C"), ("D", "E")])
+    assert not sampler.allowed("A", "C") and not sampler.allowed("C", "A")
+    assert sampler.allowed("A", "D") and not sampler.allowed("A", "A")
+
+
+def test_a_ticket_linked_to_the_anchor_is_never_its_negative_even_in_a_one_component_split() -> None:
+    """The linked check alone: where the split is one component the component rule cannot choose, and an
+    unlinked ticket of the same component is the only kind of negative left; a linked one never is."""
+    sampler = _sampler([["A", "B", "C"]], [("A", "B"), ("B", "C")])
+    assert not sampler.allowed("A", "B") and not sampler.allowed("B", "A") and not sampler.allowed("C", "B")
+    assert sampler.allowed("A", "C")
+
+
 def test_relation_scores_and_augmentation_apply() -> None:
     corpus, _, pairs, stats, _ = _build(4, PairsConfig(mining_top_k=50))
     by_relation = {p.relation: p.score for p in pairs if p.kind == "positive"}
