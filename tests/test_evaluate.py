@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from job.data import Link
 from job.evaluate import (
@@ -101,3 +102,45 @@ def test_perfect_embeddings_give_perfect_retrieval() -> None:
 def test_retrieval_falls_back_to_all_relations_when_none_requested_exist() -> None:
     relevant, used = retrieval_queries(["x", "y"], [Link("x", "y", "relates")], ["duplicate"])
     assert used == "all" and relevant == [{1}, {0}]
+
+
+def _pair_world(cosines: list[float], labels: list[int], prefix: str) -> tuple[list[str], np.ndarray, list[Pair]]:
+    """Two tickets per pair whose cosine is exactly the given one (2-d unit vectors)."""
+    ids, vectors, pairs = [], [], []
+    for n, (c, label) in enumerate(zip(cosines, labels, strict=True)):
+        a, b = f"{prefix}{n}a", f"{prefix}{n}b"
+        ids += [a, b]
+        vectors += [[1.0, 0.0], [c, float(np.sqrt(1 - c * c))]]
+        pairs.append(Pair(a, b, float(label), "positive" if label else "random"))
+    return ids, np.array(vectors, dtype=np.float32), pairs
+
+
+def test_the_evaluation_reads_its_threshold_from_val_pairs_never_from_test(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The wiring, not only the maths: val is best cut at 0.31, test at 0.71, and score_model reports the val
+    one; every threshold it picks (dense, hybrid) is picked from val's pairs (4 of them; test has 6)."""
+    import job.evaluate
+    from job.evaluate import HeldOut, RetrievalPool, pair_scores, score_model
+    from job.retrieval.fusion import FusionSettings
+    from job.retrieval.lexical import LexicalSettings
+
+    val_ids, val_vectors, val_pairs = _pair_world([0.6, 0.6, 0.3, 0.3], [1, 1, 0, 0], "v")
+    test_ids, test_vectors, test_pairs = _pair_world([0.9, 0.9, 0.7, 0.7, 0.7, 0.2], [1, 1, 0, 0, 0, 0], "t")
+    emb = Embeddings(val_ids + test_ids, np.vstack([val_vectors, test_vectors]))
+    assert best_threshold(pair_scores(emb, val_pairs, 0.5)) < 0.5 < best_threshold(pair_scores(emb, test_pairs, 0.5))
+
+    def pool(ids: list[str], pairs: list[Pair]) -> RetrievalPool:
+        links = [Link(p.a, p.b, "duplicate") for p in pairs if p.score]
+        return RetrievalPool.build(ids, [f"ticket {t}" for t in ids], links, ["duplicate"], dict.fromkeys(ids),
+                                   LexicalSettings())
+
+    held = HeldOut(val_pairs, test_pairs, pool(val_ids, val_pairs), pool(test_ids, test_pairs))
+    chosen_from: list[int] = []
+
+    def spy(scores: PairScores) -> float:
+        chosen_from.append(len(scores.label))
+        return best_threshold(scores)
+
+    monkeypatch.setattr(job.evaluate, "best_threshold", spy)
+    metrics = score_model(emb, held, FusionSettings(weight=0.0)).metrics
+    assert metrics["threshold"] == best_threshold(pair_scores(emb, val_pairs, 0.5))
+    assert chosen_from == [len(val_pairs)] * 2, "dense and hybrid thresholds, both from val"
