@@ -80,6 +80,7 @@ def _later_world(extra_later: str = "") -> tuple[RetrievalPool, np.ndarray]:
     created = {"d0": "2020-01-01", "d1": "2020-02-01", "n0": "2020-03-01", "n1": "2020-04-01", "late": "2021-01-01"}
     pool = RetrievalPool.build(ids, texts, links, ["duplicate"], created, LexicalSettings())
     vectors = np.eye(5, dtype=np.float32)[[0, 1, 2, 3, 1]] + 0.1
+    vectors[3, 2] += 0.5  # n1 leans towards n0, so no tie decides its rank
     return pool, vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
 
 
@@ -116,7 +117,7 @@ def test_hybrid_ranks_follow_the_weighted_sum_and_ties_never_help() -> None:
     assert np.allclose(fused[1:], [0.5 * 1.0 + 0.5 * 0.0, 0.5 * 0.0 + 0.5 * 1.0, 0.5 * 0.5 + 0.5 * 0.5])
     relevant = [{1}, set(), set(), set()]
     ranks = ranks_of_relevant(lambda rows, m, t: Fusion("minmax", 0.5)(dense, lexical, m), relevant, [0])
-    assert ranks[0].tolist() == [1]  # tied with ticket 2 and 3 at 0.5: nobody scores above it
+    assert ranks[0].tolist() == [3]  # tied with tickets 2 and 3 at 0.5: ties never help, it ranks below both
     rrf = Fusion("rrf", 0.5, rrf_k=60)(dense, lexical, mask)[0]
     assert np.allclose(rrf[1:], [0.5 / 61 + 0.5 / 63, 0.5 / 63 + 0.5 / 61, 0.5 / 62 + 0.5 / 62])
 
@@ -159,6 +160,18 @@ def test_the_lexical_weight_is_chosen_on_val_never_on_test() -> None:
     assert result.fusion["chosen_on"] == "val" and result.fusion["val_curve"] == on_val.curve
     # a fixed weight in the config is used as it is
     assert score_model(emb, held, FusionSettings(weight=0.8)).metrics["hybrid_weight"] == 0.8
+
+
+def test_ties_never_help_a_rank() -> None:
+    """A model scoring every candidate alike finds nothing (each relevant item ranks below every irrelevant
+    one it ties with), and relevant items tied with each other take consecutive ranks."""
+    from job.retrieval.ranking import matrix_rows
+
+    flat = np.zeros((4, 4))
+    assert ranks_of_relevant(matrix_rows(flat), [{1}, set(), set(), set()], [0])[0].tolist() == [3]
+    assert ranks_of_relevant(matrix_rows(flat), [{1, 2}, set(), set(), set()], [0])[0].tolist() == [2, 3]
+    scores = np.array([[0.0, 0.9, 0.5, 0.5, 0.1]])  # relevant: 2 (tied with 3) and 4
+    assert ranks_of_relevant(matrix_rows(scores), [{2, 4}] + [set()] * 4, [0])[0].tolist() == [3, 4]
 
 
 def test_suggest_top_k_is_a_stable_sort_of_the_best_scores() -> None:

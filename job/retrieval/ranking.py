@@ -37,14 +37,20 @@ def candidate_mask(chunk: list[int], n: int, created: np.ndarray | None) -> np.n
 
 
 def ranks_in_chunk(scores: np.ndarray, mask: np.ndarray, chunk: list[int], relevant: list[set[int]]) -> list[np.ndarray]:
-    """Sorted 1-based ranks of each query's relevant candidates; a rank is 1 + the number of candidates
-    scoring above that item, so ties never help a rank."""
+    """Sorted 1-based ranks of each query's relevant candidates. Ties never help a rank: a relevant item tied
+    with irrelevant candidates ranks below all of them (a model scoring every candidate alike, or BM25 scoring
+    0 for a query sharing no word, finds nothing), and the i-th best relevant item ranks after the i - 1
+    before it: rank_i = i + the irrelevant candidates scoring at least as high."""
     scores = np.where(mask, scores, -np.inf)
     out = []
     for offset, q in enumerate(chunk):
         hits = [r for r in relevant[q] if mask[offset, r]]
         found = np.sort(scores[offset, hits])[::-1]
-        out.append(np.array([1 + int(np.count_nonzero(scores[offset] > s)) for s in found], dtype=np.int64))
+        irrelevant = np.ones(scores.shape[1], dtype=bool)
+        irrelevant[hits] = False
+        others = np.sort(scores[offset, irrelevant & mask[offset]])
+        at_least = len(others) - np.searchsorted(others, found, side="left")
+        out.append((np.arange(1, len(found) + 1) + at_least).astype(np.int64))
     return out
 
 
