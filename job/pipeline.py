@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import random
+import secrets
 import shutil
 import tempfile
 import threading
@@ -111,9 +112,12 @@ def open_run(loaded: LoadedConfig, run_id: str | None = None, force: bool = Fals
     run_uri = cfg.output.uri.rstrip("/") + "/" + run_id
     _refuse_odd_local_run_dir(run_uri, run_id)
     store = open_store(run_uri, cfg.storage)
-    base = Path(cfg.runtime.work_dir) if cfg.runtime.work_dir else Path(tempfile.gettempdir())
     rank = distributed_rank()
-    work_dir = base / (f"finetune-{run_id}" + (f"-rank{rank}" if rank else ""))
+    name = f"finetune-{run_id}" + (f"-rank{rank}" if rank else "")
+    # Without runtime.work_dir the scratch is this process's own (removed when it ends): evaluate and classify
+    # of one run, or two runs of one id under other output folders, may run on one host at once.
+    work_dir = (Path(cfg.runtime.work_dir) / name if cfg.runtime.work_dir
+                else Path(tempfile.gettempdir()) / f"{name}-{secrets.token_hex(4)}")
     return RunContext(loaded=loaded, run=RunDir(store, run_id), work_dir=work_dir, force=force, rank=rank)
 
 

@@ -10,7 +10,7 @@ import pytest
 from job.artifacts import RunDir, StepTimer, check_run_id
 from job.errors import RunStateError
 from job.fingerprint import Fingerprint
-from job.steps import CLASSIFY, EVALUATE, PREPARE, STEPS, TRAIN, dependents, prerequisites, required_steps
+from job.steps import CLASSIFY, EVALUATE, INDEX, PREPARE, STEPS, TRAIN, dependents, prerequisites, required_steps
 from job.storage import LocalStore
 
 PRINT = Fingerprint("c" * 64, {"data.tickets": "t" * 64})
@@ -23,17 +23,18 @@ def _recorded(run: RunDir, *steps: str) -> None:
 
 
 def test_steps_are_ordered_and_know_what_they_build_on() -> None:
-    assert [s.name for s in STEPS] == ["prepare", "train", "evaluate", "classify"]
-    assert prerequisites(CLASSIFY) == (PREPARE, TRAIN) and prerequisites(PREPARE) == ()
-    assert dependents(PREPARE) == (TRAIN, EVALUATE, CLASSIFY) and dependents(EVALUATE) == ()
-    assert required_steps(classify_enabled=False) == (PREPARE, TRAIN, EVALUATE)
+    assert [s.name for s in STEPS] == ["prepare", "train", "index", "evaluate", "classify"]
+    assert prerequisites(CLASSIFY) == (PREPARE, TRAIN, INDEX) and prerequisites(PREPARE) == ()
+    assert dependents(PREPARE) == (TRAIN, INDEX, EVALUATE, CLASSIFY) and dependents(EVALUATE) == ()
+    assert dependents(INDEX) == (EVALUATE, CLASSIFY)
+    assert required_steps(classify_enabled=False) == (PREPARE, TRAIN, INDEX, EVALUATE)
 
 
 def test_a_step_needs_every_step_before_it_made_with_the_same_config(tmp_path: Path) -> None:
     run = RunDir(LocalStore(tmp_path / "r"), "r")
     with pytest.raises(RunStateError, match="step 'evaluate' of run r needs step 'prepare' first"):
         run.begin_step(EVALUATE, force=False, config_sha256=PRINT.config_sha256)
-    _recorded(run, "prepare", "train")
+    _recorded(run, "prepare", "train", "index")
     run.begin_step(EVALUATE, force=False, config_sha256=PRINT.config_sha256)
     with pytest.raises(RunStateError, match="step 'prepare' was made with another config"):
         run.begin_step(EVALUATE, force=False, config_sha256="d" * 64)
@@ -42,16 +43,16 @@ def test_a_step_needs_every_step_before_it_made_with_the_same_config(tmp_path: P
 
 def test_redoing_a_step_drops_its_record_and_those_built_on_it(tmp_path: Path) -> None:
     run = RunDir(LocalStore(tmp_path / "r"), "r")
-    _recorded(run, "prepare", "train", "evaluate", "classify")
+    _recorded(run, "prepare", "train", "index", "evaluate", "classify")
     run.begin_step(EVALUATE, force=False, config_sha256=PRINT.config_sha256)
-    assert [s.name for s in STEPS if run.step_record(s.name)] == ["prepare", "train", "classify"]
+    assert [s.name for s in STEPS if run.step_record(s.name)] == ["prepare", "train", "index", "classify"]
     run.begin_step(TRAIN, force=False, config_sha256=PRINT.config_sha256)
     assert [s.name for s in STEPS if run.step_record(s.name)] == ["prepare"]
 
 
 def test_a_file_changed_after_its_step_recorded_it_stops_the_manifest(tmp_path: Path) -> None:
     run = RunDir(LocalStore(tmp_path / "r"), "r")
-    _recorded(run, "prepare", "train")
+    _recorded(run, "prepare", "train", "index")
     run.write_json("evaluate/metrics.json", {"finetuned": {}})
     _recorded(run, "evaluate")
     (tmp_path / "r" / "train" / "out.txt").write_text("cut")

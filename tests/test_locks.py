@@ -165,3 +165,18 @@ def test_an_unreadable_lock_is_taken_over(store: Store) -> None:
     refuse_if_locked(store, "run", 120.0)
     with run_lock(store, "run", get_logger(), 120.0):
         assert _holder(store)["pid"] == os.getpid()
+
+
+def test_processes_sharing_a_run_id_on_one_host_never_share_a_default_scratch_directory(tmp_path: Path) -> None:
+    """evaluate and classify of one run, or one run id under two output folders, may run on one host at once:
+    without runtime.work_dir each process gets its own scratch, so the first to finish removes only its own
+    (a shared one lost the other's plots: 'cannot write plots/...png')."""
+    from job.config import load_config
+    from job.pipeline import open_run
+
+    loaded = load_config(None, environ={}, cli_overrides={"output.uri": str(tmp_path / "runs")})
+    first, second = open_run(loaded, "R1"), open_run(loaded, "R1")
+    assert first.work_dir != second.work_dir and first.work_dir.name.startswith("finetune-R1")
+    pinned = load_config(None, environ={}, cli_overrides={"output.uri": str(tmp_path / "runs"),
+                                                          "runtime.work_dir": str(tmp_path / "w")})
+    assert open_run(pinned, "R1").work_dir == tmp_path / "w" / "finetune-R1"  # a configured one is kept

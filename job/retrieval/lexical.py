@@ -34,11 +34,21 @@ class LexicalSettings:
 
     def describe(self) -> dict[str, Any]:
         """Everything a consumer needs to score the same way (retrieval.json)."""
-        import bm25s
+        bm25s = _bm25s()
 
         return {"library": "bm25s", "library_version": bm25s.__version__, "method": "lucene", "k1": self.k1,
                 "b": self.b, "tokenizer": {"lower": True, "pattern": TOKEN_PATTERN, "stemmer": None,
                                            "stopwords": list(stop_words(self.stopwords))}}
+
+
+def _bm25s() -> Any:
+    """bm25s, quiet: its import sets its logger to DEBUG, which would print a line per index built to stderr."""
+    import logging
+
+    import bm25s
+
+    logging.getLogger("bm25s").setLevel(logging.ERROR)
+    return bm25s
 
 
 def stop_words(name: str) -> tuple[str, ...]:
@@ -48,13 +58,13 @@ def stop_words(name: str) -> tuple[str, ...]:
 
 
 def tokenizer(settings: LexicalSettings) -> Any:
-    import bm25s
+    bm25s = _bm25s()
 
     return bm25s.tokenization.Tokenizer(lower=True, splitter=TOKEN_PATTERN, stopwords=list(stop_words(settings.stopwords)))
 
 
 def _bm25(settings: LexicalSettings, docs: list[list[int]], vocab: dict[str, int]) -> Any:
-    import bm25s
+    bm25s = _bm25s()
 
     model = bm25s.BM25(k1=settings.k1, b=settings.b, method="lucene")
     # A copy: bm25s adds its empty-document token to the dict it is given.
@@ -124,7 +134,7 @@ class SavedLexicalIndex:
     """A LexicalIndex as `save` wrote it, for queries of new texts (suggest): no text is kept or needed."""
 
     def __init__(self, folder: Path, settings: LexicalSettings) -> None:
-        import bm25s
+        bm25s = _bm25s()
 
         self._model = bm25s.BM25.load(str(folder), load_vocab=True, show_progress=False)
         self._tokenizer = tokenizer(settings)
