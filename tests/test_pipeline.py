@@ -112,7 +112,7 @@ def test_run_end_to_end_on_s3_checks_every_artifact_and_beats_base(
     meta = json.loads((run / "training_metadata.json").read_text())
     assert meta["seed"] == 42 and meta["environment"]["libraries"]["torch"].startswith("2.13")
     assert {f["sha256"] for f in meta["inputs"]["files"]} == {_sha256(shared_sample / n) for n in ("tickets.jsonl", "links.jsonl")}
-    assert set(meta["timings_s"]) == {"prepare", "train", "evaluate", "classify"}
+    assert set(meta["timings_s"]) == {"prepare", "train", "index", "evaluate", "classify"}
     trained_on = meta["pairs"]["train"]
     assert meta["training"]["loss_curve"] and trained_on["total"] + trained_on["triplets"] > 0
     assert meta["exports"] == metrics["exports"], "what was exported, and why not, is in the metadata too"
@@ -167,7 +167,7 @@ def test_same_seed_gives_identical_splits_and_pairs(tmp_path: Path, synthetic_di
 @pytest.mark.slow
 def test_steps_in_separate_processes_then_refuse_to_overwrite(tmp_path: Path, synthetic_dir: Path) -> None:
     config = _local_config(tmp_path, synthetic_dir)
-    for step in ("prepare", "train", "evaluate", "classify"):
+    for step in ("prepare", "train", "index", "evaluate", "classify"):
         result = run_cli(step, "--config", str(config), "--run-id", "steps")
         assert result.returncode == 0, (step, result.stderr[-2000:])
     run = tmp_path / "runs" / "steps"
@@ -348,15 +348,17 @@ def _events(log: str, event: str) -> set[str]:
 
 @pytest.mark.slow
 def test_a_run_stopped_in_each_step_is_finished_by_reruns_that_redo_nothing(tmp_path: Path, synthetic_dir: Path) -> None:
-    """SIGTERM in prepare, then in train, evaluate and classify of the reruns: each rerun takes the
+    """SIGTERM in prepare, then in train, index, evaluate and classify of the reruns: each rerun takes the
     finished steps over from storage (their records untouched) and does only what was left."""
     config = _local_config(tmp_path, synthetic_dir, train={"max_pairs": 16})
     run = tmp_path / "runs" / "stops"
-    done = {"prepare": "prepare done", "train": "train done", "evaluate": "metrics", "classify": "classifier"}
+    done = {"prepare": "prepare done", "train": "train done", "index": "index written", "evaluate": "metrics",
+            "classify": "classifier"}
     stops = [  # (step the rerun is stopped in, when it is surely in it)
         ("prepare", lambda: '"inputs loaded"' in (tmp_path / "attempt-0.log").read_text()),
         ("train", lambda: (run / "steps" / "prepare.json").exists()),
-        ("evaluate", lambda: (run / "steps" / "train.json").exists()),
+        ("index", lambda: (run / "steps" / "train.json").exists()),
+        ("evaluate", lambda: (run / "steps" / "index.json").exists()),
         ("classify", lambda: (run / "steps" / "evaluate.json").exists()),
     ]
     before: dict[str, bytes] = {}
@@ -374,11 +376,12 @@ def test_a_run_stopped_in_each_step_is_finished_by_reruns_that_redo_nothing(tmp_
 
     final = run_cli("run", "--config", str(config), "--run-id", "stops")
     assert final.returncode == 0, final.stderr[-3000:]
-    assert _events(final.stdout, "step already done; reusing what it recorded") == {"prepare", "train", "evaluate"}
+    assert _events(final.stdout, "step already done; reusing what it recorded") == {"prepare", "train", "index",
+                                                                                    "evaluate"}
     assert _events(final.stdout, "classifier") == {"classify"}
     assert {name: _records(run)[name] for name in before} == before
     meta = json.loads((run / "training_metadata.json").read_text())
-    assert set(meta["timings_s"]) == {"prepare", "train", "evaluate", "classify"}
+    assert set(meta["timings_s"]) == {"prepare", "train", "index", "evaluate", "classify"}
     assert (run / "manifest.json").exists()
 
 

@@ -474,9 +474,9 @@ def test_finetune_workflow_runs_step_by_step_through_object_storage(s3: S3Server
 def test_scheduled_workflow_trains_then_promotes(s3: S3Server, finished: dict[str, Finished]) -> None:
     run = finished["scheduled"]
     outcome, name, bucket = run.outcome, run.workflow.name, run.cluster.bucket
-    assert outcome.phases == dict.fromkeys(["prepare", "train", "evaluate", "classify", "promote"], "Succeeded"), (
-        outcome.phases, failure_logs(run.cluster.node))
-    assert outcome.order == [["prepare"], ["train"], ["evaluate", "classify"], ["promote"]]
+    assert outcome.phases == dict.fromkeys(["prepare", "train", "index", "evaluate", "classify", "promote"],
+                                           "Succeeded"), (outcome.phases, failure_logs(run.cluster.node))
+    assert outcome.order == [["prepare"], ["train"], ["index"], ["evaluate", "classify"], ["promote"]]
     metrics = check_finished_run(s3, bucket, name)
     pointer = read_json(s3, bucket, "runs/promoted.json")
     metric = run.cluster.node.config["promote"]["metric"]
@@ -524,7 +524,7 @@ def test_bad_input_fails_the_first_step_without_retrying_or_training(
                                {**cluster.parameters, "tickets": f"s3://{bucket}/input/missing.jsonl"})
     outcome = run_workflow(workflow, cluster.node)
     assert outcome.phases["prepare"] == "Failed" and outcome.attempts["prepare"] == 1  # exit 2 is not retried
-    assert {outcome.phases[t] for t in ("train", "evaluate", "classify")} == {"Omitted"}
+    assert {outcome.phases[t] for t in ("train", "index", "evaluate", "classify")} == {"Omitted"}
     assert [code for _, _, code in cluster.node.ran] == [2]
 
 
