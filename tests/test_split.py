@@ -57,3 +57,30 @@ def test_linked_components_spread_over_all_splits_among_many_unlinked_tickets() 
     split = split_by_components(ids, linked, SplitConfig(), seed=2)
     per_split = check_usable(split, linked)
     assert per_split["val"] >= 7 and per_split["test"] >= 7 and per_split["train"] >= 70
+
+
+def test_prepare_with_given_pairs_keeps_each_pair_and_each_chain_on_one_side(tmp_path: Path) -> None:
+    """data.pairs (the notebooks' training_pairs.json): the pairs are the split's edges, so texts chained by
+    pairs (a-b, b-c) stay in one split and no pair of val or test shares a text with train."""
+    from job.jsonio import from_jsonl
+    from tests.conftest import TINY, merged, run_cli, write_config
+
+    rows = [{"text_a": f"chain {c} text {i} about disk {c % 7}", "text_b": f"chain {c} text {i + 1} about disk {c % 7}",
+             "score": 0.9 if i == 0 else 0.6} for c in range(40) for i in range(2)]
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    config = write_config(tmp_path / "config.json", merged(TINY, {
+        "data": {"pairs": str(tmp_path / "in" / "pairs.jsonl")}, "output": {"uri": str(tmp_path / "runs")}}))
+    done = run_cli("prepare", "--config", str(config), "--run-id", "given")
+    assert done.returncode == 0, done.stderr[-2000:]
+    prepared = tmp_path / "runs" / "given" / "prepared"
+    side = {r["id"]: r["split"] for r in from_jsonl((prepared / "tickets.jsonl").read_bytes())}
+    text = {r["id"]: r["text"] for r in from_jsonl((prepared / "tickets.jsonl").read_bytes())}
+    chain_sides: dict[str, set[str]] = {}
+    for tid, split in side.items():
+        chain_sides.setdefault(text[tid].split(" text ")[0], set()).add(split)
+    assert all(len(sides) == 1 for sides in chain_sides.values()), "a chain of pairs was cut by the split"
+    assert {s for sides in chain_sides.values() for s in sides} == {"train", "val", "test"}
+    for split in ("train", "val", "test"):
+        for pair in from_jsonl((prepared / f"pairs_{split}.jsonl").read_bytes()):
+            assert side[pair["a"]] == side[pair["b"]] == split
