@@ -60,6 +60,22 @@ def test_every_log_line_is_scrubbed_of_known_secrets_and_url_userinfo() -> None:
     assert redact(f"x {SLASH} y", [SLASH]) == "x *** y"
 
 
+def test_libraries_log_records_are_scrubbed_too() -> None:
+    """A library's own warning (botocore and urllib3 quote URLs and keys) goes through the standard logging
+    handlers, which get the same redaction."""
+    import logging
+
+    captured = io.StringIO()
+    handler = logging.StreamHandler(captured)
+    logging.getLogger().addHandler(handler)
+    try:
+        configure_logging("json", secrets=[SLASH], stream=io.StringIO())
+        logging.getLogger("some.library").warning("retrying http://AKIA:%s@127.0.0.1:9 with key %s", "pw", SLASH)
+    finally:
+        logging.getLogger().removeHandler(handler)
+    assert SLASH not in captured.getvalue() and ":pw@" not in captured.getvalue() and "***" in captured.getvalue()
+
+
 @pytest.mark.parametrize(("overrides", "secret"), [
     ({"storage.secert_access_key": "sentinel-typo-1"}, "sentinel-typo-1"),        # a misspelt secret key
     ({"storage.secret_access_key": ["sentinel-list-2"]}, "sentinel-list-2"),      # a secret of the wrong type
