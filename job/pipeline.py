@@ -773,13 +773,16 @@ def finish_if_complete(ctx: RunContext) -> bool:
     records = ctx.run.complete_records(required)
     if records is None:
         return False
-    samples = _card_samples(ctx) if ctx.cfg.model.card_samples else None
+    samples = card_samples(ctx)
     card = ctx.run.store.write_bytes(MODEL_CARD, model_card(ctx.run.run_id, ctx.cfg, records, samples).encode())
     return ctx.run.finish_if_complete(required, ctx.cfg.redacted(), extra_files=(card,))
 
 
-def _card_samples(ctx: RunContext) -> list[CardSample]:
-    """A few test pairs with their ticket text (model.card_samples: only when asked for)."""
+def card_samples(ctx: RunContext) -> list[CardSample] | None:
+    """A few test pairs with their ticket text for the card, only when model.card_samples asks for them: the
+    card travels to registries and other teams, so by default no ticket text is even read for it."""
+    if not ctx.cfg.model.card_samples:
+        return None
     texts = {r["id"]: r["text"] for r in from_jsonl(ctx.run.taken_over(PREPARE, "prepared/tickets.jsonl"))}
     pairs = [Pair(**r) for r in from_jsonl(ctx.run.taken_over(PREPARE, "prepared/pairs_test.jsonl"))]
     return [CardSample(texts[p.a], p.text_b if p.text_b is not None else texts[p.b], p.score, p.relation or p.kind)

@@ -10,7 +10,17 @@ import pytest
 from job.artifacts import RunDir, StepTimer, check_run_id
 from job.errors import RunStateError
 from job.fingerprint import Fingerprint
-from job.steps import CLASSIFY, EVALUATE, INDEX, PREPARE, STEPS, TRAIN, dependents, prerequisites, required_steps
+from job.steps import (
+    CLASSIFY,
+    EVALUATE,
+    INDEX,
+    PREPARE,
+    STEPS,
+    TRAIN,
+    dependents,
+    prerequisites,
+    required_steps,
+)
 from job.storage import LocalStore
 
 PRINT = Fingerprint("c" * 64, {"data.tickets": "t" * 64})

@@ -7,6 +7,7 @@ import json
 import re
 from pathlib import Path
 
+import pytest
 from huggingface_hub import ModelCard
 
 from job.card import CardSample, model_card
@@ -98,6 +99,20 @@ def test_no_classifier_section_before_classify_has_run_and_no_samples_unless_giv
 
 def test_card_samples_is_off_by_default() -> None:
     assert JobConfig().model.card_samples is False
+
+
+def test_the_card_reads_no_ticket_text_unless_card_samples_is_on(tmp_path: Path) -> None:
+    """The run's finish asks card_samples for the card's samples: None by default, without reading a prepared
+    file (the empty run below has none, so reading would fail); with the setting on it does read them."""
+    from job.config import load_config
+    from job.errors import StorageError
+    from job.pipeline import card_samples, open_run
+
+    settings = {"output.uri": str(tmp_path / "runs")}
+    assert card_samples(open_run(load_config(None, environ={}, cli_overrides=settings), "r")) is None
+    on = load_config(None, environ={}, cli_overrides={**settings, "model.card_samples": True})
+    with pytest.raises(StorageError, match="prepared/tickets.jsonl"):
+        card_samples(open_run(on, "r"))
 
 
 def ticket_text_needles(tickets_jsonl: Path) -> list[str]:
