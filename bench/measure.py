@@ -34,6 +34,9 @@ class Measured:
     load_before: float
     load_after: float
     log: str
+    # CPU cores other processes kept busy while this ran, on average: the machine's busy time (psutil, /proc/stat)
+    # minus the command's own (its children's rusage). Speed ratios need this near 0 (an idle machine).
+    foreign_cpu_cores: float = 0.0
 
     def to_json(self) -> dict[str, object]:
         return asdict(self)
@@ -79,6 +82,7 @@ def run_measured(command: list[str], log_path: Path, env: dict[str, str] | None 
     # The wrapper imports bench.measure; the wrapped command keeps its own PYTHONPATH.
     child_env["BENCH_WRAPPED_PYTHONPATH"] = child_env.get("PYTHONPATH", "")
     child_env["PYTHONPATH"] = repo_root
+    busy_before = _busy_seconds()
     start = time.perf_counter()
     with log_path.open("wb") as log:
         proc = subprocess.Popen(wrapped, stdout=log, stderr=subprocess.STDOUT, env=child_env, cwd=cwd)
@@ -88,15 +92,24 @@ def run_measured(command: list[str], log_path: Path, env: dict[str, str] | None 
         sampler.halt.set()
         sampler.join()
     wall = time.perf_counter() - start
-    maxrss_kb = json.loads(usage_path.read_text())["maxrss_kb"] if usage_path.exists() else 0
+    busy = _busy_seconds() - busy_before
+    usage = json.loads(usage_path.read_text()) if usage_path.exists() else {}
+    maxrss_kb = usage.get("maxrss_kb", 0)
+    foreign = max(0.0, busy - usage.get("user_s", 0.0) - usage.get("sys_s", 0.0)) / max(wall, 1e-9)
     tree_mb = sampler.peak_bytes / 2**20
     maxrss_mb = maxrss_kb / 1024
     measured = Measured(command, returncode, round(wall, 3), round(max(tree_mb, maxrss_mb), 1), round(tree_mb, 1),
-                        round(maxrss_mb, 1), load_before, os.getloadavg()[0], str(log_path))
+                        round(maxrss_mb, 1), load_before, os.getloadavg()[0], str(log_path), round(foreign, 2))
     if check and returncode != 0:
         tail = log_path.read_text(errors="replace")[-3000:]
         raise RuntimeError(f"command failed with exit code {returncode}: {' '.join(command)}\n{tail}")
     return measured
+
+
+def _busy_seconds() -> float:
+    """CPU seconds the whole machine has spent busy since boot (every process, niced ones included)."""
+    times = psutil.cpu_times()
+    return sum(getattr(times, name, 0.0) for name in ("user", "nice", "system", "irq", "softirq"))
 
 
 def _wrapper_main(argv: list[str]) -> int:

@@ -79,7 +79,8 @@ def markdown(r: dict[str, Any]) -> str:
         f"{s['train_pairs']['notebook']} notebook pairs), epochs {s['epochs']}, batch {s['batch_size']}, "
         f"max_seq_length {s['max_seq_length']}, lr {s['learning_rate']}. "
         f"Load average at start: job {_f(r['processes']['job']['load_before'], 2)}, "
-        f"notebook {_f(r['processes']['notebook']['load_before'], 2)} (other work on the machine slows both).",
+        f"notebook {_f(r['processes']['notebook']['load_before'], 2)} (other work on the machine slows both). "
+        + _idle_line(r.get("idle")),
         f"Job settings beyond its defaults: {json.dumps(r.get('job_config_overrides') or {}) or 'none'}. "
         f"Job code: {r['job_source']['kind']}{' (' + r['job_source']['note'] + ')' if r['job_source'].get('note') else ''}.",
         "",
@@ -233,6 +234,15 @@ def chart(r: dict[str, Any], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _idle_line(idle: dict[str, Any] | None) -> str:
+    if idle is None:
+        return "Idle: not recorded (a run from before the idle check)."
+    cores = ", ".join(f"{k} {v}" for k, v in idle["foreign_cpu_cores"].items())
+    if idle["idle"]:
+        return f"Idle: yes (other processes' CPU, in cores: {cores})."
+    return f"**Not idle** ({idle['why']}): the speed ratios here do not describe the job."
 
 
 def write_report(result: dict[str, Any], folder: Path) -> dict[str, str]:

@@ -260,6 +260,19 @@ def assemble(args: argparse.Namespace, sizes: Sizes, source: dict[str, Any], run
     }
 
 
+IDLE_FOREIGN_CORES = 0.2  # other processes' average CPU use (cores) under which a speed ratio is trusted
+
+
+def idle_report(*measured: Measured) -> dict[str, Any]:
+    """Whether the machine was idle while the job and the notebook ran: a ratio of two runs means something
+    only if nothing else took CPU from either (a loaded run measured 0.29x where an idle one measured 1.16x)."""
+    foreign = {Path(m.log).stem: m.foreign_cpu_cores for m in measured}
+    busy = {name: cores for name, cores in foreign.items() if cores > IDLE_FOREIGN_CORES}
+    why = ", ".join(f"{name}: other processes used {cores} cores on average" for name, cores in busy.items())
+    return {"idle": not busy, "foreign_cpu_cores": foreign, "threshold_cores": IDLE_FOREIGN_CORES,
+            "load_average_at_end": [round(x, 2) for x in os.getloadavg()], "why": why or None}
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", choices=sorted(PRESETS), required=True)
@@ -274,6 +287,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--job-source-note", default="", help="Says what a --job-source folder holds (kept in the report)")
     parser.add_argument("--skip-scaling", action="store_true")
+    parser.add_argument("--allow-busy", action="store_true",
+                        help="Write the results where the headline lives even if other work kept the CPU busy")
     parser.add_argument("--job-set", action="append", default=[], metavar="KEY=VALUE",
                         help="Extra job config (dotted key, JSON value), e.g. train.loss=mnrl; repeatable")
     args = parser.parse_args(argv)
@@ -330,7 +345,13 @@ def main(argv: list[str] | None = None) -> None:
     result = assemble(args, sizes, source, run_dir, job_m, nb_m, nb_dir, quality, scaling)
     result["job_config_overrides"] = overrides
     add_cpu_times(result)
-    paths = write_report(result, args.results)
+    result["idle"] = idle_report(job_m, nb_m)
+    results_dir = args.results
+    if not result["idle"]["idle"] and not args.allow_busy:
+        results_dir = REPO / "bench" / "work" / "busy-results"
+        print(f"[bench] NOT IDLE: {result['idle']['why']}; the results go to {results_dir}, not {args.results} "
+              "(--allow-busy writes them there anyway)", flush=True)
+    paths = write_report(result, results_dir)
     print(Path(paths["md"]).read_text())
     print(f"[bench] wrote {paths['json']}, {paths['md']}, {paths['png']}", flush=True)
 
