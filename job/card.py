@@ -22,6 +22,7 @@ from huggingface_hub import EvalResult, ModelCardData
 
 from job.config import JobConfig
 from job.log import redact_url_userinfo
+from job.losses import LOSSES
 
 MODEL_CARD = "model/README.md"
 CARD_SAMPLES = 5  # test pairs quoted when model.card_samples is true
@@ -152,9 +153,7 @@ def _training_data(prepare: dict[str, Any]) -> str:
 
 def _training(cfg: JobConfig, train: dict[str, Any]) -> str:
     tc = cfg.train
-    loss = {"retrieval": f"MultipleNegativesRankingLoss on (anchor, duplicate, mined negative) triplets plus "
-                         f"{tc.pair_loss} on scored pairs",
-            "mnrl": "MultipleNegativesRankingLoss on (anchor, duplicate, mined negative) triplets"}.get(tc.loss, tc.loss)
+    loss = LOSSES[tc.loss].card(tc.pair_loss)
     lines = ["## Training", "", f"- Loss: `{tc.loss}`: {loss}",
              f"- Epochs {tc.epochs}, batch size {tc.batch_size}, learning rate {tc.learning_rate:g}, warm-up ratio "
              f"{tc.warmup_ratio:g}, seed {tc.seed}, row cap {tc.max_pairs or 'none'}",

@@ -33,6 +33,7 @@ from pydantic import (
 from job.errors import ConfigError
 from job.localfile import FileRefused, read_regular_file
 from job.log import REDACTED, redact_url_userinfo, url_userinfo
+from job.losses import LOSSES, PAIR_LOSSES, describe_losses
 
 ENV_PREFIX = "FINETUNE_"
 ENV_CONFIG_FILE = "FINETUNE_CONFIG"
@@ -277,11 +278,9 @@ class TrainConfig(Section):
     warmup_ratio: float = Field(0.1, ge=0, lt=1, description="Share of the steps spent warming up")
     # mnrl: the val rule's pick on the unseen-project benchmark, on all four folds and on three seeds of two;
     # retrieval is level with it there (docs/benchmarks.md: Unseen projects; bench/results/unseen-dev.md).
-    loss: Literal["retrieval", "cosine", "cosent", "mnrl", "online_contrastive"] = Field(
-        "mnrl", description="retrieval: MultipleNegativesRanking on triplets plus pair_loss on scored pairs; "
-        "mnrl: triplets only; the others (cosine: the notebooks'): scored pairs only")
-    pair_loss: Literal["cosent", "online_contrastive", "cosine"] = Field(
-        "cosent", description="The pair objective next to the ranking one when loss is retrieval")
+    loss: str = Field("mnrl", description=f"One of job/losses.py's LOSSES: {describe_losses()}")
+    pair_loss: str = Field("cosent", description="The pair objective next to the ranking one when loss is "
+                           f"retrieval: one of {', '.join(PAIR_LOSSES)}")
     retrieval_share: float = Field(0.5, ge=0, le=1, description="Share of max_pairs spent on triplets "
                                    "when loss is retrieval")
     related_weight: float = Field(0.5, gt=0, le=10, description="Weight of the related_relations ranking loss "
@@ -296,6 +295,20 @@ class TrainConfig(Section):
     checkpoint_every_steps: int | None = Field(None, gt=0, description="Default: once per epoch")
     group_by_length: bool = Field(True, description="Batch pairs of similar length (less padding, faster)")
     compile: bool = Field(False, description="torch.compile the model: slower first steps, faster after (CUDA)")
+
+    @field_validator("loss")
+    @classmethod
+    def _known_loss(cls, name: str) -> str:
+        if name not in LOSSES:
+            raise ValueError(f"expected one of {', '.join(LOSSES)} (job/losses.py)")
+        return name
+
+    @field_validator("pair_loss")
+    @classmethod
+    def _known_pair_loss(cls, name: str) -> str:
+        if name not in PAIR_LOSSES:
+            raise ValueError(f"expected one of {', '.join(PAIR_LOSSES)} (job/losses.py)")
+        return name
 
 
 class EvaluateConfig(Section):

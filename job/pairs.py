@@ -31,6 +31,7 @@ import numpy as np
 
 from job.config import PairsConfig, TrainConfig
 from job.data import Corpus, Link, Ticket
+from job.losses import LOSSES
 from job.neighbors import top_k
 from job.retrieval.lexical import LexicalIndex, LexicalSettings
 from job.split import Split
@@ -111,18 +112,18 @@ def training_budget(train: TrainConfig, pairs: PairsConfig | None = None) -> Bud
     """
     cfg = pairs or PairsConfig()
     cap = train.max_pairs
+    loss = LOSSES[train.loss]
+    ranks, scores = loss.ranks_triplets, loss.pair_objective(train.pair_loss) is not None
     related_on, title_body_on = bool(cfg.related_relations), cfg.title_body
     if cap is None:
         extras = {"related": None if related_on else 0, "title_body": None if title_body_on else 0}
-        if train.loss == "mnrl":
-            return Budget(None, 0, **extras)
-        return Budget(None if train.loss == "retrieval" else 0, None, **extras)
+        return Budget(None if ranks else 0, None if scores else 0, **extras)
     related = round(cap * cfg.related_share) if related_on else 0
     title_body = round(cap * cfg.title_body_share) if title_body_on else 0
     rest = max(0, cap - related - title_body)
-    if train.loss == "mnrl":
-        return Budget(rest, 0, related, title_body)
-    if train.loss != "retrieval":
+    if not scores:
+        return Budget(rest if ranks else 0, 0, related, title_body)
+    if not ranks:
         return Budget(0, rest, related, title_body)
     triplets = round(rest * train.retrieval_share)
     return Budget(triplets, rest - triplets, related, title_body)

@@ -26,6 +26,7 @@ from transformers import PrinterCallback, TrainerCallback
 from job.config import JobConfig, TrainConfig
 from job.errors import InputError, Interrupted, RunStateError
 from job.log import Progress
+from job.losses import LOSSES, PAIR_LOSSES
 from job.model import write_portable_module_paths
 from job.pairs import Pair, TitleBody, Triplet
 from job.storage import Store, download_dir, upload_dir
@@ -83,11 +84,11 @@ def examples_from_pairs(pairs: list[Pair], texts: dict[str, str], loss: str, pai
 
     The row budget (`train.max_pairs`) was spent in prepare, so every given pair is used.
     """
-    objective = pair_loss if loss == "retrieval" else loss
-    chosen = [] if loss == "mnrl" else list(pairs)
+    objective = LOSSES[loss].pair_objective(pair_loss)
+    chosen = [] if objective is None else list(pairs)
     s1 = [texts[p.a] for p in chosen]
     s2 = [p.text_b if p.text_b is not None else texts[p.b] for p in chosen]
-    if objective == "online_contrastive":
+    if objective is not None and PAIR_LOSSES[objective].binary_labels:
         scores = [1.0 if p.score >= positive_threshold else 0.0 for p in chosen]
     else:
         scores = [p.score for p in chosen]
@@ -203,13 +204,7 @@ class UniqueTextSimilarityEvaluator(EmbeddingSimilarityEvaluator):
 
 
 def pair_loss(model: Any, name: str) -> Any:
-    from sentence_transformers.sentence_transformer import losses
-
-    return {
-        "cosine": lambda: losses.CosineSimilarityLoss(model),
-        "cosent": lambda: losses.CoSENTLoss(model),
-        "online_contrastive": lambda: losses.OnlineContrastiveLoss(model),
-    }[name]()
+    return PAIR_LOSSES[name].factory(model)
 
 
 def ranking_loss(model: Any, mini_batch_size: int | None, gather_across_devices: bool) -> Any:
@@ -351,9 +346,10 @@ def training_sets(model: Any, pairs: TrainExamples, ranking: RankingSets, tc: Tr
     rows: dict[str, Any] = {name: vars(examples) for name, examples in
                             (("triplets", ranking.triplets), ("related", ranking.related),
                              ("title_body", ranking.title_body)) if examples.anchor}
+    objective = LOSSES[tc.loss].pair_objective(tc.pair_loss)
     if pairs.sentence1:
-        if tc.loss == "mnrl":  # prepare spends an mnrl budget on triplets only (pairs.budget)
-            raise ValueError("train.loss mnrl trains on triplets only, but scored pairs were given")
+        if objective is None:  # prepare spends such a budget on triplets only (pairs.budget)
+            raise ValueError(f"train.loss {tc.loss} trains on triplets only, but scored pairs were given")
         rows["pairs"] = vars(pairs)
     # Under DDP the batches of a multi-dataset epoch are dealt to the ranks in turn, so one rank may rank
     # triplets while another scores pairs in the same step: a gather across devices would then wait
@@ -363,8 +359,8 @@ def training_sets(model: Any, pairs: TrainExamples, ranking: RankingSets, tc: Tr
     datasets = {name: Dataset.from_dict(columns) for name, columns in rows.items()}
     losses = {name: weighted(ranking_loss(model, tc.mnrl_mini_batch_size, gather), weights[name])
               for name in rows if name != "pairs"}
-    if "pairs" in rows:
-        losses["pairs"] = pair_loss(model, tc.pair_loss if tc.loss == "retrieval" else tc.loss)
+    if "pairs" in rows and objective is not None:
+        losses["pairs"] = pair_loss(model, objective)
     return datasets, losses
 
 

@@ -11,7 +11,16 @@ import pytest
 
 from job.config import NEGATIVE_STRATEGIES, PairsConfig, SplitConfig, TrainConfig
 from job.data import Corpus, Link, Ticket
-from job.pairs import Budget, NegativeSampler, allocate, augment_text, build_split_pairs, training_budget
+from job.losses import LOSSES
+from job.pairs import (
+    Budget,
+    NegativeSampler,
+    Pair,
+    allocate,
+    augment_text,
+    build_split_pairs,
+    training_budget,
+)
 from job.split import split_by_components
 
 
@@ -156,6 +165,32 @@ def test_triplets_pair_both_directions_of_duplicates_with_an_unlinked_negative()
                                                 ("cosine", Budget(0, 80))])
 def test_the_budget_goes_to_the_losss_objectives(loss: str, expected: Budget) -> None:
     assert training_budget(TrainConfig(loss=loss, max_pairs=80, retrieval_share=0.5)) == expected
+
+
+@pytest.mark.parametrize("name", sorted(LOSSES))
+def test_every_loss_in_the_table_is_a_setting_with_a_budget_rows_and_a_card(name: str) -> None:
+    """A loss is one entry of job/losses.py: config accepts it, prepare spends the budget on exactly the rows
+    it trains on, train makes pair rows only if it has a pair objective, and the card names it."""
+    from job.card import _training
+    from job.config import JobConfig
+    from job.train import examples_from_pairs
+
+    loss = LOSSES[name]
+    cfg = JobConfig.model_validate({"train": {"loss": name, "max_pairs": 80}})
+    budget = training_budget(cfg.train)
+    assert (budget.triplets > 0) == loss.ranks_triplets
+    has_pairs = loss.pair_objective(cfg.train.pair_loss) is not None
+    assert (budget.pairs > 0) == has_pairs and budget.triplets + budget.pairs == 80
+    rows = examples_from_pairs([Pair("a", "b", 0.7, "positive")], {"a": "x", "b": "y"}, name, cfg.train.pair_loss, 0.5)
+    assert len(rows.sentence1) == int(has_pairs)
+    assert loss.card(cfg.train.pair_loss) in _training(cfg, {})
+
+
+def test_an_unknown_loss_is_a_config_error_naming_the_table() -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="expected one of mnrl, retrieval"):
+        TrainConfig(loss="triplet_margin")
 
 
 def test_budget_caps_rows_and_mining_encodes_only_what_the_kept_rows_need() -> None:
