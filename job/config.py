@@ -26,6 +26,7 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -296,18 +297,12 @@ class TrainConfig(Section):
     group_by_length: bool = Field(True, description="Batch pairs of similar length (less padding, faster)")
     compile: bool = Field(False, description="torch.compile the model: slower first steps, faster after (CUDA)")
 
-    @field_validator("loss")
+    @field_validator("loss", "pair_loss")
     @classmethod
-    def _known_loss(cls, name: str) -> str:
-        if name not in LOSSES:
-            raise ValueError(f"expected one of {', '.join(LOSSES)} (job/losses.py)")
-        return name
-
-    @field_validator("pair_loss")
-    @classmethod
-    def _known_pair_loss(cls, name: str) -> str:
-        if name not in PAIR_LOSSES:
-            raise ValueError(f"expected one of {', '.join(PAIR_LOSSES)} (job/losses.py)")
+    def _in_the_loss_tables(cls, name: str, info: ValidationInfo) -> str:
+        table = LOSSES if info.field_name == "loss" else PAIR_LOSSES
+        if name not in table:
+            raise ValueError(f"expected one of {', '.join(table)} (job/losses.py)")
         return name
 
 
