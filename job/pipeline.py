@@ -815,7 +815,7 @@ def run_all(ctx: RunContext, resume: bool = False) -> dict[str, Any]:
 def _take_over_model(ctx: RunContext) -> TrainedModel:
     # A stop right after train recorded itself leaves the checkpoints it was about to delete.
     ctx.run.store.delete_prefix("checkpoints/")
-    return fetch_model(ctx, EVALUATE)
+    return fetch_model(ctx, INDEX)  # the first step after train that uses the model
 
 
 def run_step(ctx: RunContext, name: str, resume: bool = False) -> None:
