@@ -175,14 +175,15 @@ def test_links_outside_the_export_and_of_ignored_types_are_counted_not_kept() ->
 
 
 def test_a_tracker_with_its_own_link_names_maps_them_in_yaml(tmp_path: Path) -> None:
-    """docs/configuration.md's example, verbatim: a Jira Cloud site's own link types, which Apache's Jira names otherwise."""
+    """The README's example (and docs/configuration.md's), verbatim: a Jira Cloud site's own link types, which Apache's Jira names otherwise."""
     example = """data:
   format: jira
   tickets: s3://tickets/jira/
   jira: {link_types: {Blocks: {relation: blocks, outward: blocks}, Relates: {relation: relates, outward: relates to},
                       Duplicate: {relation: duplicate, outward: duplicates}, Cloners: {relation: clones, outward: clones}}}
 """
-    assert example in (REPO / "docs" / "configuration.md").read_text(), "docs/configuration.md shows this config"
+    for page in (REPO / "README.md", REPO / "docs" / "configuration.md"):
+        assert example in page.read_text(), f"{page.name} shows this config"
     config = tmp_path / "config.yaml"
     config.write_text(example)
     cfg = load_config(str(config), environ={}).config.data
