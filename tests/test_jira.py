@@ -182,8 +182,8 @@ def test_a_tracker_with_its_own_link_names_maps_them_in_yaml(tmp_path: Path) -> 
   jira: {link_types: {Blocks: {relation: blocks, outward: blocks}, Relates: {relation: relates, outward: relates to},
                       Duplicate: {relation: duplicate, outward: duplicates}, Cloners: {relation: clones, outward: clones}}}
 """
-    for page in (REPO / "README.md", REPO / "docs" / "configuration.md"):
-        assert example in page.read_text(), f"{page.name} shows this config"
+    for shown_in in (REPO / "README.md", REPO / "docs" / "configuration.md"):
+        assert example in shown_in.read_text(), f"{shown_in.name} shows this config"
     config = tmp_path / "config.yaml"
     config.write_text(example)
     cfg = load_config(str(config), environ={}).config.data
