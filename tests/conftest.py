@@ -89,21 +89,22 @@ def bucket(s3: S3Server) -> str:
     return s3.create_bucket(f"test-{uuid.uuid4().hex[:12]}")
 
 
-@pytest.fixture(scope="session")
-def shared_sample() -> Path:
-    path = SHARED_DATA / "sample"
-    if not (path / "tickets.jsonl").exists():
+def _shared(folder: str, marker: str) -> Path:
+    path = SHARED_DATA / folder
+    if not (path / marker).exists():
         pytest.skip(f"shared data not found at {path} (a clone outside the team's checkout)")
     return path
 
 
 @pytest.fixture(scope="session")
+def shared_sample() -> Path:
+    return _shared("sample", "tickets.jsonl")
+
+
+@pytest.fixture(scope="session")
 def shared_jira_sample() -> Path:
     """The sample's tickets as Jira REST API search-response pages (../shared/DATA.md)."""
-    path = SHARED_DATA / "jira-sample"
-    if not (path / "search-000.json").exists():
-        pytest.skip(f"shared Jira pages not found at {path} (a clone outside the team's checkout)")
-    return path
+    return _shared("jira-sample", "search-000.json")
 
 
 @pytest.fixture(scope="session")
