@@ -1,8 +1,8 @@
 """Name the relation between two linked tickets.
 
-Two methods (classify.method), scored the same way (`relation_metrics`):
-- logistic (here): logistic regression over pair features of two frozen embeddings;
-- cross_encoder (job/cross_encoder.py): a transformer that reads both tickets together.
+The methods (classify.method, the table in job/relation_classifiers.py) are scored the same way
+(`relation_metrics`, here); the logistic one is this module's `LogisticClassifier`: logistic regression
+over pair features of two frozen embeddings.
 
 Logistic features of (source u, target v): |u-v| and u*v (symmetric), u-v (direction: which one caused
 or blocks the other), cosine, and metadata that carries the relation: the signed gap between
@@ -19,6 +19,7 @@ import re
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -30,8 +31,9 @@ from job.config import ClassifyConfig
 from job.data import Link, Ticket
 from job.errors import RunStateError
 from job.evaluate import Embeddings
+from job.relation_classifiers import RELATION_CLASSIFIERS, FitInputs, Fitted, RelationClassifier
 
-LOGISTIC_FORMAT = "ticket-relation-logreg/1"
+LOGISTIC_FORMAT = RELATION_CLASSIFIERS["logistic"].format
 META_FEATURES = ("cosine", "created_gap_sign", "created_gap_log_days", "has_dates", "same_project",
                  "same_category", "word_jaccard")
 _WORD = re.compile(r"[a-z0-9_]+")
@@ -175,18 +177,25 @@ def train_classifier(train_links: list[Link], test_links: list[Link], tickets: d
                      emb: Embeddings, cfg: ClassifyConfig, seed: int) -> ClassifierResult:
     """Logistic regression over pair features of frozen embeddings (classify.method: logistic)."""
     links = choose_relations(train_links, test_links, cfg.min_class_count)
-    notes = links.notes
+    model, y_pred = fit_logistic(links, tickets, emb, cfg, seed)
+    metrics = relation_metrics(links, y_pred, "logistic")
+    return ClassifierResult(metrics, model, relation_confusion(links, y_pred), links.classes, links.notes)
+
+
+def fit_logistic(links: RelationLinks, tickets: dict[str, Ticket], emb: Embeddings, cfg: ClassifyConfig,
+                 seed: int) -> tuple[dict[str, Any], list[str]]:
+    """The saved model (JSON-ready) trained on `links.train`, and its predictions for `links.test`; SMOTE's
+    notes go into `links.notes`."""
     x_train = pair_features(links.train, tickets, emb)
     y_train = np.array([link.relation for link in links.train])
     scaler = StandardScaler().fit(x_train)
-    x_fit, y_fit = _oversample(scaler.transform(x_train), y_train, cfg, seed, notes)
+    x_fit, y_fit = _oversample(scaler.transform(x_train), y_train, cfg, seed, links.notes)
     clf = LogisticRegression(max_iter=3000, C=0.5,
                              class_weight="balanced" if cfg.class_weight == "balanced" else None,
                              random_state=seed)
     clf.fit(x_fit, y_fit)
     test = links.test
     y_pred = clf.predict(scaler.transform(pair_features(test, tickets, emb))).tolist() if test else []
-    metrics = relation_metrics(links, y_pred, "logistic")
     model = {
         "format": LOGISTIC_FORMAT,
         "classes": clf.classes_.tolist(),
@@ -197,7 +206,7 @@ def train_classifier(train_links: list[Link], test_links: list[Link], tickets: d
         "features": ["abs_diff[d]", "product[d]", "diff[d]", *META_FEATURES],
         "embedding_dim": int(emb.vectors.shape[1]),
     }
-    return ClassifierResult(metrics, model, relation_confusion(links, y_pred), links.classes, notes)
+    return model, y_pred
 
 
 def check_logistic_model(model: dict[str, Any], where: str) -> None:
@@ -247,3 +256,61 @@ def predict(model: dict[str, Any], features: np.ndarray) -> list[str]:
 
 def dumps_model(model: dict[str, Any]) -> bytes:
     return json.dumps(model).encode("utf-8")
+
+
+class LogisticClassifier(RelationClassifier):
+    """classify.method logistic: `fit_logistic` over the fine-tuned embeddings (the index step's, when it ran),
+    saved as classifier/model.json. Loaded, it encodes new tickets with the run's embedding model as the
+    classify step did (same max sequence length), then applies the saved weights."""
+
+    def __init__(self, model: dict[str, Any], encoder: Any = None) -> None:
+        self.model = model
+        self.classes = list(model["classes"])
+        self.encoder = encoder  # None until loaded: fit scores the test links from the step's embeddings
+
+    @classmethod
+    def fit(cls, inputs: FitInputs) -> Fitted:
+        links = inputs.links
+        needed = sorted({t for link in links.train + links.test for t in (link.source, link.target)})
+        model, predictions = fit_logistic(links, inputs.tickets, inputs.embeddings(needed), inputs.cfg.classify,
+                                          inputs.cfg.train.seed)
+        model["embedding_max_seq_length"] = inputs.cfg.model.max_seq_length  # predict encodes as this step did
+        return Fitted(cls(model), predictions)
+
+    def save(self, folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "model.json").write_bytes(dumps_model(self.model))
+
+    @classmethod
+    def check(cls, descriptor: dict[str, Any], folder: Path) -> None:
+        check_logistic_model(descriptor, str(folder / "model.json"))
+
+    @classmethod
+    def load(cls, folder: Path, descriptor: dict[str, Any], embedding_model_dir: Path | None,
+             device: str | None) -> LogisticClassifier:
+        from job.model import load_model
+
+        assert embedding_model_dir is not None  # predict refuses before: the entry needs the embedding model
+        return cls(descriptor, load_model(str(embedding_model_dir),
+                                          int(descriptor.get("embedding_max_seq_length", 256)), device))
+
+    def predict_proba(self, pairs: list[tuple[Ticket, Ticket]]) -> np.ndarray:
+        from job.log import get_logger
+        from job.model import encode
+
+        if self.encoder is None:
+            raise RunStateError("the logistic classifier encodes tickets with the run's embedding model: load it")
+        if not pairs:
+            return np.zeros((0, len(self.classes)))
+        # Ids of our own: the consumer's ticket ids may repeat or be missing.
+        tickets: dict[str, Ticket] = {}
+        links = []
+        for number, (source, target) in enumerate(pairs):
+            a, b = f"source-{number}", f"target-{number}"
+            tickets[a] = Ticket(a, source.text, source.category, source.project, source.created)
+            tickets[b] = Ticket(b, target.text, target.category, target.project, target.created)
+            links.append(Link(a, b, "unknown"))
+        ids = list(tickets)
+        vectors = encode(self.encoder, [tickets[t].text for t in ids], 32, get_logger(step="predict"),
+                         "encode for predict")
+        return logistic_probabilities(self.model, pair_features(links, tickets, Embeddings(ids, vectors)))

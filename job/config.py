@@ -35,6 +35,7 @@ from job.errors import ConfigError
 from job.localfile import FileRefused, read_regular_file
 from job.log import REDACTED, redact_url_userinfo, url_userinfo
 from job.losses import LOSSES, PAIR_LOSSES, describe_losses
+from job.relation_classifiers import RELATION_CLASSIFIERS, describe_methods
 
 ENV_PREFIX = "FINETUNE_"
 ENV_CONFIG_FILE = "FINETUNE_CONFIG"
@@ -394,15 +395,21 @@ class ExportConfig(Section):
 
 class ClassifyConfig(Section):
     enabled: bool = Field(True, description="Train the relation classifier")
-    method: Literal["logistic", "cross_encoder"] = Field(
-        "logistic", description="logistic: regression over two frozen embeddings (minutes on a CPU); "
-        "cross_encoder: a transformer fine-tuned on both tickets together (wants a GPU)")
+    method: str = Field("logistic", description="One of job/relation_classifiers.py's RELATION_CLASSIFIERS: "
+                        f"{describe_methods()}")
     min_class_count: int = Field(10, ge=1, description="Relations with fewer train links are dropped and reported")
     smote: bool = Field(True, description="logistic only: oversample rare classes")
     class_weight: Literal["balanced", "none"] = Field(
         "balanced", description="balanced: rare relations weigh more (logistic's class weights, the "
         "cross-encoder's loss weights)")
     cross_encoder: CrossEncoderConfig = Field(default_factory=CrossEncoderConfig)
+
+    @field_validator("method")
+    @classmethod
+    def _in_the_classifier_table(cls, name: str) -> str:
+        if name not in RELATION_CLASSIFIERS:
+            raise ValueError(f"expected one of {', '.join(RELATION_CLASSIFIERS)} (job/relation_classifiers.py)")
+        return name
 
 
 class PromoteConfig(Section):

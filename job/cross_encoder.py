@@ -32,10 +32,11 @@ import numpy as np
 
 from job.config import DIRECTED_RELATIONS, JobConfig
 from job.data import Link, Ticket
-from job.errors import ConfigError
+from job.errors import ConfigError, RunStateError
 from job.model import pick_device, refuse_pickle_weights
+from job.relation_classifiers import RELATION_CLASSIFIERS, FitInputs, Fitted, RelationClassifier
 
-CROSS_ENCODER_FORMAT = "ticket-relation-cross-encoder/1"
+CROSS_ENCODER_FORMAT = RELATION_CLASSIFIERS["cross_encoder"].format
 WEIGHTS_DIR = "cross_encoder"  # inside the classifier folder
 CHECKPOINTS = "classifier-checkpoints"  # in the run's storage, apart from the train step's
 PREDICT_BATCH_SIZE = 32
@@ -275,3 +276,69 @@ def pair_probabilities(model: Any, pairs: list[tuple[Ticket, Ticket]]) -> np.nda
         scores = model.predict([(pair_side(a), pair_side(b)) for a, b in pairs], batch_size=PREDICT_BATCH_SIZE,
                                apply_softmax=True, show_progress_bar=False, convert_to_numpy=True)
     return np.asarray(scores, dtype=np.float32).reshape(len(pairs), -1)
+
+
+class CrossEncoderClassifier(RelationClassifier):
+    """classify.method cross_encoder: `train_cross_encoder` from the fine-tuned bi-encoder or model.base
+    (classify.cross_encoder.start_from), saved as `save_cross_encoder` writes it; it reads both tickets itself,
+    so predict needs nothing else of the run."""
+
+    def __init__(self, classes: list[str], saved_in: Path | None = None, model: Any = None) -> None:
+        self.classes = list(classes)
+        self.saved_in = saved_in  # training saves the kept epoch here
+        self.model = model  # None until loaded
+
+    @classmethod
+    def fit(cls, inputs: FitInputs) -> Fitted:
+        from job.train import discard_stale_checkpoints
+
+        links, log = inputs.links, inputs.log
+        ce = inputs.cfg.classify.cross_encoder
+        start = str(inputs.finetuned_model) if ce.start_from == "finetuned" else inputs.base_model()
+        stamp = inputs.checkpoint_stamp()
+        discarded = discard_stale_checkpoints(inputs.store, stamp, log, CHECKPOINTS)
+        inputs.checkpointing.set()
+        try:
+            result = train_cross_encoder(start, links.classes, links.train, links.val, links.test, inputs.tickets,
+                                         inputs.cfg, inputs.work_dir, inputs.store, log, inputs.stop,
+                                         stamp=stamp)
+        finally:
+            inputs.checkpointing.clear()
+        log.info("cross-encoder trained", steps=result.global_step, seconds=result.train_seconds,
+                 best_val_macro_f1=None if result.best_val_macro_f1 is None else round(result.best_val_macro_f1, 4))
+        info = {"cross_encoder": {k: v for k, v in vars(result).items()
+                                  if k not in ("model_dir", "predictions", "test_probabilities")},
+                "discarded_checkpoint": discarded}
+        return Fitted(cls(links.classes, saved_in=result.model_dir), result.predictions,
+                      {"best_val_macro_f1": result.best_val_macro_f1}, info)
+
+    def save(self, folder: Path) -> None:
+        import shutil
+
+        if self.saved_in is None:
+            save_cross_encoder(self.model, self.classes, folder)
+        elif folder.resolve() != self.saved_in.resolve():
+            shutil.copytree(self.saved_in, folder, dirs_exist_ok=True)
+
+    @classmethod
+    def check(cls, descriptor: dict[str, Any], folder: Path) -> None:
+        path = folder / "model.json"
+        classes, weights, length = descriptor.get("classes"), descriptor.get("weights"), descriptor.get("max_length")
+        if not (isinstance(classes, list) and classes and all(isinstance(c, str) and c for c in classes)):
+            raise RunStateError(f"{path}: classes: expected a list of relation names")
+        inside = isinstance(weights, str) and weights and not Path(weights).is_absolute() and \
+            (folder / weights).resolve().is_relative_to(folder.resolve())
+        if not inside:
+            raise RunStateError(f"{path}: weights: expected a folder inside {folder}")
+        if isinstance(length, bool) or not isinstance(length, int) or not 0 < length <= 8192:
+            raise RunStateError(f"{path}: max_length: expected a whole number of tokens in [1, 8192]")
+
+    @classmethod
+    def load(cls, folder: Path, descriptor: dict[str, Any], embedding_model_dir: Path | None,
+             device: str | None) -> CrossEncoderClassifier:
+        return cls(list(descriptor["classes"]), model=load_cross_encoder(folder, descriptor, device))
+
+    def predict_proba(self, pairs: list[tuple[Ticket, Ticket]]) -> np.ndarray:
+        if self.model is None:
+            raise RunStateError("the cross-encoder predicts once loaded from its saved folder")
+        return pair_probabilities(self.model, pairs)
