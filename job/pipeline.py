@@ -31,10 +31,8 @@ from job.classify import (
     NotEnoughClasses,
     RelationLinks,
     choose_relations,
-    dumps_model,
     relation_confusion,
     relation_metrics,
-    train_classifier,
 )
 from job.config import JobConfig, LoadedConfig
 from job.cross_encoder import CHECKPOINTS as CROSS_ENCODER_CHECKPOINTS
@@ -62,6 +60,7 @@ from job.model import (
     world_size,
 )
 from job.pairs import Budget, Pair, TitleBody, Triplet, build_split_pairs, training_budget
+from job.relation_classifiers import RELATION_CLASSIFIERS, FitInputs
 from job.retrieval.spec import RETRIEVAL_FILE, fusion_settings, lexical_settings, retrieval_spec
 from job.split import SPLITS, check_usable, split_by_components
 from job.step_metrics import step_numbers, write_step_metrics
@@ -696,10 +695,7 @@ def classify(ctx: RunContext, prepared: PreparedData, trained: TrainedModel) -> 
         metrics: dict[str, Any] = {"skipped": str(exc)}
         log.warning("classifier skipped", reason=str(exc))
     else:
-        if cfg.classify.method == "cross_encoder":
-            metrics, confusion, info = _classify_cross_encoder(ctx, prepared, trained, links, log, files)
-        else:
-            metrics, confusion = _classify_logistic(ctx, prepared, trained, log, files)
+        metrics, confusion, info = _fit_classifier(ctx, prepared, trained, links, log, files)
         plot = plots.confusion(confusion, links.classes, ctx.work_dir / "plots" / "confusion_matrix.png")
         files.append(ctx.run.store.upload_file(plot, "plots/confusion_matrix.png"))
         log.info("classifier", method=cfg.classify.method, macro_f1=_round(metrics["macro_f1"]),
@@ -712,42 +708,23 @@ def classify(ctx: RunContext, prepared: PreparedData, trained: TrainedModel) -> 
     return metrics
 
 
-def _classify_logistic(ctx: RunContext, prepared: PreparedData, trained: TrainedModel,
-                       log: Any, files: list[FileRecord]) -> tuple[dict[str, Any], np.ndarray]:
-    """Logistic regression over the fine-tuned embeddings (the index step's)."""
-    train_links, test_links = prepared.links_in("train"), prepared.links_in("test")
-    needed = sorted({t for link in train_links + test_links for t in (link.source, link.target)})
-    emb = _reuse_or_encode(ctx, prepared, trained, needed, log)
-    result = train_classifier(train_links, test_links, prepared.tickets, emb, ctx.cfg.classify, ctx.cfg.train.seed)
-    result.model["embedding_max_seq_length"] = ctx.cfg.model.max_seq_length  # predict encodes as this step did
-    files.append(ctx.run.store.write_bytes("classifier/model.json", dumps_model(result.model)))
-    return result.metrics, result.confusion
-
-
-def _classify_cross_encoder(ctx: RunContext, prepared: PreparedData, trained: TrainedModel, links: RelationLinks,
-                            log: Any, files: list[FileRecord]) -> tuple[dict[str, Any], np.ndarray, dict[str, Any]]:
-    """A cross-encoder fine-tuned on the train links, best epoch on val; published as classifier/."""
-    from job.cross_encoder import train_cross_encoder
-    from job.train import discard_stale_checkpoints
-
-    ce = ctx.cfg.classify.cross_encoder
-    start = str(trained.local_dir) if ce.start_from == "finetuned" else _base_model_path(ctx)
-    stamp = checkpoint_stamp(ctx, CLASSIFY)
-    discarded = discard_stale_checkpoints(ctx.run.store, stamp, log, CROSS_ENCODER_CHECKPOINTS)
-    ctx.checkpointing.set()
-    try:
-        result = train_cross_encoder(start, links.classes, links.train, links.val, links.test, prepared.tickets,
-                                     ctx.cfg, ctx.work_dir, ctx.run.store, log, ctx.stop, stamp=stamp)
-    finally:
-        ctx.checkpointing.clear()
-    files += upload_dir(ctx.run.store, result.model_dir, "classifier")
-    metrics = relation_metrics(links, result.predictions, "cross_encoder")
-    metrics["best_val_macro_f1"] = result.best_val_macro_f1
-    info = {"cross_encoder": {k: v for k, v in vars(result).items() if k not in ("model_dir", "predictions", "test_probabilities")},
-            "discarded_checkpoint": discarded}
-    log.info("cross-encoder trained", steps=result.global_step, seconds=result.train_seconds,
-             best_val_macro_f1=_round(result.best_val_macro_f1))
-    return metrics, relation_confusion(links, result.predictions), info
+def _fit_classifier(ctx: RunContext, prepared: PreparedData, trained: TrainedModel, links: RelationLinks,
+                    log: Any, files: list[FileRecord]) -> tuple[dict[str, Any], np.ndarray, dict[str, Any]]:
+    """The classify.method of job/relation_classifiers.py trained on `links`, saved and published as classifier/;
+    its metrics.json (the same scores for every method, plus the method's own), confusion and step info."""
+    method = RELATION_CLASSIFIERS[ctx.cfg.classify.method]
+    inputs = FitInputs(
+        links=links, tickets=prepared.tickets, cfg=ctx.cfg,
+        embeddings=lambda ids: _reuse_or_encode(ctx, prepared, trained, ids, log),
+        finetuned_model=trained.local_dir, base_model=lambda: _base_model_path(ctx), work_dir=ctx.work_dir,
+        store=ctx.run.store, checkpoint_stamp=lambda: checkpoint_stamp(ctx, CLASSIFY), log=log, stop=ctx.stop,
+        checkpointing=ctx.checkpointing)
+    fitted = method.implementation().fit(inputs)
+    folder = ctx.work_dir / "classifier"
+    fitted.classifier.save(folder)
+    files += upload_dir(ctx.run.store, folder, "classifier")
+    metrics = {**relation_metrics(links, fitted.test_predictions, ctx.cfg.classify.method), **fitted.metrics}
+    return metrics, relation_confusion(links, fitted.test_predictions), fitted.info
 
 
 def _reuse_or_encode(ctx: RunContext, prepared: PreparedData, trained: TrainedModel, ids: list[str],

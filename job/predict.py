@@ -1,8 +1,8 @@
 """Relation probabilities for pairs of tickets, from a run's saved classifier: what a consumer calls.
 
-Works for both classify methods and needs none of the training code: the logistic classifier is
-applied to features of the run's fine-tuned embeddings (so it needs the run's `model/` too), the
-cross-encoder reads both tickets itself. A pair is (source, target): for the directed relations
+Works for every classify method (job/relation_classifiers.py: the saved format picks the loader) and
+needs none of the training code: the logistic classifier is applied to features of the run's fine-tuned
+embeddings (so it needs the run's `model/` too), the cross-encoder reads both tickets itself. A pair is (source, target): for the directed relations
 (blocks, causes, depends) a probability means "source <relation> target".
 
     from job.data import Ticket
@@ -22,12 +22,10 @@ from typing import Any
 
 import numpy as np
 
-from job.classify import LOGISTIC_FORMAT, check_logistic_model, logistic_probabilities, pair_features
 from job.config import JobConfig
-from job.cross_encoder import CROSS_ENCODER_FORMAT, load_cross_encoder, pair_probabilities
-from job.data import Link, Ticket
+from job.data import Ticket
 from job.errors import ConfigError, InputError, RunStateError
-from job.evaluate import Embeddings
+from job.relation_classifiers import RELATION_CLASSIFIERS, method_of_format
 from job.storage import open_store
 
 CLASSIFIER = "classifier"
@@ -53,8 +51,8 @@ class RelationPredictor:
 
 
 def read_descriptor(classifier_dir: Path) -> dict[str, Any]:
-    """classifier/model.json, checked: a known format, class names, weights that fit, and (cross-encoder)
-    a weights folder inside the classifier folder."""
+    """classifier/model.json, checked: a format of one of the methods (job/relation_classifiers.py), and
+    what that method's `check` asks of it (class names, weights that fit, files inside the folder)."""
     path = classifier_dir / "model.json"
     try:
         descriptor = json.loads(path.read_text(encoding="utf-8"))
@@ -62,64 +60,29 @@ def read_descriptor(classifier_dir: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: no classifier here (expected model.json written by the classify step)") from None
     except (OSError, ValueError, RecursionError) as exc:
         raise ConfigError(f"{path}: cannot read the classifier description ({type(exc).__name__})") from None
-    if not isinstance(descriptor, dict) or descriptor.get("format") not in (LOGISTIC_FORMAT, CROSS_ENCODER_FORMAT):
-        raise ConfigError(f"{path}: expected format {LOGISTIC_FORMAT} or {CROSS_ENCODER_FORMAT}")
-    if descriptor["format"] == LOGISTIC_FORMAT:
-        check_logistic_model(descriptor, str(path))
-    else:
-        _check_cross_encoder(descriptor, classifier_dir, path)
+    method = method_of_format(descriptor.get("format")) if isinstance(descriptor, dict) else None
+    if method is None:
+        formats = " or ".join(entry.format for entry in RELATION_CLASSIFIERS.values())
+        raise ConfigError(f"{path}: expected format {formats}")
+    RELATION_CLASSIFIERS[method].implementation().check(descriptor, classifier_dir)
     return descriptor
-
-
-def _check_cross_encoder(descriptor: dict[str, Any], classifier_dir: Path, path: Path) -> None:
-    classes, weights, length = descriptor.get("classes"), descriptor.get("weights"), descriptor.get("max_length")
-    if not (isinstance(classes, list) and classes and all(isinstance(c, str) and c for c in classes)):
-        raise RunStateError(f"{path}: classes: expected a list of relation names")
-    inside = isinstance(weights, str) and weights and not Path(weights).is_absolute() and \
-        (classifier_dir / weights).resolve().is_relative_to(classifier_dir.resolve())
-    if not inside:
-        raise RunStateError(f"{path}: weights: expected a folder inside {classifier_dir}")
-    if isinstance(length, bool) or not isinstance(length, int) or not 0 < length <= 8192:
-        raise RunStateError(f"{path}: max_length: expected a whole number of tokens in [1, 8192]")
 
 
 def load_predictor(classifier_dir: Path, embedding_model_dir: Path | None = None,
                    device: str | None = None) -> RelationPredictor:
-    """The classifier saved in `classifier_dir` (a run's classifier/ folder, downloaded).
+    """The classifier saved in `classifier_dir` (a run's classifier/ folder, downloaded), loaded by the method
+    its model.json's format names.
 
-    `embedding_model_dir` (the run's model/ folder) is needed by the logistic method only.
+    `embedding_model_dir` (the run's model/ folder) is needed by the methods that encode with it (logistic).
     """
     descriptor = read_descriptor(classifier_dir)
-    if descriptor["format"] == CROSS_ENCODER_FORMAT:
-        model = load_cross_encoder(classifier_dir, descriptor, device)
-        return RelationPredictor("cross_encoder", list(descriptor["classes"]),
-                                 lambda pairs: pair_probabilities(model, pairs))
-    if embedding_model_dir is None:
-        raise ConfigError(f"{classifier_dir}: the logistic classifier needs the run's embedding model (model/) too")
-    from job.model import load_model
-
-    encoder = load_model(str(embedding_model_dir), int(descriptor.get("embedding_max_seq_length", 256)), device)
-    return RelationPredictor("logistic", list(descriptor["classes"]),
-                             lambda pairs: _logistic_probabilities(descriptor, encoder, pairs))
-
-
-def _logistic_probabilities(descriptor: dict[str, Any], encoder: Any, pairs: list[tuple[Ticket, Ticket]]) -> np.ndarray:
-    from job.log import get_logger
-    from job.model import encode
-
-    if not pairs:
-        return np.zeros((0, len(descriptor["classes"])))
-    # Ids of our own: the consumer's ticket ids may repeat or be missing.
-    tickets: dict[str, Ticket] = {}
-    links = []
-    for number, (source, target) in enumerate(pairs):
-        a, b = f"source-{number}", f"target-{number}"
-        tickets[a] = Ticket(a, source.text, source.category, source.project, source.created)
-        tickets[b] = Ticket(b, target.text, target.category, target.project, target.created)
-        links.append(Link(a, b, "unknown"))
-    ids = list(tickets)
-    vectors = encode(encoder, [tickets[t].text for t in ids], 32, get_logger(step="predict"), "encode for predict")
-    return logistic_probabilities(descriptor, pair_features(links, tickets, Embeddings(ids, vectors)))
+    method = method_of_format(descriptor["format"])
+    assert method is not None  # read_descriptor refused any other format
+    entry = RELATION_CLASSIFIERS[method]
+    if entry.needs_embedding_model and embedding_model_dir is None:
+        raise ConfigError(f"{classifier_dir}: the {method} classifier needs the run's embedding model (model/) too")
+    classifier = entry.implementation().load(classifier_dir, descriptor, embedding_model_dir, device)
+    return RelationPredictor(method, list(classifier.classes), classifier.predict_proba)
 
 
 def open_run_predictor(cfg: JobConfig, run_id: str, work_dir: Path) -> RelationPredictor:
@@ -132,9 +95,9 @@ def open_run_predictor(cfg: JobConfig, run_id: str, work_dir: Path) -> RelationP
         raise RunStateError(f"run {run_id} has no classifier (classify has not run, or it was skipped: "
                             "see its classifier/metrics.json)")
     run.download_listed(CLASSIFIER, work_dir / CLASSIFIER, purpose)  # only what the manifest vouches for
-    descriptor = read_descriptor(work_dir / CLASSIFIER)
+    method = method_of_format(read_descriptor(work_dir / CLASSIFIER)["format"])
     embedding_dir = None
-    if descriptor["format"] == LOGISTIC_FORMAT:
+    if method is not None and RELATION_CLASSIFIERS[method].needs_embedding_model:
         embedding_dir = run.download_listed(EMBEDDING_MODEL, work_dir / EMBEDDING_MODEL, purpose)
     return load_predictor(work_dir / CLASSIFIER, embedding_dir)
 
