@@ -259,9 +259,9 @@ def dumps_model(model: dict[str, Any]) -> bytes:
 
 
 class LogisticClassifier(RelationClassifier):
-    """classify.method logistic: `fit_logistic` over the fine-tuned embeddings (the index step's, when it ran),
-    saved as classifier/model.json. Loaded, it encodes new tickets with the run's embedding model as the
-    classify step did (same max sequence length), then applies the saved weights."""
+    """classify.method logistic: `fit_logistic` over the fine-tuned embeddings (the index step's, when it
+    ran), saved as classifier/model.json. Loaded, it encodes new tickets with the run's embedding model as
+    the classify step did (same max sequence length), then applies the saved weights."""
 
     def __init__(self, model: dict[str, Any], encoder: Any = None) -> None:
         self.model = model
@@ -272,9 +272,10 @@ class LogisticClassifier(RelationClassifier):
     def fit(cls, inputs: FitInputs) -> Fitted:
         links = inputs.links
         needed = sorted({t for link in links.train + links.test for t in (link.source, link.target)})
-        model, predictions = fit_logistic(links, inputs.tickets, inputs.embeddings(needed), inputs.cfg.classify,
-                                          inputs.cfg.train.seed)
-        model["embedding_max_seq_length"] = inputs.cfg.model.max_seq_length  # predict encodes as this step did
+        cfg = inputs.cfg
+        model, predictions = fit_logistic(links, inputs.tickets, inputs.embeddings(needed), cfg.classify,
+                                          cfg.train.seed)
+        model["embedding_max_seq_length"] = cfg.model.max_seq_length  # predict encodes as this step did
         return Fitted(cls(model), predictions)
 
     def save(self, folder: Path) -> None:
@@ -299,7 +300,8 @@ class LogisticClassifier(RelationClassifier):
         from job.model import encode
 
         if self.encoder is None:
-            raise RunStateError("the logistic classifier encodes tickets with the run's embedding model: load it")
+            raise RunStateError("the logistic classifier encodes tickets with the run's embedding model: "
+                                "load it")
         if not pairs:
             return np.zeros((0, len(self.classes)))
         # Ids of our own: the consumer's ticket ids may repeat or be missing.

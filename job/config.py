@@ -408,7 +408,8 @@ class ClassifyConfig(Section):
     @classmethod
     def _in_the_classifier_table(cls, name: str) -> str:
         if name not in RELATION_CLASSIFIERS:
-            raise ValueError(f"expected one of {', '.join(RELATION_CLASSIFIERS)} (job/relation_classifiers.py)")
+            raise ValueError(f"expected one of {', '.join(RELATION_CLASSIFIERS)} "
+                             "(job/relation_classifiers.py)")
         return name
 
 

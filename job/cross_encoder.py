@@ -280,8 +280,8 @@ def pair_probabilities(model: Any, pairs: list[tuple[Ticket, Ticket]]) -> np.nda
 
 class CrossEncoderClassifier(RelationClassifier):
     """classify.method cross_encoder: `train_cross_encoder` from the fine-tuned bi-encoder or model.base
-    (classify.cross_encoder.start_from), saved as `save_cross_encoder` writes it; it reads both tickets itself,
-    so predict needs nothing else of the run."""
+    (classify.cross_encoder.start_from), saved as `save_cross_encoder` writes it; it reads both tickets
+    itself, so predict needs nothing else of the run."""
 
     def __init__(self, classes: list[str], saved_in: Path | None = None, model: Any = None) -> None:
         self.classes = list(classes)
@@ -299,13 +299,14 @@ class CrossEncoderClassifier(RelationClassifier):
         discarded = discard_stale_checkpoints(inputs.store, stamp, log, CHECKPOINTS)
         inputs.checkpointing.set()
         try:
-            result = train_cross_encoder(start, links.classes, links.train, links.val, links.test, inputs.tickets,
-                                         inputs.cfg, inputs.work_dir, inputs.store, log, inputs.stop,
-                                         stamp=stamp)
+            result = train_cross_encoder(start, links.classes, links.train, links.val, links.test,
+                                         inputs.tickets, inputs.cfg, inputs.work_dir, inputs.store, log,
+                                         inputs.stop, stamp=stamp)
         finally:
             inputs.checkpointing.clear()
+        best = result.best_val_macro_f1
         log.info("cross-encoder trained", steps=result.global_step, seconds=result.train_seconds,
-                 best_val_macro_f1=None if result.best_val_macro_f1 is None else round(result.best_val_macro_f1, 4))
+                 best_val_macro_f1=None if best is None else round(best, 4))
         info = {"cross_encoder": {k: v for k, v in vars(result).items()
                                   if k not in ("model_dir", "predictions", "test_probabilities")},
                 "discarded_checkpoint": discarded}
@@ -323,7 +324,8 @@ class CrossEncoderClassifier(RelationClassifier):
     @classmethod
     def check(cls, descriptor: dict[str, Any], folder: Path) -> None:
         path = folder / "model.json"
-        classes, weights, length = descriptor.get("classes"), descriptor.get("weights"), descriptor.get("max_length")
+        classes, weights = descriptor.get("classes"), descriptor.get("weights")
+        length = descriptor.get("max_length")
         if not (isinstance(classes, list) and classes and all(isinstance(c, str) and c for c in classes)):
             raise RunStateError(f"{path}: classes: expected a list of relation names")
         inside = isinstance(weights, str) and weights and not Path(weights).is_absolute() and \

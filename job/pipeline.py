@@ -710,8 +710,9 @@ def classify(ctx: RunContext, prepared: PreparedData, trained: TrainedModel) -> 
 
 def _fit_classifier(ctx: RunContext, prepared: PreparedData, trained: TrainedModel, links: RelationLinks,
                     log: Any, files: list[FileRecord]) -> tuple[dict[str, Any], np.ndarray, dict[str, Any]]:
-    """The classify.method of job/relation_classifiers.py trained on `links`, saved and published as classifier/;
-    its metrics.json (the same scores for every method, plus the method's own), confusion and step info."""
+    """The classify.method of job/relation_classifiers.py trained on `links`, saved and published as
+    classifier/; its metrics.json (the same scores for every method, plus the method's own), confusion and
+    step info."""
     method = RELATION_CLASSIFIERS[ctx.cfg.classify.method]
     inputs = FitInputs(
         links=links, tickets=prepared.tickets, cfg=ctx.cfg,

@@ -2,8 +2,9 @@
 
 Works for every classify method (job/relation_classifiers.py: the saved format picks the loader) and
 needs none of the training code: the logistic classifier is applied to features of the run's fine-tuned
-embeddings (so it needs the run's `model/` too), the cross-encoder reads both tickets itself. A pair is (source, target): for the directed relations
-(blocks, causes, depends) a probability means "source <relation> target".
+embeddings (so it needs the run's `model/` too), the cross-encoder reads both tickets itself. A pair is
+(source, target): for the directed relations (blocks, causes, depends) a probability means
+"source <relation> target".
 
     from job.data import Ticket
     from job.predict import load_predictor
@@ -80,7 +81,8 @@ def load_predictor(classifier_dir: Path, embedding_model_dir: Path | None = None
     assert method is not None  # read_descriptor refused any other format
     entry = RELATION_CLASSIFIERS[method]
     if entry.needs_embedding_model and embedding_model_dir is None:
-        raise ConfigError(f"{classifier_dir}: the {method} classifier needs the run's embedding model (model/) too")
+        raise ConfigError(f"{classifier_dir}: the {method} classifier needs the run's embedding model "
+                          "(model/) too")
     classifier = entry.implementation().load(classifier_dir, descriptor, embedding_model_dir, device)
     return RelationPredictor(method, list(classifier.classes), classifier.predict_proba)
 

@@ -68,7 +68,8 @@ class RelationClassifier(ABC):
     @classmethod
     @abstractmethod
     def fit(cls, inputs: FitInputs) -> Fitted:
-        """Train on `inputs.links.train` (and val, where the method selects on it); predict `inputs.links.test`."""
+        """Train on `inputs.links.train` (and val, where the method selects on it); predict
+        `inputs.links.test`."""
 
     @abstractmethod
     def save(self, folder: Path) -> None:
@@ -90,7 +91,8 @@ class RelationClassifier(ABC):
 
     @abstractmethod
     def predict_proba(self, pairs: list[tuple[Ticket, Ticket]]) -> np.ndarray:
-        """Probabilities of a loaded classifier, one row per (source, target) pair, columns in `classes` order."""
+        """Probabilities of a loaded classifier: one row per (source, target) pair, columns in `classes`
+        order."""
 
 
 @dataclass(frozen=True)
@@ -127,7 +129,8 @@ RELATION_CLASSIFIERS: dict[str, ClassifierMethod] = {
 
 def method_of_format(saved_format: object) -> str | None:
     """The name of the method whose classifiers are saved as `saved_format` (None: no method is)."""
-    return next((name for name, method in RELATION_CLASSIFIERS.items() if method.format == saved_format), None)
+    return next((name for name, method in RELATION_CLASSIFIERS.items() if method.format == saved_format),
+                None)
 
 
 def describe_methods() -> str:
