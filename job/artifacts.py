@@ -21,6 +21,7 @@ from typing import Any
 from job.errors import RunStateError
 from job.fingerprint import Fingerprint
 from job.jsonio import to_json
+from job.profile import phase, start_step
 from job.steps import STEP_NAMES, Step, dependents, prerequisites
 from job.storage import FileRecord, Store, check_key, sha256_file
 
@@ -64,6 +65,9 @@ class StepRecord:
     peak_rss_mb: float | None = None
     # What the step was made from; a rerun reuses the step only if this is unchanged.
     fingerprint: Fingerprint | None = None
+    # Seconds per phase (load, encode, fit, ...; job/profile.py): where the step's time went.
+    phases_s: dict[str, float] = field(default_factory=dict)
+    phase_counts: dict[str, int] = field(default_factory=dict)  # how often each was entered (models loaded: `load`)
 
 
 class RunDir:
@@ -111,7 +115,8 @@ class RunDir:
                                     "another config; pass --force to use it anyway, or use a new run id")
 
     def write_json(self, key: str, value: Any) -> FileRecord:
-        return self.store.write_bytes(key, to_json(value))
+        with phase("write"):
+            return self.store.write_bytes(key, to_json(value))
 
     def read_json(self, key: str) -> Any:
         return json.loads(self.store.read_bytes(key))
@@ -138,15 +143,17 @@ class RunDir:
     def taken_over(self, step: Step, key: str) -> bytes:
         """A file `step` wrote, read back and checked against its record (size, sha256): a later step never
         builds on a file edited, truncated or replaced since (RunStateError naming the file and the step)."""
-        data = self.store.read_bytes(key)
+        with phase("read"):
+            data = self.store.read_bytes(key)
         self._check_recorded(step, key, len(data), _sha(data))
         return data
 
     def download_taken_over(self, step: Step, prefix: str, local_dir: Path) -> Path:
         """Every file `step` recorded under `prefix/`, downloaded into `local_dir` and checked against its
         record; files it did not record (left by an older attempt) are not taken."""
-        return self._download_checked(self._recorded(step), prefix, local_dir, f"step '{step.name}'",
-                                      f"redo step '{step.name}' with --force")
+        with phase("read"):
+            return self._download_checked(self._recorded(step), prefix, local_dir, f"step '{step.name}'",
+                                          f"redo step '{step.name}' with --force")
 
     def download_listed(self, prefix: str, local_dir: Path, purpose: str) -> Path:
         """Every file the finished run's manifest lists under `prefix/`, downloaded and checked (size, sha256):
@@ -277,10 +284,11 @@ class StepTimer:
     def __init__(self, step: str, fingerprint: Fingerprint | None = None) -> None:
         self.step, self.started, self.t0 = step, _now(), time.monotonic()
         self.fingerprint = fingerprint
+        self.phases = start_step()
 
     def record(self, files: list[FileRecord], info: dict[str, Any]) -> StepRecord:
         return StepRecord(self.step, self.started, _now(), round(time.monotonic() - self.t0, 3), files, info,
-                          _peak_rss_mb(), self.fingerprint)
+                          _peak_rss_mb(), self.fingerprint, self.phases.rounded(), self.phases.counts())
 
 
 def _peak_rss_mb() -> float | None:

@@ -23,6 +23,7 @@ import numpy as np
 from job.config import StorageConfig
 from job.errors import ConfigError, StorageError
 from job.log import Progress
+from job.profile import phase
 from job.storage import download_dir, open_store, sha256_file, split_s3_uri
 
 # Written last into a cached model's folder, after every file was downloaded and checked: the same
@@ -242,6 +243,11 @@ def load_model(path_or_id: str, max_seq_length: int, device: str | None = None, 
     """A SentenceTransformer with `max_seq_length` capped at what its position embeddings allow,
     and `text_prefix` (if any) as its default prompt, so it is saved with the model and every
     encode, in training and by consumers, uses it."""
+    with phase("load"):  # the libraries' import (seconds, the first time) included
+        return _load_model(path_or_id, max_seq_length, device, text_prefix)
+
+
+def _load_model(path_or_id: str, max_seq_length: int, device: str | None, text_prefix: str) -> Any:
     from sentence_transformers import SentenceTransformer
 
     if Path(path_or_id).is_dir():
@@ -291,7 +297,7 @@ def encode(model: Any, texts: list[str], batch_size: int, log: Any, what: str) -
     out = np.empty((len(texts), model.get_embedding_dimension()), dtype=np.float32)
     progress = Progress(log, what, len(texts), unit="texts")
     block = batch_size * 8
-    with torch.inference_mode():
+    with torch.inference_mode(), phase("encode"):
         for start in range(0, len(texts), block):
             idx = order[start : start + block]
             vectors = model.encode([texts[i] for i in idx], batch_size=batch_size, convert_to_numpy=True,
