@@ -383,6 +383,9 @@ class ExportConfig(Section):
                        "evaluate; default: on when onnx and onnxruntime are installed")
     max_metric_drop: float = Field(0.01, ge=0, le=1, description="A variant whose test recall@10 or average "
                                    "precision is more than this below the PyTorch model's is not written")
+    gate_tickets: int = Field(2000, ge=50, description="The variants are scored beside the PyTorch model on at "
+                              "most this many test tickets (whole link components, seeded); the whole test split "
+                              "when smaller")
 
     @field_validator("onnx")
     @classmethod
