@@ -35,7 +35,7 @@ from job.errors import ConfigError
 from job.localfile import FileRefused, read_regular_file
 from job.log import REDACTED, redact_url_userinfo, url_userinfo
 from job.losses import LOSSES, PAIR_LOSSES, describe_losses
-from job.storage import location
+from job.storage import location, uri_problem
 
 ENV_PREFIX = "FINETUNE_"
 ENV_CONFIG_FILE = "FINETUNE_CONFIG"
@@ -114,6 +114,12 @@ class DataConfig(Section):
     relations: list[str] = Field(list(RELATIONS), description="Relations accepted in links")
     jira: JiraConfig = Field(default_factory=JiraConfig)
 
+    @field_validator("tickets", "links", "pairs", "relationship_pairs")
+    @classmethod
+    def _names_a_store(cls, uri: str | None) -> str | None:
+        _refuse_unstorable(uri)
+        return uri
+
     @model_validator(mode="after")
     def _one_kind_of_input(self) -> DataConfig:
         if self.pairs and self.tickets:
@@ -177,6 +183,19 @@ def _clip_placeholder(name: str) -> str:
 
 class OutputConfig(Section):
     uri: str = Field("./output", description="Runs are written under <uri>/<run_id>/ (local path, file:// or s3://)")
+
+    @field_validator("uri")
+    @classmethod
+    def _names_a_store(cls, uri: str) -> str:
+        _refuse_unstorable(uri)
+        return uri
+
+
+def _refuse_unstorable(uri: str | None) -> None:
+    """Refuse a URI no storage backend can open (job/storage.py knows the schemes); unset is fine."""
+    problem = uri_problem(uri) if uri else None
+    if problem:
+        raise ValueError(problem)
 
 
 class ModelConfig(Section):
