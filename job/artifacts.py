@@ -84,8 +84,8 @@ class RunDir:
     def is_finished(self) -> bool:
         return self.store.exists(MANIFEST)
 
-    def refuse_if_finished(self, force: bool) -> None:
-        """A finished run is never changed without `force`; with it, the run is unfinished again."""
+    def refuse_or_reopen_finished(self, force: bool) -> None:
+        """A finished run is refused without `force`; with it, its manifest goes: the run is unfinished again."""
         if self.is_finished():
             if not force:
                 raise RunStateError(f"run {self.run_id} is finished ({self.uri}/{MANIFEST} exists); "
@@ -96,7 +96,7 @@ class RunDir:
         """Refuse to touch a finished run without `force`; insist the earlier steps are done, with
         this config unless `force`. The step's own record and those of the steps built on it go:
         until it records itself again, a rerun must not take over files it is rewriting."""
-        self.refuse_if_finished(force)
+        self.refuse_or_reopen_finished(force)
         self.require(step, None if force else config_sha256)
         for stale in (step, *dependents(step)):
             self.store.delete(f"steps/{stale.name}.json")

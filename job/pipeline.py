@@ -1,9 +1,10 @@
-"""The whole flow on one screen: prepare -> train -> evaluate -> classify.
+"""The whole flow: prepare -> train -> index -> evaluate, classify.
 
 Each step reads what the one before wrote from the run's storage (so steps can run in
-separate pods) and also accepts it in memory (so `run` does not re-read or re-encode).
-The steps, their order and what each needs are defined once, in job/steps.py. A rerun
-continues from the first step not yet done (`reusable_steps`).
+separate pods) and also accepts it in memory (so `run` does not re-read, re-load or re-encode:
+`Handover`). The steps, their order and what each needs are defined once, in job/steps.py; what
+each one runs is STEP_BODIES, at the end. A rerun continues from the first step not yet done
+(`reusable_steps`).
 """
 
 from __future__ import annotations
@@ -17,8 +18,7 @@ import shutil
 import tempfile
 import threading
 import time
-from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,14 +39,14 @@ from job.classify import (
 )
 from job.config import JobConfig, LoadedConfig
 from job.cross_encoder import CHECKPOINTS as CROSS_ENCODER_CHECKPOINTS
-from job.data import Corpus, Link, Ticket, build_corpus, require_enough
+from job.data import Link, Ticket
 from job.drift import InputProfile, compare, profile_inputs
 from job.environment import environment_info, use_cache_dir
-from job.errors import InputError, JobError, RunStateError
+from job.errors import InputError, Interrupted, JobError, RunStateError
 from job.evaluate import Embeddings, HeldOut, ModelEvaluation, RetrievalPool, lexical_metrics, score_model
 from job.fingerprint import Fingerprint, config_checksum, input_checksums
 from job.history import promoted_runs
-from job.jira import jira_corpus
+from job.inputs import read_inputs
 from job.jsonio import from_jsonl, to_json, to_jsonl
 from job.locks import refuse_if_locked, run_lock
 from job.log import get_logger
@@ -68,7 +68,7 @@ from job.retrieval.spec import RETRIEVAL_FILE, fusion_settings, lexical_settings
 from job.split import SPLITS, check_usable, split_by_components
 from job.step_metrics import step_numbers, write_step_metrics
 from job.steps import CLASSIFY, EVALUATE, INDEX, PREPARE, SHARED_STEPS, STEPS, TRAIN, Step, required_steps
-from job.storage import FileRecord, is_remote, local_path, open_store, read_input_files, read_uri, upload_dir
+from job.storage import FileRecord, is_remote, local_path, open_store, upload_dir
 
 
 @dataclass
@@ -191,7 +191,7 @@ def begin_step(ctx: RunContext, step: Step) -> StepTimer:
     return StepTimer(step.name, fingerprint)
 
 
-def is_done(ctx: RunContext, step: Step) -> bool:
+def reuse_or_refuse(ctx: RunContext, step: Step) -> bool:
     """True when `step` recorded itself with what it would be made from now, so a rerun reuses it.
 
     A record made from another config or other inputs stops the run (exit 2) unless --force,
@@ -208,55 +208,16 @@ def is_done(ctx: RunContext, step: Step) -> bool:
 
 
 def reusable_steps(ctx: RunContext) -> set[Step]:
-    """The steps `run` can take over from an earlier attempt: done (is_done), and built only on
+    """The steps `run` can take over from an earlier attempt: done (reuse_or_refuse), and built only on
     steps it takes over too. A finished run is refused without --force, and redone with it."""
     if ctx.run.is_finished():
-        ctx.run.refuse_if_finished(ctx.force)
+        ctx.run.refuse_or_reopen_finished(ctx.force)
         return set()
     done: set[Step] = set()
     for step in STEPS:
-        if all(need in done for need in step.needs) and is_done(ctx, step):
+        if all(need in done for need in step.needs) and reuse_or_refuse(ctx, step):
             done.add(step)
     return done
-
-
-# ---------------------------------------------------------------- inputs
-
-
-def load_corpus(cfg: JobConfig) -> Corpus:
-    """Read and parse the configured inputs, applying data.on_error (InputError when it refuses)."""
-    if cfg.data.format == "jira" and cfg.data.tickets:
-        return jira_corpus(read_input_files(cfg.data.tickets, cfg.storage, ".json"), cfg.data, cfg.data.tickets)
-    names = ("tickets", "links") if cfg.data.tickets else ("pairs", "relationship_pairs")
-    raw = {name: (getattr(cfg.data, name), read_uri(getattr(cfg.data, name), cfg.storage))
-           for name in names if getattr(cfg.data, name)}
-    return build_corpus(raw, cfg.data)
-
-
-def read_inputs(cfg: JobConfig) -> tuple[Corpus, dict[str, Any]]:
-    """Load and validate the configured inputs; returns the corpus and a report of every file."""
-    corpus = load_corpus(cfg)
-    require_enough(corpus)
-    report = {
-        "files": [{"uri": r.name, "sha256": r.sha256, "rows": r.rows, "kept": r.kept, "skipped": r.skipped,
-                   "duplicates_dropped": r.duplicates_dropped} for r in corpus.reports],
-        "tickets": len(corpus.tickets),
-        "links": len(corpus.links),
-        "links_per_relation": dict(Counter(link.relation for link in corpus.links)),
-        "tickets_per_project": dict(Counter(t.project or "(none)" for t in corpus.tickets.values())),
-        "created_range": _created_range(corpus),
-        "given_pairs": None if corpus.scored_pairs is None else len(corpus.scored_pairs),
-        "skipped_rows": [str(p) for p in corpus.problems],
-    }
-    if corpus.dropped:
-        report["dropped"] = corpus.dropped
-    return corpus, report
-
-
-def _created_range(corpus: Corpus) -> dict[str, str] | None:
-    """The first and last creation dates of the tickets (ISO strings sort by time within one format)."""
-    dates = sorted(t.created for t in corpus.tickets.values() if t.created)
-    return {"first": dates[0], "last": dates[-1]} if dates else None
 
 
 # ---------------------------------------------------------------- prepare
@@ -853,26 +814,17 @@ def run_all(ctx: RunContext, resume: bool = False) -> dict[str, Any]:
     done = reusable_steps(ctx)
     for step in sorted(done, key=STEPS.index):
         ctx.log(step.name).info("step already done; reusing what it recorded")
-    prepared = load_prepared(ctx, TRAIN) if PREPARE in done else prepare(ctx)
-    trained = _take_over_model(ctx) if TRAIN in done else train(ctx, prepared, resume=resume)
-    gc.collect()  # the trainer's optimizer state and batches are garbage now, in cycles plain refcounts miss
-    if INDEX not in done:
-        index(ctx, prepared, trained)
-    if EVALUATE not in done:
-        evaluate(ctx, prepared, trained)
-        gc.collect()  # the base model and the export's sessions
-    if ctx.cfg.classify.enabled and CLASSIFY not in done:
-        classify(ctx, prepared, trained)
+    if TRAIN in done:  # a stop right after train recorded itself leaves the checkpoints it was about to delete
+        ctx.run.store.delete_prefix("checkpoints/")
+    handover = Handover(ctx)
+    for step in required_steps(ctx.cfg.classify.enabled):
+        if step not in done:
+            stop_if_asked(ctx, step)
+            STEP_BODIES[step](handover, resume)
     if not ctx.run.is_finished():  # every step was taken over: the last attempt stopped before the manifest
         finish_if_complete(ctx)
     publish_step_metrics(ctx, STEPS)
     return ctx.run.read_json("metrics.json")
-
-
-def _take_over_model(ctx: RunContext) -> TrainedModel:
-    # A stop right after train recorded itself leaves the checkpoints it was about to delete.
-    ctx.run.store.delete_prefix("checkpoints/")
-    return fetch_model(ctx, INDEX)  # the first step after train that uses the model
 
 
 def run_step(ctx: RunContext, name: str, resume: bool = False) -> None:
@@ -884,22 +836,69 @@ def run_step(ctx: RunContext, name: str, resume: bool = False) -> None:
         return
     step = next(s for s in STEPS if s.name == name)
     if not ctx.force:  # --force redoes the step whatever it recorded
-        ctx.run.refuse_if_finished(force=False)
-        if is_done(ctx, step):
+        ctx.run.refuse_or_reopen_finished(force=False)
+        if reuse_or_refuse(ctx, step):
             ctx.log(step.name).info("step already done; nothing to do")
             publish_step_metrics(ctx, (step,))
             return
-    if step is PREPARE:
-        prepare(ctx)
-    elif step is TRAIN:
-        train(ctx, load_prepared(ctx, step), resume=resume)
-    elif step is INDEX:
-        index(ctx, load_prepared(ctx, step), fetch_model(ctx, step))
-    elif step is EVALUATE:
-        evaluate(ctx, load_prepared(ctx, step), fetch_model(ctx, step))
-    elif step is CLASSIFY:
-        classify(ctx, load_prepared(ctx, step), fetch_model(ctx, step))
+    STEP_BODIES[step](Handover(ctx), resume)
     publish_step_metrics(ctx, (step,))
+
+
+def stop_if_asked(ctx: RunContext, step: Step) -> None:
+    """Stop before `step` when a SIGTERM came: its handler raises at once, but Python drops an exception raised
+    inside a garbage collector's callback (the signal may land there), and the flag it set stays."""
+    if ctx.stop.is_set():
+        raise Interrupted(f"stopped by SIGTERM before step '{step.name}'; rerun with the same run id to finish")
+
+
+@dataclass
+class Handover:
+    """What the steps of one process hand each other in memory (the prepared data, the trained model); what
+    an earlier process made is read from the run's storage the first time a step needs it."""
+
+    ctx: RunContext
+    prepared: PreparedData | None = None
+    trained: TrainedModel | None = None
+
+    def prepared_for(self, step: Step) -> PreparedData:
+        if self.prepared is None:
+            self.prepared = load_prepared(self.ctx, step)
+        return self.prepared
+
+    def trained_for(self, step: Step) -> TrainedModel:
+        if self.trained is None:
+            self.trained = fetch_model(self.ctx, step)
+        return self.trained
+
+
+def _prepare_step(h: Handover, resume: bool) -> None:
+    h.prepared = prepare(h.ctx)
+
+
+def _train_step(h: Handover, resume: bool) -> None:
+    h.trained = train(h.ctx, h.prepared_for(TRAIN), resume=resume)
+    gc.collect()  # the trainer's optimizer state and batches are garbage now, in cycles plain refcounts miss
+
+
+def _index_step(h: Handover, resume: bool) -> None:
+    index(h.ctx, h.prepared_for(INDEX), h.trained_for(INDEX))
+
+
+def _evaluate_step(h: Handover, resume: bool) -> None:
+    evaluate(h.ctx, h.prepared_for(EVALUATE), h.trained_for(EVALUATE))
+    gc.collect()  # the base model and the export's sessions
+
+
+def _classify_step(h: Handover, resume: bool) -> None:
+    classify(h.ctx, h.prepared_for(CLASSIFY), h.trained_for(CLASSIFY))
+
+
+# What `run` (in STEPS order) and each step's own command call. A new step: its Step in job/steps.py, its
+# function above, one entry here (and its task in the workflow files).
+STEP_BODIES: dict[Step, Callable[[Handover, bool], None]] = {
+    PREPARE: _prepare_step, TRAIN: _train_step, INDEX: _index_step, EVALUATE: _evaluate_step,
+    CLASSIFY: _classify_step}
 
 
 def publish_step_metrics(ctx: RunContext, steps: tuple[Step, ...]) -> None:

@@ -33,7 +33,7 @@ from typing import Any
 from job.artifacts import MANIFEST, METRICS, RunDir, check_run_id
 from job.config import LoadedConfig
 from job.errors import ConfigError, PromotionRefused, RunStateError, StorageError
-from job.history import METRIC_RANGE, refresh_history
+from job.history import METRIC_RANGE, parse_pointer, refresh_history
 from job.jsonio import to_json
 from job.log import get_logger
 from job.retrieval.index import INDEX_JSON
@@ -271,18 +271,6 @@ def checked_value(value: Any, what: str) -> float:
     if not low <= value <= high:
         raise RunStateError(f"{what} is outside [{low:g}, {high:g}], the range of every metric the job writes")
     return float(value)
-
-
-def parse_pointer(current: Versioned | None, where: str) -> dict[str, Any] | None:
-    if current is None:
-        return None
-    try:
-        pointer = json.loads(current.data)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        raise RunStateError(f"{where} is not valid JSON ({type(exc).__name__}); fix or delete it to promote again") from None
-    if not isinstance(pointer, dict) or not isinstance(pointer.get("run_id"), str):
-        raise RunStateError(f"{where} does not name a run (no 'run_id'); fix or delete it to promote again")
-    return pointer
 
 
 def promoted_value(root: Store, pointer: dict[str, Any] | None, metric: str, where: str) -> float | None:

@@ -26,13 +26,23 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from job.errors import ConfigError, StorageError
 from job.localfile import FileRefused, read_regular_file
 
-if TYPE_CHECKING:  # config validates URIs by asking this module, so this one imports config for types only
-    from job.config import StorageConfig
+
+class StorageSettings(Protocol):
+    """The settings storage reads (job.config.StorageConfig has them): named here, not imported, because config
+    validates URIs by asking this module, and imports point one way."""
+
+    endpoint_url: str | None
+    region: str
+    path_style: bool
+    access_key_id: Any  # pydantic SecretStr or None
+    secret_access_key: Any
+    max_attempts: int
+    multipart_threshold_mb: int
 
 CHUNK = 1 << 20
 # Input files (tickets, links, pairs) are read whole and parsed in memory, which takes several times
@@ -437,7 +447,7 @@ def _backoff(attempt: int) -> float:
     return float(min(10.0, 0.25 * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0))
 
 
-def make_s3_client(cfg: StorageConfig) -> Any:
+def make_s3_client(cfg: StorageSettings) -> Any:
     """A boto3 S3 client: endpoint from config or AWS_ENDPOINT_URL, adaptive retries with backoff."""
     import boto3
     from botocore.config import Config
@@ -482,7 +492,7 @@ class S3Store:
     transient StorageError (exit 75). Nothing half-transferred is ever returned or left in place.
     """
 
-    def __init__(self, client: Any, bucket: str, prefix: str, cfg: StorageConfig) -> None:
+    def __init__(self, client: Any, bucket: str, prefix: str, cfg: StorageSettings) -> None:
         self.client, self.bucket, self.prefix, self.cfg = client, bucket, prefix.strip("/"), cfg
         self.uri = f"s3://{bucket}/{self.prefix}".rstrip("/")
 
@@ -722,14 +732,14 @@ class Backend(Protocol):
     def location(self, uri: str) -> str:
         """The place `uri` names, spelt one way ('/'-separated), to tell whether one is inside another."""
         ...
-    def open_store(self, uri: str, cfg: StorageConfig, client: Any) -> Store: ...
-    def read(self, uri: str, cfg: StorageConfig, client: Any) -> bytes:
+    def open_store(self, uri: str, cfg: StorageSettings, client: Any) -> Store: ...
+    def read(self, uri: str, cfg: StorageSettings, client: Any) -> bytes:
         """One whole input object or file."""
         ...
-    def input_files(self, uri: str, cfg: StorageConfig, suffix: str, client: Any) -> list[InputFile]:
+    def input_files(self, uri: str, cfg: StorageSettings, suffix: str, client: Any) -> list[InputFile]:
         """The object `uri` names, or the `suffix` files under it when it is a folder (read_input_files)."""
         ...
-    def download_prefix(self, uri: str, cfg: StorageConfig, local_dir: Path) -> Path:
+    def download_prefix(self, uri: str, cfg: StorageSettings, local_dir: Path) -> Path:
         """Every object under the prefix `uri` into `local_dir`, verified (a model kept in the store)."""
         ...
 
@@ -754,16 +764,16 @@ class S3Backend:
     def location(self, uri: str) -> str:
         return uri.rstrip("/")
 
-    def open_store(self, uri: str, cfg: StorageConfig, client: Any) -> S3Store:
+    def open_store(self, uri: str, cfg: StorageSettings, client: Any) -> S3Store:
         bucket, prefix = split_s3_uri(uri)
         return S3Store(client or make_s3_client(cfg), bucket, prefix, cfg)
 
-    def read(self, uri: str, cfg: StorageConfig, client: Any) -> bytes:
+    def read(self, uri: str, cfg: StorageSettings, client: Any) -> bytes:
         bucket, key = split_s3_uri(uri)
         parent, _, name = key.rpartition("/")
         return S3Store(client or make_s3_client(cfg), bucket, parent, cfg).read_bytes(name)
 
-    def input_files(self, uri: str, cfg: StorageConfig, suffix: str, client: Any) -> list[InputFile]:
+    def input_files(self, uri: str, cfg: StorageSettings, suffix: str, client: Any) -> list[InputFile]:
         folder = self.open_store(uri, cfg, client)
         listed = folder.list_keys()
         if not listed:  # not a prefix: one object
@@ -772,7 +782,7 @@ class S3Backend:
         _within_input_limit(uri, sum(size for _, size in keys))
         return [InputFile(folder.where(key), key, folder.read_bytes(key)) for key, _ in keys]
 
-    def download_prefix(self, uri: str, cfg: StorageConfig, local_dir: Path) -> Path:
+    def download_prefix(self, uri: str, cfg: StorageSettings, local_dir: Path) -> Path:
         bucket, prefix = split_s3_uri(uri)
         return download_dir(self.open_store(f"s3://{bucket}", cfg, None), prefix, local_dir)
 
@@ -793,10 +803,10 @@ class LocalBackend:
     def location(self, uri: str) -> str:
         return str(local_path(uri).resolve())
 
-    def open_store(self, uri: str, cfg: StorageConfig, client: Any) -> LocalStore:
+    def open_store(self, uri: str, cfg: StorageSettings, client: Any) -> LocalStore:
         return LocalStore(local_path(uri))
 
-    def read(self, uri: str, cfg: StorageConfig, client: Any) -> bytes:
+    def read(self, uri: str, cfg: StorageSettings, client: Any) -> bytes:
         path = local_path(uri)
         try:
             return read_regular_file(path, MAX_INPUT_BYTES)  # not /dev/zero, a FIFO, or more than memory holds
@@ -807,7 +817,7 @@ class LocalBackend:
         except OSError as exc:
             raise StorageError(f"cannot read input {path}: {exc.strerror}", transient=False) from exc
 
-    def input_files(self, uri: str, cfg: StorageConfig, suffix: str, client: Any) -> list[InputFile]:
+    def input_files(self, uri: str, cfg: StorageSettings, suffix: str, client: Any) -> list[InputFile]:
         root = local_path(uri)
         if not root.is_dir():
             return [InputFile(uri, root.name, self.read(uri, cfg, client))]
@@ -816,7 +826,7 @@ class LocalBackend:
         _within_input_limit(uri, sum(path.stat().st_size for _, path in paths))
         return [InputFile(str(path), name, self.read(str(path), cfg, client)) for name, path in paths]
 
-    def download_prefix(self, uri: str, cfg: StorageConfig, local_dir: Path) -> Path:
+    def download_prefix(self, uri: str, cfg: StorageSettings, local_dir: Path) -> Path:
         path = local_path(uri)
         return download_dir(LocalStore(path.parent), path.name, local_dir)
 
@@ -865,24 +875,24 @@ def location(uri: str) -> str:
     return backend.location(uri) if backend else uri.rstrip("/")
 
 
-def open_store(uri: str, cfg: StorageConfig, client: Any = None) -> Store:
+def open_store(uri: str, cfg: StorageSettings, client: Any = None) -> Store:
     """A store rooted at `uri` (s3://bucket/prefix, file:///path or a plain path).
 
     `client`: one the backend may reuse (an S3 client); None makes a new one when one is needed."""
     return backend_for(uri).open_store(uri, cfg, client)
 
 
-def read_uri(uri: str, cfg: StorageConfig, client: Any = None) -> bytes:
+def read_uri(uri: str, cfg: StorageSettings, client: Any = None) -> bytes:
     """Read one whole input object or file."""
     return backend_for(uri).read(uri, cfg, client)
 
 
-def download_prefix(uri: str, cfg: StorageConfig, local_dir: Path) -> Path:
+def download_prefix(uri: str, cfg: StorageSettings, local_dir: Path) -> Path:
     """Every object under the prefix `uri` (a model kept in a store) into `local_dir`, each file verified."""
     return backend_for(uri).download_prefix(uri, cfg, local_dir)
 
 
-def read_input_files(uri: str, cfg: StorageConfig, suffix: str, client: Any = None) -> list[InputFile]:
+def read_input_files(uri: str, cfg: StorageSettings, suffix: str, client: Any = None) -> list[InputFile]:
     """The file `uri` names, or every `suffix` file under it when it is a folder or S3 prefix, sorted by path.
 
     In a folder, names starting with '.' are skipped (editors' and other tools' hidden files), and only regular

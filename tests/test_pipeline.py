@@ -17,6 +17,8 @@ from huggingface_hub import ModelCard
 
 from job.data import Link
 from job.jsonio import from_jsonl
+from job.pipeline import STEP_BODIES
+from job.steps import STEPS
 from tests.conftest import CLI, OFFLINE_MODEL, TINY, merged, run_cli, write_config
 from tests.s3server import SECRET_KEY, S3Server
 from tests.test_card import files_quoting, ticket_text_needles
@@ -40,6 +42,10 @@ def _download_prefix(s3: S3Server, bucket: str, prefix: str, dest: Path) -> list
 
 def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_every_step_has_one_body_that_run_and_its_own_command_call() -> None:
+    assert list(STEP_BODIES) == list(STEPS), "run goes through STEP_BODIES in STEPS order; a step without one fails"
 
 
 @pytest.mark.slow
