@@ -95,6 +95,12 @@ def _stop_on_sigterm(stop: threading.Event, checkpointing: threading.Event, step
     previous = signal.signal(signal.SIGTERM, handler)
     try:
         yield
+    except Exception as exc:
+        if stop.is_set() and not isinstance(exc, Interrupted):
+            # Library code (transformers' loaders try one class after another) catches the handler's
+            # exception and raises its own; what it says ("not a model") is a consequence of the stop.
+            raise Interrupted(f"{step} stopped by SIGTERM; rerun with the same run id to finish") from exc
+        raise
     finally:
         signal.signal(signal.SIGTERM, previous)
 
