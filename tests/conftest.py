@@ -56,7 +56,8 @@ def pytest_configure(config: pytest.Config) -> None:
 # Modules whose module-scoped fixture runs the job (or a batch of CLI runs) for all their tests: each goes to
 # one worker whole, or every worker that takes one of its tests runs the fixture again.
 SHARED_FIXTURE_FILES = ("test_workflow_contract.py", "test_secrets.py", "test_s3_faults.py", "test_bad_inputs.py",
-                        "test_cross_encoder.py", "test_memory.py", "test_history.py")
+                        "test_cross_encoder.py", "test_memory.py", "test_history.py", "test_takeover.py",
+                        "test_index.py")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
