@@ -301,7 +301,8 @@ def _key_locked(path: Path) -> Iterator[None]:
 
 
 def _lock_file(lock: Path) -> int:
-    """Open and lock `lock`, retrying when its holder removed it while we waited (we would hold a dead file)."""
+    """Open and lock `lock`, retrying when its holder removed it while we waited (we would hold a dead
+    file)."""
     while True:
         fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)  # opened for writing: NFS locks need it
         fcntl.flock(fd, fcntl.LOCK_EX)
@@ -355,8 +356,8 @@ def _temp_beside(target: Path) -> Iterator[Path]:
 
 # ---------------------------------------------------------------- S3
 
-_TRANSIENT_CODES = {"SlowDown", "InternalError", "ServiceUnavailable", "RequestTimeout", "RequestTimeTooSkewed",
-                    "Throttling", "ThrottlingException", "500", "502", "503", "504"}
+_TRANSIENT_CODES = {"SlowDown", "InternalError", "ServiceUnavailable", "RequestTimeout",
+                    "RequestTimeTooSkewed", "Throttling", "ThrottlingException", "500", "502", "503", "504"}
 _CREDENTIAL_CODES = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "InvalidToken",
                      "ExpiredToken", "403", "Forbidden"}
 _MISSING_CODES = {"NoSuchKey", "404", "NotFound"}
@@ -405,7 +406,8 @@ def _s3_error(exc: Exception, operation: str, where: str) -> StorageError:
         if code == "NoSuchBucket":
             return StorageError(f"{operation} {where}: the bucket does not exist", transient=False)
         if code in _CREDENTIAL_CODES:
-            return StorageError(f"{operation} {where}: access denied ({code}); check the S3 credentials", transient=False)
+            return StorageError(f"{operation} {where}: access denied ({code}); check the S3 credentials",
+                                transient=False)
         if code in _MISSING_CODES:
             return StorageError(f"{operation} {where}: not found", transient=False)
         if code in _INTEGRITY_CODES:
@@ -507,7 +509,8 @@ class S3Store:
         from boto3.s3.transfer import TransferConfig
 
         size = self.cfg.multipart_threshold_mb * CHUNK
-        return TransferConfig(multipart_threshold=size, multipart_chunksize=max(size // 4, 8 * CHUNK), use_threads=True)
+        return TransferConfig(multipart_threshold=size, multipart_chunksize=max(size // 4, 8 * CHUNK),
+                              use_threads=True)
 
     def _attempts(self, operation: str, where: str, attempt: Callable[[], T]) -> T:
         """Run `attempt`, retrying the failures botocore leaves to us (cut or corrupted transfers)."""
@@ -547,7 +550,8 @@ class S3Store:
             with _translated("read", where):
                 response = self.client.get_object(Bucket=self.bucket, Key=full)
                 announced = int(response.get("ContentLength", 0))
-                if announced > MAX_INPUT_BYTES:  # refused before a byte of the body is read, as a local file is
+                # refused before a byte of the body is read, as a local file is
+                if announced > MAX_INPUT_BYTES:
                     response["Body"].close()
                     raise StorageError(f"cannot read {where}: it is {announced} bytes; the limit is "
                                        f"{MAX_INPUT_BYTES}", transient=False)
@@ -555,7 +559,8 @@ class S3Store:
             expected = int(response.get("ContentLength", len(data)))
             if len(data) != expected:
                 raise _Retryable(f"read {where}: got {len(data)} of {expected} bytes")
-            _verify_sha("read", data_sha=hashlib.sha256(data).hexdigest(), meta=response.get("Metadata", {}), where=where)
+            _verify_sha("read", data_sha=hashlib.sha256(data).hexdigest(), meta=response.get("Metadata", {}),
+                        where=where)
             return Versioned(bytes(data), str(response["ETag"]))
 
         return self._attempts("read", where, attempt)
@@ -579,12 +584,14 @@ class S3Store:
         try:
             digest, size = sha256_file(local), local.stat().st_size
         except OSError as exc:
-            raise StorageError(f"upload {where}: cannot read {local}: {exc.strerror or exc}", transient=False) from exc
+            raise StorageError(f"upload {where}: cannot read {local}: {exc.strerror or exc}",
+                               transient=False) from exc
 
         def attempt() -> None:
             with _translated("upload", where):
                 self.client.upload_file(str(local), self.bucket, full, Config=self._transfer_config(),
-                                        ExtraArgs={"Metadata": {"sha256": digest}, "ChecksumAlgorithm": "SHA256"})
+                                        ExtraArgs={"Metadata": {"sha256": digest},
+                                                   "ChecksumAlgorithm": "SHA256"})
                 head = self.client.head_object(Bucket=self.bucket, Key=full)
             if int(head["ContentLength"]) != size:
                 raise _Retryable(f"upload {where}: stored {head['ContentLength']} bytes, expected {size}")
@@ -641,7 +648,8 @@ class S3Store:
         full = (f"{self.prefix}/" if self.prefix else "") + prefix
         found: list[tuple[str, int]] = []
         with _translated("list", self._where(full)):
-            for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=full):
+            paginator = self.client.get_paginator("list_objects_v2")
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=full):
                 found += [(obj["Key"], int(obj["Size"])) for obj in page.get("Contents", [])]
         return found
 
@@ -649,9 +657,11 @@ class S3Store:
         full = f"{self.prefix}/" if self.prefix else ""
         found: set[str] = set()
         with _translated("list", self._where(full)):
-            pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=full, Delimiter="/")
+            pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=full,
+                                                                          Delimiter="/")
             for page in pages:
-                found.update(entry["Prefix"][len(full):].rstrip("/") for entry in page.get("CommonPrefixes", []))
+                found.update(entry["Prefix"][len(full):].rstrip("/")
+                             for entry in page.get("CommonPrefixes", []))
         return sorted(name for name in found if name)
 
     def delete_prefix(self, prefix: str) -> None:
@@ -660,12 +670,13 @@ class S3Store:
         for start in range(0, len(keys), 1000):
             batch = [{"Key": k} for k in keys[start : start + 1000]]
             with _translated("delete", where):
-                response = self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True})
+                response = self.client.delete_objects(Bucket=self.bucket,
+                                                      Delete={"Objects": batch, "Quiet": True})
             failed = response.get("Errors", [])
             if failed:  # Quiet mode reports only failures; a silent partial delete would leave stale files
                 first = failed[0]
-                raise StorageError(f"delete {where}: {len(failed)} object(s) not deleted, e.g. {first.get('Key')} "
-                                   f"({first.get('Code')})", transient=True)
+                raise StorageError(f"delete {where}: {len(failed)} object(s) not deleted, "
+                                   f"e.g. {first.get('Key')} ({first.get('Code')})", transient=True)
 
     def delete(self, key: str) -> None:
         full = self._key(key)
@@ -809,7 +820,8 @@ class LocalBackend:
     def read(self, uri: str, cfg: StorageSettings, client: Any) -> bytes:
         path = local_path(uri)
         try:
-            return read_regular_file(path, MAX_INPUT_BYTES)  # not /dev/zero, a FIFO, or more than memory holds
+            # not /dev/zero, a FIFO, or more than memory holds
+            return read_regular_file(path, MAX_INPUT_BYTES)
         except FileRefused as exc:
             raise StorageError(f"cannot read input {exc}", transient=False) from None
         except FileNotFoundError:
@@ -895,8 +907,8 @@ def download_prefix(uri: str, cfg: StorageSettings, local_dir: Path) -> Path:
 def read_input_files(uri: str, cfg: StorageSettings, suffix: str, client: Any = None) -> list[InputFile]:
     """The file `uri` names, or every `suffix` file under it when it is a folder or S3 prefix, sorted by path.
 
-    In a folder, names starting with '.' are skipped (editors' and other tools' hidden files), and only regular
-    files are read. The files together may hold MAX_INPUT_BYTES at most, as one input file may.
+    In a folder, names starting with '.' are skipped (editors' and other tools' hidden files), and only
+    regular files are read. The files together may hold MAX_INPUT_BYTES at most, as one input file may.
     """
     found = backend_for(uri).input_files(uri, cfg, suffix, client)
     if not found:
@@ -910,7 +922,8 @@ def _wanted(name: str, suffix: str) -> bool:
 
 def _within_input_limit(uri: str, size: int) -> None:
     if size > MAX_INPUT_BYTES:
-        raise StorageError(f"cannot read input {uri}: its files hold {size} bytes; the limit is {MAX_INPUT_BYTES}",
+        raise StorageError(f"cannot read input {uri}: its files hold {size} bytes; "
+                           f"the limit is {MAX_INPUT_BYTES}",
                            transient=False)
 
 
