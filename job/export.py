@@ -34,6 +34,7 @@ import torch
 from job.data import Link
 from job.evaluate import Embeddings, HeldOut, pair_metrics, pair_scores, retrieval_metrics, retrieval_queries
 from job.pairs import Pair
+from job.split import connected_components
 
 # variant name -> file under the model directory (sentence-transformers' names for them)
 VARIANTS = {"onnx-fp32": "onnx/model.onnx", "onnx-int8": "onnx/model_qint8.onnx"}
@@ -144,20 +145,11 @@ def _whole_components(ids: list[str], links: list[Link], max_tickets: int, seed:
     if len(ids) <= max_tickets:
         return list(ids)
     inside = set(ids)
-    parent = {t: t for t in ids}
-
-    def root(t: str) -> str:
-        while parent[t] != t:
-            parent[t] = parent[parent[t]]
-            t = parent[t]
-        return t
-
-    for link in links:
-        if link.source in inside and link.target in inside:
-            parent[root(link.source)] = root(link.target)
-    components: dict[str, list[str]] = {}
+    edges = [(link.source, link.target) for link in links if link.source in inside and link.target in inside]
+    component = connected_components(ids, edges)
+    components: dict[int, list[str]] = {}
     for t in ids:
-        components.setdefault(root(t), []).append(t)
+        components.setdefault(component[t], []).append(t)
     order = sorted(components.values(), key=lambda members: members[0])
     random.Random(seed).shuffle(order)
     chosen: list[str] = []
