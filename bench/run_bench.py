@@ -32,7 +32,8 @@ from bench.report import write_report
 from bench.scaling import run_scaling
 
 REPO = Path(__file__).resolve().parent.parent
-STAGES = ("prepare", "train", "evaluate", "classify")
+STAGES = ("prepare", "train", "evaluate", "classify")  # what both the job and the notebook do
+JOB_STEPS = ("prepare", "train", "index", "evaluate", "classify")
 
 
 @dataclass(frozen=True)
@@ -197,7 +198,7 @@ def ratio(num: float | None, den: float | None) -> float | None:
 
 def assemble(args: argparse.Namespace, sizes: Sizes, source: dict[str, Any], run_dir: Path, job_m: Measured,
              nb_m: Measured, nb_dir: Path, quality: dict[str, Any], scaling: dict[str, Any] | None) -> dict[str, Any]:
-    steps = {s: json.loads((run_dir / "steps" / f"{s}.json").read_text()) for s in STAGES}
+    steps = {s: json.loads((run_dir / "steps" / f"{s}.json").read_text()) for s in JOB_STEPS}
     notebook = json.loads((nb_dir / "notebook_result.json").read_text())
     stages: dict[str, dict[str, float | None]] = {}
     for s in STAGES:
@@ -208,7 +209,12 @@ def assemble(args: argparse.Namespace, sizes: Sizes, source: dict[str, Any], run
         "notebook_s": round(notebook["stages_s"]["evaluate"] + notebook["stages_s"]["classify"], 3)}
     stages["evaluate_plus_classify"]["ratio"] = ratio(stages["evaluate_plus_classify"]["notebook_s"],
                                                       stages["evaluate_plus_classify"]["job_s"])
+    # The index (every ticket's vector and the keyword index, for consumers) has no counterpart in the notebook.
+    stages["index"] = {"job_s": steps["index"]["duration_s"], "notebook_s": None, "ratio": None}
     stages["end_to_end"] = {"job_s": job_m.wall_s, "notebook_s": nb_m.wall_s, "ratio": ratio(nb_m.wall_s, job_m.wall_s)}
+    without_index = round(job_m.wall_s - steps["index"]["duration_s"], 3)
+    stages["end_to_end_without_index"] = {"job_s": without_index, "notebook_s": nb_m.wall_s,
+                                          "ratio": ratio(nb_m.wall_s, without_index)}
     train_info = steps["train"]["info"]
     job_encode = encode_rate_from_log(Path(job_m.log), ("evaluate", "classify"))
     nb_encode_texts = sum(v["texts"] for k, v in notebook["encode"].items() if k in ("evaluate", "classify"))
@@ -241,7 +247,10 @@ def assemble(args: argparse.Namespace, sizes: Sizes, source: dict[str, Any], run
         "peak_rss_mb": {"job": job_m.peak_rss_mb, "notebook": nb_m.peak_rss_mb,
                         "ratio": ratio(nb_m.peak_rss_mb, job_m.peak_rss_mb),
                         # the job's own process peak as each step ended (steps share the `run` process)
-                        "job_after_step": {s: steps[s].get("peak_rss_mb") for s in ("prepare", "train", "evaluate", "classify")}},
+                        "job_after_step": {s: steps[s].get("peak_rss_mb") for s in JOB_STEPS}},
+        # where each step's time went (job/profile.py), and how often it loaded a model
+        "job_phases_s": {s: steps[s].get("phases_s") for s in JOB_STEPS},
+        "job_phase_counts": {s: steps[s].get("phase_counts") for s in JOB_STEPS},
         "processes": {"job": job_m.to_json(), "notebook": nb_m.to_json()},
         "quality": quality["quality"],
         "notebook_unseen": quality["notebook_unseen"],
@@ -287,6 +296,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--job-source-note", default="", help="Says what a --job-source folder holds (kept in the report)")
     parser.add_argument("--skip-scaling", action="store_true")
+    parser.add_argument("--label", default="", help="Added to the result's file name (e.g. seq256 for a second length)")
     parser.add_argument("--allow-busy", action="store_true",
                         help="Write the results where the headline lives even if other work kept the CPU busy")
     parser.add_argument("--job-set", action="append", default=[], metavar="KEY=VALUE",
@@ -346,6 +356,7 @@ def main(argv: list[str] | None = None) -> None:
     result["job_config_overrides"] = overrides
     add_cpu_times(result)
     result["idle"] = idle_report(job_m, nb_m)
+    result["label"] = args.label
     results_dir = args.results
     if not result["idle"]["idle"] and not args.allow_busy:
         results_dir = REPO / "bench" / "work" / "busy-results"

@@ -21,6 +21,7 @@ from typing import Any
 from job.errors import RunStateError
 from job.fingerprint import Fingerprint
 from job.jsonio import to_json
+from job.profile import phase, start_step
 from job.steps import STEP_NAMES, Step, dependents, prerequisites
 from job.storage import FileRecord, Store, check_key, sha256_file
 
@@ -43,12 +44,13 @@ def check_run_id(run_id: str) -> str:
     """A run id is one path segment of letters, digits, '-', '_' and '.', never '.' or '..', and never
     a name of the files kept beside the runs (`*.json`, `*.png`)."""
     allowed = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
-    if not run_id or len(run_id) > 128 or set(run_id) - allowed or run_id in (".", "..") or run_id.startswith("."):
+    if (not run_id or len(run_id) > 128 or set(run_id) - allowed or run_id in (".", "..")
+            or run_id.startswith(".")):
         raise RunStateError(
             f"invalid run id {run_id!r}: use 1-128 letters, digits, '-', '_' or '.', not starting with '.'")
     if run_id.lower().endswith(RESERVED_SUFFIXES):
-        raise RunStateError(f"invalid run id {run_id!r}: names ending in .json or .png are kept for the files "
-                            "beside the runs (promoted.json, history.json, history.png)")
+        raise RunStateError(f"invalid run id {run_id!r}: names ending in .json or .png are kept for "
+                            "the files beside the runs (promoted.json, history.json, history.png)")
     return check_key(run_id)
 
 
@@ -64,6 +66,10 @@ class StepRecord:
     peak_rss_mb: float | None = None
     # What the step was made from; a rerun reuses the step only if this is unchanged.
     fingerprint: Fingerprint | None = None
+    # Seconds per phase (load, encode, fit, ...; job/profile.py): where the step's time went.
+    phases_s: dict[str, float] = field(default_factory=dict)
+    # how often each was entered (models loaded: `load`)
+    phase_counts: dict[str, int] = field(default_factory=dict)
 
 
 class RunDir:
@@ -80,8 +86,8 @@ class RunDir:
     def is_finished(self) -> bool:
         return self.store.exists(MANIFEST)
 
-    def refuse_if_finished(self, force: bool) -> None:
-        """A finished run is never changed without `force`; with it, the run is unfinished again."""
+    def refuse_or_reopen_finished(self, force: bool) -> None:
+        """A finished run is refused without `force`; with it, its manifest goes: the run is unfinished again."""
         if self.is_finished():
             if not force:
                 raise RunStateError(f"run {self.run_id} is finished ({self.uri}/{MANIFEST} exists); "
@@ -92,7 +98,7 @@ class RunDir:
         """Refuse to touch a finished run without `force`; insist the earlier steps are done, with
         this config unless `force`. The step's own record and those of the steps built on it go:
         until it records itself again, a rerun must not take over files it is rewriting."""
-        self.refuse_if_finished(force)
+        self.refuse_or_reopen_finished(force)
         self.require(step, None if force else config_sha256)
         for stale in (step, *dependents(step)):
             self.store.delete(f"steps/{stale.name}.json")
@@ -103,15 +109,17 @@ class RunDir:
         for earlier in prerequisites(step):
             record = self.step_record(earlier.name)
             if record is None:
-                raise RunStateError(f"step '{step.name}' of run {self.run_id} needs step '{earlier.name}' first "
-                                    f"({self.uri}/steps/{earlier.name}.json is missing)")
+                raise RunStateError(f"step '{step.name}' of run {self.run_id} needs step '{earlier.name}' "
+                                    f"first ({self.uri}/steps/{earlier.name}.json is missing)")
             made_with = (record.get("fingerprint") or {}).get("config_sha256")
             if config_sha256 is not None and made_with != config_sha256:
-                raise RunStateError(f"step '{step.name}' of run {self.run_id}: step '{earlier.name}' was made with "
-                                    "another config; pass --force to use it anyway, or use a new run id")
+                raise RunStateError(f"step '{step.name}' of run {self.run_id}: step '{earlier.name}' "
+                                    "was made with another config; pass --force to use it anyway, "
+                                    "or use a new run id")
 
     def write_json(self, key: str, value: Any) -> FileRecord:
-        return self.store.write_bytes(key, to_json(value))
+        with phase("write"):
+            return self.store.write_bytes(key, to_json(value))
 
     def read_json(self, key: str) -> Any:
         return json.loads(self.store.read_bytes(key))
@@ -131,26 +139,30 @@ class RunDir:
                                 f"redo step '{step}' with --force") from None
         files = record.get("files") if isinstance(record, dict) else None
         if not isinstance(files, list) or not all(is_file_record(f) for f in files):
-            raise RunStateError(f"run {self.run_id}: {self.uri}/{key} is not a step record (no list of files with "
-                                f"path, size and sha256); redo step '{step}' with --force")
+            raise RunStateError(f"run {self.run_id}: {self.uri}/{key} is not a step record "
+                                "(no list of files with path, size and sha256); "
+                                f"redo step '{step}' with --force")
         return record
 
     def taken_over(self, step: Step, key: str) -> bytes:
         """A file `step` wrote, read back and checked against its record (size, sha256): a later step never
         builds on a file edited, truncated or replaced since (RunStateError naming the file and the step)."""
-        data = self.store.read_bytes(key)
+        with phase("read"):
+            data = self.store.read_bytes(key)
         self._check_recorded(step, key, len(data), _sha(data))
         return data
 
     def download_taken_over(self, step: Step, prefix: str, local_dir: Path) -> Path:
         """Every file `step` recorded under `prefix/`, downloaded into `local_dir` and checked against its
         record; files it did not record (left by an older attempt) are not taken."""
-        return self._download_checked(self._recorded(step), prefix, local_dir, f"step '{step.name}'",
-                                      f"redo step '{step.name}' with --force")
+        with phase("read"):
+            return self._download_checked(self._recorded(step), prefix, local_dir, f"step '{step.name}'",
+                                          f"redo step '{step.name}' with --force")
 
     def download_listed(self, prefix: str, local_dir: Path, purpose: str) -> Path:
-        """Every file the finished run's manifest lists under `prefix/`, downloaded and checked (size, sha256):
-        what a consumer of a finished run (predict) reads, and nothing the manifest does not vouch for."""
+        """Every file the finished run's manifest lists under `prefix/`, downloaded and checked
+        (size, sha256): what a consumer of a finished run (predict) reads, and nothing the manifest
+        does not vouch for."""
         return self._download_checked(self.manifest_records(purpose), prefix, local_dir, MANIFEST,
                                       "use a run that verifies")
 
@@ -166,13 +178,14 @@ class RunDir:
                 self.store.download_file(path, target)
             size, sha = target.stat().st_size, sha256_file(target)
             if (size, sha) != (records[path]["size"], records[path]["sha256"]):
-                raise RunStateError(f"run {self.run_id}: {self.uri}/{path} is not the file {source} lists ({size} "
-                                    f"bytes, listed {records[path]['size']}): it changed since; {remedy}")
+                raise RunStateError(f"run {self.run_id}: {self.uri}/{path} is not the file {source} lists "
+                                    f"({size} bytes, listed {records[path]['size']}): "
+                                    f"it changed since; {remedy}")
         return local_dir
 
     def manifest_records(self, purpose: str) -> dict[str, dict[str, Any]]:
-        """The finished run's manifest as file records by path, checked to name this run; `purpose` starts each
-        error ("cannot promote run X")."""
+        """The finished run's manifest as file records by path, checked to name this run; `purpose`
+        starts each error ("cannot promote run X")."""
         where = f"{self.uri}/{MANIFEST}"
         if not self.is_finished():
             raise RunStateError(f"{purpose}: it is not finished ({where} does not exist)")
@@ -182,11 +195,12 @@ class RunDir:
             raise RunStateError(f"{where} is not valid JSON ({type(exc).__name__})") from None
         if not isinstance(manifest, dict) or manifest.get("run_id") != self.run_id:
             named = manifest.get("run_id") if isinstance(manifest, dict) else None
-            raise RunStateError(f"{purpose}: {where} names run {named}, not {self.run_id} (a copied or edited run)")
+            raise RunStateError(f"{purpose}: {where} names run {named}, not {self.run_id} "
+                                "(a copied or edited run)")
         records = manifest.get("files")
         if not isinstance(records, list) or not all(is_file_record(r) for r in records):
-            raise RunStateError(f"{purpose}: {where} has no valid 'files' list (each entry needs path, size and "
-                                "sha256)")
+            raise RunStateError(f"{purpose}: {where} has no valid 'files' list "
+                                "(each entry needs path, size and sha256)")
         return {r["path"]: r for r in records}
 
     def _recorded(self, step: Step) -> dict[str, dict[str, Any]]:
@@ -198,13 +212,15 @@ class RunDir:
     def _check_recorded(self, step: Step, key: str, size: int, sha256: str) -> None:
         entry = self._recorded(step).get(key)
         if entry is None:
-            raise RunStateError(f"run {self.run_id}: {self.uri}/{key} is not among the files step '{step.name}' "
-                                "recorded")
+            raise RunStateError(f"run {self.run_id}: {self.uri}/{key} is not among the files "
+                                f"step '{step.name}' recorded")
         if entry["size"] != size or entry["sha256"] != sha256:
             sha = "matches" if entry["sha256"] == sha256 else "differs"
-            raise RunStateError(f"run {self.run_id}: {self.uri}/{key} is not the file step '{step.name}' wrote "
-                                f"({size} bytes, recorded {entry['size']}; sha256 {sha}): it changed after the "
-                                f"step recorded it; redo step '{step.name}' with --force")
+            raise RunStateError(f"run {self.run_id}: {self.uri}/{key} is not the file "
+                                f"step '{step.name}' wrote "
+                                f"({size} bytes, recorded {entry['size']}; sha256 {sha}): "
+                                "it changed after the step recorded it; "
+                                f"redo step '{step.name}' with --force")
 
     def complete_records(self, required: tuple[Step, ...]) -> dict[str, dict[str, Any]] | None:
         """Every required step's record by step name, or None while one is missing."""
@@ -251,13 +267,15 @@ class RunDir:
         for path, record in files.items():
             if stored.get(path) != record["size"]:
                 raise RunStateError(f"run {self.run_id}: {path} is missing or has the wrong size "
-                                    f"({stored.get(path)} bytes, expected {record['size']}); rerun the step that writes it")
+                                    f"({stored.get(path)} bytes, expected {record['size']}); "
+                                    "rerun the step that writes it")
 
 
 
 
 def is_file_record(entry: Any) -> bool:
-    return (isinstance(entry, dict) and isinstance(entry.get("path"), str) and isinstance(entry.get("sha256"), str)
+    return (isinstance(entry, dict) and isinstance(entry.get("path"), str)
+            and isinstance(entry.get("sha256"), str)
             and isinstance(entry.get("size"), int) and not isinstance(entry.get("size"), bool))
 
 
@@ -277,10 +295,11 @@ class StepTimer:
     def __init__(self, step: str, fingerprint: Fingerprint | None = None) -> None:
         self.step, self.started, self.t0 = step, _now(), time.monotonic()
         self.fingerprint = fingerprint
+        self.phases = start_step()
 
     def record(self, files: list[FileRecord], info: dict[str, Any]) -> StepRecord:
         return StepRecord(self.step, self.started, _now(), round(time.monotonic() - self.t0, 3), files, info,
-                          _peak_rss_mb(), self.fingerprint)
+                          _peak_rss_mb(), self.fingerprint, self.phases.rounded(), self.phases.counts())
 
 
 def _peak_rss_mb() -> float | None:
@@ -306,5 +325,6 @@ def build_metadata(run_id: str, config: dict[str, Any], records: dict[str, Any])
         "training": {k: v for k, v in train.get("info", {}).items() if k != "environment"},
         # which CPU variants were written next to the model, and why any was not
         "exports": ((records.get("evaluate") or {}).get("info", {}).get("metrics") or {}).get("exports"),
-        "timings_s": {step: (records.get(step) or {}).get("duration_s") for step in STEP_NAMES if records.get(step)},
+        "timings_s": {step: (records.get(step) or {}).get("duration_s")
+                      for step in STEP_NAMES if records.get(step)},
     }

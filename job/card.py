@@ -81,14 +81,16 @@ def model_card(run_id: str, cfg: JobConfig, records: dict[str, dict[str, Any]],
     ]
     if samples:
         sections.append(_samples(samples))
-    return f"---\n{_front_matter(run_id, cfg, metrics).to_yaml()}\n---\n\n" + "\n\n".join(s for s in sections if s) + "\n"
+    front = _front_matter(run_id, cfg, metrics).to_yaml()
+    return f"---\n{front}\n---\n\n" + "\n\n".join(s for s in sections if s) + "\n"
 
 
 def _front_matter(run_id: str, cfg: JobConfig, metrics: dict[str, Any]) -> ModelCardData:
     finetuned = metrics.get("finetuned", {})
     results = [EvalResult(task_type="sentence-similarity", task_name="Duplicate and related ticket detection",
                           dataset_type="tickets", dataset_name="held-out test split", dataset_split="test",
-                          metric_type=key, metric_name=dict(CARD_METRICS)[key], metric_value=round(finetuned[key], 4))
+                          metric_type=key, metric_name=dict(CARD_METRICS)[key],
+                          metric_value=round(finetuned[key], 4))
                for key in INDEX_METRICS if isinstance(finetuned.get(key), float)]
     return ModelCardData(
         library_name="sentence-transformers",
@@ -120,7 +122,8 @@ def _base_model(cfg: JobConfig, train: dict[str, Any]) -> str:
     revision = train.get("model", {}).get("base_revision") or "unknown"
     prefix = f"; every text is prefixed with `{cfg.model.text_prefix}`" if cfg.model.text_prefix else ""
     length = train.get("model", {}).get("max_seq_length", cfg.model.max_seq_length)
-    return (f"## Base model\n\n- Model: {_code(_base_name(cfg.model.base))}\n- Revision: {_code(str(revision))}\n"
+    return (f"## Base model\n\n- Model: {_code(_base_name(cfg.model.base))}\n"
+            f"- Revision: {_code(str(revision))}\n"
             f"- Inputs longer than {length} tokens are cut{prefix}")
 
 
@@ -129,24 +132,29 @@ def _training_data(prepare: dict[str, Any]) -> str:
     if not inputs:
         return ""
     lines = ["## Training data", "",
-             f"{inputs.get('tickets')} tickets and {inputs.get('links')} links (no ticket text is quoted here).", ""]
+             f"{inputs.get('tickets')} tickets and {inputs.get('links')} links "
+             "(no ticket text is quoted here).", ""]
     projects = inputs.get("tickets_per_project") or {}
     if projects:
-        lines.append("- Projects: " + ", ".join(f"{_md(name)} ({count})" for name, count in sorted(projects.items())))
+        lines.append("- Projects: " + ", ".join(f"{_md(name)} ({count})"
+                                                for name, count in sorted(projects.items())))
     dates = inputs.get("created_range")
     if dates:
         lines.append(f"- Created: {dates['first'][:10]} to {dates['last'][:10]}")
     relations = inputs.get("links_per_relation") or {}
     if relations:
-        lines.append("- Links per relation: " + ", ".join(f"{_md(r)} {n}" for r, n in sorted(relations.items())))
+        lines.append("- Links per relation: "
+                     + ", ".join(f"{_md(r)} {n}" for r, n in sorted(relations.items())))
     if split:
-        lines.append("- Split by connected components of the link graph (no ticket on two sides): " + ", ".join(
+        lines.append("- Split by connected components of the link graph (no ticket on two sides): "
+                     + ", ".join(
             f"{name} {split[name]['tickets']} tickets / {split[name]['linked_pairs']} links"
             for name in ("train", "val", "test") if name in split))
     files = inputs.get("files") or []
     if files:
         lines += ["", "| input file | rows | kept | sha256 |", "|---|---:|---:|---|"]
-        lines += [f"| {_md(PurePosixPath(f['uri']).name)} | {f['rows']} | {f['kept']} | {_code(f['sha256'])} |"
+        lines += [f"| {_md(PurePosixPath(f['uri']).name)} | {f['rows']} | {f['kept']} | "
+                  f"{_code(f['sha256'])} |"
                   for f in files]
     return "\n".join(lines)
 
@@ -155,16 +163,17 @@ def _training(cfg: JobConfig, train: dict[str, Any]) -> str:
     tc = cfg.train
     loss = LOSSES[tc.loss].card(tc.pair_loss)
     lines = ["## Training", "", f"- Loss: `{tc.loss}`: {loss}",
-             f"- Epochs {tc.epochs}, batch size {tc.batch_size}, learning rate {tc.learning_rate:g}, warm-up ratio "
-             f"{tc.warmup_ratio:g}, seed {tc.seed}, row cap {tc.max_pairs or 'none'}",
+             f"- Epochs {tc.epochs}, batch size {tc.batch_size}, learning rate {tc.learning_rate:g}, "
+             f"warm-up ratio {tc.warmup_ratio:g}, seed {tc.seed}, row cap {tc.max_pairs or 'none'}",
              f"- Negatives per positive {cfg.pairs.negatives_per_positive} (mix {cfg.pairs.negative_mix}), "
              f"hard-negative mining {'on' if cfg.pairs.mine_hard_negatives else 'off'}"]
     if cfg.pairs.related_relations:
-        lines.append(f"- A second ranking objective on {', '.join(cfg.pairs.related_relations)} links (weight "
-                     f"{tc.related_weight:g}, share {cfg.pairs.related_share:g} of the row cap)")
+        lines.append(f"- A second ranking objective on {', '.join(cfg.pairs.related_relations)} links "
+                     f"(weight {tc.related_weight:g}, share {cfg.pairs.related_share:g} of the row cap)")
     if cfg.pairs.title_body:
-        lines.append(f"- Each train ticket's title against its description as a third ranking objective (weight "
-                     f"{tc.title_body_weight:g}, share {cfg.pairs.title_body_share:g} of the row cap)")
+        lines.append("- Each train ticket's title against its description as a third ranking objective "
+                     f"(weight {tc.title_body_weight:g}, share {cfg.pairs.title_body_share:g} "
+                     "of the row cap)")
     if train:
         lines.append(f"- {train.get('global_step')} steps in {_num(train.get('train_seconds'), 0)} s "
                      f"({train.get('precision')}, {_num(train.get('pairs_per_second'), 1)} rows/s)")
@@ -176,20 +185,23 @@ def _evaluation(cfg: JobConfig, metrics: dict[str, Any]) -> str:
     if not base or not tuned:
         return ""
     lines = ["## Evaluation on the held-out test split", "",
-             f"Pairs: {tuned.get('n_pairs')} test pairs ({tuned.get('n_positive')} positive). Retrieval: each test "
-             f"ticket with a {_code(str(tuned.get('retrieval_relations')))} link is a query ranked against the other test "
-             f"tickets ({tuned.get('n_queries')} queries); time-aware ranks only tickets filed before the query.", "",
+             f"Pairs: {tuned.get('n_pairs')} test pairs ({tuned.get('n_positive')} positive). "
+             f"Retrieval: each test ticket with a {_code(str(tuned.get('retrieval_relations')))} link "
+             f"is a query ranked against the other test tickets ({tuned.get('n_queries')} queries); "
+             "time-aware ranks only tickets filed before the query.", "",
              "| metric | base | fine-tuned | change |", "|---|---:|---:|---:|"]
     for key, label in CARD_METRICS:
         if tuned.get(key) is None and base.get(key) is None:
             continue
-        change = (tuned[key] - base[key]) if isinstance(tuned.get(key), float) and isinstance(base.get(key), float) else None
+        both = isinstance(tuned.get(key), float) and isinstance(base.get(key), float)
+        change = (tuned[key] - base[key]) if both else None
         lines.append(f"| {label} | {_num(base.get(key))} | {_num(tuned.get(key))} | {_signed(change)} |")
     threshold = tuned.get("threshold")
     if threshold is not None:
-        lines += ["", f"**Threshold {threshold:.2f}.** Two tickets whose embeddings have cosine similarity >= "
-                  f"{threshold:.2f} are predicted related. It is the threshold with the best F1 on the val split "
-                  f"(pairs whose target score is >= {cfg.evaluate.positive_threshold:g} are positives: the relations "
+        lines += ["", f"**Threshold {threshold:.2f}.** Two tickets whose embeddings have cosine "
+                  f"similarity >= {threshold:.2f} are predicted related. It is the threshold with the best "
+                  "F1 on the val split (pairs whose target score is >= "
+                  f"{cfg.evaluate.positive_threshold:g} are positives: the relations "
                   f"scored {_positive_relations(cfg)}), and the F1 above is that threshold applied to test."]
     return "\n".join(lines)
 
@@ -199,16 +211,18 @@ def _hybrid(metrics: dict[str, Any]) -> str:
     if not fusion:
         return ""
     method = ("per query, both scores min-max normalised over the candidates, then a weighted sum"
-              if fusion.get("method") == "minmax" else f"weighted reciprocal rank fusion (k = {fusion.get('rrf_k')})")
+              if fusion.get("method") == "minmax"
+              else f"weighted reciprocal rank fusion (k = {fusion.get('rrf_k')})")
     chosen = "chosen on val duplicate retrieval" if fusion.get("chosen_on") == "val" else "set in the config"
     return "\n".join([
         "## Hybrid retrieval (with a keyword index)", "",
         f"Search ranks tickets by this model's cosine fused with BM25: {method}, BM25 weight "
         f"{_num(fusion.get('weight'), 2)} ({chosen}). `retrieval.json`, next to `model/` in the run, holds "
-        "everything needed to rank the same way (the BM25 settings, the tokenizer and its stop words, the fusion). "
+        "everything needed to rank the same way (the BM25 settings, the tokenizer and its stop words, "
+        "the fusion). "
         f"BM25 alone on the same test split: recall@10 {_num(lexical.get('recall_at_10'))}, MRR "
-        f"{_num(lexical.get('mrr'))}; the hybrid rows in the table above are this model with it. Pair score a "
-        f"threshold applies to, by val average precision: {fusion.get('pair_score', 'dense')}.",
+        f"{_num(lexical.get('mrr'))}; the hybrid rows in the table above are this model with it. "
+        f"Pair score a threshold applies to, by val average precision: {fusion.get('pair_score', 'dense')}.",
     ])
 
 
@@ -223,14 +237,16 @@ def _classifier(metrics: dict[str, Any] | None) -> str:
     if "skipped" in metrics:
         return f"## Relation classifier\n\nNot trained: {metrics['skipped']}"
     lines = ["## Relation classifier", "",
-             f"Logistic regression over pair features of the fine-tuned embeddings, {metrics.get('n_train')} train links, "
-             f"{metrics.get('n_test')} test links: macro F1 {_num(metrics.get('macro_f1'))} (always predicting the "
-             f"majority class {_code(str(metrics.get('majority_class')))}: {_num(metrics.get('majority_macro_f1'))}).",
+             "Logistic regression over pair features of the fine-tuned embeddings, "
+             f"{metrics.get('n_train')} train links, "
+             f"{metrics.get('n_test')} test links: macro F1 {_num(metrics.get('macro_f1'))} "
+             f"(always predicting the majority class {_code(str(metrics.get('majority_class')))}: "
+             f"{_num(metrics.get('majority_macro_f1'))}).",
              "",
              "| relation | precision | recall | F1 | test links |", "|---|---:|---:|---:|---:|"]
     for name, row in sorted((metrics.get("per_class") or {}).items()):
-        lines.append(f"| {_md(name)} | {_num(row['precision'])} | {_num(row['recall'])} | {_num(row['f1'])} | "
-                     f"{row['support']} |")
+        lines.append(f"| {_md(name)} | {_num(row['precision'])} | {_num(row['recall'])} | "
+                     f"{_num(row['f1'])} | {row['support']} |")
     return "\n".join(lines)
 
 
@@ -247,9 +263,11 @@ def _exports(exports: dict[str, Any] | None) -> str:
                      f"{_num(row.get('speedup'), 2)} |")
     written = [row["file"] for row in exports.get("variants", {}).values() if row.get("written")]
     if written:
-        lines += ["", "The files are in the layout of sentence-transformers' ONNX backend (it needs `optimum-onnx`):",
+        lines += ["", "The files are in the layout of sentence-transformers' ONNX backend "
+                  "(it needs `optimum-onnx`):",
                   "", "```python", "from sentence_transformers import SentenceTransformer",
-                  f'model = SentenceTransformer("path/to/model", backend="onnx", model_kwargs={{"file_name": "{written[-1]}"}})',
+                  'model = SentenceTransformer("path/to/model", backend="onnx", '
+                  f'model_kwargs={{"file_name": "{written[-1]}"}})',
                   "```"]
     return "\n".join(lines)
 
@@ -260,9 +278,9 @@ def _use_and_limits(cfg: JobConfig, prepare: dict[str, Any]) -> str:
     return "\n".join([
         "## Intended use", "",
         "Embed ticket text (title and description, as the training data was built with "
-        f"{_code(repr(cfg.data.text_template))}) to suggest likely duplicates and related tickets to a person who "
-        "triages them, and as features for the relation classifier. A suggestion, not a decision: nothing "
-        "should be closed as a duplicate without a person looking.", "",
+        f"{_code(repr(cfg.data.text_template))}) to suggest likely duplicates and related tickets to a "
+        "person who triages them, and as features for the relation classifier. A suggestion, "
+        "not a decision: nothing should be closed as a duplicate without a person looking.", "",
         "## Known limits", "",
         f"- Trained and tested on the projects in its data{seen}; other trackers, products or languages "
         "were not measured and will score lower.",
@@ -270,7 +288,8 @@ def _use_and_limits(cfg: JobConfig, prepare: dict[str, Any]) -> str:
         "- Retrieval was scored within the test split only; a production index is larger, so recall@k there "
         "is lower for the same k.",
         f"- Text beyond {cfg.model.max_seq_length} tokens (long stack traces) is not seen.",
-        "- Links made by people are incomplete: an unlinked pair scored as a negative may be a real duplicate.",
+        "- Links made by people are incomplete: an unlinked pair scored as a negative may be a real "
+        "duplicate.",
     ])
 
 
@@ -287,14 +306,14 @@ def _provenance(run_id: str, train: dict[str, Any]) -> str:
 
 
 def _samples(samples: list[CardSample]) -> str:
-    lines = ["## Samples (test pairs; model.card_samples is on)", "", "| ticket A | ticket B | target | kind |",
-             "|---|---|---:|---|"]
+    lines = ["## Samples (test pairs; model.card_samples is on)", "",
+             "| ticket A | ticket B | target | kind |", "|---|---|---:|---|"]
     lines += [f"| {_cell(s.text_a)} | {_cell(s.text_b)} | {s.score:g} | {s.kind} |" for s in samples]
     return "\n".join(lines)
 
 
-# Markdown's punctuation that could make a link, an image, emphasis, code or a table cell (values never start a
-# line: newlines are collapsed, so '-', '.' and '+' cannot start a list).
+# Markdown's punctuation that could make a link, an image, emphasis, code or a table cell (values never
+# start a line: newlines are collapsed, so '-', '.' and '+' cannot start a list).
 _MARKDOWN = re.compile(r"([\\`*_{}\[\]()#!|~])")
 
 

@@ -27,11 +27,12 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import confusion_matrix, f1_score, precision_recall_fscore_support
 from sklearn.preprocessing import StandardScaler
 
+from job.classifier_base import FitInputs, Fitted, RelationClassifier, RelationLinks
 from job.config import ClassifyConfig
 from job.data import Link, Ticket
 from job.errors import RunStateError
 from job.evaluate import Embeddings
-from job.relation_classifiers import RELATION_CLASSIFIERS, FitInputs, Fitted, RelationClassifier
+from job.relation_classifiers import RELATION_CLASSIFIERS
 
 LOGISTIC_FORMAT = RELATION_CLASSIFIERS["logistic"].format
 META_FEATURES = ("cosine", "created_gap_sign", "created_gap_log_days", "has_dates", "same_project",
@@ -115,19 +116,6 @@ def _oversample(x: np.ndarray, y: np.ndarray, cfg: ClassifyConfig, seed: int, no
     x_res, y_res = sampler.fit_resample(x, y)
     notes.append(f"SMOTE: {len(y)} -> {len(y_res)} training examples")
     return x_res, y_res
-
-
-@dataclass
-class RelationLinks:
-    """The links a relation classifier learns from and is scored on: only classes with enough training links."""
-
-    classes: list[str]
-    train: list[Link]
-    val: list[Link]
-    test: list[Link]
-    train_counts: Counter[str]
-    dropped: dict[str, int]
-    notes: list[str] = field(default_factory=list)
 
 
 def choose_relations(train_links: list[Link], test_links: list[Link], min_class_count: int,

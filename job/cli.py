@@ -95,6 +95,12 @@ def _stop_on_sigterm(stop: threading.Event, checkpointing: threading.Event, step
     previous = signal.signal(signal.SIGTERM, handler)
     try:
         yield
+    except Exception as exc:
+        if stop.is_set() and not isinstance(exc, Interrupted):
+            # Library code (transformers' loaders try one class after another) catches the handler's
+            # exception and raises its own; what it says ("not a model") is a consequence of the stop.
+            raise Interrupted(f"{step} stopped by SIGTERM; rerun with the same run id to finish") from exc
+        raise
     finally:
         signal.signal(signal.SIGTERM, previous)
 
@@ -145,7 +151,9 @@ def _step_command(name: str, help_text: str, resume: bool = False) -> None:
                   help="Overwrite a finished run, or redo steps recorded with another config or other inputs.")
     @click.option("--resume", is_flag=True, hidden=not resume,
                   help="Resume training from the run's newest checkpoint (fails if there is none).")
-    def command(run_id: str | None, force: bool, resume: bool, **kwargs: Any) -> None:
+    @click.option("--profile", is_flag=True,
+                  help="Print where each step's time went (load, encode, fit, export, score, read, write) at the end.")
+    def command(run_id: str | None, force: bool, resume: bool, profile: bool, **kwargs: Any) -> None:
         def action() -> None:
             loaded = _load(kwargs)  # first: it points HF_HOME at runtime.cache_dir before the libraries load
             from job import pipeline
@@ -158,6 +166,8 @@ def _step_command(name: str, help_text: str, resume: bool = False) -> None:
                                                               finished=ctx.run.is_finished())
             if name == "run":
                 _print_outputs(ctx)
+            if profile:
+                click.echo("\n" + pipeline.profile_table(ctx, name), err=True)
 
         _execute(name, action)
 

@@ -36,13 +36,11 @@ from job.localfile import FileRefused, read_regular_file
 from job.log import REDACTED, redact_url_userinfo, url_userinfo
 from job.losses import LOSSES, PAIR_LOSSES, describe_losses
 from job.relation_classifiers import RELATION_CLASSIFIERS, describe_methods
+from job.storage import location, uri_problem
 
 ENV_PREFIX = "FINETUNE_"
 ENV_CONFIG_FILE = "FINETUNE_CONFIG"
 MAX_CONFIG_BYTES = 1_000_000
-# Input files (tickets, links, pairs) are read whole and parsed in memory, which takes several times
-# their size; the largest real export (Apache Jira dev) is 9.5 MB. Larger files are refused, not read.
-MAX_INPUT_BYTES = 1 << 30
 TEMPLATE_FIELDS = ("id", "title", "description", "category", "project")
 RELATIONS = ("duplicate", "causes", "relates", "blocks", "clones", "depends")
 # Relation direction, defined here once. Relations whose direction is part of the label ("source blocks
@@ -117,6 +115,12 @@ class DataConfig(Section):
     relations: list[str] = Field(list(RELATIONS), description="Relations accepted in links")
     jira: JiraConfig = Field(default_factory=JiraConfig)
 
+    @field_validator("tickets", "links", "pairs", "relationship_pairs")
+    @classmethod
+    def _names_a_store(cls, uri: str | None) -> str | None:
+        _refuse_unstorable(uri)
+        return uri
+
     @model_validator(mode="after")
     def _one_kind_of_input(self) -> DataConfig:
         if self.pairs and self.tickets:
@@ -180,6 +184,19 @@ def _clip_placeholder(name: str) -> str:
 
 class OutputConfig(Section):
     uri: str = Field("./output", description="Runs are written under <uri>/<run_id>/ (local path, file:// or s3://)")
+
+    @field_validator("uri")
+    @classmethod
+    def _names_a_store(cls, uri: str) -> str:
+        _refuse_unstorable(uri)
+        return uri
+
+
+def _refuse_unstorable(uri: str | None) -> None:
+    """Refuse a URI no storage backend can open (job/storage.py knows the schemes); unset is fine."""
+    problem = uri_problem(uri) if uri else None
+    if problem:
+        raise ValueError(problem)
 
 
 class ModelConfig(Section):
@@ -384,6 +401,9 @@ class ExportConfig(Section):
                        "evaluate; default: on when onnx and onnxruntime are installed")
     max_metric_drop: float = Field(0.01, ge=0, le=1, description="A variant whose test recall@10 or average "
                                    "precision is more than this below the PyTorch model's is not written")
+    gate_tickets: int = Field(2000, ge=50, description="The variants are scored beside the PyTorch model on at "
+                              "most this many test tickets (whole link components, seeded); the whole test split "
+                              "when smaller")
 
     @field_validator("onnx")
     @classmethod
@@ -511,7 +531,7 @@ class JobConfig(Section):
 
     @model_validator(mode="after")
     def _output_outside_inputs(self) -> JobConfig:
-        out = _normalise_uri(self.output.uri)
+        out = location(self.output.uri)
         for name in ("tickets", "links", "pairs", "relationship_pairs"):
             uri = getattr(self.data, name)
             if uri and _is_within(out, _input_folder(uri, self.data.format)):
@@ -523,16 +543,9 @@ class JobConfig(Section):
         return _redact(self.model_dump(mode="python"))
 
 
-def _normalise_uri(uri: str) -> str:
-    if uri.startswith("s3://"):
-        return uri.rstrip("/")
-    path = uri[len("file://") :] if uri.startswith("file://") else uri
-    return str(Path(path).expanduser().resolve())
-
-
 def _input_folder(uri: str, fmt: str) -> str:
     """The folder an input lives in: a Jira export not named as one .json file is a folder or prefix itself."""
-    normalised = _normalise_uri(uri)
+    normalised = location(uri)
     if fmt == "jira" and not uri.lower().endswith(".json"):
         return normalised
     return normalised.rsplit("/", 1)[0]

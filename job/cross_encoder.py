@@ -30,11 +30,12 @@ from typing import Any
 
 import numpy as np
 
+from job.classifier_base import FitInputs, Fitted, RelationClassifier
 from job.config import DIRECTED_RELATIONS, JobConfig
 from job.data import Link, Ticket
 from job.errors import ConfigError, RunStateError
 from job.model import pick_device, refuse_pickle_weights
-from job.relation_classifiers import RELATION_CLASSIFIERS, FitInputs, Fitted, RelationClassifier
+from job.relation_classifiers import RELATION_CLASSIFIERS
 
 CROSS_ENCODER_FORMAT = RELATION_CLASSIFIERS["cross_encoder"].format
 WEIGHTS_DIR = "cross_encoder"  # inside the classifier folder

@@ -46,8 +46,8 @@ class Ticket:
     category: str | None = None
     project: str | None = None
     created: str | None = None
-    # The two fields apart, as read (the in-domain title/body objective pairs them); not in prepared/tickets.jsonl,
-    # and not part of a ticket's identity (`text` is).
+    # The two fields apart, as read (the in-domain title/body objective pairs them); not in
+    # prepared/tickets.jsonl, and not part of a ticket's identity (`text` is).
     title: str = field(default="", compare=False)
     description: str = field(default="", compare=False)
 
@@ -126,7 +126,8 @@ def detect_format(name: str, declared: str) -> Format:
         return "json"
     if lower.endswith(".csv"):
         return "csv"
-    raise InputError(f"{name}: cannot tell the format from the extension; set data.format to jsonl, json or csv")
+    raise InputError(f"{name}: cannot tell the format from the extension; "
+                     "set data.format to jsonl, json or csv")
 
 
 def _nan_or_infinity(name: str) -> float:
@@ -179,7 +180,8 @@ def _object_from_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
         return record
     seen: set[str] = set()
     marked = _RepeatedKeys(record)
-    marked.repeated = next(key for key, _ in pairs if key in seen or seen.add(key))  # type: ignore[func-returns-value]
+    marked.repeated = next(
+        key for key, _ in pairs if key in seen or seen.add(key))  # type: ignore[func-returns-value]
     return marked
 
 
@@ -190,7 +192,8 @@ def _parse_json(text: str) -> Any:
 def _repeated_key_problem(name: str, where: str, record: dict[str, Any]) -> Problem | None:
     if not isinstance(record, _RepeatedKeys):
         return None
-    return Problem(name, where, _clip(record.repeated), "appears twice in the object: expected each field once")
+    return Problem(name, where, _clip(record.repeated),
+                   "appears twice in the object: expected each field once")
 
 
 def _iter_jsonl(data: bytes, name: str) -> Iterator[tuple[str, dict[str, Any] | Problem]]:
@@ -242,7 +245,8 @@ def _iter_json_array(data: bytes, name: str) -> Iterator[tuple[str, dict[str, An
         hint = (" (it looks like JSON Lines; set data.format: jsonl)" if exc.msg == "Extra data"
                 and text.lstrip().startswith("{") else "")
         yield "", Problem(name, f"line {exc.lineno}", None,
-                          f"invalid JSON at column {exc.colno}: {exc.msg}; expected one JSON array of objects{hint}")
+                          f"invalid JSON at column {exc.colno}: {exc.msg}; "
+                          f"expected one JSON array of objects{hint}")
         return
     except (ValueError, RecursionError) as exc:
         yield "", Problem(name, None, None, f"invalid JSON: {_short(exc)}")
@@ -280,7 +284,8 @@ def _iter_csv(data: bytes, name: str) -> Iterator[tuple[str, dict[str, Any] | Pr
             yield "", Problem(name, "line 1", None, f"cannot read the CSV header: {exc}")
             return
         header = [h.strip() for h in header]
-        duplicated = sorted(h for h, count in Counter(header).items() if count > 1)  # linear: headers may be huge
+        # linear: headers may be huge
+        duplicated = sorted(h for h, count in Counter(header).items() if count > 1)
         if duplicated:
             shown = ", ".join(_clip(h) for h in duplicated[:10]) + (f" and {len(duplicated) - 10} more"
                                                                      if len(duplicated) > 10 else "")
@@ -333,10 +338,12 @@ def check_csv_header(data: bytes, name: str, kind: Kind) -> Problem | None:
     if len(header) == 1:
         for delimiter, label in ((";", "';'"), ("\t", "a tab"), ("|", "'|'")):
             if delimiter in header[0]:
-                hint = f" (the header is one column: the file seems to use {label} as the delimiter; expected ',')"
+                hint = (f" (the header is one column: the file seems to use {label} as the delimiter; "
+                        "expected ',')")
                 break
-    return Problem(name, "line 1", None, f"the CSV header has no column {', '.join(missing)}: expected columns "
-                                         f"{', '.join(required)}; found {found}{hint}")
+    return Problem(name, "line 1", None,
+                   f"the CSV header has no column {', '.join(missing)}: expected columns "
+                   f"{', '.join(required)}; found {found}{hint}")
 
 
 def _type_name(value: Any) -> str:
@@ -363,7 +370,8 @@ def _valid_text(key: str, value: str) -> str:
                 else f"an unpaired surrogate \\u{ord(bad):04x}")
         raise _RowError(key, f"contains {what} at character {exc.start + 1}: expected UTF-8 text") from None
     if "\x00" in value:
-        raise _RowError(key, f"contains a NUL character at character {value.index(chr(0)) + 1}: expected text")
+        raise _RowError(key, f"contains a NUL character at character {value.index(chr(0)) + 1}: "
+                             "expected text")
     return value
 
 
@@ -500,8 +508,9 @@ def add_tickets(rows: Iterable[tuple[str, dict[str, Any]]], report: FileReport, 
             continue
         if ticket.id in table.tickets:
             first = _place(*table.first_seen[ticket.id], file)
-            report.problems.append(Problem(file, where, "id", f"duplicate id {_clip(ticket.id)!r} (first at {first}): "
-                                                              "expected each id once"))
+            report.problems.append(Problem(file, where, "id",
+                                           f"duplicate id {_clip(ticket.id)!r} (first at {first}): "
+                                           "expected each id once"))
             continue
         table.tickets[ticket.id], table.first_seen[ticket.id] = ticket, (file, where)
         report.kept += 1
@@ -583,17 +592,21 @@ def parse_links(data: bytes, uri: str, cfg: DataConfig, known: dict[str, Ticket]
     return table.links, parsed.report
 
 
-def _link(record: dict[str, Any], cfg: DataConfig, known: dict[str, Ticket], rejected: dict[str, str]) -> Link:
+def _link(record: dict[str, Any], cfg: DataConfig, known: dict[str, Ticket],
+          rejected: dict[str, str]) -> Link:
     source, target = _required_str(record, "source"), _required_str(record, "target")
     relation = _required_str(record, "relation").lower()
     if relation not in cfg.relations:
-        raise _RowError("relation", f"unknown relation {_clip(relation)!r}: expected one of {', '.join(cfg.relations)}")
+        raise _RowError("relation", f"unknown relation {_clip(relation)!r}: "
+                                    f"expected one of {', '.join(cfg.relations)}")
     if source == target:
-        raise _RowError("target", f"self-link: {_clip(source)!r} links to itself; expected two different tickets")
+        raise _RowError("target", f"self-link: {_clip(source)!r} links to itself; "
+                                  "expected two different tickets")
     for key, value in (("source", source), ("target", target)):
         if value not in known:
             why = f" (its ticket row at {rejected[value]} was rejected)" if value in rejected else ""
-            raise _RowError(key, f"{_clip(value)!r} is not a known ticket id{why}: expected an id from the tickets file")
+            raise _RowError(key, f"{_clip(value)!r} is not a known ticket id{why}: "
+                                 "expected an id from the tickets file")
     return Link(source, target, relation)
 
 
@@ -602,7 +615,8 @@ def text_id(text: str) -> str:
     return "t" + hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
-def parse_pairs(data: bytes, uri: str, cfg: DataConfig, tickets: dict[str, Ticket]) -> tuple[list[ScoredPair], FileReport]:
+def parse_pairs(data: bytes, uri: str, cfg: DataConfig,
+                tickets: dict[str, Ticket]) -> tuple[list[ScoredPair], FileReport]:
     parsed = _parse_file(data, uri, cfg, "pairs")
     report, pairs = parsed.report, []
     for where, record in parsed.rows:
@@ -622,7 +636,8 @@ def _scored_row(record: dict[str, Any], csv_input: bool) -> tuple[str, str, floa
     return a, b, score
 
 
-def parse_relationship_pairs(data: bytes, uri: str, cfg: DataConfig, tickets: dict[str, Ticket]) -> tuple[list[Link], FileReport]:
+def parse_relationship_pairs(data: bytes, uri: str, cfg: DataConfig,
+                             tickets: dict[str, Ticket]) -> tuple[list[Link], FileReport]:
     parsed = _parse_file(data, uri, cfg, "relationship_pairs")
     report, links = parsed.report, []
     for where, record in parsed.rows:
@@ -638,7 +653,8 @@ def _relationship_row(record: dict[str, Any], cfg: DataConfig) -> tuple[str, str
     a, b = _required_str(record, "text_a"), _required_str(record, "text_b")
     relation = _required_str(record, "relation").lower()
     if relation not in cfg.relations:
-        raise _RowError("relation", f"unknown relation {_clip(relation)!r}: expected one of {', '.join(cfg.relations)}")
+        raise _RowError("relation", f"unknown relation {_clip(relation)!r}: "
+                                    f"expected one of {', '.join(cfg.relations)}")
     if a == b:
         raise _RowError("text_b", "text_b is the same text as text_a: expected two different texts")
     return a, b, relation
@@ -685,7 +701,8 @@ def build_corpus(inputs: dict[str, tuple[str, bytes]], cfg: DataConfig) -> Corpu
 
 
 def apply_error_policy(corpus: Corpus, cfg: DataConfig) -> Corpus:
-    """The corpus, if data.on_error lets it through: whole-file problems always stop it, bad rows under `fail`."""
+    """The corpus, if data.on_error lets it through: whole-file problems always stop it, bad rows
+    under `fail`."""
     problems = corpus.problems
     fatal = [p for r in corpus.reports for p in r.fatal]  # whole-file problems: nothing to skip to
     if fatal:
@@ -693,7 +710,8 @@ def apply_error_policy(corpus: Corpus, cfg: DataConfig) -> Corpus:
                          "cannot skip them)", fatal + [p for p in problems if p not in fatal])
     if problems and cfg.on_error == "fail":
         total = sum(r.rows for r in corpus.reports)
-        raise InputError(f"{len(problems)} problem(s) in the input ({total} rows read; data.on_error={cfg.on_error}; "
+        raise InputError(f"{len(problems)} problem(s) in the input "
+                         f"({total} rows read; data.on_error={cfg.on_error}; "
                          "set data.on_error: skip to drop and count bad rows)", problems)
     return corpus
 
@@ -703,7 +721,8 @@ def require_enough(corpus: Corpus) -> None:
     skipped = sum(r.skipped for r in corpus.reports)
     note = f" ({skipped} bad row(s) skipped)" if skipped else ""
     if len(corpus.tickets) < 2:
-        raise InputError(f"only {len(corpus.tickets)} usable ticket(s) left{note}: need at least 2 to build pairs",
+        raise InputError(f"only {len(corpus.tickets)} usable ticket(s) left{note}: "
+                         "need at least 2 to build pairs",
                          corpus.problems)
     if corpus.scored_pairs is None and not corpus.links:
         raise InputError(f"no usable links{note}: positive pairs come from links, so at least one is needed",

@@ -20,13 +20,21 @@ compares them with PyTorch.
 
 from __future__ import annotations
 
+import contextlib
 import math
+import random
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from job.data import Link
+from job.evaluate import Embeddings, HeldOut, pair_metrics, pair_scores, retrieval_metrics, retrieval_queries
+from job.pairs import Pair
+from job.split import connected_components
 
 # variant name -> file under the model directory (sentence-transformers' names for them)
 VARIANTS = {"onnx-fp32": "onnx/model.onnx", "onnx-int8": "onnx/model_qint8.onnx"}
@@ -84,6 +92,72 @@ def load_variant(model: Any, onnx_path: Path, threads: int) -> Any:
     tokenisation, prompts, pooling and normalisation stay the model's own, as in the ONNX backend."""
     model[0].model = _OnnxTransformer(onnx_path, model[0].model.config, threads)
     return model
+
+
+@contextlib.contextmanager
+def onnx_transformer(model: Any, onnx_path: Path, threads: int) -> Iterator[Any]:
+    """`model` run by the variant at `onnx_path` inside the block (load_variant), and its own transformer again
+    after it: one model in memory scores every variant, instead of a fresh load for each."""
+    own = model[0].model
+    try:
+        yield load_variant(model, onnx_path, threads)
+    finally:
+        model[0].model = own
+
+
+@dataclass(frozen=True)
+class ExportGate:
+    """The tickets of the test split a variant is scored on beside the PyTorch model: whole link components
+    (a query's duplicates come with it) in a seeded order, up to `export.gate_tickets`; the whole split when it
+    is smaller. The two are compared on the same tickets, by the metrics the gate guards (dense: the variants
+    are vectors; the keyword side of the hybrid is the same for both)."""
+
+    ids: list[str]
+    pairs: list[Pair]
+    relevant: list[set[int]]
+    of_tickets: int
+    held: HeldOut
+
+    @classmethod
+    def sample(cls, held: HeldOut, links: list[Link], relations: list[str], max_tickets: int,
+               seed: int) -> ExportGate:
+        chosen = _whole_components(held.test.ids, links, max_tickets, seed)
+        kept = set(chosen)
+        relevant, _ = retrieval_queries(chosen, links, relations)
+        pairs = [p for p in held.test_pairs if p.a in kept and p.b in kept]
+        return cls(chosen, pairs, relevant, len(held.test.ids), held)
+
+    def metrics(self, emb: Embeddings, threshold: float) -> dict[str, Any]:
+        """Pair metrics (the F1 at the model's threshold chosen on val) and dense retrieval on the sample."""
+        scored: dict[str, Any] = dict(pair_metrics(pair_scores(emb, self.pairs, self.held.positive_threshold),
+                                                   threshold))
+        scored.update(retrieval_metrics(emb, self.ids, self.relevant, self.held.chunk_size))
+        return scored
+
+    def describe(self) -> dict[str, Any]:
+        return {"tickets": len(self.ids), "of_test_tickets": self.of_tickets, "pairs": len(self.pairs),
+                "queries": sum(1 for r in self.relevant if r)}
+
+
+def _whole_components(ids: list[str], links: list[Link], max_tickets: int, seed: int) -> list[str]:
+    """Up to `max_tickets` of `ids`, taken link component by link component in a seeded order (all of them,
+    in their own order, when they fit)."""
+    if len(ids) <= max_tickets:
+        return list(ids)
+    inside = set(ids)
+    edges = [(link.source, link.target) for link in links if link.source in inside and link.target in inside]
+    component = connected_components(ids, edges)
+    components: dict[int, list[str]] = {}
+    for t in ids:
+        components.setdefault(component[t], []).append(t)
+    order = sorted(components.values(), key=lambda members: members[0])
+    random.Random(seed).shuffle(order)
+    chosen: list[str] = []
+    for members in order:
+        if len(chosen) + len(members) <= max_tickets:
+            chosen += members
+    position = {t: n for n, t in enumerate(ids)}
+    return sorted(chosen, key=position.__getitem__)
 
 
 class _OnnxTransformer(torch.nn.Module):

@@ -24,10 +24,10 @@ from typing import Any
 from job import plots
 from job.artifacts import MANIFEST, METRICS, check_run_id
 from job.config import LoadedConfig
-from job.errors import JobError
+from job.errors import JobError, RunStateError
 from job.jsonio import to_json
 from job.log import get_logger
-from job.storage import Store, open_store
+from job.storage import Store, Versioned, open_store
 
 HISTORY_JSON = "history.json"
 HISTORY_PLOT = "history.png"
@@ -112,14 +112,11 @@ def read_history(root: Store, metric: str, pointer_key: str) -> History:
 def promoted_runs(root: Store, pointer_key: str) -> tuple[str | None, set[str]]:
     """The promoted run and those promoted before it, from the pointer (nothing if it is absent or unreadable:
     promote reports a damaged pointer; the history still lists the runs)."""
-    current = root.read_versioned(pointer_key)
-    if current is None:
-        return None, set()
     try:
-        pointer = json.loads(current.data)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        pointer = parse_pointer(root.read_versioned(pointer_key), pointer_key)
+    except RunStateError:
         return None, set()
-    if not isinstance(pointer, dict) or not isinstance(pointer.get("run_id"), str):
+    if pointer is None:
         return None, set()
     earlier = pointer.get("promoted_before")
     before = {r for r in earlier if isinstance(r, str)} if isinstance(earlier, list) else set()
@@ -127,6 +124,20 @@ def promoted_runs(root: Store, pointer_key: str) -> tuple[str | None, set[str]]:
     if isinstance(previous, dict) and isinstance(previous.get("run_id"), str):
         before.add(previous["run_id"])
     return pointer["run_id"], before
+
+
+def parse_pointer(current: Versioned | None, where: str) -> dict[str, Any] | None:
+    """The promotion pointer as read (None when there is none); RunStateError naming `where` when it is not
+    JSON or names no run. Read here only: promote refuses such a pointer, the history and drift skip it."""
+    if current is None:
+        return None
+    try:
+        pointer = json.loads(current.data)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise RunStateError(f"{where} is not valid JSON ({type(exc).__name__}); fix or delete it to promote again") from None
+    if not isinstance(pointer, dict) or not isinstance(pointer.get("run_id"), str):
+        raise RunStateError(f"{where} does not name a run (no 'run_id'); fix or delete it to promote again")
+    return pointer
 
 
 def read_run(run: Store, run_id: str, metric: str) -> RunSummary:

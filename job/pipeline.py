@@ -1,14 +1,16 @@
-"""The whole flow on one screen: prepare -> train -> evaluate -> classify.
+"""The whole flow: prepare -> train -> index -> evaluate, classify.
 
 Each step reads what the one before wrote from the run's storage (so steps can run in
-separate pods) and also accepts it in memory (so `run` does not re-read or re-encode).
-The steps, their order and what each needs are defined once, in job/steps.py. A rerun
-continues from the first step not yet done (`reusable_steps`).
+separate pods) and also accepts it in memory (so `run` does not re-read, re-load or re-encode:
+`Handover`). The steps, their order and what each needs are defined once, in job/steps.py; what
+each one runs is STEP_BODIES, at the end. A rerun continues from the first step not yet done
+(`reusable_steps`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import random
 import secrets
@@ -16,34 +18,33 @@ import shutil
 import tempfile
 import threading
 import time
-from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from job import plots
+from job import plots, profile
 from job.artifacts import RunDir, StepTimer, check_run_id, new_run_id
 from job.card import CARD_SAMPLES, MODEL_CARD, CardSample, model_card
+from job.classifier_base import FitInputs, RelationLinks, classifier_class
 from job.classify import (
     NotEnoughClasses,
-    RelationLinks,
     choose_relations,
     relation_confusion,
     relation_metrics,
 )
 from job.config import JobConfig, LoadedConfig
 from job.cross_encoder import CHECKPOINTS as CROSS_ENCODER_CHECKPOINTS
-from job.data import Corpus, Link, Ticket, build_corpus, require_enough
+from job.data import Link, Ticket
 from job.drift import InputProfile, compare, profile_inputs
 from job.environment import environment_info, use_cache_dir
-from job.errors import InputError, JobError, RunStateError
+from job.errors import InputError, Interrupted, JobError, RunStateError
 from job.evaluate import Embeddings, HeldOut, ModelEvaluation, RetrievalPool, lexical_metrics, score_model
 from job.fingerprint import Fingerprint, config_checksum, input_checksums
 from job.history import promoted_runs
-from job.jira import jira_corpus
+from job.inputs import read_inputs
 from job.jsonio import from_jsonl, to_json, to_jsonl
 from job.locks import refuse_if_locked, run_lock
 from job.log import get_logger
@@ -60,12 +61,12 @@ from job.model import (
     world_size,
 )
 from job.pairs import Budget, Pair, TitleBody, Triplet, build_split_pairs, training_budget
-from job.relation_classifiers import RELATION_CLASSIFIERS, FitInputs
+from job.profile import phase
 from job.retrieval.spec import RETRIEVAL_FILE, fusion_settings, lexical_settings, retrieval_spec
 from job.split import SPLITS, check_usable, split_by_components
 from job.step_metrics import step_numbers, write_step_metrics
 from job.steps import CLASSIFY, EVALUATE, INDEX, PREPARE, SHARED_STEPS, STEPS, TRAIN, Step, required_steps
-from job.storage import FileRecord, local_path, open_store, read_input_files, read_uri, upload_dir
+from job.storage import FileRecord, is_remote, local_path, open_store, upload_dir
 
 
 @dataclass
@@ -80,6 +81,19 @@ class RunContext:
     stop: threading.Event = field(default_factory=threading.Event)  # SIGTERM: checkpoint and stop
     checkpointing: threading.Event = field(default_factory=threading.Event)  # set while a stop can checkpoint
     _input_checksums: dict[str, str] | None = None
+    _base_model: Any = None  # loaded once per process: prepare's mining hands it to train
+
+    def base_model(self) -> Any:
+        """The untouched base model, loaded on first use."""
+        if self._base_model is None:
+            self._base_model = _load_base(self)
+        return self._base_model
+
+    def take_base_model(self) -> Any:
+        """The base model for a step that changes it (train) or is its last user (evaluate): this process holds
+        it no longer, so it is freed when that step ends and a later user loads its own."""
+        model, self._base_model = self.base_model(), None
+        return model
 
     @property
     def cfg(self) -> JobConfig:
@@ -123,7 +137,7 @@ def open_run(loaded: LoadedConfig, run_id: str | None = None, force: bool = Fals
 def _refuse_odd_local_run_dir(run_uri: str, run_id: str) -> None:
     """A local run directory must be a real directory (or not exist yet): writes must not follow a
     symlink out of the output folder, and a file of that name (promoted.json) is not a run."""
-    if run_uri.startswith("s3://"):
+    if is_remote(run_uri):
         return
     path = local_path(run_uri)
     if path.is_symlink():
@@ -175,7 +189,7 @@ def begin_step(ctx: RunContext, step: Step) -> StepTimer:
     return StepTimer(step.name, fingerprint)
 
 
-def is_done(ctx: RunContext, step: Step) -> bool:
+def reuse_or_refuse(ctx: RunContext, step: Step) -> bool:
     """True when `step` recorded itself with what it would be made from now, so a rerun reuses it.
 
     A record made from another config or other inputs stops the run (exit 2) unless --force,
@@ -192,55 +206,16 @@ def is_done(ctx: RunContext, step: Step) -> bool:
 
 
 def reusable_steps(ctx: RunContext) -> set[Step]:
-    """The steps `run` can take over from an earlier attempt: done (is_done), and built only on
+    """The steps `run` can take over from an earlier attempt: done (reuse_or_refuse), and built only on
     steps it takes over too. A finished run is refused without --force, and redone with it."""
     if ctx.run.is_finished():
-        ctx.run.refuse_if_finished(ctx.force)
+        ctx.run.refuse_or_reopen_finished(ctx.force)
         return set()
     done: set[Step] = set()
     for step in STEPS:
-        if all(need in done for need in step.needs) and is_done(ctx, step):
+        if all(need in done for need in step.needs) and reuse_or_refuse(ctx, step):
             done.add(step)
     return done
-
-
-# ---------------------------------------------------------------- inputs
-
-
-def load_corpus(cfg: JobConfig) -> Corpus:
-    """Read and parse the configured inputs, applying data.on_error (InputError when it refuses)."""
-    if cfg.data.format == "jira" and cfg.data.tickets:
-        return jira_corpus(read_input_files(cfg.data.tickets, cfg.storage, ".json"), cfg.data, cfg.data.tickets)
-    names = ("tickets", "links") if cfg.data.tickets else ("pairs", "relationship_pairs")
-    raw = {name: (getattr(cfg.data, name), read_uri(getattr(cfg.data, name), cfg.storage))
-           for name in names if getattr(cfg.data, name)}
-    return build_corpus(raw, cfg.data)
-
-
-def read_inputs(cfg: JobConfig) -> tuple[Corpus, dict[str, Any]]:
-    """Load and validate the configured inputs; returns the corpus and a report of every file."""
-    corpus = load_corpus(cfg)
-    require_enough(corpus)
-    report = {
-        "files": [{"uri": r.name, "sha256": r.sha256, "rows": r.rows, "kept": r.kept, "skipped": r.skipped,
-                   "duplicates_dropped": r.duplicates_dropped} for r in corpus.reports],
-        "tickets": len(corpus.tickets),
-        "links": len(corpus.links),
-        "links_per_relation": dict(Counter(link.relation for link in corpus.links)),
-        "tickets_per_project": dict(Counter(t.project or "(none)" for t in corpus.tickets.values())),
-        "created_range": _created_range(corpus),
-        "given_pairs": None if corpus.scored_pairs is None else len(corpus.scored_pairs),
-        "skipped_rows": [str(p) for p in corpus.problems],
-    }
-    if corpus.dropped:
-        report["dropped"] = corpus.dropped
-    return corpus, report
-
-
-def _created_range(corpus: Corpus) -> dict[str, str] | None:
-    """The first and last creation dates of the tickets (ISO strings sort by time within one format)."""
-    dates = sorted(t.created for t in corpus.tickets.values() if t.created)
-    return {"first": dates[0], "last": dates[-1]} if dates else None
 
 
 # ---------------------------------------------------------------- prepare
@@ -263,7 +238,8 @@ class PreparedData:
 def prepare(ctx: RunContext) -> PreparedData:
     """Read inputs, split by connected components, build pairs per split, write them."""
     cfg, log, timer = ctx.cfg, ctx.log(PREPARE.name), begin_step(ctx, PREPARE)
-    corpus, inputs = read_inputs(cfg)
+    with phase("read"):
+        corpus, inputs = read_inputs(cfg)
     log.info("inputs loaded", tickets=inputs["tickets"], links=inputs["links"], skipped=len(inputs["skipped_rows"]))
     edges = corpus.edges()
     split = split_by_components(sorted(corpus.tickets), edges, cfg.pairs.split, cfg.train.seed)
@@ -275,8 +251,9 @@ def prepare(ctx: RunContext) -> PreparedData:
     title_body: list[TitleBody] = []
     pair_info: dict[str, Any] = {}
     for name in SPLITS:
-        built = build_split_pairs(name, corpus, split, cfg.pairs, random.Random(f"{cfg.train.seed}-{name}"), embed,
-                                  budget if name == "train" else None, lexical_settings(cfg))
+        with phase("pairs"):
+            built = build_split_pairs(name, corpus, split, cfg.pairs, random.Random(f"{cfg.train.seed}-{name}"),
+                                      embed, budget if name == "train" else None, lexical_settings(cfg))
         pairs[name] = built.pairs
         triplets += built.triplets
         title_body += built.title_body
@@ -289,23 +266,31 @@ def prepare(ctx: RunContext) -> PreparedData:
                     "split": where[t.id]} for t in corpus.tickets.values()]
     link_rows = [{"source": k.source, "target": k.target, "relation": k.relation, "split": where[k.source]}
                  for k in corpus.links]
-    files = [
+    with phase("write"):
+        files = _write_prepared(ctx, ticket_rows, link_rows, split.members, pairs, triplets, title_body)
+    split_info: dict[str, Any] = {name: {"tickets": len(split.members[name]), "linked_pairs": edges_per_split[name]}
+                                  for name in SPLITS}
+    split_info["components"] = len(set(split.component.values()))
+    with phase("drift"):
+        drift = drift_against_promoted(ctx, profile_inputs(ticket_rows, link_rows), log)
+    ctx.run.record_step(timer.record(files, {"inputs": inputs, "split": split_info, "pairs": pair_info,
+                                             "drift": drift}))
+    log.info("prepare done", **{name: split_info[name] for name in SPLITS})
+    return PreparedData(corpus.tickets, corpus.links, split.members, pairs, triplets, title_body)
+
+
+def _write_prepared(ctx: RunContext, ticket_rows: list[dict[str, Any]], link_rows: list[dict[str, Any]],
+                    members: dict[str, list[str]], pairs: dict[str, list[Pair]], triplets: list[Triplet],
+                    title_body: list[TitleBody]) -> list[FileRecord]:
+    return [
         ctx.run.store.write_bytes("prepared/tickets.jsonl", to_jsonl(ticket_rows)),
         ctx.run.store.write_bytes("prepared/links.jsonl", to_jsonl(link_rows)),
-        ctx.run.store.write_bytes("prepared/split.json", to_json(split.members)),
+        ctx.run.store.write_bytes("prepared/split.json", to_json(members)),
         *[ctx.run.store.write_bytes(f"prepared/pairs_{name}.jsonl", to_jsonl([p.to_json() for p in pairs[name]]))
           for name in SPLITS],
         ctx.run.store.write_bytes("prepared/triplets_train.jsonl", to_jsonl([t.to_json() for t in triplets])),
         ctx.run.store.write_bytes(TITLE_BODY_FILE, to_jsonl([r.to_json() for r in title_body])),
     ]
-    split_info: dict[str, Any] = {name: {"tickets": len(split.members[name]), "linked_pairs": edges_per_split[name]}
-                                  for name in SPLITS}
-    split_info["components"] = len(set(split.component.values()))
-    drift = drift_against_promoted(ctx, profile_inputs(ticket_rows, link_rows), log)
-    ctx.run.record_step(timer.record(files, {"inputs": inputs, "split": split_info, "pairs": pair_info,
-                                             "drift": drift}))
-    log.info("prepare done", **{name: split_info[name] for name in SPLITS})
-    return PreparedData(corpus.tickets, corpus.links, split.members, pairs, triplets, title_body)
 
 
 TITLE_BODY_FILE = "prepared/title_body_train.jsonl"
@@ -353,12 +338,10 @@ def drift_against_promoted(ctx: RunContext, current: InputProfile, log: Any) -> 
 
 
 def _lazy_base_embedder(ctx: RunContext, log: Any) -> Any:
-    holder: dict[str, Any] = {}
+    """Mining's encoder: the base model, loaded only if mining needs it, and kept for train."""
 
     def embed(texts: list[str]) -> np.ndarray:
-        if "model" not in holder:
-            holder["model"] = _load_base(ctx)
-        return encode(holder["model"], texts, ctx.cfg.model.encode_batch_size, log, "encode for mining")
+        return encode(ctx.base_model(), texts, ctx.cfg.model.encode_batch_size, log, "encode for mining")
 
     return embed
 
@@ -405,6 +388,14 @@ def _parsed(key: str, read: Any) -> Any:
 @dataclass
 class TrainedModel:
     local_dir: Path
+    model: Any = None  # in memory when this process trained or loaded it: handed from step to step in `run`
+
+
+def finetuned_model(ctx: RunContext, trained: TrainedModel) -> Any:
+    """The fine-tuned model: the one in memory, else loaded from the run's model/ once."""
+    if trained.model is None:
+        trained.model = load_model(str(trained.local_dir), ctx.cfg.model.max_seq_length)
+    return trained.model
 
 
 def train(ctx: RunContext, prepared: PreparedData, resume: bool = False) -> TrainedModel:
@@ -430,7 +421,7 @@ def train(ctx: RunContext, prepared: PreparedData, resume: bool = False) -> Trai
     if not train_rows.sentence1 and not triplet_rows.anchor and not ranking.related.anchor and not ranking.title_body.anchor:
         raise InputError(f"no training rows for train.loss={cfg.train.loss}: the train split has no links of "
                          f"pairs.triplet_relations {cfg.pairs.triplet_relations} (mnrl) or no pairs")
-    device, base = pick_device(), _load_base(ctx)
+    device, base = pick_device(), ctx.take_base_model()
     log.info("training", pair_rows=len(train_rows.sentence1), triplet_rows=len(triplet_rows.anchor),
              related_rows=len(ranking.related.anchor), title_body_rows=len(ranking.title_body.anchor),
              val_pairs=len(val_rows.sentence1), epochs=cfg.train.epochs, batch_size=cfg.train.batch_size,
@@ -440,17 +431,20 @@ def train(ctx: RunContext, prepared: PreparedData, resume: bool = False) -> Trai
     discarded = discard_stale_checkpoints(ctx.run.store, stamp, log) if ctx.rank == 0 else None
     ctx.checkpointing.set()
     try:
-        result = train_model(cfg, base, train_rows, ranking, val_rows, ctx.work_dir, ctx.run.store, log,
-                             ctx.stop, resume, stamp=stamp)
+        with phase("fit"):
+            result = train_model(cfg, base, train_rows, ranking, val_rows, ctx.work_dir, ctx.run.store, log,
+                                 ctx.stop, resume, stamp=stamp)
     finally:
         ctx.checkpointing.clear()
+    trained = TrainedModel(result.model_dir, result.model)
     if ctx.rank != 0:  # DDP workers trained in lock-step; rank 0 publishes
-        return TrainedModel(result.model_dir)
-    ctx.run.store.delete_prefix("model/")  # what an earlier attempt left there (its ONNX files) is not this model's
-    files = upload_dir(ctx.run.store, result.model_dir, "model")
-    plot = plots.loss_curve(result.loss_curve, result.val_history, ctx.work_dir / "plots" / "loss_curve.png")
-    files.append(ctx.run.store.upload_file(plot, "plots/loss_curve.png"))
-    info = {k: v for k, v in vars(result).items() if k != "model_dir"}
+        return trained
+    with phase("write"):
+        ctx.run.store.delete_prefix("model/")  # an earlier attempt's files (its ONNX files) are not this model's
+        files = upload_dir(ctx.run.store, result.model_dir, "model")
+        plot = plots.loss_curve(result.loss_curve, result.val_history, ctx.work_dir / "plots" / "loss_curve.png")
+        files.append(ctx.run.store.upload_file(plot, "plots/loss_curve.png"))
+    info = {k: v for k, v in vars(result).items() if k not in ("model_dir", "model")}
     info["discarded_checkpoint"] = discarded
     info["environment"] = environment_info(device)
     info["model"] = {"attention": attention_implementation(base), "max_seq_length": base.max_seq_length,
@@ -460,7 +454,7 @@ def train(ctx: RunContext, prepared: PreparedData, resume: bool = False) -> Trai
     ctx.run.store.delete_prefix("checkpoints/")  # only needed to resume; the model is published
     log.info("train done", steps=result.global_step, seconds=result.train_seconds,
              pairs_per_s=result.pairs_per_second, best_val_spearman=result.best_metric)
-    return TrainedModel(result.model_dir)
+    return trained
 
 
 def checkpoint_stamp(ctx: RunContext, step: Step) -> str:
@@ -488,16 +482,19 @@ def evaluate(ctx: RunContext, prepared: PreparedData, trained: TrainedModel) -> 
     chosen on val); the fine-tuned vectors come from the index step."""
     cfg, log, timer = ctx.cfg, ctx.log(EVALUATE.name), begin_step(ctx, EVALUATE)
     set_threads(cfg.runtime.threads)
-    held = held_out(ctx, prepared)
+    with phase("lexical"):
+        held = held_out(ctx, prepared)
     ids = sorted(set(held.test.ids) | set(held.val.ids))
     results: dict[str, ModelEvaluation] = {}
-    embeddings = {"base": _encode_ids(_load_base(ctx), prepared, ids, ctx, log, "encode base"),
+    embeddings = {"base": _encode_ids(ctx.take_base_model(), prepared, ids, ctx, log, "encode base"),
                   "finetuned": _reuse_or_encode(ctx, prepared, trained, ids, log)}  # the index has these
     for name, emb in embeddings.items():
-        results[name] = score_model(emb, held, fusion_settings(cfg))
+        with phase("score"):
+            results[name] = score_model(emb, held, fusion_settings(cfg))
         log.info("metrics", model=name, **{k: _round(v) for k, v in results[name].metrics.items()})
     metrics: dict[str, Any] = {name: r.metrics for name, r in results.items()}
-    metrics["lexical"] = lexical_metrics(held)
+    with phase("score"):
+        metrics["lexical"] = lexical_metrics(held)
     log.info("metrics", model="lexical (BM25)", **{k: _round(v) for k, v in metrics["lexical"].items()})
     metrics["fusion"] = {name: r.fusion for name, r in results.items()}
     metrics["delta"] = {k: _delta(metrics["finetuned"].get(k), metrics["base"].get(k)) for k in DELTA_KEYS}
@@ -505,11 +502,12 @@ def evaluate(ctx: RunContext, prepared: PreparedData, trained: TrainedModel) -> 
     files: list[FileRecord] = [ctx.run.write_json(RETRIEVAL_FILE, spec)]
     ctx.run.store.delete_prefix("model/onnx/")  # an earlier attempt's variants, whatever this one writes
     if cfg.export.onnx:
-        metrics["exports"], exported = _export_cpu_variants(ctx, prepared, trained, held, ids, metrics["finetuned"],
-                                                            log)
+        metrics["exports"], exported = _export_cpu_variants(ctx, prepared, trained, held, embeddings["finetuned"],
+                                                            metrics["finetuned"]["threshold"], log)
         files += exported
     files.append(ctx.run.write_json("evaluate/metrics.json", metrics))
-    files += _evaluation_plots(ctx, results, metrics)
+    with phase("plots"):
+        files += _evaluation_plots(ctx, results, metrics)
     ctx.run.record_step(timer.record(files, {"metrics": metrics}))
     finish_if_complete(ctx)
 
@@ -530,28 +528,33 @@ def held_out(ctx: RunContext, prepared: PreparedData) -> HeldOut:
                    cfg.evaluate.positive_threshold, cfg.evaluate.chunk_size)
 
 
-def _export_cpu_variants(ctx: RunContext, prepared: PreparedData, trained: TrainedModel, held: HeldOut, ids: list[str],
-                         reference: dict[str, Any], log: Any) -> tuple[dict[str, Any], list[FileRecord]]:
-    """Export the ONNX variants, score each on the same split as the PyTorch model, and publish under
-    model/ only those within export.max_metric_drop of it (job/export.py)."""
-    from job.export import export_variants, load_variant, rejection
+def _export_cpu_variants(ctx: RunContext, prepared: PreparedData, trained: TrainedModel, held: HeldOut,
+                         finetuned: Embeddings, threshold: float, log: Any) -> tuple[dict[str, Any], list[FileRecord]]:
+    """Export the ONNX variants, score each on the gate sample of the test split beside the PyTorch model's own
+    vectors of it, and publish under model/ only those within export.max_metric_drop of it (job/export.py)."""
+    from job.export import ExportGate, export_variants, onnx_transformer, rejection
 
     cfg, threads = ctx.cfg, set_threads(ctx.cfg.runtime.threads)
-    folder = ctx.work_dir / "export"
-    pytorch = load_model(str(trained.local_dir), cfg.model.max_seq_length, device="cpu")
-    reference_texts_per_s = _texts_per_second(pytorch, prepared, ids, ctx, log)  # the index may have run on a GPU
-    variants = export_variants(pytorch, folder)
+    pytorch = _cpu_model(ctx, trained)
+    gate = ExportGate.sample(held, prepared.links, cfg.evaluate.retrieval_relations, cfg.export.gate_tickets,
+                             cfg.train.seed)
+    with phase("score"):
+        reference = gate.metrics(finetuned, threshold)
+    reference_texts_per_s = _texts_per_second(pytorch, prepared, gate.ids, ctx, log)  # the index may have used a GPU
+    with phase("export"):
+        variants = export_variants(pytorch, ctx.work_dir / "export")
     summary: dict[str, Any] = {"reference": {"backend": f"pytorch ({pick_device()})",
-                                             "texts_per_s": round(reference_texts_per_s, 2)},
-                               "max_metric_drop": cfg.export.max_metric_drop, "variants": {}}
+                                             "texts_per_s": round(reference_texts_per_s, 2), "metrics": reference},
+                               "max_metric_drop": cfg.export.max_metric_drop, "gate": gate.describe(),
+                               "variants": {}}
     files: list[FileRecord] = []
     for variant in variants:
-        model = load_variant(load_model(str(trained.local_dir), cfg.model.max_seq_length, device="cpu"),
-                             variant.path, threads)
-        started = time.monotonic()
-        emb = _encode_ids(model, prepared, ids, ctx, log, f"encode {variant.name}")
-        speed = len(ids) / max(time.monotonic() - started, 1e-9)
-        scored = score_model(emb, held, fusion_settings(cfg)).metrics
+        with onnx_transformer(pytorch, variant.path, threads):
+            started = time.monotonic()
+            emb = _encode_ids(pytorch, prepared, gate.ids, ctx, log, f"encode {variant.name}")
+            speed = len(gate.ids) / max(time.monotonic() - started, 1e-9)
+        with phase("score"):
+            scored = gate.metrics(emb, threshold)
         refused = rejection(reference, scored, cfg.export.max_metric_drop)
         summary["variants"][variant.name] = {
             "file": variant.file, "written": refused is None, "rejected": refused,
@@ -562,10 +565,18 @@ def _export_cpu_variants(ctx: RunContext, prepared: PreparedData, trained: Train
             log.warning("export not written: worse than the PyTorch model", variant=variant.name, reason=refused)
             ctx.run.store.delete(f"model/{variant.file}")  # an earlier attempt's copy must not stay behind
             continue
-        files.append(ctx.run.store.upload_file(variant.path, f"model/{variant.file}"))
+        with phase("write"):
+            files.append(ctx.run.store.upload_file(variant.path, f"model/{variant.file}"))
         log.info("export written", variant=variant.name, file=f"model/{variant.file}", texts_per_s=round(speed, 1),
                  recall_at_10=_round(scored.get("recall_at_10")), average_precision=_round(scored.get("average_precision")))
     return summary, files
+
+
+def _cpu_model(ctx: RunContext, trained: TrainedModel) -> Any:
+    """The fine-tuned model on the CPU (where the variants run): the one in memory when it is there already."""
+    if trained.model is not None and str(trained.model.device) == "cpu":
+        return trained.model
+    return load_model(str(trained.local_dir), ctx.cfg.model.max_seq_length, device="cpu")
 
 
 def _round(value: Any) -> Any:
@@ -612,7 +623,7 @@ def index(ctx: RunContext, prepared: PreparedData, trained: TrainedModel) -> Non
     rows = [layout.IndexRow(t.id, t.project, t.created, t.text) for _, t in sorted(prepared.tickets.items())]
     world = world_size()
     mine = layout.shard(rows, ctx.rank, world)
-    model = load_model(str(trained.local_dir), cfg.model.max_seq_length)
+    model = finetuned_model(ctx, trained)
     dim = int(model.get_embedding_dimension())
     metadata = {"finetune.run_id": ctx.run.run_id, "finetune.dim": str(dim), "finetune.model_sha256": model_sha(ctx)}
     folder, name = ctx.work_dir / layout.INDEX, layout.part_name(ctx.rank)
@@ -621,7 +632,8 @@ def index(ctx: RunContext, prepared: PreparedData, trained: TrainedModel) -> Non
     written = layout.write_part(folder / name, mine, lambda texts: encode(model, texts, cfg.model.encode_batch_size,
                                                                           log, "encode for the index"), dim, metadata)
     seconds = time.monotonic() - started
-    part = ctx.run.store.upload_file(folder / name, f"{layout.INDEX}/{name}")
+    with phase("write"):
+        part = ctx.run.store.upload_file(folder / name, f"{layout.INDEX}/{name}")
     ctx.run.write_json(f"{layout.INDEX}/{name}.json", {**asdict(part), "rows": written, "seconds": round(seconds, 3)})
     barrier(world)
     if timer is None:
@@ -629,9 +641,11 @@ def index(ctx: RunContext, prepared: PreparedData, trained: TrainedModel) -> Non
     parts = [ctx.run.read_json(f"{layout.INDEX}/{layout.part_name(r)}.json") for r in range(world)]
     for r in range(world):
         ctx.run.store.delete(f"{layout.INDEX}/{layout.part_name(r)}.json")
-    layout.save_lexical(folder / "lexical", [r.id for r in rows], [r.text for r in rows], lexical_settings(cfg))
+    with phase("lexical"):
+        layout.save_lexical(folder / "lexical", [r.id for r in rows], [r.text for r in rows], lexical_settings(cfg))
     files = [FileRecord(p["path"], p["size"], p["sha256"]) for p in parts]
-    files += upload_dir(ctx.run.store, folder / "lexical", layout.LEXICAL)
+    with phase("write"):
+        files += upload_dir(ctx.run.store, folder / "lexical", layout.LEXICAL)
     described = layout.describe(ctx.run.run_id, len(rows), dim, [layout.part_name(r) for r in range(world)],
                                 metadata["finetune.model_sha256"])
     files.append(ctx.run.write_json(layout.INDEX_JSON, described))
@@ -713,14 +727,14 @@ def _fit_classifier(ctx: RunContext, prepared: PreparedData, trained: TrainedMod
     """The classify.method of job/relation_classifiers.py trained on `links`, saved and published as
     classifier/; its metrics.json (the same scores for every method, plus the method's own), confusion and
     step info."""
-    method = RELATION_CLASSIFIERS[ctx.cfg.classify.method]
     inputs = FitInputs(
         links=links, tickets=prepared.tickets, cfg=ctx.cfg,
         embeddings=lambda ids: _reuse_or_encode(ctx, prepared, trained, ids, log),
         finetuned_model=trained.local_dir, base_model=lambda: _base_model_path(ctx), work_dir=ctx.work_dir,
         store=ctx.run.store, checkpoint_stamp=lambda: checkpoint_stamp(ctx, CLASSIFY), log=log, stop=ctx.stop,
         checkpointing=ctx.checkpointing)
-    fitted = method.implementation().fit(inputs)
+    with phase("fit"):  # the embeddings it asks for are timed as encode
+        fitted = classifier_class(ctx.cfg.classify.method).fit(inputs)
     folder = ctx.work_dir / "classifier"
     fitted.classifier.save(folder)
     files += upload_dir(ctx.run.store, folder, "classifier")
@@ -736,8 +750,7 @@ def _reuse_or_encode(ctx: RunContext, prepared: PreparedData, trained: TrainedMo
     log.info("embeddings", reused=len(ids) if found is not None else 0, encoded=0 if found is not None else len(ids))
     if found is not None:
         return found
-    return _encode_ids(load_model(str(trained.local_dir), ctx.cfg.model.max_seq_length), prepared, ids, ctx, log,
-                       "encode finetuned")
+    return _encode_ids(finetuned_model(ctx, trained), prepared, ids, ctx, log, "encode finetuned")
 
 
 # ---------------------------------------------------------------- finish
@@ -776,24 +789,17 @@ def run_all(ctx: RunContext, resume: bool = False) -> dict[str, Any]:
     done = reusable_steps(ctx)
     for step in sorted(done, key=STEPS.index):
         ctx.log(step.name).info("step already done; reusing what it recorded")
-    prepared = load_prepared(ctx, TRAIN) if PREPARE in done else prepare(ctx)
-    trained = _take_over_model(ctx) if TRAIN in done else train(ctx, prepared, resume=resume)
-    if INDEX not in done:
-        index(ctx, prepared, trained)
-    if EVALUATE not in done:
-        evaluate(ctx, prepared, trained)
-    if ctx.cfg.classify.enabled and CLASSIFY not in done:
-        classify(ctx, prepared, trained)
+    if TRAIN in done:  # a stop right after train recorded itself leaves the checkpoints it was about to delete
+        ctx.run.store.delete_prefix("checkpoints/")
+    handover = Handover(ctx)
+    for step in required_steps(ctx.cfg.classify.enabled):
+        if step not in done:
+            stop_if_asked(ctx, step)
+            STEP_BODIES[step](handover, resume)
     if not ctx.run.is_finished():  # every step was taken over: the last attempt stopped before the manifest
         finish_if_complete(ctx)
     publish_step_metrics(ctx, STEPS)
     return ctx.run.read_json("metrics.json")
-
-
-def _take_over_model(ctx: RunContext) -> TrainedModel:
-    # A stop right after train recorded itself leaves the checkpoints it was about to delete.
-    ctx.run.store.delete_prefix("checkpoints/")
-    return fetch_model(ctx, INDEX)  # the first step after train that uses the model
 
 
 def run_step(ctx: RunContext, name: str, resume: bool = False) -> None:
@@ -805,22 +811,69 @@ def run_step(ctx: RunContext, name: str, resume: bool = False) -> None:
         return
     step = next(s for s in STEPS if s.name == name)
     if not ctx.force:  # --force redoes the step whatever it recorded
-        ctx.run.refuse_if_finished(force=False)
-        if is_done(ctx, step):
+        ctx.run.refuse_or_reopen_finished(force=False)
+        if reuse_or_refuse(ctx, step):
             ctx.log(step.name).info("step already done; nothing to do")
             publish_step_metrics(ctx, (step,))
             return
-    if step is PREPARE:
-        prepare(ctx)
-    elif step is TRAIN:
-        train(ctx, load_prepared(ctx, step), resume=resume)
-    elif step is INDEX:
-        index(ctx, load_prepared(ctx, step), fetch_model(ctx, step))
-    elif step is EVALUATE:
-        evaluate(ctx, load_prepared(ctx, step), fetch_model(ctx, step))
-    elif step is CLASSIFY:
-        classify(ctx, load_prepared(ctx, step), fetch_model(ctx, step))
+    STEP_BODIES[step](Handover(ctx), resume)
     publish_step_metrics(ctx, (step,))
+
+
+def stop_if_asked(ctx: RunContext, step: Step) -> None:
+    """Stop before `step` when a SIGTERM came: its handler raises at once, but Python drops an exception raised
+    inside a garbage collector's callback (the signal may land there), and the flag it set stays."""
+    if ctx.stop.is_set():
+        raise Interrupted(f"stopped by SIGTERM before step '{step.name}'; rerun with the same run id to finish")
+
+
+@dataclass
+class Handover:
+    """What the steps of one process hand each other in memory (the prepared data, the trained model); what
+    an earlier process made is read from the run's storage the first time a step needs it."""
+
+    ctx: RunContext
+    prepared: PreparedData | None = None
+    trained: TrainedModel | None = None
+
+    def prepared_for(self, step: Step) -> PreparedData:
+        if self.prepared is None:
+            self.prepared = load_prepared(self.ctx, step)
+        return self.prepared
+
+    def trained_for(self, step: Step) -> TrainedModel:
+        if self.trained is None:
+            self.trained = fetch_model(self.ctx, step)
+        return self.trained
+
+
+def _prepare_step(h: Handover, resume: bool) -> None:
+    h.prepared = prepare(h.ctx)
+
+
+def _train_step(h: Handover, resume: bool) -> None:
+    h.trained = train(h.ctx, h.prepared_for(TRAIN), resume=resume)
+    gc.collect()  # the trainer's optimizer state and batches are garbage now, in cycles plain refcounts miss
+
+
+def _index_step(h: Handover, resume: bool) -> None:
+    index(h.ctx, h.prepared_for(INDEX), h.trained_for(INDEX))
+
+
+def _evaluate_step(h: Handover, resume: bool) -> None:
+    evaluate(h.ctx, h.prepared_for(EVALUATE), h.trained_for(EVALUATE))
+    gc.collect()  # the base model and the export's sessions
+
+
+def _classify_step(h: Handover, resume: bool) -> None:
+    classify(h.ctx, h.prepared_for(CLASSIFY), h.trained_for(CLASSIFY))
+
+
+# What `run` (in STEPS order) and each step's own command call. A new step: its Step in job/steps.py, its
+# function above, one entry here (and its task in the workflow files).
+STEP_BODIES: dict[Step, Callable[[Handover, bool], None]] = {
+    PREPARE: _prepare_step, TRAIN: _train_step, INDEX: _index_step, EVALUATE: _evaluate_step,
+    CLASSIFY: _classify_step}
 
 
 def publish_step_metrics(ctx: RunContext, steps: tuple[Step, ...]) -> None:
@@ -835,3 +888,10 @@ def publish_step_metrics(ctx: RunContext, steps: tuple[Step, ...]) -> None:
         if record is not None and numbers:
             write_step_metrics(Path(folder), numbers)
             ctx.log(step.name).info("step metrics written", folder=folder, **numbers)
+
+
+def profile_table(ctx: RunContext, command: str) -> str:
+    """Seconds per phase of each step `command` ran or took over (job/profile.py), from their records."""
+    steps = STEPS if command == "run" else tuple(s for s in STEPS if s.name == command)
+    records = {step.name: record for step in steps if (record := ctx.run.step_record(step.name)) is not None}
+    return f"where the time went (seconds; {ctx.run.run_id}):\n" + profile.table(records)

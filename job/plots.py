@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 from sklearn.metrics import precision_recall_curve, roc_curve
@@ -13,7 +14,16 @@ from job.evaluate import THRESHOLD_GRID, PairScores, f1_curve
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-    from job.history import RunSummary
+
+class PlottedRun(Protocol):
+    """What the history figure reads of a run (job.history.RunSummary has it; history draws with this module)."""
+
+    run_id: str
+    finished: bool
+    started: str | None
+    promoted: str
+    metrics: dict[str, Any]
+    base_metrics: dict[str, Any]
 
 
 def _pyplot() -> Any:
@@ -120,7 +130,7 @@ def confusion(matrix: np.ndarray, classes: list[str], path: Path) -> Path:
     return _save(fig, path)
 
 
-def history(runs: list[RunSummary], metric: str, path: Path) -> Path:
+def history(runs: Sequence[PlottedRun], metric: str, path: Path) -> Path:
     """The promotion metric and recall@10 of every finished run, oldest first; promoted runs marked,
     unfinished runs named below the axis (they have no final metrics to plot)."""
     plt = _pyplot()

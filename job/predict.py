@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from job.classifier_base import classifier_class
 from job.config import JobConfig
 from job.data import Ticket
 from job.errors import ConfigError, InputError, RunStateError
@@ -65,7 +66,7 @@ def read_descriptor(classifier_dir: Path) -> dict[str, Any]:
     if method is None:
         formats = " or ".join(entry.format for entry in RELATION_CLASSIFIERS.values())
         raise ConfigError(f"{path}: expected format {formats}")
-    RELATION_CLASSIFIERS[method].implementation().check(descriptor, classifier_dir)
+    classifier_class(method).check(descriptor, classifier_dir)
     return descriptor
 
 
@@ -83,7 +84,7 @@ def load_predictor(classifier_dir: Path, embedding_model_dir: Path | None = None
     if entry.needs_embedding_model and embedding_model_dir is None:
         raise ConfigError(f"{classifier_dir}: the {method} classifier needs the run's embedding model "
                           "(model/) too")
-    classifier = entry.implementation().load(classifier_dir, descriptor, embedding_model_dir, device)
+    classifier = classifier_class(method).load(classifier_dir, descriptor, embedding_model_dir, device)
     return RelationPredictor(method, list(classifier.classes), classifier.predict_proba)
 
 

@@ -33,7 +33,7 @@ from typing import Any
 from job.artifacts import MANIFEST, METRICS, RunDir, check_run_id
 from job.config import LoadedConfig
 from job.errors import ConfigError, PromotionRefused, RunStateError, StorageError
-from job.history import METRIC_RANGE, refresh_history
+from job.history import METRIC_RANGE, parse_pointer, refresh_history
 from job.jsonio import to_json
 from job.log import get_logger
 from job.retrieval.index import INDEX_JSON
@@ -76,7 +76,8 @@ class Decision:
     def explain(self) -> str:
         if self.promoted is None:
             return f"run {self.candidate_run} {self.metric}={self.candidate:.4f}; no promoted run yet"
-        return (f"run {self.candidate_run} {self.metric}={self.candidate:.4f} vs promoted run {self.promoted_run} "
+        return (f"run {self.candidate_run} {self.metric}={self.candidate:.4f} "
+                f"vs promoted run {self.promoted_run} "
                 f"{self.metric}={self.promoted:.4f} (delta {self.delta:+.4f}, margin {self.margin:g})")
 
 
@@ -88,7 +89,8 @@ class Candidate:
     run_id: str
     uri: str
     value: float
-    index: dict[str, Any] | None = None  # the run's ticket index (index/index.json), which moves with the model
+    # the run's ticket index (index/index.json), which moves with the model
+    index: dict[str, Any] | None = None
 
 
 def promote(loaded: LoadedConfig, run_id: str) -> dict[str, Any]:
@@ -109,7 +111,8 @@ def promote(loaded: LoadedConfig, run_id: str) -> dict[str, Any]:
 
 
 def _refresh_history(loaded: LoadedConfig, run_id: str) -> None:
-    """The decision stands whatever happens here: a history that cannot be written is a warning, not a failure."""
+    """The decision stands whatever happens here: a history that cannot be written is a warning,
+    not a failure."""
     if not loaded.config.promote.refresh_history:
         return
     try:
@@ -139,10 +142,12 @@ def decide_and_move(loaded: LoadedConfig, run_id: str) -> dict[str, Any]:
                             promoted_value(root, pointer, metric, where), margin)
         log.info("comparison", attempt=attempt, **decision.as_log())
         if not decision.accepted:
-            raise PromotionRefused(f"not promoted: {decision.explain()}; {where} still names {decision.promoted_run}")
+            raise PromotionRefused(f"not promoted: {decision.explain()}; "
+                                   f"{where} still names {decision.promoted_run}")
         new = new_pointer(candidate, metric, margin, pointer)
         if swap(root, key, to_json(new), current):
-            log.info("promoted", pointer=where, previous_run=decision.promoted_run, **{metric: candidate.value})
+            log.info("promoted", pointer=where, previous_run=decision.promoted_run,
+                     **{metric: candidate.value})
             return new
         log.info("pointer moved while deciding; comparing again", pointer=where, attempt=attempt)
         time.sleep(jitter.uniform(0, 0.05 * attempt))
@@ -162,11 +167,11 @@ def pointer_key(root: Store, pointer: str) -> str:
     The value is not echoed in the error: it came from the user and could be anything."""
     if (not pointer or "/" in pointer or "\\" in pointer or pointer.startswith(".")
             or any(ord(c) < 32 for c in pointer)):
-        raise ConfigError("promote.pointer must be a file name at the top of output.uri (no '/', not starting "
-                          "with '.'), so that it can never point into a run")
+        raise ConfigError("promote.pointer must be a file name at the top of output.uri "
+                          "(no '/', not starting with '.'), so that it can never point into a run")
     if root.list_keys(pointer + "/"):
-        raise ConfigError("promote.pointer names a folder under output.uri (a run's?); it must name a file of "
-                          "its own, e.g. promoted.json")
+        raise ConfigError("promote.pointer names a folder under output.uri (a run's?); "
+                          "it must name a file of its own, e.g. promoted.json")
     return pointer
 
 
@@ -179,8 +184,8 @@ def read_candidate(root: Store, run_id: str, metric: str) -> Candidate:
     metrics = verified_metrics(run)
     value = metric_value(metrics, metric, f"{run.uri}/{METRICS}")
     if value is None:
-        raise PromotionRefused(f"not promoted: run {run_id} has no value for {metric} (the test split could not "
-                               f"score it); see {run.uri}/{METRICS}")
+        raise PromotionRefused(f"not promoted: run {run_id} has no value for {metric} "
+                               f"(the test split could not score it); see {run.uri}/{METRICS}")
     return Candidate(run_id, run.uri, value, _index_summary(run))
 
 
@@ -217,7 +222,8 @@ def verified_metrics(run: RunDir) -> dict[str, Any]:
 
 
 def manifest_files(run: RunDir, where: str) -> dict[str, dict[str, Any]]:
-    """The manifest's file records by path, after checking it names this run and lists what promotion needs."""
+    """The manifest's file records by path, after checking it names this run and lists what
+    promotion needs."""
     files = run.manifest_records(f"cannot promote run {run.run_id}")
     if METRICS not in files:
         raise RunStateError(f"cannot promote run {run.run_id}: {where} does not list {METRICS}")
@@ -226,7 +232,8 @@ def manifest_files(run: RunDir, where: str) -> dict[str, dict[str, Any]]:
     return files
 
 
-def check_file(run: RunDir, path: str, record: dict[str, Any], stored_size: int | None, scratch: Path) -> Path:
+def check_file(run: RunDir, path: str, record: dict[str, Any], stored_size: int | None,
+               scratch: Path) -> Path:
     """Download one listed file into `scratch` and check its size and sha256 against the manifest's record."""
     problem = f"cannot promote run {run.run_id}: {run.uri}/{path}"
     if stored_size is None:
@@ -236,7 +243,8 @@ def check_file(run: RunDir, path: str, record: dict[str, Any], stored_size: int 
     local = scratch / "file"
     run.store.download_file(path, local)
     if sha256_file(local) != record["sha256"]:
-        raise RunStateError(f"{problem} does not match the sha256 in {MANIFEST} (changed after the run finished)")
+        raise RunStateError(f"{problem} does not match the sha256 in {MANIFEST} "
+                            "(changed after the run finished)")
     return local
 
 
@@ -248,12 +256,14 @@ def _parse_json(data: bytes, where: str) -> Any:
 
 
 def metric_value(metrics: dict[str, Any], metric: str, where: str) -> float | None:
-    """`metrics['finetuned'][metric]` as a float in METRIC_RANGE; None when the run could not compute it (null)."""
+    """`metrics['finetuned'][metric]` as a float in METRIC_RANGE; None when the run could not compute it
+    (null)."""
     finetuned = metrics.get("finetuned")
     if not isinstance(finetuned, dict):
         raise RunStateError(f"{where} has no 'finetuned' section")
     if metric not in finetuned:
-        known = sorted(k for k, v in finetuned.items() if isinstance(v, int | float) and not isinstance(v, bool))
+        known = sorted(k for k, v in finetuned.items()
+                       if isinstance(v, int | float) and not isinstance(v, bool))
         raise ConfigError(f"promote.metric '{metric}' is not in {where}; expected one of: {', '.join(known)}")
     value = finetuned[metric]
     if value is None:
@@ -262,31 +272,22 @@ def metric_value(metrics: dict[str, Any], metric: str, where: str) -> float | No
 
 
 def checked_value(value: Any, what: str) -> float:
-    """`value` as a float, if it is a finite number in METRIC_RANGE; RunStateError saying what it is otherwise."""
+    """`value` as a float, if it is a finite number in METRIC_RANGE; RunStateError saying what it is
+    otherwise."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise RunStateError(f"{what} is not a number")
     if not math.isfinite(value):
         raise RunStateError(f"{what} is not a finite number")
     low, high = METRIC_RANGE
     if not low <= value <= high:
-        raise RunStateError(f"{what} is outside [{low:g}, {high:g}], the range of every metric the job writes")
+        raise RunStateError(f"{what} is outside [{low:g}, {high:g}], "
+                            "the range of every metric the job writes")
     return float(value)
 
 
-def parse_pointer(current: Versioned | None, where: str) -> dict[str, Any] | None:
-    if current is None:
-        return None
-    try:
-        pointer = json.loads(current.data)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        raise RunStateError(f"{where} is not valid JSON ({type(exc).__name__}); fix or delete it to promote again") from None
-    if not isinstance(pointer, dict) or not isinstance(pointer.get("run_id"), str):
-        raise RunStateError(f"{where} does not name a run (no 'run_id'); fix or delete it to promote again")
-    return pointer
-
-
 def promoted_value(root: Store, pointer: dict[str, Any] | None, metric: str, where: str) -> float | None:
-    """The promoted run's value of `metric`: from the pointer, or its metrics.json if it was judged on another metric."""
+    """The promoted run's value of `metric`: from the pointer, or its metrics.json if it was judged on
+    another metric."""
     if pointer is None:
         return None
     if pointer.get("metric") == metric:
@@ -305,7 +306,8 @@ def promoted_value(root: Store, pointer: dict[str, Any] | None, metric: str, whe
     return value
 
 
-def new_pointer(candidate: Candidate, metric: str, margin: float, previous: dict[str, Any] | None) -> dict[str, Any]:
+def new_pointer(candidate: Candidate, metric: str, margin: float,
+                previous: dict[str, Any] | None) -> dict[str, Any]:
     return {
         "run_id": candidate.run_id,
         "uri": candidate.uri,
@@ -315,7 +317,8 @@ def new_pointer(candidate: Candidate, metric: str, margin: float, previous: dict
         # One pointer for the model and the vectors it made: a consumer never pairs a new model with old ones.
         "index": candidate.index,
         "promoted_at": datetime.now(UTC).isoformat(timespec="milliseconds"),
-        "previous": None if previous is None else {k: previous.get(k) for k in ("run_id", "metric", "value", "promoted_at")},
+        "previous": None if previous is None else {
+            k: previous.get(k) for k in ("run_id", "metric", "value", "promoted_at")},
         "promoted_before": promoted_before(previous),
     }
 

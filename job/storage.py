@@ -1,6 +1,8 @@
 """One storage interface with two backends: a local directory and an S3-compatible bucket.
 
-Every step reads and writes through a `Store`; this is the only module that imports boto3.
+Every step reads and writes through a `Store`; this is the only module that imports boto3, and the only
+one that knows URI schemes: BACKENDS maps each scheme to its backend's code, and the rest of the job asks
+`open_store`, `read_uri`, `read_input_files`, `download_prefix`, `is_remote`, `uri_problem` and `location`.
 Writes are verified (size, and sha256 kept as object metadata) and never partially visible:
 local files go through a temp file and an atomic rename, S3 objects appear whole or not at all.
 Keys are checked so nothing can be written outside the store's prefix.
@@ -26,11 +28,26 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, Protocol, TypeVar
 
-from job.config import MAX_INPUT_BYTES, StorageConfig
 from job.errors import ConfigError, StorageError
 from job.localfile import FileRefused, read_regular_file
 
+
+class StorageSettings(Protocol):
+    """The settings storage reads (job.config.StorageConfig has them): named here, not imported, because config
+    validates URIs by asking this module, and imports point one way."""
+
+    endpoint_url: str | None
+    region: str
+    path_style: bool
+    access_key_id: Any  # pydantic SecretStr or None
+    secret_access_key: Any
+    max_attempts: int
+    multipart_threshold_mb: int
+
 CHUNK = 1 << 20
+# Input files (tickets, links, pairs) are read whole and parsed in memory, which takes several times
+# their size; the largest real export (Apache Jira dev) is 9.5 MB. Larger files are refused, not read.
+MAX_INPUT_BYTES = 1 << 30
 T = TypeVar("T")
 
 
@@ -284,7 +301,8 @@ def _key_locked(path: Path) -> Iterator[None]:
 
 
 def _lock_file(lock: Path) -> int:
-    """Open and lock `lock`, retrying when its holder removed it while we waited (we would hold a dead file)."""
+    """Open and lock `lock`, retrying when its holder removed it while we waited (we would hold a dead
+    file)."""
     while True:
         fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)  # opened for writing: NFS locks need it
         fcntl.flock(fd, fcntl.LOCK_EX)
@@ -338,8 +356,8 @@ def _temp_beside(target: Path) -> Iterator[Path]:
 
 # ---------------------------------------------------------------- S3
 
-_TRANSIENT_CODES = {"SlowDown", "InternalError", "ServiceUnavailable", "RequestTimeout", "RequestTimeTooSkewed",
-                    "Throttling", "ThrottlingException", "500", "502", "503", "504"}
+_TRANSIENT_CODES = {"SlowDown", "InternalError", "ServiceUnavailable", "RequestTimeout",
+                    "RequestTimeTooSkewed", "Throttling", "ThrottlingException", "500", "502", "503", "504"}
 _CREDENTIAL_CODES = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "InvalidToken",
                      "ExpiredToken", "403", "Forbidden"}
 _MISSING_CODES = {"NoSuchKey", "404", "NotFound"}
@@ -388,7 +406,8 @@ def _s3_error(exc: Exception, operation: str, where: str) -> StorageError:
         if code == "NoSuchBucket":
             return StorageError(f"{operation} {where}: the bucket does not exist", transient=False)
         if code in _CREDENTIAL_CODES:
-            return StorageError(f"{operation} {where}: access denied ({code}); check the S3 credentials", transient=False)
+            return StorageError(f"{operation} {where}: access denied ({code}); check the S3 credentials",
+                                transient=False)
         if code in _MISSING_CODES:
             return StorageError(f"{operation} {where}: not found", transient=False)
         if code in _INTEGRITY_CODES:
@@ -430,7 +449,7 @@ def _backoff(attempt: int) -> float:
     return float(min(10.0, 0.25 * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0))
 
 
-def make_s3_client(cfg: StorageConfig) -> Any:
+def make_s3_client(cfg: StorageSettings) -> Any:
     """A boto3 S3 client: endpoint from config or AWS_ENDPOINT_URL, adaptive retries with backoff."""
     import boto3
     from botocore.config import Config
@@ -475,7 +494,7 @@ class S3Store:
     transient StorageError (exit 75). Nothing half-transferred is ever returned or left in place.
     """
 
-    def __init__(self, client: Any, bucket: str, prefix: str, cfg: StorageConfig) -> None:
+    def __init__(self, client: Any, bucket: str, prefix: str, cfg: StorageSettings) -> None:
         self.client, self.bucket, self.prefix, self.cfg = client, bucket, prefix.strip("/"), cfg
         self.uri = f"s3://{bucket}/{self.prefix}".rstrip("/")
 
@@ -490,7 +509,8 @@ class S3Store:
         from boto3.s3.transfer import TransferConfig
 
         size = self.cfg.multipart_threshold_mb * CHUNK
-        return TransferConfig(multipart_threshold=size, multipart_chunksize=max(size // 4, 8 * CHUNK), use_threads=True)
+        return TransferConfig(multipart_threshold=size, multipart_chunksize=max(size // 4, 8 * CHUNK),
+                              use_threads=True)
 
     def _attempts(self, operation: str, where: str, attempt: Callable[[], T]) -> T:
         """Run `attempt`, retrying the failures botocore leaves to us (cut or corrupted transfers)."""
@@ -530,7 +550,8 @@ class S3Store:
             with _translated("read", where):
                 response = self.client.get_object(Bucket=self.bucket, Key=full)
                 announced = int(response.get("ContentLength", 0))
-                if announced > MAX_INPUT_BYTES:  # refused before a byte of the body is read, as a local file is
+                # refused before a byte of the body is read, as a local file is
+                if announced > MAX_INPUT_BYTES:
                     response["Body"].close()
                     raise StorageError(f"cannot read {where}: it is {announced} bytes; the limit is "
                                        f"{MAX_INPUT_BYTES}", transient=False)
@@ -538,7 +559,8 @@ class S3Store:
             expected = int(response.get("ContentLength", len(data)))
             if len(data) != expected:
                 raise _Retryable(f"read {where}: got {len(data)} of {expected} bytes")
-            _verify_sha("read", data_sha=hashlib.sha256(data).hexdigest(), meta=response.get("Metadata", {}), where=where)
+            _verify_sha("read", data_sha=hashlib.sha256(data).hexdigest(), meta=response.get("Metadata", {}),
+                        where=where)
             return Versioned(bytes(data), str(response["ETag"]))
 
         return self._attempts("read", where, attempt)
@@ -562,12 +584,14 @@ class S3Store:
         try:
             digest, size = sha256_file(local), local.stat().st_size
         except OSError as exc:
-            raise StorageError(f"upload {where}: cannot read {local}: {exc.strerror or exc}", transient=False) from exc
+            raise StorageError(f"upload {where}: cannot read {local}: {exc.strerror or exc}",
+                               transient=False) from exc
 
         def attempt() -> None:
             with _translated("upload", where):
                 self.client.upload_file(str(local), self.bucket, full, Config=self._transfer_config(),
-                                        ExtraArgs={"Metadata": {"sha256": digest}, "ChecksumAlgorithm": "SHA256"})
+                                        ExtraArgs={"Metadata": {"sha256": digest},
+                                                   "ChecksumAlgorithm": "SHA256"})
                 head = self.client.head_object(Bucket=self.bucket, Key=full)
             if int(head["ContentLength"]) != size:
                 raise _Retryable(f"upload {where}: stored {head['ContentLength']} bytes, expected {size}")
@@ -624,7 +648,8 @@ class S3Store:
         full = (f"{self.prefix}/" if self.prefix else "") + prefix
         found: list[tuple[str, int]] = []
         with _translated("list", self._where(full)):
-            for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=full):
+            paginator = self.client.get_paginator("list_objects_v2")
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=full):
                 found += [(obj["Key"], int(obj["Size"])) for obj in page.get("Contents", [])]
         return found
 
@@ -632,9 +657,11 @@ class S3Store:
         full = f"{self.prefix}/" if self.prefix else ""
         found: set[str] = set()
         with _translated("list", self._where(full)):
-            pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=full, Delimiter="/")
+            pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=full,
+                                                                          Delimiter="/")
             for page in pages:
-                found.update(entry["Prefix"][len(full):].rstrip("/") for entry in page.get("CommonPrefixes", []))
+                found.update(entry["Prefix"][len(full):].rstrip("/")
+                             for entry in page.get("CommonPrefixes", []))
         return sorted(name for name in found if name)
 
     def delete_prefix(self, prefix: str) -> None:
@@ -643,12 +670,13 @@ class S3Store:
         for start in range(0, len(keys), 1000):
             batch = [{"Key": k} for k in keys[start : start + 1000]]
             with _translated("delete", where):
-                response = self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True})
+                response = self.client.delete_objects(Bucket=self.bucket,
+                                                      Delete={"Objects": batch, "Quiet": True})
             failed = response.get("Errors", [])
             if failed:  # Quiet mode reports only failures; a silent partial delete would leave stale files
                 first = failed[0]
-                raise StorageError(f"delete {where}: {len(failed)} object(s) not deleted, e.g. {first.get('Key')} "
-                                   f"({first.get('Code')})", transient=True)
+                raise StorageError(f"delete {where}: {len(failed)} object(s) not deleted, "
+                                   f"e.g. {first.get('Key')} ({first.get('Code')})", transient=True)
 
     def delete(self, key: str) -> None:
         full = self._key(key)
@@ -690,46 +718,7 @@ def _verify_sha(operation: str, data_sha: str, meta: dict[str, str], where: str)
         raise _Retryable(f"{operation} {where}: sha256 mismatch (corrupt or cut transfer)")
 
 
-# ---------------------------------------------------------------- opening by URI
-
-
-def split_s3_uri(uri: str) -> tuple[str, str]:
-    rest = uri[len("s3://") :]
-    bucket, _, prefix = rest.partition("/")
-    if not bucket:
-        raise ConfigError(f"invalid S3 URI {uri!r}: no bucket")
-    return bucket, prefix.strip("/")
-
-
-def local_path(uri: str) -> Path:
-    return Path(uri[len("file://") :] if uri.startswith("file://") else uri).expanduser()
-
-
-def open_store(uri: str, cfg: StorageConfig, client: Any = None) -> Store:
-    """A store rooted at `uri` (s3://bucket/prefix, file:///path or a plain path)."""
-    if uri.startswith("s3://"):
-        bucket, prefix = split_s3_uri(uri)
-        return S3Store(client or make_s3_client(cfg), bucket, prefix, cfg)
-    if "://" in uri:
-        raise ConfigError(f"unsupported URI scheme in {uri!r}: use s3://, file:// or a path")
-    return LocalStore(local_path(uri))
-
-
-def read_uri(uri: str, cfg: StorageConfig, client: Any = None) -> bytes:
-    """Read one whole input object or file."""
-    if uri.startswith("s3://"):
-        bucket, key = split_s3_uri(uri)
-        parent, _, name = key.rpartition("/")
-        return S3Store(client or make_s3_client(cfg), bucket, parent, cfg).read_bytes(name)
-    path = local_path(uri)
-    try:
-        return read_regular_file(path, MAX_INPUT_BYTES)  # not /dev/zero, a FIFO, or more than memory holds
-    except FileRefused as exc:
-        raise StorageError(f"cannot read input {exc}", transient=False) from None
-    except FileNotFoundError:
-        raise StorageError(f"input not found: {path}", transient=False) from None
-    except OSError as exc:
-        raise StorageError(f"cannot read input {path}: {exc.strerror}", transient=False) from exc
+# ---------------------------------------------------------------- backends, by URI scheme
 
 
 @dataclass(frozen=True)
@@ -741,29 +730,187 @@ class InputFile:
     data: bytes
 
 
-def read_input_files(uri: str, cfg: StorageConfig, suffix: str, client: Any = None) -> list[InputFile]:
-    """The file `uri` names, or every `suffix` file under it when it is a folder or S3 prefix, sorted by path.
+class Backend(Protocol):
+    """The code behind one URI scheme. A new storage backend is a class like this (and its Store) plus
+    its entry in BACKENDS; every other module asks the functions below, never the URI's spelling."""
 
-    In a folder, names starting with '.' are skipped (editors' and other tools' hidden files), and only regular
-    files are read. The files together may hold MAX_INPUT_BYTES at most, as one input file may.
-    """
-    if uri.startswith("s3://"):
+    local: bool  # its URIs are paths on this host (a run folder there may hold a symlink to refuse)
+
+    def problem(self, uri: str) -> str | None:
+        """What stops `uri` from naming a place of this scheme (an s3:// URI without a bucket), said without
+        quoting `uri` (it may hold a secret); None when nothing does. Config validation asks it."""
+        ...
+    def location(self, uri: str) -> str:
+        """The place `uri` names, spelt one way ('/'-separated), to tell whether one is inside another."""
+        ...
+    def open_store(self, uri: str, cfg: StorageSettings, client: Any) -> Store: ...
+    def read(self, uri: str, cfg: StorageSettings, client: Any) -> bytes:
+        """One whole input object or file."""
+        ...
+    def input_files(self, uri: str, cfg: StorageSettings, suffix: str, client: Any) -> list[InputFile]:
+        """The object `uri` names, or the `suffix` files under it when it is a folder (read_input_files)."""
+        ...
+    def download_prefix(self, uri: str, cfg: StorageSettings, local_dir: Path) -> Path:
+        """Every object under the prefix `uri` into `local_dir`, verified (a model kept in the store)."""
+        ...
+
+
+def split_s3_uri(uri: str) -> tuple[str, str]:
+    rest = uri[len("s3://") :]
+    bucket, _, prefix = rest.partition("/")
+    if not bucket:
+        raise ConfigError(f"invalid S3 URI {uri!r}: no bucket")
+    return bucket, prefix.strip("/")
+
+
+class S3Backend:
+    """s3://bucket/prefix: objects in an S3-compatible bucket, through S3Store."""
+
+    local = False
+
+    def problem(self, uri: str) -> str | None:
+        bucket = uri[len("s3://") :].partition("/")[0]
+        return None if bucket else "an s3:// URI needs a bucket: s3://bucket/prefix"
+
+    def location(self, uri: str) -> str:
+        return uri.rstrip("/")
+
+    def open_store(self, uri: str, cfg: StorageSettings, client: Any) -> S3Store:
         bucket, prefix = split_s3_uri(uri)
-        folder = S3Store(client or make_s3_client(cfg), bucket, prefix, cfg)
+        return S3Store(client or make_s3_client(cfg), bucket, prefix, cfg)
+
+    def read(self, uri: str, cfg: StorageSettings, client: Any) -> bytes:
+        bucket, key = split_s3_uri(uri)
+        parent, _, name = key.rpartition("/")
+        return S3Store(client or make_s3_client(cfg), bucket, parent, cfg).read_bytes(name)
+
+    def input_files(self, uri: str, cfg: StorageSettings, suffix: str, client: Any) -> list[InputFile]:
+        folder = self.open_store(uri, cfg, client)
         listed = folder.list_keys()
         if not listed:  # not a prefix: one object
-            return [InputFile(uri, basename(uri), read_uri(uri, cfg, folder.client))]
+            return [InputFile(uri, basename(uri), self.read(uri, cfg, folder.client))]
         keys = [(key, size) for key, size in listed if _wanted(key, suffix)]
         _within_input_limit(uri, sum(size for _, size in keys))
-        found = [InputFile(folder.where(key), key, folder.read_bytes(key)) for key, _ in keys]
-    else:
+        return [InputFile(folder.where(key), key, folder.read_bytes(key)) for key, _ in keys]
+
+    def download_prefix(self, uri: str, cfg: StorageSettings, local_dir: Path) -> Path:
+        bucket, prefix = split_s3_uri(uri)
+        return download_dir(self.open_store(f"s3://{bucket}", cfg, None), prefix, local_dir)
+
+
+def local_path(uri: str) -> Path:
+    """The path a local URI (a plain path or file:///path) names."""
+    return Path(uri[len("file://") :] if uri.startswith("file://") else uri).expanduser()
+
+
+class LocalBackend:
+    """A path on this host, plain or file:///path, through LocalStore."""
+
+    local = True
+
+    def problem(self, uri: str) -> str | None:
+        return None  # any path will do: a missing folder is made, a missing input is reported when read
+
+    def location(self, uri: str) -> str:
+        return str(local_path(uri).resolve())
+
+    def open_store(self, uri: str, cfg: StorageSettings, client: Any) -> LocalStore:
+        return LocalStore(local_path(uri))
+
+    def read(self, uri: str, cfg: StorageSettings, client: Any) -> bytes:
+        path = local_path(uri)
+        try:
+            # not /dev/zero, a FIFO, or more than memory holds
+            return read_regular_file(path, MAX_INPUT_BYTES)
+        except FileRefused as exc:
+            raise StorageError(f"cannot read input {exc}", transient=False) from None
+        except FileNotFoundError:
+            raise StorageError(f"input not found: {path}", transient=False) from None
+        except OSError as exc:
+            raise StorageError(f"cannot read input {path}: {exc.strerror}", transient=False) from exc
+
+    def input_files(self, uri: str, cfg: StorageSettings, suffix: str, client: Any) -> list[InputFile]:
         root = local_path(uri)
         if not root.is_dir():
-            return [InputFile(uri, root.name, read_uri(uri, cfg))]
+            return [InputFile(uri, root.name, self.read(uri, cfg, client))]
         paths = sorted((p.relative_to(root).as_posix(), p) for p in root.rglob(f"*{suffix}") if p.is_file())
         paths = [(name, path) for name, path in paths if _wanted(name, suffix)]
         _within_input_limit(uri, sum(path.stat().st_size for _, path in paths))
-        found = [InputFile(str(path), name, read_uri(str(path), cfg)) for name, path in paths]
+        return [InputFile(str(path), name, self.read(str(path), cfg, client)) for name, path in paths]
+
+    def download_prefix(self, uri: str, cfg: StorageSettings, local_dir: Path) -> Path:
+        path = local_path(uri)
+        return download_dir(LocalStore(path.parent), path.name, local_dir)
+
+
+# Every storage backend, by URI scheme; a URI without a scheme is a local path ("file"). Adding a backend
+# is its class above (or in its own module) and one entry here.
+BACKENDS: dict[str, Backend] = {"s3": S3Backend(), "file": LocalBackend()}
+
+
+def _scheme(uri: str) -> str:
+    return uri.split("://", 1)[0] if "://" in uri else "file"
+
+
+def _supported() -> str:
+    return ", ".join(f"{scheme}://" for scheme in BACKENDS) + " or a path"
+
+
+def backend_for(uri: str) -> Backend:
+    """The backend of `uri`'s scheme; ConfigError for a scheme none handles."""
+    backend = BACKENDS.get(_scheme(uri))
+    if backend is None:
+        raise ConfigError(f"unsupported URI scheme (not quoted: it may hold a secret): use {_supported()}")
+    return backend
+
+
+def is_remote(uri: str) -> bool:
+    """True when `uri` names a store that is not a path on this host (s3://...): its files are fetched.
+
+    A URI of a scheme no backend handles is not remote: the local reading of it fails where it is used."""
+    backend = BACKENDS.get(_scheme(uri))
+    return backend is not None and not backend.local
+
+
+def uri_problem(uri: str) -> str | None:
+    """What stops `uri` from naming a store (a scheme no backend handles, a shape its backend refuses),
+    said without quoting `uri`; None when it can name one."""
+    backend = BACKENDS.get(_scheme(uri))
+    if backend is None:
+        return f"unsupported URI scheme: use {_supported()}"
+    return backend.problem(uri)
+
+
+def location(uri: str) -> str:
+    """The place `uri` names, spelt one way, to compare with another (is the output inside an input?)."""
+    backend = BACKENDS.get(_scheme(uri))
+    return backend.location(uri) if backend else uri.rstrip("/")
+
+
+def open_store(uri: str, cfg: StorageSettings, client: Any = None) -> Store:
+    """A store rooted at `uri` (s3://bucket/prefix, file:///path or a plain path).
+
+    `client`: one the backend may reuse (an S3 client); None makes a new one when one is needed."""
+    return backend_for(uri).open_store(uri, cfg, client)
+
+
+def read_uri(uri: str, cfg: StorageSettings, client: Any = None) -> bytes:
+    """Read one whole input object or file."""
+    return backend_for(uri).read(uri, cfg, client)
+
+
+def download_prefix(uri: str, cfg: StorageSettings, local_dir: Path) -> Path:
+    """Every object under the prefix `uri` (a model kept in a store) into `local_dir`, each file verified."""
+    return backend_for(uri).download_prefix(uri, cfg, local_dir)
+
+
+def read_input_files(uri: str, cfg: StorageSettings, suffix: str, client: Any = None) -> list[InputFile]:
+    """The file `uri` names, or every `suffix` file under it when it is a folder or S3 prefix, sorted by path.
+
+    In a folder, names starting with '.' are skipped (editors' and other tools' hidden files), and only
+    regular files are read. The files together may hold MAX_INPUT_BYTES at most, as one input file may.
+    """
+    found = backend_for(uri).input_files(uri, cfg, suffix, client)
     if not found:
         raise StorageError(f"input {uri} is a folder without {suffix} files", transient=False)
     return found
@@ -775,7 +922,8 @@ def _wanted(name: str, suffix: str) -> bool:
 
 def _within_input_limit(uri: str, size: int) -> None:
     if size > MAX_INPUT_BYTES:
-        raise StorageError(f"cannot read input {uri}: its files hold {size} bytes; the limit is {MAX_INPUT_BYTES}",
+        raise StorageError(f"cannot read input {uri}: its files hold {size} bytes; "
+                           f"the limit is {MAX_INPUT_BYTES}",
                            transient=False)
 
 

@@ -66,6 +66,7 @@ class TrainResult:
     pairs_per_second: float = 0.0
     resumed_from: str | None = None
     n_examples: int = 0
+    model: Any = field(default=None, repr=False)  # the trained model in memory (what model_dir holds)
 
 
 def seed_everything(seed: int) -> None:
@@ -455,6 +456,7 @@ def train_model(cfg: JobConfig, model: Any, train: TrainExamples, ranking: Ranki
         pairs_per_second=round(done_steps * tc.batch_size / seconds, 3) if seconds > 0 else 0.0,
         resumed_from=checkpoint.name if checkpoint else None,
         n_examples=n_rows,
+        model=trainer.model,
     )
 
 

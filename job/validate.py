@@ -1,6 +1,6 @@
 """`validate-data`: what the inputs hold, every problem in them, and whether they can be split.
 
-The same reading, parsing and split check as `prepare` (pipeline.load_corpus, split_by_components,
+The same reading, parsing and split check as `prepare` (inputs.load_corpus, split_by_components,
 check_usable), run with data.on_error: skip so every problem is collected, whatever the policy;
 the policy decides the verdict at the end. Nothing is trained or written to the output.
 """
@@ -16,7 +16,7 @@ from pathlib import Path
 from job.config import JobConfig
 from job.data import Corpus, require_enough
 from job.errors import ConfigError, InputError, Problem
-from job.pipeline import load_corpus
+from job.inputs import load_corpus
 from job.split import check_usable, split_by_components
 
 SHOWN_PER_FILE = 50  # a file with a bad export can hold a problem per row: the rest goes to a file

@@ -26,9 +26,10 @@ def load(name: str) -> dict[str, Any]:
 
 def template_named(name: str) -> dict[str, Any]:
     """The WorkflowTemplate called `name` among argo/*.yaml (as `kubectl apply` would have created it)."""
-    found = [doc for path in sorted(ARGO.glob("*.yaml")) if (doc := load(path.name))["kind"] == "WorkflowTemplate"
-             and doc["metadata"]["name"] == name]
-    assert len(found) == 1, f"workflowTemplateRef {name!r}: {len(found)} WorkflowTemplates of that name in argo/"
+    found = [doc for path in sorted(ARGO.glob("*.yaml"))
+             if (doc := load(path.name))["kind"] == "WorkflowTemplate" and doc["metadata"]["name"] == name]
+    assert len(found) == 1, (
+        f"workflowTemplateRef {name!r}: {len(found)} WorkflowTemplates of that name in argo/")
     return found[0]
 
 
@@ -36,7 +37,8 @@ def join_template(spec: dict[str, Any]) -> dict[str, Any]:
     """A spec referring to a WorkflowTemplate, as the controller joins them."""
     own = {k: v for k, v in spec.items() if k != "workflowTemplateRef"}
     template = template_named(spec["workflowTemplateRef"]["name"])["spec"]
-    assert "templates" not in own, "a Workflow that refers to the template must not define templates of its own"
+    assert "templates" not in own, (
+        "a Workflow that refers to the template must not define templates of its own")
     joined = {**template, **{k: v for k, v in own.items() if k != "arguments"}}
     params = {p["name"]: p for p in template.get("arguments", {}).get("parameters", [])}
     for p in own.get("arguments", {}).get("parameters", []):
@@ -50,8 +52,8 @@ def merge_defaults(defaults: dict[str, Any], own: dict[str, Any]) -> dict[str, A
     """Enough of a strategic merge for templateDefaults: maps merge, the template's own values win."""
     out = copy.deepcopy(defaults)
     for key, value in own.items():
-        out[key] = merge_defaults(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) \
-            else value
+        both_maps = isinstance(value, dict) and isinstance(out.get(key), dict)
+        out[key] = merge_defaults(out[key], value) if both_maps else value
     return out
 
 

@@ -55,13 +55,14 @@ def pytest_configure(config: pytest.Config) -> None:
 
 # Modules whose module-scoped fixture runs the job (or a batch of CLI runs) for all their tests: each goes to
 # one worker whole, or every worker that takes one of its tests runs the fixture again.
-SHARED_FIXTURE_FILES = ("test_workflow_contract.py", "test_secrets.py", "test_s3_faults.py", "test_bad_inputs.py",
-                        "test_cross_encoder.py", "test_memory.py", "test_history.py",
-                        "test_relation_classifiers.py")
+SHARED_FIXTURE_FILES = ("test_workflow_contract.py", "test_secrets.py", "test_s3_faults.py",
+                        "test_bad_inputs.py", "test_cross_encoder.py", "test_memory.py", "test_history.py",
+                        "test_takeover.py", "test_index.py", "test_relation_classifiers.py")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    items.sort(key=lambda item: (item.path.name not in WHOLE_JOB_FILES, item.get_closest_marker("slow") is None))
+    items.sort(key=lambda item: (item.path.name not in WHOLE_JOB_FILES,
+                                 item.get_closest_marker("slow") is None))
 
 
 def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
@@ -117,7 +118,8 @@ def synthetic_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @dataclass
 class SampleSplit:
-    """The shared sample's tickets and its links in train/val/test, split by link components as prepare does."""
+    """The shared sample's tickets and its links in train/val/test,
+    split by link components as prepare does."""
 
     tickets: dict[str, Ticket]
     links: dict[str, list[Link]]
@@ -142,7 +144,8 @@ def merged(*parts: dict) -> dict:
     out: dict = {}
     for part in parts:
         for key, value in part.items():
-            out[key] = merged(out.get(key, {}), value) if isinstance(value, dict) and key != "relation_scores" else value
+            nested = isinstance(value, dict) and key != "relation_scores"
+            out[key] = merged(out.get(key, {}), value) if nested else value
     return out
 
 

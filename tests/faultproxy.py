@@ -162,7 +162,8 @@ class FaultProxy:
     def count(self, method: str | None = None, key: str = "", fault: str | None = None) -> int:
         """How many requests matched: by method, key substring and (optionally) the fault applied."""
         with self._lock:
-            return sum(1 for s in self.seen if (method is None or s.method == method) and key in unquote(s.target)
+            return sum(1 for s in self.seen
+                       if (method is None or s.method == method) and key in unquote(s.target)
                        and (fault is None or s.fault == fault))
 
     # ---------------------------------------------------------------- used by the handler
@@ -262,7 +263,8 @@ class _Handler(socketserver.StreamRequestHandler):
         """Answer one request; False when the connection must end."""
         fault = self.owner._take(request.method, request.target)
         kind = fault.kind if fault else None
-        has_body = int(request.header("content-length") or 0) > 0 or request.header("transfer-encoding") is not None
+        has_body = (int(request.header("content-length") or 0) > 0
+                    or request.header("transfer-encoding") is not None)
         if kind == "reset" and has_body:
             self._read_body(request, limit=int(request.header("content-length") or 0) // 2)
             self.owner._record(request, fault, None)
@@ -325,13 +327,14 @@ class _Handler(socketserver.StreamRequestHandler):
             conn.close()
 
     def _send_error(self, status: int) -> None:
-        code, message = (("InternalError", "We encountered an internal error. Please try again.") if status == 500
-                         else ("SlowDown", "Please reduce your request rate."))
-        body = (f'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>{code}</Code><Message>{message}</Message>'
+        code, message = (("InternalError", "We encountered an internal error. Please try again.")
+                         if status == 500 else ("SlowDown", "Please reduce your request rate."))
+        body = ('<?xml version="1.0" encoding="UTF-8"?>\n'
+                f"<Error><Code>{code}</Code><Message>{message}</Message>"
                 f"<RequestId>faultproxy</RequestId></Error>").encode()
         reason = "Internal Server Error" if status == 500 else "Slow Down"
-        self._send(f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/xml\r\nContent-Length: {len(body)}\r\n"
-                   f"\r\n".encode() + body)
+        self._send(f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/xml\r\n"
+                   f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
 
     def _send(self, data: bytes) -> None:
         try:

@@ -133,7 +133,8 @@ class JiraServer:
             return self._send(handler, 429, b'{"errorMessages":["Rate limit exceeded."]}',
                               {"Retry-After": fault.retry_after})
         if fault.kind == "503":
-            return self._send(handler, 503, b"<html>Service Unavailable</html>", {"Content-Type": "text/html"})
+            return self._send(handler, 503, b"<html>Service Unavailable</html>",
+                              {"Content-Type": "text/html"})
         if fault.kind == "401":
             return self._send(handler, 401, UNAUTHORISED)
         if fault.kind == "echo":

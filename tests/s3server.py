@@ -46,7 +46,8 @@ class S3Server:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, timeout_s: float = 60.0) -> S3Server:
-        identities = {"identities": [{"name": "tester", "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}],
+        identities = {"identities": [{"name": "tester",
+                                      "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}],
                                       "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}
         config = self.root / "s3.json"
         config.write_text(json.dumps(identities))
@@ -60,7 +61,8 @@ class S3Server:
         self.port = ports["s3"]
         command = [
             _weed_binary(), "mini", f"-dir={self.root / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-            f"-master.port={ports['master']}", f"-volume.port={ports['volume']}", f"-filer.port={ports['filer']}",
+            f"-master.port={ports['master']}", f"-volume.port={ports['volume']}",
+            f"-filer.port={ports['filer']}",
             f"-s3.port={ports['s3']}", f"-admin.port={ports['admin']}", "-admin.ui=false", "-webdav=false",
             "-s3.port.iceberg=0", "-s3.port.lance=0", f"-s3.config={config}",
             # Every bucket gets its own volumes. Left at 0, the volume count is free disk / volume size,
@@ -70,7 +72,8 @@ class S3Server:
         ]
         (self.root / "data").mkdir(exist_ok=True)
         self.log = (self.root / "weed.log").open("wb")
-        self.process = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.process = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT,
+                                        start_new_session=True)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -97,8 +100,8 @@ class S3Server:
 
     def env(self) -> dict[str, str]:
         """Environment for a `finetune-job` process talking to this server."""
-        return {"AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY, "AWS_DEFAULT_REGION": "us-east-1",
-                "FINETUNE_STORAGE__ENDPOINT_URL": self.endpoint}
+        return {"AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
+                "AWS_DEFAULT_REGION": "us-east-1", "FINETUNE_STORAGE__ENDPOINT_URL": self.endpoint}
 
     def stop(self) -> None:
         if self.process and self.process.poll() is None:

@@ -37,7 +37,8 @@ def _invocations(case: Case, folder: Path) -> dict[str, tuple[list[str], Path, d
     # reaching for the model would fail with a different message than the one the case expects.
     never_loaded = ["--set", f"model.base={NEVER_LOADED}", "--set", "pairs.mine_hard_negatives=true"]
     commands = {"validate": ["validate-data", *base],
-                "run": ["run", *base, *never_loaded] if case.exit else ["prepare", *base, "--run-id", "prepare-only"]}
+                "run": (["run", *base, *never_loaded] if case.exit
+                        else ["prepare", *base, "--run-id", "prepare-only"])}
     if case.skip is not None:
         commands["skip"] = ["validate-data", *base, "--set", "data.on_error=skip"]
     return {f"{case.name}:{kind}": (args, folder, case.env) for kind, args in commands.items()}
@@ -52,7 +53,8 @@ def corpus_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def results(corpus_root: Path) -> dict[str, Outcome]:
-    invocations = {k: v for case in CASES for k, v in _invocations(case, corpus_root / "cases" / case.name).items()}
+    invocations = {k: v for case in CASES
+                   for k, v in _invocations(case, corpus_root / "cases" / case.name).items()}
     return run_many(invocations, corpus_root / "logs")
 
 
@@ -70,8 +72,8 @@ def _files_under(path: Path) -> list[Path]:
 
 
 def _with_xfail(names: list[str]) -> list[Any]:
-    return [pytest.param(n, marks=pytest.mark.xfail(strict=True, reason=BY_NAME[n].xfail or "")) if BY_NAME[n].xfail
-            else n for n in names]
+    return [pytest.param(n, marks=pytest.mark.xfail(strict=True, reason=BY_NAME[n].xfail or ""))
+            if BY_NAME[n].xfail else n for n in names]
 
 
 ALL = [c.name for c in CASES]
@@ -121,7 +123,8 @@ def test_validate_data_skip_policy(results: dict[str, Outcome], name: str) -> No
         assert counted, result.stdout
         assert {f: n for f, n in counted.items() if n} == case.skip.bad, result.stdout
     if case.skip.ok:
-        expected_tail = "inputs OK" if not case.skip.bad else f"inputs usable: {sum(case.skip.bad.values())} bad rows"
+        expected_tail = ("inputs OK" if not case.skip.bad
+                         else f"inputs usable: {sum(case.skip.bad.values())} bad rows")
         assert expected_tail in result.stdout
 
 
@@ -132,7 +135,8 @@ def test_no_invocation_ended_in_a_traceback(results: dict[str, Outcome]) -> None
 
 
 @pytest.mark.parametrize("name", ["csv_wrong_delimiter", "utf8_bom_jsonl"])
-def test_batch_runner_agrees_with_a_fresh_cli_process(results: dict[str, Outcome], tmp_path: Path, name: str) -> None:
+def test_batch_runner_agrees_with_a_fresh_cli_process(results: dict[str, Outcome], tmp_path: Path,
+                                                      name: str) -> None:
     """The forked runner is only faster: a cold `finetune-job` gives the same exit and messages."""
     case = BY_NAME[name]
     folder = write_case(case, tmp_path / "cases" / name, f"../../out/{name}")
@@ -172,7 +176,8 @@ def test_run_skips_counts_and_finishes(tmp_path: Path) -> None:
     skipped = {Path(f["uri"]).name: f["skipped"] for f in inputs["files"]}
     assert skipped == {"tickets.jsonl": 3, "links.jsonl": 2}
     reasons = "\n".join(inputs["skipped_rows"])
-    for expected in ("tickets.jsonl line 5: invalid JSON", "tickets.jsonl line 6: field 'id': duplicate id 'T-3'",
+    for expected in ("tickets.jsonl line 5: invalid JSON",
+                     "tickets.jsonl line 6: field 'id': duplicate id 'T-3'",
                      "tickets.jsonl line 7: field 'title'", "field 'target': 'NOPE' is not a known ticket id",
                      "field 'relation': unknown relation 'supersedes'"):
         assert expected in reasons, reasons

@@ -15,11 +15,13 @@ def test_unseen_folds_keep_the_held_out_project_out_of_train_and_val(sample_spli
     assert len(held_out_projects) >= 2
     for project in held_out_projects:
         splits = unseen_splits(tickets, links, project, seed=42)
-        ends = {name: {tickets[t].project for k in rows for t in (k.source, k.target)} for name, rows in splits.items()}
+        ends = {name: {tickets[t].project for k in rows for t in (k.source, k.target)}
+                for name, rows in splits.items()}
         assert project not in ends["train"] | ends["val"], project
         assert ends["test"] == {project}
         assert not set(splits["train"]) & set(splits["val"])
-        crossing = [k for k in links if (tickets[k.source].project == project) != (tickets[k.target].project == project)]
+        crossing = [k for k in links
+                    if (tickets[k.source].project == project) != (tickets[k.target].project == project)]
         inside = [k for k in links if tickets[k.source].project == tickets[k.target].project == project]
         assert sorted(map(str, splits["test"])) == sorted(map(str, inside))
         assert not set(crossing) & {k for rows in splits.values() for k in rows}

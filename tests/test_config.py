@@ -9,6 +9,7 @@ import pytest
 
 from job.config import JobConfig, describe_sources, load_config
 from job.errors import ConfigError
+from job.storage import uri_problem
 from tests.conftest import run_cli
 
 
@@ -80,6 +81,18 @@ def test_output_inside_input_folder_is_refused(tmp_path: Path) -> None:
     env = {"FINETUNE_DATA__TICKETS": str(tmp_path / "in" / "t.jsonl"), "FINETUNE_OUTPUT__URI": str(tmp_path / "in" / "out")}
     with pytest.raises(ConfigError, match="inside the folder of data.tickets"):
         load_config(environ=env)
+
+
+def test_unknown_schemes_are_refused_when_the_config_loads_and_no_secret_shows() -> None:
+    assert "secret-token" not in str(uri_problem("nope://secret-token@host/l.jsonl")), "quotes none"
+    with pytest.raises(ConfigError) as raised:
+        load_config(environ={"FINETUNE_DATA__LINKS": "nope://secret-token@host/l.jsonl",
+                             "FINETUNE_DATA__TICKETS": "t.jsonl"})
+    message = str(raised.value)
+    assert "data.links" in message and "unsupported URI scheme: use s3://, file:// or a path" in message
+    assert "secret-token" not in message
+    with pytest.raises(ConfigError, match=r"output.uri .*an s3:// URI needs a bucket"):
+        load_config(environ={"FINETUNE_OUTPUT__URI": "s3:///runs"})
 
 
 def test_missing_config_file_is_a_config_error(tmp_path: Path) -> None:

@@ -16,9 +16,13 @@ import numpy as np
 import pytest
 
 from job.config import StorageConfig
-from job.export import VARIANTS, export_variants, load_variant, rejection
+from job.data import Link
+from job.evaluate import Embeddings, HeldOut, RetrievalPool
+from job.export import VARIANTS, ExportGate, export_variants, onnx_transformer, rejection
 from job.log import get_logger
 from job.model import encode, load_model, resolve_model_path, write_portable_module_paths
+from job.pairs import Pair
+from job.retrieval.lexical import LexicalSettings
 from tests.conftest import OFFLINE_MODEL, REPO
 
 # The fine-tuned model's test metrics from a tiny run on the shared sample (run c1).
@@ -66,19 +70,65 @@ def _sample_texts(shared_sample: Path, count: int) -> list[str]:
     return [f"{r['title']}\n{r.get('description') or ''}" for r in rows]
 
 
+COMPONENTS = [["a1", "a2", "a3"], ["b1", "b2"], ["c1", "c2"], ["d1"], ["d2"], ["d3"], ["d4"], ["d5"]]
+
+
+def _held_out() -> tuple[HeldOut, list[Link]]:
+    ids = [t for members in COMPONENTS for t in members]
+    links = [Link(members[0], other, "duplicate") for members in COMPONENTS for other in members[1:]]
+    pool = RetrievalPool.build(ids, [f"ticket {t} text" for t in ids], links, ["duplicate"], {}, LexicalSettings())
+    pairs = [Pair(link.source, link.target, 1.0, "positive") for link in links]
+    pairs += [Pair("a1", "d1", 0.0, "negative"), Pair("b1", "c1", 0.0, "negative"), Pair("a2", "b2", 0.0, "negative")]
+    return HeldOut([], pairs, pool, pool), links
+
+
+def test_the_gate_sample_takes_whole_link_components_in_a_seeded_order_up_to_its_size() -> None:
+    held, links = _held_out()
+    samples = {}
+    for seed in range(6):
+        gate = ExportGate.sample(held, links, ["duplicate"], max_tickets=5, seed=seed)
+        assert len(gate.ids) <= 5 and gate.of_tickets == len(held.test.ids)
+        for members in COMPONENTS:
+            assert len(set(members) & set(gate.ids)) in (0, len(members)), "a component is taken whole or not at all"
+        assert all(p.a in gate.ids and p.b in gate.ids for p in gate.pairs)
+        assert len(gate.pairs) == sum(p.a in gate.ids and p.b in gate.ids for p in held.test_pairs)
+        assert gate.ids == ExportGate.sample(held, links, ["duplicate"], 5, seed).ids, "the same seed, the same sample"
+        samples[seed] = tuple(gate.ids)
+    assert len(set(samples.values())) > 1, "the seed chooses the sample"
+    whole = ExportGate.sample(held, links, ["duplicate"], max_tickets=len(held.test.ids), seed=0)
+    assert whole.ids == held.test.ids and whole.pairs == held.test_pairs, "a small split is scored whole"
+
+
+def test_the_gate_scores_the_reference_and_a_variant_on_the_same_tickets() -> None:
+    held, links = _held_out()
+    gate = ExportGate.sample(held, links, ["duplicate"], max_tickets=7, seed=3)
+    vectors = np.random.default_rng(0).normal(size=(len(held.test.ids), 8)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    reference = gate.metrics(Embeddings(held.test.ids, vectors), threshold=0.5)
+    noisy = vectors + np.random.default_rng(1).normal(scale=0.5, size=vectors.shape).astype(np.float32)
+    noisy /= np.linalg.norm(noisy, axis=1, keepdims=True)
+    variant = gate.metrics(Embeddings(held.test.ids, noisy), threshold=0.5)
+    assert reference["n_pairs"] == variant["n_pairs"] == len(gate.pairs)
+    assert reference["n_queries"] == variant["n_queries"] == gate.describe()["queries"] > 0
+    assert reference != variant
+
+
 @pytest.mark.slow
 def test_onnx_variants_reproduce_the_pytorch_embeddings(shared_sample: Path, tmp_path: Path) -> None:
     path = resolve_model_path(OFFLINE_MODEL, StorageConfig(), tmp_path)
     texts, log = _sample_texts(shared_sample, 48), get_logger()
-    reference = encode(load_model(path, 64, device="cpu"), texts, 16, log, "pytorch")
-    variants = export_variants(load_model(path, 64, device="cpu"), tmp_path / "model")
+    model = load_model(path, 64, device="cpu")  # one model in memory runs every variant, as evaluate does
+    reference = encode(model, texts, 16, log, "pytorch")
+    variants = export_variants(model, tmp_path / "model")
     assert [v.file for v in variants] == list(VARIANTS.values())
     cosines = {}
     for variant in variants:
-        model = load_variant(load_model(path, 64, device="cpu"), variant.path, threads=2)
-        vectors = encode(model, texts, 16, log, variant.name)
+        with onnx_transformer(model, variant.path, threads=2):
+            vectors = encode(model, texts, 16, log, variant.name)
         assert vectors.shape == reference.shape
         cosines[variant.name] = np.einsum("ij,ij->i", reference, vectors)
+    assert np.allclose(encode(model, texts, 16, log, "pytorch again"), reference, atol=1e-6), \
+        "after the block the model runs its own transformer again"
     print({name: (round(float(c.min()), 5), round(float(c.mean()), 5)) for name, c in cosines.items()})
     assert cosines["onnx-fp32"].min() >= FP32_MIN_COSINE
     assert cosines["onnx-int8"].min() >= INT8_MIN_COSINE and cosines["onnx-int8"].mean() >= INT8_MEAN_COSINE

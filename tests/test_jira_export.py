@@ -37,8 +37,8 @@ def _config(tmp_path: Path, tickets: str | None = None, **jira_api: Any) -> Path
         "jira_api": {"max_attempts": 3, **jira_api}})
 
 
-def _export(tmp_path: Path, jira: JiraServer, *args: str, token: str | None = TOKEN, env: dict[str, str] | None = None,
-            **jira_api: Any) -> Any:
+def _export(tmp_path: Path, jira: JiraServer, *args: str, token: str | None = TOKEN,
+            env: dict[str, str] | None = None, **jira_api: Any) -> Any:
     config = _config(tmp_path, **jira_api)
     token_env = {"JIRA_TOKEN": token} if token else {}
     return run_cli("export-jira", "--config", str(config), "--url", jira.url, "--jql", JQL, *args,
@@ -61,8 +61,10 @@ def test_export_pages_the_search_and_writes_jira_s_own_bytes(jira: JiraServer, s
     assert [p.name for p in written] == [f"search-00{n}.json" for n in range(4)]
     for path in written:
         assert path.read_bytes() == (shared_jira_sample / path.name).read_bytes(), path.name
-    assert [(r.start_at, r.max_results) for r in jira.requests] == [(0, 100), (100, 100), (200, 100), (300, 100)]
-    assert all(r.authorised and r.jql == JQL and r.fields == ",".join(SEARCH_FIELDS) for r in jira.requests)
+    pages = [(0, 100), (100, 100), (200, 100), (300, 100)]
+    assert [(r.start_at, r.max_results) for r in jira.requests] == pages
+    assert all(r.authorised and r.jql == JQL and r.fields == ",".join(SEARCH_FIELDS)
+               for r in jira.requests)
     assert f"wrote 4 page(s), 333 of the search's 333 issues, to {tmp_path / 'in' / 'jira'}" in result.stderr
     _no_token_anywhere(result, tmp_path)
     # ... and the job reads what it wrote.
@@ -82,7 +84,8 @@ def test_another_page_size_reads_back_the_same_and_an_earlier_export_s_pages_go(
     assert result.returncode == 0, result.stderr[-3000:]
     assert sorted(p.name for p in folder.iterdir()) == ["notes.md", *[f"search-00{n}.json" for n in range(6)]]
     assert "removed 2 page(s) of an earlier export" in result.stderr
-    exported = jira_corpus(read_input_files(str(folder), StorageConfig(), ".json"), DataConfig(format="jira"), "e")
+    exported = jira_corpus(read_input_files(str(folder), StorageConfig(), ".json"),
+                           DataConfig(format="jira"), "e")
     recorded = jira_corpus(read_input_files(str(shared_jira_sample), StorageConfig(), ".json"),
                            DataConfig(format="jira"), "r")
     assert exported.tickets == recorded.tickets and exported.links == recorded.links
@@ -103,7 +106,8 @@ def test_a_cut_response_is_fetched_again(jira: JiraServer, shared_jira_sample: P
     result = _export(tmp_path, jira)
     assert result.returncode == 0, result.stderr[-3000:]
     assert len([r for r in jira.requests if r.start_at == 200]) == 2
-    assert (tmp_path / "in/jira/search-002.json").read_bytes() == (shared_jira_sample / "search-002.json").read_bytes()
+    page = "search-002.json"
+    assert (tmp_path / "in/jira" / page).read_bytes() == (shared_jira_sample / page).read_bytes()
 
 
 def test_an_outage_longer_than_the_retries_exits_75(jira: JiraServer, tmp_path: Path) -> None:
@@ -126,7 +130,8 @@ def test_a_retry_after_longer_than_allowed_stops_with_75(jira: JiraServer, tmp_p
     ("wrong-sentinel-0e8f3b27aa", "Jira refused the credentials (HTTP 401); check the token in $JIRA_TOKEN"),
     (None, "Jira refused the credentials (HTTP 401); no token was sent: set $JIRA_TOKEN"),
 ])
-def test_refused_credentials_exit_2_at_once(jira: JiraServer, tmp_path: Path, token: str | None, says: str) -> None:
+def test_refused_credentials_exit_2_at_once(jira: JiraServer, tmp_path: Path, token: str | None,
+                                            says: str) -> None:
     result = _export(tmp_path, jira, token=token)
     assert result.returncode == 2, result.stderr[-3000:]
     assert says in result.stderr and len(jira.requests) == 1, "a 401 is not retried"
@@ -175,7 +180,8 @@ def test_settings_that_cannot_export_exit_2(tmp_path: Path, url: str | None, set
     _no_token_anywhere(result, tmp_path)
 
 
-def test_export_to_an_s3_prefix_then_read_from_it(jira: JiraServer, s3: Any, bucket: str, tmp_path: Path) -> None:
+def test_export_to_an_s3_prefix_then_read_from_it(jira: JiraServer, s3: Any, bucket: str,
+                                                  tmp_path: Path) -> None:
     config = _config(tmp_path, tickets=f"s3://{bucket}/in/jira/")
     result = run_cli("export-jira", "--config", str(config), "--url", jira.url, "--jql", JQL,
                      env={"JIRA_TOKEN": TOKEN, **s3.env()})

@@ -44,7 +44,8 @@ def test_a_workers_exit_code_reaches_the_pod_where_torchrun_says_1(code: int) ->
     worker = ["sh", "-c", f"exit {code}"]
     plain = subprocess.run([TORCHRUN, *TWO_WORKERS, *worker], env=_env(), capture_output=True, text=True,
                            timeout=300)
-    assert plain.returncode == EXIT_FAILURE, "torchrun itself reports any failure as 1 (why job.launch exists)"
+    assert plain.returncode == EXIT_FAILURE, (
+        "torchrun itself reports any failure as 1 (why job.launch exists)")
     launched = subprocess.run([*LAUNCH, *TWO_WORKERS, *worker], env=_env(), capture_output=True, text=True,
                               timeout=300)
     assert launched.returncode == code, launched.stderr[-2000:]

@@ -17,6 +17,8 @@ from huggingface_hub import ModelCard
 
 from job.data import Link
 from job.jsonio import from_jsonl
+from job.pipeline import STEP_BODIES
+from job.steps import STEPS
 from tests.conftest import CLI, OFFLINE_MODEL, TINY, merged, run_cli, write_config
 from tests.s3server import SECRET_KEY, S3Server
 from tests.test_card import files_quoting, ticket_text_needles
@@ -42,6 +44,10 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def test_every_step_has_one_body_that_run_and_its_own_command_call() -> None:
+    assert list(STEP_BODIES) == list(STEPS), "run goes through STEP_BODIES in STEPS order; a step without one fails"
+
+
 @pytest.mark.slow
 def test_run_end_to_end_on_s3_checks_every_artifact_and_beats_base(
         s3: S3Server, bucket: str, shared_sample: Path, tmp_path: Path) -> None:
@@ -55,7 +61,7 @@ def test_run_end_to_end_on_s3_checks_every_artifact_and_beats_base(
         "train": {"epochs": 1, "batch_size": 16, "max_pairs": 128, "seed": 42},
         "pairs": {"negatives_per_positive": 2},
     })
-    result = run_cli("run", "--config", str(config), "--run-id", "e2e", env=s3.env())
+    result = run_cli("run", "--config", str(config), "--run-id", "e2e", "--profile", env=s3.env())
     assert result.returncode == 0, result.stderr[-3000:]
     log_lines = [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
     assert all(line.get("run_id") == "e2e" for line in log_lines if line.get("event") != "start")
@@ -100,11 +106,14 @@ def test_run_end_to_end_on_s3_checks_every_artifact_and_beats_base(
     assert "## Relation classifier" in card.text and "**Threshold" in card.text
     # Ticket text is in prepared/ (the inputs as the steps read them) and nowhere else the run wrote.
     assert files_quoting(run, ticket_text_needles(shared_sample / "tickets.jsonl"), skip=("prepared/",)) == {}
-    # The CPU variants: scored on the same split, written only within export.max_metric_drop of PyTorch.
+    # The CPU variants: scored beside PyTorch on the gate sample (the whole test split when it is this small),
+    # written only within export.max_metric_drop of it.
+    gate = metrics["exports"]["gate"]
+    assert gate["tickets"] == gate["of_test_tickets"] and gate["pairs"] == metrics["finetuned"]["n_pairs"]
     exports = metrics["exports"]["variants"]
     assert set(exports) == {"onnx-fp32", "onnx-int8"}
     for name, variant in exports.items():
-        assert variant["texts_per_s"] > 0 and variant["metrics"]["n_pairs"] == metrics["finetuned"]["n_pairs"]
+        assert variant["texts_per_s"] > 0 and variant["metrics"]["n_pairs"] == gate["pairs"]
         assert (run / "model" / variant["file"]).exists() == variant["written"], name
         assert variant["written"] == (variant["rejected"] is None)
     assert exports["onnx-fp32"]["written"], "fp32 reproduces the PyTorch model"
@@ -116,6 +125,15 @@ def test_run_end_to_end_on_s3_checks_every_artifact_and_beats_base(
     trained_on = meta["pairs"]["train"]
     assert meta["training"]["loss_curve"] and trained_on["total"] + trained_on["triplets"] > 0
     assert meta["exports"] == metrics["exports"], "what was exported, and why not, is in the metadata too"
+
+    # One load of each model in the process: the base model mines and then trains (becoming the fine-tuned one,
+    # which index and the export use in memory); evaluate loads a fresh base model. --profile shows each step.
+    loads = {s: json.loads((run / "steps" / f"{s}.json").read_text())["phase_counts"].get("load", 0)
+             for s in meta["timings_s"]}
+    assert loads == {"prepare": 1, "train": 0, "index": 0, "evaluate": 1, "classify": 0}
+    profile_lines = result.stderr.split("where the time went")[1].splitlines()[1:]
+    assert [line.split()[0] for line in profile_lines] == ["prepare", "train", "index", "evaluate", "classify"]
+    assert "fit" in profile_lines[1] and "encode" in profile_lines[2] and "export" in profile_lines[3]
 
     tickets = {r["id"]: r["split"] for r in from_jsonl((run / "prepared/tickets.jsonl").read_bytes())}
     for link in from_jsonl((run / "prepared/links.jsonl").read_bytes()):

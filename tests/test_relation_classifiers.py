@@ -14,16 +14,11 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
+from job.classifier_base import FitInputs, Fitted, RelationClassifier, classifier_class
 from job.config import ClassifyConfig, JobConfig, load_config
 from job.data import Ticket
 from job.errors import ConfigError, RunStateError
-from job.relation_classifiers import (
-    RELATION_CLASSIFIERS,
-    ClassifierMethod,
-    FitInputs,
-    Fitted,
-    RelationClassifier,
-)
+from job.relation_classifiers import RELATION_CLASSIFIERS, ClassifierMethod
 from tests.conftest import TINY, SampleSplit, merged, write_config
 
 CENTROID_FORMAT = "test-nearest-centroid/1"
@@ -97,7 +92,7 @@ class NearestCentroid(RelationClassifier):
 
 
 CENTROID = ClassifierMethod(CENTROID_FORMAT, True, "nearest centroid of the pair vectors",
-                            lambda: NearestCentroid)
+                            "tests.test_relation_classifiers:NearestCentroid")
 
 
 @pytest.fixture
@@ -108,8 +103,8 @@ def registered(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_every_method_is_a_classifier_with_a_format_of_its_own() -> None:
     formats = [method.format for method in RELATION_CLASSIFIERS.values()]
     assert len(set(formats)) == len(formats) == len(RELATION_CLASSIFIERS)
-    for name, method in RELATION_CLASSIFIERS.items():
-        assert issubclass(method.implementation(), RelationClassifier), name
+    for name in RELATION_CLASSIFIERS:
+        assert issubclass(classifier_class(name), RelationClassifier), name
         assert ClassifyConfig(method=name).method == name
 
 

@@ -72,12 +72,14 @@ def test_no_split_overshoots_its_share_by_more_than_one_component(
     targets = {"train": split_cfg.train, "val": split_cfg.val, "test": split_cfg.test}
     for name in SPLITS:
         # A component goes to the split furthest below its target, whose deficit is never negative.
-        assert len(split.members[name]) <= targets[name] * total + largest + 1e-9, (name, len(split.members[name]))
+        assert len(split.members[name]) <= targets[name] * total + largest + 1e-9, (
+            name, len(split.members[name]))
 
 
 @settings(max_examples=150, deadline=None)
 @given(graphs(), SEEDS)
-def test_same_seed_same_split_whatever_the_order(graph: tuple[list[str], list[tuple[str, str]]], seed: int) -> None:
+def test_same_seed_same_split_whatever_the_order(graph: tuple[list[str], list[tuple[str, str]]],
+                                                  seed: int) -> None:
     ids, edges = graph
     first = split_by_components(ids, edges, SplitConfig(), seed)
     again = split_by_components(sorted(ids), list(reversed(edges)), SplitConfig(), seed)

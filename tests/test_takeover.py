@@ -25,9 +25,11 @@ def evaluated(tmp_path_factory: pytest.TempPathFactory, synthetic_dir: Path) -> 
 
 
 def _config(output: Path, data: Path, path: Path) -> Path:
+    # What these tests check is the hand-over between steps, not what the model learns: two training steps
+    # and random negatives (mining encodes every ticket in prepare) make the run, and the forced redo, cheaper.
     return write_config(path, merged(TINY, {
         "data": {"tickets": str(data / "tickets.jsonl"), "links": str(data / "links.jsonl")},
-        "output": {"uri": str(output)}}))
+        "output": {"uri": str(output)}, "train": {"max_pairs": 16}, "pairs": {"mine_hard_negatives": False}}))
 
 
 def _copy(evaluated: Path, tmp_path: Path, synthetic_dir: Path) -> tuple[Path, Path]:

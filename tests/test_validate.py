@@ -1,4 +1,5 @@
-"""`validate-data` (job/validate.py): a bad export's problems are counted in full, shown in part, listed in a file."""
+"""`validate-data` (job/validate.py): a bad export's problems are counted in full,
+shown in part, listed in a file."""
 
 from __future__ import annotations
 
@@ -32,13 +33,15 @@ def test_many_problems_show_the_first_50_per_file_and_the_counts_and_list_every_
     shown = [line for line in out.splitlines() if line.startswith("  ") and "tickets.jsonl line" in line]
     assert len(shown) == 50 and "line 61:" in shown[0]
     assert f"  ... and {BAD_ROWS - 50} more problem(s) in this file" in out
-    assert len([line for line in out.splitlines() if "links.jsonl line" in line]) == 3, "a short list is shown whole"
+    short = [line for line in out.splitlines() if "links.jsonl line" in line]
+    assert len(short) == 3, "a short list is shown whole"
     listed = [line for line in out.splitlines() if line.startswith(f"every problem ({BAD_ROWS + 3}): ")]
     assert len(listed) == 1
     problems_file = Path(listed[0].split(": ", 1)[1])
     assert problems_file.parent == tmp_path / "work", "the default is under runtime.work_dir"
     written = problems_file.read_text().splitlines()
-    assert len(written) == BAD_ROWS + 3 and written[0] == shown[0].strip() and "links.jsonl line 31:" in written[-3]
+    assert len(written) == BAD_ROWS + 3 and written[0] == shown[0].strip()
+    assert "links.jsonl line 31:" in written[-3]
     assert f"inputs usable: {BAD_ROWS + 3} bad rows will be skipped" in out
 
     failing = run_cli("validate-data", "--config", str(config), "--set", "data.on_error=fail",

@@ -56,7 +56,8 @@ def run_many(invocations: dict[str, tuple[list[str], Path, dict[str, str]]], wor
             for n, (job_id, (args, cwd, env)) in enumerate(invocations.items())]
     (workdir / "jobs.json").write_text(json.dumps(jobs))
     done = subprocess.run([sys.executable, "-m", "tests.bad_inputs.batch_cli", str(workdir / "jobs.json"),
-                           str(workdir / "results.json"), "--workers", str(workers or len(os.sched_getaffinity(0))),
+                           str(workdir / "results.json"),
+                           "--workers", str(workers or len(os.sched_getaffinity(0))),
                            "--timeout", str(timeout_s)],
                           cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=900)
     if done.returncode != 0:

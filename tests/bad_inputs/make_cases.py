@@ -171,7 +171,7 @@ def valid(name: str, about: str, files: dict[str, bytes], config: dict[str, Any]
 
 
 BIG = 3_000_000  # characters in the multi-megabyte field
-MAX_INPUT_BYTES = 1 << 30  # job.config.MAX_INPUT_BYTES, restated: the corpus says what the job owes
+MAX_INPUT_BYTES = 1 << 30  # job.storage.MAX_INPUT_BYTES, restated: the corpus says what the job owes
 WIDE = 100_000  # columns in the wide CSV cases (the duplicate-header check was quadratic)
 
 
