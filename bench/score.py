@@ -104,7 +104,7 @@ def bm25_quality(split: JobSplit, relations: list[str], threshold: float, chunk:
     out: dict[str, Any] = dict(pair_metrics(scores(split.pairs["test"]), best_threshold(scores(split.pairs["val"]))))
     relevant, _ = retrieval_queries(split.test_ids, split.links, relations)
     matrix = scorer.matrix([scorer.index[t] for t in split.test_ids])
-    out.update(scored_retrieval_metrics(lambda rows: matrix[rows], relevant, chunk))
+    out.update(scored_retrieval_metrics(lambda rows, _mask, _time_aware: matrix[rows], relevant, chunk))
     return _pick(out)
 
 
