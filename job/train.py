@@ -13,6 +13,7 @@ import os
 import random
 import threading
 import time
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -125,8 +126,8 @@ class RankingSets:
 
 
 def batch_sampler_for(group_by_length: bool) -> Any:
-    """Batches without repeated texts for the ranking loss (a repeat would be an in-batch
-    "negative" that is the positive itself); length-grouped batches for pair losses.
+    """Batches of rows of similar length (`train.group_by_length`), and for the ranking losses without a text
+    repeated in a batch (a repeat would be an in-batch "negative" that is the positive itself).
     A partial of a module-level function: the trainer pickles its arguments into checkpoints."""
     return functools.partial(_batch_sampler, group_by_length=group_by_length)
 
@@ -135,8 +136,22 @@ def _batch_sampler(dataset: Any, group_by_length: bool, **kwargs: Any) -> Any:
     from sentence_transformers.base.sampler import NoDuplicatesBatchSampler
 
     if "anchor" in dataset.column_names:
-        return NoDuplicatesBatchSampler(dataset, **kwargs)
+        return (LengthGroupedNoDuplicatesBatchSampler if group_by_length else NoDuplicatesBatchSampler)(dataset,
+                                                                                                      **kwargs)
     return (LengthGroupedBatchSampler if group_by_length else DefaultBatchSampler)(dataset, **kwargs)
+
+
+WINDOW_BATCHES = 50
+
+
+def length_grouped_order(lengths: Sequence[int], batch_size: int, rng: random.Random) -> list[int]:
+    """Row indices shuffled, then sorted by length inside windows of WINDOW_BATCHES batches: cut into batches in
+    this order, each batch is nearly uniform in length while the windows keep the epoch random."""
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    window = batch_size * WINDOW_BATCHES
+    return [i for start in range(0, len(order), window)
+            for i in sorted(order[start : start + window], key=lengths.__getitem__)]
 
 
 class LengthGroupedBatchSampler(DefaultBatchSampler):
@@ -144,13 +159,10 @@ class LengthGroupedBatchSampler(DefaultBatchSampler):
 
     Each side of a pair is padded to the longest text in its batch, so random batches of
     ticket texts (a title alone next to a 4,000-character stack trace) waste most of the
-    compute on padding. Pairs are shuffled, cut into windows of 50 batches, sorted by length
-    inside each window, batched, and the batches shuffled again: batches stay random across
-    the epoch while each one is nearly uniform in length. Deterministic for (seed, epoch), so a
-    resumed run skips exactly the batches it had already trained on.
+    compute on padding. The rows in `length_grouped_order` are batched and the batches shuffled
+    again. Deterministic for (seed, epoch), so a resumed run skips exactly the batches it had
+    already trained on.
     """
-
-    WINDOW_BATCHES = 50
 
     def __init__(self, dataset: Any, batch_size: int, drop_last: bool, valid_label_columns: list[str] | None = None,
                  generator: Any = None, seed: int = 0) -> None:
@@ -159,14 +171,9 @@ class LengthGroupedBatchSampler(DefaultBatchSampler):
         self.lengths = [len(a) + len(b) for a, b in zip(dataset["sentence1"], dataset["sentence2"], strict=True)]
 
     def __iter__(self) -> Any:
-        rng = random.Random(self.seed + getattr(self, "epoch", 0))
-        order = list(range(len(self.lengths)))
-        rng.shuffle(order)
-        window = self.batch_size * self.WINDOW_BATCHES
-        batches = []
-        for start in range(0, len(order), window):
-            chunk = sorted(order[start : start + window], key=self.lengths.__getitem__)
-            batches += [chunk[i : i + self.batch_size] for i in range(0, len(chunk), self.batch_size)]
+        rng = random.Random(self.seed + self.epoch)
+        order = length_grouped_order(self.lengths, self.batch_size, rng)
+        batches = [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
         if self.drop_last:
             batches = [b for b in batches if len(b) == self.batch_size]
         rng.shuffle(batches)
@@ -175,6 +182,59 @@ class LengthGroupedBatchSampler(DefaultBatchSampler):
     def __len__(self) -> int:
         full, rest = divmod(len(self.lengths), self.batch_size)
         return full if self.drop_last or not rest else full + 1
+
+
+class LengthGroupedNoDuplicatesBatchSampler(DefaultBatchSampler):
+    """Ranking-loss batches of rows of similar length with no text twice in a batch.
+
+    sentence-transformers' NoDuplicatesBatchSampler packs rows in random order; at 256 tokens a
+    title-only row then pads to a stack trace's length. Here the rows go in `length_grouped_order`
+    and are packed greedily: a row sharing a text with the batch waits, first in line, for the next
+    one, so batches stay nearly uniform in length. The batches are shuffled; deterministic for (seed,
+    epoch). Every row is used once per epoch.
+    """
+
+    def __init__(self, dataset: Any, batch_size: int, drop_last: bool, valid_label_columns: list[str] | None = None,
+                 generator: Any = None, seed: int = 0) -> None:
+        super().__init__(dataset, batch_size=batch_size, drop_last=drop_last,
+                         valid_label_columns=valid_label_columns, generator=generator, seed=seed)
+        skip = {"dataset_name", *(valid_label_columns or [])}
+        rows = list(zip(*(dataset[c] for c in dataset.column_names if c not in skip), strict=True))
+        self.texts = [frozenset(row) for row in rows]
+        self.lengths = [sum(len(text) for text in row) for row in rows]
+        self._packed_epoch: tuple[int, list[list[int]]] | None = None
+
+    def __iter__(self) -> Any:
+        yield from self._epoch_batches()
+
+    def __len__(self) -> int:
+        """Exact (the epoch's packing, cached): the multi-dataset sampler takes exactly len() batches."""
+        return len(self._epoch_batches())
+
+    def _epoch_batches(self) -> list[list[int]]:
+        if self._packed_epoch is None or self._packed_epoch[0] != self.epoch:
+            rng = random.Random(self.seed + self.epoch)
+            batches = list(self._packed(length_grouped_order(self.lengths, self.batch_size, rng)))
+            rng.shuffle(batches)
+            self._packed_epoch = (self.epoch, batches)
+        return self._packed_epoch[1]
+
+    def _packed(self, order: list[int]) -> Any:
+        waiting = deque(order)
+        while waiting:
+            batch: list[int] = []
+            seen: set[str] = set()
+            deferred: list[int] = []
+            while waiting and len(batch) < self.batch_size:
+                row = waiting.popleft()
+                if self.texts[row] & seen:
+                    deferred.append(row)
+                    continue
+                batch.append(row)
+                seen |= self.texts[row]
+            waiting.extendleft(reversed(deferred))
+            if len(batch) == self.batch_size or not self.drop_last:
+                yield batch
 
 
 class UniqueTextSimilarityEvaluator(EmbeddingSimilarityEvaluator):

@@ -13,6 +13,7 @@ from datasets import Dataset
 from job.pairs import Pair, Triplet
 from job.train import (
     LengthGroupedBatchSampler,
+    LengthGroupedNoDuplicatesBatchSampler,
     UniqueTextSimilarityEvaluator,
     examples_from_pairs,
     triplet_examples,
@@ -50,6 +51,41 @@ def test_length_grouped_batches_are_deterministic_per_seed_and_epoch() -> None:
     assert list(first) == list(again)
     again.set_epoch(1)
     assert list(first) != list(again), "a new epoch reshuffles"
+
+
+def _triplet_dataset(n: int = 400) -> Dataset:
+    """Triplets over 150 tickets of random length: each ticket's text sits in several rows, as in prepare's
+    (both directions of a duplicate, negatives drawn again)."""
+    rng = random.Random(1)
+    texts = [f"ticket {i} " + "w " * rng.randint(1, 300) for i in range(150)]
+    rows = [rng.sample(texts, 3) for _ in range(n)]
+    return Dataset.from_dict({"anchor": [r[0] for r in rows], "positive": [r[1] for r in rows],
+                              "negative": [r[2] for r in rows]})
+
+
+def test_ranking_batches_repeat_no_text_use_every_row_once_and_pad_less() -> None:
+    from sentence_transformers.base.sampler import NoDuplicatesBatchSampler
+
+    dataset = _triplet_dataset()
+    sampler = LengthGroupedNoDuplicatesBatchSampler(dataset, batch_size=16, drop_last=False, seed=3)
+    batches = list(sampler)
+    assert sorted(i for b in batches for i in b) == list(range(len(dataset)))
+    assert len(batches) == len(sampler)  # exact: the multi-dataset sampler takes len() batches
+    rows = list(zip(dataset["anchor"], dataset["positive"], dataset["negative"], strict=True))
+    for batch in batches:
+        texts = [t for i in batch for t in rows[i]]
+        assert len(texts) == len(set(texts)), "a text twice in one batch"
+    lengths = [sum(map(len, row)) for row in rows]
+
+    def spread(bs: list[list[int]]) -> float:
+        return statistics.mean(max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in bs)
+
+    plain = list(NoDuplicatesBatchSampler(dataset, batch_size=16, drop_last=False, seed=3))
+    assert spread(batches) < 0.5 * spread(plain)
+    again = LengthGroupedNoDuplicatesBatchSampler(dataset, batch_size=16, drop_last=False, seed=3)
+    assert list(again) == batches
+    again.set_epoch(1)
+    assert list(again) != batches, "a new epoch reshuffles"
 
 
 def test_each_loss_gets_its_rows() -> None:
