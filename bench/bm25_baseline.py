@@ -4,7 +4,7 @@ Pair score: the symmetric, self-normalised BM25 score
     s(a, b) = (bm25(query a, doc b) / bm25(a, a) + bm25(b, a) / bm25(b, b)) / 2,
 which lies in [0, 1] for any pair, so the job's F1 threshold grid (chosen on val) applies
 unchanged. Retrieval ranks test tickets by the same normalised score from each query, through the job's
-own `job.evaluate.scored_retrieval_metrics`, so ties and self-exclusion follow the job's rules.
+own `job.evaluation.evaluate.scored_retrieval_metrics`, so ties and self-exclusion follow the job's rules.
 """
 
 from __future__ import annotations

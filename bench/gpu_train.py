@@ -1,6 +1,6 @@
 """Training throughput and MFU of the job's train step on a CUDA GPU, for several batch sizes.
 
-Runs `job.train.train_model` (the job's own trainer set-up: SentenceTransformerTrainer,
+Runs `job.embedding.train.train_model` (the job's own trainer set-up: SentenceTransformerTrainer,
 CosineSimilarityLoss, length-grouped batches, precision `auto` = bf16 on CUDA) on pairs of real
 ticket texts, and times every optimizer step with CUDA synchronisation. The first steps
 (kernel selection, allocator warm-up) are left out of the figures.
@@ -115,10 +115,10 @@ def run_one(model_dir: str, texts: list[str], batch_size: int, steps: int, warmu
     import torch
 
     from job.config import load_config
+    from job.embedding.model import load_model
+    from job.embedding.train import RankingSets, TrainExamples, TripletExamples, train_model
     from job.log import get_logger
-    from job.model import load_model
     from job.storage import LocalStore
-    from job.train import RankingSets, TrainExamples, TripletExamples, train_model
 
     cfg = load_config(environ={}, cli_overrides={
         "data.tickets": "unused.jsonl", "output.uri": str(work / "out"), "model.base": model_dir,

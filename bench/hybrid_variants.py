@@ -45,7 +45,7 @@ class Side:
 
 
 def side(ids: list[str], texts: dict[str, str], titles: dict[str, str], links: list[Any], vectors: np.ndarray) -> Side:
-    from job.evaluate import retrieval_queries
+    from job.evaluation.evaluate import retrieval_queries
 
     relevant, _ = retrieval_queries(ids, links, ["duplicate"])
     return Side(ids, [texts[t] for t in ids], [titles.get(t, "") for t in ids], relevant, vectors)
@@ -53,7 +53,7 @@ def side(ids: list[str], texts: dict[str, str], titles: dict[str, str], links: l
 
 def score(s: Side, variant: dict[str, Any], weight: float | None) -> tuple[float, dict[str, Any]]:
     """(weight used, pool metrics) of the hybrid on one side; the weight chosen there when None."""
-    from job.evaluate import scored_retrieval_metrics
+    from job.evaluation.evaluate import scored_retrieval_metrics
     from job.retrieval.fusion import Fusion, choose_weight, hybrid_rows
     from job.retrieval.lexical import LexicalIndex, LexicalSettings
     from job.retrieval.ranking import cosine_rows
@@ -74,7 +74,7 @@ def score(s: Side, variant: dict[str, Any], weight: float | None) -> tuple[float
 
 
 def fold_sides(fold_dir: Path, run_dir: Path, model: str, max_seq_length: int) -> tuple[Side, Side]:
-    from job.data import Link
+    from job.data.records import Link
 
     raw = {r["id"]: r for name in ("train", "heldout") for r in read_jsonl(fold_dir / name / "tickets.jsonl")}
     titles = {tid: r.get("title") or "" for tid, r in raw.items()}

@@ -38,7 +38,7 @@ K = 10
 
 
 def base_model_dir() -> str:
-    from job.model import _package_model_dir
+    from job.embedding.model import _package_model_dir
 
     return str(_package_model_dir(BASE))
 
@@ -120,8 +120,8 @@ def time_suggest(folder: Path, model: Any, queries: list[str]) -> dict[str, Any]
 
 
 def real(rows_wanted: int, work: Path) -> dict[str, Any]:
+    from job.embedding.model import encode, load_model
     from job.log import get_logger
-    from job.model import encode, load_model
     from job.retrieval.index import IndexRow
 
     tickets = dev_tickets(rows_wanted)
@@ -137,7 +137,7 @@ def real(rows_wanted: int, work: Path) -> dict[str, Any]:
 
 
 def synthetic(rows_wanted: int, work: Path, seed: int = 0) -> dict[str, Any]:
-    from job.model import load_model
+    from job.embedding.model import load_model
     from job.retrieval.index import IndexRow
 
     model = load_model(base_model_dir(), 256)

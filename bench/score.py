@@ -22,9 +22,10 @@ import numpy as np
 from bench.bm25_baseline import BM25Scorer
 from bench.notebook_baseline import fit_relation_classifier
 from bench.notebook_baseline import pair_features as notebook_pair_features
-from job.classify import _per_class
-from job.data import Link, Ticket
-from job.evaluate import (
+from job.data.pairs import Pair
+from job.data.records import Link, Ticket
+from job.embedding.model import encode, load_model
+from job.evaluation.evaluate import (
     Embeddings,
     PairScores,
     best_threshold,
@@ -36,8 +37,7 @@ from job.evaluate import (
     scored_retrieval_metrics,
 )
 from job.log import get_logger
-from job.model import encode, load_model
-from job.pairs import Pair
+from job.relations.classify import _per_class
 
 QUALITY_KEYS = ("average_precision", "roc_auc", "spearman", "pearson", "best_f1", "threshold", "recall_at_1",
                 "recall_at_5", "recall_at_10", "mrr", "n_pairs", "n_positive", "n_queries")

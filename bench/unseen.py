@@ -123,11 +123,11 @@ class Project:
 
     def __init__(self, folder: Path, seed: int = 0) -> None:
         from job.config import DataConfig, PairsConfig
-        from job.data import build_corpus
-        from job.evaluate import RetrievalPool
-        from job.pairs import build_split_pairs
+        from job.data.pairs import build_split_pairs
+        from job.data.records import build_corpus
+        from job.data.split import Split, connected_components
+        from job.evaluation.evaluate import RetrievalPool
         from job.retrieval.lexical import LexicalSettings
-        from job.split import Split, connected_components
 
         raw = {name: (str(folder / f"{name}.jsonl"), (folder / f"{name}.jsonl").read_bytes())
                for name in ("tickets", "links")}
@@ -152,9 +152,9 @@ class ValSplit:
     """The val split of a fold's job run (the training projects): what the weight and the recipes are chosen on."""
 
     def __init__(self, run_dir: Path) -> None:
-        from job.data import Link
-        from job.evaluate import RetrievalPool
-        from job.pairs import Pair
+        from job.data.pairs import Pair
+        from job.data.records import Link
+        from job.evaluation.evaluate import RetrievalPool
         from job.retrieval.lexical import LexicalSettings
 
         tickets = {r["id"]: r for r in read_jsonl(run_dir / "prepared" / "tickets.jsonl")}
@@ -172,8 +172,8 @@ def _pick(metrics: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def score_model(encoder: Encoder, project: Project, val: ValSplit) -> dict[str, Any]:
     """Dense and hybrid metrics on val (the training projects) and test (project P), the weight chosen on val."""
-    from job.evaluate import Embeddings, HeldOut
-    from job.evaluate import score_model as job_score
+    from job.evaluation.evaluate import Embeddings, HeldOut
+    from job.evaluation.evaluate import score_model as job_score
     from job.retrieval.fusion import FusionSettings
 
     val_emb = Embeddings(val.ids, encoder(val.texts))
@@ -190,8 +190,8 @@ def score_model(encoder: Encoder, project: Project, val: ValSplit) -> dict[str, 
 
 
 def lexical_scores(project: Project, val: ValSplit) -> dict[str, Any]:
-    """BM25 alone, as the job scores it (job.evaluate.lexical_metrics), threshold from val."""
-    from job.evaluate import HeldOut, lexical_metrics
+    """BM25 alone, as the job scores it (job.evaluation.evaluate.lexical_metrics), threshold from val."""
+    from job.evaluation.evaluate import HeldOut, lexical_metrics
 
     return {"val": _pick(lexical_metrics(HeldOut(val.pairs, val.pairs, val.pool, val.pool))),
             "test": _pick(lexical_metrics(HeldOut(val.pairs, project.pairs, val.pool, project.pool)))}
@@ -199,13 +199,13 @@ def lexical_scores(project: Project, val: ValSplit) -> dict[str, Any]:
 
 class Encoder:
     def __init__(self, path: str, max_seq_length: int) -> None:
-        from job.model import load_model
+        from job.embedding.model import load_model
 
         self.model = load_model(path, max_seq_length)
 
     def __call__(self, texts: list[str]) -> np.ndarray:
+        from job.embedding.model import encode
         from job.log import get_logger
-        from job.model import encode
 
         return encode(self.model, texts, 64, get_logger(step="bench"), "bench encode")
 
@@ -334,7 +334,7 @@ def git_revision() -> str:
 
 def base_path(base: str) -> str:
     from job.config import StorageConfig
-    from job.model import resolve_model_path
+    from job.embedding.model import resolve_model_path
 
     return resolve_model_path(base, StorageConfig(), Path("/tmp"))
 

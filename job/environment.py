@@ -14,7 +14,7 @@ from job.config import RuntimeConfig
 def use_cache_dir(runtime: RuntimeConfig) -> None:
     """Point the model and font caches at `runtime.cache_dir` (pods have a read-only root filesystem).
 
-    Called by the CLI and by `pipeline.open_run`, so a Python caller gets the same paths. A value
+    Called by the CLI and by `job.runs.context.open_run`, so a Python caller gets the same paths. A value
     already in the environment wins (the images set MPLCONFIGDIR). Effective for the libraries the
     job imports lazily (sentence-transformers, matplotlib), which read these when first imported.
     """

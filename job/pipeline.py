@@ -2,221 +2,85 @@
 
 Each step reads what the one before wrote from the run's storage (so steps can run in
 separate pods) and also accepts it in memory (so `run` does not re-read, re-load or re-encode:
-`Handover`). The steps, their order and what each needs are defined once, in job/steps.py; what
+`Handover`). The steps, their order and what each needs are defined once, in job/runs/steps.py; what
 each one runs is STEP_BODIES, at the end. A rerun continues from the first step not yet done
 (`reusable_steps`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import json
 import random
-import secrets
-import shutil
-import tempfile
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from job import plots, profile
-from job.artifacts import RunDir, StepTimer, check_run_id, new_run_id
-from job.card import CARD_SAMPLES, MODEL_CARD, CardSample, model_card
-from job.classifier_base import FitInputs, RelationLinks, classifier_class
-from job.classify import (
+from job.config import JobConfig
+from job.data.inputs import read_inputs
+from job.data.pairs import Budget, Pair, TitleBody, Triplet, build_split_pairs, training_budget
+from job.data.records import Link, Ticket
+from job.data.split import SPLITS, check_usable, split_by_components
+from job.embedding.model import (
+    attention_implementation,
+    barrier,
+    base_revision,
+    encode,
+    load_model,
+    pick_device,
+    set_threads,
+    world_size,
+)
+from job.environment import environment_info
+from job.errors import InputError, JobError, RunStateError
+from job.evaluation import plots
+from job.evaluation.evaluate import (
+    Embeddings,
+    HeldOut,
+    ModelEvaluation,
+    RetrievalPool,
+    lexical_metrics,
+    score_model,
+)
+from job.fleet.drift import InputProfile, compare, profile_inputs
+from job.fleet.history import promoted_runs
+from job.jsonio import from_jsonl, to_json, to_jsonl
+from job.profile import phase
+from job.relations.base import FitInputs, RelationLinks, classifier_class
+from job.relations.classify import (
     NotEnoughClasses,
     choose_relations,
     relation_confusion,
     relation_metrics,
 )
-from job.config import JobConfig, LoadedConfig
-from job.cross_encoder import CHECKPOINTS as CROSS_ENCODER_CHECKPOINTS
-from job.data import Link, Ticket
-from job.drift import InputProfile, compare, profile_inputs
-from job.environment import environment_info, use_cache_dir
-from job.errors import InputError, Interrupted, JobError, RunStateError
-from job.evaluate import Embeddings, HeldOut, ModelEvaluation, RetrievalPool, lexical_metrics, score_model
-from job.fingerprint import Fingerprint, config_checksum, input_checksums
-from job.history import promoted_runs
-from job.inputs import read_inputs
-from job.jsonio import from_jsonl, to_json, to_jsonl
-from job.locks import refuse_if_locked, run_lock
-from job.log import get_logger
-from job.model import (
-    attention_implementation,
-    barrier,
-    base_revision,
-    distributed_rank,
-    encode,
-    load_model,
-    pick_device,
-    resolve_model_path,
-    set_threads,
-    world_size,
-)
-from job.pairs import Budget, Pair, TitleBody, Triplet, build_split_pairs, training_budget
-from job.profile import phase
+from job.relations.cross_encoder import CHECKPOINTS as CROSS_ENCODER_CHECKPOINTS
 from job.retrieval.spec import RETRIEVAL_FILE, fusion_settings, lexical_settings, retrieval_spec
-from job.split import SPLITS, check_usable, split_by_components
-from job.step_metrics import step_numbers, write_step_metrics
-from job.steps import CLASSIFY, EVALUATE, INDEX, PREPARE, SHARED_STEPS, STEPS, TRAIN, Step, required_steps
-from job.storage import FileRecord, is_remote, local_path, open_store, upload_dir
-
-
-@dataclass
-class RunContext:
-    """Everything a step needs about the run it belongs to; created once per process."""
-
-    loaded: LoadedConfig
-    run: RunDir
-    work_dir: Path
-    force: bool = False
-    rank: int = 0  # torchrun rank; only rank 0 writes to the run directory
-    stop: threading.Event = field(default_factory=threading.Event)  # SIGTERM: checkpoint and stop
-    checkpointing: threading.Event = field(default_factory=threading.Event)  # set while a stop can checkpoint
-    _input_checksums: dict[str, str] | None = None
-    _base_model: Any = None  # loaded once per process: prepare's mining hands it to train
-
-    def base_model(self) -> Any:
-        """The untouched base model, loaded on first use."""
-        if self._base_model is None:
-            self._base_model = _load_base(self)
-        return self._base_model
-
-    def take_base_model(self) -> Any:
-        """The base model for a step that changes it (train) or is its last user (evaluate): this process holds
-        it no longer, so it is freed when that step ends and a later user loads its own."""
-        model, self._base_model = self.base_model(), None
-        return model
-
-    @property
-    def cfg(self) -> JobConfig:
-        return self.loaded.config
-
-    def log(self, step: str) -> Any:
-        return get_logger(run_id=self.run.run_id, step=step)
-
-    def fingerprint(self, step: Step) -> Fingerprint:
-        """What `step` is made from in this process. A step with no needs reads the inputs (hashed
-        once per process); the others are made from what prepare recorded, so they carry its inputs."""
-        if not step.needs:
-            if self._input_checksums is None:
-                self._input_checksums = input_checksums(self.cfg)
-            inputs = self._input_checksums
-        else:
-            made_from = self.run.step_record(step.needs[0].name) or {}
-            inputs = (made_from.get("fingerprint") or {}).get("inputs_sha256") or {}
-        return Fingerprint(config_checksum(self.cfg), inputs)
-
-
-def open_run(loaded: LoadedConfig, run_id: str | None = None, force: bool = False) -> RunContext:
-    """The run's storage and where its scratch directory goes; a new run id when none is given.
-
-    Nothing is created here: `exclusive` makes the scratch directory once the run's lock is held."""
-    cfg = loaded.config
-    use_cache_dir(cfg.runtime)
-    run_id = check_run_id(run_id or new_run_id())  # before any path or store is made from it
-    run_uri = cfg.output.uri.rstrip("/") + "/" + run_id
-    _refuse_odd_local_run_dir(run_uri, run_id)
-    store = open_store(run_uri, cfg.storage)
-    rank = distributed_rank()
-    name = f"finetune-{run_id}" + (f"-rank{rank}" if rank else "")
-    # Without runtime.work_dir the scratch is this process's own (removed when it ends): evaluate and classify
-    # of one run, or two runs of one id under other output folders, may run on one host at once.
-    work_dir = (Path(cfg.runtime.work_dir) / name if cfg.runtime.work_dir
-                else Path(tempfile.gettempdir()) / f"{name}-{secrets.token_hex(4)}")
-    return RunContext(loaded=loaded, run=RunDir(store, run_id), work_dir=work_dir, force=force, rank=rank)
-
-
-def _refuse_odd_local_run_dir(run_uri: str, run_id: str) -> None:
-    """A local run directory must be a real directory (or not exist yet): writes must not follow a
-    symlink out of the output folder, and a file of that name (promoted.json) is not a run."""
-    if is_remote(run_uri):
-        return
-    path = local_path(run_uri)
-    if path.is_symlink():
-        raise RunStateError(f"run {run_id}: the run directory in the output folder is a symbolic link; "
-                            "refusing to write through it (use a new run id)")
-    if path.exists() and not path.is_dir():
-        raise RunStateError(f"run {run_id}: the output folder holds a file of that name, not a run directory "
-                            "(use another run id)")
-
-
-@contextlib.contextmanager
-def exclusive(ctx: RunContext, command: str) -> Iterator[None]:
-    """Hold the run's lock for `command`, and its scratch directory while the lock is held.
-
-    A second process with the same run id stops at once, before it creates or deletes anything
-    (the scratch directory is named after the run id, so it would be the holder's). Steps that
-    share the run (evaluate, classify) each take their own lock; `run` and the others own it."""
-    with _run_lock_for(ctx, command):
-        ctx.work_dir.mkdir(parents=True, exist_ok=True)
-        try:
-            yield
-        finally:  # still holding the lock: the next holder's fresh scratch is never removed
-            if not ctx.cfg.runtime.work_dir:
-                shutil.rmtree(ctx.work_dir, ignore_errors=True)
-
-
-@contextlib.contextmanager
-def _run_lock_for(ctx: RunContext, command: str) -> Iterator[None]:
-    if ctx.rank != 0:  # torchrun workers follow rank 0, which holds the lock
-        yield
-        return
-    log, ttl, store = ctx.log(command), ctx.cfg.runtime.lock_ttl_s, ctx.run.store
-    shared = [step.name for step in SHARED_STEPS]
-    if command in shared:
-        refuse_if_locked(store, "run", ttl)  # prepare/train/run active: the inputs may still change
-        with run_lock(store, command, log, ttl):
-            yield
-        return
-    for other in shared:
-        refuse_if_locked(store, other, ttl)
-    with run_lock(store, "run", log, ttl):
-        yield
-
-
-def begin_step(ctx: RunContext, step: Step) -> StepTimer:
-    """Check the run can take `step` now (see RunDir.begin_step); the timer stamps its record."""
-    fingerprint = ctx.fingerprint(step)
-    ctx.run.begin_step(step, ctx.force, fingerprint.config_sha256)
-    return StepTimer(step.name, fingerprint)
-
-
-def reuse_or_refuse(ctx: RunContext, step: Step) -> bool:
-    """True when `step` recorded itself with what it would be made from now, so a rerun reuses it.
-
-    A record made from another config or other inputs stops the run (exit 2) unless --force,
-    which redoes the step: never mix results of two configs in one run without being told to.
-    """
-    record = ctx.run.step_record(step.name)
-    if record is None:
-        return False
-    changes = ctx.fingerprint(step).changes_since(record.get("fingerprint"))
-    if changes and not ctx.force:
-        raise RunStateError(f"step '{step.name}' of run {ctx.run.run_id} cannot be reused: {'; '.join(changes)}. "
-                            "Pass --force to redo it and the steps after it, or use a new run id")
-    return not changes
-
-
-def reusable_steps(ctx: RunContext) -> set[Step]:
-    """The steps `run` can take over from an earlier attempt: done (reuse_or_refuse), and built only on
-    steps it takes over too. A finished run is refused without --force, and redone with it."""
-    if ctx.run.is_finished():
-        ctx.run.refuse_or_reopen_finished(ctx.force)
-        return set()
-    done: set[Step] = set()
-    for step in STEPS:
-        if all(need in done for need in step.needs) and reuse_or_refuse(ctx, step):
-            done.add(step)
-    return done
-
+from job.runs.artifacts import check_run_id
+from job.runs.context import (
+    RunContext,
+    base_model_path,
+    begin_step,
+    finish_if_complete,
+    publish_step_metrics,
+    reusable_steps,
+    reuse_or_refuse,
+    stop_if_asked,
+)
+from job.runs.steps import (
+    CLASSIFY,
+    EVALUATE,
+    INDEX,
+    PREPARE,
+    STEPS,
+    TRAIN,
+    Step,
+    required_steps,
+)
+from job.storage import FileRecord, open_store, upload_dir
 
 # ---------------------------------------------------------------- prepare
 
@@ -346,15 +210,6 @@ def _lazy_base_embedder(ctx: RunContext, log: Any) -> Any:
     return embed
 
 
-def _load_base(ctx: RunContext) -> Any:
-    return load_model(_base_model_path(ctx), ctx.cfg.model.max_seq_length, text_prefix=ctx.cfg.model.text_prefix)
-
-
-def _base_model_path(ctx: RunContext) -> str:
-    cache = Path(ctx.cfg.runtime.cache_dir) if ctx.cfg.runtime.cache_dir else ctx.work_dir / "cache"
-    return resolve_model_path(ctx.cfg.model.base, ctx.cfg.storage, cache)
-
-
 def load_prepared(ctx: RunContext, step: Step) -> PreparedData:
     """What prepare wrote, read back from the run's storage for `step`, each file checked against prepare's
     record (a file edited or truncated since stops `step` with exit 2, naming it)."""
@@ -400,14 +255,14 @@ def finetuned_model(ctx: RunContext, trained: TrainedModel) -> Any:
 
 def train(ctx: RunContext, prepared: PreparedData, resume: bool = False) -> TrainedModel:
     """Fine-tune the base model on the train pairs; publish the best model under model/."""
-    from job.train import (
+    from job.embedding.train import (
         RankingSets,
         TitleBodyExamples,
-        discard_stale_checkpoints,
         examples_from_pairs,
         train_model,
         triplet_examples,
     )
+    from job.embedding.trainer import discard_stale_checkpoints
 
     cfg, log, timer = ctx.cfg, ctx.log(TRAIN.name), begin_step(ctx, TRAIN)
     threads = set_threads(cfg.runtime.threads)
@@ -448,7 +303,7 @@ def train(ctx: RunContext, prepared: PreparedData, resume: bool = False) -> Trai
     info["discarded_checkpoint"] = discarded
     info["environment"] = environment_info(device)
     info["model"] = {"attention": attention_implementation(base), "max_seq_length": base.max_seq_length,
-                     "base_revision": base_revision(cfg.model.base, _base_model_path(ctx))}
+                     "base_revision": base_revision(cfg.model.base, base_model_path(ctx))}
     files.append(ctx.run.write_json("train/history.json", info))
     ctx.run.record_step(timer.record(files, info))
     ctx.run.store.delete_prefix("checkpoints/")  # only needed to resume; the model is published
@@ -531,8 +386,8 @@ def held_out(ctx: RunContext, prepared: PreparedData) -> HeldOut:
 def _export_cpu_variants(ctx: RunContext, prepared: PreparedData, trained: TrainedModel, held: HeldOut,
                          finetuned: Embeddings, threshold: float, log: Any) -> tuple[dict[str, Any], list[FileRecord]]:
     """Export the ONNX variants, score each on the gate sample of the test split beside the PyTorch model's own
-    vectors of it, and publish under model/ only those within export.max_metric_drop of it (job/export.py)."""
-    from job.export import ExportGate, export_variants, onnx_transformer, rejection
+    vectors of it, and publish under model/ only those within export.max_metric_drop of it (job/embedding/export.py)."""
+    from job.embedding.export import ExportGate, export_variants, onnx_transformer, rejection
 
     cfg, threads = ctx.cfg, set_threads(ctx.cfg.runtime.threads)
     pytorch = _cpu_model(ctx, trained)
@@ -724,13 +579,13 @@ def classify(ctx: RunContext, prepared: PreparedData, trained: TrainedModel) -> 
 
 def _fit_classifier(ctx: RunContext, prepared: PreparedData, trained: TrainedModel, links: RelationLinks,
                     log: Any, files: list[FileRecord]) -> tuple[dict[str, Any], np.ndarray, dict[str, Any]]:
-    """The classify.method of job/relation_classifiers.py trained on `links`, saved and published as
+    """The classify.method of job/relations/methods.py trained on `links`, saved and published as
     classifier/; its metrics.json (the same scores for every method, plus the method's own), confusion and
     step info."""
     inputs = FitInputs(
         links=links, tickets=prepared.tickets, cfg=ctx.cfg,
         embeddings=lambda ids: _reuse_or_encode(ctx, prepared, trained, ids, log),
-        finetuned_model=trained.local_dir, base_model=lambda: _base_model_path(ctx), work_dir=ctx.work_dir,
+        finetuned_model=trained.local_dir, base_model=lambda: base_model_path(ctx), work_dir=ctx.work_dir,
         store=ctx.run.store, checkpoint_stamp=lambda: checkpoint_stamp(ctx, CLASSIFY), log=log, stop=ctx.stop,
         checkpointing=ctx.checkpointing)
     with phase("fit"):  # the embeddings it asks for are timed as encode
@@ -754,30 +609,6 @@ def _reuse_or_encode(ctx: RunContext, prepared: PreparedData, trained: TrainedMo
 
 
 # ---------------------------------------------------------------- finish
-
-
-def finish_if_complete(ctx: RunContext) -> bool:
-    """Once every required step has recorded itself: the model card into model/, then the metadata
-    and, last, the manifest. Evaluate and classify may finish in parallel pods; each calls this
-    after recording itself, so one of them sees both records."""
-    required = required_steps(ctx.cfg.classify.enabled)
-    records = ctx.run.complete_records(required)
-    if records is None:
-        return False
-    samples = card_samples(ctx)
-    card = ctx.run.store.write_bytes(MODEL_CARD, model_card(ctx.run.run_id, ctx.cfg, records, samples).encode())
-    return ctx.run.finish_if_complete(required, ctx.cfg.redacted(), extra_files=(card,))
-
-
-def card_samples(ctx: RunContext) -> list[CardSample] | None:
-    """A few test pairs with their ticket text for the card, only when model.card_samples asks for them: the
-    card travels to registries and other teams, so by default no ticket text is even read for it."""
-    if not ctx.cfg.model.card_samples:
-        return None
-    texts = {r["id"]: r["text"] for r in from_jsonl(ctx.run.taken_over(PREPARE, "prepared/tickets.jsonl"))}
-    pairs = [Pair(**r) for r in from_jsonl(ctx.run.taken_over(PREPARE, "prepared/pairs_test.jsonl"))]
-    return [CardSample(texts[p.a], p.text_b if p.text_b is not None else texts[p.b], p.score, p.relation or p.kind)
-            for p in pairs[:CARD_SAMPLES]]
 
 
 # ---------------------------------------------------------------- all steps
@@ -818,13 +649,6 @@ def run_step(ctx: RunContext, name: str, resume: bool = False) -> None:
             return
     STEP_BODIES[step](Handover(ctx), resume)
     publish_step_metrics(ctx, (step,))
-
-
-def stop_if_asked(ctx: RunContext, step: Step) -> None:
-    """Stop before `step` when a SIGTERM came: its handler raises at once, but Python drops an exception raised
-    inside a garbage collector's callback (the signal may land there), and the flag it set stays."""
-    if ctx.stop.is_set():
-        raise Interrupted(f"stopped by SIGTERM before step '{step.name}'; rerun with the same run id to finish")
 
 
 @dataclass
@@ -869,29 +693,10 @@ def _classify_step(h: Handover, resume: bool) -> None:
     classify(h.ctx, h.prepared_for(CLASSIFY), h.trained_for(CLASSIFY))
 
 
-# What `run` (in STEPS order) and each step's own command call. A new step: its Step in job/steps.py, its
+# What `run` (in STEPS order) and each step's own command call. A new step: its Step in job/runs/steps.py, its
 # function above, one entry here (and its task in the workflow files).
 STEP_BODIES: dict[Step, Callable[[Handover, bool], None]] = {
     PREPARE: _prepare_step, TRAIN: _train_step, INDEX: _index_step, EVALUATE: _evaluate_step,
     CLASSIFY: _classify_step}
 
 
-def publish_step_metrics(ctx: RunContext, steps: tuple[Step, ...]) -> None:
-    """Write the key numbers of `steps` from their records under runtime.metrics_dir (job/step_metrics.py);
-    from the records, so a retried pod whose step was already done publishes them too."""
-    folder = ctx.cfg.runtime.metrics_dir
-    if not folder or ctx.rank != 0:
-        return
-    for step in steps:
-        record = ctx.run.step_record(step.name)
-        numbers = step_numbers(step.name, (record or {}).get("info") or {}, ctx.cfg.promote.metric)
-        if record is not None and numbers:
-            write_step_metrics(Path(folder), numbers)
-            ctx.log(step.name).info("step metrics written", folder=folder, **numbers)
-
-
-def profile_table(ctx: RunContext, command: str) -> str:
-    """Seconds per phase of each step `command` ran or took over (job/profile.py), from their records."""
-    steps = STEPS if command == "run" else tuple(s for s in STEPS if s.name == command)
-    records = {step.name: record for step in steps if (record := ctx.run.step_record(step.name)) is not None}
-    return f"where the time went (seconds; {ctx.run.run_id}):\n" + profile.table(records)

@@ -26,14 +26,14 @@ from typing import Any
 
 import numpy as np
 
-from job.artifacts import RunDir, check_run_id
 from job.config import JobConfig
 from job.errors import InputError, RunStateError
-from job.evaluate import created_timestamps
+from job.evaluation.evaluate import created_timestamps
 from job.retrieval.fusion import Fusion
 from job.retrieval.index import INDEX, INDEX_JSON, read_parts
 from job.retrieval.lexical import SavedLexicalIndex
 from job.retrieval.spec import RETRIEVAL_FILE, read_fusion
+from job.runs.artifacts import RunDir, check_run_id
 from job.storage import open_store
 
 MAX_K = 1000
@@ -75,8 +75,8 @@ class TicketIndex:
         return self.template.format(id="", title=title, description=description, category="", project="").strip()
 
     def suggest(self, text: str, k: int = 10, before: str | None = None, project: str | None = None) -> list[Suggestion]:
+        from job.embedding.model import encode
         from job.log import get_logger
-        from job.model import encode
 
         check_query(text, k)
         mask = self._candidates(before, project)
@@ -134,7 +134,7 @@ def parse_time(value: str) -> float:
 
 
 def promoted_run_id(cfg: JobConfig) -> str:
-    from job.history import promoted_runs
+    from job.fleet.history import promoted_runs
 
     root = open_store(cfg.output.uri.rstrip("/"), cfg.storage)
     run_id, _ = promoted_runs(root, cfg.promote.pointer)
@@ -146,7 +146,7 @@ def promoted_run_id(cfg: JobConfig) -> str:
 def open_index(cfg: JobConfig, run_id: str | None = None, work_dir: Path | None = None) -> TicketIndex:
     """Load a finished run's index (the promoted run's without `run_id`) into `work_dir` (a temporary folder
     by default), checked against the run's manifest and its model."""
-    from job.model import load_model
+    from job.embedding.model import load_model
 
     run_id = check_run_id(run_id or promoted_run_id(cfg))
     run = RunDir(open_store(cfg.output.uri.rstrip("/") + "/" + run_id, cfg.storage), run_id)

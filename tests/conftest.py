@@ -16,8 +16,8 @@ from pydantic import SecretStr
 
 from job import synthetic
 from job.config import DataConfig, SplitConfig, StorageConfig
-from job.data import Link, Ticket, parse_links, parse_tickets
-from job.split import SPLITS, split_by_components
+from job.data.records import Link, Ticket, parse_links, parse_tickets
+from job.data.split import SPLITS, split_by_components
 from job.storage import LocalStore, Store, open_store
 from tests.s3server import ACCESS_KEY, SECRET_KEY, S3Server
 

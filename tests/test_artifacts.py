@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from job.artifacts import RunDir, StepTimer, check_run_id
 from job.errors import RunStateError
-from job.fingerprint import Fingerprint
-from job.steps import (
+from job.runs.artifacts import RunDir, StepTimer, check_run_id
+from job.runs.fingerprint import Fingerprint
+from job.runs.steps import (
     CLASSIFY,
     EVALUATE,
     INDEX,

@@ -14,7 +14,13 @@ from typing import Any
 import pytest
 
 from job.config import StorageConfig, load_config
-from job.model import attention_implementation, encode, load_model, position_limit, resolve_model_path
+from job.embedding.model import (
+    attention_implementation,
+    encode,
+    load_model,
+    position_limit,
+    resolve_model_path,
+)
 from tests.conftest import OFFLINE_MODEL
 
 POSITIONS = 64
@@ -54,9 +60,9 @@ def _tiny_base(kind: str, folder: Path, tokenizer_dir: str) -> Path:
 @pytest.mark.parametrize("kind", ["bert", "modernbert"])
 def test_bert_and_modernbert_bases_train_and_encode_with_sdpa_a_prefix_and_a_capped_length(
         tmp_path: Path, kind: str) -> None:
+    from job.embedding.train import RankingSets, TrainExamples, TripletExamples, train_model
     from job.log import get_logger
     from job.storage import LocalStore
-    from job.train import RankingSets, TrainExamples, TripletExamples, train_model
 
     tokenizer_dir = resolve_model_path(OFFLINE_MODEL, StorageConfig(), tmp_path)
     base = _tiny_base(kind, tmp_path, tokenizer_dir)

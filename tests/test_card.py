@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from huggingface_hub import ModelCard
 
-from job.card import CardSample, model_card
 from job.config import JobConfig
+from job.runs.card import CardSample, model_card
 
 # Numbers as a tiny run on the shared sample recorded them (run c1: MiniLM, 48 tokens, 48 rows).
 BASE = {"average_precision": 0.7141, "roc_auc": 0.8044, "best_f1": 0.625, "threshold": 0.3, "recall_at_1": 0.6667,
@@ -106,7 +106,7 @@ def test_the_card_reads_no_ticket_text_unless_card_samples_is_on(tmp_path: Path)
     file (the empty run below has none, so reading would fail); with the setting on it does read them."""
     from job.config import load_config
     from job.errors import StorageError
-    from job.pipeline import card_samples, open_run
+    from job.runs.context import card_samples, open_run
 
     settings = {"output.uri": str(tmp_path / "runs")}
     assert card_samples(open_run(load_config(None, environ={}, cli_overrides=settings), "r")) is None

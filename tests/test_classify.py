@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from sklearn.metrics import confusion_matrix
 
-from job.classify import ClassifierResult, dumps_model, pair_features, predict, train_classifier
 from job.config import ClassifyConfig
-from job.data import Link, Ticket
-from job.evaluate import Embeddings
+from job.data.records import Link, Ticket
+from job.evaluation.evaluate import Embeddings
+from job.relations.classify import ClassifierResult, dumps_model, pair_features, predict, train_classifier
 
 
 def _world(n_per_class: int = 30, seed: int = 0) -> tuple[list[Link], dict[str, Ticket], Embeddings]:

@@ -12,9 +12,11 @@ import numpy as np
 import pytest
 from sklearn.metrics import f1_score
 
-from job.classify import choose_relations
 from job.config import load_config
-from job.cross_encoder import (
+from job.data.records import Link, Ticket
+from job.log import get_logger
+from job.relations.classify import choose_relations
+from job.relations.cross_encoder import (
     CrossEncoderResult,
     balanced_class_weights,
     cap_rows,
@@ -22,9 +24,7 @@ from job.cross_encoder import (
     pair_side,
     train_cross_encoder,
 )
-from job.data import Link, Ticket
-from job.log import get_logger
-from job.predict import load_predictor
+from job.relations.predict import load_predictor
 from job.storage import LocalStore, Store, download_dir, upload_dir
 from tests.conftest import OFFLINE_MODEL, SampleSplit
 from tests.test_card import files_quoting
@@ -78,7 +78,7 @@ class Trained:
 @pytest.fixture(scope="module")
 def trained(sample_split: SampleSplit, tmp_path_factory: pytest.TempPathFactory) -> Trained:
     """MiniLM (real weights) cut to 32 tokens, two epochs of 4 steps on a sample of the sample's train links."""
-    from job.model import resolve_model_path
+    from job.embedding.model import resolve_model_path
 
     work = tmp_path_factory.mktemp("cross-encoder")
     cfg = load_config(environ={}, cli_overrides={

@@ -1,4 +1,4 @@
-"""job/data.py: formats, field checks, the error policy, and what the messages say.
+"""job/data/records.py: formats, field checks, the error policy, and what the messages say.
 
 The corpus in tests/bad_inputs covers the odd inputs end to end through the CLI; these pin
 the loaders' own rules: line numbers, what counts as a row, which problems are whole-file,
@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from job.config import DataConfig
-from job.data import (
+from job.data.records import (
     Ticket,
     build_corpus,
     detect_format,

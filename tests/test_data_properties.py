@@ -1,4 +1,4 @@
-"""Properties of the loaders (job/data.py) over generated inputs.
+"""Properties of the loaders (job/data/records.py) over generated inputs.
 
 - Valid records round-trip: written as JSON Lines, a JSON array or CSV, they load back as
   the same tickets, links and pairs.
@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from job.config import RELATIONS, DataConfig
-from job.data import Corpus, build_corpus, parse_links, parse_pairs, parse_tickets, require_enough
+from job.data.records import Corpus, build_corpus, parse_links, parse_pairs, parse_tickets, require_enough
 from job.errors import InputError
 
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -253,7 +253,7 @@ def test_git_revision_and_base_model_build_args(dockerfile: str) -> None:
     app = next(s for s in found if s.name == "app")
     assert any(i.args.startswith("GIT_REVISION") for i in app.all("ARG"))
     stamp = " ".join(i.args for i in app.all("RUN"))
-    assert "with_name('GIT_REVISION')" in stamp and "job.__file__" in stamp, "job/artifacts.py reads job/GIT_REVISION"
+    assert "with_name('GIT_REVISION')" in stamp and "job.__file__" in stamp, "job/runs/artifacts.py reads job/GIT_REVISION"
     # The stage's WORKDIR holds the source tree: a plain `python -c "import job"` imports that
     # copy and stamps /src/job, which the runtime never sees (`make image-test` checks the result).
     assert "/opt/venv/bin/python -P -c" in stamp, "the stamp must import the installed package, not ./job"

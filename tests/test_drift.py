@@ -1,4 +1,4 @@
-"""job/drift.py on inputs that differ in known ways, and prepare's drift check against the promoted run.
+"""job/fleet/drift.py on inputs that differ in known ways, and prepare's drift check against the promoted run.
 
 The pure measures are checked on small rows built here, where every expected number can be worked out
 by hand. The pipeline test runs the real prepare step twice on the shared sample (once without YARN,
@@ -17,10 +17,11 @@ import structlog
 
 from job import pipeline
 from job.config import DriftConfig, load_config
-from job.drift import compare, length_shift, profile_inputs, relation_shift
+from job.fleet.drift import compare, length_shift, profile_inputs, relation_shift
+from job.fleet.promote import Candidate, new_pointer
 from job.jsonio import to_json
 from job.log import configure_logging
-from job.promote import Candidate, new_pointer
+from job.runs import context
 from job.storage import open_store
 
 
@@ -97,10 +98,10 @@ def prepare_run(inputs: Path, output: Path, run_id: str, **settings: Any) -> tup
     """The real prepare step in this process; its record's info and the log lines it wrote."""
     overrides = {"data.tickets": str(inputs / "tickets.jsonl"), "data.links": str(inputs / "links.jsonl"),
                  "output.uri": str(output), "pairs.mine_hard_negatives": False, **settings}
-    ctx = pipeline.open_run(load_config(environ={}, cli_overrides=overrides), run_id)
+    ctx = context.open_run(load_config(environ={}, cli_overrides=overrides), run_id)
     stream = io.StringIO()
     configure_logging("json", stream=stream)
-    with pipeline.exclusive(ctx, "prepare"):
+    with context.exclusive(ctx, "prepare"):
         pipeline.run_step(ctx, "prepare")
     record = ctx.run.step_record("prepare")
     assert record is not None

@@ -15,8 +15,8 @@ def test_a_python_caller_of_the_pipeline_gets_the_cache_paths_the_cli_sets(tmp_p
 import os, sys
 from pathlib import Path
 from job.config import load_config
-from job.pipeline import open_run
-from job import plots
+from job.runs.context import open_run
+from job.evaluation import plots
 loaded = load_config(None, environ={{}}, cli_overrides={{"runtime.cache_dir": {str(cache)!r},
                                                           "output.uri": {str(tmp_path / "runs")!r}}})
 assert "matplotlib" not in sys.modules, "imported before the config could set MPLCONFIGDIR"

@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from job.data import Link
-from job.evaluate import (
+from job.data.pairs import Pair
+from job.data.records import Link
+from job.evaluation.evaluate import (
     Embeddings,
     PairScores,
     best_threshold,
@@ -16,8 +17,7 @@ from job.evaluate import (
     retrieval_metrics,
     retrieval_queries,
 )
-from job.neighbors import top_k
-from job.pairs import Pair
+from job.retrieval.neighbors import top_k
 from job.retrieval.ranking import cosine_rows, ranks_of_relevant
 
 
@@ -118,8 +118,8 @@ def _pair_world(cosines: list[float], labels: list[int], prefix: str) -> tuple[l
 def test_the_evaluation_reads_its_threshold_from_val_pairs_never_from_test(monkeypatch: pytest.MonkeyPatch) -> None:
     """The wiring, not only the maths: val is best cut at 0.31, test at 0.71, and score_model reports the val
     one; every threshold it picks (dense, hybrid) is picked from val's pairs (4 of them; test has 6)."""
-    import job.evaluate
-    from job.evaluate import HeldOut, RetrievalPool, pair_scores, score_model
+    import job.evaluation.evaluate
+    from job.evaluation.evaluate import HeldOut, RetrievalPool, pair_scores, score_model
     from job.retrieval.fusion import FusionSettings
     from job.retrieval.lexical import LexicalSettings
 
@@ -140,7 +140,7 @@ def test_the_evaluation_reads_its_threshold_from_val_pairs_never_from_test(monke
         chosen_from.append(len(scores.label))
         return best_threshold(scores)
 
-    monkeypatch.setattr(job.evaluate, "best_threshold", spy)
+    monkeypatch.setattr(job.evaluation.evaluate, "best_threshold", spy)
     metrics = score_model(emb, held, FusionSettings(weight=0.0)).metrics
     assert metrics["threshold"] == best_threshold(pair_scores(emb, val_pairs, 0.5))
     assert chosen_from == [len(val_pairs)] * 2, "dense and hybrid thresholds, both from val"

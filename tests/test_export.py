@@ -16,12 +16,12 @@ import numpy as np
 import pytest
 
 from job.config import StorageConfig
-from job.data import Link
-from job.evaluate import Embeddings, HeldOut, RetrievalPool
-from job.export import VARIANTS, ExportGate, export_variants, onnx_transformer, rejection
+from job.data.pairs import Pair
+from job.data.records import Link
+from job.embedding.export import VARIANTS, ExportGate, export_variants, onnx_transformer, rejection
+from job.embedding.model import encode, load_model, resolve_model_path, write_portable_module_paths
+from job.evaluation.evaluate import Embeddings, HeldOut, RetrievalPool
 from job.log import get_logger
-from job.model import encode, load_model, resolve_model_path, write_portable_module_paths
-from job.pairs import Pair
 from job.retrieval.lexical import LexicalSettings
 from tests.conftest import OFFLINE_MODEL, REPO
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from job.config import JobConfig
-from job.fingerprint import config_checksum
+from job.runs.fingerprint import config_checksum
 
 DEFAULT = JobConfig()
 
@@ -58,6 +58,6 @@ def test_where_and_how_the_job_runs_leaves_the_fingerprint_alone(key: str) -> No
 
 
 def test_every_result_section_has_a_setting_above() -> None:
-    from job.fingerprint import RESULT_SECTIONS
+    from job.runs.fingerprint import RESULT_SECTIONS
 
     assert {k.split(".")[0] for k in SHAPES_RESULTS} == set(RESULT_SECTIONS)

@@ -1,4 +1,4 @@
-"""`finetune-job history` over runs laid out by job/artifacts.py, locally and on the loopback S3 server.
+"""`finetune-job history` over runs laid out by job/runs/artifacts.py, locally and on the loopback S3 server.
 
 Each run is recorded the way the pipeline records one (RunDir.record_step with StepTimer records,
 then finish_if_complete, which writes metrics.json, the metadata and the manifest last), without
@@ -15,12 +15,12 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from job.artifacts import RunDir, StepTimer
 from job.config import LoadedConfig, load_config
 from job.errors import PromotionRefused
-from job.history import HISTORY_JSON, HISTORY_PLOT, History, read_history, refresh_history
-from job.promote import promote
-from job.steps import EVALUATE, INDEX, PREPARE, TRAIN
+from job.fleet.history import HISTORY_JSON, HISTORY_PLOT, History, read_history, refresh_history
+from job.fleet.promote import promote
+from job.runs.artifacts import RunDir, StepTimer
+from job.runs.steps import EVALUATE, INDEX, PREPARE, TRAIN
 from job.storage import Store, open_store
 from tests.conftest import run_cli
 from tests.s3server import ACCESS_KEY, SECRET_KEY, S3Server

@@ -74,3 +74,44 @@ def test_storage_is_the_only_module_that_speaks_s3() -> None:
                     (getattr(n, "module", None) or a.name).split(".")[0] in ("boto3", "botocore") for a in n.names)
                        for n in ast.walk(ast.parse(p.read_text())))}
     assert speakers == {"job.storage"}
+
+
+# The packages from the bottom up; a module imports only from its own package, a lower one, or the flat
+# foundation (config, storage, errors, log, ...). The registry tables config validates against import nothing
+# above retrieval's primitives, so any module may read them.
+LAYERS = ("retrieval", "data", "evaluation", "embedding", "runs", "relations", "fleet")
+TABLES = {"job.data.negatives", "job.embedding.losses", "job.relations.methods"}
+TOP = {"job.cli", "job.pipeline", "job.suggest", "job.demo", "job.launch", "job.train"}  # above every package
+
+
+def layer_of(module: str) -> int:
+    """-1 for the flat foundation, the package's place in LAYERS, len(LAYERS) for the entry points."""
+    if module in TOP:
+        return len(LAYERS)
+    parts = module.split(".")
+    return LAYERS.index(parts[1]) if len(parts) > 2 and parts[1] in LAYERS else -1
+
+
+def downhill_violations(graph: dict[str, set[str]]) -> list[str]:
+    found = []
+    for module, deps in graph.items():
+        for dep in deps:
+            if module in TABLES:
+                ok = layer_of(dep) <= LAYERS.index("retrieval") and dep not in TABLES - {module}
+            else:
+                ok = dep in TABLES or layer_of(dep) <= layer_of(module) or module == "job.config_reference"
+            if not ok:
+                found.append(f"{module} -> {dep}")
+    return sorted(found)
+
+
+def test_packages_import_only_downhill() -> None:
+    assert downhill_violations(import_graph()) == []
+
+
+def test_the_layer_check_catches_an_import_uphill() -> None:
+    assert downhill_violations({"job.data.pairs": {"job.runs.artifacts"}}) == ["job.data.pairs -> job.runs.artifacts"]
+    assert downhill_violations({"job.storage": {"job.fleet.promote"}}) == ["job.storage -> job.fleet.promote"]
+    assert downhill_violations({"job.embedding.losses": {"job.data.pairs"}}) == [
+        "job.embedding.losses -> job.data.pairs"]
+    assert downhill_violations({"job.runs.card": {"job.embedding.losses"}, "job.config": {"job.data.negatives"}}) == []

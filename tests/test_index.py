@@ -38,8 +38,8 @@ def _open(run: Path, **storage: str) -> object:
 
 
 def test_the_index_holds_every_ticket_once_with_the_model_s_own_vectors(indexed: Path) -> None:
+    from job.embedding.model import encode, load_model
     from job.log import get_logger
-    from job.model import encode, load_model
     from job.retrieval.index import read_parts
 
     tickets = {r["id"]: r for r in from_jsonl((indexed / "prepared" / "tickets.jsonl").read_bytes())}

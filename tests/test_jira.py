@@ -1,4 +1,4 @@
-"""A Jira export becomes tickets and links (job/jira.py) by ../shared/DATA.md's rules.
+"""A Jira export becomes tickets and links (job/data/jira.py) by ../shared/DATA.md's rules.
 
 The sample's own pages (../shared/data/jira-sample) must give exactly ../shared/data/sample; small pages
 built here pin each rule on its own (direction, an unordered relation once, cleaning, the category
@@ -15,9 +15,7 @@ from typing import Any
 import pytest
 
 from job.config import DataConfig, JiraLinkType, StorageConfig, load_config
-from job.data import Corpus, Link, parse_links, parse_tickets
-from job.errors import ConfigError, InputError
-from job.jira import (
+from job.data.jira import (
     OUTSIDE,
     REPEATED,
     clean_description,
@@ -26,6 +24,8 @@ from job.jira import (
     export_checksum,
     jira_corpus,
 )
+from job.data.records import Corpus, Link, parse_links, parse_tickets
+from job.errors import ConfigError, InputError
 from job.storage import InputFile, read_input_files
 from tests.conftest import REPO, TINY, merged, run_cli, write_config
 
@@ -289,7 +289,7 @@ def test_a_cut_page_names_the_last_whole_issue_and_skip_counts_the_lost_ones(sha
 
 
 def _whole_issues_of(cut: bytes) -> str:
-    """The issues a cut page still holds whole, as a JSON array (found independently of job/jira.py)."""
+    """The issues a cut page still holds whole, as a JSON array (found independently of job/data/jira.py)."""
     text = cut.decode("utf-8", errors="ignore")
     decoder, issues, at = json.JSONDecoder(), [], text.index('"issues": [') + len('"issues": [')
     while True:

@@ -1,4 +1,4 @@
-"""`finetune-job export-jira` (job/jira_export.py) against a loopback Jira serving the recorded pages.
+"""`finetune-job export-jira` (job/data/jira_export.py) against a loopback Jira serving the recorded pages.
 
 Paging, a 429 with Retry-After, a cut response, an outage longer than the retries (exit 75), refused
 credentials (exit 2 at once), and the token: in no byte the command prints or writes.
@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from job.config import DataConfig, StorageConfig
-from job.jira import SEARCH_FIELDS, jira_corpus
+from job.data.jira import SEARCH_FIELDS, jira_corpus
 from job.storage import read_input_files
 from tests.conftest import run_cli, write_config
 from tests.jiraserver import Fault, JiraServer

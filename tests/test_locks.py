@@ -20,8 +20,8 @@ import pytest
 
 from job.errors import EXIT_TRANSIENT, RunInUse
 from job.jsonio import to_json
-from job.locks import process_start, refuse_if_locked, run_lock, this_machine
 from job.log import get_logger
+from job.runs.locks import process_start, refuse_if_locked, run_lock, this_machine
 from job.storage import LocalStore, Store
 from tests.conftest import TINY, merged, run_cli, write_config
 
@@ -39,7 +39,7 @@ def _hold_and_die(run_dir: str) -> None:
     code = (
         "import os, signal, sys\n"
         "from pathlib import Path\n"
-        "from job.locks import run_lock\n"
+        "from job.runs.locks import run_lock\n"
         "from job.log import get_logger\n"
         "from job.storage import LocalStore\n"
         "lock = run_lock(LocalStore(Path(sys.argv[1])), 'run', get_logger(), 120.0)\n"
@@ -172,7 +172,7 @@ def test_processes_sharing_a_run_id_on_one_host_never_share_a_default_scratch_di
     without runtime.work_dir each process gets its own scratch, so the first to finish removes only its own
     (a shared one lost the other's plots: 'cannot write plots/...png')."""
     from job.config import load_config
-    from job.pipeline import open_run
+    from job.runs.context import open_run
 
     loaded = load_config(None, environ={}, cli_overrides={"output.uri": str(tmp_path / "runs")})
     first, second = open_run(loaded, "R1"), open_run(loaded, "R1")

@@ -36,8 +36,8 @@ from pydantic import BaseModel
 
 from job.cli import main as cli
 from job.config import load_config
-from job.step_metrics import STEP_METRICS
-from job.steps import STEP_NAMES
+from job.runs.step_metrics import STEP_METRICS
+from job.runs.steps import STEP_NAMES
 from tests.argo_spec import LAUNCHER, executed_spec, job_arguments, pod_tasks
 
 REPO = Path(__file__).resolve().parents[1]
@@ -352,7 +352,7 @@ def test_the_template_declares_the_platform_metrics_grafana_needs() -> None:
 @pytest.mark.parametrize("name", ARGO_RUNNABLE)
 def test_every_metric_reads_a_number_its_step_writes(name: str) -> None:
     """Each gauge reads an output parameter from a file under the folder the container tells the job to
-    write to (runtime.metrics_dir, on a writable mount), named as job/step_metrics.py names it, and is
+    write to (runtime.metrics_dir, on a writable mount), named as job/runs/step_metrics.py names it, and is
     emitted only for the command that writes that file; help strings agree per name, as Prometheus requires."""
     spec = executed_spec(argo(name)["spec"])
     commands = commands_by_template(spec)

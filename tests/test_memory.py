@@ -112,10 +112,10 @@ def _child(data: str, chunk: int) -> dict[str, Any]:
     import numpy as np
 
     from job.config import JobConfig
-    from job.data import build_corpus, require_enough
-    from job.evaluate import Embeddings, retrieval_metrics, retrieval_queries
-    from job.pairs import build_split_pairs
-    from job.split import SPLITS, check_usable, split_by_components
+    from job.data.pairs import build_split_pairs
+    from job.data.records import build_corpus, require_enough
+    from job.data.split import SPLITS, check_usable, split_by_components
+    from job.evaluation.evaluate import Embeddings, retrieval_metrics, retrieval_queries
     from job.storage import read_uri
 
     gc.collect()

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from job.config import StorageConfig
+from job.embedding.model import CACHE_VERIFIED, _package_model_dir, load_model, resolve_model_path
 from job.errors import EXIT_BAD_INPUT, EXIT_TRANSIENT, ConfigError, StorageError
-from job.model import CACHE_VERIFIED, _package_model_dir, load_model, resolve_model_path
 from tests.conftest import run_cli, write_config
 from tests.s3server import ACCESS_KEY, SECRET_KEY, S3Server
 
@@ -132,7 +132,7 @@ def test_a_hub_model_whose_snapshot_holds_only_pickles_is_refused(synthetic_dir:
 
 
 def test_a_hub_model_with_safetensors_loads_from_the_cache(tmp_path: Path) -> None:
-    from job.model import hub_snapshot
+    from job.embedding.model import hub_snapshot
 
     _hub_cache_with(tmp_path / "cache", "example/minilm", PACKAGE_MODEL)
     import huggingface_hub.constants as hub

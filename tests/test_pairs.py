@@ -10,10 +10,8 @@ import numpy as np
 import pytest
 
 from job.config import PairsConfig, SplitConfig, TrainConfig
-from job.data import Corpus, Link, Ticket
-from job.losses import LOSSES
-from job.negatives import NEGATIVE_STRATEGIES, DrawInputs, NegativeStrategy, RankInputs
-from job.pairs import (
+from job.data.negatives import NEGATIVE_STRATEGIES, DrawInputs, NegativeStrategy, RankInputs
+from job.data.pairs import (
     Budget,
     NegativeSampler,
     Pair,
@@ -22,7 +20,9 @@ from job.pairs import (
     build_split_pairs,
     training_budget,
 )
-from job.split import split_by_components
+from job.data.records import Corpus, Link, Ticket
+from job.data.split import split_by_components
+from job.embedding.losses import LOSSES
 
 
 def _corpus(n: int = 60) -> Corpus:
@@ -69,7 +69,7 @@ def test_negatives_are_unlinked_and_from_other_components() -> None:
 
 
 def _sampler(components: list[list[str]], links: list[tuple[str, str]]) -> NegativeSampler:
-    from job.split import Split
+    from job.data.split import Split
 
     ids = [t for component in components for t in component]
     tickets = {t: Ticket(t, f"text {t}") for t in ids}
@@ -154,7 +154,7 @@ def test_every_strategy_in_the_table_ranks_or_draws_and_falls_back_to_the_table(
 
 @pytest.mark.parametrize("kind", ["ranked", "drawn"])
 def test_a_strategy_is_one_table_entry_and_its_function(monkeypatch: pytest.MonkeyPatch, kind: str) -> None:
-    """A new strategy added to job/negatives.py alone is a valid setting, and prepare draws with it (as a
+    """A new strategy added to job/data/negatives.py alone is a valid setting, and prepare draws with it (as a
     triplet negative too when it ranks), under the rules every negative obeys."""
     def highest_number(inputs: RankInputs) -> dict[str, list[str]]:
         by_number = sorted(inputs.pool.ids, key=lambda t: -int(t.split("-")[1]))
@@ -198,11 +198,11 @@ def test_the_budget_goes_to_the_losss_objectives(loss: str, expected: Budget) ->
 
 @pytest.mark.parametrize("name", sorted(LOSSES))
 def test_every_loss_in_the_table_is_a_setting_with_a_budget_rows_and_a_card(name: str) -> None:
-    """A loss is one entry of job/losses.py: config accepts it, prepare spends the budget on exactly the rows
+    """A loss is one entry of job/embedding/losses.py: config accepts it, prepare spends the budget on exactly the rows
     it trains on, train makes pair rows only if it has a pair objective, and the card names it."""
-    from job.card import _training
     from job.config import JobConfig
-    from job.train import examples_from_pairs
+    from job.embedding.train import examples_from_pairs
+    from job.runs.card import _training
 
     loss = LOSSES[name]
     cfg = JobConfig.model_validate({"train": {"loss": name, "max_pairs": 80}})

@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 from huggingface_hub import ModelCard
 
-from job.data import Link
+from job.data.records import Link
 from job.jsonio import from_jsonl
 from job.pipeline import STEP_BODIES
-from job.steps import STEPS
+from job.runs.steps import STEPS
 from tests.conftest import CLI, OFFLINE_MODEL, TINY, merged, run_cli, write_config
 from tests.s3server import SECRET_KEY, S3Server
 from tests.test_card import files_quoting, ticket_text_needles
@@ -143,7 +143,7 @@ def test_run_end_to_end_on_s3_checks_every_artifact_and_beats_base(
 def reproduced_hybrid_metrics(run: Path) -> dict[str, float]:
     """The fine-tuned model's hybrid retrieval metrics recomputed from the run's files alone: retrieval.json, the
     test split's tickets and links, and the model's vectors (the index, which model/ reproduces)."""
-    from job.evaluate import created_timestamps, retrieval_queries, scored_retrieval_metrics
+    from job.evaluation.evaluate import created_timestamps, retrieval_queries, scored_retrieval_metrics
     from job.retrieval.index import read_parts
     from job.retrieval.spec import hybrid_similarity
 

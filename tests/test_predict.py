@@ -9,12 +9,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from job.classify import dumps_model, logistic_probabilities, pair_features, predict, train_classifier
 from job.config import ClassifyConfig, StorageConfig
-from job.evaluate import Embeddings
+from job.embedding.model import encode, load_model, resolve_model_path
+from job.evaluation.evaluate import Embeddings
 from job.log import get_logger
-from job.model import encode, load_model, resolve_model_path
-from job.predict import load_predictor
+from job.relations.classify import (
+    dumps_model,
+    logistic_probabilities,
+    pair_features,
+    predict,
+    train_classifier,
+)
+from job.relations.predict import load_predictor
 from tests.conftest import OFFLINE_MODEL, TINY, SampleSplit, merged, run_cli, write_config
 
 
@@ -134,8 +140,8 @@ def _relist(run: Path, path: str) -> None:
     ({"intercept": [[[[0.0]]]]}, "do not fit"),
 ])
 def test_an_edited_logistic_model_is_refused_naming_the_field(edit: dict, says: str) -> None:
-    from job.classify import check_logistic_model
     from job.errors import RunStateError
+    from job.relations.classify import check_logistic_model
 
     model = {"classes": ["duplicate", "relates", "causes"], "coef": [[0.1, 0.2]] * 3, "intercept": [0.0] * 3,
              "scaler_mean": [0.0, 0.0], "scaler_scale": [1.0, 1.0]}

@@ -22,8 +22,8 @@ import pytest
 
 from job.config import LoadedConfig, load_config
 from job.errors import EXIT_NOT_PROMOTED, EXIT_OK, ConfigError, PromotionRefused, RunStateError
+from job.fleet.promote import promote
 from job.jsonio import to_json
-from job.promote import promote
 from job.storage import Store, open_store
 from tests.conftest import CLI, run_cli
 from tests.s3server import ACCESS_KEY, SECRET_KEY, S3Server

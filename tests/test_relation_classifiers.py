@@ -1,4 +1,4 @@
-"""The classifier table (job/relation_classifiers.py): a method is one class plus one entry. A toy method
+"""The classifier table (job/relations/methods.py): a method is one class plus one entry. A toy method
 registered here, and nowhere else, is accepted by config, trained and published by the classify step of a
 real run, and loaded back by predict from the format it saved."""
 
@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from job.classifier_base import FitInputs, Fitted, RelationClassifier, classifier_class
 from job.config import ClassifyConfig, JobConfig, load_config
-from job.data import Ticket
+from job.data.records import Ticket
 from job.errors import ConfigError, RunStateError
-from job.relation_classifiers import RELATION_CLASSIFIERS, ClassifierMethod
+from job.relations.base import FitInputs, Fitted, RelationClassifier, classifier_class
+from job.relations.methods import RELATION_CLASSIFIERS, ClassifierMethod
 from tests.conftest import TINY, SampleSplit, merged, write_config
 
 CENTROID_FORMAT = "test-nearest-centroid/1"
@@ -75,7 +75,7 @@ class NearestCentroid(RelationClassifier):
     @classmethod
     def load(cls, folder: Path, descriptor: dict[str, Any], embedding_model_dir: Path | None,
              device: str | None) -> NearestCentroid:
-        from job.model import load_model
+        from job.embedding.model import load_model
 
         assert embedding_model_dir is not None
         length = descriptor["embedding_max_seq_length"]
@@ -83,8 +83,8 @@ class NearestCentroid(RelationClassifier):
                    load_model(str(embedding_model_dir), length, device))
 
     def predict_proba(self, pairs: list[tuple[Ticket, Ticket]]) -> np.ndarray:
+        from job.embedding.model import encode
         from job.log import get_logger
-        from job.model import encode
 
         texts = [t.text for pair in pairs for t in pair]
         vectors = encode(self.encoder, texts, 32, get_logger(step="test"), "encode")
@@ -111,12 +111,12 @@ def test_every_method_is_a_classifier_with_a_format_of_its_own() -> None:
 def test_config_takes_its_methods_from_the_table(registered: None) -> None:
     assert JobConfig.model_validate({"classify": {"method": "centroid"}}).classify.method == "centroid"
     with pytest.raises(ValidationError,
-                       match=r"expected one of logistic, cross_encoder, centroid \(job/relation_classifiers"):
+                       match=r"expected one of logistic, cross_encoder, centroid \(job/relations/methods"):
         ClassifyConfig(method="svm")
 
 
 def test_predict_picks_the_loader_by_the_saved_format(registered: None, tmp_path: Path) -> None:
-    from job.predict import load_predictor, read_descriptor
+    from job.relations.predict import load_predictor, read_descriptor
 
     NearestCentroid(["a", "b"], np.zeros((2, 3)), 32).save(tmp_path / "classifier")
     assert read_descriptor(tmp_path / "classifier")["format"] == CENTROID_FORMAT
@@ -139,6 +139,7 @@ class CentroidRun:
 def centroid_run(shared_sample: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[CentroidRun]:
     """The whole job in this process (tiny training) with classify.method: centroid."""
     from job import pipeline
+    from job.runs import context
 
     work = tmp_path_factory.mktemp("centroid-run")
     config = write_config(work / "config.json", merged(TINY, {
@@ -149,8 +150,8 @@ def centroid_run(shared_sample: Path, tmp_path_factory: pytest.TempPathFactory) 
     with pytest.MonkeyPatch.context() as patch:
         patch.setitem(RELATION_CLASSIFIERS, "centroid", CENTROID)
         loaded = load_config(str(config), environ={})
-        ctx = pipeline.open_run(loaded, "centroid")
-        with pipeline.exclusive(ctx, "run"):
+        ctx = context.open_run(loaded, "centroid")
+        with context.exclusive(ctx, "run"):
             pipeline.run_step(ctx, "run")
         record = ctx.run.step_record("classify")
         assert record is not None
@@ -175,7 +176,7 @@ def test_predict_loads_a_registered_method_from_a_finished_run(
         centroid_run: CentroidRun, sample_split: SampleSplit, tmp_path: Path) -> None:
     """predict (the run's classifier and model/ downloaded as the manifest lists them) gives the probabilities
     the step scored the test links with: the same embeddings, encoded again from the texts."""
-    from job.predict import open_run_predictor
+    from job.relations.predict import open_run_predictor
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setitem(RELATION_CLASSIFIERS, "centroid", CENTROID)

@@ -9,9 +9,9 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from job.data import Link
-from job.evaluate import Embeddings, HeldOut, RetrievalPool, score_model, scored_retrieval_metrics
-from job.pairs import Pair
+from job.data.pairs import Pair
+from job.data.records import Link
+from job.evaluation.evaluate import Embeddings, HeldOut, RetrievalPool, score_model, scored_retrieval_metrics
 from job.retrieval.fusion import Fusion, FusionSettings, choose_weight, hybrid_rows, minmax
 from job.retrieval.lexical import LexicalIndex, LexicalSettings
 from job.retrieval.ranking import candidate_mask, cosine_rows, ranks_of_relevant

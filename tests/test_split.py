@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from job.config import SplitConfig
+from job.data.split import check_usable, connected_components, split_by_components
 from job.errors import InputError
-from job.split import check_usable, connected_components, split_by_components
 
 
 def test_components_join_linked_tickets() -> None:

@@ -1,4 +1,4 @@
-"""Properties of the component split (job/split.py) for any link graph.
+"""Properties of the component split (job/data/split.py) for any link graph.
 
 Every ticket lands in exactly one split, no linked pair crosses splits (that is the leak a
 pair-level split causes), the fractions are kept as well as whole components allow, the
@@ -14,8 +14,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from job.config import SplitConfig
+from job.data.split import SPLITS, Split, check_usable, connected_components, split_by_components
 from job.errors import InputError
-from job.split import SPLITS, Split, check_usable, connected_components, split_by_components
 
 
 @st.composite

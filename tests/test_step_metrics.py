@@ -1,4 +1,4 @@
-"""job/step_metrics.py: the numbers each step hands to Argo, one file each.
+"""job/runs/step_metrics.py: the numbers each step hands to Argo, one file each.
 
 The workflow contract (test_workflow_contract.py) checks the same files end to end, read back as
 output parameters and emitted as Prometheus metrics; here, the edge cases without pods.
@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from job.errors import ConfigError
-from job.step_metrics import STEP_METRICS, as_text, step_numbers, write_step_metrics
+from job.runs.step_metrics import STEP_METRICS, as_text, step_numbers, write_step_metrics
 
 RECORDS = {
     "prepare": {"inputs": {"tickets": 333, "links": 158}, "drift": {"warnings": [{"measure": "tickets"}]}},

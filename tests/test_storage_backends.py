@@ -15,8 +15,8 @@ import pytest
 
 import job.storage
 from job.config import StorageConfig, load_config
+from job.embedding.model import resolve_model_path
 from job.errors import ConfigError
-from job.model import resolve_model_path
 from job.storage import (
     InputFile,
     LocalStore,

@@ -10,14 +10,9 @@ from pathlib import Path
 import pytest
 from datasets import Dataset
 
-from job.pairs import Pair, Triplet
-from job.train import (
-    LengthGroupedBatchSampler,
-    LengthGroupedNoDuplicatesBatchSampler,
-    UniqueTextSimilarityEvaluator,
-    examples_from_pairs,
-    triplet_examples,
-)
+from job.data.pairs import Pair, Triplet
+from job.embedding.train import UniqueTextSimilarityEvaluator, examples_from_pairs, triplet_examples
+from job.embedding.trainer import LengthGroupedBatchSampler, LengthGroupedNoDuplicatesBatchSampler
 from tests.conftest import OFFLINE_MODEL
 
 
@@ -69,8 +64,9 @@ def test_ranking_batches_repeat_no_text_use_every_row_once_and_pad_less() -> Non
     dataset = _triplet_dataset()
     sampler = LengthGroupedNoDuplicatesBatchSampler(dataset, batch_size=16, drop_last=False, seed=3)
     batches = list(sampler)
+    # each text is in 8 rows: greedy packing alone leaves a tail of short batches that the swaps fill
     assert sorted(i for b in batches for i in b) == list(range(len(dataset)))
-    assert len(batches) == len(sampler)  # exact: the multi-dataset sampler takes len() batches
+    assert len(batches) == len(sampler)  # the multi-dataset sampler and DDP take len() batches
     rows = list(zip(dataset["anchor"], dataset["positive"], dataset["negative"], strict=True))
     for batch in batches:
         texts = [t for i in batch for t in rows[i]]
@@ -86,6 +82,32 @@ def test_ranking_batches_repeat_no_text_use_every_row_once_and_pad_less() -> Non
     assert list(again) == batches
     again.set_epoch(1)
     assert list(again) != batches, "a new epoch reshuffles"
+
+
+def test_ranking_batches_are_as_many_as_len_says_when_texts_conflict() -> None:
+    """Under DDP and the multi-dataset sampler every process takes len() batches: a tail of rows that
+    share a text packs into more, smaller batches, and those beyond len() must not be yielded."""
+    dataset = Dataset.from_dict({"anchor": ["same"] * 5 + [f"a{i}" for i in range(7)],
+                                 "positive": [f"p{i}" for i in range(12)]})
+    sampler = LengthGroupedNoDuplicatesBatchSampler(dataset, batch_size=4, drop_last=False, seed=1)
+    batches = list(sampler)
+    assert len(sampler) == 3 and len(batches) == 3
+    for batch in batches:
+        assert [dataset["anchor"][i] for i in batch].count("same") <= 1
+
+
+def test_partial_batches_come_last_so_ddp_rounds_stay_whole() -> None:
+    """accelerate deals batches to processes in rounds and skips a round whose last batch is short."""
+    pairs = Dataset.from_dict({"sentence1": [f"a{i}" * (i % 7 + 1) for i in range(30)],
+                               "sentence2": [f"b{i}" for i in range(30)], "score": [1.0] * 30})
+    triplets = Dataset.from_dict({"anchor": ["same"] * 3 + [f"a{i}" for i in range(27)],
+                                  "positive": [f"p{i}" for i in range(30)]})
+    for sampler in (LengthGroupedBatchSampler(pairs, batch_size=4, drop_last=False, seed=2),
+                    LengthGroupedNoDuplicatesBatchSampler(triplets, batch_size=4, drop_last=False, seed=2)):
+        for epoch in range(5):
+            sampler.set_epoch(epoch)
+            sizes = [len(b) for b in sampler]
+            assert sizes == sorted(sizes, reverse=True), (type(sampler).__name__, sizes)
 
 
 def test_each_loss_gets_its_rows() -> None:
@@ -109,7 +131,7 @@ def test_val_evaluator_encodes_each_distinct_text_once_and_scores_like_the_plain
     from sentence_transformers.sentence_transformer.evaluation import EmbeddingSimilarityEvaluator
 
     from job.config import StorageConfig
-    from job.model import load_model, resolve_model_path
+    from job.embedding.model import load_model, resolve_model_path
 
     model = load_model(resolve_model_path(OFFLINE_MODEL, StorageConfig(), tmp_path), 48)
     tickets = [f"ticket {i}: the datanode {word} fails after restart" for i, word in enumerate("abcdefghij")]
@@ -144,10 +166,10 @@ def test_val_runs_each_epoch_only_when_there_is_an_epoch_to_choose(tmp_path: Pat
     import threading
 
     from job.config import load_config
+    from job.embedding.model import load_model, resolve_model_path
+    from job.embedding.train import RankingSets, TrainExamples, TripletExamples, train_model
     from job.log import get_logger
-    from job.model import load_model, resolve_model_path
     from job.storage import LocalStore
-    from job.train import RankingSets, TrainExamples, TripletExamples, train_model
 
     cfg = load_config(environ={}, cli_overrides={
         "data.tickets": "t.jsonl", "output.uri": str(tmp_path / "out"), "model.base": OFFLINE_MODEL,
@@ -178,8 +200,8 @@ def test_ranking_loss_gathers_negatives_across_devices_and_caches_on_request(
     from sentence_transformers.sentence_transformer.losses import CachedMultipleNegativesRankingLoss
 
     from job.config import StorageConfig
-    from job.model import load_model, resolve_model_path
-    from job.train import ranking_loss
+    from job.embedding.model import load_model, resolve_model_path
+    from job.embedding.train import ranking_loss
 
     model = load_model(resolve_model_path(OFFLINE_MODEL, StorageConfig(), tmp_path), 16)
     loss = ranking_loss(model, mini_batch, distributed)
@@ -191,8 +213,8 @@ def test_ranking_loss_gathers_negatives_across_devices_and_caches_on_request(
 def test_only_trainer_named_complete_checkpoints_are_resumed_from(tmp_path: Path) -> None:
     """A folder copied in by hand (`checkpoint-abc`, with a COMPLETE marker) crashed the resume with a
     ValueError; it is not a checkpoint of this run, so it is skipped."""
+    from job.embedding.trainer import CHECKPOINTS, COMPLETE, latest_checkpoint
     from job.storage import LocalStore
-    from job.train import CHECKPOINTS, COMPLETE, latest_checkpoint
 
     store = LocalStore(tmp_path)
     for name in ("checkpoint-abc", "checkpoint-", "checkpoint-\u00b2", "checkpoint-7", "checkpoint-10"):
@@ -206,7 +228,7 @@ def test_only_trainer_named_complete_checkpoints_are_resumed_from(tmp_path: Path
 
 def test_mnrl_refuses_scored_pairs_instead_of_failing_on_a_missing_pair_loss() -> None:
     from job.config import TrainConfig
-    from job.train import RankingSets, TrainExamples, TripletExamples, training_sets
+    from job.embedding.train import RankingSets, TrainExamples, TripletExamples, training_sets
 
     pairs = TrainExamples(["namenode down"], ["namenode crashed"], [0.9])
     with pytest.raises(ValueError, match="mnrl trains on triplets only"):

@@ -1,4 +1,4 @@
-"""`validate-data` (job/validate.py): a bad export's problems are counted in full,
+"""`validate-data` (job/data/validate.py): a bad export's problems are counted in full,
 shown in part, listed in a file."""
 
 from __future__ import annotations

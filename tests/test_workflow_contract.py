@@ -541,7 +541,7 @@ def test_retry_strategy_retries_only_the_transient_exit_code(path: str) -> None:
 
 
 def test_run_id_defaults_to_the_workflow_name_and_is_a_valid_run_id() -> None:
-    from job.artifacts import check_run_id
+    from job.runs.artifacts import check_run_id
 
     workflow = submit_workflow(ARGO / "finetune.yaml", {})
     assert workflow.variables["workflow.parameters.run-id"] == workflow.name

@@ -1,13 +1,13 @@
 """Relation probabilities for pairs of tickets, from a run's saved classifier: what a consumer calls.
 
-Works for every classify method (job/relation_classifiers.py: the saved format picks the loader) and
+Works for every classify method (job/relations/methods.py: the saved format picks the loader) and
 needs none of the training code: the logistic classifier is applied to features of the run's fine-tuned
 embeddings (so it needs the run's `model/` too), the cross-encoder reads both tickets itself. A pair is
 (source, target): for the directed relations (blocks, causes, depends) a probability means
 "source <relation> target".
 
-    from job.data import Ticket
-    from job.predict import load_predictor
+    from job.data.records import Ticket
+    from job.relations.predict import load_predictor
     predictor = load_predictor(Path("run/classifier"), embedding_model_dir=Path("run/model"))
     predictor.predict_pair(Ticket("a", "NPE in the namenode ..."), Ticket("b", "namenode crashes ..."))
     # {'blocks': 0.03, 'causes': 0.41, ...}
@@ -23,11 +23,11 @@ from typing import Any
 
 import numpy as np
 
-from job.classifier_base import classifier_class
 from job.config import JobConfig
-from job.data import Ticket
+from job.data.records import Ticket
 from job.errors import ConfigError, InputError, RunStateError
-from job.relation_classifiers import RELATION_CLASSIFIERS, method_of_format
+from job.relations.base import classifier_class
+from job.relations.methods import RELATION_CLASSIFIERS, method_of_format
 from job.storage import open_store
 
 CLASSIFIER = "classifier"
@@ -53,7 +53,7 @@ class RelationPredictor:
 
 
 def read_descriptor(classifier_dir: Path) -> dict[str, Any]:
-    """classifier/model.json, checked: a format of one of the methods (job/relation_classifiers.py), and
+    """classifier/model.json, checked: a format of one of the methods (job/relations/methods.py), and
     what that method's `check` asks of it (class names, weights that fit, files inside the folder)."""
     path = classifier_dir / "model.json"
     try:
@@ -90,7 +90,7 @@ def load_predictor(classifier_dir: Path, embedding_model_dir: Path | None = None
 
 def open_run_predictor(cfg: JobConfig, run_id: str, work_dir: Path) -> RelationPredictor:
     """The classifier of run `run_id` under `output.uri` (local or S3), downloaded into `work_dir`."""
-    from job.artifacts import RunDir, check_run_id
+    from job.runs.artifacts import RunDir, check_run_id
 
     run = RunDir(open_store(cfg.output.uri.rstrip("/") + "/" + check_run_id(run_id), cfg.storage), run_id)
     purpose = f"cannot predict with run {run_id}"

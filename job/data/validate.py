@@ -14,10 +14,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from job.config import JobConfig
-from job.data import Corpus, require_enough
+from job.data.inputs import load_corpus
+from job.data.records import Corpus, require_enough
+from job.data.split import check_usable, split_by_components
 from job.errors import ConfigError, InputError, Problem
-from job.inputs import load_corpus
-from job.split import check_usable, split_by_components
 
 SHOWN_PER_FILE = 50  # a file with a bad export can hold a problem per row: the rest goes to a file
 

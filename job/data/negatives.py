@@ -1,7 +1,7 @@
 """The negative strategies, one table entry each: where prepare looks for a ticket that is *not* the anchor's
 problem (`pairs.negative_mix` weighs them).
 
-A strategy only proposes candidates; job/pairs.py `NegativeSampler` keeps the rules every negative obeys
+A strategy only proposes candidates; job/data/pairs.py `NegativeSampler` keeps the rules every negative obeys
 (never the anchor, never linked to it, never in its link component, each pair once) and walks `fallback` when
 a strategy proposes nothing the rules allow. Two kinds:
 
@@ -23,8 +23,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from job.neighbors import top_k
 from job.retrieval.lexical import LexicalIndex, LexicalSettings
+from job.retrieval.neighbors import top_k
 
 Embed = Callable[[list[str]], np.ndarray]  # texts -> unit vectors (the base model)
 STAND_IN = "category"  # takes the share of a strategy that cannot run (no base model; val and test)

@@ -30,13 +30,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from job.artifacts import MANIFEST, METRICS, RunDir, check_run_id
 from job.config import LoadedConfig
 from job.errors import ConfigError, PromotionRefused, RunStateError, StorageError
-from job.history import METRIC_RANGE, parse_pointer, refresh_history
+from job.fleet.history import METRIC_RANGE, parse_pointer, refresh_history
 from job.jsonio import to_json
 from job.log import get_logger
 from job.retrieval.index import INDEX_JSON
+from job.runs.artifacts import MANIFEST, METRICS, RunDir, check_run_id
 from job.storage import Store, Versioned, open_store, sha256_file
 
 MAX_ATTEMPTS = 10  # compare-and-swap rounds before giving up (exit 75: the orchestrator retries)
@@ -95,7 +95,7 @@ class Candidate:
 
 def promote(loaded: LoadedConfig, run_id: str) -> dict[str, Any]:
     """Compare the run's metrics with the promoted run's; move the pointer or raise PromotionRefused.
-    Either way, refresh history.json and history.png at the output root (job/history.py).
+    Either way, refresh history.json and history.png at the output root (job/fleet/history.py).
 
     Returns the pointer as written (or as found, when `run_id` is already the promoted run).
     Raises RunStateError when the run is not finished or fails verification, ConfigError when the

@@ -12,7 +12,7 @@ pages in data/jira-sample:
   Each Jira link is read once although both its issues list it (its link id); it is kept only when both
   issues are in the export; an unordered relation (duplicate, relates) is kept once per pair.
 
-The records then go through the same checks as a JSONL export (job/data.py), so a Jira ticket is held to
+The records then go through the same checks as a JSONL export (job/data/records.py), so a Jira ticket is held to
 the same rules and its problems read the same: file, issue key, field, what was expected. Nothing here
 reads storage: `jira_corpus` takes the files' bytes.
 """
@@ -28,7 +28,7 @@ from datetime import datetime
 from typing import Any
 
 from job.config import DataConfig, JiraLinkType
-from job.data import (
+from job.data.records import (
     BOM,
     Corpus,
     FileReport,

@@ -1,7 +1,7 @@
 """`finetune-job export-jira`: page through a live Jira's REST search API, write the pages where the job reads them.
 
 Each page is written exactly as Jira returned it (`search-000.json`, `search-001.json`, ...) under
-data.tickets, which `data.format: jira` then reads (job/jira.py), so a scheduled run can pull its tickets
+data.tickets, which `data.format: jira` then reads (job/data/jira.py), so a scheduled run can pull its tickets
 itself as a first step. Pages of an earlier, longer export in the same folder are removed afterwards.
 
 429 and 5xx answers, timeouts, dropped connections and cut or garbled responses are retried with backoff
@@ -27,8 +27,8 @@ from typing import Any
 from urllib.parse import urlencode, urlsplit
 
 from job.config import JiraApiConfig, JobConfig
+from job.data.jira import SEARCH_FIELDS
 from job.errors import ConfigError, StorageError
-from job.jira import SEARCH_FIELDS
 from job.storage import Store, open_store
 
 SEARCH_PATH = "/rest/api/2/search"

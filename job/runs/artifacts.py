@@ -19,10 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from job.errors import RunStateError
-from job.fingerprint import Fingerprint
 from job.jsonio import to_json
 from job.profile import phase, start_step
-from job.steps import STEP_NAMES, Step, dependents, prerequisites
+from job.runs.fingerprint import Fingerprint
+from job.runs.steps import STEP_NAMES, Step, dependents, prerequisites
 from job.storage import FileRecord, Store, check_key, sha256_file
 
 MANIFEST = "manifest.json"

@@ -1,6 +1,6 @@
 """Name the relation between two linked tickets.
 
-The methods (classify.method, the table in job/relation_classifiers.py) are scored the same way
+The methods (classify.method, the table in job/relations/methods.py) are scored the same way
 (`relation_metrics`, here); the logistic one is this module's `LogisticClassifier`: logistic regression
 over pair features of two frozen embeddings.
 
@@ -27,12 +27,12 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import confusion_matrix, f1_score, precision_recall_fscore_support
 from sklearn.preprocessing import StandardScaler
 
-from job.classifier_base import FitInputs, Fitted, RelationClassifier, RelationLinks
 from job.config import ClassifyConfig
-from job.data import Link, Ticket
+from job.data.records import Link, Ticket
 from job.errors import RunStateError
-from job.evaluate import Embeddings
-from job.relation_classifiers import RELATION_CLASSIFIERS
+from job.evaluation.evaluate import Embeddings
+from job.relations.base import FitInputs, Fitted, RelationClassifier, RelationLinks
+from job.relations.methods import RELATION_CLASSIFIERS
 
 LOGISTIC_FORMAT = RELATION_CLASSIFIERS["logistic"].format
 META_FEATURES = ("cosine", "created_gap_sign", "created_gap_log_days", "has_dates", "same_project",
@@ -277,15 +277,15 @@ class LogisticClassifier(RelationClassifier):
     @classmethod
     def load(cls, folder: Path, descriptor: dict[str, Any], embedding_model_dir: Path | None,
              device: str | None) -> LogisticClassifier:
-        from job.model import load_model
+        from job.embedding.model import load_model
 
         assert embedding_model_dir is not None  # predict refuses before: the entry needs the embedding model
         return cls(descriptor, load_model(str(embedding_model_dir),
                                           int(descriptor.get("embedding_max_seq_length", 256)), device))
 
     def predict_proba(self, pairs: list[tuple[Ticket, Ticket]]) -> np.ndarray:
+        from job.embedding.model import encode
         from job.log import get_logger
-        from job.model import encode
 
         if self.encoder is None:
             raise RunStateError("the logistic classifier encodes tickets with the run's embedding model: "

@@ -21,12 +21,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from job import plots
-from job.artifacts import MANIFEST, METRICS, check_run_id
 from job.config import LoadedConfig
 from job.errors import JobError, RunStateError
+from job.evaluation import plots
 from job.jsonio import to_json
 from job.log import get_logger
+from job.runs.artifacts import MANIFEST, METRICS, check_run_id
 from job.storage import Store, Versioned, open_store
 
 HISTORY_JSON = "history.json"

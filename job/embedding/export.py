@@ -31,10 +31,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from job.data import Link
-from job.evaluate import Embeddings, HeldOut, pair_metrics, pair_scores, retrieval_metrics, retrieval_queries
-from job.pairs import Pair
-from job.split import connected_components
+from job.data.pairs import Pair
+from job.data.records import Link
+from job.data.split import connected_components
+from job.evaluation.evaluate import (
+    Embeddings,
+    HeldOut,
+    pair_metrics,
+    pair_scores,
+    retrieval_metrics,
+    retrieval_queries,
+)
 
 # variant name -> file under the model directory (sentence-transformers' names for them)
 VARIANTS = {"onnx-fp32": "onnx/model.onnx", "onnx-int8": "onnx/model_qint8.onnx"}

@@ -6,7 +6,7 @@ loss: both directions of each link of `pairs.triplet_relations` (duplicates and 
 optionally of `pairs.related_relations` (a second, weaker ranking objective). With
 `pairs.title_body`, every train ticket's title and description are a third objective's pair.
 
-Negatives come from a mix of strategies (`pairs.negative_mix`), each one entry of job/negatives.py
+Negatives come from a mix of strategies (`pairs.negative_mix`), each one entry of job/data/negatives.py
 (mined by the base model, bm25 by keywords, category, random). Every negative obeys the component
 rule: never the anchor, never a ticket linked to it, and never a ticket in its link component
 (linked to it through others), so a near-duplicate nobody linked is not taught as "different".
@@ -30,9 +30,7 @@ from typing import TypeVar
 import numpy as np
 
 from job.config import PairsConfig, TrainConfig
-from job.data import Corpus, Link, Ticket
-from job.losses import LOSSES
-from job.negatives import (
+from job.data.negatives import (
     NEGATIVE_STRATEGIES,
     STAND_IN,
     DrawInputs,
@@ -41,8 +39,10 @@ from job.negatives import (
     draw_at_random,
     without,
 )
+from job.data.records import Corpus, Link, Ticket
+from job.data.split import Split
+from job.embedding.losses import LOSSES
 from job.retrieval.lexical import LexicalSettings
-from job.split import Split
 
 T = TypeVar("T")
 MAX_DRAWS = 50  # attempts to find a valid negative partner before falling back
@@ -178,7 +178,7 @@ def allocate(n: int, mix: dict[str, float]) -> list[str]:
 
 
 class NegativeSampler:
-    """Draws negative partners for anchors of one split, by strategy (job/negatives.py), obeying the component
+    """Draws negative partners for anchors of one split, by strategy (job/data/negatives.py), obeying the component
     rule. `ranked` holds, per ranked strategy that ran, each anchor's candidates, best first."""
 
     def __init__(self, ids: list[str], tickets: dict[str, Ticket], split: Split, linked: set[tuple[str, str]],

@@ -9,14 +9,14 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 from sklearn.metrics import precision_recall_curve, roc_curve
 
-from job.evaluate import THRESHOLD_GRID, PairScores, f1_curve
+from job.evaluation.evaluate import THRESHOLD_GRID, PairScores, f1_curve
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 
 class PlottedRun(Protocol):
-    """What the history figure reads of a run (job.history.RunSummary has it; history draws with this module)."""
+    """What the history figure reads of a run (job.fleet.history.RunSummary has it; history draws with this module)."""
 
     run_id: str
     finished: bool

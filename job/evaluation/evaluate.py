@@ -27,8 +27,8 @@ import numpy as np
 from scipy.stats import pearsonr, spearmanr
 from sklearn.metrics import average_precision_score, f1_score, roc_auc_score
 
-from job.data import Link
-from job.pairs import Pair
+from job.data.pairs import Pair
+from job.data.records import Link
 from job.retrieval.fusion import Fusion, FusionSettings, WeightChoice, choose_weight, hybrid_rows, minmax
 from job.retrieval.lexical import LexicalIndex, LexicalSettings
 from job.retrieval.ranking import RECALL_AT, Similarity, cosine_rows, ranking_metrics, ranks_of_relevant

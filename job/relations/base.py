@@ -1,7 +1,7 @@
 """What every relation classifier method is: the interface a `classify.method` implements, the links it is
 fitted on, and the lookup from a method's name to its class.
 
-The methods themselves are listed in job/relation_classifiers.py (a table that imports nothing of the job,
+The methods themselves are listed in job/relations/methods.py (a table that imports nothing of the job,
 so config can validate against it); each entry names its class by module path, imported here on first use.
 """
 
@@ -16,15 +16,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
-from job.data import Link
-from job.relation_classifiers import RELATION_CLASSIFIERS
+from job.data.records import Link
+from job.relations.methods import RELATION_CLASSIFIERS
 
 if TYPE_CHECKING:
     import numpy as np
 
     from job.config import JobConfig
-    from job.data import Ticket
-    from job.evaluate import Embeddings
+    from job.data.records import Ticket
+    from job.evaluation.evaluate import Embeddings
     from job.storage import Store
 
 

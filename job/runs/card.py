@@ -21,8 +21,8 @@ from typing import Any
 from huggingface_hub import EvalResult, ModelCardData
 
 from job.config import JobConfig
+from job.embedding.losses import LOSSES
 from job.log import redact_url_userinfo
-from job.losses import LOSSES
 
 MODEL_CARD = "model/README.md"
 CARD_SAMPLES = 5  # test pairs quoted when model.card_samples is true

@@ -10,8 +10,8 @@ from collections import Counter
 from typing import Any
 
 from job.config import JobConfig
-from job.data import Corpus, build_corpus, require_enough
-from job.jira import jira_corpus
+from job.data.jira import jira_corpus
+from job.data.records import Corpus, build_corpus, require_enough
 from job.storage import read_input_files, read_uri
 
 

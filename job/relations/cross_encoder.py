@@ -16,7 +16,7 @@ carries direction in Jira (a regression is filed after its cause).
 
 Saved as safetensors + the transformer's config (with the label map) under `cross_encoder/`, next to
 `model.json` (format, classes, direction rule, max length): no pickle. Checkpoints, SIGTERM (save and
-stop, exit 75), progress logging and bf16 on CUDA follow the train step's rules (job/train.py).
+stop, exit 75), progress logging and bf16 on CUDA follow the train step's rules (job/embedding/trainer.py).
 """
 
 from __future__ import annotations
@@ -30,12 +30,12 @@ from typing import Any
 
 import numpy as np
 
-from job.classifier_base import FitInputs, Fitted, RelationClassifier
 from job.config import DIRECTED_RELATIONS, JobConfig
-from job.data import Link, Ticket
+from job.data.records import Link, Ticket
+from job.embedding.model import pick_device, refuse_pickle_weights
 from job.errors import ConfigError, RunStateError
-from job.model import pick_device, refuse_pickle_weights
-from job.relation_classifiers import RELATION_CLASSIFIERS
+from job.relations.base import FitInputs, Fitted, RelationClassifier
+from job.relations.methods import RELATION_CLASSIFIERS
 
 CROSS_ENCODER_FORMAT = RELATION_CLASSIFIERS["cross_encoder"].format
 WEIGHTS_DIR = "cross_encoder"  # inside the classifier folder
@@ -160,11 +160,11 @@ def train_cross_encoder(start_model: str, classes: list[str], train_links: list[
     from sentence_transformers.cross_encoder import CrossEncoderTrainer, CrossEncoderTrainingArguments
     from sentence_transformers.cross_encoder.losses import CrossEntropyLoss
 
-    from job.train import (
+    from job.embedding.trainer import (
         StorageAndProgress,
-        batch_sampler_for,
         choose_precision,
         seed_everything,
+        shared_arguments,
         train_resumably,
     )
 
@@ -187,28 +187,13 @@ def train_cross_encoder(start_model: str, classes: list[str], train_links: list[
     output_dir = work_dir / CHECKPOINTS
     steps_per_epoch = max(1, -(-len(train_rows.label) // ce.batch_size))
     args = CrossEncoderTrainingArguments(
-        output_dir=str(output_dir),
-        num_train_epochs=ce.epochs,
-        per_device_train_batch_size=ce.batch_size,
-        per_device_eval_batch_size=PREDICT_BATCH_SIZE,
-        learning_rate=ce.learning_rate,
-        warmup_steps=ce.warmup_ratio,  # a float below 1 is a ratio of the total steps
-        seed=seed,
-        data_seed=seed,
-        fp16=precision == "fp16",
-        bf16=precision == "bf16",
+        **shared_arguments(output_dir, epochs=ce.epochs, batch_size=ce.batch_size,
+                           eval_batch_size=PREDICT_BATCH_SIZE, learning_rate=ce.learning_rate,
+                           warmup_ratio=ce.warmup_ratio, seed=seed, precision=precision, select_best=select_best,
+                           best_metric="eval_val_macro_f1", logging_steps=max(1, min(50, steps_per_epoch // 4)),
+                           group_by_length=True),
         eval_strategy="epoch" if select_best else "no",
         save_strategy="epoch",
-        save_total_limit=2,
-        load_best_model_at_end=select_best,
-        metric_for_best_model="eval_val_macro_f1" if select_best else None,
-        greater_is_better=True,
-        logging_steps=max(1, min(50, steps_per_epoch // 4)),
-        report_to="none",
-        disable_tqdm=True,
-        dataloader_num_workers=0,
-        dataloader_pin_memory=precision != "fp32",
-        batch_sampler=batch_sampler_for(True),
     )
     trainer = CrossEncoderTrainer(
         model=model, args=args, loss=loss,
@@ -291,7 +276,7 @@ class CrossEncoderClassifier(RelationClassifier):
 
     @classmethod
     def fit(cls, inputs: FitInputs) -> Fitted:
-        from job.train import discard_stale_checkpoints
+        from job.embedding.trainer import discard_stale_checkpoints
 
         links, log = inputs.links, inputs.log
         ce = inputs.cfg.classify.cross_encoder

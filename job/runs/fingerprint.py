@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from job.config import JobConfig
-from job.jira import export_checksum
+from job.data.jira import export_checksum
 from job.storage import read_input_files, read_uri
 
 # Sections whose settings change what a run produces. Where the run lives and how it is stored,
@@ -33,7 +33,7 @@ def config_checksum(cfg: JobConfig) -> str:
 
 def input_checksums(cfg: JobConfig) -> dict[str, str]:
     """sha256 of each configured input file, by its setting's name (never by its address); a Jira export,
-    which may be a folder of pages, by its files' names and sha256 (job.jira.export_checksum)."""
+    which may be a folder of pages, by its files' names and sha256 (job.data.jira.export_checksum)."""
     if cfg.data.format == "jira" and cfg.data.tickets:
         return {"data.tickets": export_checksum(read_input_files(cfg.data.tickets, cfg.storage, ".json"))}
     return {f"data.{name}": hashlib.sha256(read_uri(uri, cfg.storage)).hexdigest()
