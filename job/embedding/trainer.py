@@ -9,7 +9,7 @@ import functools
 import random
 import threading
 import time
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -19,7 +19,7 @@ from sentence_transformers.base.sampler import DefaultBatchSampler
 from transformers import PrinterCallback, TrainerCallback
 
 from job.errors import Interrupted, RunStateError
-from job.log import Progress
+from job.log import Progress, get_logger
 from job.storage import Store, download_dir, upload_dir
 
 CHECKPOINTS = "checkpoints"
@@ -55,6 +55,9 @@ def _batch_sampler(dataset: Any, group_by_length: bool, **kwargs: Any) -> Any:
 
 
 WINDOW_BATCHES = 50
+SWAP_SEARCH_STEPS = 20_000  # bound the tail repair of LengthGroupedNoDuplicatesBatchSampler (_Swaps)
+SWAP_BRANCHES = 16
+RESAMPLE_PASSES = 5
 
 
 def length_grouped_order(lengths: Sequence[int], batch_size: int, rng: random.Random) -> list[int]:
@@ -116,10 +119,11 @@ class LengthGroupedNoDuplicatesBatchSampler(DefaultBatchSampler):
     one, so batches stay nearly uniform in length. The batches are shuffled; deterministic for (seed,
     epoch).
 
-    `len()` is the number of batches the rows fill, as in sentence-transformers: the scheduler, the
-    multi-dataset sampler and, under DDP, the split between processes all rely on it. When rows that
-    share a text cannot be packed into that many batches (a tail of rows with one text in common),
-    the smallest batches beyond it are left out of this epoch, as the trainer would leave them.
+    `len()` is the number of batches the rows fill, as in sentence-transformers, and exactly that many
+    are yielded, full ones first: the scheduler, the multi-dataset sampler and, under DDP, the split
+    between processes all rely on it. Short batches the greedy pass leaves are filled by swaps
+    (`_Swaps`); when rows share texts too often for that, fresh passes top the epoch up with full
+    batches that repeat some rows (`_resampled`, as sentence-transformers does).
     """
 
     def __init__(self, dataset: Any, batch_size: int, drop_last: bool,
@@ -134,10 +138,28 @@ class LengthGroupedNoDuplicatesBatchSampler(DefaultBatchSampler):
     def __iter__(self) -> Any:
         rng = random.Random(self.seed + self.epoch)
         batches = self._packed(length_grouped_order(self.lengths, self.batch_size, rng))
-        if self.drop_last:
-            batches = [b for b in batches if len(b) == self.batch_size]
-        kept = sorted(batches, key=len, reverse=True)[: len(self)]  # stable: full batches keep their order
-        yield from full_batches_shuffled_then_partial(kept, self.batch_size, rng)
+        full = [b for b in batches if len(b) == self.batch_size]
+        short = sorted((b for b in batches if len(b) < self.batch_size), key=len, reverse=True)
+        wanted = len(self.lengths) // self.batch_size
+        if len(full) < wanted:
+            full += self._resampled(wanted - len(full), rng)
+        partial = [] if self.drop_last else short[: max(0, len(self) - len(full))]
+        yield from full_batches_shuffled_then_partial(full[:wanted] + partial, self.batch_size, rng)
+
+    def _resampled(self, missing: int, rng: random.Random) -> list[list[int]]:
+        """Full batches from fresh passes over all rows, as sentence-transformers' NoDuplicatesBatchSampler
+        tops up a pass that packs fewer batches than len(): a few rows repeat in this epoch instead of
+        a DDP round or a scheduled step being lost."""
+        extra: list[list[int]] = []
+        for _ in range(RESAMPLE_PASSES):
+            order = length_grouped_order(self.lengths, self.batch_size, rng)
+            extra += [b for b in self._packed(order) if len(b) == self.batch_size][: missing - len(extra)]
+            if len(extra) == missing:
+                break
+        get_logger().warning("ranking batches topped up with repeated rows: rows share texts too often "
+                             "for this batch size", missing=missing, topped_up=len(extra),
+                             batches=len(self))
+        return extra
 
     def __len__(self) -> int:
         full, rest = divmod(len(self.lengths), self.batch_size)
@@ -150,7 +172,10 @@ class LengthGroupedNoDuplicatesBatchSampler(DefaultBatchSampler):
             batch: list[int] = []
             seen: set[str] = set()
             deferred: list[int] = []
-            while waiting and len(batch) < self.batch_size:
+            # A text in more rows than there are batches defers those rows to the end: bound the look-ahead
+            # to one window, so such a tail costs linear time (its rows end in short batches).
+            look_ahead = self.batch_size * WINDOW_BATCHES
+            while waiting and len(batch) < self.batch_size and len(deferred) < look_ahead:
                 row = waiting.popleft()
                 if self.texts[row] & seen:
                     deferred.append(row)
@@ -163,36 +188,84 @@ class LengthGroupedNoDuplicatesBatchSampler(DefaultBatchSampler):
 
     def _tail_filled(self, batches: list[list[int]]) -> list[list[int]]:
         """Greedy packing leaves rows that share a text with every row near them for last, a short batch
-        each. Fill the short batches from one another: a row moves in when it fits, or swaps with a row
-        of a full batch that it fits into and that fits the short batch."""
+        each. Fill the short batches from one another, moving each row in directly or by a chain of swaps
+        through the full batches (`_Swaps`)."""
         full = [b for b in batches if len(b) == self.batch_size]
-        counts = [Counter(text for row in batch for text in self.texts[row]) for batch in full]
+        swaps = _Swaps(self.texts, full, random.Random(len(batches)))
         short = sorted((b for b in batches if len(b) < self.batch_size), key=len, reverse=True)
         filled = []
-        while short:
+        while short and swaps.steps_left > 0:
             target = short.pop(0)
             for donor in short:
                 for row in list(donor):
-                    if len(target) < self.batch_size and self._placed(row, target, full, counts):
+                    if len(target) < self.batch_size and swaps.placed(row, target):
                         donor.remove(row)
             short = [b for b in short if b]
             filled.append(target)
-        return full + filled
+        return full + filled + short
 
-    def _placed(self, row: int, target: list[int], full: list[list[int]], counts: list[Counter[str]]) -> bool:
-        if not any(self.texts[row] & self.texts[other] for other in target):
-            target.append(row)
-            return True
-        for batch, count in zip(full, counts, strict=True):
-            for i, other in enumerate(batch):
-                fits_batch = all(count[t] == (t in self.texts[other]) for t in self.texts[row])
-                if fits_batch and not any(self.texts[other] & self.texts[r] for r in target):
-                    batch[i] = row
-                    count.subtract(self.texts[other])
-                    count.update(self.texts[row])
-                    target.append(other)
-                    return True
+
+class _Swaps:
+    """Moves a row into a short batch through the full batches without a text twice in any batch: `row`
+    takes the place of the one row of a full batch it clashes with, that row takes a place in another
+    full batch, and so on until a displaced row fits the short batch. A breadth-first search over
+    displaced rows, each batch used once per chain; each step looks at a bounded number of batches and
+    the whole repair at SWAP_SEARCH_STEPS steps, so texts shared by more rows than there are batches
+    (which no packing can place) cost a bounded time, and those rows stay in short batches."""
+
+    def __init__(self, texts: list[frozenset[str]], full: list[list[int]], rng: random.Random) -> None:
+        self.texts, self.full, self.rng = texts, full, rng
+        self.holder: dict[str, dict[int, int]] = {}  # text -> {full batch: position of the row holding it}
+        for b, batch in enumerate(full):
+            for i, row in enumerate(batch):
+                for text in texts[row]:
+                    self.holder.setdefault(text, {})[b] = i
+        self.steps_left = SWAP_SEARCH_STEPS
+
+    def placed(self, row: int, target: list[int]) -> bool:
+        """True once `row` (or the end of its chain) is in `target`; False leaves every batch as it was."""
+        taken = set().union(*(self.texts[r] for r in target))
+        queue: deque[tuple[int, list[tuple[int, int]]]] = deque([(row, [])])
+        visited = {row}
+        while queue and self.steps_left > 0:
+            self.steps_left -= 1
+            moving, chain = queue.popleft()
+            if not self.texts[moving] & taken:
+                self._swap_along(row, chain, target)
+                return True
+            used = {b for b, _ in chain}
+            clashes: dict[int, set[int]] = {}
+            for text in self.texts[moving]:
+                for b, i in self.holder.get(text, {}).items():
+                    clashes.setdefault(b, set()).add(i)
+            # A batch it does not clash with: it takes the place of a row that fits target.
+            for b in self._probes(len(self.full)):
+                if b not in used and b not in clashes:
+                    fits = next((i for i, o in enumerate(self.full[b]) if not self.texts[o] & taken), None)
+                    if fits is not None:
+                        self._swap_along(row, [*chain, (b, fits)], target)
+                        return True
+            singles = [b for b, at in clashes.items() if len(at) == 1 and b not in used]
+            for b in self.rng.sample(singles, min(len(singles), SWAP_BRANCHES)):
+                (i,) = clashes[b]
+                if self.full[b][i] not in visited:
+                    visited.add(self.full[b][i])
+                    queue.append((self.full[b][i], [*chain, (b, i)]))
         return False
+
+    def _probes(self, n: int) -> list[int]:
+        return list(range(n)) if n <= SWAP_BRANCHES else [self.rng.randrange(n) for _ in range(SWAP_BRANCHES)]
+
+    def _swap_along(self, row: int, chain: list[tuple[int, int]], target: list[int]) -> None:
+        moving = row
+        for b, i in chain:
+            out = self.full[b][i]
+            for text in self.texts[out]:
+                del self.holder[text][b]
+            for text in self.texts[moving]:
+                self.holder.setdefault(text, {})[b] = i
+            self.full[b][i], moving = moving, out
+        target.append(moving)
 
 
 def choose_precision(requested: str) -> str:
