@@ -115,7 +115,7 @@ def markdown(r: dict[str, Any]) -> str:
         if stage not in r["stages"]:
             continue
         v = r["stages"][stage]
-        lines.append(f"| {stage.replace('_', ' ')} | {_f(v['job_s'], 1)} | {_f(v['notebook_s'], 1)} | {_f(v['ratio'], 2)}x |")
+        lines.append(f"| {stage.replace('_', ' ')} | {_f(v['job_s'], 1)} | {_f(v['notebook_s'], 1)} | {_f(v['ratio'], 2) + 'x' if v['ratio'] is not None else '–'} |")
     t = r["throughput"]
     lines += [
         "",
@@ -199,13 +199,16 @@ def chart(r: dict[str, Any], path: Path) -> None:
     fig, axes = plt.subplots(2, 2, figsize=(13, 9))
     colors = {"job": "#1f77b4", "notebook": "#ff7f0e", "base": "#7f7f7f", "bm25": "#2ca02c", "majority": "#bcbd22"}
     ax = axes[0][0]
-    stages = ["prepare", "train", "evaluate", "classify", "end_to_end"]
+    stages = [s for s in ("prepare", "train", "index", "evaluate", "classify", "end_to_end",
+                          "end_to_end_without_index") if s in r["stages"]]
     x = np.arange(len(stages))
     for i, who in enumerate(("job", "notebook")):
         values = [r["stages"][s][f"{who}_s"] or 0 for s in stages]
         bars = ax.bar(x + (i - 0.5) * 0.38, values, 0.38, label=who, color=colors[who])
-        ax.bar_label(bars, labels=[f"{v:.0f}" for v in values], fontsize=8)
-    ax.set_xticks(x, [f"{s.replace('_', ' ')}\n{_f(r['stages'][s]['ratio'], 2)}x" for s in stages])
+        ax.bar_label(bars, labels=[f"{v:.0f}" if v else "" for v in values], fontsize=8)
+    names = {"end_to_end": "end to end", "end_to_end_without_index": "without index"}
+    ratios = [_f(r["stages"][s]["ratio"], 2) + "x" if r["stages"][s]["ratio"] is not None else "job only" for s in stages]
+    ax.set_xticks(x, [f"{names.get(s, s)}\n{ratio}" for s, ratio in zip(stages, ratios, strict=True)], fontsize=8)
     ax.set_ylabel("seconds (lower is better)")
     ax.set_title("Wall time per stage (notebook / job under each)")
     ax.legend()
