@@ -70,6 +70,12 @@ def length_grouped_order(lengths: Sequence[int], batch_size: int, rng: random.Ra
             for i in sorted(order[start : start + window], key=lengths.__getitem__)]
 
 
+def batches_in_epoch(rows: int, batch_size: int, drop_last: bool) -> int:
+    """What both length-grouped samplers promise len() to be, as PyTorch's BatchSampler does."""
+    full, rest = divmod(rows, batch_size)
+    return full if drop_last or not rest else full + 1
+
+
 def full_batches_shuffled_then_partial(batches: list[list[int]], batch_size: int,
                                        rng: random.Random) -> list[list[int]]:
     """Full batches in random order, partial ones last (largest first), as PyTorch's samplers give them:
@@ -106,8 +112,7 @@ class LengthGroupedBatchSampler(DefaultBatchSampler):
         yield from full_batches_shuffled_then_partial(batches, self.batch_size, rng)
 
     def __len__(self) -> int:
-        full, rest = divmod(len(self.lengths), self.batch_size)
-        return full if self.drop_last or not rest else full + 1
+        return batches_in_epoch(len(self.lengths), self.batch_size, self.drop_last)
 
 
 class LengthGroupedNoDuplicatesBatchSampler(DefaultBatchSampler):
@@ -162,8 +167,7 @@ class LengthGroupedNoDuplicatesBatchSampler(DefaultBatchSampler):
         return extra
 
     def __len__(self) -> int:
-        full, rest = divmod(len(self.lengths), self.batch_size)
-        return full if self.drop_last or not rest else full + 1
+        return batches_in_epoch(len(self.lengths), self.batch_size, self.drop_last)
 
     def _packed(self, order: list[int]) -> list[list[int]]:
         batches = []
