@@ -23,6 +23,7 @@ demo: $(STAMP)
 	$(BIN)/python -m job.demo --config demo/config.yaml
 
 lint: $(STAMP)
+	$(BIN)/ruff format --check job tests
 	$(BIN)/ruff check job tests
 	$(BIN)/mypy
 

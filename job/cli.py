@@ -22,10 +22,21 @@ from job.log import configure_logging, get_logger, redact
 from job.runs.steps import STEP_NAMES, STEPS, TRAIN
 
 
-def _overrides(output: str | None, base_model: str | None, epochs: int | None, max_pairs: int | None,
-               seed: int | None, settings: tuple[str, ...]) -> dict[str, Any]:
-    values: dict[str, Any] = {"output.uri": output, "model.base": base_model, "train.epochs": epochs,
-                              "train.max_pairs": max_pairs, "train.seed": seed}
+def _overrides(
+    output: str | None,
+    base_model: str | None,
+    epochs: int | None,
+    max_pairs: int | None,
+    seed: int | None,
+    settings: tuple[str, ...],
+) -> dict[str, Any]:
+    values: dict[str, Any] = {
+        "output.uri": output,
+        "model.base": base_model,
+        "train.epochs": epochs,
+        "train.max_pairs": max_pairs,
+        "train.seed": seed,
+    }
     for number, item in enumerate(settings, start=1):
         key, sep, value = item.partition("=")
         if not sep:  # the text is not quoted: it may be a secret typed with ':' for '='
@@ -42,15 +53,25 @@ def _overrides(output: str | None, base_model: str | None, epochs: int | None, m
 def config_options(func: Callable[..., Any]) -> Callable[..., Any]:
     """Options every command takes: the config file and the most used overrides."""
     options = [
-        click.option("--config", "config_file", type=click.Path(dir_okay=False), envvar="FINETUNE_CONFIG",
-                     help="YAML or JSON config file (also $FINETUNE_CONFIG)."),
+        click.option(
+            "--config",
+            "config_file",
+            type=click.Path(dir_okay=False),
+            envvar="FINETUNE_CONFIG",
+            help="YAML or JSON config file (also $FINETUNE_CONFIG).",
+        ),
         click.option("--output", help="Override output.uri."),
         click.option("--base-model", help="Override model.base."),
         click.option("--epochs", type=int, help="Override train.epochs."),
         click.option("--max-pairs", type=int, help="Override train.max_pairs."),
         click.option("--seed", type=int, help="Override train.seed."),
-        click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
-                     help="Override any setting, e.g. --set train.loss=cosent (repeatable)."),
+        click.option(
+            "--set",
+            "settings",
+            multiple=True,
+            metavar="KEY=VALUE",
+            help="Override any setting, e.g. --set train.loss=cosent (repeatable).",
+        ),
     ]
     for option in reversed(options):
         func = option(func)
@@ -59,8 +80,14 @@ def config_options(func: Callable[..., Any]) -> Callable[..., Any]:
 
 def _load(kwargs: dict[str, Any], flags: dict[str, Any] | None = None) -> LoadedConfig:
     """The config from the common options in `kwargs`, and a command's own setting flags (`flags`: key -> value)."""
-    overrides = _overrides(kwargs.pop("output"), kwargs.pop("base_model"), kwargs.pop("epochs"),
-                           kwargs.pop("max_pairs"), kwargs.pop("seed"), kwargs.pop("settings"))
+    overrides = _overrides(
+        kwargs.pop("output"),
+        kwargs.pop("base_model"),
+        kwargs.pop("epochs"),
+        kwargs.pop("max_pairs"),
+        kwargs.pop("seed"),
+        kwargs.pop("settings"),
+    )
     overrides.update({key: value for key, value in (flags or {}).items() if value is not None})
     loaded = load_config(kwargs.pop("config_file"), cli_overrides=overrides)
     use_cache_dir(loaded.config.runtime)  # before anything imports the libraries that read it
@@ -78,7 +105,11 @@ def _known_secrets() -> list[str]:
 
 def _env_secrets() -> list[str]:
     """Credentials boto3 reads from the environment: never to be printed either."""
-    return [os.environ[k] for k in ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ACCESS_KEY_ID") if os.environ.get(k)]
+    return [
+        os.environ[k]
+        for k in ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ACCESS_KEY_ID")
+        if os.environ.get(k)
+    ]
 
 
 @contextmanager
@@ -110,6 +141,7 @@ def _execute(step: str, action: Callable[[], Any]) -> None:
 
     SIGTERM stops any command with exit 75 (an orchestrator retries that); the step commands install
     their own handler, which checkpoints a training step first."""
+
     def interrupted(signum: int, frame: Any) -> None:
         raise Interrupted(f"{step} stopped by SIGTERM; run it again to finish")
 
@@ -147,12 +179,22 @@ def _step_command(name: str, help_text: str, resume: bool = False) -> None:
     @main.command(name=name, help=help_text)
     @config_options
     @click.option("--run-id", required=name != "run", help="The run to work on (steps share it).")
-    @click.option("--force", is_flag=True,
-                  help="Overwrite a finished run, or redo steps recorded with another config or other inputs.")
-    @click.option("--resume", is_flag=True, hidden=not resume,
-                  help="Resume training from the run's newest checkpoint (fails if there is none).")
-    @click.option("--profile", is_flag=True,
-                  help="Print where each step's time went (load, encode, fit, export, score, read, write) at the end.")
+    @click.option(
+        "--force",
+        is_flag=True,
+        help="Overwrite a finished run, or redo steps recorded with another config or other inputs.",
+    )
+    @click.option(
+        "--resume",
+        is_flag=True,
+        hidden=not resume,
+        help="Resume training from the run's newest checkpoint (fails if there is none).",
+    )
+    @click.option(
+        "--profile",
+        is_flag=True,
+        help="Print where each step's time went (load, encode, fit, export, score, read, write) at the end.",
+    )
     def command(run_id: str | None, force: bool, resume: bool, profile: bool, **kwargs: Any) -> None:
         def action() -> None:
             loaded = _load(kwargs)  # first: it points HF_HOME at runtime.cache_dir before the libraries load
@@ -163,8 +205,9 @@ def _step_command(name: str, help_text: str, resume: bool = False) -> None:
             get_logger(run_id=ctx.run.run_id, step=name).info("start", output=ctx.run.uri)
             with _stop_on_sigterm(ctx.stop, ctx.checkpointing, name), exclusive(ctx, name):
                 pipeline.run_step(ctx, name, resume)
-            get_logger(run_id=ctx.run.run_id, step=name).info("done", output=ctx.run.uri,
-                                                              finished=ctx.run.is_finished())
+            get_logger(run_id=ctx.run.run_id, step=name).info(
+                "done", output=ctx.run.uri, finished=ctx.run.is_finished()
+            )
             if name == "run":
                 _print_outputs(ctx)
             if profile:
@@ -186,17 +229,26 @@ def _print_outputs(ctx: Any) -> None:
             click.echo(f"  {key:<19} base {base:.4f} -> fine-tuned {tuned:.4f}", err=True)
     lexical = metrics.get("lexical", {})
     if isinstance(lexical.get("recall_at_10"), float):
-        click.echo(f"  {'BM25 alone':<19} recall_at_10 {lexical['recall_at_10']:.4f}, mrr {lexical['mrr']:.4f}; "
-                   f"hybrid_* fuse it with the model (weight {metrics['finetuned'].get('hybrid_weight')}, chosen on "
-                   "val)", err=True)
+        click.echo(
+            f"  {'BM25 alone':<19} recall_at_10 {lexical['recall_at_10']:.4f}, mrr {lexical['mrr']:.4f}; "
+            f"hybrid_* fuse it with the model (weight {metrics['finetuned'].get('hybrid_weight')}, chosen on "
+            "val)",
+            err=True,
+        )
     classifier = metrics.get("classifier", {})
     if classifier.get("macro_f1") is not None:
-        click.echo(f"  relation classifier macro-F1 {classifier['macro_f1']:.4f} "
-                   f"(majority baseline {classifier['majority_macro_f1']:.4f})", err=True)
+        click.echo(
+            f"  relation classifier macro-F1 {classifier['macro_f1']:.4f} "
+            f"(majority baseline {classifier['majority_macro_f1']:.4f})",
+            err=True,
+        )
 
 
-_step_command("run", f"Run every step ({', '.join(STEP_NAMES)}) in one process; a rerun continues where the "
-              "last one stopped.", resume=True)
+_step_command(
+    "run",
+    f"Run every step ({', '.join(STEP_NAMES)}) in one process; a rerun continues where the last one stopped.",
+    resume=True,
+)
 for _step in STEPS:
     _step_command(_step.name, _step.summary, resume=_step is TRAIN)
 
@@ -219,15 +271,24 @@ def promote_run(run_id: str, **kwargs: Any) -> None:
 @main.command(name="predict")
 @config_options
 @click.option("--run-id", required=True, help="The run whose classifier to use (under output.uri).")
-@click.option("--source-text", required=True, help="The first ticket's text (title, a newline, the description).")
+@click.option(
+    "--source-text", required=True, help="The first ticket's text (title, a newline, the description)."
+)
 @click.option("--target-text", required=True, help="The second ticket's text.")
 @click.option("--source-created", help="The first ticket's creation time (ISO 8601).")
 @click.option("--target-created", help="The second ticket's creation time (ISO 8601).")
 @click.option("--source-project", help="The first ticket's project key.")
 @click.option("--target-project", help="The second ticket's project key.")
-def predict_relation(run_id: str, source_text: str, target_text: str, source_created: str | None,
-                     target_created: str | None, source_project: str | None, target_project: str | None,
-                     **kwargs: Any) -> None:
+def predict_relation(
+    run_id: str,
+    source_text: str,
+    target_text: str,
+    source_created: str | None,
+    target_created: str | None,
+    source_project: str | None,
+    target_project: str | None,
+    **kwargs: Any,
+) -> None:
     """Print the relation probabilities of (source, target) as JSON, from RUN_ID's classifier.
 
     Directed relations (blocks, causes, depends) read "source <relation> target"."""
@@ -280,9 +341,12 @@ def show_config(as_json: bool, **kwargs: Any) -> None:
 
 @main.command(name="validate-data")
 @config_options
-@click.option("--problems-file", type=click.Path(dir_okay=False, path_type=Path),
-              help="Where to write every problem when there are too many to print "
-                   "(default: a new file under runtime.work_dir or the temp directory).")
+@click.option(
+    "--problems-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Where to write every problem when there are too many to print "
+    "(default: a new file under runtime.work_dir or the temp directory).",
+)
 def validate_data(problems_file: Path | None, **kwargs: Any) -> None:
     """Check the inputs: counts, the problems found, and whether the split is usable. No training."""
 
@@ -295,8 +359,6 @@ def validate_data(problems_file: Path | None, **kwargs: Any) -> None:
     _execute("validate-data", action)
 
 
-
-
 @main.command(name="suggest")
 @config_options
 @click.option("--run-id", help="The run whose index to ask (default: the promoted run).")
@@ -306,8 +368,16 @@ def validate_data(problems_file: Path | None, **kwargs: Any) -> None:
 @click.option("--before", help="Only tickets filed before this ISO 8601 date or time.")
 @click.option("--project", help="Only tickets of this project.")
 @click.option("-k", "k", type=int, default=10, show_default=True, help="How many suggestions.")
-def suggest_tickets(run_id: str | None, text: str | None, title: str | None, description: str | None,
-                    before: str | None, project: str | None, k: int, **kwargs: Any) -> None:
+def suggest_tickets(
+    run_id: str | None,
+    text: str | None,
+    title: str | None,
+    description: str | None,
+    before: str | None,
+    project: str | None,
+    k: int,
+    **kwargs: Any,
+) -> None:
     """Print the K existing tickets most like a new one (dense, lexical and hybrid scores) as JSON."""
 
     def action() -> None:
@@ -319,7 +389,9 @@ def suggest_tickets(run_id: str | None, text: str | None, title: str | None, des
             raise InputError("give --text, or --title and --description, not both")
         found = open_index(loaded.config, run_id)
         query = text if text is not None else found.text(title or "", description or "")
-        click.echo(json.dumps(suggestions_json(found, found.suggest(query, k, before, project), k), allow_nan=False))
+        click.echo(
+            json.dumps(suggestions_json(found, found.suggest(query, k, before, project), k), allow_nan=False)
+        )
 
     _execute("suggest", action)
 
@@ -336,11 +408,15 @@ def export_jira_pages(url: str | None, jql: str | None, **kwargs: Any) -> None:
     def action() -> None:
         from job.data.jira_export import export_jira
 
-        done = export_jira(_load(kwargs, {"jira_api.url": url, "jira_api.jql": jql}).config,
-                           get_logger(step="export-jira"))
+        done = export_jira(
+            _load(kwargs, {"jira_api.url": url, "jira_api.jql": jql}).config, get_logger(step="export-jira")
+        )
         removed = f"; removed {done.removed} page(s) of an earlier export" if done.removed else ""
-        click.echo(f"wrote {done.pages} page(s), {done.issues} of the search's {done.total} issues, to "
-                   f"{done.uri}{removed}", err=True)
+        click.echo(
+            f"wrote {done.pages} page(s), {done.issues} of the search's {done.total} issues, to "
+            f"{done.uri}{removed}",
+            err=True,
+        )
 
     _execute("export-jira", action)
 

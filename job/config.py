@@ -61,18 +61,28 @@ class JiraLinkType(Section):
     """What one Jira issue link type becomes."""
 
     relation: str = Field(description="The relation its links become (one of data.relations)")
-    outward: str = Field(description="The type's outward wording in Jira ('duplicates'): issue A holding "
-                         "outwardIssue B reads 'A <outward> B' and becomes source A, target B. A link whose "
-                         "wording differs is refused: the type was renamed or turned round in Jira")
+    outward: str = Field(
+        description="The type's outward wording in Jira ('duplicates'): issue A holding "
+        "outwardIssue B reads 'A <outward> B' and becomes source A, target B. A link whose "
+        "wording differs is refused: the type was renamed or turned round in Jira"
+    )
 
 
 def _apache_link_types() -> dict[str, JiraLinkType]:
     # The Apache Software Foundation Jira's types, as ../shared/DATA.md maps them (the sample's own export).
-    table = {"Duplicate": ("duplicate", "duplicates"), "Cloners": ("clones", "is a clone of"),
-             "Blocker": ("blocks", "blocks"), "Reference": ("relates", "relates to"),
-             "Regression": ("causes", "breaks"), "Problem/Incident": ("causes", "causes"),
-             "dependent": ("depends", "depends upon"), "Required": ("depends", "requires")}
-    return {name: JiraLinkType(relation=relation, outward=outward) for name, (relation, outward) in table.items()}
+    table = {
+        "Duplicate": ("duplicate", "duplicates"),
+        "Cloners": ("clones", "is a clone of"),
+        "Blocker": ("blocks", "blocks"),
+        "Reference": ("relates", "relates to"),
+        "Regression": ("causes", "breaks"),
+        "Problem/Incident": ("causes", "causes"),
+        "dependent": ("depends", "depends upon"),
+        "Required": ("depends", "requires"),
+    }
+    return {
+        name: JiraLinkType(relation=relation, outward=outward) for name, (relation, outward) in table.items()
+    }
 
 
 def _apache_ignored_link_types() -> list[str]:
@@ -85,32 +95,47 @@ class JiraConfig(Section):
     """How a Jira export (data.format: jira) becomes links (job/data/jira.py)."""
 
     link_types: dict[str, JiraLinkType] = Field(
-        default_factory=_apache_link_types, description="Jira link type name -> {relation, outward}; "
+        default_factory=_apache_link_types,
+        description="Jira link type name -> {relation, outward}; "
         "default: the Apache Jira's types (Duplicate, Cloners, Blocker, Reference, Regression, "
-        "Problem/Incident, dependent, Required)")
+        "Problem/Incident, dependent, Required)",
+    )
     ignored_link_types: list[str] = Field(
-        default_factory=_apache_ignored_link_types, description="Link types left out on purpose (counted); "
-        "a type in neither list is an error (skipped and counted with data.on_error: skip)")
+        default_factory=_apache_ignored_link_types,
+        description="Link types left out on purpose (counted); "
+        "a type in neither list is an error (skipped and counted with data.on_error: skip)",
+    )
 
     @model_validator(mode="after")
     def _each_type_once(self) -> JiraConfig:
         both = sorted(set(self.link_types) & set(self.ignored_link_types))
         if both:
-            raise ValueError(f"link types {both} are both mapped (link_types) and ignored (ignored_link_types)")
+            raise ValueError(
+                f"link types {both} are both mapped (link_types) and ignored (ignored_link_types)"
+            )
         return self
 
 
 class DataConfig(Section):
-    tickets: str | None = Field(None, description="Tickets {id, title, description, category, project, created}; "
-                                "with format jira: a Jira export (a search-response page or one issue per "
-                                "file, or a folder or S3 prefix of them)")
+    tickets: str | None = Field(
+        None,
+        description="Tickets {id, title, description, category, project, created}; "
+        "with format jira: a Jira export (a search-response page or one issue per "
+        "file, or a folder or S3 prefix of them)",
+    )
     links: str | None = Field(None, description="Links {source, target, relation}")
     pairs: str | None = Field(None, description="Prebuilt training pairs {text_a, text_b, score}")
-    relationship_pairs: str | None = Field(None, description="Optional {text_a, text_b, relation} for the classifier")
+    relationship_pairs: str | None = Field(
+        None, description="Optional {text_a, text_b, relation} for the classifier"
+    )
     format: Literal["auto", "jsonl", "json", "csv", "jira"] = Field(
-        "auto", description="auto picks by file extension; jira: data.tickets is a Jira REST API export, tickets "
-        "and links are made from it (data.jira)")
-    on_error: Literal["fail", "skip"] = Field("fail", description="fail on the first bad file, or skip and count bad rows")
+        "auto",
+        description="auto picks by file extension; jira: data.tickets is a Jira REST API export, tickets "
+        "and links are made from it (data.jira)",
+    )
+    on_error: Literal["fail", "skip"] = Field(
+        "fail", description="fail on the first bad file, or skip and count bad rows"
+    )
     text_template: str = Field("{title}\n{description}", description="How a ticket becomes text")
     relations: list[str] = Field(list(RELATIONS), description="Relations accepted in links")
     jira: JiraConfig = Field(default_factory=JiraConfig)
@@ -128,16 +153,20 @@ class DataConfig(Section):
         if self.links and not self.tickets:
             raise ValueError("data.links needs data.tickets")
         if self.format == "jira" and (self.links or self.pairs or self.relationship_pairs):
-            raise ValueError("format jira makes the links from the export's issuelinks: set only data.tickets")
+            raise ValueError(
+                "format jira makes the links from the export's issuelinks: set only data.tickets"
+            )
         return self
 
     @model_validator(mode="after")
     def _jira_relations_known(self) -> DataConfig:
         for name, link_type in self.jira.link_types.items() if self.format == "jira" else ():
             if link_type.relation not in self.relations:
-                raise ValueError(f"data.jira.link_types '{name}': relation '{link_type.relation}' is not one of "
-                                 f"data.relations ({', '.join(self.relations)}); to leave the type out, move it "
-                                 "to data.jira.ignored_link_types")
+                raise ValueError(
+                    f"data.jira.link_types '{name}': relation '{link_type.relation}' is not one of "
+                    f"data.relations ({', '.join(self.relations)}); to leave the type out, move it "
+                    "to data.jira.ignored_link_types"
+                )
         return self
 
     @field_validator("text_template")
@@ -146,7 +175,9 @@ class DataConfig(Section):
         problem = template_problem(value)
         if problem:
             allowed = ", ".join(f"{{{name}}}" for name in TEMPLATE_FIELDS)
-            raise ValueError(f"may use {allowed} as plain fields, and {{{{ }}}} for a literal brace: {problem}")
+            raise ValueError(
+                f"may use {allowed} as plain fields, and {{{{ }}}} for a literal brace: {problem}"
+            )
         return value
 
 
@@ -183,7 +214,9 @@ def _clip_placeholder(name: str) -> str:
 
 
 class OutputConfig(Section):
-    uri: str = Field("./output", description="Runs are written under <uri>/<run_id>/ (local path, file:// or s3://)")
+    uri: str = Field(
+        "./output", description="Runs are written under <uri>/<run_id>/ (local path, file:// or s3://)"
+    )
 
     @field_validator("uri")
     @classmethod
@@ -205,11 +238,20 @@ class ModelConfig(Section):
         description=f"Hub id, local directory, s3:// prefix, or {OFFLINE_MINILM} (a package that ships the model)",
     )
     max_seq_length: int = Field(256, gt=0, le=8192, description="Capped at the model's own position limit")
-    encode_batch_size: int = Field(64, gt=0, description="Texts per forward pass when encoding (mining, evaluate, index)")
-    text_prefix: str = Field("", max_length=200, description="Prepended to every ticket text, in training and "
-                             "inference (e5 models want 'query: '); saved with the model as its default prompt")
-    card_samples: bool = Field(False, description="Put a few test pairs' ticket text in the model card (model/README.md); "
-                               "off by default: the card travels to registries and other teams")
+    encode_batch_size: int = Field(
+        64, gt=0, description="Texts per forward pass when encoding (mining, evaluate, index)"
+    )
+    text_prefix: str = Field(
+        "",
+        max_length=200,
+        description="Prepended to every ticket text, in training and "
+        "inference (e5 models want 'query: '); saved with the model as its default prompt",
+    )
+    card_samples: bool = Field(
+        False,
+        description="Put a few test pairs' ticket text in the model card (model/README.md); "
+        "off by default: the card travels to registries and other teams",
+    )
 
 
 class SplitConfig(Section):
@@ -237,27 +279,52 @@ def _default_negative_mix() -> dict[str, float]:
 
 class PairsConfig(Section):
     negatives_per_positive: int = Field(3, ge=0, description="Negative pairs made per positive pair")
-    negative_mix: dict[str, float] = Field(default_factory=_default_negative_mix,
-                                           description="Weight of each negative strategy of job/data/negatives.py: "
-                                           f"{describe_negatives()}; triplets draw theirs from the ranked ones "
-                                           "(mined, bm25) in these proportions")
+    negative_mix: dict[str, float] = Field(
+        default_factory=_default_negative_mix,
+        description="Weight of each negative strategy of job/data/negatives.py: "
+        f"{describe_negatives()}; triplets draw theirs from the ranked ones "
+        "(mined, bm25) in these proportions",
+    )
     mine_hard_negatives: bool = Field(True, description="Mine hard negatives with the base model")
-    mining_margin: float = Field(0.05, ge=0, le=1, description="A mined negative must be this much less similar than the positive")
+    mining_margin: float = Field(
+        0.05, ge=0, le=1, description="A mined negative must be this much less similar than the positive"
+    )
     mining_top_k: int = Field(10, gt=0, description="Nearest tickets a mined negative is drawn from")
-    mining_pool_size: int = Field(2048, gt=0, description="Tickets mining ranks against: the kept pairs' tickets, "
-                                  "filled up with a seeded sample of the train split")
-    triplet_relations: list[str] = Field(["duplicate", "clones"], description="Links that become (anchor, "
-                                         "positive, mined negative) triplets for the ranking loss, both directions")
-    related_relations: list[str] = Field([], description="Links that become triplets of a second, weaker ranking "
-                                         "objective (e.g. [relates, causes, depends, blocks]); empty: off")
-    related_share: float = Field(0.25, ge=0, le=1, description="Share of train.max_pairs for related_relations triplets")
-    title_body: bool = Field(False, description="Pair each train ticket's title with its description (linked or "
-                             "not) as a third ranking objective: a short summary must find its ticket's body")
-    title_body_share: float = Field(0.5, ge=0, le=1, description="Share of train.max_pairs for title/description pairs")
-    relation_scores: dict[str, float] = Field(default_factory=_default_relation_scores,
-                                              description="Target similarity of a linked pair, per relation")
+    mining_pool_size: int = Field(
+        2048,
+        gt=0,
+        description="Tickets mining ranks against: the kept pairs' tickets, "
+        "filled up with a seeded sample of the train split",
+    )
+    triplet_relations: list[str] = Field(
+        ["duplicate", "clones"],
+        description="Links that become (anchor, "
+        "positive, mined negative) triplets for the ranking loss, both directions",
+    )
+    related_relations: list[str] = Field(
+        [],
+        description="Links that become triplets of a second, weaker ranking "
+        "objective (e.g. [relates, causes, depends, blocks]); empty: off",
+    )
+    related_share: float = Field(
+        0.25, ge=0, le=1, description="Share of train.max_pairs for related_relations triplets"
+    )
+    title_body: bool = Field(
+        False,
+        description="Pair each train ticket's title with its description (linked or "
+        "not) as a third ranking objective: a short summary must find its ticket's body",
+    )
+    title_body_share: float = Field(
+        0.5, ge=0, le=1, description="Share of train.max_pairs for title/description pairs"
+    )
+    relation_scores: dict[str, float] = Field(
+        default_factory=_default_relation_scores,
+        description="Target similarity of a linked pair, per relation",
+    )
     augment_per_positive: int = Field(1, ge=0, description="Word-drop / word-swap copies per train positive")
-    word_drop_prob: float = Field(0.15, ge=0, lt=1, description="Chance a word is dropped in an augmented copy")
+    word_drop_prob: float = Field(
+        0.15, ge=0, lt=1, description="Chance a word is dropped in an augmented copy"
+    )
     split: SplitConfig = Field(default_factory=SplitConfig)
 
     @field_validator("negative_mix")
@@ -265,8 +332,10 @@ class PairsConfig(Section):
     def _known_strategies(cls, mix: dict[str, float]) -> dict[str, float]:
         for name, weight in mix.items():
             if name not in NEGATIVE_STRATEGIES:
-                raise ValueError(f"unknown negative strategy: expected one of {', '.join(NEGATIVE_STRATEGIES)} "
-                                 "(job/data/negatives.py)")
+                raise ValueError(
+                    f"unknown negative strategy: expected one of {', '.join(NEGATIVE_STRATEGIES)} "
+                    "(job/data/negatives.py)"
+                )
             if not math.isfinite(weight) or weight < 0:
                 raise ValueError(f"weight for '{name}' must be a finite number >= 0")
         return mix
@@ -275,10 +344,14 @@ class PairsConfig(Section):
     def _objectives_apart(self) -> PairsConfig:
         both = sorted(set(self.triplet_relations) & set(self.related_relations))
         if both:
-            raise ValueError(f"relations {both} are in both triplet_relations and related_relations: a link "
-                             "is a duplicate-like positive or a related one, not both")
-        if (self.related_relations and self.title_body and self.related_share + self.title_body_share >= 1):
-            raise ValueError("related_share + title_body_share must leave part of max_pairs for the links' own rows")
+            raise ValueError(
+                f"relations {both} are in both triplet_relations and related_relations: a link "
+                "is a duplicate-like positive or a related one, not both"
+            )
+        if self.related_relations and self.title_body and self.related_share + self.title_body_share >= 1:
+            raise ValueError(
+                "related_share + title_body_share must leave part of max_pairs for the links' own rows"
+            )
         return self
 
     @field_validator("relation_scores")
@@ -291,29 +364,56 @@ class PairsConfig(Section):
 
 
 class TrainConfig(Section):
-    epochs: int = Field(3, gt=0, description="Passes over the training rows; with more than one, the best val epoch is kept")
-    batch_size: int = Field(32, gt=0, description="Rows per step (per GPU under DDP); in-batch negatives for mnrl")
+    epochs: int = Field(
+        3, gt=0, description="Passes over the training rows; with more than one, the best val epoch is kept"
+    )
+    batch_size: int = Field(
+        32, gt=0, description="Rows per step (per GPU under DDP); in-batch negatives for mnrl"
+    )
     learning_rate: float = Field(2e-5, gt=0, lt=1, description="AdamW peak learning rate")
     warmup_ratio: float = Field(0.1, ge=0, lt=1, description="Share of the steps spent warming up")
     # mnrl: the val rule's pick on the unseen-project benchmark, on all four folds and on three seeds of two;
     # retrieval is level with it there (docs/benchmarks.md: Unseen projects; bench/results/unseen-dev.md).
     loss: str = Field("mnrl", description=f"One of job/embedding/losses.py's LOSSES: {describe_losses()}")
-    pair_loss: str = Field("cosent", description="The pair objective next to the ranking one when loss is "
-                           f"retrieval: one of {', '.join(PAIR_LOSSES)}")
-    retrieval_share: float = Field(0.5, ge=0, le=1, description="Share of max_pairs spent on triplets "
-                                   "when loss is retrieval")
-    related_weight: float = Field(0.5, gt=0, le=10, description="Weight of the related_relations ranking loss "
-                                  "(the duplicate one weighs 1): a related ticket is a weaker positive")
-    title_body_weight: float = Field(1.0, gt=0, le=10, description="Weight of the title/description ranking loss")
-    mnrl_mini_batch_size: int | None = Field(None, gt=0, description="Use CachedMultipleNegativesRankingLoss "
-                                             "with this mini-batch, so batch_size can exceed GPU memory")
-    precision: Literal["auto", "fp32", "fp16", "bf16"] = Field("auto", description="auto: bf16/fp16 on CUDA, fp32 on CPU")
+    pair_loss: str = Field(
+        "cosent",
+        description="The pair objective next to the ranking one when loss is "
+        f"retrieval: one of {', '.join(PAIR_LOSSES)}",
+    )
+    retrieval_share: float = Field(
+        0.5, ge=0, le=1, description="Share of max_pairs spent on triplets when loss is retrieval"
+    )
+    related_weight: float = Field(
+        0.5,
+        gt=0,
+        le=10,
+        description="Weight of the related_relations ranking loss "
+        "(the duplicate one weighs 1): a related ticket is a weaker positive",
+    )
+    title_body_weight: float = Field(
+        1.0, gt=0, le=10, description="Weight of the title/description ranking loss"
+    )
+    mnrl_mini_batch_size: int | None = Field(
+        None,
+        gt=0,
+        description="Use CachedMultipleNegativesRankingLoss "
+        "with this mini-batch, so batch_size can exceed GPU memory",
+    )
+    precision: Literal["auto", "fp32", "fp16", "bf16"] = Field(
+        "auto", description="auto: bf16/fp16 on CUDA, fp32 on CPU"
+    )
     seed: int = Field(42, ge=0, le=2**32 - 1, description="NumPy takes seeds in [0, 2**32)")
-    max_pairs: int | None = Field(None, gt=0, description="Cap on training rows (triplets + pairs), spent "
-                                  "before mining so mining encodes only what the kept rows need")
+    max_pairs: int | None = Field(
+        None,
+        gt=0,
+        description="Cap on training rows (triplets + pairs), spent "
+        "before mining so mining encodes only what the kept rows need",
+    )
     checkpoint_every_steps: int | None = Field(None, gt=0, description="Default: once per epoch")
     group_by_length: bool = Field(True, description="Batch pairs of similar length (less padding, faster)")
-    compile: bool = Field(False, description="torch.compile the model: slower first steps, faster after (CUDA)")
+    compile: bool = Field(
+        False, description="torch.compile the model: slower first steps, faster after (CUDA)"
+    )
 
     @field_validator("loss", "pair_loss")
     @classmethod
@@ -325,8 +425,12 @@ class TrainConfig(Section):
 
 
 class EvaluateConfig(Section):
-    positive_threshold: float = Field(0.5, gt=0, le=1, description="Pairs scored at or above this are positives")
-    retrieval_relations: list[str] = Field(["duplicate"], description="Links that count as a hit in retrieval")
+    positive_threshold: float = Field(
+        0.5, gt=0, le=1, description="Pairs scored at or above this are positives"
+    )
+    retrieval_relations: list[str] = Field(
+        ["duplicate"], description="Links that count as a hit in retrieval"
+    )
     chunk_size: int = Field(1024, gt=0, description="Queries scored at once in retrieval (bounds memory)")
 
 
@@ -335,8 +439,10 @@ class LexicalConfig(Section):
 
     k1: float = Field(1.2, ge=0, le=10, description="Term-frequency saturation (Lucene's default 1.2)")
     b: float = Field(0.75, ge=0, le=1, description="Length normalisation (Lucene's default 0.75)")
-    stopwords: Literal["en", "none"] = Field("en", description="en: Lucene's 33 English stop words "
-                                             "(Elasticsearch's _english_); none keeps every word")
+    stopwords: Literal["en", "none"] = Field(
+        "en",
+        description="en: Lucene's 33 English stop words (Elasticsearch's _english_); none keeps every word",
+    )
 
 
 def _default_weight_grid() -> list[float]:
@@ -347,13 +453,21 @@ class FusionConfig(Section):
     """How the model's cosine and BM25 become one ranking (job/retrieval/fusion.py)."""
 
     method: Literal["minmax", "rrf"] = Field(
-        "minmax", description="minmax: per query, min-max normalise both scores over the candidates, then a "
+        "minmax",
+        description="minmax: per query, min-max normalise both scores over the candidates, then a "
         "weighted sum (OpenSearch's normalization processor, Elasticsearch's linear retriever); rrf: weighted "
-        "reciprocal rank fusion")
-    weight: float | None = Field(None, ge=0, le=1, description="Weight of the lexical score (the dense one gets "
-                                 "1 - weight); null: chosen on val duplicate retrieval from weight_grid")
-    weight_grid: list[float] = Field(default_factory=_default_weight_grid, min_length=1,
-                                     description="Lexical weights val chooses from")
+        "reciprocal rank fusion",
+    )
+    weight: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="Weight of the lexical score (the dense one gets "
+        "1 - weight); null: chosen on val duplicate retrieval from weight_grid",
+    )
+    weight_grid: list[float] = Field(
+        default_factory=_default_weight_grid, min_length=1, description="Lexical weights val chooses from"
+    )
     rrf_k: int = Field(60, gt=0, description="rrf: the rank constant k in 1 / (k + rank)")
 
     @field_validator("weight_grid")
@@ -375,17 +489,33 @@ class CrossEncoderConfig(Section):
     """The cross-encoder relation classifier (classify.method: cross_encoder)."""
 
     start_from: Literal["base", "finetuned"] = Field(
-        "finetuned", description="Initial transformer: the bi-encoder fine-tuned by the train step, or model.base "
-        "(finetuned had the better val macro-F1 on dev, bench/results/classifier-methods-dev.md)")
+        "finetuned",
+        description="Initial transformer: the bi-encoder fine-tuned by the train step, or model.base "
+        "(finetuned had the better val macro-F1 on dev, bench/results/classifier-methods-dev.md)",
+    )
     epochs: int = Field(3, gt=0, description="The epoch with the best val macro-F1 is kept")
     batch_size: int = Field(16, gt=0, description="Ticket pairs per step")
-    learning_rate: float = Field(1e-4, gt=0, lt=1, description="The classification head starts untrained: at "
-                                 "3e-5 the loss did not move in an epoch on dev, at 1e-4 it learns")
+    learning_rate: float = Field(
+        1e-4,
+        gt=0,
+        lt=1,
+        description="The classification head starts untrained: at "
+        "3e-5 the loss did not move in an epoch on dev, at 1e-4 it learns",
+    )
     warmup_ratio: float = Field(0.1, ge=0, lt=1, description="Share of the steps spent warming up")
-    max_length: int = Field(256, gt=0, le=8192, description="Tokens of both tickets together (each is cut to "
-                            "half when both are long); capped at the model's own position limit")
-    max_train_rows: int | None = Field(None, gt=0, description="Cap on training rows (after both orders of "
-                                       "the symmetric relations are added); a seeded sample keeps every class")
+    max_length: int = Field(
+        256,
+        gt=0,
+        le=8192,
+        description="Tokens of both tickets together (each is cut to "
+        "half when both are long); capped at the model's own position limit",
+    )
+    max_train_rows: int | None = Field(
+        None,
+        gt=0,
+        description="Cap on training rows (after both orders of "
+        "the symmetric relations are added); a seeded sample keeps every class",
+    )
 
 
 def onnx_export_available() -> bool:
@@ -396,67 +526,111 @@ def onnx_export_available() -> bool:
 
 
 class ExportConfig(Section):
-    onnx: bool = Field(default_factory=onnx_export_available,
-                       description="Write ONNX fp32 and int8 variants of the model under model/onnx/, scored by "
-                       "evaluate; default: on when onnx and onnxruntime are installed")
-    max_metric_drop: float = Field(0.01, ge=0, le=1, description="A variant whose test recall@10 or average "
-                                   "precision is more than this below the PyTorch model's is not written")
-    gate_tickets: int = Field(2000, ge=50, description="The variants are scored beside the PyTorch model on at "
-                              "most this many test tickets (whole link components, seeded); the whole test split "
-                              "when smaller")
+    onnx: bool = Field(
+        default_factory=onnx_export_available,
+        description="Write ONNX fp32 and int8 variants of the model under model/onnx/, scored by "
+        "evaluate; default: on when onnx and onnxruntime are installed",
+    )
+    max_metric_drop: float = Field(
+        0.01,
+        ge=0,
+        le=1,
+        description="A variant whose test recall@10 or average "
+        "precision is more than this below the PyTorch model's is not written",
+    )
+    gate_tickets: int = Field(
+        2000,
+        ge=50,
+        description="The variants are scored beside the PyTorch model on at "
+        "most this many test tickets (whole link components, seeded); the whole test split "
+        "when smaller",
+    )
 
     @field_validator("onnx")
     @classmethod
     def _dependencies_installed(cls, wanted: bool) -> bool:
         if wanted and not onnx_export_available():
-            raise ValueError("needs the packages onnx and onnxruntime (pip install '.[onnx]'); set it to false")
+            raise ValueError(
+                "needs the packages onnx and onnxruntime (pip install '.[onnx]'); set it to false"
+            )
         return wanted
 
 
 class ClassifyConfig(Section):
     enabled: bool = Field(True, description="Train the relation classifier")
-    method: str = Field("logistic", description="One of job/relations/methods.py's RELATION_CLASSIFIERS: "
-                        f"{describe_methods()}")
-    min_class_count: int = Field(10, ge=1, description="Relations with fewer train links are dropped and reported")
+    method: str = Field(
+        "logistic",
+        description=f"One of job/relations/methods.py's RELATION_CLASSIFIERS: {describe_methods()}",
+    )
+    min_class_count: int = Field(
+        10, ge=1, description="Relations with fewer train links are dropped and reported"
+    )
     smote: bool = Field(True, description="logistic only: oversample rare classes")
     class_weight: Literal["balanced", "none"] = Field(
-        "balanced", description="balanced: rare relations weigh more (logistic's class weights, the "
-        "cross-encoder's loss weights)")
+        "balanced",
+        description="balanced: rare relations weigh more (logistic's class weights, the "
+        "cross-encoder's loss weights)",
+    )
     cross_encoder: CrossEncoderConfig = Field(default_factory=CrossEncoderConfig)
 
     @field_validator("method")
     @classmethod
     def _in_the_classifier_table(cls, name: str) -> str:
         if name not in RELATION_CLASSIFIERS:
-            raise ValueError(f"expected one of {', '.join(RELATION_CLASSIFIERS)} "
-                             "(job/relations/methods.py)")
+            raise ValueError(f"expected one of {', '.join(RELATION_CLASSIFIERS)} (job/relations/methods.py)")
         return name
 
 
 class PromoteConfig(Section):
     # What the "similar tickets" feature shows: the top 10 of the fused ranking, for every input (pool
     # retrieval needs no creation dates; its time-aware twin counts fewer queries).
-    metric: str = Field("hybrid_recall_at_10", description="Key of metrics.json's 'finetuned' section to compare "
-                        "(hybrid_recall_at_10: the duplicates found in the top 10 of the fused ranking)")
-    margin: float = Field(0.0, ge=0, le=1, description="A new run may be at most this much worse and still be promoted")
-    pointer: str = Field("promoted.json", description="Pointer object under output.uri naming the promoted run")
-    refresh_history: bool = Field(True, description="After each decision, rewrite history.json and history.png "
-                                  "at the top of output.uri (reads every run's records; `finetune-job history` "
-                                  "does the same on demand)")
+    metric: str = Field(
+        "hybrid_recall_at_10",
+        description="Key of metrics.json's 'finetuned' section to compare "
+        "(hybrid_recall_at_10: the duplicates found in the top 10 of the fused ranking)",
+    )
+    margin: float = Field(
+        0.0, ge=0, le=1, description="A new run may be at most this much worse and still be promoted"
+    )
+    pointer: str = Field(
+        "promoted.json", description="Pointer object under output.uri naming the promoted run"
+    )
+    refresh_history: bool = Field(
+        True,
+        description="After each decision, rewrite history.json and history.png "
+        "at the top of output.uri (reads every run's records; `finetune-job history` "
+        "does the same on demand)",
+    )
 
 
 class DriftConfig(Section):
     """Bounds past which prepare logs a warning that this run's inputs moved away from the promoted run's."""
 
-    max_count_change: float = Field(0.5, ge=0, description="Relative change in ticket or link count "
-                                    "(0.5: half as many or 1.5 times as many)")
-    max_relation_shift: float = Field(0.15, ge=0, le=1, description="Share of links whose relation would have to "
-                                      "change to match the promoted run's mix (total variation distance)")
-    max_length_shift: float = Field(0.15, ge=0, le=1, description="Largest gap between the cumulative text length "
-                                    "distributions (binned Kolmogorov-Smirnov distance)")
-    max_new_test_share: float = Field(0.5, ge=0, le=1, description="Share of test tickets the promoted run never saw")
-    warn_on_new_projects: bool = Field(True, description="Warn when tickets come from a project the promoted run "
-                                       "had none of")
+    max_count_change: float = Field(
+        0.5,
+        ge=0,
+        description="Relative change in ticket or link count (0.5: half as many or 1.5 times as many)",
+    )
+    max_relation_shift: float = Field(
+        0.15,
+        ge=0,
+        le=1,
+        description="Share of links whose relation would have to "
+        "change to match the promoted run's mix (total variation distance)",
+    )
+    max_length_shift: float = Field(
+        0.15,
+        ge=0,
+        le=1,
+        description="Largest gap between the cumulative text length "
+        "distributions (binned Kolmogorov-Smirnov distance)",
+    )
+    max_new_test_share: float = Field(
+        0.5, ge=0, le=1, description="Share of test tickets the promoted run never saw"
+    )
+    warn_on_new_projects: bool = Field(
+        True, description="Warn when tickets come from a project the promoted run had none of"
+    )
 
 
 class StorageConfig(Section):
@@ -464,7 +638,9 @@ class StorageConfig(Section):
     region: str = Field("us-east-1", description="S3 region (MinIO and SeaweedFS accept any)")
     path_style: bool = Field(True, description="Path-style addressing (MinIO, SeaweedFS)")
     access_key_id: SecretStr | None = Field(None, description="Default: the AWS credential chain")
-    secret_access_key: SecretStr | None = Field(None, description="Default: the AWS chain; never logged or written")
+    secret_access_key: SecretStr | None = Field(
+        None, description="Default: the AWS chain; never logged or written"
+    )
     max_attempts: int = Field(6, ge=1, description="botocore retry attempts (adaptive mode)")
     multipart_threshold_mb: int = Field(64, gt=0, description="Uploads above this size go in parts")
 
@@ -472,33 +648,56 @@ class StorageConfig(Section):
 class RuntimeConfig(Section):
     work_dir: str | None = Field(None, description="Writable scratch space; default: a temp dir")
     cache_dir: str | None = Field(None, description="Model cache (HF_HOME); must be writable")
-    threads: int | None = Field(None, gt=0, description="Torch threads; default: the cores this process may use")
+    threads: int | None = Field(
+        None, gt=0, description="Torch threads; default: the cores this process may use"
+    )
     log_format: Literal["auto", "json", "console"] = Field(
-        "auto", description="auto: JSON lines when stdout is not a terminal (kubectl logs), readable lines on one")
-    metrics_dir: str | None = Field(None, description="Local folder where each step writes its key numbers, one "
-                                    "small file each (Argo output parameters, read into Prometheus metrics)")
-    lock_ttl_s: float = Field(120.0, ge=2, le=86_400, allow_inf_nan=False, description="A run lock whose heartbeat is older than this was left by "
-                              "a killed process and is taken over (heartbeat every ttl/4)")
+        "auto",
+        description="auto: JSON lines when stdout is not a terminal (kubectl logs), readable lines on one",
+    )
+    metrics_dir: str | None = Field(
+        None,
+        description="Local folder where each step writes its key numbers, one "
+        "small file each (Argo output parameters, read into Prometheus metrics)",
+    )
+    lock_ttl_s: float = Field(
+        120.0,
+        ge=2,
+        le=86_400,
+        allow_inf_nan=False,
+        description="A run lock whose heartbeat is older than this was left by "
+        "a killed process and is taken over (heartbeat every ttl/4)",
+    )
 
 
 class JiraApiConfig(Section):
     """Where and how `finetune-job export-jira` reads a live Jira (job/data/jira_export.py); it writes to data.tickets."""
 
     url: str | None = Field(None, description="Jira's base URL, e.g. https://issues.example.com (--url)")
-    jql: str | None = Field(None, description="The search, e.g. 'project = OPS ORDER BY key' (--jql); order by "
-                            "something that does not change during the export, or pages can shift")
-    token_env: str = Field("JIRA_TOKEN", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
-                           description="Environment variable holding the API token (never printed); unset: "
-                           "anonymous requests")
-    token: SecretStr | None = Field(None, description="The token itself; default: read from the variable "
-                                    "token_env names")
-    user: str | None = Field(None, description="Jira Cloud: the account's e-mail (basic auth with the token); "
-                             "unset: the token is sent as a bearer token (Jira Server / Data Center)")
+    jql: str | None = Field(
+        None,
+        description="The search, e.g. 'project = OPS ORDER BY key' (--jql); order by "
+        "something that does not change during the export, or pages can shift",
+    )
+    token_env: str = Field(
+        "JIRA_TOKEN",
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        description="Environment variable holding the API token (never printed); unset: anonymous requests",
+    )
+    token: SecretStr | None = Field(
+        None, description="The token itself; default: read from the variable token_env names"
+    )
+    user: str | None = Field(
+        None,
+        description="Jira Cloud: the account's e-mail (basic auth with the token); "
+        "unset: the token is sent as a bearer token (Jira Server / Data Center)",
+    )
     page_size: int = Field(100, ge=1, le=1000, description="maxResults per request (Jira Cloud allows 100)")
     max_attempts: int = Field(6, ge=1, description="Tries per page on 429, 5xx, timeouts and cut responses")
     timeout_s: float = Field(60.0, gt=0, description="Per request")
-    max_retry_wait_s: float = Field(120.0, ge=0, description="Longest Retry-After honoured; a longer one stops "
-                                    "the export (exit 75)")
+    max_retry_wait_s: float = Field(
+        120.0, ge=0, description="Longest Retry-After honoured; a longer one stops the export (exit 75)"
+    )
 
     @field_validator("url")
     @classmethod
@@ -508,8 +707,9 @@ class JiraApiConfig(Section):
         if not url.startswith(("http://", "https://")) or len(url.split("://", 1)[1]) == 0:
             raise ValueError("expected an http:// or https:// URL")
         if url_userinfo(url) is not None:
-            raise ValueError("holds credentials; they are not sent: put the token in the variable "
-                             "jira_api.token_env names")
+            raise ValueError(
+                "holds credentials; they are not sent: put the token in the variable jira_api.token_env names"
+            )
         return url.rstrip("/")
 
 
@@ -535,7 +735,9 @@ class JobConfig(Section):
         for name in ("tickets", "links", "pairs", "relationship_pairs"):
             uri = getattr(self.data, name)
             if uri and _is_within(out, _input_folder(uri, self.data.format)):
-                raise ValueError(f"output.uri '{self.output.uri}' is inside the folder of data.{name} '{uri}'")
+                raise ValueError(
+                    f"output.uri '{self.output.uri}' is inside the folder of data.{name} '{uri}'"
+                )
         return self
 
     def redacted(self) -> dict[str, Any]:
@@ -577,7 +779,9 @@ class LoadedConfig:
     def secrets(self) -> list[str]:
         """Every secret value this run knows of, for the log redactor."""
         storage, jira = self.config.storage, self.config.jira_api
-        found = [s.get_secret_value() for s in (storage.access_key_id, storage.secret_access_key, jira.token) if s]
+        found = [
+            s.get_secret_value() for s in (storage.access_key_id, storage.secret_access_key, jira.token) if s
+        ]
         found += url_credentials(storage.endpoint_url or "")
         return [s for s in found if s]
 
@@ -605,7 +809,9 @@ class _NoAliasLoader(yaml.SafeLoader):
     def compose_node(self, parent: Any, index: Any) -> Any:
         if self.check_event(yaml.AliasEvent):
             event = self.peek_event()
-            raise ConfigError(f"YAML aliases are not allowed in a config file (line {event.start_mark.line + 1})")
+            raise ConfigError(
+                f"YAML aliases are not allowed in a config file (line {event.start_mark.line + 1})"
+            )
         return super().compose_node(parent, index)
 
     def construct_mapping(self, node: Any, deep: bool = False) -> dict[Any, Any]:
@@ -627,8 +833,10 @@ class _DuplicateKey(Exception):
 
     def describe(self, path: str) -> str:
         first = f" (first at line {self.first_line})" if self.first_line else ""
-        return f"{path}:{self.line}: key '{_clip_placeholder(self.key)}' appears twice in one mapping{first}: " \
-               "expected each key once"
+        return (
+            f"{path}:{self.line}: key '{_clip_placeholder(self.key)}' appears twice in one mapping{first}: "
+            "expected each key once"
+        )
 
 
 def read_config_file(path: str) -> dict[str, Any]:
@@ -644,7 +852,11 @@ def read_config_file(path: str) -> dict[str, Any]:
     except UnicodeDecodeError as exc:
         raise ConfigError(f"config file {path} is not UTF-8 (byte {exc.start})") from exc
     try:
-        data = _parse_json_config(text) if Path(path).suffix == ".json" else yaml.load(text, Loader=_NoAliasLoader)  # noqa: S506
+        data = (
+            _parse_json_config(text)
+            if Path(path).suffix == ".json"
+            else yaml.load(text, Loader=_NoAliasLoader)  # noqa: S506
+        )
     except json.JSONDecodeError as exc:
         raise ConfigError(f"{path}:{exc.lineno}: invalid JSON: {exc.msg}") from exc
     except yaml.YAMLError as exc:
@@ -654,7 +866,9 @@ def read_config_file(path: str) -> dict[str, Any]:
     except _DuplicateKey as exc:
         raise ConfigError(exc.describe(path)) from None
     except RecursionError:
-        raise ConfigError(f"config file {path} is nested too deeply: a config is sections of settings") from None
+        raise ConfigError(
+            f"config file {path} is nested too deeply: a config is sections of settings"
+        ) from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -793,9 +1007,11 @@ def _unflatten(flat: Mapping[str, Any], sources: Mapping[str, str]) -> dict[str,
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 section = ".".join(parents[:depth])
-                raise ConfigError(f"{section} (from {sources.get(section, 'a source')}) is set to a single value, "
-                                  f"and {path} (from {sources.get(path, 'a source')}) inside it: expected a "
-                                  "section of settings")
+                raise ConfigError(
+                    f"{section} (from {sources.get(section, 'a source')}) is set to a single value, "
+                    f"and {path} (from {sources.get(path, 'a source')}) inside it: expected a "
+                    "section of settings"
+                )
         node[leaf] = value
     return nested
 
@@ -847,7 +1063,9 @@ def _jira_token_from_env(merged: dict[str, Any], sources: dict[str, str], enviro
 def _require_known(key: str, origin: str) -> None:
     if not _known_key(key):
         section = key.split(".")[0]
-        hint = "" if section in JobConfig.model_fields else f" (sections: {', '.join(JobConfig.model_fields)})"
+        hint = (
+            "" if section in JobConfig.model_fields else f" (sections: {', '.join(JobConfig.model_fields)})"
+        )
         raise ConfigError(f"unknown config key '{printable(key)}' in {origin}{hint}")
 
 
@@ -874,7 +1092,10 @@ def _may_quote(key: str, error_type: str) -> bool:
     (`storage.secert_access_key`) may well hold a secret."""
     if error_type == "extra_forbidden" or not _known_key(key):
         return False
-    return not any(word in key.rsplit(".", 1)[-1] for word in _SECRET_WORDS) and _field_type(key) is not SecretStr
+    return (
+        not any(word in key.rsplit(".", 1)[-1] for word in _SECRET_WORDS)
+        and _field_type(key) is not SecretStr
+    )
 
 
 def describe_sources(loaded: LoadedConfig) -> list[tuple[str, Any, str]]:

@@ -68,8 +68,10 @@ def _rows(model: type[Section], path: list[str]) -> list[str]:
             rows += _rows(nested, key)
             continue
         env = ENV_PREFIX + "__".join(k.upper() for k in key)
-        rows.append(f"| `{'.'.join(key)}` | {_cell(_type_name(info.annotation))} | `{_cell(_default(info))}` | "
-                    f"`{env}` | {_cell(info.description or '')} |")
+        rows.append(
+            f"| `{'.'.join(key)}` | {_cell(_type_name(info.annotation))} | `{_cell(_default(info))}` | "
+            f"`{env}` | {_cell(info.description or '')} |"
+        )
     return rows
 
 
@@ -78,9 +80,16 @@ def reference() -> str:
     for name, info in JobConfig.model_fields.items():
         section = _section_type(info.annotation)
         assert section is not None, f"top-level setting {name} is not a section"
-        lines += [f"## `{name}`", "", _cell((section.__doc__ or "").strip()) if section.__doc__ else "", "",
-                  "| setting | type | default | environment | what it does |", "|---|---|---|---|---|",
-                  *_rows(section, [name]), ""]
+        lines += [
+            f"## `{name}`",
+            "",
+            _cell((section.__doc__ or "").strip()) if section.__doc__ else "",
+            "",
+            "| setting | type | default | environment | what it does |",
+            "|---|---|---|---|---|",
+            *_rows(section, [name]),
+            "",
+        ]
     return "\n".join(line for n, line in enumerate(lines) if line or lines[n - 1]) + "\n"
 
 

@@ -53,9 +53,13 @@ def main(config_file: str) -> None:
     for rank, s in enumerate(suggestions, start=1):
         mark = "  <- its duplicate" if s.id in earlier[query] else ""
         text = tickets[s.id]["text"].split("\n")[0] if s.id in tickets else ""
-        click.echo(f"  {rank}. {s.id}  hybrid {s.hybrid:.3f} (dense {s.dense:.3f}, BM25 {s.lexical:.2f})  {text}{mark}")
+        click.echo(
+            f"  {rank}. {s.id}  hybrid {s.hybrid:.3f} (dense {s.dense:.3f}, BM25 {s.lexical:.2f})  {text}{mark}"
+        )
     hit = any(s.id in earlier[query] for s in suggestions)
-    click.echo(f"the true duplicate ({', '.join(sorted(earlier[query]))}) is {'' if hit else 'not '}among the top 3")
+    click.echo(
+        f"the true duplicate ({', '.join(sorted(earlier[query]))}) is {'' if hit else 'not '}among the top 3"
+    )
 
 
 if __name__ == "__main__":

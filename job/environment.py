@@ -38,9 +38,19 @@ def environment_info(device: str | None = None) -> dict[str, Any]:
     info: dict[str, Any] = {
         "python": platform.python_version(),
         "platform": platform.platform(),
-        "libraries": {name: version(name) for name in (
-            "torch", "sentence-transformers", "transformers", "scikit-learn", "numpy", "imbalanced-learn",
-            "boto3", "ticket-finetune-job")},
+        "libraries": {
+            name: version(name)
+            for name in (
+                "torch",
+                "sentence-transformers",
+                "transformers",
+                "scikit-learn",
+                "numpy",
+                "imbalanced-learn",
+                "boto3",
+                "ticket-finetune-job",
+            )
+        },
         "cuda": torch.version.cuda,
         "cuda_available": torch.cuda.is_available(),
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
@@ -57,8 +67,14 @@ def git_revision() -> str | None:
     if stamp.exists():
         return stamp.read_text().strip() or None
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
-                             text=True, timeout=5, check=False)
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=False,
+        )
     except (OSError, subprocess.TimeoutExpired):
         return None
     return out.stdout.strip() or None if out.returncode == 0 else None

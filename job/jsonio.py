@@ -9,11 +9,15 @@ from typing import Any
 
 def to_json(value: Any) -> bytes:
     """Strict JSON (RFC 8259): a NaN or an infinity, which strict readers refuse, is written as null."""
-    return (json.dumps(finite(value), indent=2, ensure_ascii=False, default=str, allow_nan=False) + "\n").encode("utf-8")
+    return (
+        json.dumps(finite(value), indent=2, ensure_ascii=False, default=str, allow_nan=False) + "\n"
+    ).encode("utf-8")
 
 
 def to_jsonl(rows: list[dict[str, Any]]) -> bytes:
-    return "".join(json.dumps(finite(r), ensure_ascii=False, allow_nan=False) + "\n" for r in rows).encode("utf-8")
+    return "".join(json.dumps(finite(r), ensure_ascii=False, allow_nan=False) + "\n" for r in rows).encode(
+        "utf-8"
+    )
 
 
 def finite(value: Any) -> Any:

@@ -40,7 +40,7 @@ def redact_url_userinfo(text: str) -> str:
         return text
     whole = _URL_VALUE.match(text)
     if whole:
-        return f"{whole.group('scheme')}{REDACTED}@" + text[whole.end():]
+        return f"{whole.group('scheme')}{REDACTED}@" + text[whole.end() :]
     return _URL_USERINFO.sub(lambda m: f"{m.group('scheme')}{REDACTED}@", text)
 
 
@@ -96,7 +96,9 @@ def configure_logging(log_format: str = "auto", secrets: Iterable[str] = (), str
     secrets = list(secrets)
     stream = stream or sys.stdout
     use_json = log_format == "json" or (log_format == "auto" and not stream.isatty())
-    renderer: Any = structlog.processors.JSONRenderer() if use_json else structlog.dev.ConsoleRenderer(colors=False)
+    renderer: Any = (
+        structlog.processors.JSONRenderer() if use_json else structlog.dev.ConsoleRenderer(colors=False)
+    )
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
@@ -111,12 +113,23 @@ def configure_logging(log_format: str = "auto", secrets: Iterable[str] = (), str
         cache_logger_on_first_use=False,
     )
     # Libraries' own chatter (transformers, urllib3) stays at warnings, on stderr.
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s"
+    )
     for handler in logging.getLogger().handlers:
         for old in [f for f in handler.filters if isinstance(f, _RedactingFilter)]:
             handler.removeFilter(old)
         handler.addFilter(_RedactingFilter(secrets))
-    for noisy in ("transformers", "sentence_transformers", "datasets", "urllib3", "botocore", "filelock", "httpx", "bm25s"):
+    for noisy in (
+        "transformers",
+        "sentence_transformers",
+        "datasets",
+        "urllib3",
+        "botocore",
+        "filelock",
+        "httpx",
+        "bm25s",
+    ):
         logging.getLogger(noisy).setLevel(logging.ERROR)
 
 
@@ -127,7 +140,9 @@ def get_logger(**context: Any) -> Any:
 class Progress:
     """Log `done/total`, rate and ETA every `interval_s` seconds (and at the end)."""
 
-    def __init__(self, log: Any, what: str, total: int, unit: str = "items", interval_s: float = 10.0) -> None:
+    def __init__(
+        self, log: Any, what: str, total: int, unit: str = "items", interval_s: float = 10.0
+    ) -> None:
         self.log, self.what, self.total, self.unit, self.interval_s = log, what, total, unit, interval_s
         self.done = 0
         self.start = self.last = time.monotonic()
@@ -150,9 +165,16 @@ class Progress:
         elapsed = max(now - self.start, 1e-9)
         rate = self.done / elapsed
         eta = (self.total - self.done) / rate if rate > 0 else None
-        self.log.info("progress", task=self.what, done=self.done, total=self.total, unit=self.unit,
-                      rate_per_s=round(rate, 2), elapsed_s=round(elapsed, 1),
-                      eta_s=None if eta is None else round(eta, 1))
+        self.log.info(
+            "progress",
+            task=self.what,
+            done=self.done,
+            total=self.total,
+            unit=self.unit,
+            rate_per_s=round(rate, 2),
+            elapsed_s=round(elapsed, 1),
+            eta_s=None if eta is None else round(eta, 1),
+        )
 
     def close(self) -> None:
         if self.bar is not None:

@@ -25,7 +25,9 @@ class Phases:
 
     seconds: dict[str, float] = field(default_factory=dict)
     entered: dict[str, int] = field(default_factory=dict)  # how often: a model loaded twice shows as 2
-    _open: list[list[object]] = field(default_factory=list)  # [name, started] of the phases entered, innermost last
+    _open: list[list[object]] = field(
+        default_factory=list
+    )  # [name, started] of the phases entered, innermost last
 
     @contextlib.contextmanager
     def phase(self, name: str) -> Iterator[None]:
@@ -48,7 +50,9 @@ class Phases:
         entry[1] = now
 
     def rounded(self) -> dict[str, float]:
-        return {name: round(seconds, 3) for name, seconds in sorted(self.seconds.items(), key=lambda kv: -kv[1])}
+        return {
+            name: round(seconds, 3) for name, seconds in sorted(self.seconds.items(), key=lambda kv: -kv[1])
+        }
 
     def counts(self) -> dict[str, int]:
         return dict(sorted(self.entered.items()))
@@ -83,7 +87,9 @@ def table(records: dict[str, dict[str, Any]]) -> str:
         parts = {str(k): float(v) for k, v in (record.get("phases_s") or {}).items()}
         parts["other"] = max(total - sum(parts.values()), 0.0)
         counts = record.get("phase_counts") or {}
-        shown = "  ".join(f"{name} {seconds:.1f}" + (f" (x{counts[name]})" if counts.get(name, 1) > 1 else "")
-                          for name, seconds in parts.items())
+        shown = "  ".join(
+            f"{name} {seconds:.1f}" + (f" (x{counts[name]})" if counts.get(name, 1) > 1 else "")
+            for name, seconds in parts.items()
+        )
         lines.append(f"{step:<9} {total:7.1f} s   {shown}")
     return "\n".join(lines)

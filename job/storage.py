@@ -44,6 +44,7 @@ class StorageSettings(Protocol):
     max_attempts: int
     multipart_threshold_mb: int
 
+
 CHUNK = 1 << 20
 # Input files (tickets, links, pairs) are read whole and parsed in memory, which takes several times
 # their size; the largest real export (Apache Jira dev) is 9.5 MB. Larger files are refused, not read.
@@ -95,6 +96,7 @@ class Store(Protocol):
     def where(self, key: str) -> str:
         """The key's full location, for messages (s3://bucket/prefix/key or a path)."""
         ...
+
     def read_bytes(self, key: str) -> bytes: ...
     def write_bytes(self, key: str, data: bytes) -> FileRecord: ...
     def upload_file(self, local: Path, key: str) -> FileRecord: ...
@@ -103,22 +105,27 @@ class Store(Protocol):
     def list_keys(self, prefix: str = "") -> list[tuple[str, int]]:
         """Files under `prefix` with their sizes; S3 "folder" marker objects are not files."""
         ...
+
     def list_folders(self) -> list[str]:
         """The names of the folders at the top of the store (a run per folder under output.uri), sorted."""
         ...
+
     def delete_prefix(self, prefix: str) -> None: ...
     def delete(self, key: str) -> None:
         """Remove one object; a missing one is not an error."""
         ...
+
     def read_versioned(self, key: str) -> Versioned | None:
         """The object and its version, None when it does not exist."""
         ...
+
     def replace_if_unchanged(self, key: str, data: bytes, version: str) -> bool:
         """Write `data` only if the object still has `version`; False if it changed or went away.
 
         A write whose answer was lost and retried is recognised by reading back `data`, so callers
         put something unique in it (a token, a time)."""
         ...
+
     def create_if_absent(self, key: str, data: bytes) -> bool:
         """Write `data` only if nothing is stored at `key`; False if something is (same rule for retries)."""
         ...
@@ -356,10 +363,28 @@ def _temp_beside(target: Path) -> Iterator[Path]:
 
 # ---------------------------------------------------------------- S3
 
-_TRANSIENT_CODES = {"SlowDown", "InternalError", "ServiceUnavailable", "RequestTimeout",
-                    "RequestTimeTooSkewed", "Throttling", "ThrottlingException", "500", "502", "503", "504"}
-_CREDENTIAL_CODES = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "InvalidToken",
-                     "ExpiredToken", "403", "Forbidden"}
+_TRANSIENT_CODES = {
+    "SlowDown",
+    "InternalError",
+    "ServiceUnavailable",
+    "RequestTimeout",
+    "RequestTimeTooSkewed",
+    "Throttling",
+    "ThrottlingException",
+    "500",
+    "502",
+    "503",
+    "504",
+}
+_CREDENTIAL_CODES = {
+    "InvalidAccessKeyId",
+    "SignatureDoesNotMatch",
+    "AccessDenied",
+    "InvalidToken",
+    "ExpiredToken",
+    "403",
+    "Forbidden",
+}
 _MISSING_CODES = {"NoSuchKey", "404", "NotFound"}
 # The server received other bytes than were sent: the transfer, not the request, was bad.
 _INTEGRITY_CODES = {"BadDigest", "InvalidDigest", "XAmzContentSHA256Mismatch", "InvalidChecksum"}
@@ -406,8 +431,9 @@ def _s3_error(exc: Exception, operation: str, where: str) -> StorageError:
         if code == "NoSuchBucket":
             return StorageError(f"{operation} {where}: the bucket does not exist", transient=False)
         if code in _CREDENTIAL_CODES:
-            return StorageError(f"{operation} {where}: access denied ({code}); check the S3 credentials",
-                                transient=False)
+            return StorageError(
+                f"{operation} {where}: access denied ({code}); check the S3 credentials", transient=False
+            )
         if code in _MISSING_CODES:
             return StorageError(f"{operation} {where}: not found", transient=False)
         if code in _INTEGRITY_CODES:
@@ -434,8 +460,9 @@ def _translated(operation: str, where: str) -> Iterator[None]:
     try:
         yield
     except RetriesExceededError as exc:  # s3transfer already retried a broken download several times
-        raise StorageError(f"{operation} {where}: the transfer kept breaking ({exc.last_exception!r})",
-                           transient=True) from None
+        raise StorageError(
+            f"{operation} {where}: the transfer kept breaking ({exc.last_exception!r})", transient=True
+        ) from None
     except (ClientError, BotoCoreError, Boto3Error, OSError) as exc:
         cause: Exception = exc
         if isinstance(exc, Boto3Error):  # s3transfer wraps the real error (S3UploadFailedError...)
@@ -458,10 +485,15 @@ def make_s3_client(cfg: StorageSettings) -> Any:
     kwargs: dict[str, Any] = {}
     if bool(cfg.access_key_id) != bool(cfg.secret_access_key):
         # One without the other would be ignored in favour of the AWS credential chain: say so instead.
-        given, missing = (("access_key_id", "secret_access_key") if cfg.access_key_id
-                          else ("secret_access_key", "access_key_id"))
-        raise ConfigError(f"storage.{given} is set but storage.{missing} is not: set both, or neither to use "
-                          "the AWS credential chain (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, a role)")
+        given, missing = (
+            ("access_key_id", "secret_access_key")
+            if cfg.access_key_id
+            else ("secret_access_key", "access_key_id")
+        )
+        raise ConfigError(
+            f"storage.{given} is set but storage.{missing} is not: set both, or neither to use "
+            "the AWS credential chain (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, a role)"
+        )
     if cfg.access_key_id and cfg.secret_access_key:
         kwargs["aws_access_key_id"] = cfg.access_key_id.get_secret_value()
         kwargs["aws_secret_access_key"] = cfg.secret_access_key.get_secret_value()
@@ -477,11 +509,14 @@ def make_s3_client(cfg: StorageSettings) -> Any:
         response_checksum_validation="when_required",
     )
     try:
-        return boto3.session.Session().client("s3", endpoint_url=cfg.endpoint_url or None, config=boto_config,
-                                              **kwargs)
+        return boto3.session.Session().client(
+            "s3", endpoint_url=cfg.endpoint_url or None, config=boto_config, **kwargs
+        )
     except (ValueError, BotoCoreError) as exc:  # "Invalid endpoint: ...", an unknown region
-        raise ConfigError(f"cannot set up the S3 client (storage.endpoint_url {cfg.endpoint_url!r}, "
-                          f"storage.region {cfg.region!r}): {exc}") from None
+        raise ConfigError(
+            f"cannot set up the S3 client (storage.endpoint_url {cfg.endpoint_url!r}, "
+            f"storage.region {cfg.region!r}): {exc}"
+        ) from None
 
 
 class S3Store:
@@ -509,8 +544,9 @@ class S3Store:
         from boto3.s3.transfer import TransferConfig
 
         size = self.cfg.multipart_threshold_mb * CHUNK
-        return TransferConfig(multipart_threshold=size, multipart_chunksize=max(size // 4, 8 * CHUNK),
-                              use_threads=True)
+        return TransferConfig(
+            multipart_threshold=size, multipart_chunksize=max(size // 4, 8 * CHUNK), use_threads=True
+        )
 
     def _attempts(self, operation: str, where: str, attempt: Callable[[], T]) -> T:
         """Run `attempt`, retrying the failures botocore leaves to us (cut or corrupted transfers)."""
@@ -553,14 +589,20 @@ class S3Store:
                 # refused before a byte of the body is read, as a local file is
                 if announced > MAX_INPUT_BYTES:
                     response["Body"].close()
-                    raise StorageError(f"cannot read {where}: it is {announced} bytes; the limit is "
-                                       f"{MAX_INPUT_BYTES}", transient=False)
+                    raise StorageError(
+                        f"cannot read {where}: it is {announced} bytes; the limit is {MAX_INPUT_BYTES}",
+                        transient=False,
+                    )
                 data = response["Body"].read()
             expected = int(response.get("ContentLength", len(data)))
             if len(data) != expected:
                 raise _Retryable(f"read {where}: got {len(data)} of {expected} bytes")
-            _verify_sha("read", data_sha=hashlib.sha256(data).hexdigest(), meta=response.get("Metadata", {}),
-                        where=where)
+            _verify_sha(
+                "read",
+                data_sha=hashlib.sha256(data).hexdigest(),
+                meta=response.get("Metadata", {}),
+                where=where,
+            )
             return Versioned(bytes(data), str(response["ETag"]))
 
         return self._attempts("read", where, attempt)
@@ -572,8 +614,9 @@ class S3Store:
 
         def attempt() -> None:
             with _translated("write", self._where(full)):
-                self.client.put_object(Bucket=self.bucket, Key=full, Body=data, ContentMD5=md5,
-                                       Metadata={"sha256": digest})
+                self.client.put_object(
+                    Bucket=self.bucket, Key=full, Body=data, ContentMD5=md5, Metadata={"sha256": digest}
+                )
 
         self._attempts("write", self._where(full), attempt)
         return FileRecord(key, len(data), digest)
@@ -584,14 +627,19 @@ class S3Store:
         try:
             digest, size = sha256_file(local), local.stat().st_size
         except OSError as exc:
-            raise StorageError(f"upload {where}: cannot read {local}: {exc.strerror or exc}",
-                               transient=False) from exc
+            raise StorageError(
+                f"upload {where}: cannot read {local}: {exc.strerror or exc}", transient=False
+            ) from exc
 
         def attempt() -> None:
             with _translated("upload", where):
-                self.client.upload_file(str(local), self.bucket, full, Config=self._transfer_config(),
-                                        ExtraArgs={"Metadata": {"sha256": digest},
-                                                   "ChecksumAlgorithm": "SHA256"})
+                self.client.upload_file(
+                    str(local),
+                    self.bucket,
+                    full,
+                    Config=self._transfer_config(),
+                    ExtraArgs={"Metadata": {"sha256": digest}, "ChecksumAlgorithm": "SHA256"},
+                )
                 head = self.client.head_object(Bucket=self.bucket, Key=full)
             if int(head["ContentLength"]) != size:
                 raise _Retryable(f"upload {where}: stored {head['ContentLength']} bytes, expected {size}")
@@ -657,11 +705,13 @@ class S3Store:
         full = f"{self.prefix}/" if self.prefix else ""
         found: set[str] = set()
         with _translated("list", self._where(full)):
-            pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=full,
-                                                                          Delimiter="/")
+            pages = self.client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=full, Delimiter="/"
+            )
             for page in pages:
-                found.update(entry["Prefix"][len(full):].rstrip("/")
-                             for entry in page.get("CommonPrefixes", []))
+                found.update(
+                    entry["Prefix"][len(full) :].rstrip("/") for entry in page.get("CommonPrefixes", [])
+                )
         return sorted(name for name in found if name)
 
     def delete_prefix(self, prefix: str) -> None:
@@ -670,13 +720,17 @@ class S3Store:
         for start in range(0, len(keys), 1000):
             batch = [{"Key": k} for k in keys[start : start + 1000]]
             with _translated("delete", where):
-                response = self.client.delete_objects(Bucket=self.bucket,
-                                                      Delete={"Objects": batch, "Quiet": True})
+                response = self.client.delete_objects(
+                    Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True}
+                )
             failed = response.get("Errors", [])
             if failed:  # Quiet mode reports only failures; a silent partial delete would leave stale files
                 first = failed[0]
-                raise StorageError(f"delete {where}: {len(failed)} object(s) not deleted, "
-                                   f"e.g. {first.get('Key')} ({first.get('Code')})", transient=True)
+                raise StorageError(
+                    f"delete {where}: {len(failed)} object(s) not deleted, "
+                    f"e.g. {first.get('Key')} ({first.get('Code')})",
+                    transient=True,
+                )
 
     def delete(self, key: str) -> None:
         full = self._key(key)
@@ -699,8 +753,14 @@ class S3Store:
         md5 = base64.b64encode(hashlib.md5(data).digest()).decode()  # S3 checks the body against it
         try:
             with _translated(operation, self._where(full)):
-                self.client.put_object(Bucket=self.bucket, Key=full, Body=data, ContentMD5=md5,
-                                       Metadata={"sha256": hashlib.sha256(data).hexdigest()}, **condition)
+                self.client.put_object(
+                    Bucket=self.bucket,
+                    Key=full,
+                    Body=data,
+                    ContentMD5=md5,
+                    Metadata={"sha256": hashlib.sha256(data).hexdigest()},
+                    **condition,
+                )
         except StorageError as exc:
             code = _code_of_cause(exc)
             if code in _MISSING_CODES:  # If-Match on an object deleted since it was read
@@ -740,16 +800,20 @@ class Backend(Protocol):
         """What stops `uri` from naming a place of this scheme (an s3:// URI without a bucket), said without
         quoting `uri` (it may hold a secret); None when nothing does. Config validation asks it."""
         ...
+
     def location(self, uri: str) -> str:
         """The place `uri` names, spelt one way ('/'-separated), to tell whether one is inside another."""
         ...
+
     def open_store(self, uri: str, cfg: StorageSettings, client: Any) -> Store: ...
     def read(self, uri: str, cfg: StorageSettings, client: Any) -> bytes:
         """One whole input object or file."""
         ...
+
     def input_files(self, uri: str, cfg: StorageSettings, suffix: str, client: Any) -> list[InputFile]:
         """The object `uri` names, or the `suffix` files under it when it is a folder (read_input_files)."""
         ...
+
     def download_prefix(self, uri: str, cfg: StorageSettings, local_dir: Path) -> Path:
         """Every object under the prefix `uri` into `local_dir`, verified (a model kept in the store)."""
         ...
@@ -922,9 +986,10 @@ def _wanted(name: str, suffix: str) -> bool:
 
 def _within_input_limit(uri: str, size: int) -> None:
     if size > MAX_INPUT_BYTES:
-        raise StorageError(f"cannot read input {uri}: its files hold {size} bytes; "
-                           f"the limit is {MAX_INPUT_BYTES}",
-                           transient=False)
+        raise StorageError(
+            f"cannot read input {uri}: its files hold {size} bytes; the limit is {MAX_INPUT_BYTES}",
+            transient=False,
+        )
 
 
 def basename(uri: str) -> str:

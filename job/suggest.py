@@ -52,18 +52,27 @@ class Suggestion:
 class TicketIndex:
     """A run's index in memory: its vectors, its keyword index, its model and fusion (see module docstring)."""
 
-    def __init__(self, run_id: str, folder: Path, model: Any, fusion: Fusion, lexical: SavedLexicalIndex,
-                 template: str) -> None:
+    def __init__(
+        self, run_id: str, folder: Path, model: Any, fusion: Fusion, lexical: SavedLexicalIndex, template: str
+    ) -> None:
         parts = sorted((folder / INDEX).glob("part-*.parquet"))
         rows = read_parts(parts)
         order = json.loads((folder / INDEX / "lexical" / "ids.json").read_text())
         if sorted(order) != sorted(rows.ids) or len(order) != lexical.rows:
             raise RunStateError(f"run {run_id}: the index's vectors and its keyword index hold other tickets")
-        self.run_id, self.model, self.fusion, self.lexical, self.template = run_id, model, fusion, lexical, template
+        self.run_id, self.model, self.fusion, self.lexical, self.template = (
+            run_id,
+            model,
+            fusion,
+            lexical,
+            template,
+        )
         self.ids, self.projects, self.created = rows.ids, rows.projects, rows.created
         self.vectors = rows.vectors
         position = {tid: n for n, tid in enumerate(order)}
-        self._lexical_row = np.array([position[t] for t in self.ids], dtype=np.int64)  # vector row -> BM25 row
+        self._lexical_row = np.array(
+            [position[t] for t in self.ids], dtype=np.int64
+        )  # vector row -> BM25 row
         stamps = created_timestamps(self.ids, dict(zip(self.ids, self.created, strict=True)))
         self.timestamps = stamps if stamps is not None else np.full(len(self.ids), np.nan)
 
@@ -72,9 +81,13 @@ class TicketIndex:
 
     def text(self, title: str, description: str) -> str:
         """A new ticket's text as the run's tickets were made (data.text_template)."""
-        return self.template.format(id="", title=title, description=description, category="", project="").strip()
+        return self.template.format(
+            id="", title=title, description=description, category="", project=""
+        ).strip()
 
-    def suggest(self, text: str, k: int = 10, before: str | None = None, project: str | None = None) -> list[Suggestion]:
+    def suggest(
+        self, text: str, k: int = 10, before: str | None = None, project: str | None = None
+    ) -> list[Suggestion]:
         from job.embedding.model import encode
         from job.log import get_logger
 
@@ -88,8 +101,17 @@ class TicketIndex:
         hybrid = self.fusion(dense[None, :], lexical[None, :], mask[None, :])[0]
         hybrid = np.where(mask, hybrid, -np.inf)
         top = top_k(hybrid, min(k, int(mask.sum())))
-        return [Suggestion(self.ids[i], self.projects[i], self.created[i], round(float(hybrid[i]), 6),
-                           round(float(dense[i]), 6), round(float(lexical[i]), 6)) for i in top]
+        return [
+            Suggestion(
+                self.ids[i],
+                self.projects[i],
+                self.created[i],
+                round(float(hybrid[i]), 6),
+                round(float(dense[i]), 6),
+                round(float(lexical[i]), 6),
+            )
+            for i in top
+        ]
 
     def _candidates(self, before: str | None, project: str | None) -> np.ndarray:
         mask = np.ones(len(self.ids), dtype=bool)
@@ -128,8 +150,9 @@ def parse_time(value: str) -> float:
     try:
         parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
-        raise InputError("--before: expected an ISO 8601 date or time such as 2018-01-01 or "
-                         "2013-10-21T18:39:02+00:00") from None
+        raise InputError(
+            "--before: expected an ISO 8601 date or time such as 2018-01-01 or 2013-10-21T18:39:02+00:00"
+        ) from None
     return parsed.timestamp()
 
 
@@ -162,16 +185,30 @@ def open_index(cfg: JobConfig, run_id: str | None = None, work_dir: Path | None 
         raise RunStateError(f"{purpose}: it has no {RETRIEVAL_FILE}")
     settings, fusion = read_fusion(spec, f"{run.uri}/{RETRIEVAL_FILE}")
     described = json.loads((folder / INDEX_JSON).read_text())
-    weights = sorted(r["sha256"] for p, r in listed.items() if p.startswith("model/") and p.endswith(".safetensors"))
+    weights = sorted(
+        r["sha256"] for p, r in listed.items() if p.startswith("model/") and p.endswith(".safetensors")
+    )
     if described.get("model_sha256") != ",".join(weights):
-        raise RunStateError(f"{purpose}: its index was made by another model than the run's model/ "
-                            "(index/index.json model_sha256); rebuild it with `finetune-job index --force`")
+        raise RunStateError(
+            f"{purpose}: its index was made by another model than the run's model/ "
+            "(index/index.json model_sha256); rebuild it with `finetune-job index --force`"
+        )
     dense = spec.get("dense") or {}
     model = load_model(str(folder / "model"), int(dense.get("max_seq_length", 256)))
-    return TicketIndex(run_id, folder, model, fusion, SavedLexicalIndex(folder / INDEX / "lexical", settings),
-                       str(dense.get("text_template", "{title}\n{description}")))
+    return TicketIndex(
+        run_id,
+        folder,
+        model,
+        fusion,
+        SavedLexicalIndex(folder / INDEX / "lexical", settings),
+        str(dense.get("text_template", "{title}\n{description}")),
+    )
 
 
 def suggestions_json(found: TicketIndex, suggestions: list[Suggestion], k: int) -> dict[str, Any]:
-    return {"run_id": found.run_id, "k": k, "fusion": {"method": found.fusion.method, "weight": found.fusion.weight},
-            "suggestions": [asdict(s) for s in suggestions]}
+    return {
+        "run_id": found.run_id,
+        "k": k,
+        "fusion": {"method": found.fusion.method, "weight": found.fusion.weight},
+        "suggestions": [asdict(s) for s in suggestions],
+    }

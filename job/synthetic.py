@@ -35,8 +35,13 @@ class Component:
 
     def names(self) -> list[str]:
         long = " ".join(self.words)
-        return [self.code_name, long, self.abbreviation, "-".join(self.words),
-                "".join(w.capitalize() for w in self.words)]
+        return [
+            self.code_name,
+            long,
+            self.abbreviation,
+            "-".join(self.words),
+            "".join(w.capitalize() for w in self.words),
+        ]
 
 
 COMPONENTS = [
@@ -55,14 +60,38 @@ COMPONENTS = [
 ]
 # Each symptom as a reporter in a hurry writes it (jargon) and as someone else would (plain words).
 SYMPTOMS = [
-    ["NPE in {c}", "{c} crashes with NullPointerException", "{c} dies with a null pointer exception",
-     "null deref crash in {c}"],
-    ["{c} hangs", "{c} stuck, no response", "{c} deadlocks, thread dump shows lock wait", "{c} freezes and never returns"],
+    [
+        "NPE in {c}",
+        "{c} crashes with NullPointerException",
+        "{c} dies with a null pointer exception",
+        "null deref crash in {c}",
+    ],
+    [
+        "{c} hangs",
+        "{c} stuck, no response",
+        "{c} deadlocks, thread dump shows lock wait",
+        "{c} freezes and never returns",
+    ],
     ["{c} p99 latency spike", "{c} is very slow", "{c} takes minutes to respond", "perf regression in {c}"],
-    ["{c} OOMKilled", "{c} runs out of memory", "{c} heap exhaustion", "{c} memory grows until the pod restarts"],
+    [
+        "{c} OOMKilled",
+        "{c} runs out of memory",
+        "{c} heap exhaustion",
+        "{c} memory grows until the pod restarts",
+    ],
     ["{c} drops events", "{c} loses data", "{c} silently discards records", "writes lost in {c}"],
-    ["{c} returns stale results", "{c} shows wrong totals", "{c} serves outdated values", "{c} data mismatch"],
-    ["{c} 5xx storm", "{c} returns HTTP 503", "{c} fails every request with server errors", "{c} error rate spike"],
+    [
+        "{c} returns stale results",
+        "{c} shows wrong totals",
+        "{c} serves outdated values",
+        "{c} data mismatch",
+    ],
+    [
+        "{c} 5xx storm",
+        "{c} returns HTTP 503",
+        "{c} fails every request with server errors",
+        "{c} error rate spike",
+    ],
 ]
 TRIGGERS = [
     ["after upg to {v}", "after upgrading to version {v}", "since the {v} rollout"],
@@ -74,10 +103,18 @@ TRIGGERS = [
     ["when the cfg is empty", "if the config file is empty", "with a blank configuration"],
     ["on node drain", "when a node is decommissioned", "while nodes are being removed"],
 ]
-FILLER = ["Repro steps attached.", "Seen in prod twice this week.", "Logs show nothing unusual.",
-          "Workaround: restart the pod.", "Customer impact is high.", "Started after the last deploy.",
-          "Cannot reproduce locally.", "Happens roughly once per hour.", "Oncall paged at 3am.",
-          "See the attached dashboard screenshot."]
+FILLER = [
+    "Repro steps attached.",
+    "Seen in prod twice this week.",
+    "Logs show nothing unusual.",
+    "Workaround: restart the pod.",
+    "Customer impact is high.",
+    "Started after the last deploy.",
+    "Cannot reproduce locally.",
+    "Happens roughly once per hour.",
+    "Oncall paged at 3am.",
+    "See the attached dashboard screenshot.",
+]
 
 
 @dataclass(frozen=True)
@@ -94,7 +131,9 @@ def _family(rng: random.Random, like: Family | None = None) -> Family:
     """A new problem; given `like`, the same symptom and trigger in another component (a look-alike)."""
     version = f"{rng.randint(2, 9)}.{rng.randint(0, 9)}"
     if like is None:
-        return Family(rng.choice(COMPONENTS), rng.randrange(len(SYMPTOMS)), rng.randrange(len(TRIGGERS)), version)
+        return Family(
+            rng.choice(COMPONENTS), rng.randrange(len(SYMPTOMS)), rng.randrange(len(TRIGGERS)), version
+        )
     other = rng.choice([c for c in COMPONENTS if c is not like.component])
     return Family(other, like.symptom, like.trigger, like.version)
 
@@ -132,9 +171,17 @@ def generate(n_tickets: int = 240, seed: int = 7) -> tuple[list[dict], list[dict
             tid = f"SYN-{len(tickets) + 1}"
             title, description = _ticket_text(family, rng, first_wording + 2 * variant)
             when = created + timedelta(days=variant * rng.randint(0, 20), minutes=variant)
-            tickets.append({"id": tid, "title": title, "description": description,
-                            "category": family.component.category, "project": "SYNTH",
-                            "created": when.isoformat(timespec="seconds"), "synthetic": True})
+            tickets.append(
+                {
+                    "id": tid,
+                    "title": title,
+                    "description": description,
+                    "category": family.component.category,
+                    "project": "SYNTH",
+                    "created": when.isoformat(timespec="seconds"),
+                    "synthetic": True,
+                }
+            )
             if variant:
                 relation = "clones" if rng.random() < 0.25 else "duplicate"
                 links.append({"source": tid, "target": members[0], "relation": relation})
@@ -145,7 +192,9 @@ def generate(n_tickets: int = 240, seed: int = 7) -> tuple[list[dict], list[dict
             earlier = rng.choice(families[max(0, i - 8) : i])
             relation = rng.choice(["causes", "blocks", "depends", "relates"])
             links.append({"source": earlier[0], "target": families[i][0], "relation": relation})
-    return tickets[:n_tickets], [k for k in links if int(k["source"][4:]) <= n_tickets and int(k["target"][4:]) <= n_tickets]
+    return tickets[:n_tickets], [
+        k for k in links if int(k["source"][4:]) <= n_tickets and int(k["target"][4:]) <= n_tickets
+    ]
 
 
 def write(out_dir: Path, n_tickets: int = 240, seed: int = 7) -> tuple[Path, Path]:

@@ -26,10 +26,14 @@ def load(name: str) -> dict[str, Any]:
 
 def template_named(name: str) -> dict[str, Any]:
     """The WorkflowTemplate called `name` among argo/*.yaml (as `kubectl apply` would have created it)."""
-    found = [doc for path in sorted(ARGO.glob("*.yaml"))
-             if (doc := load(path.name))["kind"] == "WorkflowTemplate" and doc["metadata"]["name"] == name]
+    found = [
+        doc
+        for path in sorted(ARGO.glob("*.yaml"))
+        if (doc := load(path.name))["kind"] == "WorkflowTemplate" and doc["metadata"]["name"] == name
+    ]
     assert len(found) == 1, (
-        f"workflowTemplateRef {name!r}: {len(found)} WorkflowTemplates of that name in argo/")
+        f"workflowTemplateRef {name!r}: {len(found)} WorkflowTemplates of that name in argo/"
+    )
     return found[0]
 
 
@@ -38,7 +42,8 @@ def join_template(spec: dict[str, Any]) -> dict[str, Any]:
     own = {k: v for k, v in spec.items() if k != "workflowTemplateRef"}
     template = template_named(spec["workflowTemplateRef"]["name"])["spec"]
     assert "templates" not in own, (
-        "a Workflow that refers to the template must not define templates of its own")
+        "a Workflow that refers to the template must not define templates of its own"
+    )
     joined = {**template, **{k: v for k, v in own.items() if k != "arguments"}}
     params = {p["name"]: p for p in template.get("arguments", {}).get("parameters", [])}
     for p in own.get("arguments", {}).get("parameters", []):
@@ -92,6 +97,6 @@ def job_arguments(container: dict[str, Any]) -> list[str] | None:
         return args
     if command == LAUNCHER and "--no-python" in args:
         start = args.index("--no-python") + 1
-        if args[start:start + 1] == ["finetune-job"]:
-            return args[start + 1:]
+        if args[start : start + 1] == ["finetune-job"]:
+            return args[start + 1 :]
     return None

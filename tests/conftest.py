@@ -55,14 +55,24 @@ def pytest_configure(config: pytest.Config) -> None:
 
 # Modules whose module-scoped fixture runs the job (or a batch of CLI runs) for all their tests: each goes to
 # one worker whole, or every worker that takes one of its tests runs the fixture again.
-SHARED_FIXTURE_FILES = ("test_workflow_contract.py", "test_secrets.py", "test_s3_faults.py",
-                        "test_bad_inputs.py", "test_cross_encoder.py", "test_memory.py", "test_history.py",
-                        "test_takeover.py", "test_index.py", "test_relation_classifiers.py")
+SHARED_FIXTURE_FILES = (
+    "test_workflow_contract.py",
+    "test_secrets.py",
+    "test_s3_faults.py",
+    "test_bad_inputs.py",
+    "test_cross_encoder.py",
+    "test_memory.py",
+    "test_history.py",
+    "test_takeover.py",
+    "test_index.py",
+    "test_relation_classifiers.py",
+)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    items.sort(key=lambda item: (item.path.name not in WHOLE_JOB_FILES,
-                                 item.get_closest_marker("slow") is None))
+    items.sort(
+        key=lambda item: (item.path.name not in WHOLE_JOB_FILES, item.get_closest_marker("slow") is None)
+    )
 
 
 def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
@@ -149,8 +159,9 @@ def merged(*parts: dict) -> dict:
     return out
 
 
-def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None,
-            timeout: float = 900) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    *args: str, env: dict[str, str] | None = None, cwd: Path | None = None, timeout: float = 900
+) -> subprocess.CompletedProcess[str]:
     """`finetune-job ARGS` in a fresh process, with a clean FINETUNE_* environment plus `env`."""
     base = {k: v for k, v in os.environ.items() if not k.startswith(("FINETUNE_", "AWS_"))}
     base.update({"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONUNBUFFERED": "1"})
@@ -159,8 +170,12 @@ def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = No
 
 
 def s3_config(s3: S3Server, **changes: object) -> StorageConfig:
-    cfg = StorageConfig(endpoint_url=s3.endpoint, access_key_id=SecretStr(ACCESS_KEY),
-                        secret_access_key=SecretStr(SECRET_KEY), max_attempts=2)
+    cfg = StorageConfig(
+        endpoint_url=s3.endpoint,
+        access_key_id=SecretStr(ACCESS_KEY),
+        secret_access_key=SecretStr(SECRET_KEY),
+        max_attempts=2,
+    )
     return cfg.model_copy(update=changes)
 
 

@@ -40,13 +40,22 @@ from dataclasses import dataclass, field
 from typing import Literal
 from urllib.parse import unquote, urlsplit
 
-FaultKind = Literal["refuse", "reset", "drop_response", "error500", "slowdown", "latency", "cut", "truncate",
-                    "corrupt"]
+FaultKind = Literal[
+    "refuse", "reset", "drop_response", "error500", "slowdown", "latency", "cut", "truncate", "corrupt"
+]
 MAX_REQUESTS = 10_000  # per connection
 MAX_HEADER_LINES = 200
 SOCKET_TIMEOUT_S = 30.0
-HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "proxy-connection",
-              "expect"}
+HOP_BY_HOP = {
+    "connection",
+    "keep-alive",
+    "transfer-encoding",
+    "te",
+    "trailer",
+    "upgrade",
+    "proxy-connection",
+    "expect",
+}
 
 
 @dataclass
@@ -59,8 +68,11 @@ class Fault:
     hits: int = 0
 
     def matches(self, method: str, target: str) -> bool:
-        return (self.hits < self.times and (self.method is None or self.method == method)
-                and self.key in unquote(target))
+        return (
+            self.hits < self.times
+            and (self.method is None or self.method == method)
+            and self.key in unquote(target)
+        )
 
 
 @dataclass(frozen=True)
@@ -134,8 +146,9 @@ class FaultProxy:
         server.server_bind()
         server.server_activate()
         self._server = server
-        serve = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True,
-                                 name="faultproxy")
+        serve = threading.Thread(
+            target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True, name="faultproxy"
+        )
         serve.start()
         # Bounded: the server stops by itself even if stop() is never called.
         timer = threading.Timer(self.lifetime_s, self.stop)
@@ -162,9 +175,13 @@ class FaultProxy:
     def count(self, method: str | None = None, key: str = "", fault: str | None = None) -> int:
         """How many requests matched: by method, key substring and (optionally) the fault applied."""
         with self._lock:
-            return sum(1 for s in self.seen
-                       if (method is None or s.method == method) and key in unquote(s.target)
-                       and (fault is None or s.fault == fault))
+            return sum(
+                1
+                for s in self.seen
+                if (method is None or s.method == method)
+                and key in unquote(s.target)
+                and (fault is None or s.fault == fault)
+            )
 
     # ---------------------------------------------------------------- used by the handler
 
@@ -263,8 +280,9 @@ class _Handler(socketserver.StreamRequestHandler):
         """Answer one request; False when the connection must end."""
         fault = self.owner._take(request.method, request.target)
         kind = fault.kind if fault else None
-        has_body = (int(request.header("content-length") or 0) > 0
-                    or request.header("transfer-encoding") is not None)
+        has_body = (
+            int(request.header("content-length") or 0) > 0 or request.header("transfer-encoding") is not None
+        )
         if kind == "reset" and has_body:
             self._read_body(request, limit=int(request.header("content-length") or 0) // 2)
             self.owner._record(request, fault, None)
@@ -327,14 +345,22 @@ class _Handler(socketserver.StreamRequestHandler):
             conn.close()
 
     def _send_error(self, status: int) -> None:
-        code, message = (("InternalError", "We encountered an internal error. Please try again.")
-                         if status == 500 else ("SlowDown", "Please reduce your request rate."))
-        body = ('<?xml version="1.0" encoding="UTF-8"?>\n'
-                f"<Error><Code>{code}</Code><Message>{message}</Message>"
-                f"<RequestId>faultproxy</RequestId></Error>").encode()
+        code, message = (
+            ("InternalError", "We encountered an internal error. Please try again.")
+            if status == 500
+            else ("SlowDown", "Please reduce your request rate.")
+        )
+        body = (
+            '<?xml version="1.0" encoding="UTF-8"?>\n'
+            f"<Error><Code>{code}</Code><Message>{message}</Message>"
+            f"<RequestId>faultproxy</RequestId></Error>"
+        ).encode()
         reason = "Internal Server Error" if status == 500 else "Slow Down"
-        self._send(f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/xml\r\n"
-                   f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+        self._send(
+            f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/xml\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
 
     def _send(self, data: bytes) -> None:
         try:

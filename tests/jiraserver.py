@@ -119,8 +119,16 @@ class JiraServer:
         start_at, max_results = int(query.get("startAt", 0)), int(query.get("maxResults", 50))
         authorised = self._authorised(handler.headers.get("Authorization"))
         with self.lock:
-            self.requests.append(Request(start_at, max_results, query.get("jql", ""), query.get("fields", ""),
-                                         authorised, time.monotonic()))
+            self.requests.append(
+                Request(
+                    start_at,
+                    max_results,
+                    query.get("jql", ""),
+                    query.get("fields", ""),
+                    authorised,
+                    time.monotonic(),
+                )
+            )
         if url.path != "/rest/api/2/search":
             return self._send(handler, 404, b'{"errorMessages":["not found"]}')
         fault = self._fault(start_at)
@@ -130,11 +138,16 @@ class JiraServer:
         if fault is None:
             return self._send(handler, 200, body)
         if fault.kind == "429":
-            return self._send(handler, 429, b'{"errorMessages":["Rate limit exceeded."]}',
-                              {"Retry-After": fault.retry_after})
+            return self._send(
+                handler,
+                429,
+                b'{"errorMessages":["Rate limit exceeded."]}',
+                {"Retry-After": fault.retry_after},
+            )
         if fault.kind == "503":
-            return self._send(handler, 503, b"<html>Service Unavailable</html>",
-                              {"Content-Type": "text/html"})
+            return self._send(
+                handler, 503, b"<html>Service Unavailable</html>", {"Content-Type": "text/html"}
+            )
         if fault.kind == "401":
             return self._send(handler, 401, UNAUTHORISED)
         if fault.kind == "echo":
@@ -155,12 +168,20 @@ class JiraServer:
         if max_results == 100 and start_at in self.recorded:
             return self.recorded[start_at]
         issues = self.issues[start_at : start_at + max_results]
-        return json.dumps({"expand": "schema,names", "startAt": start_at, "maxResults": max_results,
-                           "total": len(self.issues), "issues": issues}).encode()
+        return json.dumps(
+            {
+                "expand": "schema,names",
+                "startAt": start_at,
+                "maxResults": max_results,
+                "total": len(self.issues),
+                "issues": issues,
+            }
+        ).encode()
 
     @staticmethod
-    def _send(handler: BaseHTTPRequestHandler, status: int, body: bytes,
-              headers: dict[str, str] | None = None) -> None:
+    def _send(
+        handler: BaseHTTPRequestHandler, status: int, body: bytes, headers: dict[str, str] | None = None
+    ) -> None:
         handler.send_response(status)
         for name, value in {"Content-Type": "application/json;charset=UTF-8", **(headers or {})}.items():
             handler.send_header(name, value)

@@ -22,8 +22,10 @@ def main(folder: Path, texts_json: Path, out_json: Path, files: list[str]) -> No
     texts = json.loads(texts_json.read_text())
     # The folder as the job wrote it: no edits (its modules.json uses the class paths 5.x knows).
     results = {file: encode_with_onnx_backend(folder, file, texts) for file in files}
-    versions = {name: version(name) for name in ("sentence-transformers", "transformers", "optimum-onnx",
-                                                 "onnxruntime")}
+    versions = {
+        name: version(name)
+        for name in ("sentence-transformers", "transformers", "optimum-onnx", "onnxruntime")
+    }
     out_json.write_text(json.dumps({"versions": versions, "variants": results}))
 
 

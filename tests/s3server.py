@@ -46,9 +46,15 @@ class S3Server:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, timeout_s: float = 60.0) -> S3Server:
-        identities = {"identities": [{"name": "tester",
-                                      "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}],
-                                      "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}
+        identities = {
+            "identities": [
+                {
+                    "name": "tester",
+                    "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}],
+                    "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+                }
+            ]
+        }
         config = self.root / "s3.json"
         config.write_text(json.dumps(identities))
         # weed's gRPC ports are its HTTP ports + 10000, so pick HTTP ports below 55000.
@@ -60,20 +66,32 @@ class S3Server:
             ports[name] = port
         self.port = ports["s3"]
         command = [
-            _weed_binary(), "mini", f"-dir={self.root / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-            f"-master.port={ports['master']}", f"-volume.port={ports['volume']}",
+            _weed_binary(),
+            "mini",
+            f"-dir={self.root / 'data'}",
+            "-ip=127.0.0.1",
+            "-ip.bind=127.0.0.1",
+            f"-master.port={ports['master']}",
+            f"-volume.port={ports['volume']}",
             f"-filer.port={ports['filer']}",
-            f"-s3.port={ports['s3']}", f"-admin.port={ports['admin']}", "-admin.ui=false", "-webdav=false",
-            "-s3.port.iceberg=0", "-s3.port.lance=0", f"-s3.config={config}",
+            f"-s3.port={ports['s3']}",
+            f"-admin.port={ports['admin']}",
+            "-admin.ui=false",
+            "-webdav=false",
+            "-s3.port.iceberg=0",
+            "-s3.port.lance=0",
+            f"-s3.config={config}",
             # Every bucket gets its own volumes. Left at 0, the volume count is free disk / volume size,
             # which ran out after ~60 buckets on a 61 GB-free disk (InternalError on PutObject); the
             # suite makes more. Volumes are sparse files, so a high cap costs no disk.
-            "-volume.max=4000", "-master.volumeSizeLimitMB=32",
+            "-volume.max=4000",
+            "-master.volumeSizeLimitMB=32",
         ]
         (self.root / "data").mkdir(exist_ok=True)
         self.log = (self.root / "weed.log").open("wb")
-        self.process = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT,
-                                        start_new_session=True)
+        self.process = subprocess.Popen(
+            command, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True
+        )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -90,9 +108,14 @@ class S3Server:
         import boto3
         from botocore.config import Config
 
-        return boto3.client("s3", endpoint_url=endpoint or self.endpoint, aws_access_key_id=access_key,
-                            aws_secret_access_key=secret_key, region_name="us-east-1",
-                            config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 1}))
+        return boto3.client(
+            "s3",
+            endpoint_url=endpoint or self.endpoint,
+            aws_access_key_id=access_key,
+            aws_secret_access_key=secret_key,
+            region_name="us-east-1",
+            config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 1}),
+        )
 
     def create_bucket(self, name: str) -> str:
         self.client().create_bucket(Bucket=name)
@@ -100,8 +123,12 @@ class S3Server:
 
     def env(self) -> dict[str, str]:
         """Environment for a `finetune-job` process talking to this server."""
-        return {"AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
-                "AWS_DEFAULT_REGION": "us-east-1", "FINETUNE_STORAGE__ENDPOINT_URL": self.endpoint}
+        return {
+            "AWS_ACCESS_KEY_ID": ACCESS_KEY,
+            "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "FINETUNE_STORAGE__ENDPOINT_URL": self.endpoint,
+        }
 
     def stop(self) -> None:
         if self.process and self.process.poll() is None:

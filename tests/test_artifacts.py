@@ -66,16 +66,18 @@ def test_a_file_changed_after_its_step_recorded_it_stops_the_manifest(tmp_path: 
     run.write_json("evaluate/metrics.json", {"finetuned": {}})
     _recorded(run, "evaluate")
     (tmp_path / "r" / "train" / "out.txt").write_text("cut")
-    with pytest.raises(RunStateError,
-                       match=r"train/out\.txt is missing or has the wrong size \(3 bytes, expected 12\)"):
+    with pytest.raises(
+        RunStateError, match=r"train/out\.txt is missing or has the wrong size \(3 bytes, expected 12\)"
+    ):
         run.finish_if_complete(required_steps(classify_enabled=False), {})
     assert not run.is_finished()
     (tmp_path / "r" / "train" / "out.txt").write_text("train output")
     assert run.finish_if_complete(required_steps(classify_enabled=False), {}) and run.is_finished()
 
 
-@pytest.mark.parametrize("run_id",
-                         ["promoted.json", "history.json", "history.png", "HISTORY.PNG", "pointer.json"])
+@pytest.mark.parametrize(
+    "run_id", ["promoted.json", "history.json", "history.png", "HISTORY.PNG", "pointer.json"]
+)
 def test_names_of_the_files_beside_the_runs_are_no_run_ids(run_id: str) -> None:
     with pytest.raises(RunStateError, match="kept for the files beside the runs"):
         check_run_id(run_id)
@@ -85,8 +87,15 @@ def test_names_of_the_files_beside_the_runs_are_no_run_ids(run_id: str) -> None:
 def test_a_reserved_run_id_is_refused_before_anything_is_written(tmp_path: Path) -> None:
     from tests.conftest import run_cli
 
-    result = run_cli("prepare", "--run-id", "history.json", "--output", str(tmp_path / "runs"),
-                     "--set", f"data.tickets={tmp_path / 'in' / 't.jsonl'}")
+    result = run_cli(
+        "prepare",
+        "--run-id",
+        "history.json",
+        "--output",
+        str(tmp_path / "runs"),
+        "--set",
+        f"data.tickets={tmp_path / 'in' / 't.jsonl'}",
+    )
     assert result.returncode == 2 and "kept for the files beside the runs" in result.stderr
     assert not (tmp_path / "runs").exists()
 

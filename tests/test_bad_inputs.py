@@ -27,8 +27,11 @@ from tests.conftest import TINY, merged, run_cli
 
 BY_NAME = {case.name: case for case in CASES}
 NEVER_LOADED = "/nonexistent/model-that-must-never-load"
-REPORT_LINE = re.compile(r"^(?P<file>\S+): (?P<rows>\d+) rows, (?P<kept>\d+) kept, (?P<bad>\d+) bad, "
-                         r"(?P<dups>\d+) duplicates dropped", re.MULTILINE)
+REPORT_LINE = re.compile(
+    r"^(?P<file>\S+): (?P<rows>\d+) rows, (?P<kept>\d+) kept, (?P<bad>\d+) bad, "
+    r"(?P<dups>\d+) duplicates dropped",
+    re.MULTILINE,
+)
 
 
 def _invocations(case: Case, folder: Path) -> dict[str, tuple[list[str], Path, dict[str, str]]]:
@@ -36,9 +39,12 @@ def _invocations(case: Case, folder: Path) -> dict[str, tuple[list[str], Path, d
     # A refused run must stop before the model: point model.base at nothing and turn mining on, so
     # reaching for the model would fail with a different message than the one the case expects.
     never_loaded = ["--set", f"model.base={NEVER_LOADED}", "--set", "pairs.mine_hard_negatives=true"]
-    commands = {"validate": ["validate-data", *base],
-                "run": (["run", *base, *never_loaded] if case.exit
-                        else ["prepare", *base, "--run-id", "prepare-only"])}
+    commands = {
+        "validate": ["validate-data", *base],
+        "run": (
+            ["run", *base, *never_loaded] if case.exit else ["prepare", *base, "--run-id", "prepare-only"]
+        ),
+    }
     if case.skip is not None:
         commands["skip"] = ["validate-data", *base, "--set", "data.on_error=skip"]
     return {f"{case.name}:{kind}": (args, folder, case.env) for kind, args in commands.items()}
@@ -53,8 +59,9 @@ def corpus_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def results(corpus_root: Path) -> dict[str, Outcome]:
-    invocations = {k: v for case in CASES
-                   for k, v in _invocations(case, corpus_root / "cases" / case.name).items()}
+    invocations = {
+        k: v for case in CASES for k, v in _invocations(case, corpus_root / "cases" / case.name).items()
+    }
     return run_many(invocations, corpus_root / "logs")
 
 
@@ -72,8 +79,12 @@ def _files_under(path: Path) -> list[Path]:
 
 
 def _with_xfail(names: list[str]) -> list[Any]:
-    return [pytest.param(n, marks=pytest.mark.xfail(strict=True, reason=BY_NAME[n].xfail or ""))
-            if BY_NAME[n].xfail else n for n in names]
+    return [
+        pytest.param(n, marks=pytest.mark.xfail(strict=True, reason=BY_NAME[n].xfail or ""))
+        if BY_NAME[n].xfail
+        else n
+        for n in names
+    ]
 
 
 ALL = [c.name for c in CASES]
@@ -81,8 +92,11 @@ SKIPPABLE = [c.name for c in CASES if c.skip is not None]
 
 
 def test_the_corpus_is_a_corpus() -> None:
-    kinds = {"accepted": [c for c in CASES if c.exit == 0], "refused": [c for c in CASES if c.exit == 2],
-             "config": [c for c in CASES if c.skip is None]}
+    kinds = {
+        "accepted": [c for c in CASES if c.exit == 0],
+        "refused": [c for c in CASES if c.exit == 2],
+        "config": [c for c in CASES if c.skip is None],
+    }
     assert len(CASES) >= 40 and len(BY_NAME) == len(CASES)  # names are unique: each is a folder
     assert all(len(group) >= 10 for group in kinds.values()), {k: len(v) for k, v in kinds.items()}
     assert all(c.exit in (0, 2) for c in CASES)
@@ -123,8 +137,9 @@ def test_validate_data_skip_policy(results: dict[str, Outcome], name: str) -> No
         assert counted, result.stdout
         assert {f: n for f, n in counted.items() if n} == case.skip.bad, result.stdout
     if case.skip.ok:
-        expected_tail = ("inputs OK" if not case.skip.bad
-                         else f"inputs usable: {sum(case.skip.bad.values())} bad rows")
+        expected_tail = (
+            "inputs OK" if not case.skip.bad else f"inputs usable: {sum(case.skip.bad.values())} bad rows"
+        )
         assert expected_tail in result.stdout
 
 
@@ -135,8 +150,9 @@ def test_no_invocation_ended_in_a_traceback(results: dict[str, Outcome]) -> None
 
 
 @pytest.mark.parametrize("name", ["csv_wrong_delimiter", "utf8_bom_jsonl"])
-def test_batch_runner_agrees_with_a_fresh_cli_process(results: dict[str, Outcome], tmp_path: Path,
-                                                      name: str) -> None:
+def test_batch_runner_agrees_with_a_fresh_cli_process(
+    results: dict[str, Outcome], tmp_path: Path, name: str
+) -> None:
     """The forked runner is only faster: a cold `finetune-job` gives the same exit and messages."""
     case = BY_NAME[name]
     folder = write_case(case, tmp_path / "cases" / name, f"../../out/{name}")
@@ -153,20 +169,34 @@ def test_batch_runner_agrees_with_a_fresh_cli_process(results: dict[str, Outcome
 def test_run_skips_counts_and_finishes(tmp_path: Path) -> None:
     """A whole run with data.on_error: skip over several kinds of bad rows: it trains, and
     training_metadata.json counts every skipped row and says why (file, line, field)."""
-    bad_tickets = [b'{"id": "X-1", "title": "cut', json.dumps({"id": "T-3", "title": "dup"}).encode(),
-                   json.dumps({"id": "X-2", "title": 7}).encode()]
+    bad_tickets = [
+        b'{"id": "X-1", "title": "cut',
+        json.dumps({"id": "T-3", "title": "dup"}).encode(),
+        json.dumps({"id": "X-2", "title": 7}).encode(),
+    ]
     good = [json.dumps(r).encode() for r in tickets(60)]
     lines = good[:4] + bad_tickets + good[4:]
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / "tickets.jsonl").write_bytes(b"\n".join(lines) + b"\n")
-    link_rows = links(60) + [{"source": "T-1", "target": "NOPE", "relation": "relates"},
-                                      {"source": "T-1", "target": "T-2", "relation": "supersedes"}]
+    link_rows = links(60) + [
+        {"source": "T-1", "target": "NOPE", "relation": "relates"},
+        {"source": "T-1", "target": "T-2", "relation": "supersedes"},
+    ]
     (tmp_path / "in" / "links.jsonl").write_text("".join(json.dumps(r) + "\n" for r in link_rows))
-    config = merged(TINY, {"data": {"tickets": str(tmp_path / "in" / "tickets.jsonl"),
-                                    "links": str(tmp_path / "in" / "links.jsonl"), "on_error": "skip"},
-                           "output": {"uri": str(tmp_path / "out")},
-                           "train": {"max_pairs": 16}, "pairs": {"mine_hard_negatives": False},
-                           "classify": {"enabled": False}})  # the read-only run in test_secrets covers those
+    config = merged(
+        TINY,
+        {
+            "data": {
+                "tickets": str(tmp_path / "in" / "tickets.jsonl"),
+                "links": str(tmp_path / "in" / "links.jsonl"),
+                "on_error": "skip",
+            },
+            "output": {"uri": str(tmp_path / "out")},
+            "train": {"max_pairs": 16},
+            "pairs": {"mine_hard_negatives": False},
+            "classify": {"enabled": False},
+        },
+    )  # the read-only run in test_secrets covers those
     (tmp_path / "config.json").write_text(json.dumps(config))
     done = run_cli("run", "--config", str(tmp_path / "config.json"), "--run-id", "skipping", cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -176,9 +206,11 @@ def test_run_skips_counts_and_finishes(tmp_path: Path) -> None:
     skipped = {Path(f["uri"]).name: f["skipped"] for f in inputs["files"]}
     assert skipped == {"tickets.jsonl": 3, "links.jsonl": 2}
     reasons = "\n".join(inputs["skipped_rows"])
-    for expected in ("tickets.jsonl line 5: invalid JSON",
-                     "tickets.jsonl line 6: field 'id': duplicate id 'T-3'",
-                     "tickets.jsonl line 7: field 'title'", "field 'target': 'NOPE' is not a known ticket id",
-                     "field 'relation': unknown relation 'supersedes'"):
+    for expected in (
+        "tickets.jsonl line 5: invalid JSON",
+        "tickets.jsonl line 6: field 'id': duplicate id 'T-3'",
+        "tickets.jsonl line 7: field 'title'",
+        "field 'target': 'NOPE' is not a known ticket id",
+        "field 'relation': unknown relation 'supersedes'",
+    ):
         assert expected in reasons, reasons
-

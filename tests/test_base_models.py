@@ -33,17 +33,27 @@ def _tiny_base(kind: str, folder: Path, tokenizer_dir: str) -> Path:
     from transformers import AutoTokenizer, BertConfig, BertModel, ModernBertConfig, ModernBertModel
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-    sizes: dict[str, Any] = {"vocab_size": tokenizer.vocab_size, "hidden_size": 32, "num_hidden_layers": 2,
-                             "num_attention_heads": 2, "intermediate_size": 64,
-                             "max_position_embeddings": POSITIONS}
+    sizes: dict[str, Any] = {
+        "vocab_size": tokenizer.vocab_size,
+        "hidden_size": 32,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "intermediate_size": 64,
+        "max_position_embeddings": POSITIONS,
+    }
     if kind == "bert":
         model: Any = BertModel(BertConfig(**sizes))
     else:
-        ids = {"pad_token_id": tokenizer.pad_token_id, "cls_token_id": tokenizer.cls_token_id,
-               "sep_token_id": tokenizer.sep_token_id, "bos_token_id": tokenizer.cls_token_id,
-               "eos_token_id": tokenizer.sep_token_id}
-        model = ModernBertModel(ModernBertConfig(**sizes, **ids, global_attn_every_n_layers=2,
-                                                 local_attention=16))
+        ids = {
+            "pad_token_id": tokenizer.pad_token_id,
+            "cls_token_id": tokenizer.cls_token_id,
+            "sep_token_id": tokenizer.sep_token_id,
+            "bos_token_id": tokenizer.cls_token_id,
+            "eos_token_id": tokenizer.sep_token_id,
+        }
+        model = ModernBertModel(
+            ModernBertConfig(**sizes, **ids, global_attn_every_n_layers=2, local_attention=16)
+        )
     raw = folder / f"{kind}-raw"
     model.save_pretrained(raw)
     # "unset", as many hub tokenizers are: the cap must come from the model
@@ -59,7 +69,8 @@ def _tiny_base(kind: str, folder: Path, tokenizer_dir: str) -> Path:
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["bert", "modernbert"])
 def test_bert_and_modernbert_bases_train_and_encode_with_sdpa_a_prefix_and_a_capped_length(
-        tmp_path: Path, kind: str) -> None:
+    tmp_path: Path, kind: str
+) -> None:
     from job.embedding.train import RankingSets, TrainExamples, TripletExamples, train_model
     from job.log import get_logger
     from job.storage import LocalStore
@@ -70,16 +81,33 @@ def test_bert_and_modernbert_bases_train_and_encode_with_sdpa_a_prefix_and_a_cap
     # capped, not an index error
     assert position_limit(model) == POSITIONS and model.max_seq_length == POSITIONS
     assert attention_implementation(model) == "sdpa"
-    cfg = load_config(environ={}, cli_overrides={
-        "data.tickets": "t.jsonl", "output.uri": str(tmp_path / "out"), "model.base": str(base),
-        "model.text_prefix": "query: ", "train.epochs": 1, "train.batch_size": 4,
-        "train.loss": "retrieval"}).config
+    cfg = load_config(
+        environ={},
+        cli_overrides={
+            "data.tickets": "t.jsonl",
+            "output.uri": str(tmp_path / "out"),
+            "model.base": str(base),
+            "model.text_prefix": "query: ",
+            "train.epochs": 1,
+            "train.batch_size": 4,
+            "train.loss": "retrieval",
+        },
+    ).config
     texts = [f"namenode {word} fails with a long stack trace " * 20 for word in "abcdefgh"]
     pairs = TrainExamples(texts[:4], texts[4:], [1.0, 0.0, 0.6, 0.0])
     triplets = TripletExamples(texts[:4], texts[4:], texts[2:6])
-    result = train_model(cfg, model, pairs, RankingSets(triplets), pairs, tmp_path / "work",
-                         LocalStore(tmp_path / "store"), get_logger(step="test"), threading.Event(),
-                         resume=False)
+    result = train_model(
+        cfg,
+        model,
+        pairs,
+        RankingSets(triplets),
+        pairs,
+        tmp_path / "work",
+        LocalStore(tmp_path / "store"),
+        get_logger(step="test"),
+        threading.Event(),
+        resume=False,
+    )
     tuned = load_model(str(result.model_dir), max_seq_length=512)  # no prefix given: it comes with the model
     assert tuned.default_prompt_name and tuned.prompts[tuned.default_prompt_name] == "query: "
     vectors = encode(tuned, texts, 4, get_logger(step="test"), "encode")

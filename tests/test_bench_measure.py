@@ -12,8 +12,9 @@ from bench.run_bench import idle_report
 
 
 def test_cpu_used_by_other_processes_is_counted_and_makes_the_run_not_idle(tmp_path: Path) -> None:
-    spinner = subprocess.Popen([sys.executable, "-c",
-                                "import time\nend = time.time() + 8\nwhile time.time() < end: pass"])
+    spinner = subprocess.Popen(
+        [sys.executable, "-c", "import time\nend = time.time() + 8\nwhile time.time() < end: pass"]
+    )
     try:
         measured = run_measured([sys.executable, "-c", "import time; time.sleep(3)"], tmp_path / "job.log")
     finally:

@@ -24,9 +24,18 @@ def _world(n_per_class: int = 30, seed: int = 0) -> tuple[list[Link], dict[str, 
         for i in range(n_per_class):
             a, b = f"{relation}-{i}-a", f"{relation}-{i}-b"
             base = rng.normal(size=8)
-            for tid, vec, day in ((a, base, 1), (b, base + rng.normal(scale=0.3, size=8), 1 + gap_days + i % 3)):
-                tickets[tid] = Ticket(tid, f"{relation} words {i}", project="P", created="2020-01-01T00:00:00+00:00"
-                                      if day == 1 else f"2020-{1 + (day // 28) % 12:02d}-{1 + day % 28:02d}T00:00:00+00:00")
+            for tid, vec, day in (
+                (a, base, 1),
+                (b, base + rng.normal(scale=0.3, size=8), 1 + gap_days + i % 3),
+            ):
+                tickets[tid] = Ticket(
+                    tid,
+                    f"{relation} words {i}",
+                    project="P",
+                    created="2020-01-01T00:00:00+00:00"
+                    if day == 1
+                    else f"2020-{1 + (day // 28) % 12:02d}-{1 + day % 28:02d}T00:00:00+00:00",
+                )
                 vectors.append(vec / np.linalg.norm(vec))
             links.append(Link(a, b, relation))
     emb = Embeddings(list(tickets), np.array(vectors, dtype=np.float32))
@@ -43,8 +52,9 @@ def test_trains_reports_and_reloads_without_pickle() -> None:
     _reloaded_predicts_what_was_scored(result, test, tickets, emb)
 
 
-def _reloaded_predicts_what_was_scored(result: ClassifierResult, test: list[Link], tickets: dict[str, Ticket],
-                                       emb: Embeddings) -> None:
+def _reloaded_predicts_what_was_scored(
+    result: ClassifierResult, test: list[Link], tickets: dict[str, Ticket], emb: Embeddings
+) -> None:
     """The JSON model, applied with `predict`, gives exactly the predictions the metrics were computed from."""
     saved = json.loads(dumps_model(result.model))
     reloaded = predict(saved, pair_features(test, tickets, emb))
@@ -72,7 +82,9 @@ def test_rare_classes_are_dropped_and_reported() -> None:
 def test_absent_test_class_does_not_crash() -> None:
     links, tickets, emb = _world()
     only_causes = [link for link in links if link.relation == "causes"][:5]
-    result = train_classifier(links, only_causes, tickets, emb, ClassifyConfig(min_class_count=5, smote=False), seed=0)
+    result = train_classifier(
+        links, only_causes, tickets, emb, ClassifyConfig(min_class_count=5, smote=False), seed=0
+    )
     assert result.metrics["per_class"]["clones"]["support"] == 0
 
 

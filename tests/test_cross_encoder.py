@@ -29,19 +29,33 @@ from job.storage import LocalStore, Store, download_dir, upload_dir
 from tests.conftest import OFFLINE_MODEL, SampleSplit
 from tests.test_card import files_quoting
 
-TICKETS = {t: Ticket(t, f"text of {t}", project="HDFS", created=f"2014-03-0{n}T10:00:00+00:00")
-           for n, t in enumerate("abcd", start=1)}
+TICKETS = {
+    t: Ticket(t, f"text of {t}", project="HDFS", created=f"2014-03-0{n}T10:00:00+00:00")
+    for n, t in enumerate("abcd", start=1)
+}
 
 
 def test_symmetric_relations_train_both_ways_directed_ones_only_as_given() -> None:
-    links = [Link("a", "b", "relates"), Link("c", "d", "blocks"), Link("b", "c", "causes"), Link("d", "a", "clones")]
+    links = [
+        Link("a", "b", "relates"),
+        Link("c", "d", "blocks"),
+        Link("b", "c", "causes"),
+        Link("d", "a", "clones"),
+    ]
     classes = ["blocks", "causes", "clones", "relates"]
     rows = pair_rows(links, TICKETS, classes, both_orders=True)
-    got = [(first.split("\n")[1], second.split("\n")[1], classes[label])
-           for first, second, label in zip(rows.sentence1, rows.sentence2, rows.label, strict=True)]
-    assert got == [("text of a", "text of b", "relates"), ("text of b", "text of a", "relates"),
-                   ("text of c", "text of d", "blocks"), ("text of b", "text of c", "causes"),
-                   ("text of d", "text of a", "clones"), ("text of a", "text of d", "clones")]
+    got = [
+        (first.split("\n")[1], second.split("\n")[1], classes[label])
+        for first, second, label in zip(rows.sentence1, rows.sentence2, rows.label, strict=True)
+    ]
+    assert got == [
+        ("text of a", "text of b", "relates"),
+        ("text of b", "text of a", "relates"),
+        ("text of c", "text of d", "blocks"),
+        ("text of b", "text of c", "causes"),
+        ("text of d", "text of a", "clones"),
+        ("text of a", "text of d", "clones"),
+    ]
     as_given = pair_rows(links, TICKETS, classes, both_orders=False)
     assert len(as_given.label) == len(links), "val and test are scored once, in the given order"
 
@@ -81,17 +95,36 @@ def trained(sample_split: SampleSplit, tmp_path_factory: pytest.TempPathFactory)
     from job.embedding.model import resolve_model_path
 
     work = tmp_path_factory.mktemp("cross-encoder")
-    cfg = load_config(environ={}, cli_overrides={
-        "data.tickets": "t.jsonl", "output.uri": str(work / "out"), "classify.method": "cross_encoder",
-        "classify.cross_encoder.epochs": 2, "classify.cross_encoder.batch_size": 16,
-        "classify.cross_encoder.max_length": 32, "classify.cross_encoder.learning_rate": 1e-4,
-        "classify.cross_encoder.max_train_rows": 64,
-        "train.seed": 7}).config
+    cfg = load_config(
+        environ={},
+        cli_overrides={
+            "data.tickets": "t.jsonl",
+            "output.uri": str(work / "out"),
+            "classify.method": "cross_encoder",
+            "classify.cross_encoder.epochs": 2,
+            "classify.cross_encoder.batch_size": 16,
+            "classify.cross_encoder.max_length": 32,
+            "classify.cross_encoder.learning_rate": 1e-4,
+            "classify.cross_encoder.max_train_rows": 64,
+            "train.seed": 7,
+        },
+    ).config
     tickets, links = sample_split.tickets, sample_split.links
     chosen = choose_relations(links["train"], links["test"], cfg.classify.min_class_count, links["val"])
     start = resolve_model_path(OFFLINE_MODEL, cfg.storage, work / "cache")
-    result = train_cross_encoder(start, chosen.classes, chosen.train, chosen.val, chosen.test, tickets, cfg, work,
-                                 LocalStore(work / "store"), get_logger(step="test"), threading.Event())
+    result = train_cross_encoder(
+        start,
+        chosen.classes,
+        chosen.train,
+        chosen.val,
+        chosen.test,
+        tickets,
+        cfg,
+        work,
+        LocalStore(work / "store"),
+        get_logger(step="test"),
+        threading.Event(),
+    )
     return Trained(result, chosen.classes, chosen.val, chosen.test, tickets)
 
 
@@ -103,8 +136,13 @@ def test_trains_on_the_sample_keeps_the_best_val_epoch_and_saves_without_pickle(
     assert len(scores) == 2 and result.best_val_macro_f1 == max(scores)
     saved = load_predictor(result.model_dir, device="cpu")
     val = saved.probabilities([(trained.tickets[k.source], trained.tickets[k.target]) for k in trained.val])
-    kept = f1_score([k.relation for k in trained.val], [trained.classes[i] for i in val.argmax(axis=1)],
-                    labels=trained.classes, average="macro", zero_division=0)
+    kept = f1_score(
+        [k.relation for k in trained.val],
+        [trained.classes[i] for i in val.argmax(axis=1)],
+        labels=trained.classes,
+        average="macro",
+        zero_division=0,
+    )
     assert kept == pytest.approx(max(scores)), "the saved model is the best val epoch's"
     assert result.test_probabilities.shape == (len(trained.test), len(trained.classes))
     assert np.allclose(result.test_probabilities.sum(axis=1), 1.0, atol=1e-5)
@@ -122,7 +160,8 @@ def test_trains_on_the_sample_keeps_the_best_val_epoch_and_saves_without_pickle(
 
 @pytest.mark.slow
 def test_predict_after_a_reload_through_storage_gives_the_scored_probabilities(
-        trained: Trained, store: Store, tmp_path: Path) -> None:
+    trained: Trained, store: Store, tmp_path: Path
+) -> None:
     upload_dir(store, trained.result.model_dir, "classifier")
     local = download_dir(store, "classifier", tmp_path / "classifier")
     predictor = load_predictor(local, device="cpu")

@@ -38,8 +38,16 @@ def ticket_records(draw: st.DrawFn, min_size: int = 1, max_size: int = 12) -> li
         title, description = draw(TEXT), draw(TEXT)
         if not (title.strip() or description.strip()):
             title = "t"
-        records.append({"id": tid, "title": title, "description": description, "category": draw(OPTIONAL),
-                        "project": draw(OPTIONAL), "created": draw(st.one_of(st.none(), DATES))})
+        records.append(
+            {
+                "id": tid,
+                "title": title,
+                "description": description,
+                "category": draw(OPTIONAL),
+                "project": draw(OPTIONAL),
+                "created": draw(st.one_of(st.none(), DATES)),
+            }
+        )
     return records
 
 
@@ -69,8 +77,11 @@ def test_valid_tickets_round_trip_in_every_format(records: list[dict[str, Any]],
     for record in records:
         ticket = tickets[record["id"]]
         assert ticket.text == expected_text(record)
-        assert (ticket.category, ticket.project, ticket.created) == (record["category"], record["project"],
-                                                                     record["created"])
+        assert (ticket.category, ticket.project, ticket.created) == (
+            record["category"],
+            record["project"],
+            record["created"],
+        )
 
 
 @SETTINGS
@@ -78,8 +89,15 @@ def test_valid_tickets_round_trip_in_every_format(records: list[dict[str, Any]],
 def test_valid_links_round_trip(records: list[dict[str, Any]], data: st.DataObject) -> None:
     ids = [r["id"] for r in records]
     tickets, _ = parse_tickets(as_jsonl(records), "tickets.jsonl", DataConfig())
-    rows = data.draw(st.lists(st.tuples(st.sampled_from(ids), st.sampled_from(ids), st.sampled_from(RELATIONS))
-                              .filter(lambda t: t[0] != t[1]), min_size=1, max_size=20))
+    rows = data.draw(
+        st.lists(
+            st.tuples(st.sampled_from(ids), st.sampled_from(ids), st.sampled_from(RELATIONS)).filter(
+                lambda t: t[0] != t[1]
+            ),
+            min_size=1,
+            max_size=20,
+        )
+    )
     links = [{"source": s, "target": t, "relation": r} for s, t, r in rows]
     parsed, report = parse_links(as_jsonl(links), "links.jsonl", DataConfig(), tickets)
     assert report.problems == []
@@ -92,8 +110,10 @@ def test_valid_links_round_trip(records: list[dict[str, Any]], data: st.DataObje
 
 
 @SETTINGS
-@given(st.lists(st.tuples(ID, ID, st.floats(0, 1)).filter(lambda p: p[0] != p[1]), min_size=1, max_size=15),
-       st.sampled_from(["jsonl", "csv"]))
+@given(
+    st.lists(st.tuples(ID, ID, st.floats(0, 1)).filter(lambda p: p[0] != p[1]), min_size=1, max_size=15),
+    st.sampled_from(["jsonl", "csv"]),
+)
 def test_valid_pairs_round_trip(rows: list[tuple[str, str, float]], fmt: str) -> None:
     records = [{"text_a": a, "text_b": b, "score": s} for a, b, s in rows]
     data = as_jsonl(records) if fmt == "jsonl" else as_csv(records)
@@ -127,12 +147,16 @@ def _load(inputs: dict[str, tuple[str, bytes]], on_error: str) -> Corpus | Input
 
 
 VALID_TICKETS = as_jsonl([{"id": f"T-{i}", "title": f"title {i}", "description": "d"} for i in range(6)])
-VALID_LINKS = as_jsonl([{"source": "T-0", "target": "T-1", "relation": "relates"},
-                        {"source": "T-2", "target": "T-3", "relation": "duplicate"}])
+VALID_LINKS = as_jsonl(
+    [
+        {"source": "T-0", "target": "T-1", "relation": "relates"},
+        {"source": "T-2", "target": "T-3", "relation": "duplicate"},
+    ]
+)
 VALID_RECORDS = [json.loads(line) for line in VALID_TICKETS.splitlines()]
 VALID_LINK_RECORDS = [json.loads(line) for line in VALID_LINKS.splitlines()]
 VALID_ARRAYS = (json.dumps(VALID_RECORDS).encode(), json.dumps(VALID_LINK_RECORDS).encode())
-VALID_CSV = as_csv([{"id": f"T-{i}", "title": f"a, \"quoted\"\ntitle {i}"} for i in range(5)])
+VALID_CSV = as_csv([{"id": f"T-{i}", "title": f'a, "quoted"\ntitle {i}'} for i in range(5)])
 
 
 def _whole_when_intact(result: Corpus | InputError, intact: bool) -> None:
@@ -161,11 +185,17 @@ def mutated(draw: st.DrawFn, original: bytes) -> bytes:
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.sampled_from(["jsonl", "json", "csv"]), st.binary(max_size=300), st.binary(max_size=300),
-       st.sampled_from(["fail", "skip"]))
+@given(
+    st.sampled_from(["jsonl", "json", "csv"]),
+    st.binary(max_size=300),
+    st.binary(max_size=300),
+    st.sampled_from(["fail", "skip"]),
+)
 @example("jsonl", VALID_TICKETS, VALID_LINKS, "fail")
 @example("json", *VALID_ARRAYS, "skip")
-def test_random_bytes_end_in_a_corpus_or_an_input_error(fmt: str, tickets: bytes, links: bytes, on_error: str) -> None:
+def test_random_bytes_end_in_a_corpus_or_an_input_error(
+    fmt: str, tickets: bytes, links: bytes, on_error: str
+) -> None:
     result = _load({"tickets": (f"t.{fmt}", tickets), "links": (f"l.{fmt}", links)}, on_error)
     _whole_when_intact(result, (tickets, links) in ((VALID_TICKETS, VALID_LINKS), VALID_ARRAYS))
 
@@ -188,23 +218,46 @@ def test_damaged_csv_ends_in_a_corpus_or_an_input_error(tickets: bytes, on_error
         assert result.tickets["T-0"].text.startswith('a, "quoted"')
 
 
-JSON_VALUES = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=10),
-                           lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner,
-                                                                                       max_size=3), max_leaves=8)
-FIELDS = ["id", "title", "description", "category", "project", "created", "source", "target", "relation",
-          "text_a", "text_b", "score"]
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=10),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+    max_leaves=8,
+)
+FIELDS = [
+    "id",
+    "title",
+    "description",
+    "category",
+    "project",
+    "created",
+    "source",
+    "target",
+    "relation",
+    "text_a",
+    "text_b",
+    "score",
+]
 
 
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.lists(st.dictionaries(st.sampled_from(FIELDS), JSON_VALUES), min_size=1, max_size=6),
-       st.lists(st.dictionaries(st.sampled_from(FIELDS), JSON_VALUES), min_size=1, max_size=6),
-       st.booleans(), st.sampled_from(["fail", "skip"]))
+@given(
+    st.lists(st.dictionaries(st.sampled_from(FIELDS), JSON_VALUES), min_size=1, max_size=6),
+    st.lists(st.dictionaries(st.sampled_from(FIELDS), JSON_VALUES), min_size=1, max_size=6),
+    st.booleans(),
+    st.sampled_from(["fail", "skip"]),
+)
 @example(VALID_RECORDS, VALID_LINK_RECORDS, False, "fail")
-def test_any_json_value_in_any_field_is_checked(tickets: list[dict[str, Any]], second: list[dict[str, Any]],
-                                                pairs_mode: bool, on_error: str) -> None:
+def test_any_json_value_in_any_field_is_checked(
+    tickets: list[dict[str, Any]], second: list[dict[str, Any]], pairs_mode: bool, on_error: str
+) -> None:
     first = json.dumps(tickets).encode()
     if pairs_mode:
-        _load({"pairs": ("p.json", first), "relationship_pairs": ("r.json", json.dumps(second).encode())}, on_error)
+        _load(
+            {"pairs": ("p.json", first), "relationship_pairs": ("r.json", json.dumps(second).encode())},
+            on_error,
+        )
     else:
-        result = _load({"tickets": ("t.json", first), "links": ("l.json", json.dumps(second).encode())}, on_error)
+        result = _load(
+            {"tickets": ("t.json", first), "links": ("l.json", json.dumps(second).encode())}, on_error
+        )
         _whole_when_intact(result, (tickets, second) == (VALID_RECORDS, VALID_LINK_RECORDS))

@@ -92,7 +92,9 @@ def resolve(image: str, args: dict[str, str]) -> str:
 
 def exec_form(item: Instruction) -> list[str]:
     value = json.loads(item.args)
-    assert isinstance(value, list) and all(isinstance(v, str) for v in value), f"line {item.line}: not exec form"
+    assert isinstance(value, list) and all(isinstance(v, str) for v in value), (
+        f"line {item.line}: not exec form"
+    )
     return value
 
 
@@ -157,8 +159,12 @@ def build_context() -> list[Path]:
     for folder, dirs, names in os.walk(REPO):
         base = Path(folder).relative_to(REPO).as_posix()
         prefix = "" if base == "." else base + "/"
-        dirs[:] = [d for d in dirs if not excluded(prefix + d, rules)
-                   or any(p.startswith(prefix + d + "/") or p.startswith("*") for p in reopened)]
+        dirs[:] = [
+            d
+            for d in dirs
+            if not excluded(prefix + d, rules)
+            or any(p.startswith(prefix + d + "/") or p.startswith("*") for p in reopened)
+        ]
         files += [Path(folder) / n for n in names if not excluded(prefix + n, rules)]
     return files
 
@@ -168,8 +174,9 @@ def build_context() -> list[Path]:
 
 @pytest.mark.parametrize("dockerfile", DOCKERFILES)
 def test_hadolint_is_clean(dockerfile: str) -> None:
-    result = subprocess.run([str(HADOLINT), "--format", "json", dockerfile], cwd=REPO, capture_output=True, text=True,
-                            timeout=60)
+    result = subprocess.run(
+        [str(HADOLINT), "--format", "json", dockerfile], cwd=REPO, capture_output=True, text=True, timeout=60
+    )
     findings = json.loads(result.stdout or "[]")
     assert findings == [], "\n".join(f"{f['line']}: {f['code']} {f['message']}" for f in findings)
     assert result.returncode == 0, result.stderr
@@ -204,11 +211,14 @@ def test_installs_the_locked_set_then_the_project_without_deps(dockerfile: str) 
     assert "pip install --no-deps ." in runs
     assert "pip check" in runs
     assert re.search(r"torch==\$\{?TORCH_VERSION", runs) and "s/^torch==//p' requirements.lock" in runs, (
-        "torch's version must come from requirements.lock, not be written twice")
+        "torch's version must come from requirements.lock, not be written twice"
+    )
     lock = (REPO / "requirements.lock").read_text()
     assert re.search(r"^torch==\d", lock, re.M), "requirements.lock must pin torch"
     copies = [i.args for stage in found for i in stage.all("COPY") if "--from" not in i.args]
-    assert copies[0].split()[0] == "requirements.lock", "the lock is copied alone first, so code edits keep the cache"
+    assert copies[0].split()[0] == "requirements.lock", (
+        "the lock is copied alone first, so code edits keep the cache"
+    )
 
 
 def test_torch_index_matches_the_base_image() -> None:
@@ -220,8 +230,12 @@ def test_torch_index_matches_the_base_image() -> None:
     variant = re.search(r"/whl/cu(\d+)(\d)$", cuda_index)
     image = re.search(r"nvidia/cuda:(\d+)\.(\d+)\.\d+-(runtime|cudnn-runtime)-", cuda_args["CUDA_IMAGE"])
     assert variant and image, (cuda_index, cuda_args["CUDA_IMAGE"])
-    assert variant.groups() == image.groups()[:2], "the PyTorch CUDA index and the CUDA runtime image must agree"
-    assert "torch.version.cuda" in " ".join(i.args for s in cuda for i in s.all("RUN")), "the build checks it too"
+    assert variant.groups() == image.groups()[:2], (
+        "the PyTorch CUDA index and the CUDA runtime image must agree"
+    )
+    assert "torch.version.cuda" in " ".join(i.args for s in cuda for i in s.all("RUN")), (
+        "the build checks it too"
+    )
 
 
 @pytest.mark.parametrize("dockerfile", DOCKERFILES)
@@ -233,7 +247,9 @@ def test_base_images_are_pinned(dockerfile: str) -> None:
         if image in names:
             continue  # an earlier stage
         repo, _, tag = image.partition("@")[0].rpartition(":")
-        assert repo and tag and tag != "latest" and re.search(r"\d+\.\d+", tag), f"{stage.base} -> {image} is not pinned"
+        assert repo and tag and tag != "latest" and re.search(r"\d+\.\d+", tag), (
+            f"{stage.base} -> {image} is not pinned"
+        )
 
 
 @pytest.mark.parametrize("dockerfile", DOCKERFILES)
@@ -253,7 +269,9 @@ def test_git_revision_and_base_model_build_args(dockerfile: str) -> None:
     app = next(s for s in found if s.name == "app")
     assert any(i.args.startswith("GIT_REVISION") for i in app.all("ARG"))
     stamp = " ".join(i.args for i in app.all("RUN"))
-    assert "with_name('GIT_REVISION')" in stamp and "job.__file__" in stamp, "job/runs/artifacts.py reads job/GIT_REVISION"
+    assert "with_name('GIT_REVISION')" in stamp and "job.__file__" in stamp, (
+        "job/runs/artifacts.py reads job/GIT_REVISION"
+    )
     # The stage's WORKDIR holds the source tree: a plain `python -c "import job"` imports that
     # copy and stamps /src/job, which the runtime never sees (`make image-test` checks the result).
     assert "/opt/venv/bin/python -P -c" in stamp, "the stamp must import the installed package, not ./job"
@@ -285,13 +303,18 @@ def test_every_pip_call_takes_the_index_args_and_the_ca_secret(dockerfile: str) 
             if "pip install" not in run.args:
                 continue
             pip_runs += 1
-            assert {"PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL"} <= declared, f"{dockerfile}:{run.line}: index args"
-            assert run.args.startswith("--mount=type=secret,id=pip_ca "), f"{dockerfile}:{run.line}: no CA secret"
+            assert {"PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL"} <= declared, (
+                f"{dockerfile}:{run.line}: index args"
+            )
+            assert run.args.startswith("--mount=type=secret,id=pip_ca "), (
+                f"{dockerfile}:{run.line}: no CA secret"
+            )
             assert "export PIP_CERT=/run/secrets/pip_ca" in run.args, f"{dockerfile}:{run.line}: CA not used"
     assert pip_runs >= 2, "the lock install and the project install"
     runtime_args = {i.args.partition("=")[0] for i in found[-1].all("ARG")}
     assert not {"PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL", "TORCH_INDEX_URL"} & runtime_args, (
-        "index URLs (which may carry a token) stay out of the runtime image's config")
+        "index URLs (which may carry a token) stay out of the runtime image's config"
+    )
 
 
 def test_cuda_build_args_mirror_the_cpu_ones() -> None:
@@ -302,11 +325,25 @@ def test_cuda_build_args_mirror_the_cpu_ones() -> None:
 
 def test_dockerignore_keeps_secrets_data_and_heavy_files_out() -> None:
     rules = ignore_rules(REPO / ".dockerignore")
-    for path in (".git/config", ".venv/bin/python", "tests/conftest.py", "tests/bad_inputs/x.jsonl",
-                 "demo-output/runs/r/model/model.safetensors", "bench/work/out.json", ".cache/hf/x",
-                 "job/__pycache__/cli.cpython-311.pyc", "job/model.safetensors", "job/weights.bin", "job/.env",
-                 "job/GIT_REVISION", "credentials.json", "k8s/base/secret.example.yaml", "data/tickets.jsonl",
-                 "ticket_finetune_job.egg-info/PKG-INFO", "../shared/data/sample/tickets.jsonl"):
+    for path in (
+        ".git/config",
+        ".venv/bin/python",
+        "tests/conftest.py",
+        "tests/bad_inputs/x.jsonl",
+        "demo-output/runs/r/model/model.safetensors",
+        "bench/work/out.json",
+        ".cache/hf/x",
+        "job/__pycache__/cli.cpython-311.pyc",
+        "job/model.safetensors",
+        "job/weights.bin",
+        "job/.env",
+        "job/GIT_REVISION",
+        "credentials.json",
+        "k8s/base/secret.example.yaml",
+        "data/tickets.jsonl",
+        "ticket_finetune_job.egg-info/PKG-INFO",
+        "../shared/data/sample/tickets.jsonl",
+    ):
         assert excluded(path, rules), f"{path} would be sent to the Docker daemon"
     for path in ("job/cli.py", "job/__init__.py", "pyproject.toml", "requirements.lock"):
         assert not excluded(path, rules), f"{path} is needed by the build but excluded"
@@ -326,4 +363,5 @@ def test_build_context_is_small_and_holds_what_the_copies_need() -> None:
                 *sources, _dest = item.args.split()
                 for source in sources:
                     assert any(r == source or r.startswith(source.rstrip("/") + "/") for r in rel), (
-                        f"{dockerfile}:{item.line}: COPY {source} is not in the build context")
+                        f"{dockerfile}:{item.line}: COPY {source} is not in the build context"
+                    )

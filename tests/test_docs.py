@@ -15,15 +15,22 @@ def _pages() -> list[Path]:
 
 
 def test_every_relative_link_reaches_a_file() -> None:
-    broken = [f"{page.relative_to(REPO)} -> {target}"
-              for page in _pages() for target in LINK.findall(page.read_text())
-              if "://" not in target and not (page.parent / target).exists()]
+    broken = [
+        f"{page.relative_to(REPO)} -> {target}"
+        for page in _pages()
+        for target in LINK.findall(page.read_text())
+        if "://" not in target and not (page.parent / target).exists()
+    ]
     assert broken == []
 
 
 def test_every_docs_page_is_linked_from_the_readme_or_another_page() -> None:
-    linked = {(page.parent / t).resolve()
-              for page in _pages() for t in LINK.findall(page.read_text()) if "://" not in t}
+    linked = {
+        (page.parent / t).resolve()
+        for page in _pages()
+        for t in LINK.findall(page.read_text())
+        if "://" not in t
+    }
     unreached = [p.name for p in sorted((REPO / "docs").glob("*.md")) if p.resolve() not in linked]
     assert unreached == []
 

@@ -25,9 +25,13 @@ plots.loss_curve([{{"step": 1, "loss": 0.5}}], [], Path({str(tmp_path / "loss.pn
 import matplotlib
 print(os.environ["HF_HOME"], matplotlib.get_configdir())
 """
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("HF_HOME", "MPLCONFIGDIR") and not k.startswith("FINETUNE_")}
-    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
-                            timeout=300)
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("HF_HOME", "MPLCONFIGDIR") and not k.startswith("FINETUNE_")
+    }
+    result = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.split() == [str(cache), str(cache / "matplotlib")]

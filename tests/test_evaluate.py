@@ -78,7 +78,9 @@ def test_threshold_is_chosen_on_val_and_applied_to_test() -> None:
     val = PairScores(np.array([0.9, 0.8, 0.3, 0.2]), np.array([1.0, 1.0, 0.0, 0.0]), np.array([1, 1, 0, 0]))
     threshold = best_threshold(val)
     assert 0.3 < threshold <= 0.8
-    test = PairScores(np.array([0.85, 0.25, 0.75, 0.1]), np.array([1.0, 1.0, 0.0, 0.0]), np.array([1, 1, 0, 0]))
+    test = PairScores(
+        np.array([0.85, 0.25, 0.75, 0.1]), np.array([1.0, 1.0, 0.0, 0.0]), np.array([1, 1, 0, 0])
+    )
     metrics = pair_metrics(test, threshold)
     assert metrics["threshold"] == threshold
     assert metrics["best_f1"] == 0.5  # one hit, one miss, one false alarm at the val threshold
@@ -92,8 +94,12 @@ def test_perfect_embeddings_give_perfect_retrieval() -> None:
     ids = ["a0", "a1", "b0", "b1", "c"]
     emb = Embeddings(ids, vectors)
     links = [Link("a1", "a0", "duplicate"), Link("b1", "b0", "duplicate")]
-    pairs = [Pair("a0", "a1", 1.0, "positive"), Pair("b0", "b1", 1.0, "positive"), Pair("a0", "c", 0.0, "random"),
-             Pair("b0", "c", 0.0, "random")]
+    pairs = [
+        Pair("a0", "a1", 1.0, "positive"),
+        Pair("b0", "b1", 1.0, "positive"),
+        Pair("a0", "c", 0.0, "random"),
+        Pair("b0", "c", 0.0, "random"),
+    ]
     result = evaluate_model(emb, pairs, pairs, ids, links, ["duplicate"], 0.5, chunk_size=2)
     assert result.metrics["recall_at_1"] == 1.0 and result.metrics["mrr"] == 1.0
     assert result.metrics["n_queries"] == 4 and result.metrics["average_precision"] == 1.0
@@ -104,7 +110,9 @@ def test_retrieval_falls_back_to_all_relations_when_none_requested_exist() -> No
     assert used == "all" and relevant == [{1}, {0}]
 
 
-def _pair_world(cosines: list[float], labels: list[int], prefix: str) -> tuple[list[str], np.ndarray, list[Pair]]:
+def _pair_world(
+    cosines: list[float], labels: list[int], prefix: str
+) -> tuple[list[str], np.ndarray, list[Pair]]:
     """Two tickets per pair whose cosine is exactly the given one (2-d unit vectors)."""
     ids, vectors, pairs = [], [], []
     for n, (c, label) in enumerate(zip(cosines, labels, strict=True)):
@@ -115,7 +123,9 @@ def _pair_world(cosines: list[float], labels: list[int], prefix: str) -> tuple[l
     return ids, np.array(vectors, dtype=np.float32), pairs
 
 
-def test_the_evaluation_reads_its_threshold_from_val_pairs_never_from_test(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_evaluation_reads_its_threshold_from_val_pairs_never_from_test(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """The wiring, not only the maths: val is best cut at 0.31, test at 0.71, and score_model reports the val
     one; every threshold it picks (dense, hybrid) is picked from val's pairs (4 of them; test has 6)."""
     import job.evaluation.evaluate
@@ -126,12 +136,17 @@ def test_the_evaluation_reads_its_threshold_from_val_pairs_never_from_test(monke
     val_ids, val_vectors, val_pairs = _pair_world([0.6, 0.6, 0.3, 0.3], [1, 1, 0, 0], "v")
     test_ids, test_vectors, test_pairs = _pair_world([0.9, 0.9, 0.7, 0.7, 0.7, 0.2], [1, 1, 0, 0, 0, 0], "t")
     emb = Embeddings(val_ids + test_ids, np.vstack([val_vectors, test_vectors]))
-    assert best_threshold(pair_scores(emb, val_pairs, 0.5)) < 0.5 < best_threshold(pair_scores(emb, test_pairs, 0.5))
+    assert (
+        best_threshold(pair_scores(emb, val_pairs, 0.5))
+        < 0.5
+        < best_threshold(pair_scores(emb, test_pairs, 0.5))
+    )
 
     def pool(ids: list[str], pairs: list[Pair]) -> RetrievalPool:
         links = [Link(p.a, p.b, "duplicate") for p in pairs if p.score]
-        return RetrievalPool.build(ids, [f"ticket {t}" for t in ids], links, ["duplicate"], dict.fromkeys(ids),
-                                   LexicalSettings())
+        return RetrievalPool.build(
+            ids, [f"ticket {t}" for t in ids], links, ["duplicate"], dict.fromkeys(ids), LexicalSettings()
+        )
 
     held = HeldOut(val_pairs, test_pairs, pool(val_ids, val_pairs), pool(test_ids, test_pairs))
     chosen_from: list[int] = []

@@ -45,7 +45,9 @@ ENCODE_TIMEOUT_S = 300
 
 def test_a_variant_within_the_allowed_drop_is_written() -> None:
     assert rejection(PYTORCH, {"recall_at_10": 0.6667, "average_precision": 0.7301, "mrr": 0.5}, 0.01) is None
-    assert rejection(PYTORCH, {"recall_at_10": 0.6667, "average_precision": 0.7245}, 0.01) is None, "exactly 0.01"
+    assert rejection(PYTORCH, {"recall_at_10": 0.6667, "average_precision": 0.7245}, 0.01) is None, (
+        "exactly 0.01"
+    )
     assert rejection(PYTORCH, {"recall_at_10": 0.7, "average_precision": 0.75}, 0.0) is None, "better is fine"
 
 
@@ -54,15 +56,25 @@ def test_a_variant_more_than_the_allowed_drop_below_pytorch_is_refused() -> None
     assert ap == "average_precision 0.7200 vs 0.7345 (more than 0.01 below PyTorch)"
     recall = rejection(PYTORCH, {"recall_at_10": 0.5, "average_precision": 0.7345}, 0.01)
     assert recall is not None and recall.startswith("recall_at_10 0.5000 vs 0.6667")
-    assert rejection(PYTORCH, {"recall_at_10": 0.5, "average_precision": 0.70}, 0.01).count("below PyTorch") == 2
-    assert rejection(PYTORCH, {"recall_at_10": None, "average_precision": 0.7345}, 0.01) is not None, "missing"
+    assert (
+        rejection(PYTORCH, {"recall_at_10": 0.5, "average_precision": 0.70}, 0.01).count("below PyTorch") == 2
+    )
+    assert rejection(PYTORCH, {"recall_at_10": None, "average_precision": 0.7345}, 0.01) is not None, (
+        "missing"
+    )
     assert rejection(PYTORCH, {"recall_at_10": float("nan"), "average_precision": 0.7345}, 0.01) is not None
 
 
 def test_a_metric_the_pytorch_model_lacks_is_not_compared() -> None:
     # A test split without duplicate queries has no recall@10 for either model.
-    assert rejection({"recall_at_10": None, "average_precision": 0.7}, {"recall_at_10": None,
-                                                                        "average_precision": 0.7}, 0.01) is None
+    assert (
+        rejection(
+            {"recall_at_10": None, "average_precision": 0.7},
+            {"recall_at_10": None, "average_precision": 0.7},
+            0.01,
+        )
+        is None
+    )
 
 
 def _sample_texts(shared_sample: Path, count: int) -> list[str]:
@@ -76,9 +88,15 @@ COMPONENTS = [["a1", "a2", "a3"], ["b1", "b2"], ["c1", "c2"], ["d1"], ["d2"], ["
 def _held_out() -> tuple[HeldOut, list[Link]]:
     ids = [t for members in COMPONENTS for t in members]
     links = [Link(members[0], other, "duplicate") for members in COMPONENTS for other in members[1:]]
-    pool = RetrievalPool.build(ids, [f"ticket {t} text" for t in ids], links, ["duplicate"], {}, LexicalSettings())
+    pool = RetrievalPool.build(
+        ids, [f"ticket {t} text" for t in ids], links, ["duplicate"], {}, LexicalSettings()
+    )
     pairs = [Pair(link.source, link.target, 1.0, "positive") for link in links]
-    pairs += [Pair("a1", "d1", 0.0, "negative"), Pair("b1", "c1", 0.0, "negative"), Pair("a2", "b2", 0.0, "negative")]
+    pairs += [
+        Pair("a1", "d1", 0.0, "negative"),
+        Pair("b1", "c1", 0.0, "negative"),
+        Pair("a2", "b2", 0.0, "negative"),
+    ]
     return HeldOut([], pairs, pool, pool), links
 
 
@@ -89,10 +107,14 @@ def test_the_gate_sample_takes_whole_link_components_in_a_seeded_order_up_to_its
         gate = ExportGate.sample(held, links, ["duplicate"], max_tickets=5, seed=seed)
         assert len(gate.ids) <= 5 and gate.of_tickets == len(held.test.ids)
         for members in COMPONENTS:
-            assert len(set(members) & set(gate.ids)) in (0, len(members)), "a component is taken whole or not at all"
+            assert len(set(members) & set(gate.ids)) in (0, len(members)), (
+                "a component is taken whole or not at all"
+            )
         assert all(p.a in gate.ids and p.b in gate.ids for p in gate.pairs)
         assert len(gate.pairs) == sum(p.a in gate.ids and p.b in gate.ids for p in held.test_pairs)
-        assert gate.ids == ExportGate.sample(held, links, ["duplicate"], 5, seed).ids, "the same seed, the same sample"
+        assert gate.ids == ExportGate.sample(held, links, ["duplicate"], 5, seed).ids, (
+            "the same seed, the same sample"
+        )
         samples[seed] = tuple(gate.ids)
     assert len(set(samples.values())) > 1, "the seed chooses the sample"
     whole = ExportGate.sample(held, links, ["duplicate"], max_tickets=len(held.test.ids), seed=0)
@@ -127,8 +149,9 @@ def test_onnx_variants_reproduce_the_pytorch_embeddings(shared_sample: Path, tmp
             vectors = encode(model, texts, 16, log, variant.name)
         assert vectors.shape == reference.shape
         cosines[variant.name] = np.einsum("ij,ij->i", reference, vectors)
-    assert np.allclose(encode(model, texts, 16, log, "pytorch again"), reference, atol=1e-6), \
+    assert np.allclose(encode(model, texts, 16, log, "pytorch again"), reference, atol=1e-6), (
         "after the block the model runs its own transformer again"
+    )
     print({name: (round(float(c.min()), 5), round(float(c.mean()), 5)) for name, c in cosines.items()})
     assert cosines["onnx-fp32"].min() >= FP32_MIN_COSINE
     assert cosines["onnx-int8"].min() >= INT8_MIN_COSINE and cosines["onnx-int8"].mean() >= INT8_MEAN_COSINE
@@ -138,8 +161,9 @@ def test_onnx_variants_reproduce_the_pytorch_embeddings(shared_sample: Path, tmp
 
 
 @pytest.mark.slow
-def test_the_sentence_transformers_onnx_backend_loads_an_exported_folder(shared_sample: Path,
-                                                                          tmp_path: Path) -> None:
+def test_the_sentence_transformers_onnx_backend_loads_an_exported_folder(
+    shared_sample: Path, tmp_path: Path
+) -> None:
     """A consumer in its own environment (requirements-onnx-consumer.lock) loads both variants with
     SentenceTransformer(folder, backend="onnx", model_kwargs={"file_name": ...}) and gets the embeddings
     of the PyTorch model the job saved."""
@@ -171,8 +195,11 @@ def encode_in_consumer(python: Path, folder: Path, texts: list[str], out: Path) 
     """Both variants' embeddings of `texts`, computed by tests/onnx_consumer.py in the consumer venv."""
     texts_json = out.with_suffix(".texts.json")
     texts_json.write_text(json.dumps(texts))
-    _run([str(python), str(CONSUMER_SCRIPT), str(folder), str(texts_json), str(out), *VARIANTS.values()],
-         ENCODE_TIMEOUT_S, "the consumer script")
+    _run(
+        [str(python), str(CONSUMER_SCRIPT), str(folder), str(texts_json), str(out), *VARIANTS.values()],
+        ENCODE_TIMEOUT_S,
+        "the consumer script",
+    )
     return json.loads(out.read_text())
 
 
@@ -200,20 +227,37 @@ def build_consumer_venv(venv: Path) -> None:
     _run([sys.executable, "-m", "venv", "--clear", str(venv)], 120, "python -m venv")
     python = str(venv / "bin" / "python")
     # --no-deps: the lock lists every package, and pip check fails the build when it misses one.
-    _run([python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-deps",
-          "-r", str(CONSUMER_LOCK)], INSTALL_TIMEOUT_S, f"installing {CONSUMER_LOCK.name}")
+    _run(
+        [
+            python,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "--no-deps",
+            "-r",
+            str(CONSUMER_LOCK),
+        ],
+        INSTALL_TIMEOUT_S,
+        f"installing {CONSUMER_LOCK.name}",
+    )
     _run([python, "-m", "pip", "check"], 120, f"pip check ({CONSUMER_LOCK.name} misses a dependency?)")
 
 
 def _run(command: list[str], timeout_s: int, what: str) -> None:
     # Offline, and without the job's PYTHONPATH: the consumer sees only its own venv. The environment is
     # made here, not passed in, so that a failure's traceback does not print it.
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"HF_HUB_OFFLINE": "1",
-                                                                       "TRANSFORMERS_OFFLINE": "1"}
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+    }
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s, env=env)
     except subprocess.TimeoutExpired:
         pytest.fail(f"{what} took more than {timeout_s} s", pytrace=False)
     if done.returncode != 0:
-        pytest.fail(f"{what} failed (exit {done.returncode}):\n{done.stdout[-2000:]}{done.stderr[-3000:]}",
-                    pytrace=False)
+        pytest.fail(
+            f"{what} failed (exit {done.returncode}):\n{done.stdout[-2000:]}{done.stderr[-3000:]}",
+            pytrace=False,
+        )

@@ -26,22 +26,43 @@ from tests.conftest import run_cli
 from tests.s3server import ACCESS_KEY, SECRET_KEY, S3Server
 
 
-def record_run(root: Store, run_id: str, finetuned: dict[str, float], tickets: int, *, finished: bool = True,
-               drift_warnings: tuple[str, ...] = ()) -> None:
+def record_run(
+    root: Store,
+    run_id: str,
+    finetuned: dict[str, float],
+    tickets: int,
+    *,
+    finished: bool = True,
+    drift_warnings: tuple[str, ...] = (),
+) -> None:
     """A run as the pipeline leaves it: prepare, train and evaluate records, finished or stopped before evaluate."""
     run = RunDir(root.child(run_id), run_id)
     timer = StepTimer(PREPARE.name)
     files = [run.store.write_bytes("prepared/split.json", b"{}")]
-    run.record_step(timer.record(files, {"inputs": {"tickets": tickets, "links": tickets // 3},
-                                         "drift": {"warnings": [{"measure": m} for m in drift_warnings]}}))
+    run.record_step(
+        timer.record(
+            files,
+            {
+                "inputs": {"tickets": tickets, "links": tickets // 3},
+                "drift": {"warnings": [{"measure": m} for m in drift_warnings]},
+            },
+        )
+    )
     timer = StepTimer(TRAIN.name)
-    files = [run.store.write_bytes("model/modules.json", b"[]"), run.store.write_bytes("model/model.safetensors", b"w")]
+    files = [
+        run.store.write_bytes("model/modules.json", b"[]"),
+        run.store.write_bytes("model/model.safetensors", b"w"),
+    ]
     run.record_step(timer.record(files, {"train_seconds": 12.5, "pairs_per_second": 40.0}))
     if not finished:
         return
     timer = StepTimer(INDEX.name)
-    run.record_step(timer.record([run.store.write_bytes("index/index.json", b"{}")],
-                                 {"rows": tickets, "size_bytes": tickets * 10_000}))
+    run.record_step(
+        timer.record(
+            [run.store.write_bytes("index/index.json", b"{}")],
+            {"rows": tickets, "size_bytes": tickets * 10_000},
+        )
+    )
     timer = StepTimer(EVALUATE.name)
     metrics = {"base": {"average_precision": 0.5, "recall_at_10": 0.6, "mrr": 0.4}, "finetuned": finetuned}
     run.record_step(timer.record([run.write_json("evaluate/metrics.json", metrics)], {"metrics": metrics}))
@@ -80,7 +101,10 @@ def three_local_runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[LoadedCo
 
 def check_three_runs(history: History) -> None:
     assert [(r.run_id, r.finished, r.promoted) for r in history.runs] == [
-        ("run-1", True, "before"), ("run-2", True, "current"), ("run-3", False, "")]
+        ("run-1", True, "before"),
+        ("run-2", True, "current"),
+        ("run-3", False, ""),
+    ]
     assert history.promoted_run == "run-2"
     first, second, unfinished = history.runs
     assert second.metrics == {"average_precision": 0.78, "recall_at_10": 0.90, "mrr": 0.61}
@@ -96,31 +120,82 @@ def test_history_lists_every_run_with_what_it_recorded(three_local_runs: tuple[L
 
 
 def test_history_reads_runs_on_s3_and_promote_writes_it_there(s3: S3Server, bucket: str) -> None:
-    overrides = {"output.uri": f"s3://{bucket}/runs", "storage.endpoint_url": s3.endpoint,
-                 "storage.access_key_id": ACCESS_KEY, "storage.secret_access_key": SECRET_KEY}
+    overrides = {
+        "output.uri": f"s3://{bucket}/runs",
+        "storage.endpoint_url": s3.endpoint,
+        "storage.access_key_id": ACCESS_KEY,
+        "storage.secret_access_key": SECRET_KEY,
+    }
     root = three_runs(load_config(environ={}, cli_overrides={**overrides, **JUDGED_ON}))
     check_three_runs(read_history(root, "average_precision", "promoted.json"))
     written = json.loads(root.read_bytes(HISTORY_JSON))
     assert written["promoted_run"] == "run-2" and root.read_bytes(HISTORY_PLOT).startswith(b"\x89PNG")
 
 
-def test_promote_writes_the_history_and_the_cli_prints_it(three_local_runs: tuple[LoadedConfig, Store]) -> None:
+def test_promote_writes_the_history_and_the_cli_prints_it(
+    three_local_runs: tuple[LoadedConfig, Store],
+) -> None:
     loaded, root = three_local_runs
     written = json.loads(root.read_bytes(HISTORY_JSON))  # promote refreshed it
-    assert written["promoted_run"] == "run-2" and [r["run_id"] for r in written["runs"]] == ["run-1", "run-2", "run-3"]
+    assert written["promoted_run"] == "run-2" and [r["run_id"] for r in written["runs"]] == [
+        "run-1",
+        "run-2",
+        "run-3",
+    ]
     assert [r["promoted"] for r in written["runs"]] == ["before", "current", ""]
 
     plot = root.read_bytes(HISTORY_PLOT)
     root.delete(HISTORY_JSON)
     root.delete(HISTORY_PLOT)
-    result = run_cli("history", "--output", loaded.config.output.uri, "--set", "promote.metric=average_precision",
-                     timeout=120)
+    result = run_cli(
+        "history",
+        "--output",
+        loaded.config.output.uri,
+        "--set",
+        "promote.metric=average_precision",
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
     table = [line for line in result.stdout.splitlines() if line.startswith(("run id", "run-"))]
-    assert table[0].split() == ["run", "id", "started", "finished", "promoted", "average_precision", "recall@10",
-                                "MRR", "AP", "tickets", "links", "index", "drift"]
-    assert table[1].split()[2:] == ["yes", "before", "0.7000", "0.8000", "0.5500", "0.7000", "300", "100", "300/3MB", "-"]
-    assert table[2].split()[2:] == ["yes", "current", "0.7800", "0.9000", "0.6100", "0.7800", "330", "110", "330/3MB", "tickets"]
+    assert table[0].split() == [
+        "run",
+        "id",
+        "started",
+        "finished",
+        "promoted",
+        "average_precision",
+        "recall@10",
+        "MRR",
+        "AP",
+        "tickets",
+        "links",
+        "index",
+        "drift",
+    ]
+    assert table[1].split()[2:] == [
+        "yes",
+        "before",
+        "0.7000",
+        "0.8000",
+        "0.5500",
+        "0.7000",
+        "300",
+        "100",
+        "300/3MB",
+        "-",
+    ]
+    assert table[2].split()[2:] == [
+        "yes",
+        "current",
+        "0.7800",
+        "0.9000",
+        "0.6100",
+        "0.7800",
+        "330",
+        "110",
+        "330/3MB",
+        "tickets",
+    ]
     assert table[3].split()[2:] == ["no", "-", "-", "-", "-", "-", "360", "120", "-", "-"]
     assert json.loads(root.read_bytes(HISTORY_JSON))["runs"] == written["runs"]
     assert root.read_bytes(HISTORY_PLOT).startswith(b"\x89PNG") and len(plot) > 10_000
@@ -156,6 +231,7 @@ def test_a_damaged_run_is_listed_with_its_problem_not_dropped(tmp_path: Path) ->
 
 def _strict(data: bytes) -> Any:
     """json.loads that refuses NaN and Infinity, as strict JSON readers (JavaScript, jq --strict) do."""
+
     def refuse(name: str) -> None:
         raise ValueError(f"{name} is not JSON")
 
@@ -163,7 +239,9 @@ def _strict(data: bytes) -> Any:
 
 
 @pytest.mark.parametrize("edited", [1e308, -1e308, float("nan"), 3.5])
-def test_one_hostile_run_is_listed_damaged_and_never_stops_history_or_promote(tmp_path: Path, edited: float) -> None:
+def test_one_hostile_run_is_listed_damaged_and_never_stops_history_or_promote(
+    tmp_path: Path, edited: float
+) -> None:
     loaded = local_output(tmp_path)
     root = open_store(loaded.config.output.uri, loaded.config.storage)
     record_run(root, "run-1", scores(0.70, 0.80, 0.55), tickets=300)
@@ -176,13 +254,19 @@ def test_one_hostile_run_is_listed_damaged_and_never_stops_history_or_promote(tm
     written = _strict(root.read_bytes(HISTORY_JSON))
     hostile = next(r for r in written["runs"] if r["run_id"] == "hostile")
     assert "not a finite number in [-1, 1]" in hostile["problem"] and written["promoted_run"] == "run-2"
-    result = run_cli("history", "--output", loaded.config.output.uri, *("--set", "promote.metric=average_precision"),
-                     timeout=120)
+    result = run_cli(
+        "history",
+        "--output",
+        loaded.config.output.uri,
+        *("--set", "promote.metric=average_precision"),
+        timeout=120,
+    )
     assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr[-2000:]
 
 
 def test_the_history_plot_shows_finished_runs_and_marks_the_promoted_ones(
-        three_local_runs: tuple[LoadedConfig, Store], tmp_path: Path) -> None:
+    three_local_runs: tuple[LoadedConfig, Store], tmp_path: Path
+) -> None:
     _, root = three_local_runs
     (tmp_path / HISTORY_PLOT).write_bytes(root.read_bytes(HISTORY_PLOT))
     with Image.open(tmp_path / HISTORY_PLOT) as image:

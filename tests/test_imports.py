@@ -43,7 +43,7 @@ def cycle_in(graph: dict[str, set[str]]) -> list[str] | None:
         state[node] = "open"
         for dep in sorted(graph.get(node, ())):
             if state.get(dep) == "open":
-                return [*path[path.index(dep):], dep]
+                return [*path[path.index(dep) :], dep]
             if dep not in state and (found := visit(dep, [*path, dep])):
                 return found
         state[node] = "done"
@@ -69,10 +69,17 @@ def test_only_the_cli_imports_the_orchestrator() -> None:
 
 
 def test_storage_is_the_only_module_that_speaks_s3() -> None:
-    speakers = {module_name(p) for p in PACKAGE.rglob("*.py")
-                if any(isinstance(n, ast.Import | ast.ImportFrom) and any(
-                    (getattr(n, "module", None) or a.name).split(".")[0] in ("boto3", "botocore") for a in n.names)
-                       for n in ast.walk(ast.parse(p.read_text())))}
+    speakers = {
+        module_name(p)
+        for p in PACKAGE.rglob("*.py")
+        if any(
+            isinstance(n, ast.Import | ast.ImportFrom)
+            and any(
+                (getattr(n, "module", None) or a.name).split(".")[0] in ("boto3", "botocore") for a in n.names
+            )
+            for n in ast.walk(ast.parse(p.read_text()))
+        )
+    }
     assert speakers == {"job.storage"}
 
 
@@ -110,8 +117,14 @@ def test_packages_import_only_downhill() -> None:
 
 
 def test_the_layer_check_catches_an_import_uphill() -> None:
-    assert downhill_violations({"job.data.pairs": {"job.runs.artifacts"}}) == ["job.data.pairs -> job.runs.artifacts"]
+    assert downhill_violations({"job.data.pairs": {"job.runs.artifacts"}}) == [
+        "job.data.pairs -> job.runs.artifacts"
+    ]
     assert downhill_violations({"job.storage": {"job.fleet.promote"}}) == ["job.storage -> job.fleet.promote"]
     assert downhill_violations({"job.embedding.losses": {"job.data.pairs"}}) == [
-        "job.embedding.losses -> job.data.pairs"]
-    assert downhill_violations({"job.runs.card": {"job.embedding.losses"}, "job.config": {"job.data.negatives"}}) == []
+        "job.embedding.losses -> job.data.pairs"
+    ]
+    assert (
+        downhill_violations({"job.runs.card": {"job.embedding.losses"}, "job.config": {"job.data.negatives"}})
+        == []
+    )

@@ -23,9 +23,20 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def indexed(tmp_path_factory: pytest.TempPathFactory, synthetic_dir: Path) -> Path:
     folder = tmp_path_factory.mktemp("index")
-    config = write_config(folder / "config.json", merged(TINY, {
-        "data": {"tickets": str(synthetic_dir / "tickets.jsonl"), "links": str(synthetic_dir / "links.jsonl")},
-        "output": {"uri": str(folder / "runs")}, "classify": {"enabled": False}}))
+    config = write_config(
+        folder / "config.json",
+        merged(
+            TINY,
+            {
+                "data": {
+                    "tickets": str(synthetic_dir / "tickets.jsonl"),
+                    "links": str(synthetic_dir / "links.jsonl"),
+                },
+                "output": {"uri": str(folder / "runs")},
+                "classify": {"enabled": False},
+            },
+        ),
+    )
     done = run_cli("run", "--config", str(config), "--run-id", "r1")
     assert done.returncode == 0, done.stderr[-3000:]
     return folder / "runs" / "r1"
@@ -34,7 +45,9 @@ def indexed(tmp_path_factory: pytest.TempPathFactory, synthetic_dir: Path) -> Pa
 def _open(run: Path, **storage: str) -> object:
     from job.suggest import open_index
 
-    return open_index(load_config(environ={}, cli_overrides={"output.uri": str(run.parent), **storage}).config, "r1")
+    return open_index(
+        load_config(environ={}, cli_overrides={"output.uri": str(run.parent), **storage}).config, "r1"
+    )
 
 
 def test_the_index_holds_every_ticket_once_with_the_model_s_own_vectors(indexed: Path) -> None:
@@ -46,13 +59,17 @@ def test_the_index_holds_every_ticket_once_with_the_model_s_own_vectors(indexed:
     found = read_parts(sorted((indexed / "index").glob("part-*.parquet")))
     assert sorted(found.ids) == sorted(tickets) and len(set(found.ids)) == len(found.ids)
     assert found.metadata["finetune.run_id"] == "r1" and found.vectors.shape == (len(tickets), 384)
-    assert [found.created[i] == tickets[t]["created"] for i, t in enumerate(found.ids)] == [True] * len(found.ids)
+    assert [found.created[i] == tickets[t]["created"] for i, t in enumerate(found.ids)] == [True] * len(
+        found.ids
+    )
     sample = found.ids[:: max(1, len(found.ids) // 20)]
     model = load_model(str(indexed / "model"), TINY["model"]["max_seq_length"], device="cpu")
     own = encode(model, [tickets[t]["text"] for t in sample], 8, get_logger(step="test"), "encode")
     rows = {t: i for i, t in enumerate(found.ids)}
     stored = found.vectors[[rows[t] for t in sample]]
-    assert np.max(np.abs(stored - own)) < 1e-4, "the index holds what the model encodes (float32, other batches)"
+    assert np.max(np.abs(stored - own)) < 1e-4, (
+        "the index holds what the model encodes (float32, other batches)"
+    )
     listed = {f["path"]: f for f in json.loads((indexed / "manifest.json").read_text())["files"]}
     for path in [p for p in listed if p.startswith("index/")]:
         assert hashlib.sha256((indexed / path).read_bytes()).hexdigest() == listed[path]["sha256"], path
@@ -64,8 +81,11 @@ def test_a_rerun_reuses_the_finished_index_step(indexed: Path, tmp_path: Path) -
     shutil.copytree(indexed, run)
     (run / "manifest.json").unlink()  # unfinished again: the steps after index are to do, index is done
     before = (run / "index" / "part-00000.parquet").read_bytes()
-    config = write_config(tmp_path / "config.json", json.loads((indexed.parent.parent / "config.json").read_text())
-                          | {"output": {"uri": str(tmp_path / "runs")}})
+    config = write_config(
+        tmp_path / "config.json",
+        json.loads((indexed.parent.parent / "config.json").read_text())
+        | {"output": {"uri": str(tmp_path / "runs")}},
+    )
     done = run_cli("index", "--config", str(config), "--run-id", "r1")
     assert done.returncode == 0 and "step already done" in done.stdout, done.stderr[-2000:]
     assert (run / "index" / "part-00000.parquet").read_bytes() == before
@@ -80,26 +100,41 @@ def test_suggest_finds_the_ticket_itself_first_and_respects_before_and_project(i
     assert all(s.hybrid >= t.hybrid for s, t in zip(top, top[1:], strict=False))
     cut = tickets[some]["created"]
     earlier = found.suggest(tickets[some]["text"], k=50, before=cut)  # type: ignore[attr-defined]
-    assert earlier and all(s.created and s.created < cut for s in earlier) and some not in [s.id for s in earlier]
+    assert (
+        earlier
+        and all(s.created and s.created < cut for s in earlier)
+        and some not in [s.id for s in earlier]
+    )
     project = tickets[some]["project"]
     mine = found.suggest(tickets[some]["text"], k=50, project=project)  # type: ignore[attr-defined]
     assert mine and {s.project for s in mine} == {project}
 
 
-@pytest.mark.parametrize(("args", "kwargs", "says"), [
-    (("",), {}, "the query has no text"),
-    (("disk full \udcff",), {}, "not UTF-8"),
-    (("disk full",), {"k": 0}, "-k must be"),
-    (("disk full",), {"k": 100_000}, "-k must be"),
-    (("disk full",), {"before": "last tuesday"}, "--before: expected an ISO 8601"),
-])
+@pytest.mark.parametrize(
+    ("args", "kwargs", "says"),
+    [
+        (("",), {}, "the query has no text"),
+        (("disk full \udcff",), {}, "not UTF-8"),
+        (("disk full",), {"k": 0}, "-k must be"),
+        (("disk full",), {"k": 100_000}, "-k must be"),
+        (("disk full",), {"before": "last tuesday"}, "--before: expected an ISO 8601"),
+    ],
+)
 def test_bad_queries_are_input_errors(indexed: Path, args: tuple, kwargs: dict, says: str) -> None:
     with pytest.raises(InputError, match=says):
         _open(indexed).suggest(*args, **kwargs)  # type: ignore[attr-defined]
 
 
 def test_suggest_from_the_cli_and_its_bad_input(indexed: Path, tmp_path: Path) -> None:
-    common = ("suggest", "--output", str(indexed.parent), "--run-id", "r1", "--set", "runtime.log_format=json")
+    common = (
+        "suggest",
+        "--output",
+        str(indexed.parent),
+        "--run-id",
+        "r1",
+        "--set",
+        "runtime.log_format=json",
+    )
     done = run_cli(*common, "--title", "disk full", "--description", "the node runs out of space", "-k", "3")
     assert done.returncode == 0, done.stderr[-2000:]
     answer = json.loads(done.stdout.strip().splitlines()[-1])
@@ -140,8 +175,11 @@ def test_suggest_from_a_run_in_s3(indexed: Path, s3: S3Server, bucket: str) -> N
             client.upload_file(str(path), bucket, f"runs/r1/{path.relative_to(indexed).as_posix()}")
     from job.suggest import open_index
 
-    storage = {"storage.endpoint_url": s3.endpoint, "storage.access_key_id": ACCESS_KEY,
-               "storage.secret_access_key": SECRET_KEY}
+    storage = {
+        "storage.endpoint_url": s3.endpoint,
+        "storage.access_key_id": ACCESS_KEY,
+        "storage.secret_access_key": SECRET_KEY,
+    }
     cfg = load_config(environ={}, cli_overrides={"output.uri": f"s3://{bucket}/runs", **storage}).config
     found = open_index(cfg, "r1")
     local = _open(indexed)

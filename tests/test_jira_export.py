@@ -31,18 +31,38 @@ def jira(shared_jira_sample: Path) -> Iterator[JiraServer]:
 
 
 def _config(tmp_path: Path, tickets: str | None = None, **jira_api: Any) -> Path:
-    return write_config(tmp_path / "config.json", {
-        "data": {"format": "jira", "tickets": tickets or str(tmp_path / "in" / "jira")},
-        "output": {"uri": str(tmp_path / "runs")}, "runtime": {"work_dir": str(tmp_path / "work")},
-        "jira_api": {"max_attempts": 3, **jira_api}})
+    return write_config(
+        tmp_path / "config.json",
+        {
+            "data": {"format": "jira", "tickets": tickets or str(tmp_path / "in" / "jira")},
+            "output": {"uri": str(tmp_path / "runs")},
+            "runtime": {"work_dir": str(tmp_path / "work")},
+            "jira_api": {"max_attempts": 3, **jira_api},
+        },
+    )
 
 
-def _export(tmp_path: Path, jira: JiraServer, *args: str, token: str | None = TOKEN,
-            env: dict[str, str] | None = None, **jira_api: Any) -> Any:
+def _export(
+    tmp_path: Path,
+    jira: JiraServer,
+    *args: str,
+    token: str | None = TOKEN,
+    env: dict[str, str] | None = None,
+    **jira_api: Any,
+) -> Any:
     config = _config(tmp_path, **jira_api)
     token_env = {"JIRA_TOKEN": token} if token else {}
-    return run_cli("export-jira", "--config", str(config), "--url", jira.url, "--jql", JQL, *args,
-                   env={**token_env, **(env or {})})
+    return run_cli(
+        "export-jira",
+        "--config",
+        str(config),
+        "--url",
+        jira.url,
+        "--jql",
+        JQL,
+        *args,
+        env={**token_env, **(env or {})},
+    )
 
 
 def _no_token_anywhere(result: Any, *folders: Path, secrets: tuple[str, ...] = (TOKEN,)) -> None:
@@ -53,8 +73,9 @@ def _no_token_anywhere(result: Any, *folders: Path, secrets: tuple[str, ...] = (
             assert not leaked, f"{secret!r} written to {leaked}"
 
 
-def test_export_pages_the_search_and_writes_jira_s_own_bytes(jira: JiraServer, shared_jira_sample: Path,
-                                                             tmp_path: Path) -> None:
+def test_export_pages_the_search_and_writes_jira_s_own_bytes(
+    jira: JiraServer, shared_jira_sample: Path, tmp_path: Path
+) -> None:
     result = _export(tmp_path, jira)
     assert result.returncode == 0, result.stderr[-3000:]
     written = sorted((tmp_path / "in" / "jira").iterdir())
@@ -63,8 +84,7 @@ def test_export_pages_the_search_and_writes_jira_s_own_bytes(jira: JiraServer, s
         assert path.read_bytes() == (shared_jira_sample / path.name).read_bytes(), path.name
     pages = [(0, 100), (100, 100), (200, 100), (300, 100)]
     assert [(r.start_at, r.max_results) for r in jira.requests] == pages
-    assert all(r.authorised and r.jql == JQL and r.fields == ",".join(SEARCH_FIELDS)
-               for r in jira.requests)
+    assert all(r.authorised and r.jql == JQL and r.fields == ",".join(SEARCH_FIELDS) for r in jira.requests)
     assert f"wrote 4 page(s), 333 of the search's 333 issues, to {tmp_path / 'in' / 'jira'}" in result.stderr
     _no_token_anywhere(result, tmp_path)
     # ... and the job reads what it wrote.
@@ -74,7 +94,8 @@ def test_export_pages_the_search_and_writes_jira_s_own_bytes(jira: JiraServer, s
 
 
 def test_another_page_size_reads_back_the_same_and_an_earlier_export_s_pages_go(
-        jira: JiraServer, shared_jira_sample: Path, tmp_path: Path) -> None:
+    jira: JiraServer, shared_jira_sample: Path, tmp_path: Path
+) -> None:
     folder = tmp_path / "in" / "jira"
     folder.mkdir(parents=True)
     for stale in ("search-006.json", "search-007.json"):
@@ -84,10 +105,12 @@ def test_another_page_size_reads_back_the_same_and_an_earlier_export_s_pages_go(
     assert result.returncode == 0, result.stderr[-3000:]
     assert sorted(p.name for p in folder.iterdir()) == ["notes.md", *[f"search-00{n}.json" for n in range(6)]]
     assert "removed 2 page(s) of an earlier export" in result.stderr
-    exported = jira_corpus(read_input_files(str(folder), StorageConfig(), ".json"),
-                           DataConfig(format="jira"), "e")
-    recorded = jira_corpus(read_input_files(str(shared_jira_sample), StorageConfig(), ".json"),
-                           DataConfig(format="jira"), "r")
+    exported = jira_corpus(
+        read_input_files(str(folder), StorageConfig(), ".json"), DataConfig(format="jira"), "e"
+    )
+    recorded = jira_corpus(
+        read_input_files(str(shared_jira_sample), StorageConfig(), ".json"), DataConfig(format="jira"), "r"
+    )
     assert exported.tickets == recorded.tickets and exported.links == recorded.links
 
 
@@ -126,12 +149,19 @@ def test_a_retry_after_longer_than_allowed_stops_with_75(jira: JiraServer, tmp_p
     assert "Jira asks to wait 3600 s, more than jira_api.max_retry_wait_s (5 s)" in result.stderr
 
 
-@pytest.mark.parametrize(("token", "says"), [
-    ("wrong-sentinel-0e8f3b27aa", "Jira refused the credentials (HTTP 401); check the token in $JIRA_TOKEN"),
-    (None, "Jira refused the credentials (HTTP 401); no token was sent: set $JIRA_TOKEN"),
-])
-def test_refused_credentials_exit_2_at_once(jira: JiraServer, tmp_path: Path, token: str | None,
-                                            says: str) -> None:
+@pytest.mark.parametrize(
+    ("token", "says"),
+    [
+        (
+            "wrong-sentinel-0e8f3b27aa",
+            "Jira refused the credentials (HTTP 401); check the token in $JIRA_TOKEN",
+        ),
+        (None, "Jira refused the credentials (HTTP 401); no token was sent: set $JIRA_TOKEN"),
+    ],
+)
+def test_refused_credentials_exit_2_at_once(
+    jira: JiraServer, tmp_path: Path, token: str | None, says: str
+) -> None:
     result = _export(tmp_path, jira, token=token)
     assert result.returncode == 2, result.stderr[-3000:]
     assert says in result.stderr and len(jira.requests) == 1, "a 401 is not retried"
@@ -159,32 +189,59 @@ def test_no_byte_written_or_printed_holds_the_token(jira: JiraServer, tmp_path: 
     assert json.loads(shown.stdout)["jira_api.token"] == {"value": "***", "source": "env JIRA_TOKEN"}
 
 
-@pytest.mark.parametrize(("url", "settings", "says"), [
-    ("http://127.0.0.1:9", {"tickets": None}, "export-jira writes a Jira export to data.tickets"),
-    ("http://127.0.0.1:9", {"format": "jsonl"}, "export-jira writes a Jira export to data.tickets"),
-    ("http://127.0.0.1:9", {"tickets": "/in/page.json"}, "must name a folder or S3 prefix, not a .json file"),
-    ("https://bot:pass-sentinel-77a1@jira.example.com", {}, "jira_api.url (from cli): Value error, holds "
-                                                            "credentials; they are not sent"),
-    ("jira.example.com", {}, "expected an http:// or https:// URL"),
-    (None, {}, "export-jira needs jira_api.url (--url)"),
-])
-def test_settings_that_cannot_export_exit_2(tmp_path: Path, url: str | None, settings: dict[str, Any],
-                                            says: str) -> None:
+@pytest.mark.parametrize(
+    ("url", "settings", "says"),
+    [
+        ("http://127.0.0.1:9", {"tickets": None}, "export-jira writes a Jira export to data.tickets"),
+        ("http://127.0.0.1:9", {"format": "jsonl"}, "export-jira writes a Jira export to data.tickets"),
+        (
+            "http://127.0.0.1:9",
+            {"tickets": "/in/page.json"},
+            "must name a folder or S3 prefix, not a .json file",
+        ),
+        (
+            "https://bot:pass-sentinel-77a1@jira.example.com",
+            {},
+            "jira_api.url (from cli): Value error, holds credentials; they are not sent",
+        ),
+        ("jira.example.com", {}, "expected an http:// or https:// URL"),
+        (None, {}, "export-jira needs jira_api.url (--url)"),
+    ],
+)
+def test_settings_that_cannot_export_exit_2(
+    tmp_path: Path, url: str | None, settings: dict[str, Any], says: str
+) -> None:
     config = json.loads(_config(tmp_path).read_text())
     config["data"] = {k: v for k, v in {**config["data"], **settings}.items() if v is not None}
     write_config(tmp_path / "config.json", config)
-    result = run_cli("export-jira", "--config", str(tmp_path / "config.json"), "--jql", JQL,
-                     *(["--url", url] if url is not None else []), env={"JIRA_TOKEN": TOKEN})
+    result = run_cli(
+        "export-jira",
+        "--config",
+        str(tmp_path / "config.json"),
+        "--jql",
+        JQL,
+        *(["--url", url] if url is not None else []),
+        env={"JIRA_TOKEN": TOKEN},
+    )
     assert result.returncode == 2 and says in result.stderr, result.stderr[-2000:]
     assert "pass-sentinel-77a1" not in result.stdout + result.stderr and "Traceback" not in result.stderr
     _no_token_anywhere(result, tmp_path)
 
 
-def test_export_to_an_s3_prefix_then_read_from_it(jira: JiraServer, s3: Any, bucket: str,
-                                                  tmp_path: Path) -> None:
+def test_export_to_an_s3_prefix_then_read_from_it(
+    jira: JiraServer, s3: Any, bucket: str, tmp_path: Path
+) -> None:
     config = _config(tmp_path, tickets=f"s3://{bucket}/in/jira/")
-    result = run_cli("export-jira", "--config", str(config), "--url", jira.url, "--jql", JQL,
-                     env={"JIRA_TOKEN": TOKEN, **s3.env()})
+    result = run_cli(
+        "export-jira",
+        "--config",
+        str(config),
+        "--url",
+        jira.url,
+        "--jql",
+        JQL,
+        env={"JIRA_TOKEN": TOKEN, **s3.env()},
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     keys = [o["Key"] for o in s3.client().list_objects_v2(Bucket=bucket, Prefix="in/jira/")["Contents"]]
     assert keys == [f"in/jira/search-00{n}.json" for n in range(4)]

@@ -42,12 +42,15 @@ def _env() -> dict[str, str]:
 @pytest.mark.parametrize("code", [EXIT_TRANSIENT, EXIT_BAD_INPUT])
 def test_a_workers_exit_code_reaches_the_pod_where_torchrun_says_1(code: int) -> None:
     worker = ["sh", "-c", f"exit {code}"]
-    plain = subprocess.run([TORCHRUN, *TWO_WORKERS, *worker], env=_env(), capture_output=True, text=True,
-                           timeout=300)
+    plain = subprocess.run(
+        [TORCHRUN, *TWO_WORKERS, *worker], env=_env(), capture_output=True, text=True, timeout=300
+    )
     assert plain.returncode == EXIT_FAILURE, (
-        "torchrun itself reports any failure as 1 (why job.launch exists)")
-    launched = subprocess.run([*LAUNCH, *TWO_WORKERS, *worker], env=_env(), capture_output=True, text=True,
-                              timeout=300)
+        "torchrun itself reports any failure as 1 (why job.launch exists)"
+    )
+    launched = subprocess.run(
+        [*LAUNCH, *TWO_WORKERS, *worker], env=_env(), capture_output=True, text=True, timeout=300
+    )
     assert launched.returncode == code, launched.stderr[-2000:]
 
 
@@ -55,8 +58,13 @@ def test_a_workers_exit_code_reaches_the_pod_where_torchrun_says_1(code: int) ->
 def test_sigterm_to_the_launcher_stops_the_workers_and_exits_75(tmp_path: Path) -> None:
     started = tmp_path / "started"
     worker = ["sh", "-c", f"touch {started}-$LOCAL_RANK; exec sleep 120"]
-    process = subprocess.Popen([*LAUNCH, *TWO_WORKERS, *worker], env=_env(), stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True)
+    process = subprocess.Popen(
+        [*LAUNCH, *TWO_WORKERS, *worker],
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     deadline = time.monotonic() + 120
     while not all(Path(f"{started}-{rank}").exists() for rank in (0, 1)):
         assert time.monotonic() < deadline and process.poll() is None, "workers did not start"

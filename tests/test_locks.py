@@ -27,11 +27,21 @@ from tests.conftest import TINY, merged, run_cli, write_config
 
 
 def _config(tmp_path: Path, synthetic_dir: Path, output: str | None = None, **extra: dict) -> Path:
-    return write_config(tmp_path / "config.json", merged(TINY, {
-        "data": {"tickets": str(synthetic_dir / "tickets.jsonl"), "links": str(synthetic_dir / "links.jsonl")},
-        "output": {"uri": output or str(tmp_path / "runs")},
-        "pairs": {"mine_hard_negatives": False},  # no model needed: these tests are about the lock
-    }, extra))
+    return write_config(
+        tmp_path / "config.json",
+        merged(
+            TINY,
+            {
+                "data": {
+                    "tickets": str(synthetic_dir / "tickets.jsonl"),
+                    "links": str(synthetic_dir / "links.jsonl"),
+                },
+                "output": {"uri": output or str(tmp_path / "runs")},
+                "pairs": {"mine_hard_negatives": False},  # no model needed: these tests are about the lock
+            },
+            extra,
+        ),
+    )
 
 
 def _hold_and_die(run_dir: str) -> None:
@@ -51,7 +61,8 @@ def _hold_and_die(run_dir: str) -> None:
 
 
 def test_a_lock_left_by_a_killed_process_on_this_host_is_taken_over_at_once(
-        tmp_path: Path, synthetic_dir: Path) -> None:
+    tmp_path: Path, synthetic_dir: Path
+) -> None:
     config = _config(tmp_path, synthetic_dir)  # lock_ttl_s stays at its default, 120 s
     _hold_and_die(str(tmp_path / "runs" / "K"))
     assert (tmp_path / "runs" / "K" / "locks" / "run.lock").exists()
@@ -69,31 +80,46 @@ def _fresh_lock_from_another_host(run_dir: Path) -> None:
     lock.write_bytes(to_json({"host": "another-host", "pid": 7, "token": "t", "heartbeat": time.time()}))
 
 
-def test_a_lock_that_may_be_live_is_refused_with_the_retryable_exit_code(tmp_path: Path, synthetic_dir: Path) -> None:
+def test_a_lock_that_may_be_live_is_refused_with_the_retryable_exit_code(
+    tmp_path: Path, synthetic_dir: Path
+) -> None:
     config = _config(tmp_path, synthetic_dir)
     run_dir = tmp_path / "runs" / "L"
     _fresh_lock_from_another_host(run_dir)
     refused = run_cli("prepare", "--config", str(config), "--run-id", "L", timeout=120)
     assert refused.returncode == EXIT_TRANSIENT, refused.stderr[-2000:]
     assert "in use by another process" in refused.stderr and "Traceback" not in refused.stderr
-    assert sorted(p.relative_to(run_dir).as_posix() for p in run_dir.rglob("*")) == ["locks", "locks/run.lock"]
+    assert sorted(p.relative_to(run_dir).as_posix() for p in run_dir.rglob("*")) == [
+        "locks",
+        "locks/run.lock",
+    ]
 
 
-def test_a_refused_process_leaves_the_holders_scratch_directory_alone(tmp_path: Path, synthetic_dir: Path) -> None:
+def test_a_refused_process_leaves_the_holders_scratch_directory_alone(
+    tmp_path: Path, synthetic_dir: Path
+) -> None:
     config = _config(tmp_path, synthetic_dir)  # no runtime.work_dir: scratch is a temp dir, removed after
     scratch_root = tmp_path / "tmp"
     holders_scratch = scratch_root / "finetune-W1"
     (holders_scratch / "model").mkdir(parents=True)
     (holders_scratch / "model" / "weights.bin").write_bytes(b"the holder's half-trained model")
     with run_lock(LocalStore(tmp_path / "runs" / "W1"), "run", get_logger(), 120.0):
-        refused = run_cli("prepare", "--config", str(config), "--run-id", "W1", env={"TMPDIR": str(scratch_root)},
-                          timeout=120)
+        refused = run_cli(
+            "prepare",
+            "--config",
+            str(config),
+            "--run-id",
+            "W1",
+            env={"TMPDIR": str(scratch_root)},
+            timeout=120,
+        )
         assert refused.returncode == EXIT_TRANSIENT, refused.stderr[-2000:]
-        assert (holders_scratch / "model" / "weights.bin").exists(), "the refused process deleted W1's scratch"
+        assert (holders_scratch / "model" / "weights.bin").exists(), (
+            "the refused process deleted W1's scratch"
+        )
 
 
 # ---------------------------------------------------------------- the lock on both backends
-
 
 
 def _holder(store: Store) -> dict:
@@ -101,16 +127,25 @@ def _holder(store: Store) -> dict:
 
 
 def _write_holder(store: Store, **fields: object) -> None:
-    holder = {"host": socket.gethostname(), "pid": os.getpid(), "token": "theirs", "heartbeat": time.time(),
-              "machine": this_machine(), "started": process_start(os.getpid()), **fields}
+    holder = {
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "token": "theirs",
+        "heartbeat": time.time(),
+        "machine": this_machine(),
+        "started": process_start(os.getpid()),
+        **fields,
+    }
     store.write_bytes("locks/run.lock", to_json(holder))
 
 
 def test_a_held_lock_refuses_a_second_holder_with_exit_75_and_is_released(store: Store) -> None:
     with run_lock(store, "run", get_logger(), 120.0):
         assert _holder(store)["pid"] == os.getpid()
-        with pytest.raises(RunInUse, match="in use by another process") as refused, \
-                run_lock(store, "run", get_logger(), 120.0):
+        with (
+            pytest.raises(RunInUse, match="in use by another process") as refused,
+            run_lock(store, "run", get_logger(), 120.0),
+        ):
             pass
         assert refused.value.exit_code == EXIT_TRANSIENT
         with pytest.raises(RunInUse):
@@ -167,7 +202,9 @@ def test_an_unreadable_lock_is_taken_over(store: Store) -> None:
         assert _holder(store)["pid"] == os.getpid()
 
 
-def test_processes_sharing_a_run_id_on_one_host_never_share_a_default_scratch_directory(tmp_path: Path) -> None:
+def test_processes_sharing_a_run_id_on_one_host_never_share_a_default_scratch_directory(
+    tmp_path: Path,
+) -> None:
     """evaluate and classify of one run, or one run id under two output folders, may run on one host at once:
     without runtime.work_dir each process gets its own scratch, so the first to finish removes only its own
     (a shared one lost the other's plots: 'cannot write plots/...png')."""
@@ -177,6 +214,9 @@ def test_processes_sharing_a_run_id_on_one_host_never_share_a_default_scratch_di
     loaded = load_config(None, environ={}, cli_overrides={"output.uri": str(tmp_path / "runs")})
     first, second = open_run(loaded, "R1"), open_run(loaded, "R1")
     assert first.work_dir != second.work_dir and first.work_dir.name.startswith("finetune-R1")
-    pinned = load_config(None, environ={}, cli_overrides={"output.uri": str(tmp_path / "runs"),
-                                                          "runtime.work_dir": str(tmp_path / "w")})
+    pinned = load_config(
+        None,
+        environ={},
+        cli_overrides={"output.uri": str(tmp_path / "runs"), "runtime.work_dir": str(tmp_path / "w")},
+    )
     assert open_run(pinned, "R1").work_dir == tmp_path / "w" / "finetune-R1"  # a configured one is kept

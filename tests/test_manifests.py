@@ -48,11 +48,19 @@ OVERLAYS = ["cpu", "gpu", "argo", "dev"]
 # 1.27: the oldest minor with everything used here GA (CronJob timeZone, the
 # batch.kubernetes.io/job-name label); 1.37: the newest kubernetes-validate 1.37.0 ships.
 K8S_VERSIONS = [f"1.{minor}" for minor in range(27, 38)]
-ARGO_MODELS: dict[str, type[BaseModel]] = {"Workflow": Workflow, "WorkflowTemplate": WorkflowTemplate,
-                                           "CronWorkflow": CronWorkflow}
+ARGO_MODELS: dict[str, type[BaseModel]] = {
+    "Workflow": Workflow,
+    "WorkflowTemplate": WorkflowTemplate,
+    "CronWorkflow": CronWorkflow,
+}
 ARGO_FILES = ["finetune.yaml", "finetune-template.yaml", "finetune-cron.yaml", "finetune-multinode.yaml"]
-ARGO_RUNNABLE = ["finetune.yaml", "finetune-template.yaml"]  # submitted as they are (the cron runs the template)
-YAMLLINT_CONFIG = "{extends: default, rules: {line-length: {max: 120}, truthy: {allowed-values: ['true', 'false']}}}"
+ARGO_RUNNABLE = [
+    "finetune.yaml",
+    "finetune-template.yaml",
+]  # submitted as they are (the cron runs the template)
+YAMLLINT_CONFIG = (
+    "{extends: default, rules: {line-length: {max: 120}, truthy: {allowed-values: ['true', 'false']}}}"
+)
 QUANTITY = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei|[eE][+-]?\d+)?$")
 RETRY_POLICIES = {"Always", "OnFailure", "OnError", "OnTransientError"}
 
@@ -61,14 +69,18 @@ RETRY_POLICIES = {"Always", "OnFailure", "OnError", "OnTransientError"}
 def _schemas_read_once() -> Iterator[None]:
     """kubernetes-validate re-reads its multi-megabyte definitions file for every object: read each once."""
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(kubernetes_validate.utils, "schema_contents",
-                      functools.lru_cache(maxsize=None)(kubernetes_validate.utils.schema_contents))
+        patch.setattr(
+            kubernetes_validate.utils,
+            "schema_contents",
+            functools.lru_cache(maxsize=None)(kubernetes_validate.utils.schema_contents),
+        )
         yield
 
 
 def kustomize(target: Path) -> list[dict[str, Any]]:
-    result = subprocess.run([str(BIN / "kubectl"), "kustomize", str(target)], capture_output=True, text=True,
-                            timeout=120)
+    result = subprocess.run(
+        [str(BIN / "kubectl"), "kustomize", str(target)], capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, result.stderr
     return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
 
@@ -101,7 +113,9 @@ def defaults(spec: dict[str, Any], given: dict[str, str] | None = None) -> dict[
     variables = {"workflow.name": "finetune-abcde", "workflow.namespace": "finetune"}
     for param in spec["arguments"]["parameters"]:
         value = (given or {}).get(param["name"], param["value"])
-        variables[f"workflow.parameters.{param['name']}"] = str(value).replace("{{workflow.name}}", "finetune-abcde")
+        variables[f"workflow.parameters.{param['name']}"] = str(value).replace(
+            "{{workflow.name}}", "finetune-abcde"
+        )
     return variables
 
 
@@ -114,7 +128,9 @@ def substitute(value: Any, variables: dict[str, str]) -> Any:
     return json.loads(text)
 
 
-def argo_pods(name: str, parameters: dict[str, str] | None = None) -> Iterator[tuple[str, str, dict[str, Any]]]:
+def argo_pods(
+    name: str, parameters: dict[str, str] | None = None
+) -> Iterator[tuple[str, str, dict[str, Any]]]:
     """(template, command, Pod) for every pod task of the entrypoint DAG, as the controller would create it."""
     spec = executed_spec(argo(name)["spec"])
     templates = {t["name"]: t for t in spec["templates"]}
@@ -125,7 +141,9 @@ def argo_pods(name: str, parameters: dict[str, str] | None = None) -> Iterator[t
         for param in template["inputs"]["parameters"]:
             value = given.get(param["name"], param.get("value"))
             assert value is not None, f"{name}: task {task['name']} gives no {param['name']}"
-            variables[f"inputs.parameters.{param['name']}"] = substitute(str(value), defaults(spec, parameters))
+            variables[f"inputs.parameters.{param['name']}"] = substitute(
+                str(value), defaults(spec, parameters)
+            )
         # Metrics are resolved by the controller after the pod ran, from its status and outputs.
         resolved = substitute({k: v for k, v in template.items() if k != "metrics"}, variables)
         container = {**resolved["container"], "name": "main"}
@@ -141,9 +159,15 @@ def argo_pods(name: str, parameters: dict[str, str] | None = None) -> Iterator[t
             if key in resolved:
                 pod_spec[key] = int(resolved[key]) if key == "activeDeadlineSeconds" else resolved[key]
         pod_spec = apply_patch(pod_spec, json.loads(resolved.get("podSpecPatch") or "{}"))
-        pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": f"finetune-abcde-{task['name']}",
-                                                                "labels": resolved.get("metadata", {}).get("labels", {})},
-               "spec": pod_spec}
+        pod = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {
+                "name": f"finetune-abcde-{task['name']}",
+                "labels": resolved.get("metadata", {}).get("labels", {}),
+            },
+            "spec": pod_spec,
+        }
         yield template["name"], given["command"], pod
 
 
@@ -172,23 +196,38 @@ def containers(spec: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def test_yamllint_is_clean() -> None:
-    result = subprocess.run([str(BIN / "yamllint"), "-f", "parsable", "-d", YAMLLINT_CONFIG, "argo", "k8s"],
-                            cwd=REPO, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [str(BIN / "yamllint"), "-f", "parsable", "-d", YAMLLINT_CONFIG, "argo", "k8s"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0 and not result.stdout.strip(), result.stdout + result.stderr
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
-def test_overlay_renders_the_expected_objects(rendered: dict[str, list[dict[str, Any]]], overlay: str) -> None:
+def test_overlay_renders_the_expected_objects(
+    rendered: dict[str, list[dict[str, Any]]], overlay: str
+) -> None:
     kinds = sorted(d["kind"] for d in rendered[overlay])
     common = ["ConfigMap", "Namespace", "Role", "RoleBinding", "ServiceAccount"]
-    expected = {"cpu": [*common, "CronJob"], "gpu": [*common, "CronJob"], "argo": common,
-                "dev": [*common, "CronJob", "Deployment", "Job", "PersistentVolumeClaim", "Secret", "Service"]}
+    expected = {
+        "cpu": [*common, "CronJob"],
+        "gpu": [*common, "CronJob"],
+        "argo": common,
+        "dev": [*common, "CronJob", "Deployment", "Job", "PersistentVolumeClaim", "Secret", "Service"],
+    }
     assert kinds == sorted(expected[overlay])
-    assert all(d["metadata"].get("namespace") == "finetune" for d in rendered[overlay] if d["kind"] != "Namespace")
+    assert all(
+        d["metadata"].get("namespace") == "finetune" for d in rendered[overlay] if d["kind"] != "Namespace"
+    )
 
 
 @pytest.mark.parametrize("version", K8S_VERSIONS)
-def test_kubernetes_objects_validate_strictly(rendered: dict[str, list[dict[str, Any]]], version: str) -> None:
+def test_kubernetes_objects_validate_strictly(
+    rendered: dict[str, list[dict[str, Any]]], version: str
+) -> None:
     docs = [(overlay, d) for overlay in OVERLAYS for d in rendered[overlay]]
     docs.append(("secret.example.yaml", yaml.safe_load((K8S / "base" / "secret.example.yaml").read_text())))
     docs += [(f"argo/{name}", pod) for name in ARGO_RUNNABLE for _, _, pod in argo_pods(name)]
@@ -197,8 +236,10 @@ def test_kubernetes_objects_validate_strictly(rendered: dict[str, list[dict[str,
         try:
             kubernetes_validate.validate(doc, version, strict=True)
         except kubernetes_validate.ValidationError as exc:
-            failures.append(f"{where} {doc['kind']}/{doc['metadata']['name']}: {'.'.join(map(str, exc.path))}: "
-                            f"{exc.message}")
+            failures.append(
+                f"{where} {doc['kind']}/{doc['metadata']['name']}: {'.'.join(map(str, exc.path))}: "
+                f"{exc.message}"
+            )
     assert not failures, "\n".join(failures)
 
 
@@ -235,10 +276,18 @@ def test_the_workflow_runs_the_one_dag_of_the_template() -> None:
     step_dags = [t for t in dags if {task["name"] for task in t["dag"]["tasks"]} >= set(STEP_NAMES)]
     assert len(step_dags) == 1, "the steps are in exactly one DAG"
     assert workflow["spec"]["entrypoint"] == step_dags[0]["name"]
-    scheduled = {t["name"]: t for t in next(t for t in dags if t["name"] == template["spec"]["entrypoint"])["dag"]["tasks"]}
-    assert scheduled["finetune"]["template"] == step_dags[0]["name"] and scheduled["promote"]["depends"] == "finetune"
+    scheduled = {
+        t["name"]: t
+        for t in next(t for t in dags if t["name"] == template["spec"]["entrypoint"])["dag"]["tasks"]
+    }
+    assert (
+        scheduled["finetune"]["template"] == step_dags[0]["name"]
+        and scheduled["promote"]["depends"] == "finetune"
+    )
     assert [t["arguments"]["parameters"][0]["value"] for t in pod_tasks(executed_spec(template["spec"]))] == [
-        *STEP_NAMES, "promote"]
+        *STEP_NAMES,
+        "promote",
+    ]
 
 
 @pytest.mark.parametrize("name", ARGO_RUNNABLE)
@@ -246,14 +295,21 @@ def test_dag_is_prepare_train_index_then_evaluate_and_classify_in_parallel(name:
     spec = executed_spec(argo(name)["spec"])
     tasks = {t["name"]: t for t in pod_tasks(spec) if t["name"] in STEP_NAMES}
     assert {n: t.get("depends") for n, t in tasks.items()} == {
-        "prepare": None, "train": "prepare", "index": "train", "evaluate": "index", "classify": "index"}
+        "prepare": None,
+        "train": "prepare",
+        "index": "train",
+        "evaluate": "index",
+        "classify": "index",
+    }
     assert {n: t["arguments"]["parameters"][0]["value"] for n, t in tasks.items()} == {n: n for n in tasks}
 
 
 def test_cron_workflow_schedules_the_template_weekly_without_overlap() -> None:
     cron, template = argo("finetune-cron.yaml"), argo("finetune-template.yaml")
     spec = cron["spec"]
-    assert isinstance(spec["schedules"], list) and spec["schedules"], "current Argo requires `schedules` (a list)"
+    assert isinstance(spec["schedules"], list) and spec["schedules"], (
+        "current Argo requires `schedules` (a list)"
+    )
     assert "schedule" not in spec
     for schedule in spec["schedules"]:
         fields = schedule.split()
@@ -306,7 +362,7 @@ def test_train_step_runs_one_process_per_requested_gpu(gpus: str) -> None:
     (train,) = [pod for _, command, pod in argo_pods("finetune.yaml", {"gpus": gpus}) if command == "train"]
     container = train["spec"]["containers"][0]
     assert container["command"] == LAUNCHER
-    launcher = container["args"][:container["args"].index("--no-python")]
+    launcher = container["args"][: container["args"].index("--no-python")]
     assert launcher == ["--standalone", f"--nproc-per-node={gpus}"], launcher
     resources = container["resources"]
     assert resources["requests"]["nvidia.com/gpu"] == resources["limits"]["nvidia.com/gpu"] == gpus
@@ -325,10 +381,14 @@ def test_train_pod_patch_can_move_training_to_a_cpu_node() -> None:
 # Prometheus metric names: letters, digits and '_' (Argo refuses others, for OpenTelemetry's sake too).
 METRIC_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 OUTPUT_REF = re.compile(r"\{\{outputs\.parameters\.([^}]+)\}\}")
-REQUIRED_METRICS = {"finetune_promote_metric": "gauge", "finetune_recall_at_10": "gauge",
-                    "finetune_hybrid_recall_at_10": "gauge",
-                    "finetune_train_duration_seconds": "gauge", "finetune_train_pairs_per_second": "gauge",
-                    "finetune_promotion_refused": "counter"}
+REQUIRED_METRICS = {
+    "finetune_promote_metric": "gauge",
+    "finetune_recall_at_10": "gauge",
+    "finetune_hybrid_recall_at_10": "gauge",
+    "finetune_train_duration_seconds": "gauge",
+    "finetune_train_pairs_per_second": "gauge",
+    "finetune_promotion_refused": "counter",
+}
 
 
 def commands_by_template(spec: dict[str, Any]) -> dict[str, set[str]]:
@@ -344,8 +404,11 @@ def commands_by_template(spec: dict[str, Any]) -> dict[str, set[str]]:
 
 def test_the_template_declares_the_platform_metrics_grafana_needs() -> None:
     spec = executed_spec(argo("finetune-template.yaml")["spec"])
-    kinds = {m["name"]: next(k for k in ("gauge", "counter", "histogram") if k in m)
-             for t in spec["templates"] for m in t.get("metrics", {}).get("prometheus", [])}
+    kinds = {
+        m["name"]: next(k for k in ("gauge", "counter", "histogram") if k in m)
+        for t in spec["templates"]
+        for m in t.get("metrics", {}).get("prometheus", [])
+    }
     assert {name: kinds.get(name) for name in REQUIRED_METRICS} == REQUIRED_METRICS
 
 
@@ -367,19 +430,26 @@ def test_every_metric_reads_a_number_its_step_writes(name: str) -> None:
         folder = {e["name"]: e.get("value") for e in container["env"]}.get("FINETUNE_RUNTIME__METRICS_DIR")
         assert folder, f"{template['name']}: reads outputs but does not set FINETUNE_RUNTIME__METRICS_DIR"
         mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
-        assert any(folder.startswith(path.rstrip("/") + "/") and not m.get("readOnly") for path, m in mounts.items()), (
-            f"{template['name']}: {folder} is not on a writable volume (the root filesystem is read-only)")
+        assert any(
+            folder.startswith(path.rstrip("/") + "/") and not m.get("readOnly") for path, m in mounts.items()
+        ), f"{template['name']}: {folder} is not on a writable volume (the root filesystem is read-only)"
         for param, source in outputs.items():
             parent, _, file = source["path"].rpartition("/")
-            assert parent == folder and file in writer, f"{template['name']}: output {param} reads {source['path']}"
-            assert source.get("default") == "NaN", f"{param}: a step that writes no file must not fail the pod"
+            assert parent == folder and file in writer, (
+                f"{template['name']}: output {param} reads {source['path']}"
+            )
+            assert source.get("default") == "NaN", (
+                f"{param}: a step that writes no file must not fail the pod"
+            )
         for metric in metrics:
             assert METRIC_NAME.match(metric["name"]), metric["name"]
             assert metric["help"] and helps.setdefault(metric["name"], metric["help"]) == metric["help"]
             kind = [k for k in ("gauge", "counter", "histogram") if k in metric]
             assert len(kind) == 1 and str(metric[kind[0]]["value"]), metric
             for param in OUTPUT_REF.findall(metric[kind[0]]["value"]):
-                assert param in outputs, f"{metric['name']} reads output {param}, which {template['name']} lacks"
+                assert param in outputs, (
+                    f"{metric['name']} reads output {param}, which {template['name']} lacks"
+                )
                 step = writer[outputs[param]["path"].rpartition("/")[2]]
                 assert step in commands[template["name"]], f"{metric['name']}: no task runs {step} here"
                 if commands[template["name"]] != {step}:  # a shared template: emit only for the writing step
@@ -407,10 +477,23 @@ def node_pod(job: dict[str, Any]) -> dict[str, Any]:
     pod_spec = copy.deepcopy(replicated["template"]["spec"]["template"]["spec"])
     (container,) = pod_spec.pop("containers")
     assert container["name"] == "node"
-    pod_spec["containers"] = [{**container, "image": trainer["image"], "command": trainer["command"],
-                               "args": trainer["args"], "env": trainer["env"], "resources": trainer["resourcesPerNode"]}]
+    pod_spec["containers"] = [
+        {
+            **container,
+            "image": trainer["image"],
+            "command": trainer["command"],
+            "args": trainer["args"],
+            "env": trainer["env"],
+            "resources": trainer["resourcesPerNode"],
+        }
+    ]
     pod_spec["restartPolicy"] = "Never"
-    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "finetune-abcde-train-node-0"}, "spec": pod_spec}
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "finetune-abcde-train-node-0"},
+        "spec": pod_spec,
+    }
 
 
 def test_train_job_round_trips_through_the_trainer_api() -> None:
@@ -433,7 +516,7 @@ def test_train_job_runs_the_single_node_train_step_on_every_node() -> None:
     single = train["spec"]["containers"][0]
     assert trainer["image"] == single["image"] and trainer["command"] == single["command"] == LAUNCHER
     assert job_arguments(trainer) == job_arguments(single)
-    assert trainer["args"][:trainer["args"].index("--no-python")] == [], "no rendezvous of our own"
+    assert trainer["args"][: trainer["args"].index("--no-python")] == [], "no rendezvous of our own"
     assert trainer["env"] == single["env"]
     assert trainer["resourcesPerNode"]["limits"]["nvidia.com/gpu"] == "8" == str(trainer["numProcPerNode"])
     pod = node_pod(job)
@@ -442,8 +525,14 @@ def test_train_job_runs_the_single_node_train_step_on_every_node() -> None:
     assert pod["spec"]["containers"][0]["securityContext"] == single["securityContext"]
     mounts = {m["mountPath"]: m["name"] for m in pod["spec"]["containers"][0]["volumeMounts"]}
     volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
-    assert volumes[mounts["/etc/finetune"]]["configMap"]["name"] == train_volume(train, "/etc/finetune")["configMap"]["name"]
-    assert "emptyDir" in volumes[mounts["/tmp"]] and volumes[mounts["/dev/shm"]]["emptyDir"]["medium"] == "Memory"
+    assert (
+        volumes[mounts["/etc/finetune"]]["configMap"]["name"]
+        == train_volume(train, "/etc/finetune")["configMap"]["name"]
+    )
+    assert (
+        "emptyDir" in volumes[mounts["/tmp"]]
+        and volumes[mounts["/dev/shm"]]["emptyDir"]["medium"] == "Memory"
+    )
 
 
 def train_volume(pod: dict[str, Any], mount_path: str) -> dict[str, Any]:
@@ -456,8 +545,13 @@ def test_train_job_wait_conditions_read_fields_of_the_trainer_status() -> None:
     """successCondition / failureCondition are Argo label selectors over JSON paths; each path must
     name a counter of TrainJobStatus, else the step would wait until its deadline."""
     template, _ = train_job()
-    status = TrainerV1alpha1TrainJobStatus.from_dict({"jobsStatus": [
-        {"name": "node", "active": 0, "ready": 0, "succeeded": 1, "failed": 2, "suspended": 0}]})
+    status = TrainerV1alpha1TrainJobStatus.from_dict(
+        {
+            "jobsStatus": [
+                {"name": "node", "active": 0, "ready": 0, "succeeded": 1, "failed": 2, "suspended": 0}
+            ]
+        }
+    )
     assert status is not None
     document = {"status": status.to_dict()}
     for key, expected in (("successCondition", 1), ("failureCondition", 2)):
@@ -487,14 +581,21 @@ def test_multinode_workflow_shares_the_template_settings() -> None:
         if "templateRef" in task:
             assert task["templateRef"]["name"] == argo("finetune-template.yaml")["metadata"]["name"]
             assert task["templateRef"]["template"] in templates
-    assert [t["name"] for t in multi["templates"][0]["dag"]["tasks"]] == ["prepare", "train", "index", "evaluate",
-                                                                          "classify"]
+    assert [t["name"] for t in multi["templates"][0]["dag"]["tasks"]] == [
+        "prepare",
+        "train",
+        "index",
+        "evaluate",
+        "classify",
+    ]
 
 
 # ---------------------------------------------------------------- every container, Argo and plain Kubernetes
 
 
-def k8s_containers(rendered: dict[str, list[dict[str, Any]]]) -> Iterator[tuple[str, dict[str, Any], dict[str, Any]]]:
+def k8s_containers(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> Iterator[tuple[str, dict[str, Any], dict[str, Any]]]:
     for overlay, docs in rendered.items():
         for name, spec in pod_specs(docs):
             for container in containers(spec):
@@ -507,7 +608,9 @@ def argo_containers() -> Iterator[tuple[str, dict[str, Any], dict[str, Any]]]:
             yield f"argo/{name}/{template}:{command}", pod["spec"], pod["spec"]["containers"][0]
 
 
-def all_containers(rendered: dict[str, list[dict[str, Any]]]) -> Iterator[tuple[str, dict[str, Any], dict[str, Any]]]:
+def all_containers(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> Iterator[tuple[str, dict[str, Any], dict[str, Any]]]:
     yield from k8s_containers(rendered)
     yield from argo_containers()
 
@@ -525,7 +628,9 @@ def test_every_container_is_hardened(rendered: dict[str, list[dict[str, Any]]]) 
         assert "resources" in container and container["resources"].get("limits", {}).get("memory"), where
 
 
-def finetune_containers(rendered: dict[str, list[dict[str, Any]]]) -> Iterator[tuple[str, dict[str, Any], dict[str, Any]]]:
+def finetune_containers(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> Iterator[tuple[str, dict[str, Any], dict[str, Any]]]:
     for where, spec, container in all_containers(rendered):
         if job_arguments(container) is not None:
             yield where, spec, container
@@ -543,7 +648,9 @@ def test_container_args_parse_with_the_real_cli(rendered: dict[str, list[dict[st
         mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
         folder = str(Path(config).parent)
         volume = next(v for v in spec["volumes"] if v["name"] == mounts[folder]["name"])
-        assert "configMap" in volume and mounts[folder].get("readOnly"), f"{where}: {config} is not the ConfigMap"
+        assert "configMap" in volume and mounts[folder].get("readOnly"), (
+            f"{where}: {config} is not the ConfigMap"
+        )
         seen.add(args[0])
     assert seen == {"prepare", "train", "index", "evaluate", "classify", "promote", "run"}
 
@@ -554,13 +661,17 @@ def test_run_id_comes_from_the_job_name_in_the_cronjob(rendered: dict[str, list[
         if "$(RUN_ID)" not in container["args"]:
             continue
         env = {e["name"]: e for e in container["env"]}
-        assert env["RUN_ID"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.labels['batch.kubernetes.io/job-name']", where
+        assert (
+            env["RUN_ID"]["valueFrom"]["fieldRef"]["fieldPath"]
+            == "metadata.labels['batch.kubernetes.io/job-name']"
+        ), where
         checked += 1
     assert checked == 6, "run and promote in the cpu, gpu and dev CronJobs"
 
 
 def test_environment_names_are_real_config_keys_and_secrets_come_from_secrets(
-        rendered: dict[str, list[dict[str, Any]]]) -> None:
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
     for where, _, container in finetune_containers(rendered):
         env = {e["name"]: e for e in container.get("env", [])}
         finetune = {name: e.get("value") or "2" for name, e in env.items() if name.startswith("FINETUNE_")}
@@ -571,18 +682,32 @@ def test_environment_names_are_real_config_keys_and_secrets_come_from_secrets(
 
 
 def test_names_agree_across_argo_kustomize_and_the_images(rendered: dict[str, list[dict[str, Any]]]) -> None:
-    params = {p["name"]: p["value"] for p in argo("finetune-template.yaml")["spec"]["arguments"]["parameters"]}
+    params = {
+        p["name"]: p["value"] for p in argo("finetune-template.yaml")["spec"]["arguments"]["parameters"]
+    }
     for overlay in OVERLAYS:
         docs = rendered[overlay]
         assert [d["metadata"]["name"] for d in by_kind(docs, "ConfigMap")] == [params["config-map"]]
         assert [d["metadata"]["name"] for d in by_kind(docs, "ServiceAccount")] == [
-            argo("finetune-template.yaml")["spec"]["serviceAccountName"]]
+            argo("finetune-template.yaml")["spec"]["serviceAccountName"]
+        ]
         for where, _, container in k8s_containers({overlay: docs}):
-            refs = {e["valueFrom"]["secretKeyRef"]["name"] for e in container["env"] if "secretKeyRef" in e.get("valueFrom", {})}
+            refs = {
+                e["valueFrom"]["secretKeyRef"]["name"]
+                for e in container["env"]
+                if "secretKeyRef" in e.get("valueFrom", {})
+            }
             assert refs == {params["s3-secret"]}, where
     assert [d["metadata"]["name"] for d in by_kind(rendered["dev"], "Secret")] == [params["s3-secret"]]
-    images = {o: {c["image"] for _, s in pod_specs(rendered[o]) for c in containers(s) if c.get("command") == ["finetune-job"]}
-              for o in ("cpu", "gpu")}
+    images = {
+        o: {
+            c["image"]
+            for _, s in pod_specs(rendered[o])
+            for c in containers(s)
+            if c.get("command") == ["finetune-job"]
+        }
+        for o in ("cpu", "gpu")
+    }
     assert images == {"cpu": {params["image"]}, "gpu": {params["gpu-image"]}}
 
 
@@ -590,12 +715,24 @@ def test_argo_executor_role_grants_what_the_executor_needs(rendered: dict[str, l
     docs = rendered["argo"]
     (role,) = by_kind(docs, "Role")
     (binding,) = by_kind(docs, "RoleBinding")
-    grants = {(group, resource, verb) for rule in role["rules"] for group in rule["apiGroups"]
-              for resource in rule["resources"] for verb in rule["verbs"]}
-    assert {("argoproj.io", "workflowtaskresults", "create"), ("argoproj.io", "workflowtaskresults", "patch"),
-            ("", "pods", "get"), ("", "pods", "watch"), ("", "pods", "patch")} <= grants
+    grants = {
+        (group, resource, verb)
+        for rule in role["rules"]
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+        for verb in rule["verbs"]
+    }
+    assert {
+        ("argoproj.io", "workflowtaskresults", "create"),
+        ("argoproj.io", "workflowtaskresults", "patch"),
+        ("", "pods", "get"),
+        ("", "pods", "watch"),
+        ("", "pods", "patch"),
+    } <= grants
     assert binding["roleRef"]["name"] == role["metadata"]["name"]
-    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "finetune-job", "namespace": "finetune"}]
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "finetune-job", "namespace": "finetune"}
+    ]
 
 
 def test_cronjob_never_overlaps_and_is_bounded(rendered: dict[str, list[dict[str, Any]]]) -> None:
@@ -630,8 +767,16 @@ def test_no_real_credentials_in_any_manifest() -> None:
     texts = {p: p.read_text() for p in [*K8S.rglob("*.yaml"), *ARGO.rglob("*.yaml")]}
     for path, text in texts.items():
         assert not re.search(r"\b(AKIA|ASIA)[A-Z0-9]{16}\b", text), f"{path}: an AWS access key id"
-        assert not re.search(r"(?<![A-Za-z0-9/+])[A-Za-z0-9/+]{40}(?![A-Za-z0-9/+])", text), f"{path}: a 40-char secret?"
+        assert not re.search(r"(?<![A-Za-z0-9/+])[A-Za-z0-9/+]{40}(?![A-Za-z0-9/+])", text), (
+            f"{path}: a 40-char secret?"
+        )
     example = yaml.safe_load((K8S / "base" / "secret.example.yaml").read_text())
-    assert example["stringData"]["AWS_ACCESS_KEY_ID"] == example["stringData"]["AWS_SECRET_ACCESS_KEY"] == "REPLACE_ME"
+    assert (
+        example["stringData"]["AWS_ACCESS_KEY_ID"]
+        == example["stringData"]["AWS_SECRET_ACCESS_KEY"]
+        == "REPLACE_ME"
+    )
     base = (K8S / "base" / "kustomization.yaml").read_text()
-    assert "secret.example.yaml" not in yaml.safe_load(base).get("resources", []), "the example must never be applied"
+    assert "secret.example.yaml" not in yaml.safe_load(base).get("resources", []), (
+        "the example must never be applied"
+    )

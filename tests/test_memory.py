@@ -35,7 +35,9 @@ RETRIEVAL_RELATIONS = ["duplicate", "clones", "causes", "relates", "blocks", "de
 def replicate(sample: Path, times: int, out: Path) -> Path:
     """The sample `times` over, each copy with new ids (copy k of T-1 is T-1~k), links remapped."""
     out.mkdir(parents=True, exist_ok=True)
-    tickets = [json.loads(line) for line in (sample / "tickets.jsonl").read_text().splitlines() if line.strip()]
+    tickets = [
+        json.loads(line) for line in (sample / "tickets.jsonl").read_text().splitlines() if line.strip()
+    ]
     links = [json.loads(line) for line in (sample / "links.jsonl").read_text().splitlines() if line.strip()]
     with (out / "tickets.jsonl").open("w") as handle:
         for k in range(times):
@@ -44,8 +46,10 @@ def replicate(sample: Path, times: int, out: Path) -> Path:
     with (out / "links.jsonl").open("w") as handle:
         for k in range(times):
             for link in links:
-                handle.write(json.dumps({**link, "source": f"{link['source']}~{k}",
-                                         "target": f"{link['target']}~{k}"}) + "\n")
+                handle.write(
+                    json.dumps({**link, "source": f"{link['source']}~{k}", "target": f"{link['target']}~{k}"})
+                    + "\n"
+                )
     return out
 
 
@@ -61,8 +65,12 @@ def peaks(shared_sample: Path, tmp_path_factory: pytest.TempPathFactory) -> dict
     """Growth of peak RSS for 1x and 4x the sample, chunked and (for the control) not; two children at a time."""
     tmp = tmp_path_factory.mktemp("memory")
     data = {n: replicate(shared_sample, n, tmp / f"x{n}") for n in (1, 4)}
-    runs = {"1x": (data[1], CHUNK), "4x": (data[4], CHUNK), "1x-unchunked": (data[1], 10**9),
-            "4x-unchunked": (data[4], 10**9)}
+    runs = {
+        "1x": (data[1], CHUNK),
+        "4x": (data[4], CHUNK),
+        "1x-unchunked": (data[1], 10**9),
+        "4x-unchunked": (data[4], 10**9),
+    }
     with ThreadPoolExecutor(max_workers=2) as pool:
         futures = {name: pool.submit(measure, path, chunk) for name, (path, chunk) in runs.items()}
         return {name: future.result() for name, future in futures.items()}
@@ -73,8 +81,10 @@ def test_peak_memory_grows_no_faster_than_the_input(peaks: dict[str, dict[str, A
     assert four["tickets"] == 4 * one["tickets"] and four["pairs"] >= 3 * one["pairs"]
     assert four["queries"] == 4 * one["queries"] > 0
     grew_1x, grew_4x = one["grew_kb"], four["grew_kb"]
-    print(f"\npeak RSS over the imports ({one['how']}): 1x {grew_1x} KiB ({one['tickets']} tickets), "
-          f"4x {grew_4x} KiB ({four['tickets']} tickets), ratio {grew_4x / max(grew_1x, 1):.2f}")
+    print(
+        f"\npeak RSS over the imports ({one['how']}): 1x {grew_1x} KiB ({one['tickets']} tickets), "
+        f"4x {grew_4x} KiB ({four['tickets']} tickets), ratio {grew_4x / max(grew_1x, 1):.2f}"
+    )
     assert grew_1x > 1024  # the work is big enough to measure
     assert grew_4x <= 4.5 * grew_1x, f"4x the input took {grew_4x / grew_1x:.1f}x the memory"
 
@@ -121,9 +131,18 @@ def _child(data: str, chunk: int) -> dict[str, Any]:
     gc.collect()
     baseline = _status_kb("VmRSS")
     exact = _reset_peak()
-    cfg = JobConfig.model_validate({"data": {"tickets": f"{data}/tickets.jsonl", "links": f"{data}/links.jsonl"},
-                                    "output": {"uri": f"{data}-out"}, "pairs": {"mine_hard_negatives": False}})
-    raw = {name: (uri, read_uri(uri, cfg.storage)) for name in ("tickets", "links") if (uri := getattr(cfg.data, name))}
+    cfg = JobConfig.model_validate(
+        {
+            "data": {"tickets": f"{data}/tickets.jsonl", "links": f"{data}/links.jsonl"},
+            "output": {"uri": f"{data}-out"},
+            "pairs": {"mine_hard_negatives": False},
+        }
+    )
+    raw = {
+        name: (uri, read_uri(uri, cfg.storage))
+        for name in ("tickets", "links")
+        if (uri := getattr(cfg.data, name))
+    }
     corpus = build_corpus(raw, cfg.data)
     require_enough(corpus)
     edges = [(link.source, link.target) for link in corpus.links]
@@ -136,8 +155,13 @@ def _child(data: str, chunk: int) -> dict[str, Any]:
     relevant, _ = retrieval_queries(ids, corpus.links, RETRIEVAL_RELATIONS)
     metrics = retrieval_metrics(Embeddings(ids, vectors), ids, relevant, chunk)
     peak = _status_kb("VmHWM") if exact else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return {"tickets": len(ids), "pairs": sum(len(p) for p in pairs), "queries": metrics["n_queries"],
-            "grew_kb": peak - baseline, "how": "VmHWM after clear_refs" if exact else "ru_maxrss"}
+    return {
+        "tickets": len(ids),
+        "pairs": sum(len(p) for p in pairs),
+        "queries": metrics["n_queries"],
+        "grew_kb": peak - baseline,
+        "how": "VmHWM after clear_refs" if exact else "ru_maxrss",
+    }
 
 
 if __name__ == "__main__":

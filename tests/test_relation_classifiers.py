@@ -37,8 +37,9 @@ def _softmax_of_closeness(x: np.ndarray, centroids: np.ndarray) -> np.ndarray:
 class NearestCentroid(RelationClassifier):
     """The relation whose mean pair vector (u*v, |u-v| of the two embeddings) is nearest."""
 
-    def __init__(self, classes: list[str], centroids: np.ndarray, max_seq_length: int,
-                 encoder: Any = None) -> None:
+    def __init__(
+        self, classes: list[str], centroids: np.ndarray, max_seq_length: int, encoder: Any = None
+    ) -> None:
         self.classes, self.centroids, self.encoder = classes, centroids, encoder
         self.max_seq_length = max_seq_length
 
@@ -51,21 +52,37 @@ class NearestCentroid(RelationClassifier):
             return _pair_vectors(emb.of([k.source for k in chosen]), emb.of([k.target for k in chosen]))
 
         train = vectors(links.train)
-        centroids = np.stack([train[[k.relation == c for k in links.train]].mean(axis=0)
-                              for c in links.classes])
+        centroids = np.stack(
+            [train[[k.relation == c for k in links.train]].mean(axis=0) for c in links.classes]
+        )
         fitted = cls(links.classes, centroids, inputs.cfg.model.max_seq_length)
-        probabilities = _softmax_of_closeness(vectors(links.test), centroids) if links.test else \
-            np.zeros((0, len(links.classes)))
-        return Fitted(fitted, [links.classes[i] for i in probabilities.argmax(axis=1)],
-                      metrics={"centroid_dim": int(centroids.shape[1])},
-                      info={"test_pairs": [[k.source, k.target] for k in links.test],
-                            "test_probabilities": probabilities.round(6).tolist()})
+        probabilities = (
+            _softmax_of_closeness(vectors(links.test), centroids)
+            if links.test
+            else np.zeros((0, len(links.classes)))
+        )
+        return Fitted(
+            fitted,
+            [links.classes[i] for i in probabilities.argmax(axis=1)],
+            metrics={"centroid_dim": int(centroids.shape[1])},
+            info={
+                "test_pairs": [[k.source, k.target] for k in links.test],
+                "test_probabilities": probabilities.round(6).tolist(),
+            },
+        )
 
     def save(self, folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / "model.json").write_text(json.dumps({
-            "format": CENTROID_FORMAT, "classes": self.classes, "centroids": self.centroids.tolist(),
-            "embedding_max_seq_length": self.max_seq_length}))
+        (folder / "model.json").write_text(
+            json.dumps(
+                {
+                    "format": CENTROID_FORMAT,
+                    "classes": self.classes,
+                    "centroids": self.centroids.tolist(),
+                    "embedding_max_seq_length": self.max_seq_length,
+                }
+            )
+        )
 
     @classmethod
     def check(cls, descriptor: dict[str, Any], folder: Path) -> None:
@@ -73,14 +90,19 @@ class NearestCentroid(RelationClassifier):
             raise RunStateError(f"{folder / 'model.json'}: centroids: expected one per class")
 
     @classmethod
-    def load(cls, folder: Path, descriptor: dict[str, Any], embedding_model_dir: Path | None,
-             device: str | None) -> NearestCentroid:
+    def load(
+        cls, folder: Path, descriptor: dict[str, Any], embedding_model_dir: Path | None, device: str | None
+    ) -> NearestCentroid:
         from job.embedding.model import load_model
 
         assert embedding_model_dir is not None
         length = descriptor["embedding_max_seq_length"]
-        return cls(descriptor["classes"], np.array(descriptor["centroids"]), length,
-                   load_model(str(embedding_model_dir), length, device))
+        return cls(
+            descriptor["classes"],
+            np.array(descriptor["centroids"]),
+            length,
+            load_model(str(embedding_model_dir), length, device),
+        )
 
     def predict_proba(self, pairs: list[tuple[Ticket, Ticket]]) -> np.ndarray:
         from job.embedding.model import encode
@@ -91,8 +113,12 @@ class NearestCentroid(RelationClassifier):
         return _softmax_of_closeness(_pair_vectors(vectors[0::2], vectors[1::2]), self.centroids)
 
 
-CENTROID = ClassifierMethod(CENTROID_FORMAT, True, "nearest centroid of the pair vectors",
-                            "tests.test_relation_classifiers:NearestCentroid")
+CENTROID = ClassifierMethod(
+    CENTROID_FORMAT,
+    True,
+    "nearest centroid of the pair vectors",
+    "tests.test_relation_classifiers:NearestCentroid",
+)
 
 
 @pytest.fixture
@@ -110,8 +136,9 @@ def test_every_method_is_a_classifier_with_a_format_of_its_own() -> None:
 
 def test_config_takes_its_methods_from_the_table(registered: None) -> None:
     assert JobConfig.model_validate({"classify": {"method": "centroid"}}).classify.method == "centroid"
-    with pytest.raises(ValidationError,
-                       match=r"expected one of logistic, cross_encoder, centroid \(job/relations/methods"):
+    with pytest.raises(
+        ValidationError, match=r"expected one of logistic, cross_encoder, centroid \(job/relations/methods"
+    ):
         ClassifyConfig(method="svm")
 
 
@@ -123,8 +150,11 @@ def test_predict_picks_the_loader_by_the_saved_format(registered: None, tmp_path
     with pytest.raises(ConfigError, match="the centroid classifier needs the run's embedding model"):
         load_predictor(tmp_path / "classifier")
     (tmp_path / "classifier" / "model.json").write_text(json.dumps({"format": "nobody's/1"}))
-    with pytest.raises(ConfigError, match=f"expected format ticket-relation-logreg/1 or "
-                       f"ticket-relation-cross-encoder/1 or {CENTROID_FORMAT}"):
+    with pytest.raises(
+        ConfigError,
+        match=f"expected format ticket-relation-logreg/1 or "
+        f"ticket-relation-cross-encoder/1 or {CENTROID_FORMAT}",
+    ):
         read_descriptor(tmp_path / "classifier")
 
 
@@ -142,11 +172,21 @@ def centroid_run(shared_sample: Path, tmp_path_factory: pytest.TempPathFactory) 
     from job.runs import context
 
     work = tmp_path_factory.mktemp("centroid-run")
-    config = write_config(work / "config.json", merged(TINY, {
-        "data": {"tickets": str(shared_sample / "tickets.jsonl"),
-                 "links": str(shared_sample / "links.jsonl")},
-        "output": {"uri": str(work / "runs")}, "pairs": {"mine_hard_negatives": False},
-        "classify": {"method": "centroid"}}))
+    config = write_config(
+        work / "config.json",
+        merged(
+            TINY,
+            {
+                "data": {
+                    "tickets": str(shared_sample / "tickets.jsonl"),
+                    "links": str(shared_sample / "links.jsonl"),
+                },
+                "output": {"uri": str(work / "runs")},
+                "pairs": {"mine_hard_negatives": False},
+                "classify": {"method": "centroid"},
+            },
+        ),
+    )
     with pytest.MonkeyPatch.context() as patch:
         patch.setitem(RELATION_CLASSIFIERS, "centroid", CENTROID)
         loaded = load_config(str(config), environ={})
@@ -173,7 +213,8 @@ def test_the_classify_step_trains_scores_and_publishes_a_registered_method(centr
 
 @pytest.mark.slow
 def test_predict_loads_a_registered_method_from_a_finished_run(
-        centroid_run: CentroidRun, sample_split: SampleSplit, tmp_path: Path) -> None:
+    centroid_run: CentroidRun, sample_split: SampleSplit, tmp_path: Path
+) -> None:
     """predict (the run's classifier and model/ downloaded as the manifest lists them) gives the probabilities
     the step scored the test links with: the same embeddings, encoded again from the texts."""
     from job.relations.predict import open_run_predictor
@@ -182,7 +223,8 @@ def test_predict_loads_a_registered_method_from_a_finished_run(
         patch.setitem(RELATION_CLASSIFIERS, "centroid", CENTROID)
         predictor = open_run_predictor(centroid_run.cfg, "centroid", tmp_path)
     tickets, info = sample_split.tickets, centroid_run.record["info"]
-    got = predictor.probabilities([(tickets[source], tickets[target])
-                                   for source, target in info["test_pairs"]])
+    got = predictor.probabilities(
+        [(tickets[source], tickets[target]) for source, target in info["test_pairs"]]
+    )
     assert predictor.method == "centroid" and got.shape == (len(info["test_pairs"]), len(predictor.classes))
     assert np.allclose(got, np.array(info["test_probabilities"]), atol=1e-3)

@@ -56,8 +56,11 @@ def test_lexical_scores_are_okapi_bm25_computed_by_hand(k1: float, b: float) -> 
     for q in range(len(TEXTS)):
         assert np.allclose(rows[q], _hand_bm25(docs[q], docs, k1, b), rtol=1e-5), q
     # a new text: its words as the index knows them, unknown words score nothing
-    assert np.allclose(index.scores(index.query_ids("namenode NullPointerException zzzunknown")),
-                       _hand_bm25(["namenode", "nullpointerexception"], docs, k1, b), rtol=1e-5)
+    assert np.allclose(
+        index.scores(index.query_ids("namenode NullPointerException zzzunknown")),
+        _hand_bm25(["namenode", "nullpointerexception"], docs, k1, b),
+        rtol=1e-5,
+    )
 
 
 def test_time_aware_lexical_statistics_come_from_earlier_tickets_only() -> None:
@@ -73,11 +76,22 @@ def test_time_aware_lexical_statistics_come_from_earlier_tickets_only() -> None:
 
 
 def _later_world(extra_later: str = "") -> tuple[RetrievalPool, np.ndarray]:
-    texts = ["disk full on datanode", "datanode disk is full", "namenode heap exhausted", "namenode out of heap",
-             "datanode disk full again" + extra_later]
+    texts = [
+        "disk full on datanode",
+        "datanode disk is full",
+        "namenode heap exhausted",
+        "namenode out of heap",
+        "datanode disk full again" + extra_later,
+    ]
     links = [Link("d1", "d0", "duplicate"), Link("n1", "n0", "duplicate")]
     ids = ["d0", "d1", "n0", "n1", "late"]
-    created = {"d0": "2020-01-01", "d1": "2020-02-01", "n0": "2020-03-01", "n1": "2020-04-01", "late": "2021-01-01"}
+    created = {
+        "d0": "2020-01-01",
+        "d1": "2020-02-01",
+        "n0": "2020-03-01",
+        "n1": "2020-04-01",
+        "late": "2021-01-01",
+    }
     pool = RetrievalPool.build(ids, texts, links, ["duplicate"], created, LexicalSettings())
     vectors = np.eye(5, dtype=np.float32)[[0, 1, 2, 3, 1]] + 0.1
     vectors[3, 2] += 0.5  # n1 leans towards n0, so no tie decides its rank
@@ -122,7 +136,9 @@ def test_hybrid_ranks_follow_the_weighted_sum_and_ties_never_help() -> None:
     assert np.allclose(rrf[1:], [0.5 / 61 + 0.5 / 63, 0.5 / 63 + 0.5 / 61, 0.5 / 62 + 0.5 / 62])
 
 
-def _split_world(lexical_helps: bool, offset: int) -> tuple[list[str], list[str], np.ndarray, list[Link], list[Pair]]:
+def _split_world(
+    lexical_helps: bool, offset: int
+) -> tuple[list[str], list[str], np.ndarray, list[Link], list[Pair]]:
     """Six pairs of duplicates. Where the keywords help, their words match within a pair and their vectors are
     noise; elsewhere the vectors match within a pair and the words match a wrong partner."""
     ids, texts, vectors, links, pairs = [], [], [], [], []
@@ -146,15 +162,30 @@ def test_the_lexical_weight_is_chosen_on_val_never_on_test() -> None:
     val_ids, val_texts, val_vectors, val_links, val_pairs = _split_world(lexical_helps=False, offset=0)
     test_ids, test_texts, test_vectors, test_links, test_pairs = _split_world(lexical_helps=True, offset=100)
     created = dict.fromkeys(val_ids + test_ids, None)
-    held = HeldOut(val_pairs, test_pairs,
-                   RetrievalPool.build(val_ids, val_texts, val_links, ["duplicate"], created, LexicalSettings()),
-                   RetrievalPool.build(test_ids, test_texts, test_links, ["duplicate"], created, LexicalSettings()))
+    held = HeldOut(
+        val_pairs,
+        test_pairs,
+        RetrievalPool.build(val_ids, val_texts, val_links, ["duplicate"], created, LexicalSettings()),
+        RetrievalPool.build(test_ids, test_texts, test_links, ["duplicate"], created, LexicalSettings()),
+    )
     emb = Embeddings(val_ids + test_ids, np.vstack([val_vectors, test_vectors]))
     result = score_model(emb, held, FusionSettings())
-    on_val = choose_weight(cosine_rows(val_vectors), held.val.lexical_rows, held.val.relevant,
-                           list(FusionSettings().grid), "minmax", 60)
-    on_test = choose_weight(cosine_rows(test_vectors), held.test.lexical_rows, held.test.relevant,
-                            list(FusionSettings().grid), "minmax", 60)
+    on_val = choose_weight(
+        cosine_rows(val_vectors),
+        held.val.lexical_rows,
+        held.val.relevant,
+        list(FusionSettings().grid),
+        "minmax",
+        60,
+    )
+    on_test = choose_weight(
+        cosine_rows(test_vectors),
+        held.test.lexical_rows,
+        held.test.relevant,
+        list(FusionSettings().grid),
+        "minmax",
+        60,
+    )
     assert on_test.weight > on_val.weight, "the fixture makes the two splits disagree"
     assert result.metrics["hybrid_weight"] == on_val.weight
     assert result.fusion["chosen_on"] == "val" and result.fusion["val_curve"] == on_val.curve

@@ -42,9 +42,13 @@ def proxy(s3: S3Server) -> Iterator[FaultProxy]:
 
 def store_via(proxy: FaultProxy, bucket: str, max_attempts: int = 4, threshold_mb: int = 1) -> S3Store:
     """A store whose client talks to the proxy; a fresh client, so a fresh connection pool."""
-    cfg = StorageConfig(endpoint_url=proxy.endpoint, access_key_id=SecretStr(ACCESS_KEY),
-                        secret_access_key=SecretStr(SECRET_KEY), max_attempts=max_attempts,
-                        multipart_threshold_mb=threshold_mb)
+    cfg = StorageConfig(
+        endpoint_url=proxy.endpoint,
+        access_key_id=SecretStr(ACCESS_KEY),
+        secret_access_key=SecretStr(SECRET_KEY),
+        max_attempts=max_attempts,
+        multipart_threshold_mb=threshold_mb,
+    )
     return S3Store(make_s3_client(cfg), bucket, "runs/r1", cfg)
 
 
@@ -108,7 +112,9 @@ def _replace(store: S3Store, tmp: Path, s3: S3Server, bucket: str) -> None:
     seen = store.read_versioned("pointer.json")
     assert seen is not None
     token = os.urandom(16).hex().encode()
-    assert store.replace_if_unchanged("pointer.json", token, seen.version)  # ours, even when the answer was lost
+    assert store.replace_if_unchanged(
+        "pointer.json", token, seen.version
+    )  # ours, even when the answer was lost
     assert not store.replace_if_unchanged("pointer.json", b"someone else", seen.version)
     assert direct(s3, bucket, "pointer.json") == token
 
@@ -138,30 +144,59 @@ OPERATIONS = {
 
 # Which fault against which operation: every kind, each where it can happen.
 MATRIX: list[tuple[FaultKind, str]] = [
-    ("refuse", "read_bytes"), ("refuse", "write_bytes"),
-    ("reset", "write_bytes"), ("reset", "read_bytes"), ("reset", "upload_file"), ("reset", "download_file"),
+    ("refuse", "read_bytes"),
+    ("refuse", "write_bytes"),
+    ("reset", "write_bytes"),
+    ("reset", "read_bytes"),
+    ("reset", "upload_file"),
+    ("reset", "download_file"),
     ("reset", "list_keys"),
-    ("drop_response", "write_bytes"), ("drop_response", "create_if_absent"), ("drop_response", "delete_prefix"),
-    ("drop_response", "upload_file"), ("drop_response", "replace_if_unchanged"), ("drop_response", "delete"),
-    ("error500", "exists"), ("error500", "list_keys"), ("error500", "upload_file"), ("error500", "delete_prefix"),
-    ("slowdown", "read_bytes"), ("slowdown", "write_bytes"), ("slowdown", "download_file"),
-    ("slowdown", "create_if_absent"), ("slowdown", "replace_if_unchanged"), ("error500", "delete"),
-    ("latency", "read_bytes"), ("latency", "write_bytes"),
-    ("cut", "read_bytes"), ("cut", "download_file"), ("cut", "list_keys"),
-    ("truncate", "read_bytes"), ("truncate", "download_file"),
-    ("corrupt", "read_bytes"), ("corrupt", "download_file"), ("corrupt", "write_bytes"), ("corrupt", "upload_file"),
+    ("drop_response", "write_bytes"),
+    ("drop_response", "create_if_absent"),
+    ("drop_response", "delete_prefix"),
+    ("drop_response", "upload_file"),
+    ("drop_response", "replace_if_unchanged"),
+    ("drop_response", "delete"),
+    ("error500", "exists"),
+    ("error500", "list_keys"),
+    ("error500", "upload_file"),
+    ("error500", "delete_prefix"),
+    ("slowdown", "read_bytes"),
+    ("slowdown", "write_bytes"),
+    ("slowdown", "download_file"),
+    ("slowdown", "create_if_absent"),
+    ("slowdown", "replace_if_unchanged"),
+    ("error500", "delete"),
+    ("latency", "read_bytes"),
+    ("latency", "write_bytes"),
+    ("cut", "read_bytes"),
+    ("cut", "download_file"),
+    ("cut", "list_keys"),
+    ("truncate", "read_bytes"),
+    ("truncate", "download_file"),
+    ("corrupt", "read_bytes"),
+    ("corrupt", "download_file"),
+    ("corrupt", "write_bytes"),
+    ("corrupt", "upload_file"),
 ]
 
 
 @pytest.mark.parametrize(("kind", "operation"), MATRIX, ids=[f"{k}-{o}" for k, o in MATRIX])
-def test_transient_fault_is_absorbed(s3: S3Server, bucket: str, proxy: FaultProxy, tmp_path: Path,
-                                     kind: FaultKind, operation: str) -> None:
+def test_transient_fault_is_absorbed(
+    s3: S3Server, bucket: str, proxy: FaultProxy, tmp_path: Path, kind: FaultKind, operation: str
+) -> None:
     op = OPERATIONS[operation]
-    s3.client().put_object(Bucket=bucket, Key="runs/r1/seed.bin", Body=DATA,
-                           Metadata={"sha256": hashlib.sha256(DATA).hexdigest()})
+    s3.client().put_object(
+        Bucket=bucket,
+        Key="runs/r1/seed.bin",
+        Body=DATA,
+        Metadata={"sha256": hashlib.sha256(DATA).hexdigest()},
+    )
     # Twice in a row, so the retry after the first fault meets the second and backs off further;
     # latency once (the operation makes one request, and slow is not failed).
-    fault = proxy.add(Fault(kind, method=op.method, key=op.key, times=1 if kind == "latency" else 2, seconds=1.0))
+    fault = proxy.add(
+        Fault(kind, method=op.method, key=op.key, times=1 if kind == "latency" else 2, seconds=1.0)
+    )
     started = time.monotonic()
     op.run(store_via(proxy, bucket), tmp_path, s3, bucket)
     assert fault.hits == fault.times, f"the {kind} fault never fired: {proxy.seen}"
@@ -175,16 +210,26 @@ def test_transient_fault_is_absorbed(s3: S3Server, bucket: str, proxy: FaultProx
 
 
 def test_faults_that_outlast_the_retries_are_transient_and_name_operation_and_key(
-        s3: S3Server, bucket: str, proxy: FaultProxy, tmp_path: Path) -> None:
-    s3.client().put_object(Bucket=bucket, Key="runs/r1/seed.bin", Body=DATA,
-                           Metadata={"sha256": hashlib.sha256(DATA).hexdigest()})
+    s3: S3Server, bucket: str, proxy: FaultProxy, tmp_path: Path
+) -> None:
+    s3.client().put_object(
+        Bucket=bucket,
+        Key="runs/r1/seed.bin",
+        Body=DATA,
+        Metadata={"sha256": hashlib.sha256(DATA).hexdigest()},
+    )
     store = store_via(proxy, bucket, max_attempts=2)
     cases: list[tuple[FaultKind, str, Callable[[], Any], str]] = [
         ("slowdown", "GET", lambda: store.read_bytes("seed.bin"), "read s3://"),
         ("error500", "PUT", lambda: store.write_bytes("obj.bin", DATA), "write s3://"),
         ("reset", "PUT", lambda: store.write_bytes("obj.bin", DATA), "write s3://"),
         ("cut", "GET", lambda: store.read_bytes("seed.bin"), "read s3://"),
-        ("corrupt", "GET", lambda: store.download_file("seed.bin", tmp_path / "d" / "seed.bin"), "download s3://"),
+        (
+            "corrupt",
+            "GET",
+            lambda: store.download_file("seed.bin", tmp_path / "d" / "seed.bin"),
+            "download s3://",
+        ),
     ]
     for kind, method, action, operation in cases:
         proxy.clear()
@@ -199,10 +244,16 @@ def test_faults_that_outlast_the_retries_are_transient_and_name_operation_and_ke
     assert list((tmp_path / "d").iterdir()) == []
 
 
-def test_cut_or_corrupt_bodies_are_never_returned(s3: S3Server, bucket: str, proxy: FaultProxy, tmp_path: Path) -> None:
+def test_cut_or_corrupt_bodies_are_never_returned(
+    s3: S3Server, bucket: str, proxy: FaultProxy, tmp_path: Path
+) -> None:
     """Every body fault, every time: reads fail rather than return wrong bytes, downloads leave no file."""
-    s3.client().put_object(Bucket=bucket, Key="runs/r1/seed.bin", Body=DATA,
-                           Metadata={"sha256": hashlib.sha256(DATA).hexdigest()})
+    s3.client().put_object(
+        Bucket=bucket,
+        Key="runs/r1/seed.bin",
+        Body=DATA,
+        Metadata={"sha256": hashlib.sha256(DATA).hexdigest()},
+    )
     kinds: list[FaultKind] = ["cut", "truncate", "corrupt", "reset"]
     for kind in kinds:
         proxy.clear()
@@ -216,20 +267,27 @@ def test_cut_or_corrupt_bodies_are_never_returned(s3: S3Server, bucket: str, pro
         assert not target.parent.exists() or list(target.parent.iterdir()) == [], kind
 
 
-def test_large_upload_is_multipart_checksummed_and_verified(s3: S3Server, bucket: str, proxy: FaultProxy,
-                                                            tmp_path: Path) -> None:
+def test_large_upload_is_multipart_checksummed_and_verified(
+    s3: S3Server, bucket: str, proxy: FaultProxy, tmp_path: Path
+) -> None:
     big = tmp_path / "model.safetensors"
     with big.open("wb") as handle:
         for _ in range(20):
             handle.write(os.urandom(1 << 20))
     # Part 2 arrives corrupted, part 3 is cut off, and the size check after the upload is lied to once.
-    faults = [proxy.add(Fault("corrupt", method="PUT", key="partNumber=2")),
-              proxy.add(Fault("reset", method="PUT", key="partNumber=3")),
-              proxy.add(Fault("truncate", method="HEAD", key="model.safetensors"))]
+    faults = [
+        proxy.add(Fault("corrupt", method="PUT", key="partNumber=2")),
+        proxy.add(Fault("reset", method="PUT", key="partNumber=3")),
+        proxy.add(Fault("truncate", method="HEAD", key="model.safetensors")),
+    ]
     record = store_via(proxy, bucket, threshold_mb=8).upload_file(big, "model/model.safetensors")
     assert all(f.hits == 1 for f in faults), proxy.seen
     assert proxy.count("POST", "uploads") >= 1 and proxy.count("PUT", "partNumber=3") >= 2
-    assert {s.target.rsplit("partNumber=", 1)[1] for s in proxy.seen if "partNumber=" in s.target} == {"1", "2", "3"}
+    assert {s.target.rsplit("partNumber=", 1)[1] for s in proxy.seen if "partNumber=" in s.target} == {
+        "1",
+        "2",
+        "3",
+    }
     head = s3.client().head_object(Bucket=bucket, Key="runs/r1/model/model.safetensors")
     assert head["ETag"].strip('"').endswith("-3")  # three parts of 8 MB
     stored = s3.client().get_object(Bucket=bucket, Key="runs/r1/model/model.safetensors")["Body"].read()
@@ -238,8 +296,12 @@ def test_large_upload_is_multipart_checksummed_and_verified(s3: S3Server, bucket
 
 
 def test_permanent_problems_are_not_transient(s3: S3Server, bucket: str) -> None:
-    good = StorageConfig(endpoint_url=s3.endpoint, access_key_id=SecretStr(ACCESS_KEY),
-                         secret_access_key=SecretStr(SECRET_KEY), max_attempts=2)
+    good = StorageConfig(
+        endpoint_url=s3.endpoint,
+        access_key_id=SecretStr(ACCESS_KEY),
+        secret_access_key=SecretStr(SECRET_KEY),
+        max_attempts=2,
+    )
     wrong_secret = good.model_copy(update={"secret_access_key": SecretStr("not-the-secret")})
     wrong_key = good.model_copy(update={"access_key_id": SecretStr("nobody")})
     checks = [
@@ -276,10 +338,16 @@ class CliRuns:
 
 
 def _config(tmp: Path, name: str, output_bucket: str, input_bucket: str) -> Path:
-    config = {"data": {"tickets": f"s3://{input_bucket}/in/tickets.jsonl",
-                       "links": f"s3://{input_bucket}/in/links.jsonl"},
-              "output": {"uri": f"s3://{output_bucket}/runs"}, "model": {"base": OFFLINE_MODEL},
-              "pairs": {"mine_hard_negatives": False}, "storage": {"max_attempts": 3}}
+    config = {
+        "data": {
+            "tickets": f"s3://{input_bucket}/in/tickets.jsonl",
+            "links": f"s3://{input_bucket}/in/links.jsonl",
+        },
+        "output": {"uri": f"s3://{output_bucket}/runs"},
+        "model": {"base": OFFLINE_MODEL},
+        "pairs": {"mine_hard_negatives": False},
+        "storage": {"max_attempts": 3},
+    }
     path = tmp / f"{name}.json"
     path.write_text(json.dumps(config))
     return path
@@ -297,32 +365,41 @@ def cli_runs(s3: S3Server, tmp_path_factory: pytest.TempPathFactory) -> Iterator
         sock.bind(("127.0.0.1", 0))
         dead = f"http://127.0.0.1:{sock.getsockname()[1]}"
     with FaultProxy(s3.endpoint, lifetime_s=600) as flaky, FaultProxy(s3.endpoint, lifetime_s=600) as down:
-        faults = [flaky.add(fault) for fault in (
-            Fault("refuse"),
-            Fault("reset", method="GET", key="in/tickets.jsonl"),
-            Fault("cut", method="GET", key="in/links.jsonl"),
-            Fault("error500", method="HEAD", key="faulted/"),
-            Fault("slowdown", method="PUT", key="prepared/split.json", times=2),
-            Fault("drop_response", method="PUT", key="prepared/pairs_val.jsonl"),
-            Fault("corrupt", method="PUT", key="prepared/tickets.jsonl"),
-            Fault("drop_response", method="PUT", key="locks/run.lock"),
-            Fault("latency", method="PUT", key="prepared/links.jsonl", seconds=1.0),
-        )]
+        faults = [
+            flaky.add(fault)
+            for fault in (
+                Fault("refuse"),
+                Fault("reset", method="GET", key="in/tickets.jsonl"),
+                Fault("cut", method="GET", key="in/links.jsonl"),
+                Fault("error500", method="HEAD", key="faulted/"),
+                Fault("slowdown", method="PUT", key="prepared/split.json", times=2),
+                Fault("drop_response", method="PUT", key="prepared/pairs_val.jsonl"),
+                Fault("corrupt", method="PUT", key="prepared/tickets.jsonl"),
+                Fault("drop_response", method="PUT", key="locks/run.lock"),
+                Fault("latency", method="PUT", key="prepared/links.jsonl", seconds=1.0),
+            )
+        ]
         down.add(Fault("slowdown", method="PUT", key="prepared/pairs_train.jsonl", times=10_000))
 
-        def prepare(run_id: str, endpoint: str, path: Path = config, **env: str) -> tuple[list[str], Path,
-                                                                                            dict[str, str]]:
+        def prepare(
+            run_id: str, endpoint: str, path: Path = config, **env: str
+        ) -> tuple[list[str], Path, dict[str, str]]:
             args = ["prepare", "--config", str(path), "--run-id", run_id]
             return args, tmp, {**s3.env(), "FINETUNE_STORAGE__ENDPOINT_URL": endpoint, **env}
 
-        first = run_many({
-            "baseline": prepare("baseline", s3.endpoint),
-            "faulted": prepare("faulted", flaky.endpoint),
-            "stays_down": prepare("again", down.endpoint),
-            "unreachable": prepare("unreachable", dead, FINETUNE_STORAGE__MAX_ATTEMPTS="2"),
-            "denied": prepare("denied", s3.endpoint, AWS_SECRET_ACCESS_KEY="wrong-secret-123"),
-            "no_bucket": prepare("no-bucket", s3.endpoint, _config(tmp, "nobucket", bucket, "no-such-bucket-here")),
-        }, tmp / "first")
+        first = run_many(
+            {
+                "baseline": prepare("baseline", s3.endpoint),
+                "faulted": prepare("faulted", flaky.endpoint),
+                "stays_down": prepare("again", down.endpoint),
+                "unreachable": prepare("unreachable", dead, FINETUNE_STORAGE__MAX_ATTEMPTS="2"),
+                "denied": prepare("denied", s3.endpoint, AWS_SECRET_ACCESS_KEY="wrong-secret-123"),
+                "no_bucket": prepare(
+                    "no-bucket", s3.endpoint, _config(tmp, "nobucket", bucket, "no-such-bucket-here")
+                ),
+            },
+            tmp / "first",
+        )
         saw = down.count("PUT", "prepared/pairs_train.jsonl")
         down.clear()  # storage is back: the same run id again
         rerun = run_many({"rerun": prepare("again", down.endpoint)}, tmp / "rerun")
@@ -331,7 +408,9 @@ def cli_runs(s3: S3Server, tmp_path_factory: pytest.TempPathFactory) -> Iterator
 
 def _prepared(s3: S3Server, bucket: str, run_id: str) -> dict[str, bytes]:
     client = s3.client()
-    keys = [o["Key"] for o in client.list_objects_v2(Bucket=bucket, Prefix=f"runs/{run_id}/prepared/")["Contents"]]
+    keys = [
+        o["Key"] for o in client.list_objects_v2(Bucket=bucket, Prefix=f"runs/{run_id}/prepared/")["Contents"]
+    ]
     return {k.rsplit("/", 1)[1]: client.get_object(Bucket=bucket, Key=k)["Body"].read() for k in keys}
 
 
@@ -346,15 +425,26 @@ def test_prepare_through_transient_faults_writes_identical_artifacts(s3: S3Serve
     assert faulted.exit == 0, faulted.stderr[-3000:]
     assert [f.kind for f in cli_runs.faults if f.hits != f.times] == []  # every fault fired
     prepared = _prepared(s3, cli_runs.bucket, "faulted")
-    assert set(prepared) == {"tickets.jsonl", "links.jsonl", "split.json", "pairs_train.jsonl", "pairs_val.jsonl",
-                             "pairs_test.jsonl", "triplets_train.jsonl", "title_body_train.jsonl"}
+    assert set(prepared) == {
+        "tickets.jsonl",
+        "links.jsonl",
+        "split.json",
+        "pairs_train.jsonl",
+        "pairs_val.jsonl",
+        "pairs_test.jsonl",
+        "triplets_train.jsonl",
+        "title_body_train.jsonl",
+    }
     assert prepared == _prepared(s3, cli_runs.bucket, "baseline")
 
 
 def test_storage_down_past_the_retries_exits_75_and_a_rerun_finishes(s3: S3Server, cli_runs: CliRuns) -> None:
     failed, rerun = cli_runs.outcomes["stays_down"], cli_runs.outcomes["rerun"]
     assert failed.exit == EXIT_TRANSIENT, failed.stderr[-2000:]
-    assert f"write s3://{cli_runs.bucket}/runs/again/prepared/pairs_train.jsonl: S3 error SlowDown" in failed.stderr
+    assert (
+        f"write s3://{cli_runs.bucket}/runs/again/prepared/pairs_train.jsonl: S3 error SlowDown"
+        in failed.stderr
+    )
     assert cli_runs.failing_proxy_saw == 3  # storage.max_attempts
     assert rerun.exit == 0, rerun.stderr[-2000:]
     assert _prepared(s3, cli_runs.bucket, "again") == _prepared(s3, cli_runs.bucket, "baseline")

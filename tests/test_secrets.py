@@ -45,7 +45,9 @@ ENV_SECRET = "env-sentinel-5c1d9e7a0b"  # AWS_SECRET_ACCESS_KEY in the environme
 SETTINGS_SECRET = "settings-sentinel-4f2a8c"  # FINETUNE_STORAGE__SECRET_ACCESS_KEY
 WRONG_SECRET = "wrong-sentinel-93bd61f0"  # a secret S3 rejects
 URL_SECRET = "url-sentinel-e61b0a"  # the password in storage.endpoint_url (http://user:pass@host, a proxy)
-SLASH_SECRET = "wJalrX/K7MD+bP-sentinel"  # an AWS-style secret: '/' and '+' unencoded in the endpoint's userinfo
+SLASH_SECRET = (
+    "wJalrX/K7MD+bP-sentinel"  # an AWS-style secret: '/' and '+' unencoded in the endpoint's userinfo
+)
 SPACE_SECRET = "spaced sentinel 7d1e"  # a password with spaces
 SENTINELS = (SECRET_KEY, ENV_SECRET, SETTINGS_SECRET, WRONG_SECRET, URL_SECRET, SLASH_SECRET, SPACE_SECRET)
 
@@ -73,14 +75,20 @@ class ReadOnlyRun:
     probe: subprocess.CompletedProcess[bytes]  # a write attempt inside the same sandbox
 
 
-SANDBOX = ('mount --bind "$SCRATCH" "$SCRATCH" && mount -o remount,ro,bind / && exec "$@"')
+SANDBOX = 'mount --bind "$SCRATCH" "$SCRATCH" && mount -o remount,ro,bind / && exec "$@"'
 
 
-def _sandboxed(command: list[str], scratch: Path, cwd: Path, env: dict[str, str],
-               timeout: float) -> subprocess.CompletedProcess[bytes]:
+def _sandboxed(
+    command: list[str], scratch: Path, cwd: Path, env: dict[str, str], timeout: float
+) -> subprocess.CompletedProcess[bytes]:
     """`command` with / read-only except `scratch`, in a private mount namespace."""
-    return subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", SANDBOX, "sh", *command],
-                          cwd=cwd, env={**env, "SCRATCH": str(scratch)}, capture_output=True, timeout=timeout)
+    return subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c", SANDBOX, "sh", *command],
+        cwd=cwd,
+        env={**env, "SCRATCH": str(scratch)},
+        capture_output=True,
+        timeout=timeout,
+    )
 
 
 def _sandbox_available(scratch: Path) -> str | None:
@@ -104,26 +112,48 @@ def read_only_run(s3: S3Server, synthetic_dir: Path) -> Iterator[ReadOnlyRun]:
         if reason:
             pytest.skip(reason)
         bucket = s3.create_bucket("secrets-run")
-        config = merged(TINY, {
-            "data": {"tickets": str(synthetic_dir / "tickets.jsonl"), "links": str(synthetic_dir / "links.jsonl")},
-            "output": {"uri": f"s3://{bucket}/runs"},
-            "train": {"max_pairs": 16},
-            "storage": {"access_key_id": ACCESS_KEY, "secret_access_key": SECRET_KEY},  # the secret S3 checks
-        })
+        config = merged(
+            TINY,
+            {
+                "data": {
+                    "tickets": str(synthetic_dir / "tickets.jsonl"),
+                    "links": str(synthetic_dir / "links.jsonl"),
+                },
+                "output": {"uri": f"s3://{bucket}/runs"},
+                "train": {"max_pairs": 16},
+                "storage": {
+                    "access_key_id": ACCESS_KEY,
+                    "secret_access_key": SECRET_KEY,
+                },  # the secret S3 checks
+            },
+        )
         config_file = root / "config.yaml"
         config_file.write_text(yaml.safe_dump(config))
-        env = cli_env({"HOME": str(home), "TMPDIR": str(scratch / "tmp"),
-                       "FINETUNE_RUNTIME__WORK_DIR": str(scratch / "work"),
-                       "FINETUNE_RUNTIME__CACHE_DIR": str(scratch / "cache"),
-                       # botocore ignores the userinfo: the URL still reaches the server, and the run's
-                       # files and logs must show it only redacted.
-                       "FINETUNE_STORAGE__ENDPOINT_URL": with_userinfo(s3.endpoint),
-                       "AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": ENV_SECRET})
-        result = _sandboxed([CLI, "run", "--config", str(config_file), "--run-id", "secrets"], scratch, home, env, 900)
-        probe = _sandboxed(["sh", "-c", f"touch {home}/x; touch {REPO}/x; touch /tmp/x-finetune"], scratch, home, env, 30)
+        env = cli_env(
+            {
+                "HOME": str(home),
+                "TMPDIR": str(scratch / "tmp"),
+                "FINETUNE_RUNTIME__WORK_DIR": str(scratch / "work"),
+                "FINETUNE_RUNTIME__CACHE_DIR": str(scratch / "cache"),
+                # botocore ignores the userinfo: the URL still reaches the server, and the run's
+                # files and logs must show it only redacted.
+                "FINETUNE_STORAGE__ENDPOINT_URL": with_userinfo(s3.endpoint),
+                "AWS_ACCESS_KEY_ID": ACCESS_KEY,
+                "AWS_SECRET_ACCESS_KEY": ENV_SECRET,
+            }
+        )
+        result = _sandboxed(
+            [CLI, "run", "--config", str(config_file), "--run-id", "secrets"], scratch, home, env, 900
+        )
+        probe = _sandboxed(
+            ["sh", "-c", f"touch {home}/x; touch {REPO}/x; touch /tmp/x-finetune"], scratch, home, env, 30
+        )
         client = s3.client()
-        keys = [o["Key"] for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket)
-                for o in page.get("Contents", [])]
+        keys = [
+            o["Key"]
+            for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket)
+            for o in page.get("Contents", [])
+        ]
         objects = {k: client.get_object(Bucket=bucket, Key=k)["Body"].read() for k in keys}
         yield ReadOnlyRun(result, scratch, home, objects, probe)
     finally:
@@ -204,76 +234,195 @@ def secret_runs(s3: S3Server, tmp_path_factory: pytest.TempPathFactory) -> dict[
         return str(path)
 
     s3_env = {"FINETUNE_STORAGE__ENDPOINT_URL": s3.endpoint, "AWS_ACCESS_KEY_ID": ACCESS_KEY}
-    everywhere = {**s3_env, "AWS_SECRET_ACCESS_KEY": ENV_SECRET, "FINETUNE_STORAGE__SECRET_ACCESS_KEY": SETTINGS_SECRET}
+    everywhere = {
+        **s3_env,
+        "AWS_SECRET_ACCESS_KEY": ENV_SECRET,
+        "FINETUNE_STORAGE__SECRET_ACCESS_KEY": SETTINGS_SECRET,
+    }
     in_file = config("in-file", {"storage": {"access_key_id": ACCESS_KEY, "secret_access_key": SECRET_KEY}})
-    wrong_in_file = config("wrong", {"storage": {"access_key_id": ACCESS_KEY, "secret_access_key": WRONG_SECRET}})
+    wrong_in_file = config(
+        "wrong", {"storage": {"access_key_id": ACCESS_KEY, "secret_access_key": WRONG_SECRET}}
+    )
     plain = config("plain")
     with socket.socket() as sock:  # a port nobody listens on: S3 unreachable
         sock.bind(("127.0.0.1", 0))
         closed_port = sock.getsockname()[1]
-    unreachable = {"FINETUNE_STORAGE__ENDPOINT_URL": with_userinfo(f"http://127.0.0.1:{closed_port}"),
-                   "FINETUNE_STORAGE__MAX_ATTEMPTS": "1", "AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY}
+    unreachable = {
+        "FINETUNE_STORAGE__ENDPOINT_URL": with_userinfo(f"http://127.0.0.1:{closed_port}"),
+        "FINETUNE_STORAGE__MAX_ATTEMPTS": "1",
+        "AWS_ACCESS_KEY_ID": ACCESS_KEY,
+        "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
+    }
     runs: dict[str, tuple[list[str], Path, dict[str, str]]] = {
         "config-table": (["config", "--config", in_file], tmp, everywhere),
         "config-json": (["config", "--json", "--config", in_file], tmp, everywhere),
-        "config-cli-flag": (["config", "--config", plain, "--set", f"storage.secret_access_key={WRONG_SECRET}"], tmp,
-                            s3_env),
-        "wrong-env-secret": (["run", "--config", plain], tmp, {**s3_env, "AWS_SECRET_ACCESS_KEY": WRONG_SECRET}),
-        "wrong-settings-secret": (["run", "--config", plain], tmp,
-                                  {**s3_env, "FINETUNE_STORAGE__ACCESS_KEY_ID": ACCESS_KEY,
-                                   "FINETUNE_STORAGE__SECRET_ACCESS_KEY": WRONG_SECRET}),
+        "config-cli-flag": (
+            ["config", "--config", plain, "--set", f"storage.secret_access_key={WRONG_SECRET}"],
+            tmp,
+            s3_env,
+        ),
+        "wrong-env-secret": (
+            ["run", "--config", plain],
+            tmp,
+            {**s3_env, "AWS_SECRET_ACCESS_KEY": WRONG_SECRET},
+        ),
+        "wrong-settings-secret": (
+            ["run", "--config", plain],
+            tmp,
+            {
+                **s3_env,
+                "FINETUNE_STORAGE__ACCESS_KEY_ID": ACCESS_KEY,
+                "FINETUNE_STORAGE__SECRET_ACCESS_KEY": WRONG_SECRET,
+            },
+        ),
         "wrong-file-secret": (["validate-data", "--config", wrong_in_file], tmp, s3_env),
-        "wrong-cli-secret": (["prepare", "--config", plain, "--run-id", "r", "--set", f"storage.access_key_id={ACCESS_KEY}",
-                              "--set", f"storage.secret_access_key={WRONG_SECRET}"], tmp, s3_env),
-        "secret-without-key-id": (["prepare", "--config", plain, "--run-id", "r"], tmp,
-                                  {**s3_env, "FINETUNE_STORAGE__SECRET_ACCESS_KEY": WRONG_SECRET}),
-        "typo-in-secret-key": (["run", "--config", config("typo", {"storage": {"secret_acces_key": WRONG_SECRET}})],
-                               tmp, s3_env),
-        "secret-wrong-type": (["run", "--config", config("type", {"storage": {"secret_access_key": [WRONG_SECRET]}})],
-                              tmp, s3_env),
-        "secret-on-broken-yaml-line": (["run", "--config", config("yaml", text=(
-            f'storage:\n  secret_access_key: "{WRONG_SECRET}\n  region: [\n'))], tmp, s3_env),
+        "wrong-cli-secret": (
+            [
+                "prepare",
+                "--config",
+                plain,
+                "--run-id",
+                "r",
+                "--set",
+                f"storage.access_key_id={ACCESS_KEY}",
+                "--set",
+                f"storage.secret_access_key={WRONG_SECRET}",
+            ],
+            tmp,
+            s3_env,
+        ),
+        "secret-without-key-id": (
+            ["prepare", "--config", plain, "--run-id", "r"],
+            tmp,
+            {**s3_env, "FINETUNE_STORAGE__SECRET_ACCESS_KEY": WRONG_SECRET},
+        ),
+        "typo-in-secret-key": (
+            ["run", "--config", config("typo", {"storage": {"secret_acces_key": WRONG_SECRET}})],
+            tmp,
+            s3_env,
+        ),
+        "secret-wrong-type": (
+            ["run", "--config", config("type", {"storage": {"secret_access_key": [WRONG_SECRET]}})],
+            tmp,
+            s3_env,
+        ),
+        "secret-on-broken-yaml-line": (
+            [
+                "run",
+                "--config",
+                config("yaml", text=(f'storage:\n  secret_access_key: "{WRONG_SECRET}\n  region: [\n')),
+            ],
+            tmp,
+            s3_env,
+        ),
         # a secret that starts with '{' is a secret (here a wrong one), not JSON
-        "secret-in-bad-env-json": (["run", "--config", plain], tmp,
-                                   {**s3_env, "FINETUNE_STORAGE__ACCESS_KEY_ID": ACCESS_KEY,
-                                    "FINETUNE_STORAGE__SECRET_ACCESS_KEY": "{" + WRONG_SECRET}),
-        "config-url-credentials": (["config", "--config", plain], tmp,
-                                   {**s3_env, "FINETUNE_STORAGE__ENDPOINT_URL": with_userinfo(s3.endpoint)}),
-        "config-json-url-credentials": (["config", "--json", "--config", plain], tmp,
-                                        {**s3_env, "FINETUNE_STORAGE__ENDPOINT_URL": with_userinfo(s3.endpoint)}),
-        "unreachable-url-credentials": (["run", "--config", plain, "--set", "runtime.log_format=json"], tmp, unreachable),
-        "config-url-slash-secret": (["config", "--config", plain, "--set",
-                                     f"storage.endpoint_url={with_userinfo(s3.endpoint, SLASH_SECRET)}"], tmp, s3_env),
-        "config-url-space-secret": (["config", "--json", "--config", plain, "--set",
-                                     f"storage.endpoint_url={with_userinfo(s3.endpoint, SPACE_SECRET)}"], tmp, s3_env),
-        "unreachable-url-slash-secret": (["run", "--config", plain, "--set", "runtime.log_format=json"], tmp,
-                                         {**unreachable, "FINETUNE_STORAGE__ENDPOINT_URL":
-                                          with_userinfo(f"http://127.0.0.1:{closed_port}", SLASH_SECRET)}),
-        "invalid-url-slash-secret": (["run", "--config", plain, "--set", "runtime.log_format=json"], tmp,
-                                     {**unreachable, "FINETUNE_STORAGE__ENDPOINT_URL":
-                                      f"http://AKIA:{SLASH_SECRET} x@127.0.0.1:{closed_port}"}),
-        "typo-in-secret-key-flag": (["config", "--config", plain, "--set", f"storage.secert_access_key={WRONG_SECRET}"],
-                                    tmp, s3_env),
-        "secret-under-a-wrong-name-flag": (["config", "--config", plain, "--set", f"storage.access_key={WRONG_SECRET}"],
-                                           tmp, s3_env),
+        "secret-in-bad-env-json": (
+            ["run", "--config", plain],
+            tmp,
+            {
+                **s3_env,
+                "FINETUNE_STORAGE__ACCESS_KEY_ID": ACCESS_KEY,
+                "FINETUNE_STORAGE__SECRET_ACCESS_KEY": "{" + WRONG_SECRET,
+            },
+        ),
+        "config-url-credentials": (
+            ["config", "--config", plain],
+            tmp,
+            {**s3_env, "FINETUNE_STORAGE__ENDPOINT_URL": with_userinfo(s3.endpoint)},
+        ),
+        "config-json-url-credentials": (
+            ["config", "--json", "--config", plain],
+            tmp,
+            {**s3_env, "FINETUNE_STORAGE__ENDPOINT_URL": with_userinfo(s3.endpoint)},
+        ),
+        "unreachable-url-credentials": (
+            ["run", "--config", plain, "--set", "runtime.log_format=json"],
+            tmp,
+            unreachable,
+        ),
+        "config-url-slash-secret": (
+            [
+                "config",
+                "--config",
+                plain,
+                "--set",
+                f"storage.endpoint_url={with_userinfo(s3.endpoint, SLASH_SECRET)}",
+            ],
+            tmp,
+            s3_env,
+        ),
+        "config-url-space-secret": (
+            [
+                "config",
+                "--json",
+                "--config",
+                plain,
+                "--set",
+                f"storage.endpoint_url={with_userinfo(s3.endpoint, SPACE_SECRET)}",
+            ],
+            tmp,
+            s3_env,
+        ),
+        "unreachable-url-slash-secret": (
+            ["run", "--config", plain, "--set", "runtime.log_format=json"],
+            tmp,
+            {
+                **unreachable,
+                "FINETUNE_STORAGE__ENDPOINT_URL": with_userinfo(
+                    f"http://127.0.0.1:{closed_port}", SLASH_SECRET
+                ),
+            },
+        ),
+        "invalid-url-slash-secret": (
+            ["run", "--config", plain, "--set", "runtime.log_format=json"],
+            tmp,
+            {
+                **unreachable,
+                "FINETUNE_STORAGE__ENDPOINT_URL": f"http://AKIA:{SLASH_SECRET} x@127.0.0.1:{closed_port}",
+            },
+        ),
+        "typo-in-secret-key-flag": (
+            ["config", "--config", plain, "--set", f"storage.secert_access_key={WRONG_SECRET}"],
+            tmp,
+            s3_env,
+        ),
+        "secret-under-a-wrong-name-flag": (
+            ["config", "--config", plain, "--set", f"storage.access_key={WRONG_SECRET}"],
+            tmp,
+            s3_env,
+        ),
     }
     return run_many(runs, tmp / "logs")
 
 
-def test_config_output_shows_where_secrets_come_from_but_never_their_value(secret_runs: dict[str, Outcome]) -> None:
-    for name in ("config-table", "config-json", "config-cli-flag", "config-url-credentials",
-                 "config-json-url-credentials", "config-url-slash-secret", "config-url-space-secret"):
+def test_config_output_shows_where_secrets_come_from_but_never_their_value(
+    secret_runs: dict[str, Outcome],
+) -> None:
+    for name in (
+        "config-table",
+        "config-json",
+        "config-cli-flag",
+        "config-url-credentials",
+        "config-json-url-credentials",
+        "config-url-slash-secret",
+        "config-url-space-secret",
+    ):
         outcome = secret_runs[name]
         assert outcome.exit == 0, outcome.text[-2000:]
         assert not leaks(outcome.text), name
         assert "***" in outcome.stdout
     shown = json.loads(secret_runs["config-json"].stdout)
-    assert shown["storage.secret_access_key"] == {"value": "***", "source": "env FINETUNE_STORAGE__SECRET_ACCESS_KEY"}
+    assert shown["storage.secret_access_key"] == {
+        "value": "***",
+        "source": "env FINETUNE_STORAGE__SECRET_ACCESS_KEY",
+    }
     endpoint = json.loads(secret_runs["config-json-url-credentials"].stdout)["storage.endpoint_url"]["value"]
     assert endpoint.startswith("http://***@127.0.0.1:"), endpoint
 
 
-def test_credentials_in_the_endpoint_url_stay_out_of_connection_errors(secret_runs: dict[str, Outcome]) -> None:
+def test_credentials_in_the_endpoint_url_stay_out_of_connection_errors(
+    secret_runs: dict[str, Outcome],
+) -> None:
     """S3 unreachable: botocore's error text quotes the endpoint URL, userinfo and all."""
     outcome = secret_runs["unreachable-url-credentials"]
     assert outcome.exit == 75, outcome.text[-2000:]
@@ -285,8 +434,9 @@ def test_credentials_in_the_endpoint_url_stay_out_of_connection_errors(secret_ru
 
 
 @pytest.mark.parametrize("name", ["unreachable-url-slash-secret", "invalid-url-slash-secret"])
-def test_an_endpoint_url_that_does_not_parse_keeps_its_userinfo_out_of_the_error(secret_runs: dict[str, Outcome],
-                                                                                  name: str) -> None:
+def test_an_endpoint_url_that_does_not_parse_keeps_its_userinfo_out_of_the_error(
+    secret_runs: dict[str, Outcome], name: str
+) -> None:
     """botocore refuses an unencoded '/' or space in the userinfo ("not a valid URI", exit 2) and quotes the URL."""
     outcome = secret_runs[name]
     assert outcome.exit == 2 and "not a valid URI" in outcome.text, outcome.text[-2000:]
@@ -294,9 +444,19 @@ def test_an_endpoint_url_that_does_not_parse_keeps_its_userinfo_out_of_the_error
     assert not leaks(outcome.text) and "AKIA" not in outcome.text
 
 
-@pytest.mark.parametrize("name", ["wrong-env-secret", "wrong-settings-secret", "wrong-file-secret", "wrong-cli-secret",
-                                  "secret-in-bad-env-json"])
-def test_runs_failing_on_bad_credentials_exit_2_without_the_secret(secret_runs: dict[str, Outcome], name: str) -> None:
+@pytest.mark.parametrize(
+    "name",
+    [
+        "wrong-env-secret",
+        "wrong-settings-secret",
+        "wrong-file-secret",
+        "wrong-cli-secret",
+        "secret-in-bad-env-json",
+    ],
+)
+def test_runs_failing_on_bad_credentials_exit_2_without_the_secret(
+    secret_runs: dict[str, Outcome], name: str
+) -> None:
     outcome = secret_runs[name]
     assert outcome.exit == 2, outcome.text[-2000:]
     assert "check the S3 credentials" in outcome.stderr
@@ -304,15 +464,20 @@ def test_runs_failing_on_bad_credentials_exit_2_without_the_secret(secret_runs: 
     assert not leaks(outcome.text)
 
 
-@pytest.mark.parametrize(("name", "says"), [
-    ("secret-without-key-id", "storage.secret_access_key is set but storage.access_key_id is not"),
-    ("typo-in-secret-key", "unknown config key 'storage.secret_acces_key'"),
-    ("secret-wrong-type", "storage.secret_access_key"),
-    ("secret-on-broken-yaml-line", "invalid YAML"),
-    ("typo-in-secret-key-flag", "unknown config key 'storage.secert_access_key'"),
-    ("secret-under-a-wrong-name-flag", "unknown config key 'storage.access_key'"),
-])
-def test_config_errors_near_a_secret_do_not_quote_it(secret_runs: dict[str, Outcome], name: str, says: str) -> None:
+@pytest.mark.parametrize(
+    ("name", "says"),
+    [
+        ("secret-without-key-id", "storage.secret_access_key is set but storage.access_key_id is not"),
+        ("typo-in-secret-key", "unknown config key 'storage.secret_acces_key'"),
+        ("secret-wrong-type", "storage.secret_access_key"),
+        ("secret-on-broken-yaml-line", "invalid YAML"),
+        ("typo-in-secret-key-flag", "unknown config key 'storage.secert_access_key'"),
+        ("secret-under-a-wrong-name-flag", "unknown config key 'storage.access_key'"),
+    ],
+)
+def test_config_errors_near_a_secret_do_not_quote_it(
+    secret_runs: dict[str, Outcome], name: str, says: str
+) -> None:
     outcome = secret_runs[name]
     assert outcome.exit == 2, outcome.text[-2000:]
     assert says in outcome.stderr and "Traceback" not in outcome.text
@@ -322,7 +487,16 @@ def test_config_errors_near_a_secret_do_not_quote_it(secret_runs: dict[str, Outc
 # ---------------------------------------------------------------- run ids and keys
 
 
-ESCAPING_RUN_IDS = ["../escaped", "/tmp/absolute", "a/../../b", "..", "nested/run", ".hidden", "x" * 200, "tab\there"]
+ESCAPING_RUN_IDS = [
+    "../escaped",
+    "/tmp/absolute",
+    "a/../../b",
+    "..",
+    "nested/run",
+    ".hidden",
+    "x" * 200,
+    "tab\there",
+]
 
 
 Attempt = tuple[Path, dict[str, Outcome], list[Path]]
@@ -337,23 +511,39 @@ def run_id_attempts(synthetic_dir: Path, tmp_path_factory: pytest.TempPathFactor
         root = roots[run_id] = tmp_path_factory.mktemp(f"run-id-{n}")
         (root / "area" / "out").mkdir(parents=True)
         config = root / "config.json"
-        config.write_text(json.dumps({"data": {"tickets": str(synthetic_dir / "tickets.jsonl"),
-                                               "links": str(synthetic_dir / "links.jsonl")},
-                                      "output": {"uri": str(root / "area" / "out")},
-                                      "pairs": {"mine_hard_negatives": False},
-                                      "runtime": {"work_dir": str(root / "area" / "work")}}))
+        config.write_text(
+            json.dumps(
+                {
+                    "data": {
+                        "tickets": str(synthetic_dir / "tickets.jsonl"),
+                        "links": str(synthetic_dir / "links.jsonl"),
+                    },
+                    "output": {"uri": str(root / "area" / "out")},
+                    "pairs": {"mine_hard_negatives": False},
+                    "runtime": {"work_dir": str(root / "area" / "work")},
+                }
+            )
+        )
         for command in ("prepare", "run"):
-            invocations[f"{n}:{command}"] = ([command, "--config", str(config), "--run-id", run_id], root / "area",
-                                             {})
+            invocations[f"{n}:{command}"] = (
+                [command, "--config", str(config), "--run-id", run_id],
+                root / "area",
+                {},
+            )
     before = {run_id: sorted(root.rglob("*")) for run_id, root in roots.items()}
     outcomes = run_many(invocations, tmp_path_factory.mktemp("run-id-logs"))
-    return {run_id: (roots[run_id], {k.split(":")[1]: v for k, v in outcomes.items() if k.split(":")[0] == str(n)},
-                     before[run_id]) for n, run_id in enumerate(ESCAPING_RUN_IDS)}
+    return {
+        run_id: (
+            roots[run_id],
+            {k.split(":")[1]: v for k, v in outcomes.items() if k.split(":")[0] == str(n)},
+            before[run_id],
+        )
+        for n, run_id in enumerate(ESCAPING_RUN_IDS)
+    }
 
 
 @pytest.mark.parametrize("run_id", ESCAPING_RUN_IDS)
-def test_run_ids_that_could_escape_are_refused(run_id_attempts: dict[str, Attempt],
-                                               run_id: str) -> None:
+def test_run_ids_that_could_escape_are_refused(run_id_attempts: dict[str, Attempt], run_id: str) -> None:
     _, outcomes, _ = run_id_attempts[run_id]
     for command, outcome in outcomes.items():
         assert outcome.exit == 2, (command, outcome.text[-2000:])
@@ -361,8 +551,7 @@ def test_run_ids_that_could_escape_are_refused(run_id_attempts: dict[str, Attemp
 
 
 @pytest.mark.parametrize("run_id", ESCAPING_RUN_IDS)
-def test_refused_run_ids_write_nothing_anywhere(run_id_attempts: dict[str, Attempt],
-                                               run_id: str) -> None:
+def test_refused_run_ids_write_nothing_anywhere(run_id_attempts: dict[str, Attempt], run_id: str) -> None:
     root, _, before = run_id_attempts[run_id]
     assert sorted(root.rglob("*")) == before
     assert not Path("/tmp/absolute").exists()
@@ -390,11 +579,22 @@ def test_the_package_never_unpickles() -> None:
         tree = ast.parse(path.read_text(), filename=str(path))
         module = path.relative_to(REPO).with_suffix("").as_posix().replace("/", ".")
         for node in ast.walk(tree):
-            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
-                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else []
+            )
             line = getattr(node, "lineno", 0)
-            problems += [f"{path.name}:{line} imports {n}" for n in names if n.split(".")[0] in PICKLE_MODULES]
-            if isinstance(node, ast.ImportFrom) and node.module == "torch" and "load" in {a.name for a in node.names}:
+            problems += [
+                f"{path.name}:{line} imports {n}" for n in names if n.split(".")[0] in PICKLE_MODULES
+            ]
+            if (
+                isinstance(node, ast.ImportFrom)
+                and node.module == "torch"
+                and "load" in {a.name for a in node.names}
+            ):
                 problems.append(f"{path.name}:{line} imports torch.load by name (unchecked calls)")
         for func, call in _calls(tree):
             where = f"{path.name}:{call.lineno} {func}(...)"
@@ -405,7 +605,9 @@ def test_the_package_never_unpickles() -> None:
             if isinstance(trust, ast.Constant) and trust.value is True:
                 problems.append(f"{where} with trust_remote_code=True")
             weights_only = _keyword(call, "weights_only")
-            if func.endswith("torch.load") and not (isinstance(weights_only, ast.Constant) and weights_only.value is True):
+            if func.endswith("torch.load") and not (
+                isinstance(weights_only, ast.Constant) and weights_only.value is True
+            ):
                 problems.append(f"{where} without weights_only=True")
             if func in ("yaml.unsafe_load", "yaml.full_load", "yaml.load_all", "yaml.unsafe_load_all"):
                 problems.append(where)

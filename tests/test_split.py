@@ -19,8 +19,9 @@ def test_components_join_linked_tickets() -> None:
 
 def _sample(path: Path) -> tuple[list[str], list[tuple[str, str]]]:
     ids = [json.loads(line)["id"] for line in (path / "tickets.jsonl").read_text().splitlines()]
-    edges = [(r["source"], r["target"])
-             for r in map(json.loads, (path / "links.jsonl").read_text().splitlines())]
+    edges = [
+        (r["source"], r["target"]) for r in map(json.loads, (path / "links.jsonl").read_text().splitlines())
+    ]
     return ids, edges
 
 
@@ -66,13 +67,27 @@ def test_prepare_with_given_pairs_keeps_each_pair_and_each_chain_on_one_side(tmp
     from job.jsonio import from_jsonl
     from tests.conftest import TINY, merged, run_cli, write_config
 
-    rows = [{"text_a": f"chain {c} text {i} about disk {c % 7}",
-             "text_b": f"chain {c} text {i + 1} about disk {c % 7}",
-             "score": 0.9 if i == 0 else 0.6} for c in range(40) for i in range(2)]
+    rows = [
+        {
+            "text_a": f"chain {c} text {i} about disk {c % 7}",
+            "text_b": f"chain {c} text {i + 1} about disk {c % 7}",
+            "score": 0.9 if i == 0 else 0.6,
+        }
+        for c in range(40)
+        for i in range(2)
+    ]
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    config = write_config(tmp_path / "config.json", merged(TINY, {
-        "data": {"pairs": str(tmp_path / "in" / "pairs.jsonl")}, "output": {"uri": str(tmp_path / "runs")}}))
+    config = write_config(
+        tmp_path / "config.json",
+        merged(
+            TINY,
+            {
+                "data": {"pairs": str(tmp_path / "in" / "pairs.jsonl")},
+                "output": {"uri": str(tmp_path / "runs")},
+            },
+        ),
+    )
     done = run_cli("prepare", "--config", str(config), "--run-id", "given")
     assert done.returncode == 0, done.stderr[-2000:]
     prepared = tmp_path / "runs" / "given" / "prepared"

@@ -45,8 +45,9 @@ def _largest_component(split: Split) -> int:
 
 @settings(max_examples=300, deadline=None)
 @given(graphs(), fractions(), SEEDS)
-def test_every_ticket_in_one_split_and_no_link_crosses(graph: tuple[list[str], list[tuple[str, str]]],
-                                                       split_cfg: SplitConfig, seed: int) -> None:
+def test_every_ticket_in_one_split_and_no_link_crosses(
+    graph: tuple[list[str], list[tuple[str, str]]], split_cfg: SplitConfig, seed: int
+) -> None:
     ids, edges = graph
     split = split_by_components(ids, edges, split_cfg, seed)
     placed = [tid for name in SPLITS for tid in split.members[name]]
@@ -65,7 +66,8 @@ def test_every_ticket_in_one_split_and_no_link_crosses(graph: tuple[list[str], l
 @settings(max_examples=300, deadline=None)
 @given(graphs(), fractions(), SEEDS)
 def test_no_split_overshoots_its_share_by_more_than_one_component(
-        graph: tuple[list[str], list[tuple[str, str]]], split_cfg: SplitConfig, seed: int) -> None:
+    graph: tuple[list[str], list[tuple[str, str]]], split_cfg: SplitConfig, seed: int
+) -> None:
     ids, edges = graph
     split = split_by_components(ids, edges, split_cfg, seed)
     largest, total = _largest_component(split), len(ids)
@@ -73,13 +75,16 @@ def test_no_split_overshoots_its_share_by_more_than_one_component(
     for name in SPLITS:
         # A component goes to the split furthest below its target, whose deficit is never negative.
         assert len(split.members[name]) <= targets[name] * total + largest + 1e-9, (
-            name, len(split.members[name]))
+            name,
+            len(split.members[name]),
+        )
 
 
 @settings(max_examples=150, deadline=None)
 @given(graphs(), SEEDS)
-def test_same_seed_same_split_whatever_the_order(graph: tuple[list[str], list[tuple[str, str]]],
-                                                  seed: int) -> None:
+def test_same_seed_same_split_whatever_the_order(
+    graph: tuple[list[str], list[tuple[str, str]]], seed: int
+) -> None:
     ids, edges = graph
     first = split_by_components(ids, edges, SplitConfig(), seed)
     again = split_by_components(sorted(ids), list(reversed(edges)), SplitConfig(), seed)
@@ -89,7 +94,8 @@ def test_same_seed_same_split_whatever_the_order(graph: tuple[list[str], list[tu
 @settings(max_examples=300, deadline=None)
 @given(graphs(), fractions(), SEEDS)
 def test_check_usable_passes_only_splits_with_linked_pairs_to_evaluate(
-        graph: tuple[list[str], list[tuple[str, str]]], split_cfg: SplitConfig, seed: int) -> None:
+    graph: tuple[list[str], list[tuple[str, str]]], split_cfg: SplitConfig, seed: int
+) -> None:
     ids, edges = graph
     split = split_by_components(ids, edges, split_cfg, seed)
     try:

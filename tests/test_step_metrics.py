@@ -16,26 +16,34 @@ from job.runs.step_metrics import STEP_METRICS, as_text, step_numbers, write_ste
 RECORDS = {
     "prepare": {"inputs": {"tickets": 333, "links": 158}, "drift": {"warnings": [{"measure": "tickets"}]}},
     "train": {"train_seconds": 81.25, "pairs_per_second": 12.5},
-    "evaluate": {"metrics": {"finetuned": {"average_precision": 0.8125, "recall_at_10": None,
-                                           "roc_auc": 0.9}}},
+    "evaluate": {
+        "metrics": {"finetuned": {"average_precision": 0.8125, "recall_at_10": None, "roc_auc": 0.9}}
+    },
 }
 
 
 def test_each_step_publishes_the_numbers_it_declares_from_its_record() -> None:
     numbers = {step: step_numbers(step, RECORDS[step], "roc_auc") for step in STEP_METRICS}
-    assert ({step: set(values) for step, values in numbers.items()}
-            == {s: set(f) for s, f in STEP_METRICS.items()})
+    assert {step: set(values) for step, values in numbers.items()} == {
+        s: set(f) for s, f in STEP_METRICS.items()
+    }
     assert numbers["prepare"] == {"input_tickets": 333, "input_links": 158, "drift_warnings": 1}
     assert numbers["train"] == {"train_seconds": 81.25, "train_pairs_per_second": 12.5}
-    assert numbers["evaluate"] == {"promote_metric": 0.9, "recall_at_10": None, "hybrid_recall_at_10": None,
-                                   "average_precision": 0.8125}
+    assert numbers["evaluate"] == {
+        "promote_metric": 0.9,
+        "recall_at_10": None,
+        "hybrid_recall_at_10": None,
+        "average_precision": 0.8125,
+    }
     assert step_numbers("classify", {}, "roc_auc") == {}
     no_drift = step_numbers("prepare", {"inputs": {}, "drift": {"skipped": "no promoted run"}}, "x")
     assert no_drift["drift_warnings"] is None
 
 
-@pytest.mark.parametrize(("value", "text"), [(0.8125, "0.8125"), (333, "333.0"), (None, "NaN"),
-                                             (float("inf"), "NaN"), (True, "NaN"), ("0.5", "NaN")])
+@pytest.mark.parametrize(
+    ("value", "text"),
+    [(0.8125, "0.8125"), (333, "333.0"), (None, "NaN"), (float("inf"), "NaN"), (True, "NaN"), ("0.5", "NaN")],
+)
 def test_numbers_are_written_as_prometheus_reads_them(value: object, text: str) -> None:
     assert as_text(value) == text  # type: ignore[arg-type]
 

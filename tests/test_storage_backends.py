@@ -61,8 +61,11 @@ class FolderBackend:
         if not self._path(uri).is_dir():
             return [InputFile(uri, basename(uri), self.read(uri, cfg, client))]
         folder = self.open_store(uri, cfg, client)
-        return [InputFile(folder.where(key), key, folder.read_bytes(key))
-                for key, _size in folder.list_keys() if key.endswith(suffix)]
+        return [
+            InputFile(folder.where(key), key, folder.read_bytes(key))
+            for key, _size in folder.list_keys()
+            if key.endswith(suffix)
+        ]
 
     def download_prefix(self, uri: str, cfg: StorageConfig, local_dir: Path) -> Path:
         path = self._path(uri)
@@ -92,8 +95,10 @@ def test_a_registered_backend_is_opened_read_and_listed_by_uri(folders: Path) ->
     (folders / "in" / "b" / "c.jsonl").write_bytes(b'{"id": "C"}\n')
     (folders / "in" / "notes.txt").write_bytes(b"not an input")
     files = read_input_files("dir://in", cfg, ".jsonl")
-    assert [(f.name, f.data) for f in files] == [("a.jsonl", b'{"id": "A"}\n'),
-                                                 ("b/c.jsonl", b'{"id": "C"}\n')]
+    assert [(f.name, f.data) for f in files] == [
+        ("a.jsonl", b'{"id": "A"}\n'),
+        ("b/c.jsonl", b'{"id": "C"}\n'),
+    ]
     assert [f.name for f in read_input_files("dir://in/a.jsonl", cfg, ".jsonl")] == ["a.jsonl"]
 
     hint = "use s3://, file://, dir:// or a path"
@@ -111,8 +116,9 @@ def test_config_validates_a_registered_backends_uris(folders: Path) -> None:
         load_config(environ={"FINETUNE_OUTPUT__URI": "dir://"})
 
 
-def test_a_model_kept_in_a_registered_backend_is_fetched_into_the_cache(folders: Path,
-                                                                        tmp_path: Path) -> None:
+def test_a_model_kept_in_a_registered_backend_is_fetched_into_the_cache(
+    folders: Path, tmp_path: Path
+) -> None:
     model = folders / "models" / "m1"
     (model / "1_Pooling").mkdir(parents=True)
     (model / "modules.json").write_text(json.dumps([{"idx": 0, "name": "0", "path": "", "type": "x"}]))

@@ -27,9 +27,18 @@ def evaluated(tmp_path_factory: pytest.TempPathFactory, synthetic_dir: Path) -> 
 def _config(output: Path, data: Path, path: Path) -> Path:
     # What these tests check is the hand-over between steps, not what the model learns: two training steps
     # and random negatives (mining encodes every ticket in prepare) make the run, and the forced redo, cheaper.
-    return write_config(path, merged(TINY, {
-        "data": {"tickets": str(data / "tickets.jsonl"), "links": str(data / "links.jsonl")},
-        "output": {"uri": str(output)}, "train": {"max_pairs": 16}, "pairs": {"mine_hard_negatives": False}}))
+    return write_config(
+        path,
+        merged(
+            TINY,
+            {
+                "data": {"tickets": str(data / "tickets.jsonl"), "links": str(data / "links.jsonl")},
+                "output": {"uri": str(output)},
+                "train": {"max_pairs": 16},
+                "pairs": {"mine_hard_negatives": False},
+            },
+        ),
+    )
 
 
 def _copy(evaluated: Path, tmp_path: Path, synthetic_dir: Path) -> tuple[Path, Path]:
@@ -46,19 +55,38 @@ def _same_size_edit(path: Path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("tamper", "step", "names"), [
-    (lambda run: _same_size_edit(run / "prepared" / "tickets.jsonl"), "classify",
-     ("prepared/tickets.jsonl", "step 'prepare'")),
-    (lambda run: (run / "prepared" / "triplets_train.jsonl").write_bytes(
-        b"".join((run / "prepared" / "triplets_train.jsonl").read_bytes().splitlines(keepends=True)[:2])),
-     "classify", ("prepared/triplets_train.jsonl", "step 'prepare'")),
-    (lambda run: _same_size_edit(run / "model" / "model.safetensors"), "classify",
-     ("model/model.safetensors", "step 'train'")),
-    (lambda run: _same_size_edit(run / "index" / "part-00000.parquet"), "classify",
-     ("index/part-00000.parquet", "step 'index'")),
-])
-def test_a_file_changed_between_steps_stops_the_next_step(evaluated: Path, tmp_path: Path, synthetic_dir: Path,
-                                                          tamper: object, step: str, names: tuple[str, str]) -> None:
+@pytest.mark.parametrize(
+    ("tamper", "step", "names"),
+    [
+        (
+            lambda run: _same_size_edit(run / "prepared" / "tickets.jsonl"),
+            "classify",
+            ("prepared/tickets.jsonl", "step 'prepare'"),
+        ),
+        (
+            lambda run: (run / "prepared" / "triplets_train.jsonl").write_bytes(
+                b"".join(
+                    (run / "prepared" / "triplets_train.jsonl").read_bytes().splitlines(keepends=True)[:2]
+                )
+            ),
+            "classify",
+            ("prepared/triplets_train.jsonl", "step 'prepare'"),
+        ),
+        (
+            lambda run: _same_size_edit(run / "model" / "model.safetensors"),
+            "classify",
+            ("model/model.safetensors", "step 'train'"),
+        ),
+        (
+            lambda run: _same_size_edit(run / "index" / "part-00000.parquet"),
+            "classify",
+            ("index/part-00000.parquet", "step 'index'"),
+        ),
+    ],
+)
+def test_a_file_changed_between_steps_stops_the_next_step(
+    evaluated: Path, tmp_path: Path, synthetic_dir: Path, tamper: object, step: str, names: tuple[str, str]
+) -> None:
     run, config = _copy(evaluated, tmp_path, synthetic_dir)
     tamper(run)  # type: ignore[operator]
     done = run_cli(step, "--config", str(config), "--run-id", "base")
@@ -68,17 +96,23 @@ def test_a_file_changed_between_steps_stops_the_next_step(evaluated: Path, tmp_p
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("damage", "says"), [
-    (b"", "steps/prepare.json is damaged"),
-    (b"[]", "steps/prepare.json is not a step record"),
-    (b'{"files": 3}', "steps/prepare.json is not a step record"),
-])
-def test_a_damaged_step_record_is_named(evaluated: Path, tmp_path: Path, synthetic_dir: Path, damage: bytes,
-                                        says: str) -> None:
+@pytest.mark.parametrize(
+    ("damage", "says"),
+    [
+        (b"", "steps/prepare.json is damaged"),
+        (b"[]", "steps/prepare.json is not a step record"),
+        (b'{"files": 3}', "steps/prepare.json is not a step record"),
+    ],
+)
+def test_a_damaged_step_record_is_named(
+    evaluated: Path, tmp_path: Path, synthetic_dir: Path, damage: bytes, says: str
+) -> None:
     run, config = _copy(evaluated, tmp_path, synthetic_dir)
     (run / "steps" / "prepare.json").write_bytes(damage)
     done = run_cli("classify", "--config", str(config), "--run-id", "base")
-    assert done.returncode == 2 and says in done.stderr and "Traceback" not in done.stderr, done.stderr[-3000:]
+    assert done.returncode == 2 and says in done.stderr and "Traceback" not in done.stderr, done.stderr[
+        -3000:
+    ]
 
 
 @pytest.mark.slow
@@ -90,8 +124,9 @@ def test_an_untampered_copy_finishes(evaluated: Path, tmp_path: Path, synthetic_
 
 
 @pytest.mark.slow
-def test_a_forced_redo_leaves_no_file_of_the_earlier_attempt(evaluated: Path, tmp_path: Path,
-                                                              synthetic_dir: Path) -> None:
+def test_a_forced_redo_leaves_no_file_of_the_earlier_attempt(
+    evaluated: Path, tmp_path: Path, synthetic_dir: Path
+) -> None:
     """An earlier attempt exported ONNX variants; this config exports none: they must not stay beside the model."""
     run, config = _copy(evaluated, tmp_path, synthetic_dir)
     (run / "model" / "onnx").mkdir()

@@ -18,8 +18,12 @@ from tests.conftest import OFFLINE_MODEL
 
 def _dataset(n: int = 400) -> Dataset:
     rng = random.Random(0)
-    return Dataset.from_dict({"sentence1": ["w " * rng.randint(1, 300) for _ in range(n)],
-                              "sentence2": ["w " * rng.randint(1, 300) for _ in range(n)]})
+    return Dataset.from_dict(
+        {
+            "sentence1": ["w " * rng.randint(1, 300) for _ in range(n)],
+            "sentence2": ["w " * rng.randint(1, 300) for _ in range(n)],
+        }
+    )
 
 
 def _spread(dataset: Dataset, batches: list[list[int]]) -> float:
@@ -54,8 +58,9 @@ def _triplet_dataset(n: int = 400) -> Dataset:
     rng = random.Random(1)
     texts = [f"ticket {i} " + "w " * rng.randint(1, 300) for i in range(150)]
     rows = [rng.sample(texts, 3) for _ in range(n)]
-    return Dataset.from_dict({"anchor": [r[0] for r in rows], "positive": [r[1] for r in rows],
-                              "negative": [r[2] for r in rows]})
+    return Dataset.from_dict(
+        {"anchor": [r[0] for r in rows], "positive": [r[1] for r in rows], "negative": [r[2] for r in rows]}
+    )
 
 
 def test_ranking_batches_repeat_no_text_use_every_row_once_and_pad_less() -> None:
@@ -87,8 +92,9 @@ def test_ranking_batches_repeat_no_text_use_every_row_once_and_pad_less() -> Non
 def test_ranking_batches_are_as_many_as_len_says_when_texts_conflict() -> None:
     """Under DDP and the multi-dataset sampler every process takes len() batches: a tail of rows that
     share a text packs into more, smaller batches, and those beyond len() must not be yielded."""
-    dataset = Dataset.from_dict({"anchor": ["same"] * 5 + [f"a{i}" for i in range(7)],
-                                 "positive": [f"p{i}" for i in range(12)]})
+    dataset = Dataset.from_dict(
+        {"anchor": ["same"] * 5 + [f"a{i}" for i in range(7)], "positive": [f"p{i}" for i in range(12)]}
+    )
     sampler = LengthGroupedNoDuplicatesBatchSampler(dataset, batch_size=4, drop_last=False, seed=1)
     batches = list(sampler)
     assert len(sampler) == 3 and len(batches) == 3
@@ -107,9 +113,16 @@ def test_ranking_rows_that_can_fill_every_batch_do_so() -> None:
             texts = rng.sample([f"t{i}" for i in range(40)], 24)
             rows += [texts[i : i + 3] for i in range(0, 24, 3)]
         rng.shuffle(rows)
-        dataset = Dataset.from_dict({"anchor": [r[0] for r in rows], "positive": [r[1] for r in rows],
-                                     "negative": [r[2] for r in rows]})
-        batches = list(LengthGroupedNoDuplicatesBatchSampler(dataset, batch_size=8, drop_last=True, seed=seed))
+        dataset = Dataset.from_dict(
+            {
+                "anchor": [r[0] for r in rows],
+                "positive": [r[1] for r in rows],
+                "negative": [r[2] for r in rows],
+            }
+        )
+        batches = list(
+            LengthGroupedNoDuplicatesBatchSampler(dataset, batch_size=8, drop_last=True, seed=seed)
+        )
         assert [len(b) for b in batches] == [8, 8, 8, 8], (seed, [len(b) for b in batches])
         for batch in batches:
             texts = [t for i in batch for t in rows[i]]
@@ -118,12 +131,20 @@ def test_ranking_rows_that_can_fill_every_batch_do_so() -> None:
 
 def test_partial_batches_come_last_so_ddp_rounds_stay_whole() -> None:
     """accelerate deals batches to processes in rounds and skips a round whose last batch is short."""
-    pairs = Dataset.from_dict({"sentence1": [f"a{i}" * (i % 7 + 1) for i in range(30)],
-                               "sentence2": [f"b{i}" for i in range(30)], "score": [1.0] * 30})
-    triplets = Dataset.from_dict({"anchor": ["same"] * 3 + [f"a{i}" for i in range(27)],
-                                  "positive": [f"p{i}" for i in range(30)]})
-    for sampler in (LengthGroupedBatchSampler(pairs, batch_size=4, drop_last=False, seed=2),
-                    LengthGroupedNoDuplicatesBatchSampler(triplets, batch_size=4, drop_last=False, seed=2)):
+    pairs = Dataset.from_dict(
+        {
+            "sentence1": [f"a{i}" * (i % 7 + 1) for i in range(30)],
+            "sentence2": [f"b{i}" for i in range(30)],
+            "score": [1.0] * 30,
+        }
+    )
+    triplets = Dataset.from_dict(
+        {"anchor": ["same"] * 3 + [f"a{i}" for i in range(27)], "positive": [f"p{i}" for i in range(30)]}
+    )
+    for sampler in (
+        LengthGroupedBatchSampler(pairs, batch_size=4, drop_last=False, seed=2),
+        LengthGroupedNoDuplicatesBatchSampler(triplets, batch_size=4, drop_last=False, seed=2),
+    ):
         for epoch in range(5):
             sampler.set_epoch(epoch)
             sizes = [len(b) for b in sampler]
@@ -132,7 +153,10 @@ def test_partial_batches_come_last_so_ddp_rounds_stay_whole() -> None:
 
 def test_each_loss_gets_its_rows() -> None:
     texts = {f"t{i}": f"text {i}" for i in range(20)}
-    pairs = [Pair(f"t{i}", f"t{i + 1}", 1.0 if i % 2 else 0.0, "positive" if i % 2 else "random") for i in range(19)]
+    pairs = [
+        Pair(f"t{i}", f"t{i + 1}", 1.0 if i % 2 else 0.0, "positive" if i % 2 else "random")
+        for i in range(19)
+    ]
     pairs.append(Pair("t0", "t5", 0.7, "augmented", "causes", text_b="text five changed"))
     cosine = examples_from_pairs(pairs, texts, "cosine", "cosent", 0.5)
     assert len(cosine.sentence1) == 20 and "text five changed" in cosine.sentence2 and 0.7 in cosine.score
@@ -143,7 +167,6 @@ def test_each_loss_gets_its_rows() -> None:
     assert set(retrieval.score) == {0.0, 1.0}  # the pair objective next to the ranking one
     triplets = triplet_examples([Triplet("t1", "t2", "t9", "duplicate", "mined")], texts)
     assert (triplets.anchor, triplets.positive, triplets.negative) == (["text 1"], ["text 2"], ["text 9"])
-
 
 
 @pytest.mark.slow
@@ -158,7 +181,7 @@ def test_val_evaluator_encodes_each_distinct_text_once_and_scores_like_the_plain
     rng = random.Random(1)
     # 30 distinct pairs of distinct texts: a repeated pair would tie exactly here and only nearly in the plain
     # evaluator (a text padded in two batches), and Spearman breaks such near-ties arbitrarily.
-    chosen = rng.sample([(a, b) for n, a in enumerate(tickets) for b in tickets[n + 1:]], 30)
+    chosen = rng.sample([(a, b) for n, a in enumerate(tickets) for b in tickets[n + 1 :]], 30)
     s1, s2 = [a for a, _ in chosen], [b for _, b in chosen]
     scores = [rng.random() for _ in range(30)]
     encoded: list[int] = []
@@ -181,8 +204,9 @@ def test_val_evaluator_encodes_each_distinct_text_once_and_scores_like_the_plain
 
 @pytest.mark.slow
 @pytest.mark.parametrize(("epochs", "validations"), [(1, 0), (2, 2)])
-def test_val_runs_each_epoch_only_when_there_is_an_epoch_to_choose(tmp_path: Path, epochs: int,
-                                                                   validations: int) -> None:
+def test_val_runs_each_epoch_only_when_there_is_an_epoch_to_choose(
+    tmp_path: Path, epochs: int, validations: int
+) -> None:
     import threading
 
     from job.config import load_config
@@ -191,32 +215,52 @@ def test_val_runs_each_epoch_only_when_there_is_an_epoch_to_choose(tmp_path: Pat
     from job.log import get_logger
     from job.storage import LocalStore
 
-    cfg = load_config(environ={}, cli_overrides={
-        "data.tickets": "t.jsonl", "output.uri": str(tmp_path / "out"), "model.base": OFFLINE_MODEL,
-        "model.max_seq_length": 16, "train.epochs": epochs, "train.batch_size": 4,
-        "train.loss": "cosent"}).config  # pair rows only
+    cfg = load_config(
+        environ={},
+        cli_overrides={
+            "data.tickets": "t.jsonl",
+            "output.uri": str(tmp_path / "out"),
+            "model.base": OFFLINE_MODEL,
+            "model.max_seq_length": 16,
+            "train.epochs": epochs,
+            "train.batch_size": 4,
+            "train.loss": "cosent",
+        },
+    ).config  # pair rows only
     model = load_model(resolve_model_path(OFFLINE_MODEL, cfg.storage, tmp_path), 16)
     texts = [f"namenode {word} error" for word in "abcdefgh"]
     rows = TrainExamples(texts, texts[::-1], [0.9, 0.1] * 4)
-    result = train_model(cfg, model, rows, RankingSets(TripletExamples([], [], [])), rows, tmp_path / "work",
-                         LocalStore(tmp_path / "store"),
-                         get_logger(step="test"), threading.Event(), resume=False)
+    result = train_model(
+        cfg,
+        model,
+        rows,
+        RankingSets(TripletExamples([], [], [])),
+        rows,
+        tmp_path / "work",
+        LocalStore(tmp_path / "store"),
+        get_logger(step="test"),
+        threading.Event(),
+        resume=False,
+    )
     assert len(result.val_history) == validations
     assert (result.best_metric is None) == (validations == 0)
     assert result.global_step == 2 * epochs and (result.model_dir / "modules.json").exists()
     # Class paths both sentence-transformers 5.x (the ONNX backend's consumers) and 6.x load.
     modules = json.loads((result.model_dir / "modules.json").read_text())
-    assert [m["type"] for m in modules] == [f"sentence_transformers.models.{name}"
-                                            for name in ("Transformer", "Pooling", "Normalize")]
+    assert [m["type"] for m in modules] == [
+        f"sentence_transformers.models.{name}" for name in ("Transformer", "Pooling", "Normalize")
+    ]
     reloaded = load_model(str(result.model_dir), 16)
     assert [type(module).__name__ for module in reloaded] == ["Transformer", "Pooling", "Normalize"]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("mini_batch", "distributed", "cached"), [(None, False, False), (None, True, False),
-                                                                   (8, True, True)])
+@pytest.mark.parametrize(
+    ("mini_batch", "distributed", "cached"), [(None, False, False), (None, True, False), (8, True, True)]
+)
 def test_ranking_loss_gathers_negatives_across_devices_and_caches_on_request(
-        tmp_path: Path, mini_batch: int | None, distributed: bool, cached: bool) -> None:
+    tmp_path: Path, mini_batch: int | None, distributed: bool, cached: bool
+) -> None:
     from sentence_transformers.sentence_transformer.losses import CachedMultipleNegativesRankingLoss
 
     from job.config import StorageConfig
@@ -252,4 +296,6 @@ def test_mnrl_refuses_scored_pairs_instead_of_failing_on_a_missing_pair_loss() -
 
     pairs = TrainExamples(["namenode down"], ["namenode crashed"], [0.9])
     with pytest.raises(ValueError, match="mnrl trains on triplets only"):
-        training_sets(None, pairs, RankingSets(TripletExamples([], [], [])), TrainConfig(loss="mnrl"), distributed=False)
+        training_sets(
+            None, pairs, RankingSets(TripletExamples([], [], [])), TrainConfig(loss="mnrl"), distributed=False
+        )

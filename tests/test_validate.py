@@ -22,9 +22,15 @@ def _inputs(folder: Path) -> dict[str, str]:
 
 
 def test_many_problems_show_the_first_50_per_file_and_the_counts_and_list_every_one_in_a_file(
-        tmp_path: Path) -> None:
-    config = write_config(tmp_path / "config.json", {"data": {**_inputs(tmp_path / "in"), "on_error": "skip"},
-                                                     "runtime": {"work_dir": str(tmp_path / "work")}})
+    tmp_path: Path,
+) -> None:
+    config = write_config(
+        tmp_path / "config.json",
+        {
+            "data": {**_inputs(tmp_path / "in"), "on_error": "skip"},
+            "runtime": {"work_dir": str(tmp_path / "work")},
+        },
+    )
     result = run_cli("validate-data", "--config", str(config))
     assert result.returncode == 0, result.stderr[-2000:]
     out = result.stdout
@@ -44,8 +50,15 @@ def test_many_problems_show_the_first_50_per_file_and_the_counts_and_list_every_
     assert "links.jsonl line 31:" in written[-3]
     assert f"inputs usable: {BAD_ROWS + 3} bad rows will be skipped" in out
 
-    failing = run_cli("validate-data", "--config", str(config), "--set", "data.on_error=fail",
-                      "--problems-file", str(tmp_path / "all.txt"))
+    failing = run_cli(
+        "validate-data",
+        "--config",
+        str(config),
+        "--set",
+        "data.on_error=fail",
+        "--problems-file",
+        str(tmp_path / "all.txt"),
+    )
     assert failing.returncode == 2 and "problem(s) found (data.on_error=fail)" in failing.stderr
     assert len((tmp_path / "all.txt").read_text().splitlines()) == BAD_ROWS + 3
 
@@ -53,8 +66,10 @@ def test_many_problems_show_the_first_50_per_file_and_the_counts_and_list_every_
 def test_a_short_list_is_shown_whole_and_writes_no_file(tmp_path: Path) -> None:
     inputs = _inputs(tmp_path / "in")
     Path(inputs["tickets"]).write_text("".join(json.dumps(t) + "\n" for t in tickets(60)) + '{"id": "cut\n')
-    config = write_config(tmp_path / "config.json", {"data": {**inputs, "on_error": "skip"},
-                                                     "runtime": {"work_dir": str(tmp_path / "work")}})
+    config = write_config(
+        tmp_path / "config.json",
+        {"data": {**inputs, "on_error": "skip"}, "runtime": {"work_dir": str(tmp_path / "work")}},
+    )
     result = run_cli("validate-data", "--config", str(config))
     assert result.returncode == 0, result.stderr[-2000:]
     assert "every problem" not in result.stdout and not (tmp_path / "work").exists()

@@ -42,9 +42,14 @@ BIN = Path(sys.executable).parent
 
 # TINY from conftest, smaller still: no hard-negative mining (one fewer model load) and few pairs,
 # but two batches per training set, so that each of the two processes of `gpus=2` gets one.
-CONTRACT_TINY = merged(TINY, {"model": {"base": OFFLINE_MODEL, "max_seq_length": 32},
-                              "train": {"max_pairs": 32},
-                              "pairs": {"mine_hard_negatives": False, "augment_per_positive": 0}})
+CONTRACT_TINY = merged(
+    TINY,
+    {
+        "model": {"base": OFFLINE_MODEL, "max_seq_length": 32},
+        "train": {"max_pairs": 32},
+        "pairs": {"mine_hard_negatives": False, "augment_per_positive": 0},
+    },
+)
 
 _VARIABLE = re.compile(r"\{\{\s*([^{}]+?)\s*\}\}")
 
@@ -55,6 +60,7 @@ _VARIABLE = re.compile(r"\{\{\s*([^{}]+?)\s*\}\}")
 def substitute(value: Any, variables: dict[str, str]) -> Any:
     """Replace `{{name}}` everywhere in strings; an unknown name fails like Argo's 'failed to resolve'."""
     if isinstance(value, str):
+
         def one(match: re.Match[str]) -> str:
             name = match.group(1)
             if name not in variables:
@@ -90,8 +96,11 @@ def submit(spec: dict[str, Any], name: str, parameters: dict[str, str]) -> Submi
     declared = {p["name"]: p.get("value") for p in spec.get("arguments", {}).get("parameters", [])}
     unknown = set(parameters) - set(declared)
     assert not unknown, f"argo would reject -p {sorted(unknown)}: not a parameter of the workflow"
-    variables = {"workflow.name": name, "workflow.namespace": "finetune",
-                 "workflow.serviceAccountName": spec.get("serviceAccountName", "default")}
+    variables = {
+        "workflow.name": name,
+        "workflow.namespace": "finetune",
+        "workflow.serviceAccountName": spec.get("serviceAccountName", "default"),
+    }
     for key, default in declared.items():
         value = parameters.get(key, default)
         assert value is not None, f"parameter {key} has no value"
@@ -111,21 +120,26 @@ def submit_cron(cron_path: Path, template_path: Path, parameters: dict[str, str]
     cron, template = load_yaml(cron_path), load_yaml(template_path)
     assert cron["kind"] == "CronWorkflow" and template["kind"] == "WorkflowTemplate"
     assert cron["spec"]["workflowSpec"]["workflowTemplateRef"]["name"] == template["metadata"]["name"], (
-        "the CronWorkflow must run this WorkflowTemplate")
+        "the CronWorkflow must run this WorkflowTemplate"
+    )
     spec = join_template(cron["spec"]["workflowSpec"])
     return submit(spec, f"{cron['metadata']['name']}-{int(time.time())}", parameters)
 
 
 def evaluate_depends(expression: str, phases: dict[str, str]) -> bool:
     """Argo's enhanced `depends`: `a && b`, `a || b`, `!a`, `a.Succeeded`; bare `a` = succeeded or skipped."""
+
     def task(match: re.Match[str]) -> str:
         name, result = match.group(1), match.group(2)
         phase = phases[name]
         ok = phase == result if result else phase in ("Succeeded", "Skipped", "Daemoned")
         return f" {ok} "
 
-    python = re.sub(r"([A-Za-z0-9][A-Za-z0-9-]*)(?:\.(Succeeded|Failed|Errored|Skipped|Omitted|Daemoned))?", task,
-                    expression)
+    python = re.sub(
+        r"([A-Za-z0-9][A-Za-z0-9-]*)(?:\.(Succeeded|Failed|Errored|Skipped|Omitted|Daemoned))?",
+        task,
+        expression,
+    )
     python = python.replace("&&", " and ").replace("||", " or ").replace("!", " not ")
     return bool(eval(python, {"__builtins__": {}}))  # noqa: S307 - only True/False/and/or/not/() remain
 
@@ -143,7 +157,9 @@ def should_retry(strategy: dict[str, Any] | None, exit_code: int, attempt: int) 
     expression = strategy.get("expression")
     if not expression:
         return strategy.get("retryPolicy", "OnFailure") in ("Always", "OnFailure")
-    python = expression.replace("lastRetry.exitCode", repr(str(exit_code))).replace("lastRetry.status", "'Failed'")
+    python = expression.replace("lastRetry.exitCode", repr(str(exit_code))).replace(
+        "lastRetry.status", "'Failed'"
+    )
     python = python.replace("&&", " and ").replace("||", " or ")
     return bool(eval(python, {"__builtins__": {}, "asInt": int}))  # noqa: S307 - a known, tiny expression
 
@@ -163,9 +179,13 @@ class Node:
     config: dict[str, Any]
     root: Path
     ran: list[tuple[str, list[str], int]] = field(default_factory=list)
-    mounted: dict[str, dict[str, Path]] = field(default_factory=dict)  # pod -> its mounts, read after it exits
+    mounted: dict[str, dict[str, Path]] = field(
+        default_factory=dict
+    )  # pod -> its mounts, read after it exits
 
-    def mounts(self, pod: str, volume_list: list[dict[str, Any]], container: dict[str, Any]) -> dict[str, Path]:
+    def mounts(
+        self, pod: str, volume_list: list[dict[str, Any]], container: dict[str, Any]
+    ) -> dict[str, Path]:
         """mountPath -> a directory here: the ConfigMap's files, or a fresh emptyDir for this pod."""
         volumes = {v["name"]: v for v in volume_list}
         paths: dict[str, Path] = {}
@@ -184,8 +204,14 @@ class Node:
 
     def environment(self, pod: str, container: dict[str, Any], paths: dict[str, Path]) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("FINETUNE_", "AWS_"))}
-        env.update({"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONUNBUFFERED": "1",
-                    "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"})
+        env.update(
+            {
+                "HF_HUB_OFFLINE": "1",
+                "TRANSFORMERS_OFFLINE": "1",
+                "PYTHONUNBUFFERED": "1",
+                "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+            }
+        )
         if "/tmp" in paths:
             env["TMPDIR"] = str(paths["/tmp"])
         for item in container.get("env", []):
@@ -196,13 +222,17 @@ class Node:
                 ref = source["secretKeyRef"]
                 value = self.secrets.get(ref["name"], {}).get(ref["key"])
                 if value is None:
-                    assert ref.get("optional"), f"{pod}: secret {ref['name']}/{ref['key']} missing (CreateContainerConfigError)"
+                    assert ref.get("optional"), (
+                        f"{pod}: secret {ref['name']}/{ref['key']} missing (CreateContainerConfigError)"
+                    )
                     continue
                 env[item["name"]] = value
             elif "resourceFieldRef" in source:
                 ref = source["resourceFieldRef"]
                 assert ref["resource"] == "limits.cpu", ref
-                limit = cpu_count(container["resources"]["limits"]["cpu"]) / cpu_count(ref.get("divisor", "1"))
+                limit = cpu_count(container["resources"]["limits"]["cpu"]) / cpu_count(
+                    ref.get("divisor", "1")
+                )
                 # A node this small could not schedule the pod; stand in for one big enough (the
                 # cores this test process may use, not the host's: see conftest's pytest_configure).
                 env[item["name"]] = str(min(math.ceil(limit), len(os.sched_getaffinity(0))))
@@ -210,7 +240,9 @@ class Node:
                 raise AssertionError(f"{pod}: env {item['name']} uses an unsupported source {source}")
         return env
 
-    def start(self, pod: str, volumes: list[dict[str, Any]], container: dict[str, Any]) -> subprocess.Popen[str]:
+    def start(
+        self, pod: str, volumes: list[dict[str, Any]], container: dict[str, Any]
+    ) -> subprocess.Popen[str]:
         """The container's own command: the image's console script, or `python -m job.launch` (torchrun,
         one process per GPU; here one CPU process each, gloo) starting it."""
         assert job_arguments(container) is not None, "containers must run the image's console script"
@@ -218,9 +250,14 @@ class Node:
         args = [to_host(a, paths) for a in container.get("args", [])]
         env = self.environment(pod, container, paths)
         log = (self.root / f"{pod}.log").open("w")
-        executable = [str(BIN / "finetune-job")] if container["command"] == ["finetune-job"] else \
-            [str(BIN / container["command"][0]), *container["command"][1:]]
-        return subprocess.Popen([*executable, *args], env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
+        executable = (
+            [str(BIN / "finetune-job")]
+            if container["command"] == ["finetune-job"]
+            else [str(BIN / container["command"][0]), *container["command"][1:]]
+        )
+        return subprocess.Popen(
+            [*executable, *args], env=env, stdout=log, stderr=subprocess.STDOUT, text=True
+        )
 
 
 def to_host(value: Any, paths: dict[str, Path]) -> Any:
@@ -228,7 +265,7 @@ def to_host(value: Any, paths: dict[str, Path]) -> Any:
     if isinstance(value, str):
         for mount in sorted(paths, key=len, reverse=True):
             if value == mount or value.startswith(mount.rstrip("/") + "/"):
-                return str(paths[mount]) + value[len(mount):]
+                return str(paths[mount]) + value[len(mount) :]
         return value
     if isinstance(value, dict):
         return {k: to_host(v, paths) for k, v in value.items()}
@@ -275,14 +312,24 @@ def run_dag(workflow: Submitted, node: Node, dag: str, outcome: Outcome) -> str:
                 group.append(name)
         if group:
             outcome.order.append(group)
-            run_group(workflow, node, {name: pod_for(workflow, templates, tasks[name]) for name in group}, volumes,
-                      outcome)
+            run_group(
+                workflow,
+                node,
+                {name: pod_for(workflow, templates, tasks[name]) for name in group},
+                volumes,
+                outcome,
+            )
             phases.update({name: outcome.phases[name] for name in group})
     return "Failed" if {"Failed", "Omitted"} & set(phases.values()) else "Succeeded"
 
 
-def run_group(workflow: Submitted, node: Node, pods: dict[str, tuple[dict[str, Any], dict[str, Any]]],
-              volumes: list[dict[str, Any]], outcome: Outcome) -> None:
+def run_group(
+    workflow: Submitted,
+    node: Node,
+    pods: dict[str, tuple[dict[str, Any], dict[str, Any]]],
+    volumes: list[dict[str, Any]],
+    outcome: Outcome,
+) -> None:
     """Start the pods of one DAG level together; rerun a failed one while its retryStrategy says so."""
     waiting = list(pods)
     while waiting:
@@ -302,7 +349,9 @@ def run_group(workflow: Submitted, node: Node, pods: dict[str, tuple[dict[str, A
                 waiting.append(name)
             else:
                 outcome.phases[name] = "Failed"
-            if name in outcome.phases:  # the last attempt: the controller reads its outputs, emits its metrics
+            if (
+                name in outcome.phases
+            ):  # the last attempt: the controller reads its outputs, emits its metrics
                 pod = f"{workflow.name}-{name}-{outcome.attempts[name]}"
                 outputs = collect_outputs(pods[name][0], node.mounted[pod])
                 outcome.metrics[name] = emitted_metrics(pods[name][0], outcome.phases[name], code, outputs)
@@ -317,16 +366,23 @@ def collect_outputs(template: dict[str, Any], paths: dict[str, Path]) -> dict[st
         if host.is_file():
             found[param["name"]] = host.read_text().strip()
         else:
-            assert "default" in source, f"output {param['name']}: {source['path']} missing and no default (pod fails)"
+            assert "default" in source, (
+                f"output {param['name']}: {source['path']} missing and no default (pod fails)"
+            )
             found[param["name"]] = source["default"]
     return found
 
 
-def emitted_metrics(template: dict[str, Any], status: str, exit_code: int, outputs: dict[str, str]) -> dict[str, str]:
+def emitted_metrics(
+    template: dict[str, Any], status: str, exit_code: int, outputs: dict[str, str]
+) -> dict[str, str]:
     """Template-level Prometheus metrics the controller would emit: `when` holds, `value` resolved."""
-    variables = {"status": status, "exitCode": str(exit_code),
-                 **{f"outputs.parameters.{k}": v for k, v in outputs.items()},
-                 **{k: v for k, v in template.get("_inputs", {}).items()}}
+    variables = {
+        "status": status,
+        "exitCode": str(exit_code),
+        **{f"outputs.parameters.{k}": v for k, v in outputs.items()},
+        **{k: v for k, v in template.get("_inputs", {}).items()},
+    }
     emitted = {}
     for metric in template.get("metrics", {}).get("prometheus", []):
         resolved = substitute(metric, variables)
@@ -344,7 +400,9 @@ def holds(condition: str) -> bool:
     return all(left.strip() == right.strip() for left, right in terms)
 
 
-def pod_for(workflow: Submitted, templates: dict[str, Any], task: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+def pod_for(
+    workflow: Submitted, templates: dict[str, Any], task: dict[str, Any]
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """The template a task runs, with its inputs and the workflow's globals substituted."""
     template = templates[task["template"]]
     given = {p["name"]: p["value"] for p in task.get("arguments", {}).get("parameters", [])}
@@ -353,7 +411,9 @@ def pod_for(workflow: Submitted, templates: dict[str, Any], task: dict[str, Any]
         value = given.pop(param["name"], param.get("value"))
         assert value is not None, f"task {task['name']}: input {param['name']} has no value"
         variables[f"inputs.parameters.{param['name']}"] = substitute(str(value), workflow.variables)
-    assert not given, f"task {task['name']} passes {sorted(given)}, which template {template['name']} does not take"
+    assert not given, (
+        f"task {task['name']} passes {sorted(given)}, which template {template['name']} does not take"
+    )
     # Metrics are resolved after the pod ran, from its status and outputs (emitted_metrics).
     resolved = substitute({k: v for k, v in template.items() if k != "metrics"}, variables)
     if resolved.get("podSpecPatch"):
@@ -379,11 +439,22 @@ def make_cluster(s3: S3Server, bucket: str, inputs: Path, root: Path) -> Cluster
     client = s3.client()
     for name in ("tickets.jsonl", "links.jsonl"):
         client.upload_file(str(inputs / name), bucket, f"input/{name}")
-    node = Node(secrets={"finetune-s3": {"AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
-                                         "AWS_ENDPOINT_URL": s3.endpoint}},
-                config=merged(yaml.safe_load(CONFIG_MAP.read_text()), CONTRACT_TINY), root=root)
-    parameters = {"tickets": f"s3://{bucket}/input/tickets.jsonl", "links": f"s3://{bucket}/input/links.jsonl",
-                  "output": f"s3://{bucket}/runs"}
+    node = Node(
+        secrets={
+            "finetune-s3": {
+                "AWS_ACCESS_KEY_ID": ACCESS_KEY,
+                "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
+                "AWS_ENDPOINT_URL": s3.endpoint,
+            }
+        },
+        config=merged(yaml.safe_load(CONFIG_MAP.read_text()), CONTRACT_TINY),
+        root=root,
+    )
+    parameters = {
+        "tickets": f"s3://{bucket}/input/tickets.jsonl",
+        "links": f"s3://{bucket}/input/links.jsonl",
+        "output": f"s3://{bucket}/runs",
+    }
     return Cluster(bucket, node, parameters)
 
 
@@ -395,18 +466,25 @@ class Finished:
 
 
 @pytest.fixture(scope="module")
-def finished(s3: S3Server, synthetic_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Finished]:
+def finished(
+    s3: S3Server, synthetic_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, Finished]:
     """The plain Workflow and one tick of the CronWorkflow, run at the same time in separate buckets
     (each pipeline's imports and uploads fill the other's waits on this worker's core)."""
     submitters = {
         "workflow": lambda parameters: submit_workflow(ARGO / "finetune.yaml", parameters),
-        "scheduled": lambda parameters: submit_cron(ARGO / "finetune-cron.yaml", ARGO / "finetune-template.yaml",
-                                                    parameters),
+        "scheduled": lambda parameters: submit_cron(
+            ARGO / "finetune-cron.yaml", ARGO / "finetune-template.yaml", parameters
+        ),
     }
 
     def run(kind: str) -> Finished:
-        cluster = make_cluster(s3, s3.create_bucket(f"contract-{kind}-{secrets.token_hex(4)}"), synthetic_dir,
-                               tmp_path_factory.mktemp(kind))
+        cluster = make_cluster(
+            s3,
+            s3.create_bucket(f"contract-{kind}-{secrets.token_hex(4)}"),
+            synthetic_dir,
+            tmp_path_factory.mktemp(kind),
+        )
         # The ad-hoc run trains on "two GPUs": the train step's own launcher starts two processes.
         workflow = submitters[kind]({**cluster.parameters, **({"gpus": "2"} if kind == "workflow" else {})})
         return Finished(cluster, workflow, run_workflow(workflow, cluster.node))
@@ -418,7 +496,7 @@ def finished(s3: S3Server, synthetic_dir: Path, tmp_path_factory: pytest.TempPat
 
 def objects(s3: S3Server, bucket: str, prefix: str) -> dict[str, int]:
     pages = s3.client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
-    return {o["Key"][len(prefix):]: int(o["Size"]) for page in pages for o in page.get("Contents", [])}
+    return {o["Key"][len(prefix) :]: int(o["Size"]) for page in pages for o in page.get("Contents", [])}
 
 
 def read_json(s3: S3Server, bucket: str, key: str) -> Any:
@@ -454,11 +532,14 @@ def check_finished_run(s3: S3Server, bucket: str, run_id: str) -> dict[str, Any]
     return metrics
 
 
-def test_finetune_workflow_runs_step_by_step_through_object_storage(s3: S3Server, finished: dict[str, Finished]) -> None:
+def test_finetune_workflow_runs_step_by_step_through_object_storage(
+    s3: S3Server, finished: dict[str, Finished]
+) -> None:
     run = finished["workflow"]
     outcome, name, bucket = run.outcome, run.workflow.name, run.cluster.bucket
-    assert outcome.phases == dict.fromkeys(["prepare", "train", "index", "evaluate", "classify"], "Succeeded"), (
-        outcome.phases, failure_logs(run.cluster.node))
+    assert outcome.phases == dict.fromkeys(
+        ["prepare", "train", "index", "evaluate", "classify"], "Succeeded"
+    ), (outcome.phases, failure_logs(run.cluster.node))
     assert outcome.order == [["prepare"], ["train"], ["index"], ["evaluate", "classify"]]
     assert all(args[1:3] == ["--run-id", name] for args in outcome.commands.values()), outcome.commands
     check_finished_run(s3, bucket, name)
@@ -474,8 +555,9 @@ def test_finetune_workflow_runs_step_by_step_through_object_storage(s3: S3Server
 def test_scheduled_workflow_trains_then_promotes(s3: S3Server, finished: dict[str, Finished]) -> None:
     run = finished["scheduled"]
     outcome, name, bucket = run.outcome, run.workflow.name, run.cluster.bucket
-    assert outcome.phases == dict.fromkeys(["prepare", "train", "index", "evaluate", "classify", "promote"],
-                                           "Succeeded"), (outcome.phases, failure_logs(run.cluster.node))
+    assert outcome.phases == dict.fromkeys(
+        ["prepare", "train", "index", "evaluate", "classify", "promote"], "Succeeded"
+    ), (outcome.phases, failure_logs(run.cluster.node))
     assert outcome.order == [["prepare"], ["train"], ["index"], ["evaluate", "classify"], ["promote"]]
     metrics = check_finished_run(s3, bucket, name)
     pointer = read_json(s3, bucket, "runs/promoted.json")
@@ -488,7 +570,9 @@ def test_scheduled_workflow_trains_then_promotes(s3: S3Server, finished: dict[st
     assert "history.png" in objects(s3, bucket, "runs/")
 
 
-def test_each_step_publishes_its_numbers_as_prometheus_metrics(s3: S3Server, finished: dict[str, Finished]) -> None:
+def test_each_step_publishes_its_numbers_as_prometheus_metrics(
+    s3: S3Server, finished: dict[str, Finished]
+) -> None:
     """What Grafana would see after the scheduled run: the run's own numbers, each from the step that made them."""
     run = finished["scheduled"]
     name, bucket, emitted = run.workflow.name, run.cluster.bucket, run.outcome.metrics
@@ -496,10 +580,16 @@ def test_each_step_publishes_its_numbers_as_prometheus_metrics(s3: S3Server, fin
     train = read_json(s3, bucket, f"runs/{name}/steps/train.json")["info"]
     prepare = read_json(s3, bucket, f"runs/{name}/steps/prepare.json")["info"]
     metric = run.cluster.node.config["promote"]["metric"]
-    assert float(emitted["evaluate"]["finetune_promote_metric"]) == pytest.approx(metrics["finetuned"][metric], abs=1e-6)
+    assert float(emitted["evaluate"]["finetune_promote_metric"]) == pytest.approx(
+        metrics["finetuned"][metric], abs=1e-6
+    )
     for name in ("recall_at_10", "hybrid_recall_at_10"):
-        assert float(emitted["evaluate"][f"finetune_{name}"]) == pytest.approx(metrics["finetuned"][name], abs=1e-6)
-    assert float(emitted["train"]["finetune_train_duration_seconds"]) == pytest.approx(train["train_seconds"], abs=1e-3)
+        assert float(emitted["evaluate"][f"finetune_{name}"]) == pytest.approx(
+            metrics["finetuned"][name], abs=1e-6
+        )
+    assert float(emitted["train"]["finetune_train_duration_seconds"]) == pytest.approx(
+        train["train_seconds"], abs=1e-3
+    )
     assert float(emitted["train"]["finetune_train_pairs_per_second"]) > 0
     assert float(emitted["prepare"]["finetune_input_tickets"]) == prepare["inputs"]["tickets"]
     # Each gauge comes from its own step only, and a promotion that went through counts no refusal.
@@ -518,10 +608,12 @@ def test_a_refused_promotion_counts_once_and_emits_no_gauge() -> None:
 
 
 def test_bad_input_fails_the_first_step_without_retrying_or_training(
-        s3: S3Server, bucket: str, synthetic_dir: Path, tmp_path: Path) -> None:
+    s3: S3Server, bucket: str, synthetic_dir: Path, tmp_path: Path
+) -> None:
     cluster = make_cluster(s3, bucket, synthetic_dir, tmp_path)
-    workflow = submit_workflow(ARGO / "finetune.yaml",
-                               {**cluster.parameters, "tickets": f"s3://{bucket}/input/missing.jsonl"})
+    workflow = submit_workflow(
+        ARGO / "finetune.yaml", {**cluster.parameters, "tickets": f"s3://{bucket}/input/missing.jsonl"}
+    )
     outcome = run_workflow(workflow, cluster.node)
     assert outcome.phases["prepare"] == "Failed" and outcome.attempts["prepare"] == 1  # exit 2 is not retried
     assert {outcome.phases[t] for t in ("train", "index", "evaluate", "classify")} == {"Omitted"}

@@ -18,10 +18,15 @@ from job.storage import read_input_files, read_uri
 def load_corpus(cfg: JobConfig) -> Corpus:
     """Read and parse the configured inputs, applying data.on_error (InputError when it refuses)."""
     if cfg.data.format == "jira" and cfg.data.tickets:
-        return jira_corpus(read_input_files(cfg.data.tickets, cfg.storage, ".json"), cfg.data, cfg.data.tickets)
+        return jira_corpus(
+            read_input_files(cfg.data.tickets, cfg.storage, ".json"), cfg.data, cfg.data.tickets
+        )
     names = ("tickets", "links") if cfg.data.tickets else ("pairs", "relationship_pairs")
-    raw = {name: (getattr(cfg.data, name), read_uri(getattr(cfg.data, name), cfg.storage))
-           for name in names if getattr(cfg.data, name)}
+    raw = {
+        name: (getattr(cfg.data, name), read_uri(getattr(cfg.data, name), cfg.storage))
+        for name in names
+        if getattr(cfg.data, name)
+    }
     return build_corpus(raw, cfg.data)
 
 
@@ -30,8 +35,17 @@ def read_inputs(cfg: JobConfig) -> tuple[Corpus, dict[str, Any]]:
     corpus = load_corpus(cfg)
     require_enough(corpus)
     report = {
-        "files": [{"uri": r.name, "sha256": r.sha256, "rows": r.rows, "kept": r.kept, "skipped": r.skipped,
-                   "duplicates_dropped": r.duplicates_dropped} for r in corpus.reports],
+        "files": [
+            {
+                "uri": r.name,
+                "sha256": r.sha256,
+                "rows": r.rows,
+                "kept": r.kept,
+                "skipped": r.skipped,
+                "duplicates_dropped": r.duplicates_dropped,
+            }
+            for r in corpus.reports
+        ],
         "tickets": len(corpus.tickets),
         "links": len(corpus.links),
         "links_per_relation": dict(Counter(link.relation for link in corpus.links)),

@@ -42,16 +42,32 @@ from job.errors import Problem
 from job.storage import InputFile, basename
 
 # The fields a search must ask for (fields=...): what the rules read, plus what DATA.md's pages carry.
-SEARCH_FIELDS = ("summary", "description", "components", "created", "issuelinks", "project", "issuetype",
-                 "status", "resolution", "labels")
+SEARCH_FIELDS = (
+    "summary",
+    "description",
+    "components",
+    "created",
+    "issuelinks",
+    "project",
+    "issuetype",
+    "status",
+    "resolution",
+    "labels",
+)
 MAX_DESCRIPTION = 4000
 # C0 controls but tab and line feed, DEL and the C1 controls: invisible, and NUL cannot be stored.
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 _LONG_BLANKS = re.compile(r"[ \t]{9,}")
 _BLANK_LINES = re.compile(r"\n\s*\n\s*\n\s*")  # three line breaks or more, with the blanks around them
 # Where data.py names a ticket field, a Jira export has these.
-_JIRA_FIELD = {"id": "key", "title": "fields.summary", "description": "fields.description",
-               "category": "fields.components", "project": "fields.project.key", "created": "fields.created"}
+_JIRA_FIELD = {
+    "id": "key",
+    "title": "fields.summary",
+    "description": "fields.description",
+    "category": "fields.components",
+    "project": "fields.project.key",
+    "created": "fields.created",
+}
 # Why a link was not kept (Corpus.dropped).
 OUTSIDE = "the other issue is not in the export"
 REPEATED = "already linked (an unordered relation given both ways, or the same link twice)"
@@ -89,7 +105,9 @@ def created_iso(value: str) -> str:
 
 def export_checksum(files: list[InputFile]) -> str:
     """sha256 of an export: each file's path under the export and its sha256, so moving it changes nothing."""
-    listing = "".join(f"{f.name}\0{hashlib.sha256(f.data).hexdigest()}\n" for f in sorted(files, key=lambda f: f.name))
+    listing = "".join(
+        f"{f.name}\0{hashlib.sha256(f.data).hexdigest()}\n" for f in sorted(files, key=lambda f: f.name)
+    )
     return hashlib.sha256(listing.encode("utf-8")).hexdigest()
 
 
@@ -113,7 +131,7 @@ class _Unusable(Exception):
 
 
 def _read_page(file: InputFile) -> _Page:
-    data = file.data[len(BOM):] if file.data.startswith(BOM) else file.data
+    data = file.data[len(BOM) :] if file.data.startswith(BOM) else file.data
     if not data.strip():
         raise _Unusable("file is empty: expected a Jira search response or issue")
     text = data.decode("utf-8", errors="surrogateescape")  # bad bytes are named by the field check
@@ -135,7 +153,9 @@ def _count(value: Any) -> int | None:
 
 
 def _what_instead(body: Any) -> str:
-    expected = "expected a Jira search response {startAt, maxResults, total, issues} or one issue {key, fields}"
+    expected = (
+        "expected a Jira search response {startAt, maxResults, total, issues} or one issue {key, fields}"
+    )
     if isinstance(body, dict) and isinstance(body.get("errorMessages"), list):
         said = "; ".join(str(m)[:200] for m in body["errorMessages"][:3])
         return f"this is a Jira error response ({said or 'no message'}), not a search response: export again"
@@ -151,13 +171,21 @@ def _cut_page(file: InputFile, text: str, error: json.JSONDecodeError) -> _Page:
     header, issues = _salvage(text)
     start_at, total = _count(header.get("startAt")), _count(header.get("total"))
     if "issues" not in header or start_at is None or total is None:
-        raise _Unusable(f"invalid JSON at line {error.lineno} column {error.colno}: {error.msg}; expected a "
-                        "Jira search response or issue")
+        raise _Unusable(
+            f"invalid JSON at line {error.lineno} column {error.colno}: {error.msg}; expected a "
+            "Jira search response or issue"
+        )
     keys = [issue.get("key") for issue in issues if isinstance(issue, dict)]
     after = f"after issue {keys[-1]}" if keys and isinstance(keys[-1], str) else "before its first issue"
-    return _Page(file, issues, True, start_at, total,
-                 cut=f"the file ends early {after} (invalid JSON at line {error.lineno} column {error.colno}: "
-                     f"{error.msg}): the page was cut")
+    return _Page(
+        file,
+        issues,
+        True,
+        start_at,
+        total,
+        cut=f"the file ends early {after} (invalid JSON at line {error.lineno} column {error.colno}: "
+        f"{error.msg}): the page was cut",
+    )
 
 
 def _salvage(text: str) -> tuple[dict[str, Any], list[Any]]:
@@ -211,7 +239,8 @@ class _FieldProblem(Exception):
 
 def _type_name(value: Any) -> str:
     return {dict: "an object", list: "an array", str: "a string", bool: "a boolean", type(None): "null"}.get(
-        type(value), "a number")
+        type(value), "a number"
+    )
 
 
 def _issue_key(issue: dict[str, Any]) -> str | None:
@@ -234,8 +263,11 @@ def _ticket_record(issue: Any) -> dict[str, Any]:
         raise _FieldProblem("", f"expected an issue object, got {_type_name(issue)}")
     key = _issue_key(issue)
     if key is None:
-        raise _FieldProblem("key", f"is missing or empty (got {_type_name(issue.get('key'))}): expected the "
-                                   "issue key, e.g. PROJ-123")
+        raise _FieldProblem(
+            "key",
+            f"is missing or empty (got {_type_name(issue.get('key'))}): expected the "
+            "issue key, e.g. PROJ-123",
+        )
     fields = issue.get("fields")
     if not isinstance(fields, dict):
         raise _FieldProblem("fields", f"expected an object of the issue's fields, got {_type_name(fields)}")
@@ -243,8 +275,11 @@ def _ticket_record(issue: Any) -> dict[str, Any]:
     if summary is not None and not isinstance(summary, str):
         raise _FieldProblem("fields.summary", f"expected a string, got {_type_name(summary)}")
     if isinstance(description, dict):
-        raise _FieldProblem("fields.description", "is an Atlassian Document Format object (REST API v3): "
-                                                  "expected wiki markup text; export with /rest/api/2/search")
+        raise _FieldProblem(
+            "fields.description",
+            "is an Atlassian Document Format object (REST API v3): "
+            "expected wiki markup text; export with /rest/api/2/search",
+        )
     if description is not None and not isinstance(description, str):
         raise _FieldProblem("fields.description", f"expected a string or null, got {_type_name(description)}")
     created = fields.get("created")
@@ -254,10 +289,18 @@ def _ticket_record(issue: Any) -> dict[str, Any]:
         try:
             created = created_iso(created)
         except ValueError:
-            raise _FieldProblem("fields.created", f"expected a date-time like 2013-10-21T18:39:02.000+0000, "
-                                                  f"got {created[:40]!r}") from None
-    return {"id": key, "title": clean_title(summary or ""), "description": clean_description(description),
-            "category": _category(fields), "project": _project(fields), "created": created}
+            raise _FieldProblem(
+                "fields.created",
+                f"expected a date-time like 2013-10-21T18:39:02.000+0000, got {created[:40]!r}",
+            ) from None
+    return {
+        "id": key,
+        "title": clean_title(summary or ""),
+        "description": clean_description(description),
+        "category": _category(fields),
+        "project": _project(fields),
+        "created": created,
+    }
 
 
 def _category(fields: dict[str, Any]) -> str | None:
@@ -270,8 +313,9 @@ def _category(fields: dict[str, Any]) -> str | None:
     if components:
         name = components[0].get("name")
         if not isinstance(name, str):
-            raise _FieldProblem("fields.components", f"the first component's name is {_type_name(name)}: "
-                                                     "expected a string")
+            raise _FieldProblem(
+                "fields.components", f"the first component's name is {_type_name(name)}: expected a string"
+            )
         return name
     return labels[0] if labels else None
 
@@ -342,16 +386,27 @@ class _Links:
         self.dropped[reason] += 1
 
 
-def _issue_links(issue: dict[str, Any], file: str, types: dict[str, JiraLinkType], ignored: set[str],
-                 in_export: set[str], links: _Links) -> None:
+def _issue_links(
+    issue: dict[str, Any],
+    file: str,
+    types: dict[str, JiraLinkType],
+    ignored: set[str],
+    in_export: set[str],
+    links: _Links,
+) -> None:
     key, where = _issue_key(issue), _where(issue, 0)
     fields = issue.get("fields")
     entries = fields.get("issuelinks") if isinstance(fields, dict) else None
     if key is None or not isinstance(fields, dict):
         return  # the ticket's own problem says why; its links are read from the issues at their other end
     if not isinstance(entries, list):
-        links.problem(file, where, "fields.issuelinks", f"expected an array of links, got {_type_name(entries)} "
-                      f"(a search must ask for it: fields={','.join(SEARCH_FIELDS)})")
+        links.problem(
+            file,
+            where,
+            "fields.issuelinks",
+            f"expected an array of links, got {_type_name(entries)} "
+            f"(a search must ask for it: fields={','.join(SEARCH_FIELDS)})",
+        )
         return
     for number, entry in enumerate(entries):
         at = f"fields.issuelinks[{number}]"
@@ -368,24 +423,37 @@ def _issue_links(issue: dict[str, Any], file: str, types: dict[str, JiraLinkType
             continue
         mapped = types.get(view.type_name)
         if mapped is None:
-            links.problem(file, where, f"{at}.type.name",
-                          f"unknown link type {view.type_name[:60]!r} (outward {str(view.outward)[:60]!r}): map "
-                          "it in data.jira.link_types or list it in data.jira.ignored_link_types",
-                          reason=f"unknown link type {view.type_name[:60]}")
+            links.problem(
+                file,
+                where,
+                f"{at}.type.name",
+                f"unknown link type {view.type_name[:60]!r} (outward {str(view.outward)[:60]!r}): map "
+                "it in data.jira.link_types or list it in data.jira.ignored_link_types",
+                reason=f"unknown link type {view.type_name[:60]}",
+            )
             continue
         if not _same_wording(view.outward, mapped.outward):
-            links.problem(file, where, f"{at}.type.outward",
-                          f"link type {view.type_name!r} reads {str(view.outward)[:60]!r} outward, expected "
-                          f"{mapped.outward!r} (data.jira.link_types): the type was renamed or turned round in "
-                          "Jira; check which way it reads and set its wording",
-                          reason=f"outward wording of {view.type_name} changed")
+            links.problem(
+                file,
+                where,
+                f"{at}.type.outward",
+                f"link type {view.type_name!r} reads {str(view.outward)[:60]!r} outward, expected "
+                f"{mapped.outward!r} (data.jira.link_types): the type was renamed or turned round in "
+                "Jira; check which way it reads and set its wording",
+                reason=f"outward wording of {view.type_name} changed",
+            )
             continue
         if view.source not in in_export or view.target not in in_export:
             links.dropped[OUTSIDE] += 1
             continue
         links.report.rows += 1
-        links.rows.append((file, f"{where} {at}",
-                           {"source": view.source, "target": view.target, "relation": mapped.relation}))
+        links.rows.append(
+            (
+                file,
+                f"{where} {at}",
+                {"source": view.source, "target": view.target, "relation": mapped.relation},
+            )
+        )
 
 
 # ---------------------------------------------------------------- the export
@@ -413,7 +481,9 @@ def _coverage_problems(pages: list[_Page], report: FileReport) -> None:
 
 def _missing(before: _Page | None, first: int, end: int, total: int, report: FileReport) -> None:
     count = end - first
-    what = f"issues {first + 1}-{end} of the search's {total} are" if count > 1 else f"issue {end} of {total} is"
+    what = (
+        f"issues {first + 1}-{end} of the search's {total} are" if count > 1 else f"issue {end} of {total} is"
+    )
     if before is not None and before.cut:
         file, message = before.file.uri, f"{before.cut}; {what} lost: export again"
     elif before is not None:
@@ -448,8 +518,12 @@ def jira_corpus(files: list[InputFile], cfg: DataConfig, export_uri: str) -> Cor
         tickets_report.rows += len(page.issues)
         _add_page_tickets(page, tickets_report, cfg, table)
     _coverage_problems(pages, tickets_report)
-    in_export = {key for page in pages for issue in page.issues
-                 if isinstance(issue, dict) and (key := _issue_key(issue))}
+    in_export = {
+        key
+        for page in pages
+        for issue in page.issues
+        if isinstance(issue, dict) and (key := _issue_key(issue))
+    }
     types, ignored = cfg.jira.link_types, set(cfg.jira.ignored_link_types)
     for page in pages:
         for issue in page.issues:
@@ -463,8 +537,13 @@ def jira_corpus(files: list[InputFile], cfg: DataConfig, export_uri: str) -> Cor
             links.dropped[BAD_ENTRY] += 1
     if links.report.duplicates_dropped:
         links.dropped[REPEATED] += links.report.duplicates_dropped
-    corpus = Corpus(table.tickets, link_table.links, None, [tickets_report, links.report],
-                    dict(links.dropped.most_common()))
+    corpus = Corpus(
+        table.tickets,
+        link_table.links,
+        None,
+        [tickets_report, links.report],
+        dict(links.dropped.most_common()),
+    )
     return apply_error_policy(corpus, cfg)
 
 
@@ -482,5 +561,6 @@ def _add_page_tickets(page: _Page, report: FileReport, cfg: DataConfig, table: T
                 table.rejected.setdefault(key, f"{basename(page.file.uri)} {where}")
     before = len(report.problems)
     add_tickets(rows, report, cfg, table, page.file.uri)
-    report.problems[before:] = [replace(p, field=_JIRA_FIELD.get(p.field or "", p.field))
-                                for p in report.problems[before:]]
+    report.problems[before:] = [
+        replace(p, field=_JIRA_FIELD.get(p.field or "", p.field)) for p in report.problems[before:]
+    ]

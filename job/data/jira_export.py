@@ -67,8 +67,9 @@ class JiraSearch:
 
     def __init__(self, api: JiraApiConfig, log: Any) -> None:
         if not api.url or not api.jql:
-            missing = " and ".join(n for n, v in (("jira_api.url (--url)", api.url), ("jira_api.jql (--jql)", api.jql))
-                                   if not v)
+            missing = " and ".join(
+                n for n, v in (("jira_api.url (--url)", api.url), ("jira_api.jql (--jql)", api.jql)) if not v
+            )
             raise ConfigError(f"export-jira needs {missing}")
         self.api, self.log = api, log
         self.host = urlsplit(api.url).netloc
@@ -86,15 +87,24 @@ class JiraSearch:
                     raise StorageError(f"{exc}; gave up after {attempt} attempt(s)", transient=True) from None
                 wait = exc.wait if exc.wait is not None else _backoff(attempt)
                 if wait > self.api.max_retry_wait_s:
-                    raise StorageError(f"{exc}; Jira asks to wait {wait:.0f} s, more than jira_api.max_retry_wait_s "
-                                       f"({self.api.max_retry_wait_s:g} s)", transient=True) from None
+                    raise StorageError(
+                        f"{exc}; Jira asks to wait {wait:.0f} s, more than jira_api.max_retry_wait_s "
+                        f"({self.api.max_retry_wait_s:g} s)",
+                        transient=True,
+                    ) from None
                 self.log.warning("jira retry", error=str(exc), attempt=attempt, wait_s=round(wait, 2))
                 time.sleep(wait)
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _get(self, start_at: int, where: str) -> bytes:
-        query = urlencode({"jql": self.api.jql, "startAt": start_at, "maxResults": self.api.page_size,
-                           "fields": ",".join(SEARCH_FIELDS)})
+        query = urlencode(
+            {
+                "jql": self.api.jql,
+                "startAt": start_at,
+                "maxResults": self.api.page_size,
+                "fields": ",".join(SEARCH_FIELDS),
+            }
+        )
         request = urllib.request.Request(f"{self.api.url}{SEARCH_PATH}?{query}", headers=self._headers())
         try:
             with self.opener.open(request, timeout=self.api.timeout_s) as response:
@@ -121,14 +131,19 @@ def _http_error(exc: urllib.error.HTTPError, where: str, token_env: str, token_s
     if status == 429 or status >= 500:
         return _Retry(f"{where}: HTTP {status}", _retry_after(exc.headers.get("Retry-After")))
     if status in (401, 403):
-        hint = (f"check the token in ${token_env} (jira_api.token_env)" if token_sent
-                else f"no token was sent: set ${token_env} (jira_api.token_env)")
+        hint = (
+            f"check the token in ${token_env} (jira_api.token_env)"
+            if token_sent
+            else f"no token was sent: set ${token_env} (jira_api.token_env)"
+        )
         return StorageError(f"{where}: Jira refused the credentials (HTTP {status}); {hint}", transient=False)
     if 300 <= status < 400:
         target = urlsplit(exc.headers.get("Location") or "").netloc or "another address"
-        return StorageError(f"{where}: Jira redirects to {target} (HTTP {status}); redirects are not followed, so "
-                            "the token goes nowhere else: set jira_api.url to the address it redirects to",
-                            transient=False)
+        return StorageError(
+            f"{where}: Jira redirects to {target} (HTTP {status}); redirects are not followed, so "
+            "the token goes nowhere else: set jira_api.url to the address it redirects to",
+            transient=False,
+        )
     if status == 400:
         return ConfigError(f"{where}: Jira refused the search (HTTP 400): {_jira_messages(exc)}")
     return StorageError(f"{where}: HTTP {status}", transient=False)
@@ -143,7 +158,11 @@ def _jira_messages(exc: urllib.error.HTTPError) -> str:
     if not isinstance(body, dict):
         return "no reason given"
     said = [str(m) for m in body.get("errorMessages") or [] if m]
-    said += [f"{k}: {v}" for k, v in (body.get("errors") or {}).items()] if isinstance(body.get("errors"), dict) else []
+    said += (
+        [f"{k}: {v}" for k, v in (body.get("errors") or {}).items()]
+        if isinstance(body.get("errors"), dict)
+        else []
+    )
     return "; ".join(s[:300] for s in said[:5]) or "no reason given"
 
 
@@ -167,7 +186,9 @@ def _search_body(raw: bytes, where: str) -> dict[str, Any]:
         body = json.loads(raw)
     except (ValueError, RecursionError):
         raise _Retry(f"{where}: the answer is not whole JSON ({len(raw)} bytes)") from None
-    if not (isinstance(body, dict) and isinstance(body.get("issues"), list) and isinstance(body.get("total"), int)):
+    if not (
+        isinstance(body, dict) and isinstance(body.get("issues"), list) and isinstance(body.get("total"), int)
+    ):
         raise _Retry(f"{where}: the answer is not a search response")
     return body
 
@@ -176,11 +197,15 @@ def export_jira(cfg: JobConfig, log: Any) -> ExportedPages:
     """Write every page of jira_api.jql's search under data.tickets; see the module docstring."""
     destination = cfg.data.tickets
     if cfg.data.format != "jira" or not destination:
-        raise ConfigError("export-jira writes a Jira export to data.tickets, which the job reads with data.format: "
-                          "jira; set both")
+        raise ConfigError(
+            "export-jira writes a Jira export to data.tickets, which the job reads with data.format: "
+            "jira; set both"
+        )
     if destination.lower().endswith(".json"):
-        raise ConfigError("export-jira writes a folder of pages: data.tickets must name a folder or S3 prefix, "
-                          "not a .json file")
+        raise ConfigError(
+            "export-jira writes a folder of pages: data.tickets must name a folder or S3 prefix, "
+            "not a .json file"
+        )
     search = JiraSearch(cfg.jira_api, log)
     token = cfg.jira_api.token.get_secret_value().encode() if cfg.jira_api.token else None
     store = open_store(destination, cfg.storage)
@@ -192,8 +217,11 @@ def export_jira(cfg: JobConfig, log: Any) -> ExportedPages:
         if not written:  # names sort in page order: as many digits as the page count needs
             width = max(3, len(str(max(0, math.ceil(total / max(count, 1)) - 1))))
         if token and token in raw:
-            raise StorageError(f"the answer for startAt {start_at} holds the token itself (a proxy echoing the "
-                               "request?); nothing of it was written", transient=False)
+            raise StorageError(
+                f"the answer for startAt {start_at} holds the token itself (a proxy echoing the "
+                "request?); nothing of it was written",
+                transient=False,
+            )
         name = f"search-{len(written):0{width}d}.json"
         store.write_bytes(name, raw)
         written.append(name)
@@ -202,15 +230,22 @@ def export_jira(cfg: JobConfig, log: Any) -> ExportedPages:
         if start_at >= total:
             break
         if count == 0:
-            raise StorageError(f"Jira returned no issues at startAt {start_at} of its total {total}: the search's "
-                               "results changed during the export; run it again", transient=True)
+            raise StorageError(
+                f"Jira returned no issues at startAt {start_at} of its total {total}: the search's "
+                "results changed during the export; run it again",
+                transient=True,
+            )
     removed = _remove_stale_pages(store, set(written))
     return ExportedPages(destination, len(written), issues, total, removed)
 
 
 def _remove_stale_pages(store: Store, written: set[str]) -> int:
     """Pages of an earlier export (search-NNN.json) at the top of the folder that this export did not write."""
-    stale = [key for key, _ in store.list_keys() if "/" not in key and PAGE_NAME.fullmatch(key) and key not in written]
+    stale = [
+        key
+        for key, _ in store.list_keys()
+        if "/" not in key and PAGE_NAME.fullmatch(key) and key not in written
+    ]
     for key in stale:
         store.delete(key)
     return len(stale)

@@ -44,8 +44,15 @@ class MiningPool:
         self.index = {tid: i for i, tid in enumerate(self.ids)}
 
     @classmethod
-    def build(cls, pool: list[str], anchors: list[str], linked: Sequence[tuple[str, str]],
-              text: Mapping[str, str], margin: float, embed: Embed | None) -> MiningPool:
+    def build(
+        cls,
+        pool: list[str],
+        anchors: list[str],
+        linked: Sequence[tuple[str, str]],
+        text: Mapping[str, str],
+        margin: float,
+        embed: Embed | None,
+    ) -> MiningPool:
         if embed is None:
             return cls(pool, None, {})
         vectors = embed([text[t] for t in pool])
@@ -114,8 +121,11 @@ def rank_by_model(inputs: RankInputs) -> Ranked:
     ranked: Ranked = {}
     for row, anchor in enumerate(inputs.anchors):
         comp, ceiling = inputs.component[anchor], pool.ceiling.get(anchor, 1.0)
-        ranked[anchor] = [pool.ids[j] for j, s in zip(neighbours[row], sims[row], strict=True)
-                          if inputs.component[pool.ids[j]] != comp and s < ceiling]
+        ranked[anchor] = [
+            pool.ids[j]
+            for j, s in zip(neighbours[row], sims[row], strict=True)
+            if inputs.component[pool.ids[j]] != comp and s < ceiling
+        ]
     return ranked
 
 
@@ -166,8 +176,10 @@ NEGATIVE_STRATEGIES: dict[str, NegativeStrategy] = {
 
 
 def describe_negatives() -> str:
-    return "; ".join(f"{name}: {s.summary}" + (f" (else {s.fallback})" if s.fallback else "")
-                     for name, s in NEGATIVE_STRATEGIES.items())
+    return "; ".join(
+        f"{name}: {s.summary}" + (f" (else {s.fallback})" if s.fallback else "")
+        for name, s in NEGATIVE_STRATEGIES.items()
+    )
 
 
 def without(mix: dict[str, float], cannot_run: Callable[[NegativeStrategy], bool]) -> dict[str, float]:
@@ -179,8 +191,9 @@ def without(mix: dict[str, float], cannot_run: Callable[[NegativeStrategy], bool
     return moved
 
 
-def draw_at_random(pool: Sequence[str], rng: random.Random, allowed: Callable[[str], bool],
-                   attempts: int) -> str | None:
+def draw_at_random(
+    pool: Sequence[str], rng: random.Random, allowed: Callable[[str], bool], attempts: int
+) -> str | None:
     """A partner drawn from `pool` that `allowed` accepts, in at most `attempts` seeded draws."""
     if not pool:
         return None

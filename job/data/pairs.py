@@ -181,8 +181,15 @@ class NegativeSampler:
     """Draws negative partners for anchors of one split, by strategy (job/data/negatives.py), obeying the component
     rule. `ranked` holds, per ranked strategy that ran, each anchor's candidates, best first."""
 
-    def __init__(self, ids: list[str], tickets: dict[str, Ticket], split: Split, linked: set[tuple[str, str]],
-                 rng: random.Random, ranked: dict[str, dict[str, list[str]]] | None = None) -> None:
+    def __init__(
+        self,
+        ids: list[str],
+        tickets: dict[str, Ticket],
+        split: Split,
+        linked: set[tuple[str, str]],
+        rng: random.Random,
+        ranked: dict[str, dict[str, list[str]]] | None = None,
+    ) -> None:
         self.ids, self.split, self.linked, self.rng = ids, split, linked, rng
         self.ranked = ranked or {}
         inputs = DrawInputs(ids, {tid: tickets[tid].category for tid in ids})
@@ -216,8 +223,9 @@ class NegativeSampler:
 
     def _partner(self, strategy: str, anchor: str) -> str | None:
         if strategy in self.pools:
-            return draw_at_random(self.pools[strategy](anchor), self.rng, lambda other: self.allowed(anchor, other),
-                                  MAX_DRAWS)
+            return draw_at_random(
+                self.pools[strategy](anchor), self.rng, lambda other: self.allowed(anchor, other), MAX_DRAWS
+            )
         candidates = self.ranked.get(strategy, {}).get(anchor, [])
         while candidates:  # consumed: a candidate the rules refused once is not offered again
             other = candidates.pop(0)
@@ -227,7 +235,10 @@ class NegativeSampler:
 
 
 def positives_for(links: list[Link], scores: dict[str, float]) -> list[Pair]:
-    return [Pair(link.source, link.target, scores.get(link.relation, 0.5), "positive", link.relation) for link in links]
+    return [
+        Pair(link.source, link.target, scores.get(link.relation, 0.5), "positive", link.relation)
+        for link in links
+    ]
 
 
 def build_split_pairs(
@@ -258,23 +269,51 @@ def build_split_pairs(
         pairs = positives + _negatives(positives, sampler, _evaluation_mix(cfg.negative_mix), cfg, stats)
         stats.counts.update(p.kind for p in pairs)
         return SplitPairs(pairs, [], stats)
-    return _train_rows(ids, positives, linked, corpus, split, cfg, rng, embed, budget or Budget.unlimited(), stats,
-                       lexical or LexicalSettings())
+    return _train_rows(
+        ids,
+        positives,
+        linked,
+        corpus,
+        split,
+        cfg,
+        rng,
+        embed,
+        budget or Budget.unlimited(),
+        stats,
+        lexical or LexicalSettings(),
+    )
 
 
-def _train_rows(ids: list[str], positives: list[Pair], linked: set[tuple[str, str]], corpus: Corpus, split: Split,
-                cfg: PairsConfig, rng: random.Random, embed: Embedder | None, budget: Budget,
-                stats: PairStats, lexical: LexicalSettings) -> SplitPairs:
+def _train_rows(
+    ids: list[str],
+    positives: list[Pair],
+    linked: set[tuple[str, str]],
+    corpus: Corpus,
+    split: Split,
+    cfg: PairsConfig,
+    rng: random.Random,
+    embed: Embedder | None,
+    budget: Budget,
+    stats: PairStats,
+    lexical: LexicalSettings,
+) -> SplitPairs:
     """Choose the rows the budget keeps first, then mine negatives for those anchors only."""
     kept_triplets = _sample(_both_ways(positives, cfg.triplet_relations), budget.triplets, rng)
-    kept_related = _sample(_both_ways(positives, cfg.related_relations), budget.related, rng) if cfg.related_relations else []
+    kept_related = (
+        _sample(_both_ways(positives, cfg.related_relations), budget.related, rng)
+        if cfg.related_relations
+        else []
+    )
     rows_per_positive = 1 + cfg.negatives_per_positive + cfg.augment_per_positive
     pair_cap = None if budget.pairs is None else math.ceil(budget.pairs / rows_per_positive)
     kept_positives = _sample(positives, pair_cap, rng)
     model = embed if cfg.mine_hard_negatives else None
     mix = cfg.negative_mix if model is not None else without(cfg.negative_mix, lambda s: s.needs_model)
     to_rank = [name for name, weight in mix.items() if weight and NEGATIVE_STRATEGIES[name].ranked]
-    anchors = sorted({a for a, _, _ in kept_triplets + kept_related} | ({p.a for p in kept_positives} if to_rank else set()))
+    anchors = sorted(
+        {a for a, _, _ in kept_triplets + kept_related}
+        | ({p.a for p in kept_positives} if to_rank else set())
+    )
     ranked = _rank(to_rank, anchors, positives, ids, corpus.tickets, split, cfg, rng, model, stats, lexical)
     sampler = NegativeSampler(ids, corpus.tickets, split, linked, rng, ranked)
     triplets = _triplets(kept_triplets, "duplicate", sampler, mix, rng, stats)
@@ -282,7 +321,9 @@ def _train_rows(ids: list[str], positives: list[Pair], linked: set[tuple[str, st
     pairs = kept_positives + _augmented(kept_positives, corpus.tickets, cfg, rng)
     pairs += _negatives(kept_positives, sampler, mix, cfg, stats)
     pairs = _sample(pairs, budget.pairs, rng)
-    title_body = _sample(title_body_rows(ids, corpus.tickets), budget.title_body, rng) if cfg.title_body else []
+    title_body = (
+        _sample(title_body_rows(ids, corpus.tickets), budget.title_body, rng) if cfg.title_body else []
+    )
     stats.counts.update(p.kind for p in pairs)
     stats.counts.update(f"triplet:{t.negative_kind}" for t in triplets if t.objective == "duplicate")
     stats.counts.update(f"related:{t.negative_kind}" for t in triplets if t.objective == "related")
@@ -291,18 +332,34 @@ def _train_rows(ids: list[str], positives: list[Pair], linked: set[tuple[str, st
     return SplitPairs(pairs, triplets, stats, title_body)
 
 
-def _rank(strategies: list[str], anchors: list[str], positives: list[Pair], ids: list[str],
-          tickets: dict[str, Ticket], split: Split, cfg: PairsConfig, rng: random.Random, model: Embedder | None,
-          stats: PairStats, lexical: LexicalSettings) -> dict[str, dict[str, list[str]]]:
+def _rank(
+    strategies: list[str],
+    anchors: list[str],
+    positives: list[Pair],
+    ids: list[str],
+    tickets: dict[str, Ticket],
+    split: Split,
+    cfg: PairsConfig,
+    rng: random.Random,
+    model: Embedder | None,
+    stats: PairStats,
+    lexical: LexicalSettings,
+) -> dict[str, dict[str, list[str]]]:
     """Each ranked strategy's candidates for the anchors, searched in one mining pool (encoded once, by the
     base model when it mines)."""
     if not anchors or not strategies:
         return {}
     pool_ids = mining_pool(anchors, positives, ids, cfg.mining_pool_size, rng)
     text = {tid: tickets[tid].text for tid in ids}
-    pool = MiningPool.build(pool_ids, anchors, [(p.a, p.b) for p in positives], text, cfg.mining_margin, model)
-    stats.mining = {"anchors": len(anchors), "tickets_encoded": 0 if model is None else len(pool_ids),
-                    "pool_tickets": len(pool_ids), "split_tickets": len(ids)}
+    pool = MiningPool.build(
+        pool_ids, anchors, [(p.a, p.b) for p in positives], text, cfg.mining_margin, model
+    )
+    stats.mining = {
+        "anchors": len(anchors),
+        "tickets_encoded": 0 if model is None else len(pool_ids),
+        "pool_tickets": len(pool_ids),
+        "split_tickets": len(ids),
+    }
     inputs = RankInputs(anchors, pool, split.component, text, cfg.mining_top_k, lexical)
     ranked: dict[str, dict[str, list[str]]] = {}
     for name in strategies:  # needs_model ones were moved out of the mix when there is no model
@@ -318,8 +375,14 @@ def _both_ways(positives: list[Pair], relations: list[str]) -> list[tuple[str, s
     return directed + [(b, a, relation) for a, b, relation in directed]
 
 
-def _triplets(kept: list[tuple[str, str, str]], objective: str, sampler: NegativeSampler, mix: dict[str, float],
-              rng: random.Random, stats: PairStats) -> list[Triplet]:
+def _triplets(
+    kept: list[tuple[str, str, str]],
+    objective: str,
+    sampler: NegativeSampler,
+    mix: dict[str, float],
+    rng: random.Random,
+    stats: PairStats,
+) -> list[Triplet]:
     """A triplet per kept (anchor, positive): its negative from the hard strategies, in the mix's proportions."""
     plan = _hard_plan(len(kept), mix, sampler, rng)
     out = []
@@ -344,8 +407,11 @@ def _hard_plan(n: int, mix: dict[str, float], sampler: NegativeSampler, rng: ran
 
 def title_body_rows(ids: list[str], tickets: dict[str, Ticket]) -> list[TitleBody]:
     """Every ticket of the split with both a title and a description, linked or not."""
-    return [TitleBody(t, tickets[t].title, tickets[t].description) for t in ids
-            if tickets[t].title and tickets[t].description]
+    return [
+        TitleBody(t, tickets[t].title, tickets[t].description)
+        for t in ids
+        if tickets[t].title and tickets[t].description
+    ]
 
 
 def _sample(items: list[T], cap: int | None, rng: random.Random) -> list[T]:
@@ -362,7 +428,9 @@ def _evaluation_mix(mix: dict[str, float]) -> dict[str, float]:
     return without(mix, lambda s: s.ranked)
 
 
-def _augmented(positives: list[Pair], tickets: dict[str, Ticket], cfg: PairsConfig, rng: random.Random) -> list[Pair]:
+def _augmented(
+    positives: list[Pair], tickets: dict[str, Ticket], cfg: PairsConfig, rng: random.Random
+) -> list[Pair]:
     out = []
     for pair in positives:
         original = tickets[pair.b].text
@@ -373,8 +441,9 @@ def _augmented(positives: list[Pair], tickets: dict[str, Ticket], cfg: PairsConf
     return out
 
 
-def _negatives(positives: list[Pair], sampler: NegativeSampler, mix: dict[str, float], cfg: PairsConfig,
-               stats: PairStats) -> list[Pair]:
+def _negatives(
+    positives: list[Pair], sampler: NegativeSampler, mix: dict[str, float], cfg: PairsConfig, stats: PairStats
+) -> list[Pair]:
     if len(sampler.ids) < 2:
         return []
     plan = allocate(cfg.negatives_per_positive, mix)
@@ -387,11 +456,15 @@ def _negatives(positives: list[Pair], sampler: NegativeSampler, mix: dict[str, f
     return out
 
 
-def mining_pool(anchors: list[str], positives: list[Pair], ids: list[str], size: int, rng: random.Random) -> list[str]:
+def mining_pool(
+    anchors: list[str], positives: list[Pair], ids: list[str], size: int, rng: random.Random
+) -> list[str]:
     """The tickets mining ranks against: the kept anchors and their positives, filled up with a
     seeded sample of the split to `size` (encoding the whole split costs more than it teaches)."""
     wanted = set(anchors)
-    pool = set(anchors) | {p.b for p in positives if p.a in wanted} | {p.a for p in positives if p.b in wanted}
+    pool = (
+        set(anchors) | {p.b for p in positives if p.a in wanted} | {p.a for p in positives if p.b in wanted}
+    )
     rest = sorted(set(ids) - pool)
     pool |= set(rng.sample(rest, min(len(rest), max(0, size - len(pool)))))
     return sorted(pool)

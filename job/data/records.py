@@ -126,8 +126,9 @@ def detect_format(name: str, declared: str) -> Format:
         return "json"
     if lower.endswith(".csv"):
         return "csv"
-    raise InputError(f"{name}: cannot tell the format from the extension; "
-                     "set data.format to jsonl, json or csv")
+    raise InputError(
+        f"{name}: cannot tell the format from the extension; set data.format to jsonl, json or csv"
+    )
 
 
 def _nan_or_infinity(name: str) -> float:
@@ -141,10 +142,17 @@ def iter_records(data: bytes, name: str, fmt: Format) -> Iterator[tuple[str, dic
     A Problem yielded with an empty location concerns the whole file.
     """
     if data.startswith(BOM):
-        data = data[len(BOM):]  # a UTF-8 BOM is harmless; Excel writes one
+        data = data[len(BOM) :]  # a UTF-8 BOM is harmless; Excel writes one
     if data.startswith((b"\xff\xfe", b"\xfe\xff")):
-        yield "", Problem(name, None, None, "the file is UTF-16 (it starts with a UTF-16 byte order mark): "
-                                            "expected UTF-8")
+        yield (
+            "",
+            Problem(
+                name,
+                None,
+                None,
+                "the file is UTF-16 (it starts with a UTF-16 byte order mark): expected UTF-8",
+            ),
+        )
         return
     if not data.strip():
         yield "", Problem(name, None, None, "file is empty: expected at least one record")
@@ -180,8 +188,7 @@ def _object_from_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
         return record
     seen: set[str] = set()
     marked = _RepeatedKeys(record)
-    marked.repeated = next(
-        key for key, _ in pairs if key in seen or seen.add(key))  # type: ignore[func-returns-value]
+    marked.repeated = next(key for key, _ in pairs if key in seen or seen.add(key))  # type: ignore[func-returns-value]
     return marked
 
 
@@ -192,19 +199,27 @@ def _parse_json(text: str) -> Any:
 def _repeated_key_problem(name: str, where: str, record: dict[str, Any]) -> Problem | None:
     if not isinstance(record, _RepeatedKeys):
         return None
-    return Problem(name, where, _clip(record.repeated),
-                   "appears twice in the object: expected each field once")
+    return Problem(
+        name, where, _clip(record.repeated), "appears twice in the object: expected each field once"
+    )
 
 
 def _iter_jsonl(data: bytes, name: str) -> Iterator[tuple[str, dict[str, Any] | Problem]]:
     if data.lstrip()[:1] == b"[":
-        yield "", Problem(name, "line 1", None,
-                          "this is a JSON array but the file is read as JSON Lines; set data.format: json")
+        yield (
+            "",
+            Problem(
+                name,
+                "line 1",
+                None,
+                "this is a JSON array but the file is read as JSON Lines; set data.format: json",
+            ),
+        )
         return
     for number, line in _lines(data):
         where = f"line {number}"
         if line.startswith(BOM):
-            line = line[len(BOM):]  # files concatenated with cat keep each one's BOM
+            line = line[len(BOM) :]  # files concatenated with cat keep each one's BOM
         if not line.strip():
             continue
         nul = line.find(b"\x00")
@@ -216,8 +231,15 @@ def _iter_jsonl(data: bytes, name: str) -> Iterator[tuple[str, dict[str, Any] | 
         try:
             record = _parse_json(text)
         except json.JSONDecodeError as exc:
-            yield where, Problem(name, where, None, f"invalid JSON at column {exc.colno}: {exc.msg}; "
-                                                    "expected one JSON object per line")
+            yield (
+                where,
+                Problem(
+                    name,
+                    where,
+                    None,
+                    f"invalid JSON at column {exc.colno}: {exc.msg}; expected one JSON object per line",
+                ),
+            )
             continue
         except (ValueError, RecursionError) as exc:
             yield where, Problem(name, where, None, f"invalid JSON: {_short(exc)}")
@@ -242,11 +264,20 @@ def _iter_json_array(data: bytes, name: str) -> Iterator[tuple[str, dict[str, An
     try:
         items = _parse_json(text)
     except json.JSONDecodeError as exc:
-        hint = (" (it looks like JSON Lines; set data.format: jsonl)" if exc.msg == "Extra data"
-                and text.lstrip().startswith("{") else "")
-        yield "", Problem(name, f"line {exc.lineno}", None,
-                          f"invalid JSON at column {exc.colno}: {exc.msg}; "
-                          f"expected one JSON array of objects{hint}")
+        hint = (
+            " (it looks like JSON Lines; set data.format: jsonl)"
+            if exc.msg == "Extra data" and text.lstrip().startswith("{")
+            else ""
+        )
+        yield (
+            "",
+            Problem(
+                name,
+                f"line {exc.lineno}",
+                None,
+                f"invalid JSON at column {exc.colno}: {exc.msg}; expected one JSON array of objects{hint}",
+            ),
+        )
         return
     except (ValueError, RecursionError) as exc:
         yield "", Problem(name, None, None, f"invalid JSON: {_short(exc)}")
@@ -287,10 +318,18 @@ def _iter_csv(data: bytes, name: str) -> Iterator[tuple[str, dict[str, Any] | Pr
         # linear: headers may be huge
         duplicated = sorted(h for h, count in Counter(header).items() if count > 1)
         if duplicated:
-            shown = ", ".join(_clip(h) for h in duplicated[:10]) + (f" and {len(duplicated) - 10} more"
-                                                                     if len(duplicated) > 10 else "")
-            yield "", Problem(name, "line 1", None, f"the CSV header repeats column(s) {shown}: "
-                                                    "expected each column once")
+            shown = ", ".join(_clip(h) for h in duplicated[:10]) + (
+                f" and {len(duplicated) - 10} more" if len(duplicated) > 10 else ""
+            )
+            yield (
+                "",
+                Problem(
+                    name,
+                    "line 1",
+                    None,
+                    f"the CSV header repeats column(s) {shown}: expected each column once",
+                ),
+            )
             return
         rows = 0
         while True:
@@ -301,17 +340,31 @@ def _iter_csv(data: bytes, name: str) -> Iterator[tuple[str, dict[str, Any] | Pr
             except csv.Error as exc:
                 # The reader cannot resync after a quoting error: the rows after it are unknown,
                 # so the file fails as a whole rather than losing them uncounted.
-                yield "", Problem(name, f"line {reader.line_num}", None,
-                                  f"broken CSV quoting: {exc}; expected fields in double quotes with inner "
-                                  "quotes doubled (\"\")")
+                yield (
+                    "",
+                    Problem(
+                        name,
+                        f"line {reader.line_num}",
+                        None,
+                        f"broken CSV quoting: {exc}; expected fields in double quotes with inner "
+                        'quotes doubled ("")',
+                    ),
+                )
                 return
             rows += 1
             where = f"line {reader.line_num}"
             if not any(v.strip() for v in values):
                 continue
             if len(values) != len(header):
-                yield where, Problem(name, where, None,
-                                     f"row has {len(values)} fields, expected {len(header)} like the header")
+                yield (
+                    where,
+                    Problem(
+                        name,
+                        where,
+                        None,
+                        f"row has {len(values)} fields, expected {len(header)} like the header",
+                    ),
+                )
                 continue
             yield where, dict(zip(header, values, strict=True))
     if rows == 0:
@@ -321,7 +374,7 @@ def _iter_csv(data: bytes, name: str) -> Iterator[tuple[str, dict[str, Any] | Pr
 def check_csv_header(data: bytes, name: str, kind: Kind) -> Problem | None:
     """A whole-file problem when the CSV header lacks a column this kind of input needs."""
     if data.startswith(BOM):
-        data = data[len(BOM):]
+        data = data[len(BOM) :]
     first = data.split(b"\n", 1)[0].rstrip(b"\r").decode("utf-8", errors="replace")
     try:
         header = [h.strip() for h in next(csv.reader([first]))]
@@ -338,17 +391,24 @@ def check_csv_header(data: bytes, name: str, kind: Kind) -> Problem | None:
     if len(header) == 1:
         for delimiter, label in ((";", "';'"), ("\t", "a tab"), ("|", "'|'")):
             if delimiter in header[0]:
-                hint = (f" (the header is one column: the file seems to use {label} as the delimiter; "
-                        "expected ',')")
+                hint = (
+                    f" (the header is one column: the file seems to use {label} as the delimiter; "
+                    "expected ',')"
+                )
                 break
-    return Problem(name, "line 1", None,
-                   f"the CSV header has no column {', '.join(missing)}: expected columns "
-                   f"{', '.join(required)}; found {found}{hint}")
+    return Problem(
+        name,
+        "line 1",
+        None,
+        f"the CSV header has no column {', '.join(missing)}: expected columns "
+        f"{', '.join(required)}; found {found}{hint}",
+    )
 
 
 def _type_name(value: Any) -> str:
     return {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null"}.get(
-        type(value), "number")
+        type(value), "number"
+    )
 
 
 # ---------------------------------------------------------------- fields
@@ -366,12 +426,16 @@ def _valid_text(key: str, value: str) -> str:
         value.encode("utf-8")
     except UnicodeEncodeError as exc:
         bad = value[exc.start]
-        what = (f"byte 0x{ord(bad) - 0xDC00:02x} that is not UTF-8" if 0xDC80 <= ord(bad) <= 0xDCFF
-                else f"an unpaired surrogate \\u{ord(bad):04x}")
+        what = (
+            f"byte 0x{ord(bad) - 0xDC00:02x} that is not UTF-8"
+            if 0xDC80 <= ord(bad) <= 0xDCFF
+            else f"an unpaired surrogate \\u{ord(bad):04x}"
+        )
         raise _RowError(key, f"contains {what} at character {exc.start + 1}: expected UTF-8 text") from None
     if "\x00" in value:
-        raise _RowError(key, f"contains a NUL character at character {value.index(chr(0)) + 1}: "
-                             "expected text")
+        raise _RowError(
+            key, f"contains a NUL character at character {value.index(chr(0)) + 1}: expected text"
+        )
     return value
 
 
@@ -491,8 +555,13 @@ def _place(file: str, where: str, from_file: str) -> str:
     return where if file == from_file else f"{basename(file)} {where}"
 
 
-def add_tickets(rows: Iterable[tuple[str, dict[str, Any]]], report: FileReport, cfg: DataConfig,
-                table: TicketTable, file: str | None = None) -> None:
+def add_tickets(
+    rows: Iterable[tuple[str, dict[str, Any]]],
+    report: FileReport,
+    cfg: DataConfig,
+    table: TicketTable,
+    file: str | None = None,
+) -> None:
     """Check ticket records (location, fields) into `table`; bad ones become problems in `report`.
 
     `file` names the records' file in problems when `report` covers several (default: the report's name).
@@ -508,9 +577,14 @@ def add_tickets(rows: Iterable[tuple[str, dict[str, Any]]], report: FileReport, 
             continue
         if ticket.id in table.tickets:
             first = _place(*table.first_seen[ticket.id], file)
-            report.problems.append(Problem(file, where, "id",
-                                           f"duplicate id {_clip(ticket.id)!r} (first at {first}): "
-                                           "expected each id once"))
+            report.problems.append(
+                Problem(
+                    file,
+                    where,
+                    "id",
+                    f"duplicate id {_clip(ticket.id)!r} (first at {first}): expected each id once",
+                )
+            )
             continue
         table.tickets[ticket.id], table.first_seen[ticket.id] = ticket, (file, where)
         report.kept += 1
@@ -542,8 +616,13 @@ def _ticket(record: dict[str, Any], cfg: DataConfig) -> Ticket:
     if not parts["title"] and not parts["description"]:
         raise _RowError("title", "title and description are both empty: expected text in at least one")
     category, project = _optional_str(record, "category"), _optional_str(record, "project")
-    text = cfg.text_template.format(id=ticket_id, title=parts["title"], description=parts["description"],
-                                    category=category or "", project=project or "").strip()
+    text = cfg.text_template.format(
+        id=ticket_id,
+        title=parts["title"],
+        description=parts["description"],
+        category=category or "",
+        project=project or "",
+    ).strip()
     return Ticket(ticket_id, text, category, project, _created(record), parts["title"], parts["description"])
 
 
@@ -564,9 +643,15 @@ class LinkTable:
     seen: set[tuple[str, str, str]] = field(default_factory=set)
 
 
-def add_links(rows: Iterable[tuple[str, dict[str, Any]]], report: FileReport, cfg: DataConfig,
-              known: dict[str, Ticket], table: LinkTable, rejected: dict[str, str] | None = None,
-              file: str | None = None) -> None:
+def add_links(
+    rows: Iterable[tuple[str, dict[str, Any]]],
+    report: FileReport,
+    cfg: DataConfig,
+    known: dict[str, Ticket],
+    table: LinkTable,
+    rejected: dict[str, str] | None = None,
+    file: str | None = None,
+) -> None:
     """Check link records (location, fields) between known tickets into `table`; bad ones become problems
     in `report`, a link already in the table is counted as a duplicate. `rejected`: ids of ticket rows that
     were bad, with their location. `file` as in add_tickets."""
@@ -583,8 +668,9 @@ def add_links(rows: Iterable[tuple[str, dict[str, Any]]], report: FileReport, cf
         report.kept += 1
 
 
-def parse_links(data: bytes, uri: str, cfg: DataConfig, known: dict[str, Ticket],
-                rejected: dict[str, str] | None = None) -> tuple[list[Link], FileReport]:
+def parse_links(
+    data: bytes, uri: str, cfg: DataConfig, known: dict[str, Ticket], rejected: dict[str, str] | None = None
+) -> tuple[list[Link], FileReport]:
     """Links between known tickets. `rejected`: ids of ticket rows that were bad, with their location."""
     parsed = _parse_file(data, uri, cfg, "links")
     table = LinkTable()
@@ -592,21 +678,25 @@ def parse_links(data: bytes, uri: str, cfg: DataConfig, known: dict[str, Ticket]
     return table.links, parsed.report
 
 
-def _link(record: dict[str, Any], cfg: DataConfig, known: dict[str, Ticket],
-          rejected: dict[str, str]) -> Link:
+def _link(
+    record: dict[str, Any], cfg: DataConfig, known: dict[str, Ticket], rejected: dict[str, str]
+) -> Link:
     source, target = _required_str(record, "source"), _required_str(record, "target")
     relation = _required_str(record, "relation").lower()
     if relation not in cfg.relations:
-        raise _RowError("relation", f"unknown relation {_clip(relation)!r}: "
-                                    f"expected one of {', '.join(cfg.relations)}")
+        raise _RowError(
+            "relation", f"unknown relation {_clip(relation)!r}: expected one of {', '.join(cfg.relations)}"
+        )
     if source == target:
-        raise _RowError("target", f"self-link: {_clip(source)!r} links to itself; "
-                                  "expected two different tickets")
+        raise _RowError(
+            "target", f"self-link: {_clip(source)!r} links to itself; expected two different tickets"
+        )
     for key, value in (("source", source), ("target", target)):
         if value not in known:
             why = f" (its ticket row at {rejected[value]} was rejected)" if value in rejected else ""
-            raise _RowError(key, f"{_clip(value)!r} is not a known ticket id{why}: "
-                                 "expected an id from the tickets file")
+            raise _RowError(
+                key, f"{_clip(value)!r} is not a known ticket id{why}: expected an id from the tickets file"
+            )
     return Link(source, target, relation)
 
 
@@ -615,8 +705,9 @@ def text_id(text: str) -> str:
     return "t" + hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
-def parse_pairs(data: bytes, uri: str, cfg: DataConfig,
-                tickets: dict[str, Ticket]) -> tuple[list[ScoredPair], FileReport]:
+def parse_pairs(
+    data: bytes, uri: str, cfg: DataConfig, tickets: dict[str, Ticket]
+) -> tuple[list[ScoredPair], FileReport]:
     parsed = _parse_file(data, uri, cfg, "pairs")
     report, pairs = parsed.report, []
     for where, record in parsed.rows:
@@ -636,8 +727,9 @@ def _scored_row(record: dict[str, Any], csv_input: bool) -> tuple[str, str, floa
     return a, b, score
 
 
-def parse_relationship_pairs(data: bytes, uri: str, cfg: DataConfig,
-                             tickets: dict[str, Ticket]) -> tuple[list[Link], FileReport]:
+def parse_relationship_pairs(
+    data: bytes, uri: str, cfg: DataConfig, tickets: dict[str, Ticket]
+) -> tuple[list[Link], FileReport]:
     parsed = _parse_file(data, uri, cfg, "relationship_pairs")
     report, links = parsed.report, []
     for where, record in parsed.rows:
@@ -653,8 +745,9 @@ def _relationship_row(record: dict[str, Any], cfg: DataConfig) -> tuple[str, str
     a, b = _required_str(record, "text_a"), _required_str(record, "text_b")
     relation = _required_str(record, "relation").lower()
     if relation not in cfg.relations:
-        raise _RowError("relation", f"unknown relation {_clip(relation)!r}: "
-                                    f"expected one of {', '.join(cfg.relations)}")
+        raise _RowError(
+            "relation", f"unknown relation {_clip(relation)!r}: expected one of {', '.join(cfg.relations)}"
+        )
     if a == b:
         raise _RowError("text_b", "text_b is the same text as text_a: expected two different texts")
     return a, b, relation
@@ -706,13 +799,18 @@ def apply_error_policy(corpus: Corpus, cfg: DataConfig) -> Corpus:
     problems = corpus.problems
     fatal = [p for r in corpus.reports for p in r.fatal]  # whole-file problems: nothing to skip to
     if fatal:
-        raise InputError(f"{len(fatal)} input file(s) unusable as a whole (data.on_error={cfg.on_error} "
-                         "cannot skip them)", fatal + [p for p in problems if p not in fatal])
+        raise InputError(
+            f"{len(fatal)} input file(s) unusable as a whole (data.on_error={cfg.on_error} cannot skip them)",
+            fatal + [p for p in problems if p not in fatal],
+        )
     if problems and cfg.on_error == "fail":
         total = sum(r.rows for r in corpus.reports)
-        raise InputError(f"{len(problems)} problem(s) in the input "
-                         f"({total} rows read; data.on_error={cfg.on_error}; "
-                         "set data.on_error: skip to drop and count bad rows)", problems)
+        raise InputError(
+            f"{len(problems)} problem(s) in the input "
+            f"({total} rows read; data.on_error={cfg.on_error}; "
+            "set data.on_error: skip to drop and count bad rows)",
+            problems,
+        )
     return corpus
 
 
@@ -721,11 +819,14 @@ def require_enough(corpus: Corpus) -> None:
     skipped = sum(r.skipped for r in corpus.reports)
     note = f" ({skipped} bad row(s) skipped)" if skipped else ""
     if len(corpus.tickets) < 2:
-        raise InputError(f"only {len(corpus.tickets)} usable ticket(s) left{note}: "
-                         "need at least 2 to build pairs",
-                         corpus.problems)
+        raise InputError(
+            f"only {len(corpus.tickets)} usable ticket(s) left{note}: need at least 2 to build pairs",
+            corpus.problems,
+        )
     if corpus.scored_pairs is None and not corpus.links:
-        raise InputError(f"no usable links{note}: positive pairs come from links, so at least one is needed",
-                         corpus.problems)
+        raise InputError(
+            f"no usable links{note}: positive pairs come from links, so at least one is needed",
+            corpus.problems,
+        )
     if corpus.scored_pairs is not None and not corpus.scored_pairs:
         raise InputError(f"no usable training pairs left{note}", corpus.problems)

@@ -88,9 +88,12 @@ def check_usable(split: Split, edges: Sequence[tuple[str, str]]) -> dict[str, in
     largest = max(sizes.values()) if sizes else 0
     for name in SPLITS:
         if not split.members[name]:
-            reason = (f"the largest linked component holds {largest} of {len(split.component)} tickets, and a "
-                      "component cannot be split without leaking tickets between train and evaluation"
-                      if largest > 1 else f"{len(split.component)} tickets are too few to split")
+            reason = (
+                f"the largest linked component holds {largest} of {len(split.component)} tickets, and a "
+                "component cannot be split without leaking tickets between train and evaluation"
+                if largest > 1
+                else f"{len(split.component)} tickets are too few to split"
+            )
             raise InputError(f"the {name} split is empty: {reason}")
         if edges and per_split[name] == 0:
             raise InputError(

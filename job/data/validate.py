@@ -41,11 +41,19 @@ def validate_data(cfg: JobConfig, echo: Callable[[str], None], problems_file: Pa
     edges = corpus.edges()
     split = split_by_components(sorted(corpus.tickets), edges, cfg.pairs.split, cfg.train.seed)
     per_split = check_usable(split, edges)
-    echo("split: " + ", ".join(f"{n} {len(split.members[n])} tickets / {per_split[n]} linked pairs"
-                               for n in split.members))
+    echo(
+        "split: "
+        + ", ".join(
+            f"{n} {len(split.members[n])} tickets / {per_split[n]} linked pairs" for n in split.members
+        )
+    )
     if corpus.problems and cfg.data.on_error == "fail":
         raise InputError(f"{len(corpus.problems)} problem(s) found (data.on_error=fail)")
-    echo("inputs OK" if not corpus.problems else f"inputs usable: {len(corpus.problems)} bad rows will be skipped")
+    echo(
+        "inputs OK"
+        if not corpus.problems
+        else f"inputs usable: {len(corpus.problems)} bad rows will be skipped"
+    )
 
 
 def _report_files(corpus: Corpus, echo: Callable[[str], None], target: Path) -> None:
@@ -53,16 +61,20 @@ def _report_files(corpus: Corpus, echo: Callable[[str], None], target: Path) -> 
     cut = any(len(report.problems) > SHOWN_PER_FILE for report in corpus.reports)
     where = _write_all(corpus.problems, target) if cut else None
     for report in corpus.reports:
-        echo(f"{report.name}: {report.rows} rows, {report.kept} kept, {report.skipped} bad, "
-             f"{report.duplicates_dropped} duplicates dropped, sha256 {report.sha256[:12]}")
+        echo(
+            f"{report.name}: {report.rows} rows, {report.kept} kept, {report.skipped} bad, "
+            f"{report.duplicates_dropped} duplicates dropped, sha256 {report.sha256[:12]}"
+        )
         for problem in report.problems[:SHOWN_PER_FILE]:
             echo(f"  {problem}")
         if len(report.problems) > SHOWN_PER_FILE:
             echo(f"  ... and {len(report.problems) - SHOWN_PER_FILE} more problem(s) in this file")
     if where:
         echo(f"every problem ({len(corpus.problems)}): {where}")
-    echo(f"tickets: {len(corpus.tickets)}  links: {len(corpus.links)}"
-         + ("" if corpus.scored_pairs is None else f"  pairs: {len(corpus.scored_pairs)}"))
+    echo(
+        f"tickets: {len(corpus.tickets)}  links: {len(corpus.links)}"
+        + ("" if corpus.scored_pairs is None else f"  pairs: {len(corpus.scored_pairs)}")
+    )
     if corpus.links:
         per_relation = Counter(link.relation for link in corpus.links).most_common()
         echo("links per relation: " + ", ".join(f"{relation} {count}" for relation, count in per_relation))

@@ -63,8 +63,10 @@ def export_variants(model: Any, out_dir: Path) -> list[ExportedVariant]:
     _export_fp32(model, fp32)
     int8 = out_dir / VARIANTS["onnx-int8"]
     _quantize_int8(fp32, int8)
-    return [ExportedVariant("onnx-fp32", VARIANTS["onnx-fp32"], fp32),
-            ExportedVariant("onnx-int8", VARIANTS["onnx-int8"], int8)]
+    return [
+        ExportedVariant("onnx-fp32", VARIANTS["onnx-fp32"], fp32),
+        ExportedVariant("onnx-int8", VARIANTS["onnx-int8"], int8),
+    ]
 
 
 def _export_fp32(model: Any, path: Path) -> None:
@@ -82,8 +84,16 @@ def _export_fp32(model: Any, path: Path) -> None:
     example = tuple(torch.ones((2, 8), dtype=torch.long, device=transformer.device) for _ in names)
     axes = {name: {0: "batch", 1: "sequence"} for name in [*names, OUTPUT]}
     with torch.inference_mode():
-        torch.onnx.export(LastHiddenState(), example, str(path), input_names=names, output_names=[OUTPUT],
-                          dynamic_axes=axes, opset_version=17, dynamo=False)
+        torch.onnx.export(
+            LastHiddenState(),
+            example,
+            str(path),
+            input_names=names,
+            output_names=[OUTPUT],
+            dynamic_axes=axes,
+            opset_version=17,
+            dynamo=False,
+        )
 
 
 def _quantize_int8(fp32: Path, int8: Path) -> None:
@@ -126,8 +136,9 @@ class ExportGate:
     held: HeldOut
 
     @classmethod
-    def sample(cls, held: HeldOut, links: list[Link], relations: list[str], max_tickets: int,
-               seed: int) -> ExportGate:
+    def sample(
+        cls, held: HeldOut, links: list[Link], relations: list[str], max_tickets: int, seed: int
+    ) -> ExportGate:
         chosen = _whole_components(held.test.ids, links, max_tickets, seed)
         kept = set(chosen)
         relevant, _ = retrieval_queries(chosen, links, relations)
@@ -136,14 +147,19 @@ class ExportGate:
 
     def metrics(self, emb: Embeddings, threshold: float) -> dict[str, Any]:
         """Pair metrics (the F1 at the model's threshold chosen on val) and dense retrieval on the sample."""
-        scored: dict[str, Any] = dict(pair_metrics(pair_scores(emb, self.pairs, self.held.positive_threshold),
-                                                   threshold))
+        scored: dict[str, Any] = dict(
+            pair_metrics(pair_scores(emb, self.pairs, self.held.positive_threshold), threshold)
+        )
         scored.update(retrieval_metrics(emb, self.ids, self.relevant, self.held.chunk_size))
         return scored
 
     def describe(self) -> dict[str, Any]:
-        return {"tickets": len(self.ids), "of_test_tickets": self.of_tickets, "pairs": len(self.pairs),
-                "queries": sum(1 for r in self.relevant if r)}
+        return {
+            "tickets": len(self.ids),
+            "of_test_tickets": self.of_tickets,
+            "pairs": len(self.pairs),
+            "queries": sum(1 for r in self.relevant if r),
+        }
 
 
 def _whole_components(ids: list[str], links: list[Link], max_tickets: int, seed: int) -> list[str]:

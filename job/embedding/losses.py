@@ -37,8 +37,11 @@ class PairObjective:
 PAIR_LOSSES: dict[str, PairObjective] = {
     "cosine": PairObjective(_st_loss("CosineSimilarityLoss"), False, "CosineSimilarityLoss on scored pairs"),
     "cosent": PairObjective(_st_loss("CoSENTLoss"), False, "CoSENTLoss on scored pairs"),
-    "online_contrastive": PairObjective(_st_loss("OnlineContrastiveLoss"), True,
-                                        "OnlineContrastiveLoss on pairs labelled at the positive threshold"),
+    "online_contrastive": PairObjective(
+        _st_loss("OnlineContrastiveLoss"),
+        True,
+        "OnlineContrastiveLoss on pairs labelled at the positive threshold",
+    ),
 }
 
 
@@ -53,7 +56,9 @@ class Loss:
 
     def card(self, pair_loss: str) -> str:
         objective = self.pair_objective(pair_loss)
-        parts = ([RANKING_CARD] if self.ranks_triplets else []) + ([PAIR_LOSSES[objective].card] if objective else [])
+        parts = ([RANKING_CARD] if self.ranks_triplets else []) + (
+            [PAIR_LOSSES[objective].card] if objective else []
+        )
         return " plus ".join(parts)
 
 
@@ -63,8 +68,11 @@ def _pairs_only(name: str) -> Loss:
 
 LOSSES: dict[str, Loss] = {
     "mnrl": Loss(True, lambda _configured: None, "triplets only"),
-    "retrieval": Loss(True, lambda configured: configured, "triplets plus train.pair_loss on scored pairs "
-                      "(train.retrieval_share of the rows on triplets)"),
+    "retrieval": Loss(
+        True,
+        lambda configured: configured,
+        "triplets plus train.pair_loss on scored pairs (train.retrieval_share of the rows on triplets)",
+    ),
     "cosine": _pairs_only("cosine"),  # the notebooks'
     "cosent": _pairs_only("cosent"),
     "online_contrastive": _pairs_only("online_contrastive"),

@@ -58,18 +58,26 @@ def hub_snapshot(repo_id: str) -> Path:
     try:
         folder = Path(snapshot_download(repo_id, ignore_patterns=[f"*{suffix}" for suffix in PICKLE_WEIGHTS]))
     except LocalEntryNotFoundError as exc:
-        raise ConfigError(f"model.base {repo_id!r}: not in the hub cache and the hub cannot be reached "
-                          f"({type(exc).__name__})") from None
+        raise ConfigError(
+            f"model.base {repo_id!r}: not in the hub cache and the hub cannot be reached "
+            f"({type(exc).__name__})"
+        ) from None
     except HfHubHTTPError as exc:
         status = getattr(getattr(exc, "response", None), "status_code", None)
-        raise StorageError(f"model.base {repo_id!r}: the hub answered {status}", transient=status is None
-                           or status >= 500 or status == 429) from None
+        raise StorageError(
+            f"model.base {repo_id!r}: the hub answered {status}",
+            transient=status is None or status >= 500 or status == 429,
+        ) from None
     except (ValueError, OSError) as exc:
-        raise ConfigError(f"model.base {repo_id!r}: cannot fetch it from the hub ({type(exc).__name__})") from None
+        raise ConfigError(
+            f"model.base {repo_id!r}: cannot fetch it from the hub ({type(exc).__name__})"
+        ) from None
     refuse_pickle_weights(folder)
     if not any(folder.rglob("*.safetensors")):
-        raise ConfigError(f"model.base {repo_id!r}: the hub snapshot has no safetensors weights; pickle weights "
-                          "are refused (loading them can run code)")
+        raise ConfigError(
+            f"model.base {repo_id!r}: the hub snapshot has no safetensors weights; pickle weights "
+            "are refused (loading them can run code)"
+        )
     return folder
 
 
@@ -87,7 +95,9 @@ def cached_store_model(base: str, storage: StorageConfig, cache_dir: Path) -> Pa
         target.parent.mkdir(parents=True, exist_ok=True)
         fresh = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     except OSError as exc:
-        raise ConfigError(f"runtime.cache_dir {cache_dir}: cannot write the model cache ({exc.strerror})") from exc
+        raise ConfigError(
+            f"runtime.cache_dir {cache_dir}: cannot write the model cache ({exc.strerror})"
+        ) from exc
     try:
         download_prefix(base, storage, fresh)  # each file checked: size, sha256
         _write_cache_marker(fresh)
@@ -101,16 +111,20 @@ def cache_is_verified(folder: Path) -> bool:
     """True when `folder` holds a complete download: its marker, and every listed file at its size."""
     try:
         listed = json.loads((folder / CACHE_VERIFIED).read_text())["files"]
-        return all((folder / name).stat().st_size == size for name, size in
-                   ((entry["path"], entry["size"]) for entry in listed))
+        return all(
+            (folder / name).stat().st_size == size
+            for name, size in ((entry["path"], entry["size"]) for entry in listed)
+        )
     except (OSError, ValueError, KeyError, TypeError):
         return False
 
 
 def _write_cache_marker(folder: Path) -> None:
     files = sorted(p for p in folder.rglob("*") if p.is_file())
-    listed = [{"path": p.relative_to(folder).as_posix(), "size": p.stat().st_size, "sha256": sha256_file(p)}
-              for p in files]
+    listed = [
+        {"path": p.relative_to(folder).as_posix(), "size": p.stat().st_size, "sha256": sha256_file(p)}
+        for p in files
+    ]
     (folder / CACHE_VERIFIED).write_text(json.dumps({"files": listed}, indent=1))
 
 
@@ -143,8 +157,10 @@ def refuse_pickle_weights(folder: Path) -> None:
         pickled = sorted(n for n in names if n.endswith(PICKLE_WEIGHTS))
         if pickled and not any(n.endswith(".safetensors") for n in names):
             where = (directory / pickled[0]).relative_to(folder).as_posix()
-            raise ConfigError(f"model {folder}: {where}: pickle weights are refused; use safetensors "
-                              "(save the model with safe_serialization=True)")
+            raise ConfigError(
+                f"model {folder}: {where}: pickle weights are refused; use safetensors "
+                "(save the model with safe_serialization=True)"
+            )
 
 
 # The class paths every published sentence-transformers model uses in modules.json. sentence-transformers 6
@@ -177,7 +193,9 @@ def base_revision(base: str, resolved: str) -> str | None:
         names = md.packages_distributions().get(module.split(".")[0], [module])
         return f"{names[0]}=={md.version(names[0])}"
     folder = Path(resolved)
-    if folder.parent.name == "snapshots":  # a hub id: its snapshot folder in the cache is named after the commit
+    if (
+        folder.parent.name == "snapshots"
+    ):  # a hub id: its snapshot folder in the cache is named after the commit
         return folder.name
     if not folder.is_dir():
         return None
@@ -257,8 +275,10 @@ def _load_model(path_or_id: str, max_seq_length: int, device: str | None, text_p
         raise ConfigError(f"cannot load model {path_or_id!r}: {exc}".splitlines()[0]) from exc
     except (ValueError, ImportError, AttributeError, KeyError, TypeError, RuntimeError) as exc:
         # A damaged or foreign folder (modules.json naming a class that does not exist, a broken config.json).
-        raise ConfigError(f"cannot load model {path_or_id!r}: it is not a sentence-transformers model this job can "
-                          f"read ({type(exc).__name__}: {str(exc)[:200]})".splitlines()[0]) from None
+        raise ConfigError(
+            f"cannot load model {path_or_id!r}: it is not a sentence-transformers model this job can "
+            f"read ({type(exc).__name__}: {str(exc)[:200]})".splitlines()[0]
+        ) from None
     model.max_seq_length = min(max_seq_length, position_limit(model) or max_seq_length)
     if text_prefix:
         model.prompts[TEXT_PROMPT] = text_prefix
@@ -299,8 +319,13 @@ def encode(model: Any, texts: list[str], batch_size: int, log: Any, what: str) -
     with torch.inference_mode(), phase("encode"):
         for start in range(0, len(texts), block):
             idx = order[start : start + block]
-            vectors = model.encode([texts[i] for i in idx], batch_size=batch_size, convert_to_numpy=True,
-                                   normalize_embeddings=True, show_progress_bar=False)
+            vectors = model.encode(
+                [texts[i] for i in idx],
+                batch_size=batch_size,
+                convert_to_numpy=True,
+                normalize_embeddings=True,
+                show_progress_bar=False,
+            )
             out[idx] = vectors
             progress.update(len(idx))
     progress.close()

@@ -70,8 +70,9 @@ class TrainResult:
     model: Any = field(default=None, repr=False)  # the trained model in memory (what model_dir holds)
 
 
-def examples_from_pairs(pairs: list[Pair], texts: dict[str, str], loss: str, pair_loss: str,
-                        positive_threshold: float) -> TrainExamples:
+def examples_from_pairs(
+    pairs: list[Pair], texts: dict[str, str], loss: str, pair_loss: str, positive_threshold: float
+) -> TrainExamples:
     """Pair rows for the pair objective of `loss` (none for mnrl, which ranks triplets only).
 
     The row budget (`train.max_pairs`) was spent in prepare, so every given pair is used.
@@ -87,11 +88,16 @@ def examples_from_pairs(pairs: list[Pair], texts: dict[str, str], loss: str, pai
     return TrainExamples(s1, s2, scores)
 
 
-def triplet_examples(triplets: list[Triplet], texts: dict[str, str], objective: str = "duplicate") -> TripletExamples:
+def triplet_examples(
+    triplets: list[Triplet], texts: dict[str, str], objective: str = "duplicate"
+) -> TripletExamples:
     """The triplets of one ranking objective (duplicate: pairs.triplet_relations; related: pairs.related_relations)."""
     chosen = [t for t in triplets if t.objective == objective]
-    return TripletExamples([texts[t.anchor] for t in chosen], [texts[t.positive] for t in chosen],
-                           [texts[t.negative] for t in chosen])
+    return TripletExamples(
+        [texts[t.anchor] for t in chosen],
+        [texts[t.positive] for t in chosen],
+        [texts[t.negative] for t in chosen],
+    )
 
 
 @dataclass
@@ -153,8 +159,9 @@ def ranking_loss(model: Any, mini_batch_size: int | None, gather_across_devices:
     from sentence_transformers.sentence_transformer import losses
 
     if mini_batch_size:
-        return losses.CachedMultipleNegativesRankingLoss(model, mini_batch_size=mini_batch_size,
-                                                         gather_across_devices=gather_across_devices)
+        return losses.CachedMultipleNegativesRankingLoss(
+            model, mini_batch_size=mini_batch_size, gather_across_devices=gather_across_devices
+        )
     return losses.MultipleNegativesRankingLoss(model, gather_across_devices=gather_across_devices)
 
 
@@ -184,7 +191,10 @@ def _weighted_loss_class() -> Any:
             return str(getattr(self.loss, "citation", ""))
 
         def get_config_dict(self) -> dict[str, Any]:
-            return {"weight": self.weight, **(self.loss.get_config_dict() if hasattr(self.loss, "get_config_dict") else {})}
+            return {
+                "weight": self.weight,
+                **(self.loss.get_config_dict() if hasattr(self.loss, "get_config_dict") else {}),
+            }
 
         def forward(self, features: Any, labels: Any) -> Any:
             return self.weight * self.loss(features, labels)
@@ -192,14 +202,21 @@ def _weighted_loss_class() -> Any:
     return WeightedLoss
 
 
-def training_sets(model: Any, pairs: TrainExamples, ranking: RankingSets, tc: TrainConfig,
-                  distributed: bool) -> tuple[dict[str, Any], dict[str, Any]]:
+def training_sets(
+    model: Any, pairs: TrainExamples, ranking: RankingSets, tc: TrainConfig, distributed: bool
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """The datasets and a loss for each (sentence-transformers' multi-dataset training)."""
     from datasets import Dataset
 
-    rows: dict[str, Any] = {name: vars(examples) for name, examples in
-                            (("triplets", ranking.triplets), ("related", ranking.related),
-                             ("title_body", ranking.title_body)) if examples.anchor}
+    rows: dict[str, Any] = {
+        name: vars(examples)
+        for name, examples in (
+            ("triplets", ranking.triplets),
+            ("related", ranking.related),
+            ("title_body", ranking.title_body),
+        )
+        if examples.anchor
+    }
     objective = LOSSES[tc.loss].pair_objective(tc.pair_loss)
     if pairs.sentence1:
         if objective is None:  # prepare spends such a budget on triplets only (pairs.budget)
@@ -211,16 +228,30 @@ def training_sets(model: Any, pairs: TrainExamples, ranking: RankingSets, tc: Tr
     gather = distributed and len(rows) == 1 and "pairs" not in rows
     weights = {"triplets": 1.0, "related": tc.related_weight, "title_body": tc.title_body_weight}
     datasets = {name: Dataset.from_dict(columns) for name, columns in rows.items()}
-    losses = {name: weighted(ranking_loss(model, tc.mnrl_mini_batch_size, gather), weights[name])
-              for name in rows if name != "pairs"}
+    losses = {
+        name: weighted(ranking_loss(model, tc.mnrl_mini_batch_size, gather), weights[name])
+        for name in rows
+        if name != "pairs"
+    }
     if "pairs" in rows and objective is not None:
         losses["pairs"] = pair_loss(model, objective)
     return datasets, losses
 
 
-def train_model(cfg: JobConfig, model: Any, train: TrainExamples, ranking: RankingSets, val: TrainExamples,
-                work_dir: Path, store: Store, log: Any, stop: threading.Event, resume: bool,
-                extra_callbacks: Sequence[TrainerCallback] = (), stamp: str = "") -> TrainResult:
+def train_model(
+    cfg: JobConfig,
+    model: Any,
+    train: TrainExamples,
+    ranking: RankingSets,
+    val: TrainExamples,
+    work_dir: Path,
+    store: Store,
+    log: Any,
+    stop: threading.Event,
+    resume: bool,
+    extra_callbacks: Sequence[TrainerCallback] = (),
+    stamp: str = "",
+) -> TrainResult:
     """Run the trainer; `store` is the run's storage (for checkpoints). Returns the best model's dir.
 
     `extra_callbacks` lets a caller observe the steps (the GPU benchmark times them).
@@ -240,18 +271,35 @@ def train_model(cfg: JobConfig, model: Any, train: TrainExamples, ranking: Ranki
     # Validating during training only serves to pick the best checkpoint. One epoch saved once
     # leaves nothing to pick, and the evaluate step scores val anyway: skip it then.
     select_best = tc.epochs > 1 or tc.checkpoint_every_steps is not None
-    evaluator = UniqueTextSimilarityEvaluator(val.sentence1, val.sentence2, val.score, name="val",
-                                              batch_size=cfg.model.encode_batch_size,
-                                              write_csv=False) if select_best else None
+    evaluator = (
+        UniqueTextSimilarityEvaluator(
+            val.sentence1,
+            val.sentence2,
+            val.score,
+            name="val",
+            batch_size=cfg.model.encode_batch_size,
+            write_csv=False,
+        )
+        if select_best
+        else None
+    )
     strategy = "steps" if tc.checkpoint_every_steps else "epoch"
     output_dir = work_dir / CHECKPOINTS
     args = SentenceTransformerTrainingArguments(
-        **shared_arguments(output_dir, epochs=tc.epochs, batch_size=tc.batch_size,
-                           eval_batch_size=cfg.model.encode_batch_size, learning_rate=tc.learning_rate,
-                           warmup_ratio=tc.warmup_ratio, seed=tc.seed, precision=precision,
-                           select_best=select_best, best_metric="eval_val_spearman_cosine",
-                           logging_steps=max(1, min(50, n_rows // tc.batch_size // 4 or 1)),
-                           group_by_length=tc.group_by_length),
+        **shared_arguments(
+            output_dir,
+            epochs=tc.epochs,
+            batch_size=tc.batch_size,
+            eval_batch_size=cfg.model.encode_batch_size,
+            learning_rate=tc.learning_rate,
+            warmup_ratio=tc.warmup_ratio,
+            seed=tc.seed,
+            precision=precision,
+            select_best=select_best,
+            best_metric="eval_val_spearman_cosine",
+            logging_steps=max(1, min(50, n_rows // tc.batch_size // 4 or 1)),
+            group_by_length=tc.group_by_length,
+        ),
         eval_strategy=strategy if select_best else "no",
         save_strategy=strategy,
         eval_steps=tc.checkpoint_every_steps or 500,
@@ -265,16 +313,24 @@ def train_model(cfg: JobConfig, model: Any, train: TrainExamples, ranking: Ranki
         prompts=cfg.model.text_prefix or None,
     )
     callback = StorageAndProgress(store, log, stop, stamp=stamp)
-    trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=datasets, loss=losses,
-                                         evaluator=evaluator,
-                                         callbacks=[callback, *extra_callbacks])
-    checkpoint, seconds = train_resumably(trainer, store, output_dir, log, stop, required=resume,
-                                          prefix=CHECKPOINTS, what="training")
+    trainer = SentenceTransformerTrainer(
+        model=model,
+        args=args,
+        train_dataset=datasets,
+        loss=losses,
+        evaluator=evaluator,
+        callbacks=[callback, *extra_callbacks],
+    )
+    checkpoint, seconds = train_resumably(
+        trainer, store, output_dir, log, stop, required=resume, prefix=CHECKPOINTS, what="training"
+    )
     if trainer.state.global_step == 0:
         # A silent no-op would publish the base model as if it were trained (seen: 8 rows per dataset,
         # batch 8, two processes under torchrun).
-        raise InputError("training took no optimizer step: every process got less than one batch of each "
-                         "training set; raise train.max_pairs or lower train.batch_size or the number of processes")
+        raise InputError(
+            "training took no optimizer step: every process got less than one batch of each "
+            "training set; raise train.max_pairs or lower train.batch_size or the number of processes"
+        )
     model_dir = work_dir / "model"
     if trainer.is_world_process_zero():
         # No generated card: it quotes training rows (ticket text). The job writes its own (job/runs/card.py).
@@ -286,9 +342,14 @@ def train_model(cfg: JobConfig, model: Any, train: TrainExamples, ranking: Ranki
         model_dir=model_dir,
         global_step=trainer.state.global_step,
         epochs=float(trainer.state.epoch or 0),
-        loss_curve=[{"step": h["step"], "epoch": h.get("epoch"), "loss": h["loss"]} for h in history if "loss" in h],
-        val_history=[{k: v for k, v in h.items() if k.startswith("eval_") or k in ("step", "epoch")}
-                     for h in history if "eval_val_spearman_cosine" in h],
+        loss_curve=[
+            {"step": h["step"], "epoch": h.get("epoch"), "loss": h["loss"]} for h in history if "loss" in h
+        ],
+        val_history=[
+            {k: v for k, v in h.items() if k.startswith("eval_") or k in ("step", "epoch")}
+            for h in history
+            if "eval_val_spearman_cosine" in h
+        ],
         best_metric=trainer.state.best_metric,
         precision=precision,
         train_seconds=round(seconds, 3),
@@ -297,5 +358,3 @@ def train_model(cfg: JobConfig, model: Any, train: TrainExamples, ranking: Ranki
         n_examples=n_rows,
         model=trainer.model,
     )
-
-

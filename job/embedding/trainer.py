@@ -66,8 +66,11 @@ def length_grouped_order(lengths: Sequence[int], batch_size: int, rng: random.Ra
     order = list(range(len(lengths)))
     rng.shuffle(order)
     window = batch_size * WINDOW_BATCHES
-    return [i for start in range(0, len(order), window)
-            for i in sorted(order[start : start + window], key=lengths.__getitem__)]
+    return [
+        i
+        for start in range(0, len(order), window)
+        for i in sorted(order[start : start + window], key=lengths.__getitem__)
+    ]
 
 
 def batches_in_epoch(rows: int, batch_size: int, drop_last: bool) -> int:
@@ -76,8 +79,9 @@ def batches_in_epoch(rows: int, batch_size: int, drop_last: bool) -> int:
     return full if drop_last or not rest else full + 1
 
 
-def full_batches_shuffled_then_partial(batches: list[list[int]], batch_size: int,
-                                       rng: random.Random) -> list[list[int]]:
+def full_batches_shuffled_then_partial(
+    batches: list[list[int]], batch_size: int, rng: random.Random
+) -> list[list[int]]:
     """Full batches in random order, partial ones last (largest first), as PyTorch's samplers give them:
     under DDP, accelerate deals batches to the processes in rounds and skips a round whose last batch
     is short, so a partial batch in the middle of the epoch would cost an optimizer step."""
@@ -96,10 +100,23 @@ class LengthGroupedBatchSampler(DefaultBatchSampler):
     already trained on.
     """
 
-    def __init__(self, dataset: Any, batch_size: int, drop_last: bool,
-                 valid_label_columns: list[str] | None = None, generator: Any = None, seed: int = 0) -> None:
-        super().__init__(dataset, batch_size=batch_size, drop_last=drop_last,
-                         valid_label_columns=valid_label_columns, generator=generator, seed=seed)
+    def __init__(
+        self,
+        dataset: Any,
+        batch_size: int,
+        drop_last: bool,
+        valid_label_columns: list[str] | None = None,
+        generator: Any = None,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(
+            dataset,
+            batch_size=batch_size,
+            drop_last=drop_last,
+            valid_label_columns=valid_label_columns,
+            generator=generator,
+            seed=seed,
+        )
         pairs = zip(dataset["sentence1"], dataset["sentence2"], strict=True)
         self.lengths = [len(a) + len(b) for a, b in pairs]
 
@@ -131,10 +148,23 @@ class LengthGroupedNoDuplicatesBatchSampler(DefaultBatchSampler):
     batches that repeat some rows (`_resampled`, as sentence-transformers does).
     """
 
-    def __init__(self, dataset: Any, batch_size: int, drop_last: bool,
-                 valid_label_columns: list[str] | None = None, generator: Any = None, seed: int = 0) -> None:
-        super().__init__(dataset, batch_size=batch_size, drop_last=drop_last,
-                         valid_label_columns=valid_label_columns, generator=generator, seed=seed)
+    def __init__(
+        self,
+        dataset: Any,
+        batch_size: int,
+        drop_last: bool,
+        valid_label_columns: list[str] | None = None,
+        generator: Any = None,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(
+            dataset,
+            batch_size=batch_size,
+            drop_last=drop_last,
+            valid_label_columns=valid_label_columns,
+            generator=generator,
+            seed=seed,
+        )
         skip = {"dataset_name", *(valid_label_columns or [])}
         rows = list(zip(*(dataset[c] for c in dataset.column_names if c not in skip), strict=True))
         self.texts = [frozenset(row) for row in rows]
@@ -161,9 +191,12 @@ class LengthGroupedNoDuplicatesBatchSampler(DefaultBatchSampler):
             extra += [b for b in self._packed(order) if len(b) == self.batch_size][: missing - len(extra)]
             if len(extra) == missing:
                 break
-        get_logger().warning("ranking batches topped up with repeated rows: rows share texts too often "
-                             "for this batch size", missing=missing, topped_up=len(extra),
-                             batches=len(self))
+        get_logger().warning(
+            "ranking batches topped up with repeated rows: rows share texts too often for this batch size",
+            missing=missing,
+            topped_up=len(extra),
+            batches=len(self),
+        )
         return extra
 
     def __len__(self) -> int:
@@ -302,8 +335,15 @@ class StorageAndProgress(TrainerCallback):
 
     Used by every trainer of the job (the bi-encoder's, the cross-encoder classifier's)."""
 
-    def __init__(self, store: Store, log: Any, stop: threading.Event, prefix: str = CHECKPOINTS,
-                 what: str = "train", stamp: str = "") -> None:
+    def __init__(
+        self,
+        store: Store,
+        log: Any,
+        stop: threading.Event,
+        prefix: str = CHECKPOINTS,
+        what: str = "train",
+        stamp: str = "",
+    ) -> None:
         self.store, self.log, self.stop, self.prefix, self.what = store, log, stop, prefix, what
         self.stamp = stamp  # what the step is made from, in the COMPLETE marker (discard_stale_checkpoints)
         self.progress: Progress | None = None
@@ -316,8 +356,9 @@ class StorageAndProgress(TrainerCallback):
         if self.progress:
             self.progress.update(1)
         if self.stop.is_set():
-            self.log.warning("stop requested: saving a checkpoint and stopping",
-                             global_step=state.global_step)
+            self.log.warning(
+                "stop requested: saving a checkpoint and stopping", global_step=state.global_step
+            )
             control.should_save = True
             control.should_training_stop = True
 
@@ -329,17 +370,27 @@ class StorageAndProgress(TrainerCallback):
             control.should_evaluate = False
             control.should_save = False
 
-    def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None,
-               **kwargs: Any) -> None:
+    def on_log(
+        self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any
+    ) -> None:
         if logs and "loss" in logs:
-            self.log.info("train loss", global_step=state.global_step, epoch=round(state.epoch or 0, 3),
-                          loss=round(float(logs["loss"]), 5), learning_rate=logs.get("learning_rate"))
+            self.log.info(
+                "train loss",
+                global_step=state.global_step,
+                epoch=round(state.epoch or 0, 3),
+                loss=round(float(logs["loss"]), 5),
+                learning_rate=logs.get("learning_rate"),
+            )
 
-    def on_evaluate(self, args: Any, state: Any, control: Any, metrics: dict[str, Any] | None = None,
-                    **kw: Any) -> None:
+    def on_evaluate(
+        self, args: Any, state: Any, control: Any, metrics: dict[str, Any] | None = None, **kw: Any
+    ) -> None:
         if metrics:
-            self.log.info("val metrics", global_step=state.global_step,
-                          **{k: round(float(v), 5) for k, v in metrics.items() if isinstance(v, int | float)})
+            self.log.info(
+                "val metrics",
+                global_step=state.global_step,
+                **{k: round(float(v), 5) for k, v in metrics.items() if isinstance(v, int | float)},
+            )
 
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if not state.is_world_process_zero:
@@ -360,8 +411,17 @@ class StorageAndProgress(TrainerCallback):
         self.log.info("checkpoint saved", checkpoint=name, seconds=round(time.monotonic() - t0, 2))
 
 
-def train_resumably(trainer: Any, store: Store, output_dir: Path, log: Any, stop: threading.Event, *,
-                    required: bool, prefix: str, what: str) -> tuple[Path | None, float]:
+def train_resumably(
+    trainer: Any,
+    store: Store,
+    output_dir: Path,
+    log: Any,
+    stop: threading.Event,
+    *,
+    required: bool,
+    prefix: str,
+    what: str,
+) -> tuple[Path | None, float]:
     """Run a (SentenceTransformer or CrossEncoder) trainer from the newest checkpoint under `prefix`.
 
     Returns the checkpoint it resumed from and the seconds trained; raises Interrupted when `stop` was set
@@ -372,8 +432,10 @@ def train_resumably(trainer: Any, store: Store, output_dir: Path, log: Any, stop
     trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     seconds = time.monotonic() - t0
     if stop.is_set():
-        raise Interrupted(f"{what} stopped at step {trainer.state.global_step} on request; "
-                          "the checkpoint is saved and a rerun with the same run id resumes from it")
+        raise Interrupted(
+            f"{what} stopped at step {trainer.state.global_step} on request; "
+            "the checkpoint is saved and a rerun with the same run id resumes from it"
+        )
     return checkpoint, seconds
 
 
@@ -389,8 +451,9 @@ def discard_stale_checkpoints(store: Store, stamp: str, log: Any, prefix: str = 
     return name
 
 
-def fetch_checkpoint(store: Store, output_dir: Path, log: Any, required: bool,
-                     prefix: str = CHECKPOINTS) -> Path | None:
+def fetch_checkpoint(
+    store: Store, output_dir: Path, log: Any, required: bool, prefix: str = CHECKPOINTS
+) -> Path | None:
     """The newest complete checkpoint under `prefix`, downloaded into `output_dir` (None when none is)."""
     name = latest_checkpoint(store, prefix)
     if name is None:
@@ -404,18 +467,41 @@ def fetch_checkpoint(store: Store, output_dir: Path, log: Any, required: bool,
     return local
 
 
-def shared_arguments(output_dir: Path, *, epochs: int, batch_size: int, eval_batch_size: int,
-                     learning_rate: float, warmup_ratio: float, seed: int, precision: str, select_best: bool,
-                     best_metric: str, logging_steps: int, group_by_length: bool) -> dict[str, Any]:
+def shared_arguments(
+    output_dir: Path,
+    *,
+    epochs: int,
+    batch_size: int,
+    eval_batch_size: int,
+    learning_rate: float,
+    warmup_ratio: float,
+    seed: int,
+    precision: str,
+    select_best: bool,
+    best_metric: str,
+    logging_steps: int,
+    group_by_length: bool,
+) -> dict[str, Any]:
     """The training arguments both trainers set alike; each adds its own (eval and save cadence, DDP)."""
     return {
-        "output_dir": str(output_dir), "num_train_epochs": epochs, "per_device_train_batch_size": batch_size,
-        "per_device_eval_batch_size": eval_batch_size, "learning_rate": learning_rate,
+        "output_dir": str(output_dir),
+        "num_train_epochs": epochs,
+        "per_device_train_batch_size": batch_size,
+        "per_device_eval_batch_size": eval_batch_size,
+        "learning_rate": learning_rate,
         "warmup_steps": warmup_ratio,  # a float below 1 is a ratio of the total steps
-        "seed": seed, "data_seed": seed, "fp16": precision == "fp16", "bf16": precision == "bf16",
-        "save_total_limit": 2, "load_best_model_at_end": select_best,
-        "metric_for_best_model": best_metric if select_best else None, "greater_is_better": True,
-        "logging_steps": logging_steps, "report_to": "none", "disable_tqdm": True,
+        "seed": seed,
+        "data_seed": seed,
+        "fp16": precision == "fp16",
+        "bf16": precision == "bf16",
+        "save_total_limit": 2,
+        "load_best_model_at_end": select_best,
+        "metric_for_best_model": best_metric if select_best else None,
+        "greater_is_better": True,
+        "logging_steps": logging_steps,
+        "report_to": "none",
+        "disable_tqdm": True,
         "dataloader_num_workers": 0,
-        "dataloader_pin_memory": precision != "fp32", "batch_sampler": batch_sampler_for(group_by_length),
+        "dataloader_pin_memory": precision != "fp32",
+        "batch_sampler": batch_sampler_for(group_by_length),
     }

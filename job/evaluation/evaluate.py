@@ -34,7 +34,10 @@ from job.retrieval.lexical import LexicalIndex, LexicalSettings
 from job.retrieval.ranking import RECALL_AT, Similarity, cosine_rows, ranking_metrics, ranks_of_relevant
 
 THRESHOLD_GRID = np.round(np.arange(-1.0, 1.0001, 0.01), 2)
-__all__ = ["RECALL_AT", "ranking_metrics"]  # re-exported: callers scored ranks from here before job/retrieval/
+__all__ = [
+    "RECALL_AT",
+    "ranking_metrics",
+]  # re-exported: callers scored ranks from here before job/retrieval/
 
 
 @dataclass
@@ -68,7 +71,9 @@ def pair_scores(emb: Embeddings, pairs: list[Pair], positive_threshold: float) -
 
 def labelled(scores: np.ndarray, pairs: list[Pair], positive_threshold: float) -> PairScores:
     target = np.array([p.score for p in pairs], dtype=np.float64)
-    return PairScores(np.asarray(scores, dtype=np.float64), target, (target >= positive_threshold).astype(int))
+    return PairScores(
+        np.asarray(scores, dtype=np.float64), target, (target >= positive_threshold).astype(int)
+    )
 
 
 def f1_curve(scores: PairScores) -> np.ndarray:
@@ -88,7 +93,9 @@ def pair_metrics(test: PairScores, threshold: float) -> dict[str, float | None]:
         "pearson": float(pearsonr(test.cosine, test.target)[0]) if varied else None,
         "spearman": float(spearmanr(test.cosine, test.target)[0]) if varied else None,
         "roc_auc": float(roc_auc_score(test.label, test.cosine)) if both_classes else None,
-        "average_precision": float(average_precision_score(test.label, test.cosine)) if both_classes else None,
+        "average_precision": float(average_precision_score(test.label, test.cosine))
+        if both_classes
+        else None,
         "best_f1": float(f1_score(test.label, test.cosine >= threshold, zero_division=0)),
         "threshold": threshold,
         "n_pairs": len(test.label),
@@ -96,7 +103,9 @@ def pair_metrics(test: PairScores, threshold: float) -> dict[str, float | None]:
     }
 
 
-def retrieval_queries(test_ids: list[str], links: list[Link], relations: list[str]) -> tuple[list[set[int]], str]:
+def retrieval_queries(
+    test_ids: list[str], links: list[Link], relations: list[str]
+) -> tuple[list[set[int]], str]:
     """Relevant corpus rows per test ticket. Falls back to every relation when none of
     `relations` has a link inside the test split (reported in the metrics)."""
     index = {tid: i for i, tid in enumerate(test_ids)}
@@ -127,14 +136,24 @@ def _timestamp(value: str | None) -> float:
         return float("nan")
 
 
-def retrieval_metrics(emb: Embeddings, test_ids: list[str], relevant: list[set[int]], chunk_size: int,
-                      created: np.ndarray | None = None) -> dict[str, float | int | None]:
+def retrieval_metrics(
+    emb: Embeddings,
+    test_ids: list[str],
+    relevant: list[set[int]],
+    chunk_size: int,
+    created: np.ndarray | None = None,
+) -> dict[str, float | int | None]:
     """Pool retrieval metrics by cosine, and time-aware ones when creation dates are known."""
     return scored_retrieval_metrics(cosine_rows(emb.of(test_ids)), relevant, chunk_size, created)
 
 
-def scored_retrieval_metrics(similarity: Similarity, relevant: list[set[int]], chunk_size: int,
-                             created: np.ndarray | None = None, prefix: str = "") -> dict[str, float | int | None]:
+def scored_retrieval_metrics(
+    similarity: Similarity,
+    relevant: list[set[int]],
+    chunk_size: int,
+    created: np.ndarray | None = None,
+    prefix: str = "",
+) -> dict[str, float | int | None]:
     """The same metrics for any similarity (lexical, hybrid, the benchmark's contenders)."""
     rows = [i for i, rel in enumerate(relevant) if rel]
     metrics = ranking_metrics(ranks_of_relevant(similarity, relevant, rows, None, chunk_size), prefix)
@@ -142,8 +161,11 @@ def scored_retrieval_metrics(similarity: Similarity, relevant: list[set[int]], c
         # An undated ticket is never a query, and (dated +inf) never a candidate.
         dated = [i for i in rows if not np.isnan(created[i])]
         latest = np.where(np.isnan(created), np.inf, created)
-        metrics.update(ranking_metrics(ranks_of_relevant(similarity, relevant, dated, latest, chunk_size),
-                                       f"{prefix}time_aware_"))
+        metrics.update(
+            ranking_metrics(
+                ranks_of_relevant(similarity, relevant, dated, latest, chunk_size), f"{prefix}time_aware_"
+            )
+        )
     return metrics
 
 
@@ -152,12 +174,22 @@ class ModelEvaluation:
     metrics: dict[str, Any]
     val: PairScores
     test: PairScores
-    fusion: dict[str, Any] = field(default_factory=dict)  # the lexical weight, how it was chosen, the val curve
+    fusion: dict[str, Any] = field(
+        default_factory=dict
+    )  # the lexical weight, how it was chosen, the val curve
 
 
-def evaluate_model(emb: Embeddings, val_pairs: list[Pair], test_pairs: list[Pair], test_ids: list[str],
-                   links: list[Link], relations: list[str], positive_threshold: float,
-                   chunk_size: int, created: dict[str, str | None] | None = None) -> ModelEvaluation:
+def evaluate_model(
+    emb: Embeddings,
+    val_pairs: list[Pair],
+    test_pairs: list[Pair],
+    test_ids: list[str],
+    links: list[Link],
+    relations: list[str],
+    positive_threshold: float,
+    chunk_size: int,
+    created: dict[str, str | None] | None = None,
+) -> ModelEvaluation:
     """Dense metrics alone for one model; the F1 threshold comes from val and is applied to test."""
     val = pair_scores(emb, val_pairs, positive_threshold)
     test = pair_scores(emb, test_pairs, positive_threshold)
@@ -186,8 +218,15 @@ class RetrievalPool:
         self._time_aware_rows: dict[tuple[int, ...], np.ndarray] = {}
 
     @classmethod
-    def build(cls, ids: list[str], texts: list[str], links: list[Link], relations: list[str],
-              created: dict[str, str | None], lexical: LexicalSettings) -> RetrievalPool:
+    def build(
+        cls,
+        ids: list[str],
+        texts: list[str],
+        links: list[Link],
+        relations: list[str],
+        created: dict[str, str | None],
+        lexical: LexicalSettings,
+    ) -> RetrievalPool:
         relevant, used = retrieval_queries(ids, links, relations)
         return cls(ids, relevant, used, created_timestamps(ids, created), LexicalIndex(texts, lexical))
 
@@ -217,7 +256,9 @@ class HeldOut:
         return pool.lexical_rows
 
 
-def pool_pair_scores(similarity: Similarity, pool: RetrievalPool, pairs: list[Pair], chunk_size: int) -> np.ndarray:
+def pool_pair_scores(
+    similarity: Similarity, pool: RetrievalPool, pairs: list[Pair], chunk_size: int
+) -> np.ndarray:
     """A pair's score as the pool sees it: the mean of the score each ticket gives the other when it searches
     the pool (min-max scales differ per query, so one direction alone would not be symmetric)."""
     index = {tid: i for i, tid in enumerate(pool.ids)}
@@ -245,8 +286,15 @@ def lexical_weight(emb: Embeddings, held: HeldOut, settings: FusionSettings) -> 
     """The configured weight, or the grid's best on val duplicate retrieval (never test)."""
     if settings.weight is not None:
         return WeightChoice(settings.weight, [], 0)
-    return choose_weight(cosine_rows(emb.of(held.val.ids)), held.lexical(held.val), held.val.relevant,
-                         list(settings.grid), settings.method, settings.rrf_k, held.chunk_size)
+    return choose_weight(
+        cosine_rows(emb.of(held.val.ids)),
+        held.lexical(held.val),
+        held.val.relevant,
+        list(settings.grid),
+        settings.method,
+        settings.rrf_k,
+        held.chunk_size,
+    )
 
 
 def score_model(emb: Embeddings, held: HeldOut, settings: FusionSettings) -> ModelEvaluation:
@@ -255,29 +303,46 @@ def score_model(emb: Embeddings, held: HeldOut, settings: FusionSettings) -> Mod
     test = pair_scores(emb, held.test_pairs, held.positive_threshold)
     metrics: dict[str, Any] = dict(pair_metrics(test, best_threshold(val)))
     pool = held.test
-    metrics.update(scored_retrieval_metrics(cosine_rows(emb.of(pool.ids)), pool.relevant, held.chunk_size, pool.created))
+    metrics.update(
+        scored_retrieval_metrics(cosine_rows(emb.of(pool.ids)), pool.relevant, held.chunk_size, pool.created)
+    )
     metrics["retrieval_relations"] = pool.relations_used
     choice = lexical_weight(emb, held, settings)
     fusion = Fusion(settings.method, choice.weight, settings.rrf_k)
     hybrid = fused(emb, held, pool, fusion)
     metrics.update(scored_retrieval_metrics(hybrid, pool.relevant, held.chunk_size, pool.created, "hybrid_"))
     metrics["hybrid_weight"] = choice.weight
-    summary: dict[str, Any] = {"method": settings.method, "weight": choice.weight, "rrf_k": settings.rrf_k,
-                               "chosen_on": "val" if settings.weight is None else "config",
-                               "val_queries": choice.n_queries, "val_curve": choice.curve}
+    summary: dict[str, Any] = {
+        "method": settings.method,
+        "weight": choice.weight,
+        "rrf_k": settings.rrf_k,
+        "chosen_on": "val" if settings.weight is None else "config",
+        "val_queries": choice.n_queries,
+        "val_curve": choice.curve,
+    }
     if settings.method == "minmax":  # RRF scores are ranks, not scores a pair threshold could be read from
         metrics.update(hybrid_pair_metrics(emb, held, fusion, summary))
     return ModelEvaluation(metrics, val, test, summary)
 
 
-def hybrid_pair_metrics(emb: Embeddings, held: HeldOut, fusion: Fusion, summary: dict[str, Any]) -> dict[str, Any]:
+def hybrid_pair_metrics(
+    emb: Embeddings, held: HeldOut, fusion: Fusion, summary: dict[str, Any]
+) -> dict[str, Any]:
     """Pair metrics of the hybrid pair score (pool_pair_scores), threshold from val; `summary` learns which pair
     score, dense or hybrid, has the better val average precision (the one a threshold is read from)."""
-    val = labelled(pool_pair_scores(fused(emb, held, held.val, fusion), held.val, held.val_pairs, held.chunk_size),
-                   held.val_pairs, held.positive_threshold)
-    test = labelled(pool_pair_scores(fused(emb, held, held.test, fusion), held.test, held.test_pairs,
-                                     held.chunk_size), held.test_pairs, held.positive_threshold)
-    dense_val = pair_metrics(pair_scores(emb, held.val_pairs, held.positive_threshold), 0.0)["average_precision"]
+    val = labelled(
+        pool_pair_scores(fused(emb, held, held.val, fusion), held.val, held.val_pairs, held.chunk_size),
+        held.val_pairs,
+        held.positive_threshold,
+    )
+    test = labelled(
+        pool_pair_scores(fused(emb, held, held.test, fusion), held.test, held.test_pairs, held.chunk_size),
+        held.test_pairs,
+        held.positive_threshold,
+    )
+    dense_val = pair_metrics(pair_scores(emb, held.val_pairs, held.positive_threshold), 0.0)[
+        "average_precision"
+    ]
     hybrid_val = pair_metrics(val, 0.0)["average_precision"]
     summary["pair_score"] = "hybrid" if (hybrid_val or 0.0) > (dense_val or 0.0) else "dense"
     summary["val_average_precision"] = {"dense": dense_val, "hybrid": hybrid_val}
@@ -289,10 +354,17 @@ def lexical_metrics(held: HeldOut) -> dict[str, Any]:
     """BM25 alone on the test pool (the keyword index a user would put beside any model); its pair score is
     the min-max normalised BM25 both ways, the hybrid's with weight 1."""
     pool = held.test
-    metrics: dict[str, Any] = scored_retrieval_metrics(held.lexical(pool), pool.relevant, held.chunk_size, pool.created)
-    val, test = (labelled(pool_pair_scores(normalised(held.lexical(where)), where, pairs, held.chunk_size), pairs,
-                          held.positive_threshold)
-                 for where, pairs in ((held.val, held.val_pairs), (pool, held.test_pairs)))
+    metrics: dict[str, Any] = scored_retrieval_metrics(
+        held.lexical(pool), pool.relevant, held.chunk_size, pool.created
+    )
+    val, test = (
+        labelled(
+            pool_pair_scores(normalised(held.lexical(where)), where, pairs, held.chunk_size),
+            pairs,
+            held.positive_threshold,
+        )
+        for where, pairs in ((held.val, held.val_pairs), (pool, held.test_pairs))
+    )
     metrics.update(pair_metrics(test, best_threshold(val)))
     return metrics
 

@@ -55,8 +55,22 @@ def similarity_distributions(scores: dict[str, PairScores], path: Path) -> Path:
     bins = np.linspace(-0.2, 1.0, 49)
     for ax, (name, _) in zip(axes, MODELS, strict=True):
         s = scores[name]
-        ax.hist(s.cosine[s.label == 0], bins=bins, alpha=0.6, label="unrelated pairs", color="tab:red", density=True)
-        ax.hist(s.cosine[s.label == 1], bins=bins, alpha=0.6, label="linked pairs", color="tab:green", density=True)
+        ax.hist(
+            s.cosine[s.label == 0],
+            bins=bins,
+            alpha=0.6,
+            label="unrelated pairs",
+            color="tab:red",
+            density=True,
+        )
+        ax.hist(
+            s.cosine[s.label == 1],
+            bins=bins,
+            alpha=0.6,
+            label="linked pairs",
+            color="tab:green",
+            density=True,
+        )
         ax.set_title(f"{name} model (test split)")
         ax.set_xlabel("cosine similarity")
         ax.legend()
@@ -93,8 +107,12 @@ def f1_vs_threshold(scores: dict[str, PairScores], metrics: dict[str, dict], pat
     for name, color in MODELS:
         ax.plot(THRESHOLD_GRID, f1_curve(scores[name]), color=color, label=f"{name}")
         ax.axvline(metrics[name]["threshold"], color=color, ls=":", lw=1)
-    ax.set(xlabel="cosine threshold (dotted: chosen on val)", ylabel="F1 on test", title="F1 vs threshold",
-           xlim=(-0.2, 1.0))
+    ax.set(
+        xlabel="cosine threshold (dotted: chosen on val)",
+        ylabel="F1 on test",
+        title="F1 vs threshold",
+        xlim=(-0.2, 1.0),
+    )
     ax.legend()
     return _save(fig, path)
 
@@ -103,12 +121,19 @@ def loss_curve(curve: list[dict[str, Any]], val_history: list[dict[str, Any]], p
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     if curve:
-        ax.plot([c["step"] for c in curve], [c["loss"] for c in curve], marker="o", ms=3, label="training loss")
+        ax.plot(
+            [c["step"] for c in curve], [c["loss"] for c in curve], marker="o", ms=3, label="training loss"
+        )
     ax.set(xlabel="step", ylabel="loss", title="Training loss")
     if val_history:
         ax2 = ax.twinx()
-        ax2.plot([h["step"] for h in val_history], [h["eval_val_spearman_cosine"] for h in val_history],
-                 color="tab:orange", marker="s", label="val Spearman")
+        ax2.plot(
+            [h["step"] for h in val_history],
+            [h["eval_val_spearman_cosine"] for h in val_history],
+            color="tab:orange",
+            marker="s",
+            label="val Spearman",
+        )
         ax2.set_ylabel("val Spearman (cosine)")
         ax2.legend(loc="upper right")
     ax.legend(loc="upper left")
@@ -124,8 +149,14 @@ def confusion(matrix: np.ndarray, classes: list[str], path: Path) -> Path:
     peak = matrix.max() if matrix.size else 0
     for i in range(len(classes)):
         for j in range(len(classes)):
-            ax.text(j, i, str(matrix[i, j]), ha="center", va="center",
-                    color="white" if matrix[i, j] > peak / 2 else "black")
+            ax.text(
+                j,
+                i,
+                str(matrix[i, j]),
+                ha="center",
+                va="center",
+                color="white" if matrix[i, j] > peak / 2 else "black",
+            )
     ax.set(xlabel="predicted", ylabel="true", title="Relation classifier, test split")
     return _save(fig, path)
 
@@ -137,27 +168,44 @@ def history(runs: Sequence[PlottedRun], metric: str, path: Path) -> Path:
     shown = [run for run in runs if run.finished]
     fig, ax = plt.subplots(figsize=(max(8.0, 0.9 * len(shown) + 5), 4.5))
     x = np.arange(len(shown))
-    series = [(metric, "tab:blue", "o"), ("recall_at_10", "tab:orange", "s")] if metric != "recall_at_10" \
+    series = (
+        [(metric, "tab:blue", "o"), ("recall_at_10", "tab:orange", "s")]
+        if metric != "recall_at_10"
         else [(metric, "tab:blue", "o")]
+    )
     for key, color, marker in series:
         values = [np.nan if run.metrics.get(key) is None else run.metrics[key] for run in shown]
         ax.plot(x, values, color=color, marker=marker, label=f"{key} (fine-tuned)")
     base = [np.nan if run.base_metrics.get(metric) is None else run.base_metrics[metric] for run in shown]
     ax.plot(x, base, color="tab:gray", ls="--", lw=1, label=f"{metric} (base model)")
-    for kind, style in (("before", {"facecolors": "none", "edgecolors": "tab:green", "linewidths": 2}),
-                        ("current", {"color": "tab:green", "marker": "*"})):
+    for kind, style in (
+        ("before", {"facecolors": "none", "edgecolors": "tab:green", "linewidths": 2}),
+        ("current", {"color": "tab:green", "marker": "*"}),
+    ):
         picked = [(i, run.metrics.get(metric)) for i, run in enumerate(shown) if run.promoted == kind]
         picked = [(i, v) for i, v in picked if v is not None]
         if picked:
-            ax.scatter([i for i, _ in picked], [v for _, v in picked], s=260, zorder=3,
-                       label="promoted now" if kind == "current" else "promoted before", **style)
+            ax.scatter(
+                [i for i, _ in picked],
+                [v for _, v in picked],
+                s=260,
+                zorder=3,
+                label="promoted now" if kind == "current" else "promoted before",
+                **style,
+            )
     labels = [f"{(run.started or '?')[:10]}\n{run.run_id[:22]}" for run in shown]
     ax.set_xticks(x, labels, rotation=30, ha="right", fontsize=8)
-    ax.set(ylabel="test split", title=f"Run history: {metric} and recall@10", xlim=(-0.5, max(len(shown), 1) - 0.5))
+    ax.set(
+        ylabel="test split",
+        title=f"Run history: {metric} and recall@10",
+        xlim=(-0.5, max(len(shown), 1) - 0.5),
+    )
     ax.grid(axis="y", alpha=0.3)
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)  # outside: never over a point
     unfinished = [run.run_id for run in runs if not run.finished]
     if unfinished:
-        names = ", ".join(unfinished[:4]) + (f" and {len(unfinished) - 4} more" if len(unfinished) > 4 else "")
+        names = ", ".join(unfinished[:4]) + (
+            f" and {len(unfinished) - 4} more" if len(unfinished) > 4 else ""
+        )
         fig.text(0.01, 0.01, f"unfinished, not plotted: {names}", fontsize=8, color="tab:red")
     return _save(fig, path)

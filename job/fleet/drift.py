@@ -46,7 +46,9 @@ def profile_inputs(tickets: list[Any], links: list[Any]) -> InputProfile:
         ticket_ids=frozenset(_text(t.get("id")) for t in tickets),
         test_ids=frozenset(_text(t.get("id")) for t in tickets if t.get("split") == "test"),
         links=len(links),
-        relations=dict(Counter(_text(link.get("relation")) if isinstance(link, dict) else INVALID for link in links)),
+        relations=dict(
+            Counter(_text(link.get("relation")) if isinstance(link, dict) else INVALID for link in links)
+        ),
         projects=dict(Counter(_text(t.get("project"), "(none)") for t in tickets)),
         lengths=tuple(len(t["text"]) if isinstance(t.get("text"), str) else 0 for t in tickets),
     )
@@ -109,20 +111,37 @@ def new_test_share(current: InputProfile, promoted: InputProfile) -> float | Non
     return len(current.test_ids - promoted.ticket_ids) / len(current.test_ids)
 
 
-def compare(current: InputProfile, promoted: InputProfile, promoted_run: str, bounds: DriftConfig) -> dict[str, Any]:
+def compare(
+    current: InputProfile, promoted: InputProfile, promoted_run: str, bounds: DriftConfig
+) -> dict[str, Any]:
     """The drift section of a run's metadata: each measure, both sides, and the warnings past `bounds`."""
     section: dict[str, Any] = {
         "against_run": promoted_run,
-        "tickets": {"current": current.tickets, "promoted": promoted.tickets,
-                    "change": _round(relative_change(current.tickets, promoted.tickets))},
-        "links": {"current": current.links, "promoted": promoted.links,
-                  "change": _round(relative_change(current.links, promoted.links))},
-        "relation_mix": {"current": _rounded(shares(current.relations)), "promoted": _rounded(shares(promoted.relations)),
-                         "shift": _round(relation_shift(current.relations, promoted.relations))},
-        "projects": {"new": sorted(set(current.projects) - set(promoted.projects)),
-                     "gone": sorted(set(promoted.projects) - set(current.projects))},
-        "text_length": {"current": length_quantiles(current.lengths), "promoted": length_quantiles(promoted.lengths),
-                        "bins": list(LENGTH_EDGES), "shift": _round(length_shift(current.lengths, promoted.lengths))},
+        "tickets": {
+            "current": current.tickets,
+            "promoted": promoted.tickets,
+            "change": _round(relative_change(current.tickets, promoted.tickets)),
+        },
+        "links": {
+            "current": current.links,
+            "promoted": promoted.links,
+            "change": _round(relative_change(current.links, promoted.links)),
+        },
+        "relation_mix": {
+            "current": _rounded(shares(current.relations)),
+            "promoted": _rounded(shares(promoted.relations)),
+            "shift": _round(relation_shift(current.relations, promoted.relations)),
+        },
+        "projects": {
+            "new": sorted(set(current.projects) - set(promoted.projects)),
+            "gone": sorted(set(promoted.projects) - set(current.projects)),
+        },
+        "text_length": {
+            "current": length_quantiles(current.lengths),
+            "promoted": length_quantiles(promoted.lengths),
+            "bins": list(LENGTH_EDGES),
+            "shift": _round(length_shift(current.lengths, promoted.lengths)),
+        },
         "new_test_tickets_share": _round(new_test_share(current, promoted)),
     }
     section["warnings"] = drift_warnings(section, bounds)
@@ -138,8 +157,11 @@ def drift_warnings(section: dict[str, Any], bounds: DriftConfig) -> list[dict[st
         ("text_length", section["text_length"]["shift"], bounds.max_length_shift),
         ("new_test_tickets_share", section["new_test_tickets_share"], bounds.max_new_test_share),
     ]
-    found = [{"measure": name, "value": value, "bound": bound} for name, value, bound in checks
-             if value is not None and value > bound]
+    found = [
+        {"measure": name, "value": value, "bound": bound}
+        for name, value, bound in checks
+        if value is not None and value > bound
+    ]
     if bounds.warn_on_new_projects and section["projects"]["new"]:
         found.append({"measure": "new_projects", "value": len(section["projects"]["new"]), "bound": 0})
     return found

@@ -61,23 +61,51 @@ class History:
     generated: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
 
     def as_json(self) -> dict[str, Any]:
-        return {"generated": self.generated, "metric": self.metric, "promoted_run": self.promoted_run,
-                "runs": [asdict(run) for run in self.runs]}
+        return {
+            "generated": self.generated,
+            "metric": self.metric,
+            "promoted_run": self.promoted_run,
+            "runs": [asdict(run) for run in self.runs],
+        }
 
     def table(self) -> str:
         """The runs, oldest first, as fixed-width text."""
-        columns = ["run id", "started", "finished", "promoted", self.metric, "recall@10", "MRR", "AP",
-                   "tickets", "links", "index", "drift"]
-        rows = [[run.run_id, (run.started or "-")[:16], "yes" if run.finished else "no", run.promoted or "-",
-                 _number(run.metrics.get(self.metric)), _number(run.metrics.get("recall_at_10")),
-                 _number(run.metrics.get("mrr")), _number(run.metrics.get("average_precision")),
-                 _count(run.tickets), _count(run.links),
-                 "-" if run.index_rows is None else f"{run.index_rows}/{run.index_mb:.0f}MB",
-                 ",".join(run.drift_warnings) or "-"]
-                for run in self.runs]
+        columns = [
+            "run id",
+            "started",
+            "finished",
+            "promoted",
+            self.metric,
+            "recall@10",
+            "MRR",
+            "AP",
+            "tickets",
+            "links",
+            "index",
+            "drift",
+        ]
+        rows = [
+            [
+                run.run_id,
+                (run.started or "-")[:16],
+                "yes" if run.finished else "no",
+                run.promoted or "-",
+                _number(run.metrics.get(self.metric)),
+                _number(run.metrics.get("recall_at_10")),
+                _number(run.metrics.get("mrr")),
+                _number(run.metrics.get("average_precision")),
+                _count(run.tickets),
+                _count(run.links),
+                "-" if run.index_rows is None else f"{run.index_rows}/{run.index_mb:.0f}MB",
+                ",".join(run.drift_warnings) or "-",
+            ]
+            for run in self.runs
+        ]
         widths = [max(len(str(cell)) for cell in column) for column in zip(columns, *rows, strict=True)]
-        lines = ["  ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
-                 for row in [columns, *rows]]
+        lines = [
+            "  ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+            for row in [columns, *rows]
+        ]
         lines += [f"  {run.run_id}: {run.problem}" for run in self.runs if run.problem]
         return "\n".join(lines)
 
@@ -134,7 +162,9 @@ def parse_pointer(current: Versioned | None, where: str) -> dict[str, Any] | Non
     try:
         pointer = json.loads(current.data)
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        raise RunStateError(f"{where} is not valid JSON ({type(exc).__name__}); fix or delete it to promote again") from None
+        raise RunStateError(
+            f"{where} is not valid JSON ({type(exc).__name__}); fix or delete it to promote again"
+        ) from None
     if not isinstance(pointer, dict) or not isinstance(pointer.get("run_id"), str):
         raise RunStateError(f"{where} does not name a run (no 'run_id'); fix or delete it to promote again")
     return pointer
@@ -231,7 +261,12 @@ def refresh_history(loaded: LoadedConfig) -> History:
         Path(cfg.runtime.work_dir).mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="history-", dir=cfg.runtime.work_dir or None) as scratch:
         write_history(root, history, Path(scratch))
-    get_logger(step="history").info("history written", runs=len(history.runs), promoted_run=history.promoted_run,
-                                    unfinished=sum(not run.finished for run in history.runs),
-                                    json=root.where(HISTORY_JSON), plot=root.where(HISTORY_PLOT))
+    get_logger(step="history").info(
+        "history written",
+        runs=len(history.runs),
+        promoted_run=history.promoted_run,
+        unfinished=sum(not run.finished for run in history.runs),
+        json=root.where(HISTORY_JSON),
+        plot=root.where(HISTORY_PLOT),
+    )
     return history

@@ -68,17 +68,25 @@ class Decision:
         return self.delta is None or self.delta >= -self.margin - TOLERANCE
 
     def as_log(self) -> dict[str, Any]:
-        return {"metric": self.metric, "candidate_run": self.candidate_run, "candidate_value": self.candidate,
-                "promoted_run": self.promoted_run, "promoted_value": self.promoted, "margin": self.margin,
-                "delta": None if self.delta is None else round(self.delta, 6),
-                "decision": "promote" if self.accepted else "refuse"}
+        return {
+            "metric": self.metric,
+            "candidate_run": self.candidate_run,
+            "candidate_value": self.candidate,
+            "promoted_run": self.promoted_run,
+            "promoted_value": self.promoted,
+            "margin": self.margin,
+            "delta": None if self.delta is None else round(self.delta, 6),
+            "decision": "promote" if self.accepted else "refuse",
+        }
 
     def explain(self) -> str:
         if self.promoted is None:
             return f"run {self.candidate_run} {self.metric}={self.candidate:.4f}; no promoted run yet"
-        return (f"run {self.candidate_run} {self.metric}={self.candidate:.4f} "
-                f"vs promoted run {self.promoted_run} "
-                f"{self.metric}={self.promoted:.4f} (delta {self.delta:+.4f}, margin {self.margin:g})")
+        return (
+            f"run {self.candidate_run} {self.metric}={self.candidate:.4f} "
+            f"vs promoted run {self.promoted_run} "
+            f"{self.metric}={self.promoted:.4f} (delta {self.delta:+.4f}, margin {self.margin:g})"
+        )
 
 
 # ---------------------------------------------------------------- the gate
@@ -118,8 +126,9 @@ def _refresh_history(loaded: LoadedConfig, run_id: str) -> None:
     try:
         refresh_history(loaded)
     except Exception as exc:  # noqa: BLE001 - a side effect of the decision, which must not turn into exit 1
-        get_logger(step="promote", run_id=run_id).warning("history not refreshed", error=str(exc)[:300],
-                                                          error_type=type(exc).__name__)
+        get_logger(step="promote", run_id=run_id).warning(
+            "history not refreshed", error=str(exc)[:300], error_type=type(exc).__name__
+        )
 
 
 def decide_and_move(loaded: LoadedConfig, run_id: str) -> dict[str, Any]:
@@ -138,16 +147,24 @@ def decide_and_move(loaded: LoadedConfig, run_id: str) -> dict[str, Any]:
         if pointer is not None and pointer["run_id"] == run_id:
             log.info("already promoted", pointer=where, value=pointer.get("value"))
             return pointer
-        decision = Decision(metric, run_id, candidate.value, pointer["run_id"] if pointer else None,
-                            promoted_value(root, pointer, metric, where), margin)
+        decision = Decision(
+            metric,
+            run_id,
+            candidate.value,
+            pointer["run_id"] if pointer else None,
+            promoted_value(root, pointer, metric, where),
+            margin,
+        )
         log.info("comparison", attempt=attempt, **decision.as_log())
         if not decision.accepted:
-            raise PromotionRefused(f"not promoted: {decision.explain()}; "
-                                   f"{where} still names {decision.promoted_run}")
+            raise PromotionRefused(
+                f"not promoted: {decision.explain()}; {where} still names {decision.promoted_run}"
+            )
         new = new_pointer(candidate, metric, margin, pointer)
         if swap(root, key, to_json(new), current):
-            log.info("promoted", pointer=where, previous_run=decision.promoted_run,
-                     **{metric: candidate.value})
+            log.info(
+                "promoted", pointer=where, previous_run=decision.promoted_run, **{metric: candidate.value}
+            )
             return new
         log.info("pointer moved while deciding; comparing again", pointer=where, attempt=attempt)
         time.sleep(jitter.uniform(0, 0.05 * attempt))
@@ -165,13 +182,22 @@ def pointer_key(root: Store, pointer: str) -> str:
     """promote.pointer as a key: one name at the top of output.uri, never a run's folder or a file in one.
 
     The value is not echoed in the error: it came from the user and could be anything."""
-    if (not pointer or "/" in pointer or "\\" in pointer or pointer.startswith(".")
-            or any(ord(c) < 32 for c in pointer)):
-        raise ConfigError("promote.pointer must be a file name at the top of output.uri "
-                          "(no '/', not starting with '.'), so that it can never point into a run")
+    if (
+        not pointer
+        or "/" in pointer
+        or "\\" in pointer
+        or pointer.startswith(".")
+        or any(ord(c) < 32 for c in pointer)
+    ):
+        raise ConfigError(
+            "promote.pointer must be a file name at the top of output.uri "
+            "(no '/', not starting with '.'), so that it can never point into a run"
+        )
     if root.list_keys(pointer + "/"):
-        raise ConfigError("promote.pointer names a folder under output.uri (a run's?); "
-                          "it must name a file of its own, e.g. promoted.json")
+        raise ConfigError(
+            "promote.pointer names a folder under output.uri (a run's?); "
+            "it must name a file of its own, e.g. promoted.json"
+        )
     return pointer
 
 
@@ -179,13 +205,17 @@ def read_candidate(root: Store, run_id: str, metric: str) -> Candidate:
     """The finished, verified run's value of `finetuned.<metric>`."""
     run = RunDir(root.child(run_id), run_id)
     if not run.is_finished():
-        raise RunStateError(f"run {run_id} is not finished ({run.uri}/{MANIFEST} is missing); "
-                            "only a finished run can be promoted")
+        raise RunStateError(
+            f"run {run_id} is not finished ({run.uri}/{MANIFEST} is missing); "
+            "only a finished run can be promoted"
+        )
     metrics = verified_metrics(run)
     value = metric_value(metrics, metric, f"{run.uri}/{METRICS}")
     if value is None:
-        raise PromotionRefused(f"not promoted: run {run_id} has no value for {metric} "
-                               f"(the test split could not score it); see {run.uri}/{METRICS}")
+        raise PromotionRefused(
+            f"not promoted: run {run_id} has no value for {metric} "
+            f"(the test split could not score it); see {run.uri}/{METRICS}"
+        )
     return Candidate(run_id, run.uri, value, _index_summary(run))
 
 
@@ -208,8 +238,10 @@ def verified_metrics(run: RunDir) -> dict[str, Any]:
     listed_model = {path for path in files if path.startswith(MODEL)}
     unlisted = sorted(path for path in stored if path.startswith(MODEL) and path not in listed_model)
     if unlisted:
-        raise RunStateError(f"cannot promote run {run.run_id}: {run.uri}/{unlisted[0]} is not in {where} "
-                            f"({len(unlisted)} unlisted file(s) under {MODEL})")
+        raise RunStateError(
+            f"cannot promote run {run.run_id}: {run.uri}/{unlisted[0]} is not in {where} "
+            f"({len(unlisted)} unlisted file(s) under {MODEL})"
+        )
     metrics: Any = None
     with tempfile.TemporaryDirectory(prefix="promote-") as scratch:
         for path, record in sorted(files.items()):
@@ -232,8 +264,9 @@ def manifest_files(run: RunDir, where: str) -> dict[str, dict[str, Any]]:
     return files
 
 
-def check_file(run: RunDir, path: str, record: dict[str, Any], stored_size: int | None,
-               scratch: Path) -> Path:
+def check_file(
+    run: RunDir, path: str, record: dict[str, Any], stored_size: int | None, scratch: Path
+) -> Path:
     """Download one listed file into `scratch` and check its size and sha256 against the manifest's record."""
     problem = f"cannot promote run {run.run_id}: {run.uri}/{path}"
     if stored_size is None:
@@ -243,8 +276,9 @@ def check_file(run: RunDir, path: str, record: dict[str, Any], stored_size: int 
     local = scratch / "file"
     run.store.download_file(path, local)
     if sha256_file(local) != record["sha256"]:
-        raise RunStateError(f"{problem} does not match the sha256 in {MANIFEST} "
-                            "(changed after the run finished)")
+        raise RunStateError(
+            f"{problem} does not match the sha256 in {MANIFEST} (changed after the run finished)"
+        )
     return local
 
 
@@ -262,8 +296,9 @@ def metric_value(metrics: dict[str, Any], metric: str, where: str) -> float | No
     if not isinstance(finetuned, dict):
         raise RunStateError(f"{where} has no 'finetuned' section")
     if metric not in finetuned:
-        known = sorted(k for k, v in finetuned.items()
-                       if isinstance(v, int | float) and not isinstance(v, bool))
+        known = sorted(
+            k for k, v in finetuned.items() if isinstance(v, int | float) and not isinstance(v, bool)
+        )
         raise ConfigError(f"promote.metric '{metric}' is not in {where}; expected one of: {', '.join(known)}")
     value = finetuned[metric]
     if value is None:
@@ -280,8 +315,9 @@ def checked_value(value: Any, what: str) -> float:
         raise RunStateError(f"{what} is not a finite number")
     low, high = METRIC_RANGE
     if not low <= value <= high:
-        raise RunStateError(f"{what} is outside [{low:g}, {high:g}], "
-                            "the range of every metric the job writes")
+        raise RunStateError(
+            f"{what} is outside [{low:g}, {high:g}], the range of every metric the job writes"
+        )
     return float(value)
 
 
@@ -298,16 +334,19 @@ def promoted_value(root: Store, pointer: dict[str, Any] | None, metric: str, whe
     run_id = check_run_id(pointer["run_id"])
     run = RunDir(root.child(run_id), run_id)
     if not run.store.exists(METRICS):
-        raise RunStateError(f"cannot compare on {metric}: the promoted run {run_id} was judged on "
-                            f"{pointer.get('metric')} and {run.uri}/{METRICS} is gone")
+        raise RunStateError(
+            f"cannot compare on {metric}: the promoted run {run_id} was judged on "
+            f"{pointer.get('metric')} and {run.uri}/{METRICS} is gone"
+        )
     value = metric_value(run.read_json(METRICS), metric, f"{run.uri}/{METRICS}")
     if value is None:
         raise RunStateError(f"cannot compare on {metric}: the promoted run {run_id} has no value for it")
     return value
 
 
-def new_pointer(candidate: Candidate, metric: str, margin: float,
-                previous: dict[str, Any] | None) -> dict[str, Any]:
+def new_pointer(
+    candidate: Candidate, metric: str, margin: float, previous: dict[str, Any] | None
+) -> dict[str, Any]:
     return {
         "run_id": candidate.run_id,
         "uri": candidate.uri,
@@ -317,8 +356,9 @@ def new_pointer(candidate: Candidate, metric: str, margin: float,
         # One pointer for the model and the vectors it made: a consumer never pairs a new model with old ones.
         "index": candidate.index,
         "promoted_at": datetime.now(UTC).isoformat(timespec="milliseconds"),
-        "previous": None if previous is None else {
-            k: previous.get(k) for k in ("run_id", "metric", "value", "promoted_at")},
+        "previous": None
+        if previous is None
+        else {k: previous.get(k) for k in ("run_id", "metric", "value", "promoted_at")},
         "promoted_before": promoted_before(previous),
     }
 

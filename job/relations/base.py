@@ -94,8 +94,9 @@ class RelationClassifier(ABC):
 
     @classmethod
     @abstractmethod
-    def load(cls, folder: Path, descriptor: dict[str, Any], embedding_model_dir: Path | None,
-             device: str | None) -> RelationClassifier:
+    def load(
+        cls, folder: Path, descriptor: dict[str, Any], embedding_model_dir: Path | None, device: str | None
+    ) -> RelationClassifier:
         """The classifier saved in `folder` (its checked model.json is `descriptor`); `embedding_model_dir` is
         the run's model/ for a method whose entry `needs_embedding_model`."""
 

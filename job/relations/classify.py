@@ -35,8 +35,15 @@ from job.relations.base import FitInputs, Fitted, RelationClassifier, RelationLi
 from job.relations.methods import RELATION_CLASSIFIERS
 
 LOGISTIC_FORMAT = RELATION_CLASSIFIERS["logistic"].format
-META_FEATURES = ("cosine", "created_gap_sign", "created_gap_log_days", "has_dates", "same_project",
-                 "same_category", "word_jaccard")
+META_FEATURES = (
+    "cosine",
+    "created_gap_sign",
+    "created_gap_log_days",
+    "has_dates",
+    "same_project",
+    "same_category",
+    "word_jaccard",
+)
 _WORD = re.compile(r"[a-z0-9_]+")
 
 
@@ -74,8 +81,13 @@ def pair_features(links: list[Link], tickets: dict[str, Ticket], emb: Embeddings
     u = emb.of([link.source for link in links]).astype(np.float64)
     v = emb.of([link.target for link in links]).astype(np.float64)
     cos = np.einsum("ij,ij->i", u, v)
-    meta = np.array([metadata_features(tickets[link.source], tickets[link.target], float(c))
-                     for link, c in zip(links, cos, strict=True)], dtype=np.float64).reshape(len(links), -1)
+    meta = np.array(
+        [
+            metadata_features(tickets[link.source], tickets[link.target], float(c))
+            for link, c in zip(links, cos, strict=True)
+        ],
+        dtype=np.float64,
+    ).reshape(len(links), -1)
     return np.hstack([np.abs(u - v), u * v, u - v, meta])
 
 
@@ -94,12 +106,17 @@ class ClassifierResult:
 
 def _per_class(y_true: list[str], y_pred: list[str], classes: list[str]) -> dict[str, dict[str, float]]:
     precision, recall, f1, support = precision_recall_fscore_support(
-        y_true, y_pred, labels=classes, zero_division=0)
-    return {c: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
-            for c, p, r, f, s in zip(classes, precision, recall, f1, support, strict=True)}
+        y_true, y_pred, labels=classes, zero_division=0
+    )
+    return {
+        c: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
+        for c, p, r, f, s in zip(classes, precision, recall, f1, support, strict=True)
+    }
 
 
-def _oversample(x: np.ndarray, y: np.ndarray, cfg: ClassifyConfig, seed: int, notes: list[str]) -> tuple[np.ndarray, np.ndarray]:
+def _oversample(
+    x: np.ndarray, y: np.ndarray, cfg: ClassifyConfig, seed: int, notes: list[str]
+) -> tuple[np.ndarray, np.ndarray]:
     """SMOTE when imbalanced-learn is installed and every class has a neighbour to interpolate with."""
     if not cfg.smote:
         return x, y
@@ -118,8 +135,9 @@ def _oversample(x: np.ndarray, y: np.ndarray, cfg: ClassifyConfig, seed: int, no
     return x_res, y_res
 
 
-def choose_relations(train_links: list[Link], test_links: list[Link], min_class_count: int,
-                     val_links: list[Link] | None = None) -> RelationLinks:
+def choose_relations(
+    train_links: list[Link], test_links: list[Link], min_class_count: int, val_links: list[Link] | None = None
+) -> RelationLinks:
     """Keep the relations with at least `min_class_count` training links (rarer ones cannot be learnt)."""
     notes: list[str] = []
     counts = Counter(link.relation for link in train_links)
@@ -128,12 +146,21 @@ def choose_relations(train_links: list[Link], test_links: list[Link], min_class_
     if dropped:
         notes.append(f"classes below min_class_count={min_class_count} dropped: {dropped}")
     if len(classes) < 2:
-        raise NotEnoughClasses(f"need at least 2 relations with >= {min_class_count} training links, have {dict(counts)}")
+        raise NotEnoughClasses(
+            f"need at least 2 relations with >= {min_class_count} training links, have {dict(counts)}"
+        )
     test = [link for link in test_links if link.relation in classes]
     if len(test) < len(test_links):
         notes.append(f"{len(test_links) - len(test)} test links of dropped classes not scored")
-    return RelationLinks(classes, [link for link in train_links if link.relation in classes],
-                         [link for link in val_links or [] if link.relation in classes], test, counts, dropped, notes)
+    return RelationLinks(
+        classes,
+        [link for link in train_links if link.relation in classes],
+        [link for link in val_links or [] if link.relation in classes],
+        test,
+        counts,
+        dropped,
+        notes,
+    )
 
 
 def relation_metrics(links: RelationLinks, y_pred: list[str], method: str) -> dict[str, Any]:
@@ -145,13 +172,20 @@ def relation_metrics(links: RelationLinks, y_pred: list[str], method: str) -> di
     return {
         "method": method,
         "macro_f1": float(f1_score(y_true, y_pred, labels=links.classes, average="macro", zero_division=0))
-        if scored else None,
+        if scored
+        else None,
         "per_class": _per_class(y_true, y_pred, links.classes),
         "majority_class": majority,
-        "majority_macro_f1": float(f1_score(y_true, [majority] * len(y_true), labels=links.classes, average="macro",
-                                            zero_division=0)) if scored else None,
-        "n_train": len(links.train), "n_test": len(links.test), "classes": links.classes,
-        "dropped_classes": links.dropped, "notes": links.notes,
+        "majority_macro_f1": float(
+            f1_score(y_true, [majority] * len(y_true), labels=links.classes, average="macro", zero_division=0)
+        )
+        if scored
+        else None,
+        "n_train": len(links.train),
+        "n_test": len(links.test),
+        "classes": links.classes,
+        "dropped_classes": links.dropped,
+        "notes": links.notes,
     }
 
 
@@ -161,8 +195,14 @@ def relation_confusion(links: RelationLinks, y_pred: list[str]) -> np.ndarray:
     return confusion_matrix([link.relation for link in links.test], y_pred, labels=links.classes)
 
 
-def train_classifier(train_links: list[Link], test_links: list[Link], tickets: dict[str, Ticket],
-                     emb: Embeddings, cfg: ClassifyConfig, seed: int) -> ClassifierResult:
+def train_classifier(
+    train_links: list[Link],
+    test_links: list[Link],
+    tickets: dict[str, Ticket],
+    emb: Embeddings,
+    cfg: ClassifyConfig,
+    seed: int,
+) -> ClassifierResult:
     """Logistic regression over pair features of frozen embeddings (classify.method: logistic)."""
     links = choose_relations(train_links, test_links, cfg.min_class_count)
     model, y_pred = fit_logistic(links, tickets, emb, cfg, seed)
@@ -170,17 +210,21 @@ def train_classifier(train_links: list[Link], test_links: list[Link], tickets: d
     return ClassifierResult(metrics, model, relation_confusion(links, y_pred), links.classes, links.notes)
 
 
-def fit_logistic(links: RelationLinks, tickets: dict[str, Ticket], emb: Embeddings, cfg: ClassifyConfig,
-                 seed: int) -> tuple[dict[str, Any], list[str]]:
+def fit_logistic(
+    links: RelationLinks, tickets: dict[str, Ticket], emb: Embeddings, cfg: ClassifyConfig, seed: int
+) -> tuple[dict[str, Any], list[str]]:
     """The saved model (JSON-ready) trained on `links.train`, and its predictions for `links.test`; SMOTE's
     notes go into `links.notes`."""
     x_train = pair_features(links.train, tickets, emb)
     y_train = np.array([link.relation for link in links.train])
     scaler = StandardScaler().fit(x_train)
     x_fit, y_fit = _oversample(scaler.transform(x_train), y_train, cfg, seed, links.notes)
-    clf = LogisticRegression(max_iter=3000, C=0.5,
-                             class_weight="balanced" if cfg.class_weight == "balanced" else None,
-                             random_state=seed)
+    clf = LogisticRegression(
+        max_iter=3000,
+        C=0.5,
+        class_weight="balanced" if cfg.class_weight == "balanced" else None,
+        random_state=seed,
+    )
     clf.fit(x_fit, y_fit)
     test = links.test
     y_pred = clf.predict(scaler.transform(pair_features(test, tickets, emb))).tolist() if test else []
@@ -201,8 +245,12 @@ def check_logistic_model(model: dict[str, Any], where: str) -> None:
     """A saved logistic model that predict can apply: distinct class names, and finite weights whose shapes agree
     (RunStateError naming `where` and the field otherwise). The file came from storage: it may be edited."""
     classes = model.get("classes")
-    if not (isinstance(classes, list) and len(classes) >= 2 and all(isinstance(c, str) and c for c in classes)
-            and len(set(classes)) == len(classes)):
+    if not (
+        isinstance(classes, list)
+        and len(classes) >= 2
+        and all(isinstance(c, str) and c for c in classes)
+        and len(set(classes)) == len(classes)
+    ):
         raise RunStateError(f"{where}: classes: expected a list of at least two distinct relation names")
     arrays = {}
     for key in ("coef", "intercept", "scaler_mean", "scaler_scale"):
@@ -214,11 +262,19 @@ def check_logistic_model(model: dict[str, Any], where: str) -> None:
             raise RunStateError(f"{where}: {key}: expected finite numbers")
     rows = 1 if len(classes) == 2 else len(classes)
     features = arrays["scaler_mean"].shape
-    if (arrays["coef"].ndim != 2 or arrays["coef"].shape[0] != rows or arrays["intercept"].shape != (rows,)
-            or len(features) != 1 or arrays["coef"].shape[1] != features[0] or arrays["scaler_scale"].shape != features
-            or np.any(arrays["scaler_scale"] == 0)):
-        raise RunStateError(f"{where}: coef, intercept and the scaler do not fit {len(classes)} classes and one "
-                            "feature vector")
+    if (
+        arrays["coef"].ndim != 2
+        or arrays["coef"].shape[0] != rows
+        or arrays["intercept"].shape != (rows,)
+        or len(features) != 1
+        or arrays["coef"].shape[1] != features[0]
+        or arrays["scaler_scale"].shape != features
+        or np.any(arrays["scaler_scale"] == 0)
+    ):
+        raise RunStateError(
+            f"{where}: coef, intercept and the scaler do not fit {len(classes)} classes and one "
+            "feature vector"
+        )
 
 
 def logistic_probabilities(model: dict[str, Any], features: np.ndarray) -> np.ndarray:
@@ -261,8 +317,9 @@ class LogisticClassifier(RelationClassifier):
         links = inputs.links
         needed = sorted({t for link in links.train + links.test for t in (link.source, link.target)})
         cfg = inputs.cfg
-        model, predictions = fit_logistic(links, inputs.tickets, inputs.embeddings(needed), cfg.classify,
-                                          cfg.train.seed)
+        model, predictions = fit_logistic(
+            links, inputs.tickets, inputs.embeddings(needed), cfg.classify, cfg.train.seed
+        )
         model["embedding_max_seq_length"] = cfg.model.max_seq_length  # predict encodes as this step did
         return Fitted(cls(model), predictions)
 
@@ -275,21 +332,27 @@ class LogisticClassifier(RelationClassifier):
         check_logistic_model(descriptor, str(folder / "model.json"))
 
     @classmethod
-    def load(cls, folder: Path, descriptor: dict[str, Any], embedding_model_dir: Path | None,
-             device: str | None) -> LogisticClassifier:
+    def load(
+        cls, folder: Path, descriptor: dict[str, Any], embedding_model_dir: Path | None, device: str | None
+    ) -> LogisticClassifier:
         from job.embedding.model import load_model
 
         assert embedding_model_dir is not None  # predict refuses before: the entry needs the embedding model
-        return cls(descriptor, load_model(str(embedding_model_dir),
-                                          int(descriptor.get("embedding_max_seq_length", 256)), device))
+        return cls(
+            descriptor,
+            load_model(
+                str(embedding_model_dir), int(descriptor.get("embedding_max_seq_length", 256)), device
+            ),
+        )
 
     def predict_proba(self, pairs: list[tuple[Ticket, Ticket]]) -> np.ndarray:
         from job.embedding.model import encode
         from job.log import get_logger
 
         if self.encoder is None:
-            raise RunStateError("the logistic classifier encodes tickets with the run's embedding model: "
-                                "load it")
+            raise RunStateError(
+                "the logistic classifier encodes tickets with the run's embedding model: load it"
+            )
         if not pairs:
             return np.zeros((0, len(self.classes)))
         # Ids of our own: the consumer's ticket ids may repeat or be missing.
@@ -301,6 +364,7 @@ class LogisticClassifier(RelationClassifier):
             tickets[b] = Ticket(b, target.text, target.category, target.project, target.created)
             links.append(Link(a, b, "unknown"))
         ids = list(tickets)
-        vectors = encode(self.encoder, [tickets[t].text for t in ids], 32, get_logger(step="predict"),
-                         "encode for predict")
+        vectors = encode(
+            self.encoder, [tickets[t].text for t in ids], 32, get_logger(step="predict"), "encode for predict"
+        )
         return logistic_probabilities(self.model, pair_features(links, tickets, Embeddings(ids, vectors)))

@@ -58,11 +58,17 @@ class PairRows:
     label: list[int] = field(default_factory=list)
 
 
-def pair_rows(links: list[Link], tickets: dict[str, Ticket], classes: list[str], both_orders: bool) -> PairRows:
+def pair_rows(
+    links: list[Link], tickets: dict[str, Ticket], classes: list[str], both_orders: bool
+) -> PairRows:
     """Rows for `links` in their given order; with `both_orders`, the symmetric relations read backwards too."""
     rows = PairRows()
     for link in links:
-        a, b, label = pair_side(tickets[link.source]), pair_side(tickets[link.target]), classes.index(link.relation)
+        a, b, label = (
+            pair_side(tickets[link.source]),
+            pair_side(tickets[link.target]),
+            classes.index(link.relation),
+        )
         orders = [(a, b)]
         if both_orders and link.relation not in DIRECTED_RELATIONS:
             orders.append((b, a))
@@ -78,7 +84,9 @@ def cap_rows(rows: PairRows, max_rows: int | None, seed: int) -> PairRows:
     if max_rows is None or len(rows.label) <= max_rows:
         return rows
     keep = sorted(random.Random(seed).sample(range(len(rows.label)), max_rows))
-    return PairRows([rows.sentence1[i] for i in keep], [rows.sentence2[i] for i in keep], [rows.label[i] for i in keep])
+    return PairRows(
+        [rows.sentence1[i] for i in keep], [rows.sentence2[i] for i in keep], [rows.label[i] for i in keep]
+    )
 
 
 def balanced_class_weights(labels: list[int], n_classes: int) -> list[float]:
@@ -113,17 +121,27 @@ def _validation_evaluator(rows: PairRows, classes: list[str], batch_size: int) -
             super().__init__()
             self.primary_metric = "macro_f1"
 
-        def __call__(self, model: Any, output_path: str | None = None, epoch: int = -1, steps: int = -1) -> dict[str, float]:
-            scores = model.predict(list(zip(rows.sentence1, rows.sentence2, strict=True)), batch_size=batch_size,
-                                   show_progress_bar=False, convert_to_numpy=True)
+        def __call__(
+            self, model: Any, output_path: str | None = None, epoch: int = -1, steps: int = -1
+        ) -> dict[str, float]:
+            scores = model.predict(
+                list(zip(rows.sentence1, rows.sentence2, strict=True)),
+                batch_size=batch_size,
+                show_progress_bar=False,
+                convert_to_numpy=True,
+            )
             predicted = np.asarray(scores).reshape(len(rows.label), -1).argmax(axis=1)
-            macro = f1_score(rows.label, predicted, labels=list(range(len(classes))), average="macro", zero_division=0)
+            macro = f1_score(
+                rows.label, predicted, labels=list(range(len(classes))), average="macro", zero_division=0
+            )
             return self.prefix_name_to_metrics({"macro_f1": float(macro)}, "val")
 
     return RelationF1Evaluator()
 
 
-def new_cross_encoder(start_model: str, classes: list[str], max_length: int, device: str | None = None) -> Any:
+def new_cross_encoder(
+    start_model: str, classes: list[str], max_length: int, device: str | None = None
+) -> Any:
     """A CrossEncoder with one output per class on top of `start_model` (a saved sentence-transformers
     model or transformer); its label map is written into the transformer's config."""
     from sentence_transformers.cross_encoder import CrossEncoder
@@ -132,10 +150,13 @@ def new_cross_encoder(start_model: str, classes: list[str], max_length: int, dev
         refuse_pickle_weights(Path(start_model))
     config = {"id2label": dict(enumerate(classes)), "label2id": {c: i for i, c in enumerate(classes)}}
     try:
-        model = CrossEncoder(start_model, num_labels=len(classes), device=device or pick_device(),
-                             config_kwargs=config)
+        model = CrossEncoder(
+            start_model, num_labels=len(classes), device=device or pick_device(), config_kwargs=config
+        )
     except OSError as exc:
-        raise ConfigError(f"cannot load model {start_model!r} for the cross-encoder: {exc}".splitlines()[0]) from exc
+        raise ConfigError(
+            f"cannot load model {start_model!r} for the cross-encoder: {exc}".splitlines()[0]
+        ) from exc
     model.max_seq_length = min(max_length, _position_limit(model) or max_length)
     return model
 
@@ -146,9 +167,20 @@ def _position_limit(model: Any) -> int | None:
     return positions if isinstance(positions, int) and positions > 0 else None
 
 
-def train_cross_encoder(start_model: str, classes: list[str], train_links: list[Link], val_links: list[Link],
-                        test_links: list[Link], tickets: dict[str, Ticket], cfg: JobConfig, work_dir: Path,
-                        store: Any, log: Any, stop: threading.Event, stamp: str = "") -> CrossEncoderResult:
+def train_cross_encoder(
+    start_model: str,
+    classes: list[str],
+    train_links: list[Link],
+    val_links: list[Link],
+    test_links: list[Link],
+    tickets: dict[str, Ticket],
+    cfg: JobConfig,
+    work_dir: Path,
+    store: Any,
+    log: Any,
+    stop: threading.Event,
+    stamp: str = "",
+) -> CrossEncoderResult:
     """Fine-tune a cross-encoder on `train_links`, keep the epoch best on `val_links`, predict `test_links`.
 
     `store` is the run's storage (checkpoints go under classifier-checkpoints/; a rerun resumes from
@@ -176,36 +208,63 @@ def train_cross_encoder(start_model: str, classes: list[str], train_links: list[
     model = new_cross_encoder(start_model, classes, ce.max_length)
     weights = None
     if cfg.classify.class_weight == "balanced":
-        weights = torch.tensor(balanced_class_weights(train_rows.label, len(classes)), dtype=torch.float32,
-                               device=model.device)
+        weights = torch.tensor(
+            balanced_class_weights(train_rows.label, len(classes)), dtype=torch.float32, device=model.device
+        )
     loss = CrossEntropyLoss(model, weight=weights)
     select_best = bool(val_rows.label)
-    log.info("training cross-encoder", train_rows=len(train_rows.label), val_links=len(val_rows.label),
-             classes=classes, epochs=ce.epochs, batch_size=ce.batch_size, max_length=model.max_seq_length,
-             device=str(model.device), precision=precision,
-             class_weights=[round(float(w), 3) for w in weights.tolist()] if weights is not None else None)
+    log.info(
+        "training cross-encoder",
+        train_rows=len(train_rows.label),
+        val_links=len(val_rows.label),
+        classes=classes,
+        epochs=ce.epochs,
+        batch_size=ce.batch_size,
+        max_length=model.max_seq_length,
+        device=str(model.device),
+        precision=precision,
+        class_weights=[round(float(w), 3) for w in weights.tolist()] if weights is not None else None,
+    )
     output_dir = work_dir / CHECKPOINTS
     steps_per_epoch = max(1, -(-len(train_rows.label) // ce.batch_size))
     args = CrossEncoderTrainingArguments(
-        **shared_arguments(output_dir, epochs=ce.epochs, batch_size=ce.batch_size,
-                           eval_batch_size=PREDICT_BATCH_SIZE, learning_rate=ce.learning_rate,
-                           warmup_ratio=ce.warmup_ratio, seed=seed, precision=precision, select_best=select_best,
-                           best_metric="eval_val_macro_f1", logging_steps=max(1, min(50, steps_per_epoch // 4)),
-                           group_by_length=True),
+        **shared_arguments(
+            output_dir,
+            epochs=ce.epochs,
+            batch_size=ce.batch_size,
+            eval_batch_size=PREDICT_BATCH_SIZE,
+            learning_rate=ce.learning_rate,
+            warmup_ratio=ce.warmup_ratio,
+            seed=seed,
+            precision=precision,
+            select_best=select_best,
+            best_metric="eval_val_macro_f1",
+            logging_steps=max(1, min(50, steps_per_epoch // 4)),
+            group_by_length=True,
+        ),
         eval_strategy="epoch" if select_best else "no",
         save_strategy="epoch",
     )
     trainer = CrossEncoderTrainer(
-        model=model, args=args, loss=loss,
+        model=model,
+        args=args,
+        loss=loss,
         train_dataset=Dataset.from_dict(vars(train_rows)),
         evaluator=_validation_evaluator(val_rows, classes, PREDICT_BATCH_SIZE) if select_best else None,
-        callbacks=[StorageAndProgress(store, log, stop, prefix=CHECKPOINTS, what="train cross-encoder", stamp=stamp)])
-    checkpoint, seconds = train_resumably(trainer, store, output_dir, log, stop, required=False, prefix=CHECKPOINTS,
-                                          what="classifier training")
+        callbacks=[
+            StorageAndProgress(store, log, stop, prefix=CHECKPOINTS, what="train cross-encoder", stamp=stamp)
+        ],
+    )
+    checkpoint, seconds = train_resumably(
+        trainer, store, output_dir, log, stop, required=False, prefix=CHECKPOINTS, what="classifier training"
+    )
     model_dir = work_dir / "classifier"
     save_cross_encoder(trainer.model, classes, model_dir)
-    history = [{"epoch": h.get("epoch"), "step": h["step"], "val_macro_f1": h["eval_val_macro_f1"]}
-               for h in trainer.state.log_history if "eval_val_macro_f1" in h]
+    history = [
+        {"epoch": h.get("epoch"), "step": h["step"], "val_macro_f1": h["eval_val_macro_f1"]}
+        for h in trainer.state.log_history
+        if "eval_val_macro_f1" in h
+    ]
     probabilities = cross_encoder_probabilities(trainer.model, test_links, tickets)
     return CrossEncoderResult(
         model_dir=model_dir,
@@ -227,10 +286,14 @@ def save_cross_encoder(model: Any, classes: list[str], folder: Path) -> None:
     # No generated card: sentence-transformers' quotes training rows (ticket text). The run's card is the job's.
     model.save_pretrained(str(folder / WEIGHTS_DIR), safe_serialization=True, create_model_card=False)
     (folder / WEIGHTS_DIR / "README.md").unlink(missing_ok=True)
-    descriptor = {"format": CROSS_ENCODER_FORMAT, "classes": classes, "weights": WEIGHTS_DIR,
-                  "directed_relations": [c for c in classes if c in DIRECTED_RELATIONS],
-                  "max_length": int(model.max_seq_length),
-                  "pair_order": "source first; directed relations read source -> target"}
+    descriptor = {
+        "format": CROSS_ENCODER_FORMAT,
+        "classes": classes,
+        "weights": WEIGHTS_DIR,
+        "directed_relations": [c for c in classes if c in DIRECTED_RELATIONS],
+        "max_length": int(model.max_seq_length),
+        "pair_order": "source first; directed relations read source -> target",
+    }
     (folder / "model.json").write_text(json.dumps(descriptor, indent=1))
 
 
@@ -244,7 +307,9 @@ def load_cross_encoder(folder: Path, descriptor: dict[str, Any], device: str | N
     model.max_seq_length = int(descriptor["max_length"])
     labels = [model.config.id2label[i] for i in range(model.num_labels)]
     if labels != descriptor["classes"]:
-        raise ConfigError(f"classifier {folder}: the weights' labels {labels} differ from model.json's classes")
+        raise ConfigError(
+            f"classifier {folder}: the weights' labels {labels} differ from model.json's classes"
+        )
     return model.eval()
 
 
@@ -259,8 +324,13 @@ def pair_probabilities(model: Any, pairs: list[tuple[Ticket, Ticket]]) -> np.nda
     if not pairs:
         return np.zeros((0, model.num_labels), dtype=np.float32)
     with torch.inference_mode():
-        scores = model.predict([(pair_side(a), pair_side(b)) for a, b in pairs], batch_size=PREDICT_BATCH_SIZE,
-                               apply_softmax=True, show_progress_bar=False, convert_to_numpy=True)
+        scores = model.predict(
+            [(pair_side(a), pair_side(b)) for a, b in pairs],
+            batch_size=PREDICT_BATCH_SIZE,
+            apply_softmax=True,
+            show_progress_bar=False,
+            convert_to_numpy=True,
+        )
     return np.asarray(scores, dtype=np.float32).reshape(len(pairs), -1)
 
 
@@ -285,19 +355,43 @@ class CrossEncoderClassifier(RelationClassifier):
         discarded = discard_stale_checkpoints(inputs.store, stamp, log, CHECKPOINTS)
         inputs.checkpointing.set()
         try:
-            result = train_cross_encoder(start, links.classes, links.train, links.val, links.test,
-                                         inputs.tickets, inputs.cfg, inputs.work_dir, inputs.store, log,
-                                         inputs.stop, stamp=stamp)
+            result = train_cross_encoder(
+                start,
+                links.classes,
+                links.train,
+                links.val,
+                links.test,
+                inputs.tickets,
+                inputs.cfg,
+                inputs.work_dir,
+                inputs.store,
+                log,
+                inputs.stop,
+                stamp=stamp,
+            )
         finally:
             inputs.checkpointing.clear()
         best = result.best_val_macro_f1
-        log.info("cross-encoder trained", steps=result.global_step, seconds=result.train_seconds,
-                 best_val_macro_f1=None if best is None else round(best, 4))
-        info = {"cross_encoder": {k: v for k, v in vars(result).items()
-                                  if k not in ("model_dir", "predictions", "test_probabilities")},
-                "discarded_checkpoint": discarded}
-        return Fitted(cls(links.classes, saved_in=result.model_dir), result.predictions,
-                      {"best_val_macro_f1": result.best_val_macro_f1}, info)
+        log.info(
+            "cross-encoder trained",
+            steps=result.global_step,
+            seconds=result.train_seconds,
+            best_val_macro_f1=None if best is None else round(best, 4),
+        )
+        info = {
+            "cross_encoder": {
+                k: v
+                for k, v in vars(result).items()
+                if k not in ("model_dir", "predictions", "test_probabilities")
+            },
+            "discarded_checkpoint": discarded,
+        }
+        return Fitted(
+            cls(links.classes, saved_in=result.model_dir),
+            result.predictions,
+            {"best_val_macro_f1": result.best_val_macro_f1},
+            info,
+        )
 
     def save(self, folder: Path) -> None:
         import shutil
@@ -314,16 +408,21 @@ class CrossEncoderClassifier(RelationClassifier):
         length = descriptor.get("max_length")
         if not (isinstance(classes, list) and classes and all(isinstance(c, str) and c for c in classes)):
             raise RunStateError(f"{path}: classes: expected a list of relation names")
-        inside = isinstance(weights, str) and weights and not Path(weights).is_absolute() and \
-            (folder / weights).resolve().is_relative_to(folder.resolve())
+        inside = (
+            isinstance(weights, str)
+            and weights
+            and not Path(weights).is_absolute()
+            and (folder / weights).resolve().is_relative_to(folder.resolve())
+        )
         if not inside:
             raise RunStateError(f"{path}: weights: expected a folder inside {folder}")
         if isinstance(length, bool) or not isinstance(length, int) or not 0 < length <= 8192:
             raise RunStateError(f"{path}: max_length: expected a whole number of tokens in [1, 8192]")
 
     @classmethod
-    def load(cls, folder: Path, descriptor: dict[str, Any], embedding_model_dir: Path | None,
-             device: str | None) -> CrossEncoderClassifier:
+    def load(
+        cls, folder: Path, descriptor: dict[str, Any], embedding_model_dir: Path | None, device: str | None
+    ) -> CrossEncoderClassifier:
         return cls(list(descriptor["classes"]), model=load_cross_encoder(folder, descriptor, device))
 
     def predict_proba(self, pairs: list[tuple[Ticket, Ticket]]) -> np.ndarray:

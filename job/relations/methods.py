@@ -30,19 +30,26 @@ class ClassifierMethod:
 
 
 RELATION_CLASSIFIERS: dict[str, ClassifierMethod] = {
-    "logistic": ClassifierMethod("ticket-relation-logreg/1", True,
-                                 "regression over two frozen embeddings (minutes on a CPU)",
-                                 "job.relations.classify:LogisticClassifier"),
-    "cross_encoder": ClassifierMethod("ticket-relation-cross-encoder/1", False,
-                                      "a transformer fine-tuned on both tickets together (wants a GPU)",
-                                      "job.relations.cross_encoder:CrossEncoderClassifier"),
+    "logistic": ClassifierMethod(
+        "ticket-relation-logreg/1",
+        True,
+        "regression over two frozen embeddings (minutes on a CPU)",
+        "job.relations.classify:LogisticClassifier",
+    ),
+    "cross_encoder": ClassifierMethod(
+        "ticket-relation-cross-encoder/1",
+        False,
+        "a transformer fine-tuned on both tickets together (wants a GPU)",
+        "job.relations.cross_encoder:CrossEncoderClassifier",
+    ),
 }
 
 
 def method_of_format(saved_format: object) -> str | None:
     """The name of the method whose classifiers are saved as `saved_format` (None: no method is)."""
-    return next((name for name, method in RELATION_CLASSIFIERS.items() if method.format == saved_format),
-                None)
+    return next(
+        (name for name, method in RELATION_CLASSIFIERS.items() if method.format == saved_format), None
+    )
 
 
 def describe_methods() -> str:

@@ -48,7 +48,9 @@ class RelationPredictor:
     def predict_pair(self, source: Ticket, target: Ticket) -> dict[str, float]:
         row = self.score([(source, target)])[0]
         if not np.all(np.isfinite(row)):
-            raise RunStateError(f"the {self.method} classifier gave no finite probabilities: its weights are damaged")
+            raise RunStateError(
+                f"the {self.method} classifier gave no finite probabilities: its weights are damaged"
+            )
         return {c: float(p) for c, p in zip(self.classes, row, strict=True)}
 
 
@@ -59,7 +61,9 @@ def read_descriptor(classifier_dir: Path) -> dict[str, Any]:
     try:
         descriptor = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise ConfigError(f"{path}: no classifier here (expected model.json written by the classify step)") from None
+        raise ConfigError(
+            f"{path}: no classifier here (expected model.json written by the classify step)"
+        ) from None
     except (OSError, ValueError, RecursionError) as exc:
         raise ConfigError(f"{path}: cannot read the classifier description ({type(exc).__name__})") from None
     method = method_of_format(descriptor.get("format")) if isinstance(descriptor, dict) else None
@@ -70,8 +74,9 @@ def read_descriptor(classifier_dir: Path) -> dict[str, Any]:
     return descriptor
 
 
-def load_predictor(classifier_dir: Path, embedding_model_dir: Path | None = None,
-                   device: str | None = None) -> RelationPredictor:
+def load_predictor(
+    classifier_dir: Path, embedding_model_dir: Path | None = None, device: str | None = None
+) -> RelationPredictor:
     """The classifier saved in `classifier_dir` (a run's classifier/ folder, downloaded), loaded by the method
     its model.json's format names.
 
@@ -82,8 +87,9 @@ def load_predictor(classifier_dir: Path, embedding_model_dir: Path | None = None
     assert method is not None  # read_descriptor refused any other format
     entry = RELATION_CLASSIFIERS[method]
     if entry.needs_embedding_model and embedding_model_dir is None:
-        raise ConfigError(f"{classifier_dir}: the {method} classifier needs the run's embedding model "
-                          "(model/) too")
+        raise ConfigError(
+            f"{classifier_dir}: the {method} classifier needs the run's embedding model (model/) too"
+        )
     classifier = classifier_class(method).load(classifier_dir, descriptor, embedding_model_dir, device)
     return RelationPredictor(method, list(classifier.classes), classifier.predict_proba)
 
@@ -95,8 +101,10 @@ def open_run_predictor(cfg: JobConfig, run_id: str, work_dir: Path) -> RelationP
     run = RunDir(open_store(cfg.output.uri.rstrip("/") + "/" + check_run_id(run_id), cfg.storage), run_id)
     purpose = f"cannot predict with run {run_id}"
     if f"{CLASSIFIER}/model.json" not in run.manifest_records(purpose):
-        raise RunStateError(f"run {run_id} has no classifier (classify has not run, or it was skipped: "
-                            "see its classifier/metrics.json)")
+        raise RunStateError(
+            f"run {run_id} has no classifier (classify has not run, or it was skipped: "
+            "see its classifier/metrics.json)"
+        )
     run.download_listed(CLASSIFIER, work_dir / CLASSIFIER, purpose)  # only what the manifest vouches for
     method = method_of_format(read_descriptor(work_dir / CLASSIFIER)["format"])
     embedding_dir = None
@@ -137,4 +145,6 @@ def check_created(ticket: Ticket, side: str) -> None:
     try:
         datetime.fromisoformat(ticket.created.replace("Z", "+00:00"))
     except ValueError:
-        raise InputError(f"{side} ticket: created: expected an ISO 8601 time such as 2013-10-21T18:39:02+00:00") from None
+        raise InputError(
+            f"{side} ticket: created: expected an ISO 8601 time such as 2013-10-21T18:39:02+00:00"
+        ) from None

@@ -35,11 +35,15 @@ def reciprocal_ranks(scores: np.ndarray, mask: np.ndarray, k: int) -> np.ndarray
     return np.where(mask, 1.0 / (k + ranks), 0.0)
 
 
-def _minmax_fusion(dense: np.ndarray, lexical: np.ndarray, mask: np.ndarray, weight: float, k: int) -> np.ndarray:
+def _minmax_fusion(
+    dense: np.ndarray, lexical: np.ndarray, mask: np.ndarray, weight: float, k: int
+) -> np.ndarray:
     return (1.0 - weight) * minmax(dense, mask) + weight * minmax(lexical, mask)
 
 
-def _rrf_fusion(dense: np.ndarray, lexical: np.ndarray, mask: np.ndarray, weight: float, k: int) -> np.ndarray:
+def _rrf_fusion(
+    dense: np.ndarray, lexical: np.ndarray, mask: np.ndarray, weight: float, k: int
+) -> np.ndarray:
     return (1.0 - weight) * reciprocal_ranks(dense, mask, k) + weight * reciprocal_ranks(lexical, mask, k)
 
 
@@ -95,8 +99,15 @@ class WeightChoice:
     n_queries: int = 0
 
 
-def choose_weight(dense: Similarity, lexical: Similarity, relevant: list[set[int]], grid: list[float], method: str,
-                  rrf_k: int, chunk_size: int = 1024) -> WeightChoice:
+def choose_weight(
+    dense: Similarity,
+    lexical: Similarity,
+    relevant: list[set[int]],
+    grid: list[float],
+    method: str,
+    rrf_k: int,
+    chunk_size: int = 1024,
+) -> WeightChoice:
     """The grid weight with the best val ranking_score (the lowest of tied ones); each query's two score rows
     are computed once and fused at every weight."""
     rows = [i for i, rel in enumerate(relevant) if rel]

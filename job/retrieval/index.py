@@ -24,7 +24,9 @@ import numpy as np
 INDEX = "index"
 INDEX_JSON = f"{INDEX}/index.json"
 LEXICAL = f"{INDEX}/lexical"
-CHUNK = 4096  # tickets encoded and written at a time: memory is CHUNK x dimension, whatever the tracker's size
+CHUNK = (
+    4096  # tickets encoded and written at a time: memory is CHUNK x dimension, whatever the tracker's size
+)
 FORMAT = 1
 
 
@@ -43,12 +45,25 @@ class IndexRow:
 def schema(dim: int, metadata: dict[str, str]) -> Any:
     import pyarrow as pa
 
-    return pa.schema([("id", pa.string()), ("project", pa.string()), ("created", pa.string()),
-                      ("embedding", pa.list_(pa.float32(), dim))], metadata=metadata)
+    return pa.schema(
+        [
+            ("id", pa.string()),
+            ("project", pa.string()),
+            ("created", pa.string()),
+            ("embedding", pa.list_(pa.float32(), dim)),
+        ],
+        metadata=metadata,
+    )
 
 
-def write_part(path: Path, rows: list[IndexRow], encode: Callable[[list[str]], np.ndarray], dim: int,
-               metadata: dict[str, str], progress: Callable[[int], None] = lambda n: None) -> int:
+def write_part(
+    path: Path,
+    rows: list[IndexRow],
+    encode: Callable[[list[str]], np.ndarray],
+    dim: int,
+    metadata: dict[str, str],
+    progress: Callable[[int], None] = lambda n: None,
+) -> int:
     """Encode `rows` in chunks and write them as one Parquet file; returns the rows written."""
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -59,9 +74,17 @@ def write_part(path: Path, rows: list[IndexRow], encode: Callable[[list[str]], n
         for chunk in _chunks(rows, CHUNK):
             vectors = np.ascontiguousarray(encode([r.text for r in chunk]), dtype=np.float32)
             embedding = pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), dim)
-            writer.write_table(pa.Table.from_arrays(
-                [pa.array([r.id for r in chunk]), pa.array([r.project for r in chunk], pa.string()),
-                 pa.array([r.created for r in chunk], pa.string()), embedding], schema=table_schema))
+            writer.write_table(
+                pa.Table.from_arrays(
+                    [
+                        pa.array([r.id for r in chunk]),
+                        pa.array([r.project for r in chunk], pa.string()),
+                        pa.array([r.created for r in chunk], pa.string()),
+                        embedding,
+                    ],
+                    schema=table_schema,
+                )
+            )
             written += len(chunk)
             progress(len(chunk))
     return written
@@ -124,10 +147,21 @@ def _value_set(wanted: set[str]) -> Any:
 
 
 def describe(run_id: str, rows: int, dim: int, parts: list[str], model_sha256: str) -> dict[str, Any]:
-    return {"format": FORMAT, "run_id": run_id, "rows": rows, "dim": dim, "parts": parts,
-            "model_sha256": model_sha256, "lexical": "lexical/",
-            "columns": {"id": "string", "project": "string", "created": "string (ISO 8601)",
-                        "embedding": f"fixed_size_list<float32>[{dim}], unit length"}}
+    return {
+        "format": FORMAT,
+        "run_id": run_id,
+        "rows": rows,
+        "dim": dim,
+        "parts": parts,
+        "model_sha256": model_sha256,
+        "lexical": "lexical/",
+        "columns": {
+            "id": "string",
+            "project": "string",
+            "created": "string (ISO 8601)",
+            "embedding": f"fixed_size_list<float32>[{dim}], unit length",
+        },
+    }
 
 
 def save_lexical(folder: Path, ids: list[str], texts: list[str], settings: Any) -> None:

@@ -36,9 +36,19 @@ class LexicalSettings:
         """Everything a consumer needs to score the same way (retrieval.json)."""
         bm25s = _bm25s()
 
-        return {"library": "bm25s", "library_version": bm25s.__version__, "method": "lucene", "k1": self.k1,
-                "b": self.b, "tokenizer": {"lower": True, "pattern": TOKEN_PATTERN, "stemmer": None,
-                                           "stopwords": list(stop_words(self.stopwords))}}
+        return {
+            "library": "bm25s",
+            "library_version": bm25s.__version__,
+            "method": "lucene",
+            "k1": self.k1,
+            "b": self.b,
+            "tokenizer": {
+                "lower": True,
+                "pattern": TOKEN_PATTERN,
+                "stemmer": None,
+                "stopwords": list(stop_words(self.stopwords)),
+            },
+        }
 
 
 def _bm25s() -> Any:
@@ -60,7 +70,9 @@ def stop_words(name: str) -> tuple[str, ...]:
 def tokenizer(settings: LexicalSettings) -> Any:
     bm25s = _bm25s()
 
-    return bm25s.tokenization.Tokenizer(lower=True, splitter=TOKEN_PATTERN, stopwords=list(stop_words(settings.stopwords)))
+    return bm25s.tokenization.Tokenizer(
+        lower=True, splitter=TOKEN_PATTERN, stopwords=list(stop_words(settings.stopwords))
+    )
 
 
 def _bm25(settings: LexicalSettings, docs: list[list[int]], vocab: dict[str, int]) -> Any:
@@ -81,7 +93,9 @@ class LexicalIndex:
 
     def __post_init__(self) -> None:
         self._tokenizer = tokenizer(self.settings)
-        self.docs: list[list[int]] = self._tokenizer.tokenize(self.texts, update_vocab=True, show_progress=False)
+        self.docs: list[list[int]] = self._tokenizer.tokenize(
+            self.texts, update_vocab=True, show_progress=False
+        )
         self.vocab: dict[str, int] = dict(self._tokenizer.get_vocab_dict())
         self._empty = self.vocab.get("")
         self._pool = _bm25(self.settings, self.docs, self.vocab) if self.texts else None

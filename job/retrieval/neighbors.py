@@ -9,8 +9,9 @@ from __future__ import annotations
 import numpy as np
 
 
-def top_k(queries: np.ndarray, corpus: np.ndarray, k: int, chunk_size: int = 1024,
-          exclude_self: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def top_k(
+    queries: np.ndarray, corpus: np.ndarray, k: int, chunk_size: int = 1024, exclude_self: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
     """(indices, similarities), each (len(queries), k), best first. Inputs must be unit-length.
 
     With `exclude_self`, queries and corpus are the same set and row i never returns i.

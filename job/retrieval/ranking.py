@@ -36,7 +36,9 @@ def candidate_mask(chunk: list[int], n: int, created: np.ndarray | None) -> np.n
     return mask
 
 
-def ranks_in_chunk(scores: np.ndarray, mask: np.ndarray, chunk: list[int], relevant: list[set[int]]) -> list[np.ndarray]:
+def ranks_in_chunk(
+    scores: np.ndarray, mask: np.ndarray, chunk: list[int], relevant: list[set[int]]
+) -> list[np.ndarray]:
     """Sorted 1-based ranks of each query's relevant candidates. Ties never help a rank: a relevant item tied
     with irrelevant candidates ranks below all of them (a model scoring every candidate alike, or BM25 scoring
     0 for a query sharing no word, finds nothing), and the i-th best relevant item ranks after the i - 1
@@ -54,8 +56,13 @@ def ranks_in_chunk(scores: np.ndarray, mask: np.ndarray, chunk: list[int], relev
     return out
 
 
-def ranks_of_relevant(similarity: Similarity, relevant: list[set[int]], rows: list[int],
-                      created: np.ndarray | None = None, chunk_size: int = 1024) -> list[np.ndarray]:
+def ranks_of_relevant(
+    similarity: Similarity,
+    relevant: list[set[int]],
+    rows: list[int],
+    created: np.ndarray | None = None,
+    chunk_size: int = 1024,
+) -> list[np.ndarray]:
     """Sorted ranks of every relevant item of each query row in `rows` (see ranks_in_chunk).
 
     With `created` (one timestamp per item), a query is ranked only against items created before it,
@@ -77,8 +84,12 @@ def ranking_metrics(ranks: list[np.ndarray], prefix: str = "") -> dict[str, floa
     """recall@k, MRR and MAP from each query's sorted ranks of its relevant items."""
     ranks = [r for r in ranks if len(r)]
     if not ranks:
-        return {**{f"{prefix}recall_at_{k}": None for k in RECALL_AT}, f"{prefix}mrr": None, f"{prefix}map": None,
-                f"{prefix}n_queries": 0}
+        return {
+            **{f"{prefix}recall_at_{k}": None for k in RECALL_AT},
+            f"{prefix}mrr": None,
+            f"{prefix}map": None,
+            f"{prefix}n_queries": 0,
+        }
     first = np.array([r[0] for r in ranks])
     average_precision = [float(np.mean(np.arange(1, len(r) + 1) / r)) for r in ranks]
     return {

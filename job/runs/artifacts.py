@@ -44,13 +44,21 @@ def check_run_id(run_id: str) -> str:
     """A run id is one path segment of letters, digits, '-', '_' and '.', never '.' or '..', and never
     a name of the files kept beside the runs (`*.json`, `*.png`)."""
     allowed = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
-    if (not run_id or len(run_id) > 128 or set(run_id) - allowed or run_id in (".", "..")
-            or run_id.startswith(".")):
+    if (
+        not run_id
+        or len(run_id) > 128
+        or set(run_id) - allowed
+        or run_id in (".", "..")
+        or run_id.startswith(".")
+    ):
         raise RunStateError(
-            f"invalid run id {run_id!r}: use 1-128 letters, digits, '-', '_' or '.', not starting with '.'")
+            f"invalid run id {run_id!r}: use 1-128 letters, digits, '-', '_' or '.', not starting with '.'"
+        )
     if run_id.lower().endswith(RESERVED_SUFFIXES):
-        raise RunStateError(f"invalid run id {run_id!r}: names ending in .json or .png are kept for "
-                            "the files beside the runs (promoted.json, history.json, history.png)")
+        raise RunStateError(
+            f"invalid run id {run_id!r}: names ending in .json or .png are kept for "
+            "the files beside the runs (promoted.json, history.json, history.png)"
+        )
     return check_key(run_id)
 
 
@@ -90,8 +98,10 @@ class RunDir:
         """A finished run is refused without `force`; with it, its manifest goes: the run is unfinished again."""
         if self.is_finished():
             if not force:
-                raise RunStateError(f"run {self.run_id} is finished ({self.uri}/{MANIFEST} exists); "
-                                    "pass --force to overwrite it, or use a new run id")
+                raise RunStateError(
+                    f"run {self.run_id} is finished ({self.uri}/{MANIFEST} exists); "
+                    "pass --force to overwrite it, or use a new run id"
+                )
             self.store.delete(MANIFEST)
 
     def begin_step(self, step: Step, force: bool, config_sha256: str) -> None:
@@ -109,13 +119,17 @@ class RunDir:
         for earlier in prerequisites(step):
             record = self.step_record(earlier.name)
             if record is None:
-                raise RunStateError(f"step '{step.name}' of run {self.run_id} needs step '{earlier.name}' "
-                                    f"first ({self.uri}/steps/{earlier.name}.json is missing)")
+                raise RunStateError(
+                    f"step '{step.name}' of run {self.run_id} needs step '{earlier.name}' "
+                    f"first ({self.uri}/steps/{earlier.name}.json is missing)"
+                )
             made_with = (record.get("fingerprint") or {}).get("config_sha256")
             if config_sha256 is not None and made_with != config_sha256:
-                raise RunStateError(f"step '{step.name}' of run {self.run_id}: step '{earlier.name}' "
-                                    "was made with another config; pass --force to use it anyway, "
-                                    "or use a new run id")
+                raise RunStateError(
+                    f"step '{step.name}' of run {self.run_id}: step '{earlier.name}' "
+                    "was made with another config; pass --force to use it anyway, "
+                    "or use a new run id"
+                )
 
     def write_json(self, key: str, value: Any) -> FileRecord:
         with phase("write"):
@@ -135,13 +149,17 @@ class RunDir:
         try:
             record = json.loads(self.store.read_bytes(key))
         except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-            raise RunStateError(f"run {self.run_id}: {self.uri}/{key} is damaged ({type(exc).__name__}); "
-                                f"redo step '{step}' with --force") from None
+            raise RunStateError(
+                f"run {self.run_id}: {self.uri}/{key} is damaged ({type(exc).__name__}); "
+                f"redo step '{step}' with --force"
+            ) from None
         files = record.get("files") if isinstance(record, dict) else None
         if not isinstance(files, list) or not all(is_file_record(f) for f in files):
-            raise RunStateError(f"run {self.run_id}: {self.uri}/{key} is not a step record "
-                                "(no list of files with path, size and sha256); "
-                                f"redo step '{step}' with --force")
+            raise RunStateError(
+                f"run {self.run_id}: {self.uri}/{key} is not a step record "
+                "(no list of files with path, size and sha256); "
+                f"redo step '{step}' with --force"
+            )
         return record
 
     def taken_over(self, step: Step, key: str) -> bytes:
@@ -156,18 +174,25 @@ class RunDir:
         """Every file `step` recorded under `prefix/`, downloaded into `local_dir` and checked against its
         record; files it did not record (left by an older attempt) are not taken."""
         with phase("read"):
-            return self._download_checked(self._recorded(step), prefix, local_dir, f"step '{step.name}'",
-                                          f"redo step '{step.name}' with --force")
+            return self._download_checked(
+                self._recorded(step),
+                prefix,
+                local_dir,
+                f"step '{step.name}'",
+                f"redo step '{step.name}' with --force",
+            )
 
     def download_listed(self, prefix: str, local_dir: Path, purpose: str) -> Path:
         """Every file the finished run's manifest lists under `prefix/`, downloaded and checked
         (size, sha256): what a consumer of a finished run (predict) reads, and nothing the manifest
         does not vouch for."""
-        return self._download_checked(self.manifest_records(purpose), prefix, local_dir, MANIFEST,
-                                      "use a run that verifies")
+        return self._download_checked(
+            self.manifest_records(purpose), prefix, local_dir, MANIFEST, "use a run that verifies"
+        )
 
-    def _download_checked(self, records: dict[str, dict[str, Any]], prefix: str, local_dir: Path, source: str,
-                          remedy: str) -> Path:
+    def _download_checked(
+        self, records: dict[str, dict[str, Any]], prefix: str, local_dir: Path, source: str, remedy: str
+    ) -> Path:
         wanted = [path for path in records if path.startswith(prefix + "/")]
         if not wanted:
             raise RunStateError(f"run {self.run_id}: {source} lists no file under {prefix}/")
@@ -178,9 +203,11 @@ class RunDir:
                 self.store.download_file(path, target)
             size, sha = target.stat().st_size, sha256_file(target)
             if (size, sha) != (records[path]["size"], records[path]["sha256"]):
-                raise RunStateError(f"run {self.run_id}: {self.uri}/{path} is not the file {source} lists "
-                                    f"({size} bytes, listed {records[path]['size']}): "
-                                    f"it changed since; {remedy}")
+                raise RunStateError(
+                    f"run {self.run_id}: {self.uri}/{path} is not the file {source} lists "
+                    f"({size} bytes, listed {records[path]['size']}): "
+                    f"it changed since; {remedy}"
+                )
         return local_dir
 
     def manifest_records(self, purpose: str) -> dict[str, dict[str, Any]]:
@@ -195,12 +222,14 @@ class RunDir:
             raise RunStateError(f"{where} is not valid JSON ({type(exc).__name__})") from None
         if not isinstance(manifest, dict) or manifest.get("run_id") != self.run_id:
             named = manifest.get("run_id") if isinstance(manifest, dict) else None
-            raise RunStateError(f"{purpose}: {where} names run {named}, not {self.run_id} "
-                                "(a copied or edited run)")
+            raise RunStateError(
+                f"{purpose}: {where} names run {named}, not {self.run_id} (a copied or edited run)"
+            )
         records = manifest.get("files")
         if not isinstance(records, list) or not all(is_file_record(r) for r in records):
-            raise RunStateError(f"{purpose}: {where} has no valid 'files' list "
-                                "(each entry needs path, size and sha256)")
+            raise RunStateError(
+                f"{purpose}: {where} has no valid 'files' list (each entry needs path, size and sha256)"
+            )
         return {r["path"]: r for r in records}
 
     def _recorded(self, step: Step) -> dict[str, dict[str, Any]]:
@@ -212,23 +241,27 @@ class RunDir:
     def _check_recorded(self, step: Step, key: str, size: int, sha256: str) -> None:
         entry = self._recorded(step).get(key)
         if entry is None:
-            raise RunStateError(f"run {self.run_id}: {self.uri}/{key} is not among the files "
-                                f"step '{step.name}' recorded")
+            raise RunStateError(
+                f"run {self.run_id}: {self.uri}/{key} is not among the files step '{step.name}' recorded"
+            )
         if entry["size"] != size or entry["sha256"] != sha256:
             sha = "matches" if entry["sha256"] == sha256 else "differs"
-            raise RunStateError(f"run {self.run_id}: {self.uri}/{key} is not the file "
-                                f"step '{step.name}' wrote "
-                                f"({size} bytes, recorded {entry['size']}; sha256 {sha}): "
-                                "it changed after the step recorded it; "
-                                f"redo step '{step.name}' with --force")
+            raise RunStateError(
+                f"run {self.run_id}: {self.uri}/{key} is not the file "
+                f"step '{step.name}' wrote "
+                f"({size} bytes, recorded {entry['size']}; sha256 {sha}): "
+                "it changed after the step recorded it; "
+                f"redo step '{step.name}' with --force"
+            )
 
     def complete_records(self, required: tuple[Step, ...]) -> dict[str, dict[str, Any]] | None:
         """Every required step's record by step name, or None while one is missing."""
         records = {step.name: self.step_record(step.name) for step in required}
         return None if any(r is None for r in records.values()) else records  # type: ignore[return-value]
 
-    def finish_if_complete(self, required: tuple[Step, ...], config: dict[str, Any],
-                           extra_files: tuple[FileRecord, ...] = ()) -> bool:
+    def finish_if_complete(
+        self, required: tuple[Step, ...], config: dict[str, Any], extra_files: tuple[FileRecord, ...] = ()
+    ) -> bool:
         """Write training_metadata.json, metrics.json and, last, manifest.json once every
         required step has recorded itself. Returns True when the run is now finished.
 
@@ -249,8 +282,11 @@ class RunDir:
             data = self.store.read_bytes(key)
             files[key] = asdict(FileRecord(key, len(data), _sha(data)))
         self._verify_sizes(files)
-        manifest = {"run_id": self.run_id, "created": _now(),
-                    "files": [files[path] for path in sorted(files) if not path.startswith("checkpoints/")]}
+        manifest = {
+            "run_id": self.run_id,
+            "created": _now(),
+            "files": [files[path] for path in sorted(files) if not path.startswith("checkpoints/")],
+        }
         self.write_json(MANIFEST, manifest)
         return True
 
@@ -266,17 +302,21 @@ class RunDir:
         stored = dict(self.store.list_keys(""))
         for path, record in files.items():
             if stored.get(path) != record["size"]:
-                raise RunStateError(f"run {self.run_id}: {path} is missing or has the wrong size "
-                                    f"({stored.get(path)} bytes, expected {record['size']}); "
-                                    "rerun the step that writes it")
-
-
+                raise RunStateError(
+                    f"run {self.run_id}: {path} is missing or has the wrong size "
+                    f"({stored.get(path)} bytes, expected {record['size']}); "
+                    "rerun the step that writes it"
+                )
 
 
 def is_file_record(entry: Any) -> bool:
-    return (isinstance(entry, dict) and isinstance(entry.get("path"), str)
-            and isinstance(entry.get("sha256"), str)
-            and isinstance(entry.get("size"), int) and not isinstance(entry.get("size"), bool))
+    return (
+        isinstance(entry, dict)
+        and isinstance(entry.get("path"), str)
+        and isinstance(entry.get("sha256"), str)
+        and isinstance(entry.get("size"), int)
+        and not isinstance(entry.get("size"), bool)
+    )
 
 
 def _sha(data: bytes) -> str:
@@ -298,8 +338,18 @@ class StepTimer:
         self.phases = start_step()
 
     def record(self, files: list[FileRecord], info: dict[str, Any]) -> StepRecord:
-        return StepRecord(self.step, self.started, _now(), round(time.monotonic() - self.t0, 3), files, info,
-                          _peak_rss_mb(), self.fingerprint, self.phases.rounded(), self.phases.counts())
+        return StepRecord(
+            self.step,
+            self.started,
+            _now(),
+            round(time.monotonic() - self.t0, 3),
+            files,
+            info,
+            _peak_rss_mb(),
+            self.fingerprint,
+            self.phases.rounded(),
+            self.phases.counts(),
+        )
 
 
 def _peak_rss_mb() -> float | None:
@@ -325,6 +375,7 @@ def build_metadata(run_id: str, config: dict[str, Any], records: dict[str, Any])
         "training": {k: v for k, v in train.get("info", {}).items() if k != "environment"},
         # which CPU variants were written next to the model, and why any was not
         "exports": ((records.get("evaluate") or {}).get("info", {}).get("metrics") or {}).get("exports"),
-        "timings_s": {step: (records.get(step) or {}).get("duration_s")
-                      for step in STEP_NAMES if records.get(step)},
+        "timings_s": {
+            step: (records.get(step) or {}).get("duration_s") for step in STEP_NAMES if records.get(step)
+        },
     }

@@ -101,8 +101,11 @@ def open_run(loaded: LoadedConfig, run_id: str | None = None, force: bool = Fals
     name = f"finetune-{run_id}" + (f"-rank{rank}" if rank else "")
     # Without runtime.work_dir the scratch is this process's own (removed when it ends): evaluate and classify
     # of one run, or two runs of one id under other output folders, may run on one host at once.
-    work_dir = (Path(cfg.runtime.work_dir) / name if cfg.runtime.work_dir
-                else Path(tempfile.gettempdir()) / f"{name}-{secrets.token_hex(4)}")
+    work_dir = (
+        Path(cfg.runtime.work_dir) / name
+        if cfg.runtime.work_dir
+        else Path(tempfile.gettempdir()) / f"{name}-{secrets.token_hex(4)}"
+    )
     return RunContext(loaded=loaded, run=RunDir(store, run_id), work_dir=work_dir, force=force, rank=rank)
 
 
@@ -113,11 +116,15 @@ def _refuse_odd_local_run_dir(run_uri: str, run_id: str) -> None:
         return
     path = local_path(run_uri)
     if path.is_symlink():
-        raise RunStateError(f"run {run_id}: the run directory in the output folder is a symbolic link; "
-                            "refusing to write through it (use a new run id)")
+        raise RunStateError(
+            f"run {run_id}: the run directory in the output folder is a symbolic link; "
+            "refusing to write through it (use a new run id)"
+        )
     if path.exists() and not path.is_dir():
-        raise RunStateError(f"run {run_id}: the output folder holds a file of that name, not a run directory "
-                            "(use another run id)")
+        raise RunStateError(
+            f"run {run_id}: the output folder holds a file of that name, not a run directory "
+            "(use another run id)"
+        )
 
 
 @contextlib.contextmanager
@@ -172,9 +179,11 @@ def reuse_or_refuse(ctx: RunContext, step: Step) -> bool:
         return False
     changes = ctx.fingerprint(step).changes_since(record.get("fingerprint"))
     if changes and not ctx.force:
-        raise RunStateError(f"step '{step.name}' of run {ctx.run.run_id} cannot be reused: "
-                            f"{'; '.join(changes)}. "
-                            "Pass --force to redo it and the steps after it, or use a new run id")
+        raise RunStateError(
+            f"step '{step.name}' of run {ctx.run.run_id} cannot be reused: "
+            f"{'; '.join(changes)}. "
+            "Pass --force to redo it and the steps after it, or use a new run id"
+        )
     return not changes
 
 
@@ -222,16 +231,21 @@ def card_samples(ctx: RunContext) -> list[CardSample] | None:
         return None
     texts = {r["id"]: r["text"] for r in from_jsonl(ctx.run.taken_over(PREPARE, "prepared/tickets.jsonl"))}
     pairs = [Pair(**r) for r in from_jsonl(ctx.run.taken_over(PREPARE, "prepared/pairs_test.jsonl"))]
-    return [CardSample(texts[p.a], p.text_b if p.text_b is not None else texts[p.b], p.score,
-                       p.relation or p.kind) for p in pairs[:CARD_SAMPLES]]
+    return [
+        CardSample(
+            texts[p.a], p.text_b if p.text_b is not None else texts[p.b], p.score, p.relation or p.kind
+        )
+        for p in pairs[:CARD_SAMPLES]
+    ]
 
 
 def stop_if_asked(ctx: RunContext, step: Step) -> None:
     """Stop before `step` when a SIGTERM came: its handler raises at once, but Python drops an exception
     raised inside a garbage collector's callback (the signal may land there), and the flag it set stays."""
     if ctx.stop.is_set():
-        raise Interrupted(f"stopped by SIGTERM before step '{step.name}'; "
-                          "rerun with the same run id to finish")
+        raise Interrupted(
+            f"stopped by SIGTERM before step '{step.name}'; rerun with the same run id to finish"
+        )
 
 
 def publish_step_metrics(ctx: RunContext, steps: tuple[Step, ...]) -> None:

@@ -36,8 +36,11 @@ def input_checksums(cfg: JobConfig) -> dict[str, str]:
     which may be a folder of pages, by its files' names and sha256 (job.data.jira.export_checksum)."""
     if cfg.data.format == "jira" and cfg.data.tickets:
         return {"data.tickets": export_checksum(read_input_files(cfg.data.tickets, cfg.storage, ".json"))}
-    return {f"data.{name}": hashlib.sha256(read_uri(uri, cfg.storage)).hexdigest()
-            for name in INPUT_FIELDS if (uri := getattr(cfg.data, name))}
+    return {
+        f"data.{name}": hashlib.sha256(read_uri(uri, cfg.storage)).hexdigest()
+        for name in INPUT_FIELDS
+        if (uri := getattr(cfg.data, name))
+    }
 
 
 @dataclass(frozen=True)
@@ -51,6 +54,9 @@ class Fingerprint:
             return ["it has no fingerprint (made by an older version of the job)"]
         changes = [] if recorded.get("config_sha256") == self.config_sha256 else ["the config changed"]
         before = recorded.get("inputs_sha256") or {}
-        changes += [f"input {name} changed" for name in sorted(set(before) | set(self.inputs_sha256))
-                    if before.get(name) != self.inputs_sha256.get(name)]
+        changes += [
+            f"input {name} changed"
+            for name in sorted(set(before) | set(self.inputs_sha256))
+            if before.get(name) != self.inputs_sha256.get(name)
+        ]
         return changes

@@ -47,8 +47,9 @@ class Holder:
     @classmethod
     def this_process(cls) -> Holder:
         pid = os.getpid()
-        return cls(socket.gethostname(), pid, secrets.token_hex(8), time.time(), this_machine(),
-                   process_start(pid))
+        return cls(
+            socket.gethostname(), pid, secrets.token_hex(8), time.time(), this_machine(), process_start(pid)
+        )
 
     def to_bytes(self) -> bytes:
         return (json.dumps(asdict(self)) + "\n").encode()
@@ -58,8 +59,14 @@ class Holder:
         """The holder written in a lock; None when the lock is unreadable (not written by a holder)."""
         try:
             fields = json.loads(data)
-            return cls(str(fields["host"]), int(fields["pid"]), str(fields["token"]), float(fields["heartbeat"]),
-                       fields.get("machine"), fields.get("started"))
+            return cls(
+                str(fields["host"]),
+                int(fields["pid"]),
+                str(fields["token"]),
+                float(fields["heartbeat"]),
+                fields.get("machine"),
+                fields.get("started"),
+            )
         except (ValueError, TypeError, KeyError, UnicodeDecodeError):
             return None
 
@@ -86,7 +93,11 @@ def process_start(pid: int) -> str | None:
 
 def stale_reason(holder: Holder, ttl_s: float) -> str | None:
     """Why a lock held by `holder` may be taken over, or None while it may be live."""
-    if holder.machine is not None and holder.machine == this_machine() and holder.host == socket.gethostname():
+    if (
+        holder.machine is not None
+        and holder.machine == this_machine()
+        and holder.host == socket.gethostname()
+    ):
         if process_start(holder.pid) != holder.started:
             return "its process is gone"
         return None  # alive on this host: its heartbeat age does not matter
@@ -96,9 +107,11 @@ def stale_reason(holder: Holder, ttl_s: float) -> str | None:
 
 def _refusal(store: Store, key: str, holder: Holder) -> RunInUse:
     age = time.time() - holder.heartbeat
-    return RunInUse(f"the run is in use by another process ({holder.host} pid {holder.pid}, heartbeat {age:.0f}s "
-                    f"ago; {store.where(key)}); not touching it. Retry later: a lock whose holder stopped goes "
-                    "stale after runtime.lock_ttl_s")
+    return RunInUse(
+        f"the run is in use by another process ({holder.host} pid {holder.pid}, heartbeat {age:.0f}s "
+        f"ago; {store.where(key)}); not touching it. Retry later: a lock whose holder stopped goes "
+        "stale after runtime.lock_ttl_s"
+    )
 
 
 def lock_key(name: str) -> str:
@@ -127,15 +140,18 @@ def run_lock(store: Store, name: str, log: Any, ttl_s: float = 120.0) -> Iterato
     me = Holder.this_process()
     _acquire(store, key, me, ttl_s, log)
     stop = threading.Event()
-    beat = threading.Thread(target=_heartbeat, args=(store, key, me, ttl_s / 4, stop, log), name=f"lock-{name}",
-                            daemon=True)
+    beat = threading.Thread(
+        target=_heartbeat, args=(store, key, me, ttl_s / 4, stop, log), name=f"lock-{name}", daemon=True
+    )
     beat.start()
     try:
         yield
     finally:
         stop.set()
         beat.join(timeout=5)
-        with contextlib.suppress(Exception):  # an unreleased lock goes stale; failing the step for it would not help
+        with contextlib.suppress(
+            Exception
+        ):  # an unreleased lock goes stale; failing the step for it would not help
             _release(store, key, me)
 
 
@@ -150,8 +166,12 @@ def _acquire(store: Store, key: str, me: Holder, ttl_s: float, log: Any) -> None
         reason = stale_reason(holder, ttl_s) if holder else "unreadable lock"
         if holder is not None and reason is None:
             raise _refusal(store, key, holder)
-        log.warning("taking over a stale lock", lock=store.where(key), reason=reason,
-                    previous_owner=holder.host if holder else None)
+        log.warning(
+            "taking over a stale lock",
+            lock=store.where(key),
+            reason=reason,
+            previous_owner=holder.host if holder else None,
+        )
         if store.replace_if_unchanged(key, me.to_bytes(), current.version):
             return
     raise RunInUse(f"{store.where(key)}: other processes kept taking the lock first; not touching the run")

@@ -21,13 +21,21 @@ from job.errors import ConfigError
 
 # What each step writes: file name -> what the number is.
 STEP_METRICS: dict[str, dict[str, str]] = {
-    "prepare": {"input_tickets": "tickets in the inputs", "input_links": "links in the inputs",
-                "drift_warnings": "input changes past a drift.* bound against the promoted run"},
-    "train": {"train_seconds": "seconds spent training", "train_pairs_per_second": "training rows per second"},
-    "evaluate": {"promote_metric": "the fine-tuned model's promote.metric on the test split",
-                 "recall_at_10": "the fine-tuned model's recall@10 on the test split",
-                 "hybrid_recall_at_10": "recall@10 of the fine-tuned model fused with BM25 on the test split",
-                 "average_precision": "the fine-tuned model's average precision on the test split"},
+    "prepare": {
+        "input_tickets": "tickets in the inputs",
+        "input_links": "links in the inputs",
+        "drift_warnings": "input changes past a drift.* bound against the promoted run",
+    },
+    "train": {
+        "train_seconds": "seconds spent training",
+        "train_pairs_per_second": "training rows per second",
+    },
+    "evaluate": {
+        "promote_metric": "the fine-tuned model's promote.metric on the test split",
+        "recall_at_10": "the fine-tuned model's recall@10 on the test split",
+        "hybrid_recall_at_10": "recall@10 of the fine-tuned model fused with BM25 on the test split",
+        "average_precision": "the fine-tuned model's average precision on the test split",
+    },
 }
 
 
@@ -37,15 +45,24 @@ def step_numbers(step: str, info: dict[str, Any], promote_metric: str) -> dict[s
         inputs = info.get("inputs") or {}
         drift = info.get("drift") or {}
         warnings = drift.get("warnings")
-        return {"input_tickets": inputs.get("tickets"), "input_links": inputs.get("links"),
-                "drift_warnings": len(warnings) if isinstance(warnings, list) else None}
+        return {
+            "input_tickets": inputs.get("tickets"),
+            "input_links": inputs.get("links"),
+            "drift_warnings": len(warnings) if isinstance(warnings, list) else None,
+        }
     if step == "train":
-        return {"train_seconds": info.get("train_seconds"), "train_pairs_per_second": info.get("pairs_per_second")}
+        return {
+            "train_seconds": info.get("train_seconds"),
+            "train_pairs_per_second": info.get("pairs_per_second"),
+        }
     if step == "evaluate":
         finetuned = (info.get("metrics") or {}).get("finetuned") or {}
-        return {"promote_metric": finetuned.get(promote_metric), "recall_at_10": finetuned.get("recall_at_10"),
-                "hybrid_recall_at_10": finetuned.get("hybrid_recall_at_10"),
-                "average_precision": finetuned.get("average_precision")}
+        return {
+            "promote_metric": finetuned.get(promote_metric),
+            "recall_at_10": finetuned.get("recall_at_10"),
+            "hybrid_recall_at_10": finetuned.get("hybrid_recall_at_10"),
+            "average_precision": finetuned.get("average_precision"),
+        }
     return {}
 
 

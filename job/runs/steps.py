@@ -25,9 +25,14 @@ class Step:
 
 PREPARE = Step("prepare", "Read inputs, split by link components, build pairs.")
 TRAIN = Step("train", "Fine-tune on the prepared pairs; checkpoints to storage.", needs=(PREPARE,))
-INDEX = Step("index", "Encode every ticket with the fine-tuned model: the vectors and the keyword index.",
-             needs=(TRAIN,))
-EVALUATE = Step("evaluate", "Score base and fine-tuned models on the test split.", needs=(INDEX,), shares_run=True)
+INDEX = Step(
+    "index",
+    "Encode every ticket with the fine-tuned model: the vectors and the keyword index.",
+    needs=(TRAIN,),
+)
+EVALUATE = Step(
+    "evaluate", "Score base and fine-tuned models on the test split.", needs=(INDEX,), shares_run=True
+)
 CLASSIFY = Step("classify", "Train and score the relation classifier.", needs=(INDEX,), shares_run=True)
 
 STEPS: tuple[Step, ...] = (PREPARE, TRAIN, INDEX, EVALUATE, CLASSIFY)  # the order `run` goes through them

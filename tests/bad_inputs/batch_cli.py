@@ -47,24 +47,55 @@ class Outcome:
         return self.stdout + self.stderr
 
 
-def run_many(invocations: dict[str, tuple[list[str], Path, dict[str, str]]], workdir: Path,
-             workers: int | None = None, timeout_s: int = 120) -> dict[str, Outcome]:
+def run_many(
+    invocations: dict[str, tuple[list[str], Path, dict[str, str]]],
+    workdir: Path,
+    workers: int | None = None,
+    timeout_s: int = 120,
+) -> dict[str, Outcome]:
     """Run `finetune-job ARGS` for each id -> (args, cwd, extra env); returns each one's outcome."""
     workdir.mkdir(parents=True, exist_ok=True)
-    jobs: list[dict[str, Any]] = [{"id": job_id, "args": args, "cwd": str(cwd), "env": cli_env(env),
-             "stdout": str(workdir / f"{n}.out"), "stderr": str(workdir / f"{n}.err")}
-            for n, (job_id, (args, cwd, env)) in enumerate(invocations.items())]
+    jobs: list[dict[str, Any]] = [
+        {
+            "id": job_id,
+            "args": args,
+            "cwd": str(cwd),
+            "env": cli_env(env),
+            "stdout": str(workdir / f"{n}.out"),
+            "stderr": str(workdir / f"{n}.err"),
+        }
+        for n, (job_id, (args, cwd, env)) in enumerate(invocations.items())
+    ]
     (workdir / "jobs.json").write_text(json.dumps(jobs))
-    done = subprocess.run([sys.executable, "-m", "tests.bad_inputs.batch_cli", str(workdir / "jobs.json"),
-                           str(workdir / "results.json"),
-                           "--workers", str(workers or len(os.sched_getaffinity(0))),
-                           "--timeout", str(timeout_s)],
-                          cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=900)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tests.bad_inputs.batch_cli",
+            str(workdir / "jobs.json"),
+            str(workdir / "results.json"),
+            "--workers",
+            str(workers or len(os.sched_getaffinity(0))),
+            "--timeout",
+            str(timeout_s),
+        ],
+        cwd=REPO,
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     if done.returncode != 0:
         raise RuntimeError(f"batch runner failed: {done.stderr[-3000:]}")
     codes = json.loads((workdir / "results.json").read_text())
-    return {job["id"]: Outcome(codes[job["id"]], Path(job["stdout"]).read_text(errors="replace"),
-                               Path(job["stderr"]).read_text(errors="replace")) for job in jobs}
+    return {
+        job["id"]: Outcome(
+            codes[job["id"]],
+            Path(job["stdout"]).read_text(errors="replace"),
+            Path(job["stderr"]).read_text(errors="replace"),
+        )
+        for job in jobs
+    }
 
 
 def _child(job: dict[str, Any], timeout_s: int) -> None:

