@@ -113,8 +113,8 @@ def load_variant(model: Any, onnx_path: Path, threads: int) -> Any:
 
 @contextlib.contextmanager
 def onnx_transformer(model: Any, onnx_path: Path, threads: int) -> Iterator[Any]:
-    """`model` run by the variant at `onnx_path` inside the block (load_variant), and its own transformer again
-    after it: one model in memory scores every variant, instead of a fresh load for each."""
+    """`model` run by the variant at `onnx_path` inside the block (load_variant), and its own transformer
+    again after it: one model in memory scores every variant, instead of a fresh load for each."""
     own = model[0].model
     try:
         yield load_variant(model, onnx_path, threads)
@@ -125,9 +125,9 @@ def onnx_transformer(model: Any, onnx_path: Path, threads: int) -> Iterator[Any]
 @dataclass(frozen=True)
 class ExportGate:
     """The tickets of the test split a variant is scored on beside the PyTorch model: whole link components
-    (a query's duplicates come with it) in a seeded order, up to `export.gate_tickets`; the whole split when it
-    is smaller. The two are compared on the same tickets, by the metrics the gate guards (dense: the variants
-    are vectors; the keyword side of the hybrid is the same for both)."""
+    (a query's duplicates come with it) in a seeded order, up to `export.gate_tickets`; the whole split when
+    it is smaller. The two are compared on the same tickets, by the metrics the gate guards (dense: the
+    variants are vectors; the keyword side of the hybrid is the same for both)."""
 
     ids: list[str]
     pairs: list[Pair]

@@ -206,7 +206,8 @@ def evaluate_model(
 
 @dataclass
 class RetrievalPool:
-    """One split's tickets as a search corpus: who is relevant to whom, when each was filed, its BM25 index."""
+    """One split's tickets as a search corpus: who is relevant to whom, when each was filed, its BM25
+    index."""
 
     ids: list[str]
     relevant: list[set[int]]
@@ -328,8 +329,8 @@ def score_model(emb: Embeddings, held: HeldOut, settings: FusionSettings) -> Mod
 def hybrid_pair_metrics(
     emb: Embeddings, held: HeldOut, fusion: Fusion, summary: dict[str, Any]
 ) -> dict[str, Any]:
-    """Pair metrics of the hybrid pair score (pool_pair_scores), threshold from val; `summary` learns which pair
-    score, dense or hybrid, has the better val average precision (the one a threshold is read from)."""
+    """Pair metrics of the hybrid pair score (pool_pair_scores), threshold from val; `summary` learns which
+    pair score, dense or hybrid, has the better val average precision (the one a threshold is read from)."""
     val = labelled(
         pool_pair_scores(fused(emb, held, held.val, fusion), held.val, held.val_pairs, held.chunk_size),
         held.val_pairs,
@@ -372,3 +373,37 @@ def lexical_metrics(held: HeldOut) -> dict[str, Any]:
 def normalised(similarity: Similarity) -> Similarity:
     """A similarity min-max scaled over each query's candidates."""
     return lambda rows, mask, time_aware: minmax(similarity(rows, mask, time_aware), mask)
+
+
+# The metrics whose change from the base model evaluate/metrics.json reports (delta).
+DELTA_KEYS = (
+    "average_precision",
+    "roc_auc",
+    "spearman",
+    "recall_at_10",
+    "mrr",
+    "map",
+    "time_aware_recall_at_10",
+    "time_aware_mrr",
+    "time_aware_map",
+    "hybrid_recall_at_10",
+    "hybrid_mrr",
+    "hybrid_map",
+    "hybrid_time_aware_recall_at_10",
+    "hybrid_time_aware_mrr",
+    "hybrid_average_precision",
+)
+
+
+def metric_deltas(finetuned: dict[str, Any], base: dict[str, Any]) -> dict[str, float | None]:
+    """The fine-tuned model's metrics minus the base model's (None where either is not a number)."""
+    return {k: _delta(finetuned.get(k), base.get(k)) for k in DELTA_KEYS}
+
+
+def _delta(new: Any, old: Any) -> float | None:
+    return round(new - old, 5) if isinstance(new, float) and isinstance(old, float) else None
+
+
+def rounded(metrics: dict[str, Any]) -> dict[str, Any]:
+    """Metrics to 4 decimals, for a log line."""
+    return {k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()}

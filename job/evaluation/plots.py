@@ -16,7 +16,8 @@ if TYPE_CHECKING:
 
 
 class PlottedRun(Protocol):
-    """What the history figure reads of a run (job.fleet.history.RunSummary has it; history draws with this module)."""
+    """What the history figure reads of a run (job.fleet.history.RunSummary has it; history draws with this
+    module)."""
 
     run_id: str
     finished: bool
@@ -115,6 +116,21 @@ def f1_vs_threshold(scores: dict[str, PairScores], metrics: dict[str, dict], pat
     )
     ax.legend()
     return _save(fig, path)
+
+
+def evaluation_figures(scores: dict[str, PairScores], metrics: dict[str, dict], folder: Path) -> list[Path]:
+    """The evaluate step's figures of the base and fine-tuned models' test pair scores (ROC and PR only when
+    the test pairs hold both labels)."""
+    made = [
+        similarity_distributions(scores, folder / "similarity_distributions.png"),
+        f1_vs_threshold(scores, metrics, folder / "f1_vs_threshold.png"),
+    ]
+    if all(metrics[m]["roc_auc"] is not None for m in ("base", "finetuned")):
+        made += [
+            roc(scores, metrics, folder / "roc.png"),
+            precision_recall(scores, metrics, folder / "pr.png"),
+        ]
+    return made
 
 
 def loss_curve(curve: list[dict[str, Any]], val_history: list[dict[str, Any]], path: Path) -> Path:

@@ -1,4 +1,5 @@
-"""How a run's inputs differ from the promoted run's: counts, relation mix, projects, text lengths, new tickets.
+"""How a run's inputs differ from the promoted run's: counts, relation mix, projects, text lengths, new
+tickets.
 
 Pure functions over the rows prepare writes (`prepared/tickets.jsonl`: id, text, project, split;
 `prepared/links.jsonl`: relation), so the promoted run's profile is rebuilt from its own prepared

@@ -242,8 +242,9 @@ def fit_logistic(
 
 
 def check_logistic_model(model: dict[str, Any], where: str) -> None:
-    """A saved logistic model that predict can apply: distinct class names, and finite weights whose shapes agree
-    (RunStateError naming `where` and the field otherwise). The file came from storage: it may be edited."""
+    """A saved logistic model that predict can apply: distinct class names, and finite weights whose shapes
+    agree (RunStateError naming `where` and the field otherwise). The file came from storage: it may be
+    edited."""
     classes = model.get("classes")
     if not (
         isinstance(classes, list)
