@@ -1,7 +1,7 @@
 """Where a step's time goes: seconds per phase (load, encode, fit, export, score, read, write, ...).
 
-Every step records its phases in its record (`steps/<step>.json`: `phases_s`), and `--profile` prints them when
-the command ends, so a slower step is traced to its phase in minutes. A phase counts only its own time: a
+Every step records its phases in its record (`steps/<step>.json`: `phases_s`), and `--profile` prints them
+when the command ends, so a slower step is traced to its phase in minutes. A phase counts only its own time: a
 phase inside another (an encode inside the export) pauses the outer one, so the phases of a step add up to at
 most its duration, and what they leave (`other`) is the step's own bookkeeping.
 
@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Protocol
 
 
 @dataclass
@@ -79,14 +79,23 @@ def phase(name: str) -> Iterator[None]:
         yield
 
 
-def table(records: dict[str, dict[str, Any]]) -> str:
-    """Each step record's phases as one line for `--profile`: `step  total s  phase seconds (xN) ...  other`."""
+class StepPhases(Protocol):
+    """What a step record keeps of its time (job/runs/records.py StepRecord)."""
+
+    duration_s: float
+    phases_s: dict[str, float]
+    phase_counts: dict[str, int]
+
+
+def table(records: Mapping[str, StepPhases]) -> str:
+    """Each step record's phases as one line for `--profile`:
+    `step  total s  phase seconds (xN) ...  other`."""
     lines = []
     for step, record in records.items():
-        total = float(record.get("duration_s") or 0.0)
-        parts = {str(k): float(v) for k, v in (record.get("phases_s") or {}).items()}
+        total = float(record.duration_s)
+        parts = {str(k): float(v) for k, v in record.phases_s.items()}
         parts["other"] = max(total - sum(parts.values()), 0.0)
-        counts = record.get("phase_counts") or {}
+        counts = record.phase_counts
         shown = "  ".join(
             f"{name} {seconds:.1f}" + (f" (x{counts[name]})" if counts.get(name, 1) > 1 else "")
             for name, seconds in parts.items()

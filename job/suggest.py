@@ -50,7 +50,8 @@ class Suggestion:
 
 
 class TicketIndex:
-    """A run's index in memory: its vectors, its keyword index, its model and fusion (see module docstring)."""
+    """A run's index in memory: its vectors, its keyword index, its model and fusion (see module
+    docstring)."""
 
     def __init__(
         self, run_id: str, folder: Path, model: Any, fusion: Fusion, lexical: SavedLexicalIndex, template: str
@@ -186,7 +187,7 @@ def open_index(cfg: JobConfig, run_id: str | None = None, work_dir: Path | None 
     settings, fusion = read_fusion(spec, f"{run.uri}/{RETRIEVAL_FILE}")
     described = json.loads((folder / INDEX_JSON).read_text())
     weights = sorted(
-        r["sha256"] for p, r in listed.items() if p.startswith("model/") and p.endswith(".safetensors")
+        r.sha256 for p, r in listed.items() if p.startswith("model/") and p.endswith(".safetensors")
     )
     if described.get("model_sha256") != ",".join(weights):
         raise RunStateError(

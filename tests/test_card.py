@@ -12,6 +12,7 @@ from huggingface_hub import ModelCard
 
 from job.config import JobConfig
 from job.runs.card import CardSample, model_card
+from job.runs.records import RunResults
 
 # Numbers as a tiny run on the shared sample recorded them (run c1: MiniLM, 48 tokens, 48 rows).
 BASE = {
@@ -108,25 +109,23 @@ CLASSIFIER = {
 }
 
 
-def _records(classify: bool = True) -> dict[str, dict]:
-    records = {
-        "prepare": {"info": PREPARE},
-        "train": {"info": TRAIN},
+def _records(classify: bool = True) -> RunResults:
+    steps = {
+        "prepare": PREPARE,
+        "train": TRAIN,
         "evaluate": {
-            "info": {
-                "metrics": {
-                    "base": BASE,
-                    "finetuned": FINETUNED,
-                    "exports": EXPORTS,
-                    "fusion": FUSION,
-                    "lexical": LEXICAL,
-                }
+            "metrics": {
+                "base": BASE,
+                "finetuned": FINETUNED,
+                "exports": EXPORTS,
+                "fusion": FUSION,
+                "lexical": LEXICAL,
             }
         },
     }
     if classify:
-        records["classify"] = {"info": {"metrics": CLASSIFIER}}
-    return records
+        steps["classify"] = {"metrics": CLASSIFIER}
+    return RunResults(steps)
 
 
 def _config() -> JobConfig:
@@ -252,7 +251,10 @@ def test_the_text_grep_finds_text_that_is_there(tmp_path: Path) -> None:
     title = "DataNode fails to report blocks after a disk is replaced under load"
     tickets.write_text(json.dumps({"id": "X-1", "title": title, "description": "a " * 40}) + "\n")
     (tmp_path / "model").mkdir()
-    folded = "widget:\n- source_sentence: DataNode fails to report blocks after a disk is\n    replaced under load\n"
+    folded = (
+        "widget:\n- source_sentence: DataNode fails to report blocks after a disk is\n"
+        "    replaced under load\n"
+    )
     (tmp_path / "model" / "README.md").write_text(folded)
     (tmp_path / "model" / "weights.bin").write_bytes(b"\x00\x01")
     assert files_quoting(tmp_path / "model", ticket_text_needles(tickets)) == {"README.md": title}
@@ -268,7 +270,7 @@ def test_values_from_the_data_cannot_write_markdown_or_html_into_the_card() -> N
             "files": [{"uri": "s3://b/in/a|b<i>.jsonl", "sha256": "0" * 64, "rows": 1, "kept": 1}],
         },
     }
-    records = {**_records(), "prepare": {"info": prepare}}
+    records = RunResults({**_records().steps, "prepare": prepare})
     body = ModelCard(model_card("r1", _config(), records)).text
     assert "\n## Injected" not in body and "<img" not in body and "](javascript:" not in body
     assert "<i>" not in body and "| a\\|b&lt;i&gt;.jsonl | 1 | 1 |" in body

@@ -152,7 +152,7 @@ def prepare_run(
         pipeline.run_step(ctx, "prepare")
     record = ctx.run.step_record("prepare")
     assert record is not None
-    return record["info"], [json.loads(line) for line in stream.getvalue().splitlines()]
+    return record.info, [json.loads(line) for line in stream.getvalue().splitlines()]
 
 
 def test_prepare_records_drift_against_the_promoted_run_and_warns_past_a_bound(

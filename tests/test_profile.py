@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from job import profile
+from job.runs.records import StepRecord
 
 
 class Clock:
@@ -49,12 +50,15 @@ def test_phases_go_to_the_step_running_now(clock: Clock) -> None:
 
 def test_the_table_shows_each_phase_and_what_the_phases_leave_as_other() -> None:
     records = {
-        "evaluate": {
-            "duration_s": 10.0,
-            "phases_s": {"encode": 6.0, "load": 1.5},
-            "phase_counts": {"encode": 3, "load": 1},
-        },
-        "classify": {"duration_s": 2.0},
+        "evaluate": StepRecord(
+            "evaluate",
+            "",
+            "",
+            10.0,
+            phases_s={"encode": 6.0, "load": 1.5},
+            phase_counts={"encode": 3, "load": 1},
+        ),
+        "classify": StepRecord("classify", "", "", 2.0),
     }
     lines = profile.table(records).splitlines()
     assert lines[0].split() == [

@@ -19,6 +19,7 @@ from job.data.records import Ticket
 from job.errors import ConfigError, RunStateError
 from job.relations.base import FitInputs, Fitted, RelationClassifier, classifier_class
 from job.relations.methods import RELATION_CLASSIFIERS, ClassifierMethod
+from job.runs.records import StepRecord
 from tests.conftest import TINY, SampleSplit, merged, write_config
 
 CENTROID_FORMAT = "test-nearest-centroid/1"
@@ -162,7 +163,7 @@ def test_predict_picks_the_loader_by_the_saved_format(registered: None, tmp_path
 class CentroidRun:
     cfg: JobConfig
     run_dir: Path
-    record: dict[str, Any]
+    record: StepRecord
 
 
 @pytest.fixture(scope="module")
@@ -204,7 +205,7 @@ def test_the_classify_step_trains_scores_and_publishes_a_registered_method(centr
     assert metrics["method"] == "centroid" and metrics["centroid_dim"] == 2 * 384
     assert {"macro_f1", "per_class", "majority_macro_f1", "n_train", "n_test", "classes"} <= set(metrics)
     assert metrics["macro_f1"] is not None
-    assert metrics["n_test"] == len(centroid_run.record["info"]["test_probabilities"]) > 0
+    assert metrics["n_test"] == len(centroid_run.record.info["test_probabilities"]) > 0
     saved = json.loads((centroid_run.run_dir / "classifier" / "model.json").read_text())
     assert saved["format"] == CENTROID_FORMAT and saved["classes"] == metrics["classes"]
     manifest = (centroid_run.run_dir / "manifest.json").read_text()
@@ -222,7 +223,7 @@ def test_predict_loads_a_registered_method_from_a_finished_run(
     with pytest.MonkeyPatch.context() as patch:
         patch.setitem(RELATION_CLASSIFIERS, "centroid", CENTROID)
         predictor = open_run_predictor(centroid_run.cfg, "centroid", tmp_path)
-    tickets, info = sample_split.tickets, centroid_run.record["info"]
+    tickets, info = sample_split.tickets, centroid_run.record.info
     got = predictor.probabilities(
         [(tickets[source], tickets[target]) for source, target in info["test_pairs"]]
     )

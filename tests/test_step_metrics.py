@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from job.errors import ConfigError
+from job.runs.records import RunResults
 from job.runs.step_metrics import STEP_METRICS, as_text, step_numbers, write_step_metrics
 
 RECORDS = {
@@ -23,7 +24,9 @@ RECORDS = {
 
 
 def test_each_step_publishes_the_numbers_it_declares_from_its_record() -> None:
-    numbers = {step: step_numbers(step, RECORDS[step], "roc_auc") for step in STEP_METRICS}
+    numbers = {
+        step: step_numbers(step, RunResults({step: RECORDS[step]}), "roc_auc") for step in STEP_METRICS
+    }
     assert {step: set(values) for step, values in numbers.items()} == {
         s: set(f) for s, f in STEP_METRICS.items()
     }
@@ -35,8 +38,10 @@ def test_each_step_publishes_the_numbers_it_declares_from_its_record() -> None:
         "hybrid_recall_at_10": None,
         "average_precision": 0.8125,
     }
-    assert step_numbers("classify", {}, "roc_auc") == {}
-    no_drift = step_numbers("prepare", {"inputs": {}, "drift": {"skipped": "no promoted run"}}, "x")
+    assert step_numbers("classify", RunResults({}), "roc_auc") == {}
+    no_drift = step_numbers(
+        "prepare", RunResults({"prepare": {"inputs": {}, "drift": {"skipped": "no promoted run"}}}), "x"
+    )
     assert no_drift["drift_warnings"] is None
 
 

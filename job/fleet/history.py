@@ -27,6 +27,7 @@ from job.evaluation import plots
 from job.jsonio import to_json
 from job.log import get_logger
 from job.runs.artifacts import MANIFEST, METRICS, check_run_id
+from job.runs.records import RunResults
 from job.storage import Store, Versioned, open_store
 
 HISTORY_JSON = "history.json"
@@ -175,13 +176,22 @@ def read_run(run: Store, run_id: str, metric: str) -> RunSummary:
     try:
         keys = {key for key, _ in run.list_keys("")}
         summary.finished = MANIFEST in keys
-        prepare = _json(run, "steps/prepare.json") if "steps/prepare.json" in keys else None
-        if isinstance(prepare, dict):
-            _take_prepare_record(summary, prepare)
-        indexed = _json(run, "steps/index.json") if "steps/index.json" in keys else None
-        if isinstance(indexed, dict):
-            info = _section(indexed, "info")
-            summary.index_rows, size = _int(info.get("rows")), _int(info.get("size_bytes"))
+        records = {
+            step: record
+            for step in ("prepare", "index")
+            if f"steps/{step}.json" in keys and isinstance(record := _json(run, f"steps/{step}.json"), dict)
+        }
+        results = RunResults({step: _section(record, "info") for step, record in records.items()})
+        if "prepare" in records:
+            started = records["prepare"].get("started")
+            summary.started = started if isinstance(started, str) else None
+            summary.tickets, summary.links = (
+                _int(results.inputs.get("tickets")),
+                _int(results.inputs.get("links")),
+            )
+            summary.drift_warnings = [str(w.get("measure")) for w in results.drift_warnings or []]
+        if "index" in records:
+            summary.index_rows, size = _int(results.index.get("rows")), _int(results.index.get("size_bytes"))
             summary.index_mb = None if size is None else round(size / 1e6, 1)
         metrics_key = METRICS if summary.finished else "evaluate/metrics.json"
         if metrics_key in keys:
@@ -198,15 +208,6 @@ def _json(run: Store, key: str) -> Any:
         return json.loads(run.read_bytes(key))
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise ValueError(f"{key} is not valid JSON ({type(exc).__name__})") from None
-
-
-def _take_prepare_record(summary: RunSummary, record: dict[str, Any]) -> None:
-    summary.started = record.get("started") if isinstance(record.get("started"), str) else None
-    info = _section(record, "info")
-    inputs = _section(info, "inputs")
-    summary.tickets, summary.links = _int(inputs.get("tickets")), _int(inputs.get("links"))
-    warnings = _section(info, "drift").get("warnings")
-    summary.drift_warnings = [str(w.get("measure")) for w in warnings or [] if isinstance(w, dict)]
 
 
 def _section(record: dict[str, Any], key: str) -> dict[str, Any]:

@@ -37,7 +37,7 @@ from job.jsonio import to_json
 from job.log import get_logger
 from job.retrieval.index import INDEX_JSON
 from job.runs.artifacts import MANIFEST, METRICS, RunDir, check_run_id
-from job.storage import Store, Versioned, open_store, sha256_file
+from job.storage import FileRecord, Store, Versioned, open_store, sha256_file
 
 MAX_ATTEMPTS = 10  # compare-and-swap rounds before giving up (exit 75: the orchestrator retries)
 TOLERANCE = 1e-12  # float rounding must not turn "exactly at the margin" into a refusal
@@ -253,7 +253,7 @@ def verified_metrics(run: RunDir) -> dict[str, Any]:
     return metrics
 
 
-def manifest_files(run: RunDir, where: str) -> dict[str, dict[str, Any]]:
+def manifest_files(run: RunDir, where: str) -> dict[str, FileRecord]:
     """The manifest's file records by path, after checking it names this run and lists what
     promotion needs."""
     files = run.manifest_records(f"cannot promote run {run.run_id}")
@@ -264,18 +264,16 @@ def manifest_files(run: RunDir, where: str) -> dict[str, dict[str, Any]]:
     return files
 
 
-def check_file(
-    run: RunDir, path: str, record: dict[str, Any], stored_size: int | None, scratch: Path
-) -> Path:
+def check_file(run: RunDir, path: str, record: FileRecord, stored_size: int | None, scratch: Path) -> Path:
     """Download one listed file into `scratch` and check its size and sha256 against the manifest's record."""
     problem = f"cannot promote run {run.run_id}: {run.uri}/{path}"
     if stored_size is None:
         raise RunStateError(f"{problem} is missing (listed in {MANIFEST})")
-    if stored_size != record["size"]:
-        raise RunStateError(f"{problem} has {stored_size} bytes, {MANIFEST} says {record['size']}")
+    if stored_size != record.size:
+        raise RunStateError(f"{problem} has {stored_size} bytes, {MANIFEST} says {record.size}")
     local = scratch / "file"
     run.store.download_file(path, local)
-    if sha256_file(local) != record["sha256"]:
+    if sha256_file(local) != record.sha256:
         raise RunStateError(
             f"{problem} does not match the sha256 in {MANIFEST} (changed after the run finished)"
         )

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import secrets
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,7 @@ from job.errors import RunStateError
 from job.jsonio import to_json
 from job.profile import phase, start_step
 from job.runs.fingerprint import Fingerprint
+from job.runs.records import RunResults, StepRecord, file_record, is_file_record
 from job.runs.steps import STEP_NAMES, Step, dependents, prerequisites
 from job.storage import FileRecord, Store, check_key, sha256_file
 
@@ -62,24 +63,6 @@ def check_run_id(run_id: str) -> str:
     return check_key(run_id)
 
 
-@dataclass
-class StepRecord:
-    step: str
-    started: str
-    finished: str
-    duration_s: float
-    files: list[FileRecord] = field(default_factory=list)
-    info: dict[str, Any] = field(default_factory=dict)
-    # The process's peak resident memory so far (in `run`, steps share a process): sizes pod limits.
-    peak_rss_mb: float | None = None
-    # What the step was made from; a rerun reuses the step only if this is unchanged.
-    fingerprint: Fingerprint | None = None
-    # Seconds per phase (load, encode, fit, ...; job/profile.py): where the step's time went.
-    phases_s: dict[str, float] = field(default_factory=dict)
-    # how often each was entered (models loaded: `load`)
-    phase_counts: dict[str, int] = field(default_factory=dict)
-
-
 class RunDir:
     """A run's files in its store, with the rules for starting, recording and finishing steps."""
 
@@ -95,7 +78,8 @@ class RunDir:
         return self.store.exists(MANIFEST)
 
     def refuse_or_reopen_finished(self, force: bool) -> None:
-        """A finished run is refused without `force`; with it, its manifest goes: the run is unfinished again."""
+        """A finished run is refused without `force`; with it, its manifest goes: the run is unfinished
+        again."""
         if self.is_finished():
             if not force:
                 raise RunStateError(
@@ -123,7 +107,7 @@ class RunDir:
                     f"step '{step.name}' of run {self.run_id} needs step '{earlier.name}' "
                     f"first ({self.uri}/steps/{earlier.name}.json is missing)"
                 )
-            made_with = (record.get("fingerprint") or {}).get("config_sha256")
+            made_with = record.fingerprint.config_sha256 if record.fingerprint else None
             if config_sha256 is not None and made_with != config_sha256:
                 raise RunStateError(
                     f"step '{step.name}' of run {self.run_id}: step '{earlier.name}' "
@@ -141,26 +125,24 @@ class RunDir:
     def record_step(self, record: StepRecord) -> None:
         self.write_json(f"steps/{record.step}.json", asdict(record))
 
-    def step_record(self, step: str) -> dict[str, Any] | None:
+    def step_record(self, step: str) -> StepRecord | None:
         """The step's record, or None before it recorded itself; a damaged record is an error naming it."""
         key = f"steps/{step}.json"
         if not self.store.exists(key):
             return None
         try:
-            record = json.loads(self.store.read_bytes(key))
+            return StepRecord.from_json(json.loads(self.store.read_bytes(key)))
         except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
             raise RunStateError(
                 f"run {self.run_id}: {self.uri}/{key} is damaged ({type(exc).__name__}); "
                 f"redo step '{step}' with --force"
             ) from None
-        files = record.get("files") if isinstance(record, dict) else None
-        if not isinstance(files, list) or not all(is_file_record(f) for f in files):
+        except ValueError:
             raise RunStateError(
                 f"run {self.run_id}: {self.uri}/{key} is not a step record "
                 "(no list of files with path, size and sha256); "
                 f"redo step '{step}' with --force"
-            )
-        return record
+            ) from None
 
     def taken_over(self, step: Step, key: str) -> bytes:
         """A file `step` wrote, read back and checked against its record (size, sha256): a later step never
@@ -191,7 +173,7 @@ class RunDir:
         )
 
     def _download_checked(
-        self, records: dict[str, dict[str, Any]], prefix: str, local_dir: Path, source: str, remedy: str
+        self, records: dict[str, FileRecord], prefix: str, local_dir: Path, source: str, remedy: str
     ) -> Path:
         wanted = [path for path in records if path.startswith(prefix + "/")]
         if not wanted:
@@ -199,18 +181,19 @@ class RunDir:
         for path in wanted:
             target = local_dir / check_key(path[len(prefix) + 1 :])
             target.parent.mkdir(parents=True, exist_ok=True)
-            if not (target.is_file() and sha256_file(target) == records[path]["sha256"]):
+            listed = records[path]
+            if not (target.is_file() and sha256_file(target) == listed.sha256):
                 self.store.download_file(path, target)
             size, sha = target.stat().st_size, sha256_file(target)
-            if (size, sha) != (records[path]["size"], records[path]["sha256"]):
+            if (size, sha) != (listed.size, listed.sha256):
                 raise RunStateError(
                     f"run {self.run_id}: {self.uri}/{path} is not the file {source} lists "
-                    f"({size} bytes, listed {records[path]['size']}): "
+                    f"({size} bytes, listed {listed.size}): "
                     f"it changed since; {remedy}"
                 )
         return local_dir
 
-    def manifest_records(self, purpose: str) -> dict[str, dict[str, Any]]:
+    def manifest_records(self, purpose: str) -> dict[str, FileRecord]:
         """The finished run's manifest as file records by path, checked to name this run; `purpose`
         starts each error ("cannot promote run X")."""
         where = f"{self.uri}/{MANIFEST}"
@@ -230,13 +213,13 @@ class RunDir:
             raise RunStateError(
                 f"{purpose}: {where} has no valid 'files' list (each entry needs path, size and sha256)"
             )
-        return {r["path"]: r for r in records}
+        return {r["path"]: file_record(r) for r in records}
 
-    def _recorded(self, step: Step) -> dict[str, dict[str, Any]]:
+    def _recorded(self, step: Step) -> dict[str, FileRecord]:
         record = self.step_record(step.name)
         if record is None:
             raise RunStateError(f"run {self.run_id}: step '{step.name}' has not recorded itself")
-        return {f["path"]: f for f in record["files"]}
+        return record.file_records()
 
     def _check_recorded(self, step: Step, key: str, size: int, sha256: str) -> None:
         entry = self._recorded(step).get(key)
@@ -244,20 +227,25 @@ class RunDir:
             raise RunStateError(
                 f"run {self.run_id}: {self.uri}/{key} is not among the files step '{step.name}' recorded"
             )
-        if entry["size"] != size or entry["sha256"] != sha256:
-            sha = "matches" if entry["sha256"] == sha256 else "differs"
+        if entry.size != size or entry.sha256 != sha256:
+            sha = "matches" if entry.sha256 == sha256 else "differs"
             raise RunStateError(
                 f"run {self.run_id}: {self.uri}/{key} is not the file "
                 f"step '{step.name}' wrote "
-                f"({size} bytes, recorded {entry['size']}; sha256 {sha}): "
+                f"({size} bytes, recorded {entry.size}; sha256 {sha}): "
                 "it changed after the step recorded it; "
                 f"redo step '{step.name}' with --force"
             )
 
-    def complete_records(self, required: tuple[Step, ...]) -> dict[str, dict[str, Any]] | None:
+    def complete_records(self, required: tuple[Step, ...]) -> dict[str, StepRecord] | None:
         """Every required step's record by step name, or None while one is missing."""
-        records = {step.name: self.step_record(step.name) for step in required}
-        return None if any(r is None for r in records.values()) else records  # type: ignore[return-value]
+        records: dict[str, StepRecord] = {}
+        for step in required:
+            record = self.step_record(step.name)
+            if record is None:
+                return None
+            records[step.name] = record
+        return records
 
     def finish_if_complete(
         self, required: tuple[Step, ...], config: dict[str, Any], extra_files: tuple[FileRecord, ...] = ()
@@ -269,28 +257,27 @@ class RunDir:
         records = self.complete_records(required)
         if records is None:
             return False
-        files: dict[str, dict[str, Any]] = {}
+        files: dict[str, FileRecord] = {}
         for record in records.values():
-            for f in record["files"]:
-                files[f["path"]] = f
-        files.update({f.path: asdict(f) for f in extra_files})
+            files.update(record.file_records())
+        files.update({f.path: f for f in extra_files})
         metrics = self._merged_metrics(records)
-        files[METRICS] = asdict(self.write_json(METRICS, metrics))
-        files[METADATA] = asdict(self.write_json(METADATA, build_metadata(self.run_id, config, records)))
+        files[METRICS] = self.write_json(METRICS, metrics)
+        files[METADATA] = self.write_json(METADATA, build_metadata(self.run_id, config, records))
         for step in required:
             key = f"steps/{step.name}.json"
             data = self.store.read_bytes(key)
-            files[key] = asdict(FileRecord(key, len(data), _sha(data)))
+            files[key] = FileRecord(key, len(data), _sha(data))
         self._verify_sizes(files)
         manifest = {
             "run_id": self.run_id,
             "created": _now(),
-            "files": [files[path] for path in sorted(files) if not path.startswith("checkpoints/")],
+            "files": [asdict(files[path]) for path in sorted(files) if not path.startswith("checkpoints/")],
         }
         self.write_json(MANIFEST, manifest)
         return True
 
-    def _merged_metrics(self, records: dict[str, Any]) -> dict[str, Any]:
+    def _merged_metrics(self, records: dict[str, StepRecord]) -> dict[str, Any]:
         metrics: dict[str, Any] = {}
         if records.get("evaluate"):
             metrics.update(self.read_json("evaluate/metrics.json"))
@@ -298,25 +285,15 @@ class RunDir:
             metrics["classifier"] = self.read_json("classifier/metrics.json")
         return metrics
 
-    def _verify_sizes(self, files: dict[str, dict[str, Any]]) -> None:
+    def _verify_sizes(self, files: dict[str, FileRecord]) -> None:
         stored = dict(self.store.list_keys(""))
         for path, record in files.items():
-            if stored.get(path) != record["size"]:
+            if stored.get(path) != record.size:
                 raise RunStateError(
                     f"run {self.run_id}: {path} is missing or has the wrong size "
-                    f"({stored.get(path)} bytes, expected {record['size']}); "
+                    f"({stored.get(path)} bytes, expected {record.size}); "
                     "rerun the step that writes it"
                 )
-
-
-def is_file_record(entry: Any) -> bool:
-    return (
-        isinstance(entry, dict)
-        and isinstance(entry.get("path"), str)
-        and isinstance(entry.get("sha256"), str)
-        and isinstance(entry.get("size"), int)
-        and not isinstance(entry.get("size"), bool)
-    )
 
 
 def _sha(data: bytes) -> str:
@@ -360,22 +337,19 @@ def _peak_rss_mb() -> float | None:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # KiB on Linux
 
 
-def build_metadata(run_id: str, config: dict[str, Any], records: dict[str, Any]) -> dict[str, Any]:
-    prepare, train = records.get("prepare") or {}, records.get("train") or {}
+def build_metadata(run_id: str, config: dict[str, Any], records: dict[str, StepRecord]) -> dict[str, Any]:
+    results = RunResults.of(records)
     return {
         "run_id": run_id,
         "created": _now(),
         "config": config,
         "seed": config.get("train", {}).get("seed"),
-        "environment": train.get("info", {}).get("environment"),
-        "inputs": prepare.get("info", {}).get("inputs"),
-        "split": prepare.get("info", {}).get("split"),
-        "pairs": prepare.get("info", {}).get("pairs"),
-        "drift": prepare.get("info", {}).get("drift"),
-        "training": {k: v for k, v in train.get("info", {}).items() if k != "environment"},
-        # which CPU variants were written next to the model, and why any was not
-        "exports": ((records.get("evaluate") or {}).get("info", {}).get("metrics") or {}).get("exports"),
-        "timings_s": {
-            step: (records.get(step) or {}).get("duration_s") for step in STEP_NAMES if records.get(step)
-        },
+        "environment": results.environment or None,
+        "inputs": results.inputs or None,
+        "split": results.split or None,
+        "pairs": results.pairs or None,
+        "drift": results.drift or None,
+        "training": results.training,
+        "exports": results.exports,  # which CPU variants were written next to the model, and why any was not
+        "timings_s": {step: results.durations_s[step] for step in STEP_NAMES if step in results.durations_s},
     }

@@ -23,6 +23,7 @@ from huggingface_hub import EvalResult, ModelCardData
 from job.config import JobConfig
 from job.embedding.losses import LOSSES
 from job.log import redact_url_userinfo
+from job.runs.records import RunResults
 
 MODEL_CARD = "model/README.md"
 CARD_SAMPLES = 5  # test pairs quoted when model.card_samples is true
@@ -67,36 +68,32 @@ class CardSample:
 
 
 def model_card(
-    run_id: str, cfg: JobConfig, records: dict[str, dict[str, Any]], samples: list[CardSample] | None = None
+    run_id: str, cfg: JobConfig, results: RunResults, samples: list[CardSample] | None = None
 ) -> str:
-    """The card's text: YAML front matter (huggingface_hub's ModelCardData) and a Markdown body.
-
-    `records`: each finished step's record (steps/<step>.json) by step name.
-    """
-    info = {name: (record or {}).get("info", {}) for name, record in records.items()}
-    metrics = info.get("evaluate", {}).get("metrics", {})
+    """The card's text: YAML front matter (huggingface_hub's ModelCardData) and a Markdown body, from the
+    finished steps' results."""
     sections = [
         f"# Ticket similarity model, run {run_id}",
-        _summary(metrics),
-        _base_model(cfg, info.get("train", {})),
-        _training_data(info.get("prepare", {})),
-        _training(cfg, info.get("train", {})),
-        _evaluation(cfg, metrics),
-        _hybrid(metrics),
-        _classifier(info.get("classify", {}).get("metrics")),
-        _exports(metrics.get("exports")),
-        _use_and_limits(cfg, info.get("prepare", {})),
-        _provenance(run_id, info.get("train", {})),
+        _summary(results),
+        _base_model(cfg, results),
+        _training_data(results),
+        _training(cfg, results),
+        _evaluation(cfg, results),
+        _hybrid(results),
+        _classifier(results.classifier),
+        _exports(results.exports),
+        _use_and_limits(cfg, results),
+        _provenance(run_id, results),
     ]
     if samples:
         sections.append(_samples(samples))
-    front = _front_matter(run_id, cfg, metrics).to_yaml()
+    front = _front_matter(run_id, cfg, results).to_yaml()
     return f"---\n{front}\n---\n\n" + "\n\n".join(s for s in sections if s) + "\n"
 
 
-def _front_matter(run_id: str, cfg: JobConfig, metrics: dict[str, Any]) -> ModelCardData:
-    finetuned = metrics.get("finetuned", {})
-    results = [
+def _front_matter(run_id: str, cfg: JobConfig, results: RunResults) -> ModelCardData:
+    finetuned = results.model_metrics("finetuned")
+    scores = [
         EvalResult(
             task_type="sentence-similarity",
             task_name="Duplicate and related ticket detection",
@@ -122,7 +119,7 @@ def _front_matter(run_id: str, cfg: JobConfig, metrics: dict[str, Any]) -> Model
             "finetune-job",
         ],
         model_name=f"ticket-similarity-{run_id}",
-        eval_results=results or None,
+        eval_results=scores or None,
     )
 
 
@@ -131,8 +128,8 @@ def _base_name(base: str) -> str:
     return redact_url_userinfo(base)
 
 
-def _summary(metrics: dict[str, Any]) -> str:
-    base, tuned = metrics.get("base", {}), metrics.get("finetuned", {})
+def _summary(results: RunResults) -> str:
+    base, tuned = results.model_metrics("base"), results.model_metrics("finetuned")
     gains = [
         f"{label} {_num(base.get(key))} -> {_num(tuned.get(key))}"
         for key, label in (("average_precision", "average precision"), ("recall_at_10", "recall@10"))
@@ -145,10 +142,10 @@ def _summary(metrics: dict[str, Any]) -> str:
     )
 
 
-def _base_model(cfg: JobConfig, train: dict[str, Any]) -> str:
-    revision = train.get("model", {}).get("base_revision") or "unknown"
+def _base_model(cfg: JobConfig, results: RunResults) -> str:
+    revision = results.base_model.get("base_revision") or "unknown"
     prefix = f"; every text is prefixed with `{cfg.model.text_prefix}`" if cfg.model.text_prefix else ""
-    length = train.get("model", {}).get("max_seq_length", cfg.model.max_seq_length)
+    length = results.base_model.get("max_seq_length", cfg.model.max_seq_length)
     return (
         f"## Base model\n\n- Model: {_code(_base_name(cfg.model.base))}\n"
         f"- Revision: {_code(str(revision))}\n"
@@ -156,8 +153,8 @@ def _base_model(cfg: JobConfig, train: dict[str, Any]) -> str:
     )
 
 
-def _training_data(prepare: dict[str, Any]) -> str:
-    inputs, split = prepare.get("inputs") or {}, prepare.get("split") or {}
+def _training_data(results: RunResults) -> str:
+    inputs, split = results.inputs, results.split
     if not inputs:
         return ""
     lines = [
@@ -198,8 +195,8 @@ def _training_data(prepare: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _training(cfg: JobConfig, train: dict[str, Any]) -> str:
-    tc = cfg.train
+def _training(cfg: JobConfig, results: RunResults) -> str:
+    tc, train = cfg.train, results.training
     loss = LOSSES[tc.loss].card(tc.pair_loss)
     lines = [
         "## Training",
@@ -229,8 +226,8 @@ def _training(cfg: JobConfig, train: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _evaluation(cfg: JobConfig, metrics: dict[str, Any]) -> str:
-    base, tuned = metrics.get("base"), metrics.get("finetuned")
+def _evaluation(cfg: JobConfig, results: RunResults) -> str:
+    base, tuned = results.model_metrics("base"), results.model_metrics("finetuned")
     if not base or not tuned:
         return ""
     lines = [
@@ -263,8 +260,8 @@ def _evaluation(cfg: JobConfig, metrics: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _hybrid(metrics: dict[str, Any]) -> str:
-    fusion, lexical = (metrics.get("fusion") or {}).get("finetuned"), metrics.get("lexical") or {}
+def _hybrid(results: RunResults) -> str:
+    fusion, lexical = results.fusion, results.model_metrics("lexical")
     if not fusion:
         return ""
     method = (
@@ -350,8 +347,8 @@ def _exports(exports: dict[str, Any] | None) -> str:
     return "\n".join(lines)
 
 
-def _use_and_limits(cfg: JobConfig, prepare: dict[str, Any]) -> str:
-    projects = sorted((prepare.get("inputs") or {}).get("tickets_per_project") or {})
+def _use_and_limits(cfg: JobConfig, results: RunResults) -> str:
+    projects = sorted(results.inputs.get("tickets_per_project") or {})
     seen = f" ({', '.join(_md(p) for p in projects)})" if projects else ""
     return "\n".join(
         [
@@ -376,8 +373,8 @@ def _use_and_limits(cfg: JobConfig, prepare: dict[str, Any]) -> str:
     )
 
 
-def _provenance(run_id: str, train: dict[str, Any]) -> str:
-    env = train.get("environment") or {}
+def _provenance(run_id: str, results: RunResults) -> str:
+    env = results.environment
     libraries = env.get("libraries") or {}
     return "\n".join(
         [

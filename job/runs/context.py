@@ -30,6 +30,7 @@ from job.runs.artifacts import RunDir, StepTimer, check_run_id, new_run_id
 from job.runs.card import CARD_SAMPLES, MODEL_CARD, CardSample, model_card
 from job.runs.fingerprint import Fingerprint, config_checksum, input_checksums
 from job.runs.locks import refuse_if_locked, run_lock
+from job.runs.records import RunResults
 from job.runs.step_metrics import step_numbers, write_step_metrics
 from job.runs.steps import (
     PREPARE,
@@ -82,8 +83,8 @@ class RunContext:
                 self._input_checksums = input_checksums(self.cfg)
             inputs = self._input_checksums
         else:
-            made_from = self.run.step_record(step.needs[0].name) or {}
-            inputs = (made_from.get("fingerprint") or {}).get("inputs_sha256") or {}
+            made_from = self.run.step_record(step.needs[0].name)
+            inputs = made_from.fingerprint.inputs_sha256 if made_from and made_from.fingerprint else {}
         return Fingerprint(config_checksum(self.cfg), inputs)
 
 
@@ -177,7 +178,7 @@ def reuse_or_refuse(ctx: RunContext, step: Step) -> bool:
     record = ctx.run.step_record(step.name)
     if record is None:
         return False
-    changes = ctx.fingerprint(step).changes_since(record.get("fingerprint"))
+    changes = ctx.fingerprint(step).changes_since(record.fingerprint)
     if changes and not ctx.force:
         raise RunStateError(
             f"step '{step.name}' of run {ctx.run.run_id} cannot be reused: "
@@ -219,7 +220,7 @@ def finish_if_complete(ctx: RunContext) -> bool:
     if records is None:
         return False
     samples = card_samples(ctx)
-    card_text = model_card(ctx.run.run_id, ctx.cfg, records, samples)
+    card_text = model_card(ctx.run.run_id, ctx.cfg, RunResults.of(records), samples)
     card = ctx.run.store.write_bytes(MODEL_CARD, card_text.encode())
     return ctx.run.finish_if_complete(required, ctx.cfg.redacted(), extra_files=(card,))
 
@@ -256,7 +257,7 @@ def publish_step_metrics(ctx: RunContext, steps: tuple[Step, ...]) -> None:
         return
     for step in steps:
         record = ctx.run.step_record(step.name)
-        numbers = step_numbers(step.name, (record or {}).get("info") or {}, ctx.cfg.promote.metric)
+        numbers = step_numbers(step.name, RunResults.of({step.name: record}), ctx.cfg.promote.metric)
         if record is not None and numbers:
             write_step_metrics(Path(folder), numbers)
             ctx.log(step.name).info("step metrics written", folder=folder, **numbers)

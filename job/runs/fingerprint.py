@@ -48,12 +48,21 @@ class Fingerprint:
     config_sha256: str
     inputs_sha256: dict[str, str] = field(default_factory=dict)
 
-    def changes_since(self, recorded: dict[str, Any] | None) -> list[str]:
-        """What differs from a recorded fingerprint, e.g. ['the config changed', 'input data.tickets changed']."""
+    @classmethod
+    def from_json(cls, data: Any) -> Fingerprint | None:
+        """A recorded fingerprint read back; None when there is none (a record of an older job)."""
+        if not isinstance(data, dict) or not isinstance(data.get("config_sha256"), str):
+            return None
+        inputs = data.get("inputs_sha256")
+        return cls(data["config_sha256"], dict(inputs) if isinstance(inputs, dict) else {})
+
+    def changes_since(self, recorded: Fingerprint | None) -> list[str]:
+        """What differs from a recorded fingerprint, e.g. ['the config changed', 'input data.tickets
+        changed']."""
         if not recorded:
             return ["it has no fingerprint (made by an older version of the job)"]
-        changes = [] if recorded.get("config_sha256") == self.config_sha256 else ["the config changed"]
-        before = recorded.get("inputs_sha256") or {}
+        changes = [] if recorded.config_sha256 == self.config_sha256 else ["the config changed"]
+        before = recorded.inputs_sha256
         changes += [
             f"input {name} changed"
             for name in sorted(set(before) | set(self.inputs_sha256))

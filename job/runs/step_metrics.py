@@ -15,9 +15,9 @@ import math
 import os
 import secrets
 from pathlib import Path
-from typing import Any
 
 from job.errors import ConfigError
+from job.runs.records import RunResults
 
 # What each step writes: file name -> what the number is.
 STEP_METRICS: dict[str, dict[str, str]] = {
@@ -39,24 +39,22 @@ STEP_METRICS: dict[str, dict[str, str]] = {
 }
 
 
-def step_numbers(step: str, info: dict[str, Any], promote_metric: str) -> dict[str, float | None]:
-    """The numbers `step` publishes, taken from the `info` of its record."""
+def step_numbers(step: str, results: RunResults, promote_metric: str) -> dict[str, float | None]:
+    """The numbers `step` publishes, taken from its recorded results."""
     if step == "prepare":
-        inputs = info.get("inputs") or {}
-        drift = info.get("drift") or {}
-        warnings = drift.get("warnings")
+        warnings = results.drift_warnings
         return {
-            "input_tickets": inputs.get("tickets"),
-            "input_links": inputs.get("links"),
-            "drift_warnings": len(warnings) if isinstance(warnings, list) else None,
+            "input_tickets": results.inputs.get("tickets"),
+            "input_links": results.inputs.get("links"),
+            "drift_warnings": None if warnings is None else len(warnings),
         }
     if step == "train":
         return {
-            "train_seconds": info.get("train_seconds"),
-            "train_pairs_per_second": info.get("pairs_per_second"),
+            "train_seconds": results.training.get("train_seconds"),
+            "train_pairs_per_second": results.training.get("pairs_per_second"),
         }
     if step == "evaluate":
-        finetuned = (info.get("metrics") or {}).get("finetuned") or {}
+        finetuned = results.model_metrics("finetuned")
         return {
             "promote_metric": finetuned.get(promote_metric),
             "recall_at_10": finetuned.get("recall_at_10"),
