@@ -79,7 +79,8 @@ def config_options(func: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _load(kwargs: dict[str, Any], flags: dict[str, Any] | None = None) -> LoadedConfig:
-    """The config from the common options in `kwargs`, and a command's own setting flags (`flags`: key -> value)."""
+    """The config from the common options in `kwargs`, and a command's own setting flags
+    (`flags`: key -> value)."""
     overrides = _overrides(
         kwargs.pop("output"),
         kwargs.pop("base_model"),
@@ -257,7 +258,8 @@ for _step in STEPS:
 @config_options
 @click.option("--run-id", required=True, help="The finished run to promote.")
 def promote_run(run_id: str, **kwargs: Any) -> None:
-    """Move the promoted-model pointer to RUN_ID if it is not worse than the promoted run (exit 3 if it is)."""
+    """Move the promoted-model pointer to RUN_ID if it is not worse than the promoted run
+    (exit 3 if it is)."""
 
     def action() -> None:
         loaded = _load(kwargs)  # before the import, as in every command (HF_HOME, MPLCONFIGDIR)

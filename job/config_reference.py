@@ -52,7 +52,8 @@ def _default(info: FieldInfo) -> str:
 
 
 def _cell(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
+    """One table cell: a wrapped docstring or description on one line."""
+    return " ".join(text.replace("|", "\\|").split())
 
 
 def _section_type(annotation: Any) -> type[Section] | None:

@@ -54,7 +54,8 @@ def main(config_file: str) -> None:
         mark = "  <- its duplicate" if s.id in earlier[query] else ""
         text = tickets[s.id]["text"].split("\n")[0] if s.id in tickets else ""
         click.echo(
-            f"  {rank}. {s.id}  hybrid {s.hybrid:.3f} (dense {s.dense:.3f}, BM25 {s.lexical:.2f})  {text}{mark}"
+            f"  {rank}. {s.id}  hybrid {s.hybrid:.3f} (dense {s.dense:.3f}, BM25 {s.lexical:.2f})  "
+            f"{text}{mark}"
         )
     hit = any(s.id in earlier[query] for s in suggestions)
     click.echo(

@@ -33,8 +33,8 @@ from job.localfile import FileRefused, read_regular_file
 
 
 class StorageSettings(Protocol):
-    """The settings storage reads (job.config.StorageConfig has them): named here, not imported, because config
-    validates URIs by asking this module, and imports point one way."""
+    """The settings storage reads (job.config.StorageConfig has them): named here, not imported, because
+    config validates URIs by asking this module, and imports point one way."""
 
     endpoint_url: str | None
     region: str

@@ -55,7 +55,8 @@ def test_trains_reports_and_reloads_without_pickle() -> None:
 def _reloaded_predicts_what_was_scored(
     result: ClassifierResult, test: list[Link], tickets: dict[str, Ticket], emb: Embeddings
 ) -> None:
-    """The JSON model, applied with `predict`, gives exactly the predictions the metrics were computed from."""
+    """The JSON model, applied with `predict`, gives exactly the predictions the metrics were computed
+    from."""
     saved = json.loads(dumps_model(result.model))
     reloaded = predict(saved, pair_features(test, tickets, emb))
     truth = [link.relation for link in test]

@@ -147,8 +147,8 @@ def test_cli_reports_bad_config_with_exit_2_and_no_traceback(tmp_path: Path) -> 
 
 
 def test_the_configuration_reference_is_generated_from_the_code() -> None:
-    """docs/configuration-reference.md is exactly what job.config_reference writes, so it cannot drift from the
-    typed config; every setting has a description."""
+    """docs/configuration-reference.md is exactly what job.config_reference writes, so it cannot drift
+    from the typed config; every setting has a description."""
     from job.config_reference import reference
 
     docs = Path(__file__).resolve().parents[1] / "docs" / "configuration-reference.md"

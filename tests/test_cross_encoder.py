@@ -91,7 +91,8 @@ class Trained:
 
 @pytest.fixture(scope="module")
 def trained(sample_split: SampleSplit, tmp_path_factory: pytest.TempPathFactory) -> Trained:
-    """MiniLM (real weights) cut to 32 tokens, two epochs of 4 steps on a sample of the sample's train links."""
+    """MiniLM (real weights) cut to 32 tokens, two epochs of 4 steps on a sample of the sample's train
+    links."""
     from job.embedding.model import resolve_model_path
 
     work = tmp_path_factory.mktemp("cross-encoder")

@@ -35,7 +35,8 @@ def record_run(
     finished: bool = True,
     drift_warnings: tuple[str, ...] = (),
 ) -> None:
-    """A run as the pipeline leaves it: prepare, train and evaluate records, finished or stopped before evaluate."""
+    """A run as the pipeline leaves it: prepare, train and evaluate records, finished or stopped before
+    evaluate."""
     run = RunDir(root.child(run_id), run_id)
     timer = StepTimer(PREPARE.name)
     files = [run.store.write_bytes("prepared/split.json", b"{}")]

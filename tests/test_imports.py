@@ -18,7 +18,8 @@ def module_name(path: Path) -> str:
 
 
 def imports_of(path: Path, modules: set[str]) -> set[str]:
-    """The job modules `path` imports (`from job.x import y` counts job.x, and job.x.y when that is a module)."""
+    """The job modules `path` imports (`from job.x import y` counts job.x, and job.x.y when that is a
+    module)."""
     found: set[str] = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.ImportFrom) and node.module:

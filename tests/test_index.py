@@ -1,5 +1,6 @@
-"""The index step and `suggest`: every ticket once, the model's own vectors, in the manifest; a rerun reuses it;
-suggestions from local and S3 runs, never a later ticket with --before, never from another model's index."""
+"""The index step and `suggest`: every ticket once, the model's own vectors, in the manifest; a rerun reuses
+it; suggestions from local and S3 runs, never a later ticket with --before, never from another model's
+index."""
 
 from __future__ import annotations
 

@@ -255,13 +255,17 @@ def test_links_outside_the_export_and_of_ignored_types_are_counted_not_kept() ->
 
 
 def test_a_tracker_with_its_own_link_names_maps_them_in_yaml(tmp_path: Path) -> None:
-    """The README's example (and docs/configuration.md's), verbatim: a Jira Cloud site's own link types, which Apache's Jira names otherwise."""
-    example = """data:
-  format: jira
-  tickets: s3://tickets/jira/
-  jira: {link_types: {Blocks: {relation: blocks, outward: blocks}, Relates: {relation: relates, outward: relates to},
-                      Duplicate: {relation: duplicate, outward: duplicates}, Cloners: {relation: clones, outward: clones}}}
-"""
+    """The README's example (and docs/configuration.md's), verbatim: a Jira Cloud site's own link types,
+    which Apache's Jira names otherwise."""
+    example = (
+        "data:\n"
+        "  format: jira\n"
+        "  tickets: s3://tickets/jira/\n"
+        "  jira: {link_types: {Blocks: {relation: blocks, outward: blocks}, "
+        "Relates: {relation: relates, outward: relates to},\n"
+        "                      Duplicate: {relation: duplicate, outward: duplicates}, "
+        "Cloners: {relation: clones, outward: clones}}}\n"
+    )
     for shown_in in (REPO / "README.md", REPO / "docs" / "configuration.md"):
         assert example in shown_in.read_text(), f"{shown_in.name} shows this config"
     config = tmp_path / "config.yaml"
@@ -305,7 +309,8 @@ def test_an_unknown_link_type_names_file_issue_and_field_and_skip_counts_it() ->
     assert failed.value.exit_code == 2
     assert _problems(failed.value) == [
         "/exports/ops/search-000.json issue OPS-1: field 'fields.issuelinks[0].type.name': unknown link type "
-        "'Causality' (outward 'x-es'): map it in data.jira.link_types or list it in data.jira.ignored_link_types"
+        "'Causality' (outward 'x-es'): map it in data.jira.link_types or list it in "
+        "data.jira.ignored_link_types"
     ]
     skipped = convert(*pages, on_error="skip")
     assert skipped.links == [] and len(skipped.tickets) == 2
@@ -364,8 +369,10 @@ def test_a_duplicate_issue_across_pages_names_where_it_was_first() -> None:
     ("body", "says"),
     [
         (
-            b'{"errorMessages": ["The value \'NOPE\' does not exist for the field \'project\'."], "errors": {}}',
-            "this is a Jira error response (The value 'NOPE' does not exist for the field 'project'.), not a search",
+            b'{"errorMessages": ["The value \'NOPE\' does not exist for the field \'project\'."], "errors": '
+            b"{}}",
+            "this is a Jira error response (The value 'NOPE' does not exist for the field 'project'.), "
+            "not a search",
         ),
         (
             b'{"values": [], "isLast": true}',

@@ -131,7 +131,8 @@ def substitute(value: Any, variables: dict[str, str]) -> Any:
 def argo_pods(
     name: str, parameters: dict[str, str] | None = None
 ) -> Iterator[tuple[str, str, dict[str, Any]]]:
-    """(template, command, Pod) for every pod task of the entrypoint DAG, as the controller would create it."""
+    """(template, command, Pod) for every pod task of the entrypoint DAG, as the controller would create
+    it."""
     spec = executed_spec(argo(name)["spec"])
     templates = {t["name"]: t for t in spec["templates"]}
     for task in pod_tasks(spec):
@@ -416,7 +417,8 @@ def test_the_template_declares_the_platform_metrics_grafana_needs() -> None:
 def test_every_metric_reads_a_number_its_step_writes(name: str) -> None:
     """Each gauge reads an output parameter from a file under the folder the container tells the job to
     write to (runtime.metrics_dir, on a writable mount), named as job/runs/step_metrics.py names it, and is
-    emitted only for the command that writes that file; help strings agree per name, as Prometheus requires."""
+    emitted only for the command that writes that file; help strings agree per name, as Prometheus
+    requires."""
     spec = executed_spec(argo(name)["spec"])
     commands = commands_by_template(spec)
     writer = {file: step for step, files in STEP_METRICS.items() for file in files}

@@ -62,7 +62,8 @@ def measure(data: Path, chunk: int = CHUNK) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def peaks(shared_sample: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
-    """Growth of peak RSS for 1x and 4x the sample, chunked and (for the control) not; two children at a time."""
+    """Growth of peak RSS for 1x and 4x the sample, chunked and (for the control) not; two children at a
+    time."""
     tmp = tmp_path_factory.mktemp("memory")
     data = {n: replicate(shared_sample, n, tmp / f"x{n}") for n in (1, 4)}
     runs = {

@@ -1,4 +1,5 @@
-"""Finding the model: an `s3://` model is cached only once complete and verified; pickle weights are refused."""
+"""Finding the model: an `s3://` model is cached only once complete and verified; pickle weights are
+refused."""
 
 from __future__ import annotations
 

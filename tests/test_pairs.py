@@ -232,8 +232,9 @@ def test_the_budget_goes_to_the_losss_objectives(loss: str, expected: Budget) ->
 
 @pytest.mark.parametrize("name", sorted(LOSSES))
 def test_every_loss_in_the_table_is_a_setting_with_a_budget_rows_and_a_card(name: str) -> None:
-    """A loss is one entry of job/embedding/losses.py: config accepts it, prepare spends the budget on exactly the rows
-    it trains on, train makes pair rows only if it has a pair objective, and the card names it."""
+    """A loss is one entry of job/embedding/losses.py: config accepts it, prepare spends the budget on
+    exactly the rows it trains on, train makes pair rows only if it has a pair objective, and the card
+    names it."""
     from job.config import JobConfig
     from job.embedding.train import examples_from_pairs
     from job.runs.card import _training

@@ -160,8 +160,9 @@ def test_run_end_to_end_on_s3_checks_every_artifact_and_beats_base(
     assert meta["training"]["loss_curve"] and trained_on["total"] + trained_on["triplets"] > 0
     assert meta["exports"] == metrics["exports"], "what was exported, and why not, is in the metadata too"
 
-    # One load of each model in the process: the base model mines and then trains (becoming the fine-tuned one,
-    # which index and the export use in memory); evaluate loads a fresh base model. --profile shows each step.
+    # One load of each model in the process: the base model mines and then trains (becoming the fine-tuned
+    # one, which index and the export use in memory); evaluate loads a fresh base model. --profile shows
+    # each step.
     loads = {
         s: json.loads((run / "steps" / f"{s}.json").read_text())["phase_counts"].get("load", 0)
         for s in meta["timings_s"]
@@ -183,8 +184,8 @@ def test_run_end_to_end_on_s3_checks_every_artifact_and_beats_base(
 
 
 def reproduced_hybrid_metrics(run: Path) -> dict[str, float]:
-    """The fine-tuned model's hybrid retrieval metrics recomputed from the run's files alone: retrieval.json, the
-    test split's tickets and links, and the model's vectors (the index, which model/ reproduces)."""
+    """The fine-tuned model's hybrid retrieval metrics recomputed from the run's files alone: retrieval.json,
+    the test split's tickets and links, and the model's vectors (the index, which model/ reproduces)."""
     from job.evaluation.evaluate import created_timestamps, retrieval_queries, scored_retrieval_metrics
     from job.retrieval.index import read_parts
     from job.retrieval.spec import hybrid_similarity
@@ -411,7 +412,7 @@ def test_sigkill_leaves_an_unfinished_run_that_a_rerun_completes(tmp_path: Path,
     assert json.loads((run / "train" / "history.json").read_text())["global_step"] == 8
 
 
-# ---------------------------------------------------------------- a rerun continues where the last one stopped
+# --------------------------------------------------------------- a rerun continues where the last one stopped
 
 
 def _records(run: Path) -> dict[str, bytes]:

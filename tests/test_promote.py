@@ -105,7 +105,8 @@ def fake_run(
     finished: bool = True,
     roc_auc: float = 0.9,
 ) -> None:
-    """A run directory as the pipeline leaves it, as far as promotion looks: metrics, a model, the manifest."""
+    """A run directory as the pipeline leaves it, as far as promotion looks: metrics, a model, the
+    manifest."""
     run = backend.store().child(run_id)
     metrics = {
         "base": {"average_precision": 0.5, "roc_auc": 0.7},

@@ -27,14 +27,16 @@ TEXTS = [
 
 
 def _hand_tokens(text: str) -> list[str]:
-    """Lower-cased runs of 2+ word characters, English stop words dropped (the tokenizer's documented rule)."""
+    """Lower-cased runs of 2+ word characters, English stop words dropped (the tokenizer's documented
+    rule)."""
     import re
 
     return [t for t in re.findall(r"\w\w+", text.lower()) if t not in STOP]
 
 
 def _hand_bm25(query: list[str], docs: list[list[str]], k1: float, b: float) -> np.ndarray:
-    """Okapi BM25, Lucene's variant: idf = ln(1 + (N - df + 0.5) / (df + 0.5)), tf / (tf + k1 (1 - b + b dl/avgdl))."""
+    """Okapi BM25, Lucene's variant: idf = ln(1 + (N - df + 0.5) / (df + 0.5)),
+    tf / (tf + k1 (1 - b + b dl/avgdl))."""
     n, avgdl = len(docs), sum(map(len, docs)) / len(docs)
     df = Counter(t for d in docs for t in set(d))
     out = np.zeros(n)

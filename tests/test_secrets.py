@@ -437,7 +437,8 @@ def test_credentials_in_the_endpoint_url_stay_out_of_connection_errors(
 def test_an_endpoint_url_that_does_not_parse_keeps_its_userinfo_out_of_the_error(
     secret_runs: dict[str, Outcome], name: str
 ) -> None:
-    """botocore refuses an unencoded '/' or space in the userinfo ("not a valid URI", exit 2) and quotes the URL."""
+    """botocore refuses an unencoded '/' or space in the userinfo ("not a valid URI", exit 2) and quotes
+    the URL."""
     outcome = secret_runs[name]
     assert outcome.exit == 2 and "not a valid URI" in outcome.text, outcome.text[-2000:]
     assert "Traceback" not in outcome.text and "http://***@127.0.0.1" in outcome.text
@@ -504,7 +505,8 @@ Attempt = tuple[Path, dict[str, Outcome], list[Path]]
 
 @pytest.fixture(scope="module")
 def run_id_attempts(synthetic_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Attempt]:
-    """Each bad run id through `prepare` and `run`, each in its own folder: (folder, outcomes, files before)."""
+    """Each bad run id through `prepare` and `run`, each in its own folder: (folder, outcomes, files
+    before)."""
     roots: dict[str, Path] = {}
     invocations: dict[str, tuple[list[str], Path, dict[str, str]]] = {}
     for n, run_id in enumerate(ESCAPING_RUN_IDS):

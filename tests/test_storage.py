@@ -271,7 +271,8 @@ store.download_file("metrics.json", root / "downloaded" / "metrics.json")
 
 
 def _written_under_umask(umask: str) -> Path:
-    """A local output written by a fresh process under `umask`, in a folder others may enter (as a mounted one)."""
+    """A local output written by a fresh process under `umask`, in a folder others may enter (as a mounted
+    one)."""
     folder = Path(tempfile.mkdtemp(prefix="umask-", dir="/tmp"))
     folder.chmod(0o755)
     result = subprocess.run(
@@ -451,7 +452,8 @@ def test_the_loopback_s3_server_takes_more_buckets_than_the_suite_makes() -> Non
 
 
 def test_s3_folder_markers_are_not_files(s3: S3Server, bucket: str, tmp_path: Path) -> None:
-    # Some S3 consoles create "folders" as empty objects named "m1/": download_dir failed with "invalid object key ''".
+    # Some S3 consoles create "folders" as empty objects named "m1/": download_dir failed with
+    # "invalid object key ''".
     client = s3.client()
     for key, body in (
         ("models/m1/", b""),
@@ -475,7 +477,8 @@ def test_s3_folder_markers_are_not_files(s3: S3Server, bucket: str, tmp_path: Pa
 def test_an_object_over_the_input_limit_is_refused_before_its_body_is_read(
     store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Local files and S3 objects have the same cap (lowered here: a real 1 GiB object would be read whole)."""
+    """Local files and S3 objects have the same cap (lowered here: a real 1 GiB object would be read
+    whole)."""
     import job.storage
 
     store.write_bytes("big.jsonl", b"x" * 2000)

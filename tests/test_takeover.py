@@ -26,7 +26,8 @@ def evaluated(tmp_path_factory: pytest.TempPathFactory, synthetic_dir: Path) -> 
 
 def _config(output: Path, data: Path, path: Path) -> Path:
     # What these tests check is the hand-over between steps, not what the model learns: two training steps
-    # and random negatives (mining encodes every ticket in prepare) make the run, and the forced redo, cheaper.
+    # and random negatives (mining encodes every ticket in prepare) make the run, and the forced redo,
+    # cheaper.
     return write_config(
         path,
         merged(
@@ -127,7 +128,8 @@ def test_an_untampered_copy_finishes(evaluated: Path, tmp_path: Path, synthetic_
 def test_a_forced_redo_leaves_no_file_of_the_earlier_attempt(
     evaluated: Path, tmp_path: Path, synthetic_dir: Path
 ) -> None:
-    """An earlier attempt exported ONNX variants; this config exports none: they must not stay beside the model."""
+    """An earlier attempt exported ONNX variants; this config exports none: they must not stay beside the
+    model."""
     run, config = _copy(evaluated, tmp_path, synthetic_dir)
     (run / "model" / "onnx").mkdir()
     (run / "model" / "onnx" / "model.onnx").write_bytes(b"an older model's export")

@@ -3,8 +3,8 @@
 A small stand-in for the Argo controller and the kubelet reads argo/*.yaml (the Workflow joined
 with the WorkflowTemplate it refers to, templateDefaults merged: tests/argo_spec.py), resolves parameters
 the way Argo does (`{{workflow.name}}` inside a parameter's default, template inputs, task
-arguments), orders the DAG (and a DAG nested in it) by `depends`, and runs each step's own container `command` + `args`
-with the container's own environment (secretKeyRef read from a fake Secret pointing at the
+arguments), orders the DAG (and a DAG nested in it) by `depends`, and runs each step's own container
+`command` + `args` with the container's own environment (secretKeyRef read from a fake Secret pointing at the
 loopback S3 server, resourceFieldRef from the CPU limit) in a fresh process, parallel tasks in
 parallel. Volume mounts become temp directories: the ConfigMap mount holds a tiny config made from
 the real k8s/base/config.yaml, each pod gets its own emptyDirs. Steps share nothing but the
@@ -116,7 +116,8 @@ def submit_workflow(path: Path, parameters: dict[str, str]) -> Submitted:
 
 
 def submit_cron(cron_path: Path, template_path: Path, parameters: dict[str, str]) -> Submitted:
-    """What the CronWorkflow controller creates at a tick: the template's spec, the cron's arguments on top."""
+    """What the CronWorkflow controller creates at a tick: the template's spec, the cron's arguments on
+    top."""
     cron, template = load_yaml(cron_path), load_yaml(template_path)
     assert cron["kind"] == "CronWorkflow" and template["kind"] == "WorkflowTemplate"
     assert cron["spec"]["workflowSpec"]["workflowTemplateRef"]["name"] == template["metadata"]["name"], (
@@ -287,7 +288,8 @@ class Outcome:
 
 
 def run_workflow(workflow: Submitted, node: Node) -> Outcome:
-    """Run the entrypoint DAG: tasks whose `depends` hold start together, each retried per its retryStrategy."""
+    """Run the entrypoint DAG: tasks whose `depends` hold start together, each retried per its
+    retryStrategy."""
     outcome = Outcome(phases={}, attempts={}, order=[], commands={})
     run_dag(workflow, node, workflow.spec["entrypoint"], outcome)
     return outcome
@@ -358,7 +360,8 @@ def run_group(
 
 
 def collect_outputs(template: dict[str, Any], paths: dict[str, Path]) -> dict[str, str]:
-    """Output parameters as the executor saves them: the file at valueFrom.path, or its default when there is none."""
+    """Output parameters as the executor saves them: the file at valueFrom.path, or its default when there
+    is none."""
     found = {}
     for param in template.get("outputs", {}).get("parameters", []):
         source = param["valueFrom"]
@@ -573,7 +576,8 @@ def test_scheduled_workflow_trains_then_promotes(s3: S3Server, finished: dict[st
 def test_each_step_publishes_its_numbers_as_prometheus_metrics(
     s3: S3Server, finished: dict[str, Finished]
 ) -> None:
-    """What Grafana would see after the scheduled run: the run's own numbers, each from the step that made them."""
+    """What Grafana would see after the scheduled run: the run's own numbers, each from the step that made
+    them."""
     run = finished["scheduled"]
     name, bucket, emitted = run.workflow.name, run.cluster.bucket, run.outcome.metrics
     metrics = read_json(s3, bucket, f"runs/{name}/metrics.json")

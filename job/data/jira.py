@@ -12,9 +12,9 @@ pages in data/jira-sample:
   Each Jira link is read once although both its issues list it (its link id); it is kept only when both
   issues are in the export; an unordered relation (duplicate, relates) is kept once per pair.
 
-The records then go through the same checks as a JSONL export (job/data/records.py), so a Jira ticket is held to
-the same rules and its problems read the same: file, issue key, field, what was expected. Nothing here
-reads storage: `jira_corpus` takes the files' bytes.
+The records then go through the same checks as a JSONL export (job/data/records.py), so a Jira ticket is
+held to the same rules and its problems read the same: file, issue key, field, what was expected. Nothing
+here reads storage: `jira_corpus` takes the files' bytes.
 """
 
 from __future__ import annotations
@@ -93,7 +93,8 @@ def clean_description(description: str | None) -> str:
 
 
 def created_iso(value: str) -> str:
-    """Jira's `2013-10-21T18:39:02.000+0000` as `2013-10-21T18:39:02+00:00` (ValueError if it is not a time)."""
+    """Jira's `2013-10-21T18:39:02.000+0000` as `2013-10-21T18:39:02+00:00` (ValueError if it is not
+    a time)."""
     try:
         moment = datetime.strptime(value, "%Y-%m-%dT%H:%M:%S.%f%z")
     except ValueError:
@@ -116,7 +117,8 @@ def export_checksum(files: list[InputFile]) -> str:
 
 @dataclass
 class _Page:
-    """What one file held: its issues (as parsed), and, for a search response, where in the search they sit."""
+    """What one file held: its issues (as parsed), and, for a search response, where in the search they
+    sit."""
 
     file: InputFile
     issues: list[Any]

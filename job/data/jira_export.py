@@ -1,4 +1,5 @@
-"""`finetune-job export-jira`: page through a live Jira's REST search API, write the pages where the job reads them.
+"""`finetune-job export-jira`: page through a live Jira's REST search API, write the pages where the job
+reads them.
 
 Each page is written exactly as Jira returned it (`search-000.json`, `search-001.json`, ...) under
 data.tickets, which `data.format: jira` then reads (job/data/jira.py), so a scheduled run can pull its tickets
@@ -8,7 +9,8 @@ itself as a first step. Pages of an earlier, longer export in the same folder ar
 (a Retry-After is honoured up to jira_api.max_retry_wait_s); after jira_api.max_attempts tries the export
 stops with exit 75 (transient: Argo retries it). Refused credentials (401, 403), a refused search (400) and
 a redirect stop it at once with exit 2. The token is sent only in the Authorization header, to the
-configured host only (redirects are not followed), and never logged; a page that would carry it is not written.
+configured host only (redirects are not followed), and never logged; a page that would carry it is not
+written.
 """
 
 from __future__ import annotations
@@ -240,7 +242,8 @@ def export_jira(cfg: JobConfig, log: Any) -> ExportedPages:
 
 
 def _remove_stale_pages(store: Store, written: set[str]) -> int:
-    """Pages of an earlier export (search-NNN.json) at the top of the folder that this export did not write."""
+    """Pages of an earlier export (search-NNN.json) at the top of the folder that this export did not
+    write."""
     stale = [
         key
         for key, _ in store.list_keys()

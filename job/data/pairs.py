@@ -178,8 +178,8 @@ def allocate(n: int, mix: dict[str, float]) -> list[str]:
 
 
 class NegativeSampler:
-    """Draws negative partners for anchors of one split, by strategy (job/data/negatives.py), obeying the component
-    rule. `ranked` holds, per ranked strategy that ran, each anchor's candidates, best first."""
+    """Draws negative partners for anchors of one split, by strategy (job/data/negatives.py), obeying the
+    component rule. `ranked` holds, per ranked strategy that ran, each anchor's candidates, best first."""
 
     def __init__(
         self,
@@ -383,7 +383,8 @@ def _triplets(
     rng: random.Random,
     stats: PairStats,
 ) -> list[Triplet]:
-    """A triplet per kept (anchor, positive): its negative from the hard strategies, in the mix's proportions."""
+    """A triplet per kept (anchor, positive): its negative from the hard strategies, in the mix's
+    proportions."""
     plan = _hard_plan(len(kept), mix, sampler, rng)
     out = []
     for (anchor, positive, relation), strategy in zip(kept, plan, strict=True):

@@ -2,9 +2,10 @@
 
 `train.loss` names an entry of LOSSES: whether it ranks triplets (MultipleNegativesRankingLoss, in-batch and
 mined negatives), which pair objective of PAIR_LOSSES trains its scored pairs (if any), and what the model
-card says. From these alone prepare splits the row budget (job/data/pairs.py `training_budget`), train builds its
-datasets and losses (job/embedding/train.py) and the card describes the run (job/runs/card.py). Adding a loss is one entry
-here (and, for a new pair objective, one in PAIR_LOSSES); config validates names against these tables.
+card says. From these alone prepare splits the row budget (job/data/pairs.py `training_budget`), train
+builds its datasets and losses (job/embedding/train.py) and the card describes the run (job/runs/card.py).
+Adding a loss is one entry here (and, for a new pair objective, one in PAIR_LOSSES); config validates names
+against these tables.
 """
 
 from __future__ import annotations

@@ -91,7 +91,8 @@ def examples_from_pairs(
 def triplet_examples(
     triplets: list[Triplet], texts: dict[str, str], objective: str = "duplicate"
 ) -> TripletExamples:
-    """The triplets of one ranking objective (duplicate: pairs.triplet_relations; related: pairs.related_relations)."""
+    """The triplets of one ranking objective (duplicate: pairs.triplet_relations; related:
+    pairs.related_relations)."""
     chosen = [t for t in triplets if t.objective == objective]
     return TripletExamples(
         [texts[t.anchor] for t in chosen],

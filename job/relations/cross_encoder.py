@@ -61,7 +61,8 @@ class PairRows:
 def pair_rows(
     links: list[Link], tickets: dict[str, Ticket], classes: list[str], both_orders: bool
 ) -> PairRows:
-    """Rows for `links` in their given order; with `both_orders`, the symmetric relations read backwards too."""
+    """Rows for `links` in their given order; with `both_orders`, the symmetric relations read backwards
+    too."""
     rows = PairRows()
     for link in links:
         a, b, label = (
@@ -283,7 +284,8 @@ def train_cross_encoder(
 def save_cross_encoder(model: Any, classes: list[str], folder: Path) -> None:
     """`folder/model.json` (what predict needs to know) and the weights in `folder/cross_encoder/`."""
     folder.mkdir(parents=True, exist_ok=True)
-    # No generated card: sentence-transformers' quotes training rows (ticket text). The run's card is the job's.
+    # No generated card: sentence-transformers' quotes training rows (ticket text). The run's card is the
+    # job's.
     model.save_pretrained(str(folder / WEIGHTS_DIR), safe_serialization=True, create_model_card=False)
     (folder / WEIGHTS_DIR / "README.md").unlink(missing_ok=True)
     descriptor = {

@@ -86,7 +86,8 @@ def hybrid_rows(dense: Similarity, lexical: Similarity, fusion: Fusion) -> Simil
 
 
 def ranking_score(metrics: dict[str, Any]) -> float | None:
-    """What the lexical weight is chosen by: the mean of recall@10 and MRR (the top of the list, and how high)."""
+    """What the lexical weight is chosen by: the mean of recall@10 and MRR (the top of the list, and how
+    high)."""
     if metrics.get("recall_at_10") is None or metrics.get("mrr") is None:
         return None
     return (metrics["recall_at_10"] + metrics["mrr"]) / 2

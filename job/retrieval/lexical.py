@@ -52,7 +52,8 @@ class LexicalSettings:
 
 
 def _bm25s() -> Any:
-    """bm25s, quiet: its import sets its logger to DEBUG, which would print a line per index built to stderr."""
+    """bm25s, quiet: its import sets its logger to DEBUG, which would print a line per index built to
+    stderr."""
     import logging
 
     import bm25s

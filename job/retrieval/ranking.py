@@ -12,8 +12,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-# (query rows, their candidates as a boolean len(rows) x corpus mask, time-aware?) -> len(rows) x corpus scores;
-# only candidate cells are read.
+# (query rows, their candidates as a boolean len(rows) x corpus mask, time-aware?) -> len(rows) x corpus
+# scores; only candidate cells are read.
 Similarity = Callable[[list[int], np.ndarray, bool], np.ndarray]
 
 
@@ -28,7 +28,8 @@ def matrix_rows(matrix: np.ndarray) -> Similarity:
 
 
 def candidate_mask(chunk: list[int], n: int, created: np.ndarray | None) -> np.ndarray:
-    """Which items each query may be matched with: never itself; with `created`, only items filed before it."""
+    """Which items each query may be matched with: never itself; with `created`, only items filed before
+    it."""
     mask = np.ones((len(chunk), n), dtype=bool)
     mask[np.arange(len(chunk)), chunk] = False
     if created is not None:

@@ -35,7 +35,8 @@ def fusion_settings(cfg: JobConfig) -> FusionSettings:
 
 
 def retrieval_spec(cfg: JobConfig, run_id: str, fusion: dict[str, Any]) -> dict[str, Any]:
-    """The run's retrieval.json from its config and the fine-tuned model's fusion summary (ModelEvaluation.fusion)."""
+    """The run's retrieval.json from its config and the fine-tuned model's fusion summary
+    (ModelEvaluation.fusion)."""
     return {
         "format": FORMAT,
         "run_id": run_id,

@@ -1137,7 +1137,8 @@ def hostile_config_cases() -> list[Case]:
             "a JSON config with epochs twice in train",
             ("config.json:4", "key 'epochs' appears twice"),
             path="config.json",
-            raw=b'{"data": {"tickets": "tickets.jsonl", "links": "links.jsonl"},\n"output": {"uri": "OUTPUT-URI"},\n'
+            raw=b'{"data": {"tickets": "tickets.jsonl", "links": "links.jsonl"},\n'
+            b'"output": {"uri": "OUTPUT-URI"},\n'
             b'"train": {"epochs": 1,\n  "epochs": 2}}',
         ),
         # huge widths and templates that do more than name a field

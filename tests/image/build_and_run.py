@@ -363,7 +363,8 @@ def container(
     mounts: tuple[str, ...] = (),
     detach: bool = False,
 ) -> subprocess.Popen[str]:
-    """`podman run` the image as the manifests do: UID 10001, read-only root, tmpfs /tmp, no secret on the command line."""
+    """`podman run` the image as the manifests do: UID 10001, read-only root, tmpfs /tmp, no secret on
+    the command line."""
     environment = {**s3.env(), "HF_HUB_OFFLINE": "1", **(env or {})}
     name = f"{name}-{os.getpid()}"  # two image tests on one machine must not share container names
     command = [
