@@ -238,6 +238,7 @@ def test_every_loss_in_the_table_is_a_setting_with_a_budget_rows_and_a_card(name
     from job.config import JobConfig
     from job.embedding.train import examples_from_pairs
     from job.runs.card import _training
+    from job.runs.records import RunResults
 
     loss = LOSSES[name]
     cfg = JobConfig.model_validate({"train": {"loss": name, "max_pairs": 80}})
@@ -249,7 +250,7 @@ def test_every_loss_in_the_table_is_a_setting_with_a_budget_rows_and_a_card(name
         [Pair("a", "b", 0.7, "positive")], {"a": "x", "b": "y"}, name, cfg.train.pair_loss, 0.5
     )
     assert len(rows.sentence1) == int(has_pairs)
-    assert loss.card(cfg.train.pair_loss) in _training(cfg, {})
+    assert loss.card(cfg.train.pair_loss) in _training(cfg, RunResults({}))
 
 
 def test_an_unknown_loss_is_a_config_error_naming_the_table() -> None:
