@@ -27,7 +27,6 @@ from job.embedding.model import (
     world_size,
 )
 from job.environment import environment_info
-from job.errors import InputError
 from job.evaluation import plots
 from job.evaluation.evaluate import ModelEvaluation, lexical_metrics, metric_deltas, rounded, score_model
 from job.fleet.drift import profile_inputs
@@ -123,47 +122,19 @@ def prepare(ctx: RunContext) -> PreparedData:
 
 def train(ctx: RunContext, prepared: PreparedData, resume: bool = False) -> TrainedModel:
     """Fine-tune the base model on the train pairs; publish the best model under model/."""
-    from job.embedding.train import (
-        RankingSets,
-        TitleBodyExamples,
-        examples_from_pairs,
-        train_model,
-        triplet_examples,
-    )
+    from job.embedding.train import train_model, training_rows
     from job.embedding.trainer import discard_stale_checkpoints
 
     cfg, log, timer = ctx.cfg, ctx.log(TRAIN.name), begin_step(ctx, TRAIN)
     threads = set_threads(cfg.runtime.threads)
     texts = {tid: t.text for tid, t in prepared.tickets.items()}
-    threshold = cfg.evaluate.positive_threshold
-    train_rows = examples_from_pairs(
-        prepared.pairs["train"], texts, cfg.train.loss, cfg.train.pair_loss, threshold
+    rows = training_rows(
+        cfg, texts, prepared.pairs["train"], prepared.pairs["val"], prepared.triplets, prepared.title_body
     )
-    ranking = RankingSets(
-        triplet_examples(prepared.triplets, texts),
-        triplet_examples(prepared.triplets, texts, "related"),
-        TitleBodyExamples.of(prepared.title_body),
-    )
-    triplet_rows = ranking.triplets
-    val_rows = examples_from_pairs(prepared.pairs["val"], texts, "cosine", "cosine", threshold)
-    if (
-        not train_rows.sentence1
-        and not triplet_rows.anchor
-        and not ranking.related.anchor
-        and not ranking.title_body.anchor
-    ):
-        raise InputError(
-            f"no training rows for train.loss={cfg.train.loss}: the train split has no links of "
-            f"pairs.triplet_relations {cfg.pairs.triplet_relations} (mnrl) or no pairs"
-        )
     device, base = pick_device(), ctx.take_base_model()
     log.info(
         "training",
-        pair_rows=len(train_rows.sentence1),
-        triplet_rows=len(triplet_rows.anchor),
-        related_rows=len(ranking.related.anchor),
-        title_body_rows=len(ranking.title_body.anchor),
-        val_pairs=len(val_rows.sentence1),
+        **rows.counts(),
         epochs=cfg.train.epochs,
         batch_size=cfg.train.batch_size,
         loss=cfg.train.loss,
@@ -180,9 +151,9 @@ def train(ctx: RunContext, prepared: PreparedData, resume: bool = False) -> Trai
             result = train_model(
                 cfg,
                 base,
-                train_rows,
-                ranking,
-                val_rows,
+                rows.pairs,
+                rows.ranking,
+                rows.val,
                 ctx.work_dir,
                 ctx.run.store,
                 log,

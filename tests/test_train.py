@@ -10,9 +10,16 @@ from pathlib import Path
 import pytest
 from datasets import Dataset
 
-from job.data.pairs import Pair, Triplet
-from job.embedding.train import UniqueTextSimilarityEvaluator, examples_from_pairs, triplet_examples
+from job.config import JobConfig
+from job.data.pairs import Pair, TitleBody, Triplet
+from job.embedding.train import (
+    UniqueTextSimilarityEvaluator,
+    examples_from_pairs,
+    training_rows,
+    triplet_examples,
+)
 from job.embedding.trainer import LengthGroupedBatchSampler, LengthGroupedNoDuplicatesBatchSampler
+from job.errors import InputError
 from tests.conftest import OFFLINE_MODEL
 
 
@@ -299,3 +306,33 @@ def test_mnrl_refuses_scored_pairs_instead_of_failing_on_a_missing_pair_loss() -
         training_sets(
             None, pairs, RankingSets(TripletExamples([], [], [])), TrainConfig(loss="mnrl"), distributed=False
         )
+
+
+TEXTS = {
+    "a": "disk full on datanode",
+    "b": "datanode disk is full",
+    "c": "web ui typo",
+    "d": "typo in web ui",
+}
+
+
+def test_train_rows_are_the_loss_s_objectives_and_nothing_to_train_on_is_an_input_error() -> None:
+    mnrl = JobConfig.model_validate({"train": {"loss": "mnrl"}})
+    triplets = [
+        Triplet("a", "b", "c", "duplicate", "random"),
+        Triplet("c", "d", "a", "relates", "random", objective="related"),
+    ]
+    val = [Pair("a", "b", 1.0, "positive"), Pair("a", "c", 0.0, "random")]
+    rows = training_rows(
+        mnrl, TEXTS, [Pair("a", "b", 1.0, "positive")], val, triplets, [TitleBody("a", "t", "b")]
+    )
+    assert rows.counts() == {
+        "pair_rows": 0,  # mnrl ranks triplets only
+        "triplet_rows": 1,
+        "related_rows": 1,
+        "title_body_rows": 1,
+        "val_pairs": 2,
+    }
+    assert rows.ranking.triplets.negative == [TEXTS["c"]] and rows.ranking.related.anchor == [TEXTS["c"]]
+    with pytest.raises(InputError, match="no training rows for train.loss=mnrl"):
+        training_rows(mnrl, TEXTS, [Pair("a", "b", 1.0, "positive")], val, [], [])

@@ -122,6 +122,53 @@ class RankingSets:
     title_body: TitleBodyExamples = field(default_factory=lambda: TitleBodyExamples([], []))
 
 
+@dataclass
+class TrainingRows:
+    """Every row train fits on (the pair objective's, the ranking objectives') and the val pairs it
+    selects the best checkpoint on."""
+
+    pairs: TrainExamples
+    ranking: RankingSets
+    val: TrainExamples
+
+    def counts(self) -> dict[str, int]:
+        return {
+            "pair_rows": len(self.pairs.sentence1),
+            "triplet_rows": len(self.ranking.triplets.anchor),
+            "related_rows": len(self.ranking.related.anchor),
+            "title_body_rows": len(self.ranking.title_body.anchor),
+            "val_pairs": len(self.val.sentence1),
+        }
+
+
+def training_rows(
+    cfg: JobConfig,
+    texts: dict[str, str],
+    train_pairs: list[Pair],
+    val_pairs: list[Pair],
+    triplets: list[Triplet],
+    title_body: list[TitleBody],
+) -> TrainingRows:
+    """The rows of prepare's train split for train.loss; InputError when there is nothing to train on."""
+    threshold = cfg.evaluate.positive_threshold
+    rows = TrainingRows(
+        examples_from_pairs(train_pairs, texts, cfg.train.loss, cfg.train.pair_loss, threshold),
+        RankingSets(
+            triplet_examples(triplets, texts),
+            triplet_examples(triplets, texts, "related"),
+            TitleBodyExamples.of(title_body),
+        ),
+        examples_from_pairs(val_pairs, texts, "cosine", "cosine", threshold),
+    )
+    counts = rows.counts()
+    if not any(counts[k] for k in ("pair_rows", "triplet_rows", "related_rows", "title_body_rows")):
+        raise InputError(
+            f"no training rows for train.loss={cfg.train.loss}: the train split has no links of "
+            f"pairs.triplet_relations {cfg.pairs.triplet_relations} (mnrl) or no pairs"
+        )
+    return rows
+
+
 class UniqueTextSimilarityEvaluator(EmbeddingSimilarityEvaluator):
     """Val Spearman during training, encoding each distinct text once.
 
