@@ -398,8 +398,8 @@ class TrainConfig(Section):
     mnrl_mini_batch_size: int | None = Field(
         None,
         gt=0,
-        description="Use CachedMultipleNegativesRankingLoss "
-        "with this mini-batch, so batch_size can exceed GPU memory",
+        description="Use CachedMultipleNegativesRankingLoss (the same loss, this many texts at a time): "
+        "batch_size beyond GPU memory, or a lower CPU peak (8 at 256 tokens: -36% RSS, +7% train time)",
     )
     precision: Literal["auto", "fp32", "fp16", "bf16"] = Field(
         "auto", description="auto: bf16/fp16 on CUDA, fp32 on CPU"
