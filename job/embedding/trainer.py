@@ -90,15 +90,11 @@ def full_batches_shuffled_then_partial(
     return full + sorted((b for b in batches if len(b) < batch_size), key=len, reverse=True)
 
 
-class LengthGroupedBatchSampler(DefaultBatchSampler):
-    """Batches of pairs of similar length, in a seeded random order.
+class _LengthGroupedSampler(DefaultBatchSampler):
+    """What both length-grouped samplers share: sentence-transformers' batch sampler arguments, each row's
+    length in characters (`_measure` reads the rows), and len() as PyTorch's BatchSampler counts it."""
 
-    Each side of a pair is padded to the longest text in its batch, so random batches of
-    ticket texts (a title alone next to a 4,000-character stack trace) waste most of the
-    compute on padding. The rows in `length_grouped_order` are batched and the batches shuffled
-    again. Deterministic for (seed, epoch), so a resumed run skips exactly the batches it had
-    already trained on.
-    """
+    lengths: list[int]
 
     def __init__(
         self,
@@ -117,6 +113,26 @@ class LengthGroupedBatchSampler(DefaultBatchSampler):
             generator=generator,
             seed=seed,
         )
+        self._measure(dataset, valid_label_columns or [])
+
+    def _measure(self, dataset: Any, label_columns: list[str]) -> None:
+        raise NotImplementedError
+
+    def __len__(self) -> int:
+        return batches_in_epoch(len(self.lengths), self.batch_size, self.drop_last)
+
+
+class LengthGroupedBatchSampler(_LengthGroupedSampler):
+    """Batches of pairs of similar length, in a seeded random order.
+
+    Each side of a pair is padded to the longest text in its batch, so random batches of
+    ticket texts (a title alone next to a 4,000-character stack trace) waste most of the
+    compute on padding. The rows in `length_grouped_order` are batched and the batches shuffled
+    again. Deterministic for (seed, epoch), so a resumed run skips exactly the batches it had
+    already trained on.
+    """
+
+    def _measure(self, dataset: Any, label_columns: list[str]) -> None:
         pairs = zip(dataset["sentence1"], dataset["sentence2"], strict=True)
         self.lengths = [len(a) + len(b) for a, b in pairs]
 
@@ -128,11 +144,8 @@ class LengthGroupedBatchSampler(DefaultBatchSampler):
             batches = [b for b in batches if len(b) == self.batch_size]
         yield from full_batches_shuffled_then_partial(batches, self.batch_size, rng)
 
-    def __len__(self) -> int:
-        return batches_in_epoch(len(self.lengths), self.batch_size, self.drop_last)
 
-
-class LengthGroupedNoDuplicatesBatchSampler(DefaultBatchSampler):
+class LengthGroupedNoDuplicatesBatchSampler(_LengthGroupedSampler):
     """Ranking-loss batches of rows of similar length with no text twice in a batch.
 
     sentence-transformers' NoDuplicatesBatchSampler packs rows in random order; at 256 tokens a
@@ -148,24 +161,8 @@ class LengthGroupedNoDuplicatesBatchSampler(DefaultBatchSampler):
     batches that repeat some rows (`_resampled`, as sentence-transformers does).
     """
 
-    def __init__(
-        self,
-        dataset: Any,
-        batch_size: int,
-        drop_last: bool,
-        valid_label_columns: list[str] | None = None,
-        generator: Any = None,
-        seed: int = 0,
-    ) -> None:
-        super().__init__(
-            dataset,
-            batch_size=batch_size,
-            drop_last=drop_last,
-            valid_label_columns=valid_label_columns,
-            generator=generator,
-            seed=seed,
-        )
-        skip = {"dataset_name", *(valid_label_columns or [])}
+    def _measure(self, dataset: Any, label_columns: list[str]) -> None:
+        skip = {"dataset_name", *label_columns}
         rows = list(zip(*(dataset[c] for c in dataset.column_names if c not in skip), strict=True))
         self.texts = [frozenset(row) for row in rows]
         self.lengths = [sum(len(text) for text in row) for row in rows]
@@ -198,9 +195,6 @@ class LengthGroupedNoDuplicatesBatchSampler(DefaultBatchSampler):
             batches=len(self),
         )
         return extra
-
-    def __len__(self) -> int:
-        return batches_in_epoch(len(self.lengths), self.batch_size, self.drop_last)
 
     def _packed(self, order: list[int]) -> list[list[int]]:
         batches = []
