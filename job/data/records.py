@@ -17,7 +17,7 @@ import io
 import json
 import math
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
@@ -708,14 +708,8 @@ def text_id(text: str) -> str:
 def parse_pairs(
     data: bytes, uri: str, cfg: DataConfig, tickets: dict[str, Ticket]
 ) -> tuple[list[ScoredPair], FileReport]:
-    parsed = _parse_file(data, uri, cfg, "pairs")
-    report, pairs = parsed.report, []
-    for where, record in parsed.rows:
-        row = _run_row(report, where, lambda r=record: _scored_row(r, parsed.csv_input))
-        if row is None:
-            continue
-        pairs.append(ScoredPair(_text_node(row[0], tickets), _text_node(row[1], tickets), row[2]))
-    report.kept = len(pairs)
+    rows, report = _text_pair_rows(data, uri, cfg, "pairs", _scored_row)
+    pairs = [ScoredPair(_text_node(a, tickets), _text_node(b, tickets), score) for a, b, score in rows]
     return pairs, report
 
 
@@ -730,15 +724,27 @@ def _scored_row(record: dict[str, Any], csv_input: bool) -> tuple[str, str, floa
 def parse_relationship_pairs(
     data: bytes, uri: str, cfg: DataConfig, tickets: dict[str, Ticket]
 ) -> tuple[list[Link], FileReport]:
-    parsed = _parse_file(data, uri, cfg, "relationship_pairs")
-    report, links = parsed.report, []
-    for where, record in parsed.rows:
-        row = _run_row(report, where, lambda r=record: _relationship_row(r, cfg))
-        if row is None:
-            continue
-        links.append(Link(_text_node(row[0], tickets), _text_node(row[1], tickets), row[2]))
-    report.kept = len(links)
+    rows, report = _text_pair_rows(
+        data, uri, cfg, "relationship_pairs", lambda record, _csv: _relationship_row(record, cfg)
+    )
+    links = [Link(_text_node(a, tickets), _text_node(b, tickets), relation) for a, b, relation in rows]
     return links, report
+
+
+def _text_pair_rows(
+    data: bytes, uri: str, cfg: DataConfig, kind: Kind, parse_row: Callable[[dict[str, Any], bool], Any]
+) -> tuple[list[Any], FileReport]:
+    """The rows of a file of two texts and a value (pairs, relationship_pairs) that `parse_row(record,
+    csv_input)` accepts; a row it refuses is reported with its file:line:field (report.kept counts the
+    rest)."""
+    parsed = _parse_file(data, uri, cfg, kind)
+    rows = []
+    for where, record in parsed.rows:
+        row = _run_row(parsed.report, where, lambda r=record: parse_row(r, parsed.csv_input))
+        if row is not None:
+            rows.append(row)
+    parsed.report.kept = len(rows)
+    return rows, parsed.report
 
 
 def _relationship_row(record: dict[str, Any], cfg: DataConfig) -> tuple[str, str, str]:
