@@ -149,6 +149,11 @@ def write_config(path: Path, config: dict) -> Path:
     return path
 
 
+def synthetic_inputs(folder: Path) -> dict:
+    """The config's data section for the synthetic ticket set written in `folder` (job.synthetic)."""
+    return {"tickets": str(folder / "tickets.jsonl"), "links": str(folder / "links.jsonl")}
+
+
 def merged(*parts: dict) -> dict:
     """Deep-merge config dicts, later ones win."""
     out: dict = {}

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import CLI, TINY, merged, run_cli, write_config
+from tests.conftest import CLI, TINY, merged, run_cli, synthetic_inputs, write_config
 
 TORCHRUN = str(Path(sys.executable).with_name("torchrun"))
 
@@ -28,10 +28,7 @@ def test_two_process_torchrun_trains_and_rank_zero_publishes(
         merged(
             TINY,
             {
-                "data": {
-                    "tickets": str(synthetic_dir / "tickets.jsonl"),
-                    "links": str(synthetic_dir / "links.jsonl"),
-                },
+                "data": synthetic_inputs(synthetic_dir),
                 "output": {"uri": str(tmp_path / "runs")},
                 "runtime": {"work_dir": str(tmp_path / "work"), "threads": 1},
                 "train": {"max_pairs": 32, "batch_size": 4, "loss": loss},
@@ -85,10 +82,7 @@ def test_less_than_a_batch_per_process_fails_instead_of_publishing_the_base_mode
         merged(
             TINY,
             {
-                "data": {
-                    "tickets": str(synthetic_dir / "tickets.jsonl"),
-                    "links": str(synthetic_dir / "links.jsonl"),
-                },
+                "data": synthetic_inputs(synthetic_dir),
                 "output": {"uri": str(tmp_path / "runs")},
                 "runtime": {"work_dir": str(tmp_path / "work"), "threads": 1},
                 "model": {"max_seq_length": 32},

@@ -15,7 +15,7 @@ import pytest
 from job.config import load_config
 from job.errors import InputError, RunStateError
 from job.jsonio import from_jsonl
-from tests.conftest import TINY, merged, run_cli, write_config
+from tests.conftest import TINY, merged, run_cli, synthetic_inputs, write_config
 from tests.s3server import ACCESS_KEY, SECRET_KEY, S3Server
 
 pytestmark = pytest.mark.slow
@@ -29,10 +29,7 @@ def indexed(tmp_path_factory: pytest.TempPathFactory, synthetic_dir: Path) -> Pa
         merged(
             TINY,
             {
-                "data": {
-                    "tickets": str(synthetic_dir / "tickets.jsonl"),
-                    "links": str(synthetic_dir / "links.jsonl"),
-                },
+                "data": synthetic_inputs(synthetic_dir),
                 "output": {"uri": str(folder / "runs")},
                 "classify": {"enabled": False},
             },

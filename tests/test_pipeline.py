@@ -19,7 +19,7 @@ from job.data.records import Link
 from job.jsonio import from_jsonl
 from job.pipeline import STEP_BODIES
 from job.runs.steps import STEPS
-from tests.conftest import CLI, OFFLINE_MODEL, TINY, merged, run_cli, write_config
+from tests.conftest import CLI, OFFLINE_MODEL, TINY, merged, run_cli, synthetic_inputs, write_config
 from tests.s3server import SECRET_KEY, S3Server
 from tests.test_card import files_quoting, ticket_text_needles
 
@@ -213,10 +213,7 @@ def _local_config(tmp_path: Path, synthetic_dir: Path, file_name: str = "config.
         merged(
             TINY,
             {
-                "data": {
-                    "tickets": str(synthetic_dir / "tickets.jsonl"),
-                    "links": str(synthetic_dir / "links.jsonl"),
-                },
+                "data": synthetic_inputs(synthetic_dir),
                 "output": {"uri": str(tmp_path / "runs")},
                 "runtime": {"work_dir": str(tmp_path / "work")},
             },

@@ -21,7 +21,7 @@ from job.relations.classify import (
     train_classifier,
 )
 from job.relations.predict import load_predictor
-from tests.conftest import OFFLINE_MODEL, TINY, SampleSplit, merged, run_cli, write_config
+from tests.conftest import OFFLINE_MODEL, TINY, SampleSplit, merged, run_cli, synthetic_inputs, write_config
 
 
 def test_logistic_probabilities_agree_with_its_predictions_in_both_branches() -> None:
@@ -97,10 +97,7 @@ def test_run_with_the_cross_encoder_then_predict_from_the_cli(tmp_path: Path, sy
         merged(
             TINY,
             {
-                "data": {
-                    "tickets": str(synthetic_dir / "tickets.jsonl"),
-                    "links": str(synthetic_dir / "links.jsonl"),
-                },
+                "data": synthetic_inputs(synthetic_dir),
                 "output": {"uri": str(tmp_path / "runs")},
                 "classify": {
                     "method": "cross_encoder",

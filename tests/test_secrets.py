@@ -38,7 +38,7 @@ import pytest
 import yaml
 
 from tests.bad_inputs.batch_cli import Outcome, cli_env, run_many
-from tests.conftest import CLI, OFFLINE_MODEL, REPO, TINY, merged
+from tests.conftest import CLI, OFFLINE_MODEL, REPO, TINY, merged, synthetic_inputs
 from tests.s3server import ACCESS_KEY, SECRET_KEY, S3Server
 
 ENV_SECRET = "env-sentinel-5c1d9e7a0b"  # AWS_SECRET_ACCESS_KEY in the environment
@@ -115,10 +115,7 @@ def read_only_run(s3: S3Server, synthetic_dir: Path) -> Iterator[ReadOnlyRun]:
         config = merged(
             TINY,
             {
-                "data": {
-                    "tickets": str(synthetic_dir / "tickets.jsonl"),
-                    "links": str(synthetic_dir / "links.jsonl"),
-                },
+                "data": synthetic_inputs(synthetic_dir),
                 "output": {"uri": f"s3://{bucket}/runs"},
                 "train": {"max_pairs": 16},
                 "storage": {
@@ -516,10 +513,7 @@ def run_id_attempts(synthetic_dir: Path, tmp_path_factory: pytest.TempPathFactor
         config.write_text(
             json.dumps(
                 {
-                    "data": {
-                        "tickets": str(synthetic_dir / "tickets.jsonl"),
-                        "links": str(synthetic_dir / "links.jsonl"),
-                    },
+                    "data": synthetic_inputs(synthetic_dir),
                     "output": {"uri": str(root / "area" / "out")},
                     "pairs": {"mine_hard_negatives": False},
                     "runtime": {"work_dir": str(root / "area" / "work")},
