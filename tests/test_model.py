@@ -177,3 +177,37 @@ def test_a_model_folder_naming_an_unknown_module_is_a_clear_error(tmp_path: Path
     (folder / "modules.json").write_text(modules)
     with pytest.raises(ConfigError, match="cannot load model"):
         load_model(str(folder), 32, device="cpu")
+
+
+@pytest.mark.parametrize(
+    ("device", "max_seq_length", "configured", "expected"),
+    [
+        ("cpu", 256, None, 16),  # 4,096 tokens a batch: CPU encoding is fastest there
+        ("cpu", 128, None, 32),
+        ("cpu", 64, None, 64),
+        ("cuda:0", 256, None, 64),
+        ("cpu", 256, 48, 48),  # a configured batch is kept
+    ],
+)
+def test_the_encode_batch_fills_a_token_budget_on_a_cpu(
+    device: str, max_seq_length: int, configured: int | None, expected: int
+) -> None:
+    from types import SimpleNamespace
+
+    from job.embedding.model import encode_batch_size
+
+    model = SimpleNamespace(device=device, max_seq_length=max_seq_length)
+    assert encode_batch_size(model, configured) == expected
+
+
+def test_encoding_with_the_chosen_batch_gives_the_configured_batch_vectors() -> None:
+    import numpy as np
+
+    from job.embedding.model import encode
+    from job.log import get_logger
+
+    model = load_model(str(PACKAGE_MODEL), 32, device="cpu")
+    texts = [f"ticket {i}: the namenode " + "times out " * i for i in range(12)]
+    chosen = encode(model, texts, None, get_logger(), "test")
+    assert chosen.shape == (12, model.get_embedding_dimension())
+    assert np.allclose(chosen, encode(model, texts, 5, get_logger(), "test"), atol=1e-5)

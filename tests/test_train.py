@@ -281,6 +281,26 @@ def test_ranking_loss_gathers_negatives_across_devices_and_caches_on_request(
     assert not cached or loss.mini_batch_size == mini_batch
 
 
+@pytest.mark.parametrize(
+    ("setting", "device", "batch_size", "max_seq_length", "expected"),
+    [
+        ("auto", "cpu", 16, 256, 8),  # 12,288 tokens a batch: cached, 2,048 tokens a mini-batch
+        ("auto", "cpu", 16, 512, 4),
+        ("auto", "cpu", 16, 128, None),  # 6,144 tokens: the cached pass costs +45 % there
+        ("auto", "cpu", 16, 64, None),
+        ("auto", "cuda", 16, 256, None),  # a GPU has the memory and wants the speed
+        (None, "cpu", 16, 256, None),
+        (24, "cuda", 16, 64, 24),
+    ],
+)
+def test_the_ranking_loss_is_cached_on_a_cpu_only_where_a_batch_is_long(
+    setting: int | str | None, device: str, batch_size: int, max_seq_length: int, expected: int | None
+) -> None:
+    from job.embedding.train import ranking_mini_batch
+
+    assert ranking_mini_batch(setting, device, batch_size, max_seq_length) == expected
+
+
 def test_only_trainer_named_complete_checkpoints_are_resumed_from(tmp_path: Path) -> None:
     """A folder copied in by hand (`checkpoint-abc`, with a COMPLETE marker) crashed the resume with a
     ValueError; it is not a checkpoint of this run, so it is skipped."""

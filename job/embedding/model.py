@@ -302,16 +302,33 @@ def attention_implementation(model: Any) -> str | None:
     return getattr(config, "_attn_implementation", None)
 
 
-def encode(model: Any, texts: list[str], batch_size: int, log: Any, what: str) -> np.ndarray:
+# On a CPU, texts/s peaks near this many tokens a batch and falls beyond it (batch 64 at 256 tokens is 18 %
+# slower than 16: bench/results/cpu-batches-2026-12-04.md); a GPU wants its batches wide.
+CPU_ENCODE_TOKENS = 4096
+GPU_ENCODE_BATCH = 64
+
+
+def encode_batch_size(model: Any, configured: int | None) -> int:
+    """Texts per forward pass: `configured` if set, else GPU_ENCODE_BATCH on an accelerator and on a CPU as
+    many texts as fill CPU_ENCODE_TOKENS at the model's max_seq_length."""
+    if configured:
+        return configured
+    if str(getattr(model, "device", "cpu")).startswith("cpu"):
+        return max(1, CPU_ENCODE_TOKENS // max(1, int(model.max_seq_length or 512)))
+    return GPU_ENCODE_BATCH
+
+
+def encode(model: Any, texts: list[str], batch_size: int | None, log: Any, what: str) -> np.ndarray:
     """Unit-length float32 embeddings, in input order.
 
     Texts are sorted by length so each batch pads little, and encoded in blocks so progress
-    reaches the log at a steady rate.
+    reaches the log at a steady rate. `batch_size` None: encode_batch_size's choice for this model.
     """
     import torch
 
     if not texts:
         return np.zeros((0, model.get_embedding_dimension()), dtype=np.float32)
+    batch_size = encode_batch_size(model, batch_size)
     order = np.argsort([-len(t) for t in texts], kind="stable")
     out = np.empty((len(texts), model.get_embedding_dimension()), dtype=np.float32)
     progress = Progress(log, what, len(texts), unit="texts")

@@ -23,7 +23,7 @@ from transformers import TrainerCallback
 from job.config import JobConfig, TrainConfig
 from job.data.pairs import Pair, TitleBody, Triplet
 from job.embedding.losses import LOSSES, PAIR_LOSSES
-from job.embedding.model import write_portable_module_paths
+from job.embedding.model import encode_batch_size, pick_device, write_portable_module_paths
 from job.embedding.trainer import (
     CHECKPOINTS,
     StorageAndProgress,
@@ -67,6 +67,7 @@ class TrainResult:
     pairs_per_second: float = 0.0
     resumed_from: str | None = None
     n_examples: int = 0
+    ranking_mini_batch: int | None = None  # the cached ranking loss's (None: the plain loss)
     model: Any = field(default=None, repr=False)  # the trained model in memory (what model_dir holds)
 
 
@@ -200,6 +201,25 @@ def pair_loss(model: Any, name: str) -> Any:
     return PAIR_LOSSES[name].factory(model)
 
 
+# On a CPU the cached ranking loss (one more pass without gradients) costs +12 % a step at 256 tokens and
+# saves 4.5 GB; at 64 and 128 tokens it costs +45 % (bench/results/cpu-batches-2026-12-04.md). "auto" turns
+# it on where a batch holds more tokens than CPU_CACHE_ABOVE_TOKENS, CPU_MINI_BATCH_TOKENS at a time.
+CPU_CACHE_ABOVE_TOKENS = 8192
+CPU_MINI_BATCH_TOKENS = 2048
+TEXTS_PER_RANKING_ROW = 3  # anchor, positive, mined negative
+
+
+def ranking_mini_batch(
+    setting: int | str | None, device: str, batch_size: int, max_seq_length: int
+) -> int | None:
+    """The cached ranking loss's mini-batch for `train.mnrl_mini_batch_size`, or None for the plain loss."""
+    if setting != "auto":
+        return setting if isinstance(setting, int) else None
+    if device != "cpu" or batch_size * TEXTS_PER_RANKING_ROW * max_seq_length <= CPU_CACHE_ABOVE_TOKENS:
+        return None
+    return max(1, CPU_MINI_BATCH_TOKENS // max_seq_length)
+
+
 def ranking_loss(model: Any, mini_batch_size: int | None, gather_across_devices: bool) -> Any:
     """MultipleNegativesRankingLoss: each anchor must rank its positive above its hard negative
     and every other text in the batch. The cached variant reaches large batches in fixed memory;
@@ -251,9 +271,15 @@ def _weighted_loss_class() -> Any:
 
 
 def training_sets(
-    model: Any, pairs: TrainExamples, ranking: RankingSets, tc: TrainConfig, distributed: bool
+    model: Any,
+    pairs: TrainExamples,
+    ranking: RankingSets,
+    tc: TrainConfig,
+    distributed: bool,
+    mini_batch: int | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The datasets and a loss for each (sentence-transformers' multi-dataset training)."""
+    """The datasets and a loss for each (sentence-transformers' multi-dataset training); `mini_batch`: the
+    ranking losses' (ranking_mini_batch)."""
     from datasets import Dataset
 
     rows: dict[str, Any] = {
@@ -277,7 +303,7 @@ def training_sets(
     weights = {"triplets": 1.0, "related": tc.related_weight, "title_body": tc.title_body_weight}
     datasets = {name: Dataset.from_dict(columns) for name, columns in rows.items()}
     losses = {
-        name: weighted(ranking_loss(model, tc.mnrl_mini_batch_size, gather), weights[name])
+        name: weighted(ranking_loss(model, mini_batch, gather), weights[name])
         for name in rows
         if name != "pairs"
     }
@@ -314,7 +340,11 @@ def train_model(
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
     precision = choose_precision(tc.precision)
     seed_everything(tc.seed)
-    datasets, losses = training_sets(model, train, ranking, tc, distributed)
+    mini_batch = ranking_mini_batch(
+        tc.mnrl_mini_batch_size, pick_device(), tc.batch_size, int(model.max_seq_length)
+    )
+    datasets, losses = training_sets(model, train, ranking, tc, distributed, mini_batch)
+    eval_batch = encode_batch_size(model, cfg.model.encode_batch_size)
     n_rows = sum(len(d) for d in datasets.values())
     # Validating during training only serves to pick the best checkpoint. One epoch saved once
     # leaves nothing to pick, and the evaluate step scores val anyway: skip it then.
@@ -325,7 +355,7 @@ def train_model(
             val.sentence2,
             val.score,
             name="val",
-            batch_size=cfg.model.encode_batch_size,
+            batch_size=eval_batch,
             write_csv=False,
         )
         if select_best
@@ -338,7 +368,7 @@ def train_model(
             output_dir,
             epochs=tc.epochs,
             batch_size=tc.batch_size,
-            eval_batch_size=cfg.model.encode_batch_size,
+            eval_batch_size=eval_batch,
             learning_rate=tc.learning_rate,
             warmup_ratio=tc.warmup_ratio,
             seed=tc.seed,
@@ -404,5 +434,6 @@ def train_model(
         pairs_per_second=round(done_steps * tc.batch_size / seconds, 3) if seconds > 0 else 0.0,
         resumed_from=checkpoint.name if checkpoint else None,
         n_examples=n_rows,
+        ranking_mini_batch=mini_batch,
         model=trainer.model,
     )
