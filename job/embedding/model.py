@@ -302,8 +302,8 @@ def attention_implementation(model: Any) -> str | None:
     return getattr(config, "_attn_implementation", None)
 
 
-# On a CPU, texts/s peaks near this many tokens a batch and falls beyond it (batch 64 at 256 tokens is 18 %
-# slower than 16: bench/results/cpu-batches-2026-12-04.md); a GPU wants its batches wide.
+# On a CPU, texts/s at this many tokens a batch is within 6 % of its best and falls beyond it (batch 64 at 256
+# tokens: 16 % slower than 16; bench/results/cpu-batches-2026-12-05.md); a GPU wants its batches wide.
 CPU_ENCODE_TOKENS = 4096
 GPU_ENCODE_BATCH = 64
 

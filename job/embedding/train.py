@@ -201,9 +201,10 @@ def pair_loss(model: Any, name: str) -> Any:
     return PAIR_LOSSES[name].factory(model)
 
 
-# On a CPU the cached ranking loss (one more pass without gradients) costs +12 % a step at 256 tokens and
-# saves 4.5 GB; at 64 and 128 tokens it costs +45 % (bench/results/cpu-batches-2026-12-04.md). "auto" turns
-# it on where a batch holds more tokens than CPU_CACHE_ABOVE_TOKENS, CPU_MINI_BATCH_TOKENS at a time.
+# On a CPU at 256 tokens the cached ranking loss, 8 texts at a time, took 0.88x-1.12x the plain loss's step
+# time over three measurements and 4 GB less memory; at 64 and 128 tokens it took 1.3x-1.5x
+# (bench/results/cpu-batches-2026-12-05.md). "auto" turns it on where a batch holds more tokens than
+# CPU_CACHE_ABOVE_TOKENS, CPU_MINI_BATCH_TOKENS at a time.
 CPU_CACHE_ABOVE_TOKENS = 8192
 CPU_MINI_BATCH_TOKENS = 2048
 TEXTS_PER_RANKING_ROW = 3  # anchor, positive, mined negative
