@@ -33,16 +33,14 @@ TRAIN = [(256, None), (256, 8), (256, 16), (128, None), (128, 16), (64, None), (
 
 
 def ticket_texts(data: Path, count: int, seed: int) -> list[str]:
-    """`count` tickets drawn at random, as the job's default data.text_template writes them."""
+    """`count` tickets drawn at random, their text as the job reads it (job/data/records.py)."""
     from job.config import DataConfig
+    from job.data.records import parse_tickets
 
-    template = DataConfig().text_template
-    rows = [json.loads(line) for line in (data / "tickets.jsonl").open(encoding="utf-8") if line.strip()]
-    random.Random(seed).shuffle(rows)
-    return [
-        template.format(title=r.get("title") or "", description=r.get("description") or "")
-        for r in rows[:count]
-    ]
+    tickets, _ = parse_tickets((data / "tickets.jsonl").read_bytes(), "tickets.jsonl", DataConfig())
+    ids = sorted(tickets)
+    random.Random(seed).shuffle(ids)
+    return [tickets[tid].text for tid in ids[:count]]
 
 
 def load(max_seq_length: int) -> Any:
@@ -54,19 +52,18 @@ def load(max_seq_length: int) -> Any:
 
 
 def encode_rates(texts: list[str], rounds: int) -> list[dict[str, Any]]:
+    from bench.encode_backends import speed
     from job.embedding.model import encode
     from job.log import get_logger
 
     log, rows = get_logger(), []
     for length, batches in ENCODE.items():
         model = load(length)
-        encode(model, texts[:32], 8, log, "warm-up")
         best = dict.fromkeys(batches, 0.0)
         for _ in range(rounds):
             for batch in batches:
-                start = time.perf_counter()
-                encode(model, texts, batch, log, "bench")
-                best[batch] = max(best[batch], len(texts) / (time.perf_counter() - start))
+                rate = speed(lambda chunk, m=model, b=batch: encode(m, chunk, b, log, "bench"), texts)
+                best[batch] = max(best[batch], rate)
         top = max(best.values())
         for batch, rate in best.items():
             rows.append(
